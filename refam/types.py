@@ -1,0 +1,77 @@
+"""Data that flows between components (see DESIGN.md, "One sample's journey")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass
+class Expression:
+    """One referring expression of a sample, with its ground truth when labelled."""
+
+    text: str
+    expression_id: str
+    mask: np.ndarray | None = None  # bool [H, W] at the image's original resolution
+
+
+@dataclass
+class Sample:
+    """One image with all of its referring expressions (one transformer forward serves them all)."""
+
+    sample_id: str
+    image: Image.Image  # RGB
+    expressions: list[Expression]
+    caption: str = ""
+    source: str = ""  # where it came from, for error messages
+
+
+@dataclass
+class BadSample:
+    """A sample that could not be read; it is reported and skipped, never fatal to the run."""
+
+    sample_id: str
+    reason: str
+
+
+@dataclass
+class TokenInfo:
+    """One DiT-tokenizer token of an expression (with magnets appended)."""
+
+    piece: str  # the tokenizer's piece, e.g. "▁dog"
+    word: str  # the word of the text it belongs to ("_" for a bare word-start marker, "" for specials)
+    special: bool  # EOS / BOS / padding
+    magnet: bool  # belongs to the appended attention magnets
+
+
+@dataclass
+class TokenMaps:
+    """What an extractor observed for the K expressions of one sample.
+
+    `scores[k, t, i, j]` is token t of expression k at the patch in row i, column j of the image.
+    `kind` says whether scores are raw cross-attention logits averaged over heads and blocks
+    ("logits": the aggregator applies the per-patch softmax across tokens) or already
+    softmax-normalised per head and block ("probs").
+    """
+
+    scores: torch.Tensor  # [K, T, h, w] float32
+    valid: torch.Tensor  # [K, T] bool: real tokens (not padding)
+    text_mass: torch.Tensor  # [K, T] mean text-to-text attention each token receives (GAS detection)
+    tokens: list[list[TokenInfo]]  # per expression, the T tokens (padding included, marked special)
+    kind: str = "logits"
+
+
+@dataclass
+class Prediction:
+    """The answer for one expression."""
+
+    expression_id: str
+    mask: np.ndarray  # bool [H, W]
+    point: tuple[float, float]  # (x, y) in image pixels
+    heatmap: torch.Tensor  # [h, w] on the token grid, min-max normalised
+    kept_tokens: list[str] = field(default_factory=list)
+    dropped_tokens: list[str] = field(default_factory=list)
+    sinks: list[str] = field(default_factory=list)
