@@ -1,0 +1,7 @@
+"""Segmenters: argmax point (+ heatmap) per expression → binary mask."""
+
+from refam.segmenters.base import Segmenter
+from refam.segmenters.sam2 import SAM2PointSegmenter
+from refam.segmenters.threshold import HeatmapThresholdSegmenter
+
+__all__ = ["HeatmapThresholdSegmenter", "SAM2PointSegmenter", "Segmenter"]

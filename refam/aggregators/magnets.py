@@ -1,0 +1,62 @@
+"""Attention magnets: tokens appended to the expression that absorb surplus attention.
+
+A `MagnetStrategy` decides (1) what text the expression branch encodes and (2) which of its tokens
+are kept after the per-patch softmax across tokens. Dropped: special tokens (EOS, padding), the
+appended magnets, and (optionally) the expression's own stop words.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from refam.aggregators.stopwords import PAPER_STOP_WORDS
+from refam.types import TokenInfo
+
+PAPER_MAGNETS = ("_", "with", "to", "and", "pink")
+
+
+class MagnetStrategy(abc.ABC):
+    """Turns an expression into the text the branch encodes, and selects the tokens to keep."""
+
+    @abc.abstractmethod
+    def augment(self, expression: str) -> tuple[str, int | None]:
+        """Return (text to encode, character index where magnets start or None)."""
+
+    @abc.abstractmethod
+    def keep(self, tokens: Sequence[TokenInfo]) -> list[bool]:
+        """Which tokens' maps enter the average."""
+
+
+class AppendMagnets(MagnetStrategy):
+    """The paper's strategy: append `magnets` (default `_ with to and pink`), drop stop words.
+
+    Args:
+        magnets: words appended after the expression; an empty list disables magnets.
+        filter_stop_words: drop tokens whose word is in `stop_words` (the paper does).
+        stop_words: defaults to the paper's list (NLTK English + "_", ";", ".", "-").
+    """
+
+    def __init__(
+        self,
+        magnets: Sequence[str] = PAPER_MAGNETS,
+        filter_stop_words: bool = True,
+        stop_words: Sequence[str] | None = None,
+    ) -> None:
+        self.magnets = list(magnets)
+        self.filter_stop_words = filter_stop_words
+        self.stop_words = frozenset(w.lower() for w in stop_words) if stop_words is not None else PAPER_STOP_WORDS
+
+    def augment(self, expression: str) -> tuple[str, int | None]:
+        expression = expression.strip()
+        if not self.magnets:
+            return expression, None
+        return f"{expression} {' '.join(self.magnets)}", len(expression) + 1
+
+    def keep(self, tokens: Sequence[TokenInfo]) -> list[bool]:
+        keep = [not (t.special or t.magnet or (self.filter_stop_words and t.word in self.stop_words)) for t in tokens]
+        if not any(keep):
+            # An expression made only of stop words ("it", "that one") still has to point somewhere:
+            # fall back to its own (non-magnet) tokens rather than to nothing.
+            keep = [not (t.special or t.magnet) for t in tokens]
+        return keep

@@ -1,0 +1,53 @@
+"""The Extractor contract: one image, K expressions -> per-token attention maps."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+
+import torch
+from PIL import Image
+
+from refam.types import TokenMaps
+
+
+class ExpressionError(ValueError):
+    """An expression the extractor cannot encode (empty, too long); the sample's other expressions go on."""
+
+
+class Extractor(abc.ABC):
+    """A DiT backbone observed through an expression branch.
+
+    Subclass this to add a backbone: load weights in `setup`, and make `extract` return the token
+    maps of all K expressions of one image from one pass over the model per observed state.
+    """
+
+    def setup(self, device: torch.device) -> None:
+        """Load weights onto `device`; called once per process, before the first `extract`."""
+
+    @abc.abstractmethod
+    def extract(
+        self, image: Image.Image, caption: str, expressions: list[tuple[str, int | None]], sample_id: str
+    ) -> TokenMaps:
+        """`expressions`: (text with magnets, character index where magnets start or None)."""
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """A per-sample noise seed that does not depend on which process or in which order it runs."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def select_blocks(num_blocks: int, blocks: list[int] | float | None) -> set[int]:
+    """Blocks whose maps are averaged: all (None), an explicit list, or a fraction in [0, 1) of the
+    earliest blocks filtered out (the paper's Table 1: "% of filtered blocks")."""
+    if blocks is None:
+        return set(range(num_blocks))
+    if isinstance(blocks, float):
+        if not 0.0 <= blocks < 1.0:
+            raise ValueError(f"extractor blocks: a fraction of filtered blocks must be in [0, 1), got {blocks}")
+        return set(range(int(round(blocks * num_blocks)), num_blocks))
+    chosen = {b if b >= 0 else num_blocks + b for b in blocks}
+    bad = sorted(b for b in chosen if not 0 <= b < num_blocks)
+    if bad or not chosen:
+        raise ValueError(f"extractor blocks: {blocks} is not a non-empty list of block indices in [0, {num_blocks})")
+    return chosen

@@ -1,0 +1,178 @@
+"""The expression branch and its streaming attention capture, as a diffusers attention processor.
+
+The denoising stream sees [caption | image] exactly as the stock processor computes it. The K
+expressions ride along as extra text tokens [caption | expr_1 ... expr_K | image]: each expression's
+queries attend to its own tokens and to the image tokens; no caption or image query attends to any
+expression token, and expressions are blind to each other. So the velocity prediction is unchanged
+and K expressions in one forward give the maps of K separate forwards.
+
+Per block the capture adds, in place, the image-query x expression-key scores q_p . k_t / sqrt(d)
+(after the block's QK norm and RoPE), averaged over heads, into one [N, K, L] buffer, and the
+text-to-text attention mass each expression token receives into a [K, L] buffer: memory does not
+grow with the number of blocks, and no attention matrix over the whole sequence is ever stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
+
+SOFTMAX_STAGES = ("after_mean", "per_head")
+
+
+@dataclass
+class BranchLayout:
+    """Where the expression tokens sit in the text sequence."""
+
+    caption_len: int
+    key_valid: torch.Tensor  # [K, L] bool: real tokens of each expression (False = padding)
+
+    @property
+    def num_expressions(self) -> int:
+        return self.key_valid.shape[0]
+
+    @property
+    def expression_len(self) -> int:
+        return self.key_valid.shape[1]
+
+    @property
+    def branch_len(self) -> int:
+        return self.key_valid.numel()
+
+
+class AttentionCapture:
+    """Accumulates expression-token x image-patch scores over blocks (and trajectory states)."""
+
+    def __init__(
+        self,
+        layout: BranchLayout,
+        num_image_tokens: int,
+        selected_blocks: set[int],
+        softmax_stage: str = "after_mean",
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if softmax_stage not in SOFTMAX_STAGES:
+            raise ValueError(f"softmax_stage must be one of {SOFTMAX_STAGES}, got {softmax_stage!r}")
+        self.layout = layout
+        self.selected_blocks = selected_blocks
+        self.softmax_stage = softmax_stage
+        k, length = layout.key_valid.shape
+        self.scores = torch.zeros(num_image_tokens, k, length, dtype=torch.float32, device=device)
+        self.text_mass = torch.zeros(k, length, dtype=torch.float32, device=device)
+        self.observations = 0
+        self._key_valid = layout.key_valid.to(device)
+
+    def add(self, q_img: torch.Tensor, k_expr: torch.Tensor, text_probs: torch.Tensor) -> None:
+        """q_img [N, H, D], k_expr [K, L, H, D] (post norm and RoPE); text_probs [K, H, L, L]."""
+        heads, head_dim = q_img.shape[1], q_img.shape[2]
+        scale = head_dim**-0.5
+        if self.softmax_stage == "after_mean":
+            # mean over heads of per-head dot products = dot product of the head-concatenated vectors / H
+            logits = q_img.flatten(1).float() @ k_expr.flatten(2).flatten(0, 1).float().T
+            self.scores.add_(logits.view_as(self.scores), alpha=scale / heads)
+        else:
+            logits = torch.einsum("nhd,klhd->hnkl", q_img.float(), k_expr.float()) * scale
+            logits = logits.masked_fill(~self._key_valid, float("-inf"))
+            probs = logits.softmax(dim=-1).nan_to_num_(0.0)  # a fully padded row has no tokens
+            self.scores.add_(probs.mean(dim=0))
+        valid_queries = self._key_valid[:, None, :, None].float()  # [K, 1, L(query), 1]
+        mass = (text_probs.float() * valid_queries).sum(dim=(1, 2)) / (valid_queries.sum(dim=2).squeeze(-1) * heads)
+        self.text_mass.add_(mass)
+        self.observations += 1
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [K, L, N], text_mass [K, L]) averaged over what was observed."""
+        if self.observations == 0:
+            raise RuntimeError("no block was captured: check the extractor's block selection")
+        return (self.scores / self.observations).permute(1, 2, 0), self.text_mass / self.observations
+
+
+class ExpressionBranchProcessor:
+    """Drop-in for `FluxAttnProcessor` that runs the expression branch while `capture` is set."""
+
+    def __init__(self, block_index: int) -> None:
+        self.block_index = block_index
+        self.stock = FluxAttnProcessor()
+        self.capture: AttentionCapture | None = None
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        capture = self.capture
+        if capture is None:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if attention_mask is not None:
+            raise ValueError("the expression branch does not support an attention mask on the main stream")
+
+        query, key, value, e_query, e_key, e_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
+        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
+        value = value.unflatten(-1, (-1, attn.head_dim))
+        if attn.added_kv_proj_dim is not None:
+            e_query = attn.norm_added_q(e_query.unflatten(-1, (-1, attn.head_dim)))
+            e_key = attn.norm_added_k(e_key.unflatten(-1, (-1, attn.head_dim)))
+            e_value = e_value.unflatten(-1, (-1, attn.head_dim))
+            query = torch.cat([e_query, query], dim=1)
+            key = torch.cat([e_key, key], dim=1)
+            value = torch.cat([e_value, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        layout = capture.layout
+        c, e = layout.caption_len, layout.caption_len + layout.branch_len
+        main = [torch.cat([t[:, :c], t[:, e:]], dim=1) for t in (query, key, value)]
+        main_out = dispatch_attention_fn(
+            *main, attn_mask=None, backend=self.stock._attention_backend, parallel_config=self.stock._parallel_config
+        )
+        branch_out = self._branch(query[:, c:e], key[:, c:e], value[:, c:e], query[:, e:], key[:, e:], value[:, e:])
+        out = torch.cat([main_out[:, :c], branch_out.to(main_out.dtype), main_out[:, c:]], dim=1)
+        out = out.flatten(2, 3).to(query.dtype)
+
+        if encoder_hidden_states is None:  # single-stream block: no output projection here
+            return out
+        text_len = encoder_hidden_states.shape[1]
+        context_out, image_out = out[:, :text_len], out[:, text_len:]
+        image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
+        return image_out, attn.to_add_out(context_out.contiguous())
+
+    def _branch(self, q_e, k_e, v_e, q_img, k_img, v_img) -> torch.Tensor:
+        """Expression tokens attend to their own expression's tokens and to the image tokens."""
+        capture = self.capture
+        layout = capture.layout
+        batch, _, heads, dim = q_e.shape
+        kk, length = layout.num_expressions, layout.expression_len
+        scale = dim**-0.5
+        # [B, K, H, L, D]
+        qe, ke, ve = (t.view(batch, kk, length, heads, dim).transpose(2, 3) for t in (q_e, k_e, v_e))
+        own = (qe @ ke.transpose(-1, -2)) * scale  # [B, K, H, L, L]
+        own = own.masked_fill(~capture._key_valid[None, :, None, None, :], float("-inf"))
+        to_img = torch.einsum("bkhld,bnhd->bkhln", qe, k_img) * scale  # [B, K, H, L, N]
+        probs = torch.cat([own, to_img], dim=-1).float().softmax(dim=-1).to(qe.dtype)
+        p_own, p_img = probs[..., :length], probs[..., length:]
+        out = p_own @ ve + torch.einsum("bkhln,bnhd->bkhld", p_img, v_img)  # [B, K, H, L, D]
+        if self.block_index in capture.selected_blocks:
+            for b in range(batch):
+                capture.add(q_img[b], k_e[b].view(kk, length, heads, dim), p_own[b])
+        return out.transpose(2, 3).reshape(batch, kk * length, heads, dim)
+
+
+def install_branch_processors(transformer) -> list[ExpressionBranchProcessor]:
+    """Give every double and single block of a FluxTransformer2DModel its own branch processor,
+    numbered 0..D-1 (double blocks) then D..D+S-1 (single blocks)."""
+    processors = []
+    blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+    for index, block in enumerate(blocks):
+        processor = ExpressionBranchProcessor(index)
+        block.attn.set_processor(processor)
+        processors.append(processor)
+    return processors

@@ -1,0 +1,281 @@
+"""FLUX.1 (diffusers `FluxPipeline` layout) observed through the expression branch."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from refam.extractors.base import ExpressionError, Extractor, sample_seed, select_blocks
+from refam.extractors.capture import AttentionCapture, BranchLayout, install_branch_processors
+from refam.extractors.trajectory import NoiseAt, Trajectory, TrajectoryContext
+from refam.text.tokens import tokens_to_words
+from refam.types import TokenInfo, TokenMaps
+
+log = logging.getLogger(__name__)
+
+PRETRAINED_KEY = "model.init_args.extractor.init_args.pretrained"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CheckpointError(RuntimeError):
+    """Weights that cannot be loaded; the message names the folder and the config key to change."""
+
+
+@dataclass
+class CaptionCondition:
+    """What the denoising stream is conditioned on."""
+
+    embeds: torch.Tensor  # [1, Lc, D] T5
+    pooled: torch.Tensor  # [1, P] CLIP
+    guidance: torch.Tensor | None
+
+
+@dataclass
+class EncodedExpressions:
+    embeds: torch.Tensor  # [K, L, D] T5, padded to the longest expression
+    valid: torch.Tensor  # [K, L] bool
+    tokens: list[list[TokenInfo]]
+
+
+def resolve_pretrained(pretrained: str) -> str:
+    """A local folder, or a hub id (the only case where refam touches the network)."""
+    if os.path.isdir(pretrained):
+        return pretrained
+    looks_like_hub_id = pretrained.count("/") == 1 and not pretrained.startswith((".", "/", "~"))
+    if os.path.exists(pretrained) or not looks_like_hub_id:
+        raise CheckpointError(
+            f"{PRETRAINED_KEY}: {pretrained!r} is not a folder. Give the folder of a FLUX.1 checkpoint in the "
+            "diffusers layout (model_index.json, transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, "
+            "tokenizer_2/, scheduler/) or a hub id such as black-forest-labs/FLUX.1-dev."
+        )
+    return pretrained
+
+
+class FluxExtractor(Extractor):
+    """Cross-attention maps of referring expressions from a FLUX transformer.
+
+    Args:
+        pretrained: folder in the diffusers FLUX layout, or a hub id (downloads).
+        torch_dtype: "bfloat16" (the released weights), "float16" or "float32".
+        trajectory: how the observed latent is made; default `NoiseAt(timestep=750)`.
+        resolution: the image is resized to resolution x resolution (ConceptAttention's
+            convention), or to about resolution^2 pixels at its aspect ratio with `keep_aspect`.
+        blocks: blocks whose maps are averaged, counted over double then single blocks
+            (FLUX.1: 19 + 38); None = all (the paper's default), a list of indices, or a float
+            fraction of the earliest blocks to filter out.
+        softmax_stage: "after_mean" (average logits over heads and blocks, then the aggregator's
+            softmax across tokens; default) or "per_head" (softmax per head and block, then average).
+        caption_max_tokens: T5 length of the denoising prompt (FLUX.1-dev 512, schnell 256).
+        expression_max_tokens: longest expression (with magnets) accepted, in T5 tokens.
+        guidance_scale: guidance embedding for guidance-distilled models (FLUX.1-dev); ignored otherwise.
+        seed: base seed of the noise; each sample's noise derives from (seed, sample id).
+        offload_text_encoders: keep T5 and CLIP on the CPU (encode there, move embeddings over).
+        local_files_only: never contact a hub, even for a hub id.
+    """
+
+    def __init__(
+        self,
+        pretrained: str,
+        torch_dtype: str = "bfloat16",
+        trajectory: Trajectory | None = None,
+        resolution: int = 1024,
+        keep_aspect: bool = False,
+        blocks: list[int] | float | None = None,
+        softmax_stage: str = "after_mean",
+        caption_max_tokens: int = 512,
+        expression_max_tokens: int = 128,
+        guidance_scale: float = 3.5,
+        seed: int = 0,
+        offload_text_encoders: bool = False,
+        local_files_only: bool = False,
+    ) -> None:
+        if torch_dtype not in DTYPES:
+            raise ValueError(f"model.init_args.extractor.init_args.torch_dtype must be one of {list(DTYPES)}")
+        if resolution % 16:
+            raise ValueError(f"model.init_args.extractor.init_args.resolution must be a multiple of 16, got {resolution}")
+        self.pretrained = pretrained
+        self.dtype = DTYPES[torch_dtype]
+        self.trajectory = trajectory if trajectory is not None else NoiseAt(750.0)
+        self.resolution = resolution
+        self.keep_aspect = keep_aspect
+        self.blocks = blocks
+        self.softmax_stage = softmax_stage
+        self.caption_max_tokens = caption_max_tokens
+        self.expression_max_tokens = expression_max_tokens
+        self.guidance_scale = guidance_scale
+        self.seed = seed
+        self.offload_text_encoders = offload_text_encoders
+        self.local_files_only = local_files_only
+        self.pipe = None
+        self.device = torch.device("cpu")
+
+    # ---------------------------------------------------------------- loading
+    def setup(self, device: torch.device) -> None:
+        if self.pipe is not None:
+            self._move(device)
+            return
+        from diffusers import FluxPipeline
+
+        source = resolve_pretrained(self.pretrained)
+        try:
+            pipe = FluxPipeline.from_pretrained(source, dtype=self.dtype, local_files_only=self.local_files_only)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"{PRETRAINED_KEY}: cannot load a FLUX pipeline from {self.pretrained!r}: {err}. The folder must hold "
+                "the diffusers FLUX layout (as written by FluxPipeline.save_pretrained)."
+            ) from err
+        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            module.requires_grad_(False).eval()
+        self.pipe = pipe
+        self.processors = install_branch_processors(pipe.transformer)
+        self._move(device)
+
+    def _move(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        text_device = torch.device("cpu") if self.offload_text_encoders else self.device
+        self.pipe.transformer.to(self.device)
+        self.pipe.vae.to(self.device)
+        self.pipe.text_encoder.to(text_device)
+        self.pipe.text_encoder_2.to(text_device)
+
+    @property
+    def num_blocks(self) -> int:
+        t = self.pipe.transformer
+        return len(t.transformer_blocks) + len(t.single_transformer_blocks)
+
+    # ---------------------------------------------------------------- encoders
+    def tokenize(self, text: str, magnet_start: int | None) -> list[TokenInfo]:
+        enc = self.pipe.tokenizer_2(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+        pieces = self.pipe.tokenizer_2.convert_ids_to_tokens(enc["input_ids"])
+        return tokens_to_words(text, pieces, enc["offset_mapping"], [bool(s) for s in enc["special_tokens_mask"]], magnet_start)
+
+    def validate_expression(self, text: str) -> None:
+        if not text.strip():
+            raise ExpressionError("the expression is empty")
+        n = len(self.pipe.tokenizer_2(text)["input_ids"])
+        if n > self.expression_max_tokens:
+            raise ExpressionError(
+                f"the expression has {n} T5 tokens with magnets; the limit is {self.expression_max_tokens} "
+                "(model.init_args.extractor.init_args.expression_max_tokens): shorten it or raise the limit"
+            )
+
+    @torch.inference_mode()
+    def encode_expressions(self, expressions: list[tuple[str, int | None]]) -> EncodedExpressions:
+        texts = [text for text, _ in expressions]
+        for text in texts:
+            self.validate_expression(text)
+        enc = self.pipe.tokenizer_2(texts, padding="longest", return_tensors="pt")
+        encoder = self.pipe.text_encoder_2
+        ids, mask = enc["input_ids"].to(encoder.device), enc["attention_mask"].to(encoder.device)
+        # With its attention mask, T5 gives each expression the same embeddings as when encoded alone.
+        embeds = encoder(ids, attention_mask=mask)[0].to(self.device, self.dtype)
+        valid = enc["attention_mask"].bool()
+        tokens = []
+        for k, (text, magnet_start) in enumerate(expressions):
+            info = self.tokenize(text, magnet_start)
+            pad = TokenInfo(piece=self.pipe.tokenizer_2.pad_token, word="", special=True, magnet=False)
+            tokens.append(info + [pad] * (valid.shape[1] - len(info)))
+        return EncodedExpressions(embeds=embeds, valid=valid, tokens=tokens)
+
+    @torch.inference_mode()
+    def encode_caption(self, caption: str) -> CaptionCondition:
+        embeds, pooled, _ = self.pipe.encode_prompt(
+            prompt=caption, prompt_2=caption, device=self.device, max_sequence_length=self.caption_max_tokens
+        )
+        guidance = None
+        if self.pipe.transformer.config.guidance_embeds:
+            guidance = torch.full((1,), self.guidance_scale, device=self.device, dtype=torch.float32)
+        return CaptionCondition(embeds=embeds.to(self.dtype), pooled=pooled.to(self.dtype), guidance=guidance)
+
+    def image_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) the image is resized to: multiples of 16 (VAE factor 8 x 2x2 packing)."""
+        multiple = self.pipe.vae_scale_factor * 2
+        if not self.keep_aspect:
+            return self.resolution, self.resolution
+        scale = (self.resolution**2 / (width * height)) ** 0.5
+        return (max(multiple, round(height * scale / multiple) * multiple), max(multiple, round(width * scale / multiple) * multiple))
+
+    @torch.inference_mode()
+    def encode_image(self, image: Image.Image) -> tuple[torch.Tensor, int, int]:
+        """Packed clean latent [1, N, C*4] and the token grid (rows, columns)."""
+        height, width = self.image_size(*image.size)
+        pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+        vae = self.pipe.vae
+        latent = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
+        latent = (latent - vae.config.shift_factor) * vae.config.scaling_factor
+        _, channels, lh, lw = latent.shape
+        packed = self.pipe._pack_latents(latent, 1, channels, lh, lw).to(self.dtype)
+        return packed, lh // 2, lw // 2
+
+    # ---------------------------------------------------------------- forward
+    @torch.inference_mode()
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        sigma: float,
+        grid: tuple[int, int],
+        condition: CaptionCondition,
+        expressions: EncodedExpressions | None = None,
+        capture: AttentionCapture | None = None,
+    ) -> torch.Tensor:
+        """One transformer forward; with `expressions` and `capture`, the branch rides along."""
+        text = condition.embeds
+        if expressions is not None:
+            text = torch.cat([text, expressions.embeds.reshape(1, -1, text.shape[-1]).to(text.dtype)], dim=1)
+        img_ids = self.pipe._prepare_latent_image_ids(1, grid[0], grid[1], self.device, self.dtype)
+        txt_ids = torch.zeros(text.shape[1], 3, device=self.device, dtype=self.dtype)
+        for processor in self.processors:
+            processor.capture = capture
+        try:
+            return self.pipe.transformer(
+                hidden_states=x_t,
+                encoder_hidden_states=text,
+                pooled_projections=condition.pooled,
+                timestep=torch.full((1,), sigma, device=self.device, dtype=self.dtype),
+                img_ids=img_ids,
+                txt_ids=txt_ids,
+                guidance=condition.guidance,
+                return_dict=False,
+            )[0]
+        finally:
+            for processor in self.processors:
+                processor.capture = None
+
+    def new_capture(self, expressions: EncodedExpressions, caption_len: int, grid: tuple[int, int]) -> AttentionCapture:
+        return AttentionCapture(
+            BranchLayout(caption_len=caption_len, key_valid=expressions.valid),
+            num_image_tokens=grid[0] * grid[1],
+            selected_blocks=select_blocks(self.num_blocks, self.blocks),
+            softmax_stage=self.softmax_stage,
+            device=self.device,
+        )
+
+    @torch.inference_mode()
+    def extract(self, image, caption, expressions, sample_id) -> TokenMaps:
+        if self.pipe is None:
+            raise RuntimeError("FluxExtractor.setup(device) must run before extract()")
+        encoded = self.encode_expressions(expressions)
+        condition = self.encode_caption(caption)
+        x0, rows, cols = self.encode_image(image)
+        capture = self.new_capture(encoded, condition.embeds.shape[1], (rows, cols))
+        context = TrajectoryContext(
+            velocity=lambda x, s: self.forward(x, s, (rows, cols), condition),
+            image_seq_len=rows * cols,
+            scheduler_config=dict(self.pipe.scheduler.config),
+        )
+        generator = torch.Generator("cpu").manual_seed(sample_seed(self.seed, sample_id))
+        for x_t, sigma in self.trajectory.states(x0, generator, context):
+            self.forward(x_t, sigma, (rows, cols), condition, encoded, capture)
+        scores, text_mass = capture.result()
+        k, length = encoded.valid.shape
+        return TokenMaps(
+            scores=scores.reshape(k, length, rows, cols).cpu(),
+            valid=encoded.valid.cpu(),
+            text_mass=text_mass.cpu(),
+            tokens=encoded.tokens,
+            kind="logits" if self.softmax_stage == "after_mean" else "probs",
+        )

@@ -1,0 +1,98 @@
+"""A FLUX-architecture pipeline built tiny from configs, saved in the diffusers layout.
+
+Same classes as FLUX.1 (FluxTransformer2DModel, CLIPTextModel, T5EncoderModel, AutoencoderKL,
+FlowMatchEulerDiscreteScheduler); a word-level T5 vocabulary and a character-level CLIP vocabulary
+stand in for the real ones, so the folder loads through `FluxPipeline.from_pretrained` offline.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+
+from refam.aggregators.magnets import PAPER_MAGNETS
+from refam.aggregators.stopwords import PAPER_STOP_WORDS
+
+DOMAIN_WORDS = """
+man woman person people boy girl child dog cat horse cow sheep bird elephant zebra giraffe bear car bus truck
+bike motorcycle train boat plane chair couch bed table tv laptop cup bottle bowl pizza cake banana apple orange
+umbrella bag ball kite surfboard skateboard tree grass sky road street building wall window door picture
+red green blue yellow pink purple orange white black brown gray grey
+left right middle center top bottom front back near far big small large little tall short
+first second third last one two three shirt hat jacket sitting standing holding wearing
+box circle square triangle shape object photo image
+""".split()
+
+
+def tiny_vocabulary() -> list[str]:
+    # symbols stay single characters, as in T5, where "_" becomes a bare "▁" then "_"
+    return sorted((set(DOMAIN_WORDS) | set(PAPER_STOP_WORDS) | set(PAPER_MAGNETS)) - {"_", ";", ".", "-"})
+
+
+def build_tokenizers():
+    from transformers import CLIPTokenizer, T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0)]
+    pieces += [(p, -5.0) for p in "_;.,-'!?"]
+    pieces += [("▁" + w, -1.0) for w in tiny_vocabulary()]
+    t5 = T5Tokenizer(vocab=pieces, extra_ids=0)
+
+    symbols = list(string.ascii_lowercase + string.digits + "_;.,-'!?")
+    clip_vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for s in symbols:
+        clip_vocab.setdefault(s, len(clip_vocab))
+        clip_vocab.setdefault(s + "</w>", len(clip_vocab))
+    clip = CLIPTokenizer(vocab=clip_vocab, merges=[], model_max_length=77)
+    return clip, t5
+
+
+def build_tiny_flux(seed: int = 0, width: int = 32, heads: int = 2, double_blocks: int = 2, single_blocks: int = 2):
+    """A randomly initialised FluxPipeline with the real component classes, deterministic by seed."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip_tok, t5_tok = build_tokenizers()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
+            )
+        )
+        clip = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id,
+            )
+        )
+        head_dim = width // heads
+        rope = (head_dim - 2 * (head_dim * 3 // 8), head_dim * 3 // 8, head_dim * 3 // 8)
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=double_blocks, num_single_layers=single_blocks,
+            attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
+            pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=rope,
+        )
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+            latent_channels=16, norm_num_groups=4, scaling_factor=0.3611, shift_factor=0.1159,
+            use_quant_conv=False, use_post_quant_conv=False,
+        )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tok,
+        text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer,
+    )
+
+
+def save_tiny_flux(folder: str | Path, **kwargs) -> Path:
+    folder = Path(folder)
+    build_tiny_flux(**kwargs).save_pretrained(folder, safe_serialization=True)
+    return folder

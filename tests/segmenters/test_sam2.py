@@ -1,0 +1,144 @@
+"""SAM2PointSegmenter on a tiny random-weight SAM2 (hiera-t config at 256 px, CPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+from refam.segmenters import SAM2PointSegmenter, Segmenter
+
+CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+KEY = "model.init_args.segmenter.init_args.checkpoint"
+H, W = 120, 160
+POINTS = np.array([[20.0, 30.0], [140.0, 100.0]])
+
+
+def tiny(seed: int = 0, **kwargs) -> SAM2PointSegmenter:
+    seg = SAM2PointSegmenter(config=CONFIG, image_size=256, allow_random_weights=True, init_seed=seed, **kwargs)
+    seg.setup(torch.device("cpu"))
+    return seg
+
+
+@pytest.fixture(scope="module")
+def seg() -> SAM2PointSegmenter:
+    return tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def img() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def heat(k: int) -> torch.Tensor:
+    return torch.zeros(k, H, W)
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[n], sb[n]) for n in sa)
+
+
+def test_segments_each_point_at_image_resolution(seg, img):
+    assert isinstance(seg, Segmenter)
+    masks = seg.segment(img, POINTS, heat(2))
+    assert masks.shape == (2, H, W) and masks.dtype == np.bool_
+    # The override reached both the model and the predictor's resize transform.
+    assert seg.predictor.model.image_size == 256 and seg.predictor._transforms.resolution == 256
+    assert seg.predictor._bb_feat_sizes == [(64, 64), (32, 32), (16, 16)]
+
+
+def test_same_seed_gives_the_same_model_whatever_the_ambient_rng(seg, img):
+    torch.manual_seed(1234)  # a caller's RNG state must not leak into the weights
+    again = tiny(seed=0)
+    assert same_weights(seg.predictor.model, again.predictor.model)
+    np.testing.assert_array_equal(seg.segment(img, POINTS, heat(2)), again.segment(img, POINTS, heat(2)))
+    other = tiny(seed=1)
+    assert not same_weights(seg.predictor.model, other.predictor.model)
+
+
+def test_random_init_leaves_the_callers_rng_alone():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    tiny(seed=0)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_checkpoint_is_loaded_from_disk(seg, img, tmp_path):
+    path = tmp_path / "sam2_tiny.pt"
+    torch.save({"model": seg.predictor.model.state_dict()}, path)
+    loaded = SAM2PointSegmenter(config=CONFIG, checkpoint=str(path), image_size=256, init_seed=99)
+    loaded.setup(torch.device("cpu"))
+    assert same_weights(seg.predictor.model, loaded.predictor.model)
+    np.testing.assert_array_equal(seg.segment(img, POINTS, heat(2)), loaded.segment(img, POINTS, heat(2)))
+
+
+def test_setup_is_idempotent(seg):
+    predictor = seg.predictor
+    seg.setup(torch.device("cpu"))
+    assert seg.predictor is predictor
+
+
+class FakePredictor:
+    """Records calls; returns three masks whose scores put the best one in the middle."""
+
+    def __init__(self) -> None:
+        self.images: list[np.ndarray] = []
+        self.calls: list[dict] = []
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.images.append(image)
+
+    def predict(self, point_coords, point_labels, multimask_output):
+        self.calls.append(dict(coords=point_coords, labels=point_labels, multimask=multimask_output))
+        masks = np.zeros((3, H, W), dtype=np.float32)
+        for c in range(3):
+            masks[c, c] = 1.0  # mask c is row c
+        return masks, np.array([0.1, 0.9, 0.3], dtype=np.float32), np.zeros((3, 256, 256), np.float32)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_one_embedding_per_image_one_positive_point_per_expression(img, multimask):
+    seg = SAM2PointSegmenter(allow_random_weights=True, multimask_output=multimask)
+    fake = FakePredictor()
+    seg._predictor = fake  # the prompting logic, without building SAM2
+    masks = seg.segment(img, POINTS, heat(2))
+    assert len(fake.images) == 1
+    assert len(fake.calls) == 2
+    for call, point in zip(fake.calls, POINTS):
+        np.testing.assert_array_equal(call["coords"], [point])  # [[x, y]], not [y, x]
+        np.testing.assert_array_equal(call["labels"], [1])
+        assert call["multimask"] is multimask
+    # Highest predicted IoU wins: mask 1, which is row 1.
+    assert masks[:, 1].all() and masks.sum() == 2 * W
+
+
+def test_no_points_embeds_nothing(img):
+    seg = SAM2PointSegmenter(allow_random_weights=True)
+    seg._predictor = fake = FakePredictor()
+    masks = seg.segment(img, np.zeros((0, 2)), heat(0))
+    assert masks.shape == (0, H, W) and not fake.images
+
+
+def test_segment_before_setup_is_an_error(img):
+    with pytest.raises(RuntimeError, match="setup"):
+        SAM2PointSegmenter(allow_random_weights=True).segment(img, POINTS, heat(2))
+
+
+def test_no_checkpoint_names_the_config_key():
+    with pytest.raises(ValueError, match=KEY) as info:
+        SAM2PointSegmenter()
+    assert "allow_random_weights" in str(info.value)
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    missing = tmp_path / "nope" / "sam2.1_hiera_large.pt"
+    with pytest.raises(FileNotFoundError, match=KEY) as info:
+        SAM2PointSegmenter(checkpoint=str(missing))
+    assert str(missing) in str(info.value)
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="both"):
+        SAM2PointSegmenter(checkpoint="a.pt", model_id="facebook/sam2.1-hiera-tiny")
+    with pytest.raises(ValueError, match="image_size"):
+        SAM2PointSegmenter(allow_random_weights=True, image_size=250)
