@@ -2,7 +2,9 @@
 
 The paper marks a token as a sink when the mean text-to-text attention it receives, averaged over
 layers (and here heads and query tokens of its expression), is more than `factor` times the mean
-over the expression's tokens (factor 10 in the paper).
+over the expression's tokens (factor 10 in the paper). The mean includes the token itself, as the
+paper words it, so no token of a T-token sequence can exceed T times the mean: factor 10 can only
+fire on expressions (with magnets and EOS) longer than 10 tokens.
 """
 
 from __future__ import annotations

@@ -16,9 +16,13 @@ def upsample(heatmaps: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(heatmaps[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
-def argmax_points(image_heatmaps: torch.Tensor) -> torch.Tensor:
-    """[K, H, W] -> [K, 2] (x, y) pixel centres of each map's maximum (first one on ties)."""
-    k, _, width = image_heatmaps.shape
-    index = image_heatmaps.flatten(1).argmax(dim=1)
-    rows, cols = index // width, index % width
-    return torch.stack([cols.float() + 0.5, rows.float() + 0.5], dim=1)
+def argmax_points(heatmaps: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[K, h, w] token-grid maps -> [K, 2] (x, y): the centre, in image pixels, of each map's best cell.
+
+    The argmax is taken on the grid, not on the upsampled map: bilinear upsampling is flat between
+    an edge cell's centre and the image border, where an upsampled argmax would return the corner.
+    """
+    _, rows, cols = heatmaps.shape
+    index = heatmaps.flatten(1).argmax(dim=1)
+    r, c = index // cols, index % cols
+    return torch.stack([(c.double() + 0.5) * width / cols, (r.double() + 0.5) * height / rows], dim=1).float()

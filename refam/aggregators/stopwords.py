@@ -1,6 +1,7 @@
 """The stop-word list of the REFAM paper (appendix B).
 
-NLTK's English list (179 words, embedded because its corpus needs a download) extended with the
+NLTK's classic English list as printed in the paper (127 words; newer NLTK releases have 179), embedded
+because NLTK's corpus needs a download, extended with the
 tokenizer symbols the paper names ("_", ";", ".") and the "-" printed at the end of its list.
 """
 

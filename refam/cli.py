@@ -1,0 +1,36 @@
+"""`refam test --config X.yaml` (and the other LightningCLI subcommands)."""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningCLI
+
+# Imported so that configs can name components by class name as well as by full import path.
+import refam.aggregators.base  # noqa: F401
+import refam.aggregators.magnets  # noqa: F401
+import refam.data  # noqa: F401
+import refam.extractors.flux  # noqa: F401
+import refam.extractors.trajectory  # noqa: F401
+import refam.segmenters  # noqa: F401
+from refam.data.datamodule import RefAMDataModule
+from refam.module import RefAMModule
+
+TRAINER_DEFAULTS = {
+    # the datamodule shards without padding; Lightning's DistributedSampler would duplicate samples
+    "use_distributed_sampler": False,
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "outputs"}},
+}
+
+
+def main(args: list[str] | None = None) -> None:
+    LightningCLI(
+        RefAMModule,
+        RefAMDataModule,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

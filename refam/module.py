@@ -1,0 +1,175 @@
+"""RefAMModule: the zero-shot REFAM inference of DESIGN.md as a LightningModule.
+
+The module holds the science (components and metrics); the Trainer the engineering (devices,
+DDP, progress, logging). Heavy models live in plain component objects, not in the registered
+module tree, so DDP has no parameters to broadcast and each rank loads its own weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import SumMetric
+
+from refam.aggregators.base import Aggregator, SoftmaxMeanAggregator
+from refam.aggregators.magnets import AppendMagnets, MagnetStrategy
+from refam.aggregators.point import argmax_points, upsample
+from refam.extractors.base import ExpressionError, Extractor
+from refam.metrics import MeanIoU, OverallIoU, PointAccuracy
+from refam.segmenters.base import Segmenter
+from refam.types import BadSample, Prediction, Sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleResult:
+    sample_id: str
+    predictions: list[Prediction] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one message per expression that could not be run
+
+
+class RefAMModule(L.LightningModule):
+    """Zero-shot referring segmentation: expression branch maps -> heatmap -> point -> mask.
+
+    Args:
+        extractor: the DiT observed through the expression branch (e.g. FluxExtractor).
+        segmenter: point (and heatmap) -> mask (e.g. SAM2PointSegmenter).
+        magnets: appended attention magnets and token filtering; default the paper's.
+        aggregator: token maps -> heatmap; default the paper's softmax-across-tokens mean.
+    """
+
+    def __init__(
+        self,
+        extractor: Extractor,
+        segmenter: Segmenter,
+        magnets: MagnetStrategy | None = None,
+        aggregator: Aggregator | None = None,
+    ) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.segmenter = segmenter
+        self.magnets = magnets if magnets is not None else AppendMagnets()
+        self.aggregator = aggregator if aggregator is not None else SoftmaxMeanAggregator()
+        self.miou, self.oiou, self.pa = MeanIoU(), OverallIoU(), PointAccuracy()
+        self.skipped_samples, self.skipped_expressions = SumMetric(), SumMetric()
+        self.evaluated_expressions = SumMetric()
+        self.metric_prefix = "test"
+
+    # ------------------------------------------------------------ lifecycle
+    def _load_components(self) -> None:
+        self.extractor.setup(self.device)
+        self.segmenter.setup(self.device)
+
+    def on_test_start(self) -> None:
+        self._load_components()
+        dataset = getattr(self.trainer.datamodule, "dataset", None)
+        self.metric_prefix = getattr(dataset, "name", "test")
+
+    def on_predict_start(self) -> None:
+        self._load_components()
+
+    # ------------------------------------------------------------ inference
+    def segment_sample(self, sample: Sample) -> SampleResult:
+        """Run every expression of one image; an expression that cannot run is reported, not fatal."""
+        result = SampleResult(sample.sample_id)
+        runnable, augmented = [], []
+        for expression in sample.expressions:
+            text, magnet_start = self.magnets.augment(expression.text)
+            try:
+                if not expression.text.strip():
+                    raise ExpressionError("the expression is empty")
+                validate = getattr(self.extractor, "validate_expression", None)
+                if validate is not None:
+                    validate(text)
+            except ExpressionError as err:
+                result.skipped.append(f"{sample.source or sample.sample_id} expression {expression.expression_id!r}: {err}")
+                continue
+            runnable.append(expression)
+            augmented.append((text, magnet_start))
+        if not runnable:
+            return result
+
+        maps = self.extractor.extract(sample.image, sample.caption, augmented, sample.sample_id)
+        keep = torch.tensor([self.magnets.keep(tokens) for tokens in maps.tokens], dtype=torch.bool)
+        aggregation = self.aggregator(maps, keep)
+        width, height = sample.image.size
+        image_maps = upsample(aggregation.heatmaps, height, width)
+        points = argmax_points(aggregation.heatmaps, height, width)
+        masks = self.segmenter.segment(np.asarray(sample.image.convert("RGB")), points.numpy(), image_maps)
+        for k, expression in enumerate(runnable):
+            tokens = maps.tokens[k]
+            real = [t for t, v in zip(tokens, maps.valid[k].tolist()) if v]
+            result.predictions.append(
+                Prediction(
+                    expression_id=expression.expression_id,
+                    mask=masks[k],
+                    point=(float(points[k, 0]), float(points[k, 1])),
+                    heatmap=aggregation.heatmaps[k],
+                    kept_tokens=[t.piece for t, kept in zip(tokens, aggregation.kept[k].tolist()) if kept],
+                    dropped_tokens=[t.piece for t, kept in zip(real, aggregation.kept[k].tolist()) if not kept],
+                    sinks=[t.piece for t, sink in zip(tokens, aggregation.sinks[k].tolist()) if sink],
+                )
+            )
+        return result
+
+    def test_step(self, batch: list[Sample | BadSample], batch_idx: int) -> list[SampleResult]:
+        results = []
+        for item in batch:
+            if isinstance(item, BadSample):
+                log.warning("skipped sample %s: %s", item.sample_id, item.reason)
+                self.skipped_samples.update(1)
+                continue
+            result = self.segment_sample(item)
+            for message in result.skipped:
+                log.warning("skipped %s", message)
+            self.skipped_expressions.update(len(result.skipped))
+            truth = {e.expression_id: e.mask for e in item.expressions}
+            for prediction in result.predictions:
+                target = truth[prediction.expression_id]
+                if target is None:
+                    continue
+                target = torch.from_numpy(np.asarray(target, dtype=bool))
+                predicted = torch.from_numpy(np.asarray(prediction.mask, dtype=bool))
+                self.miou.update(predicted, target)
+                self.oiou.update(predicted, target)
+                self.pa.update(prediction.point, target)
+                self.evaluated_expressions.update(1)
+            results.append(result)
+        return results
+
+    def on_test_epoch_end(self) -> None:
+        # compute() gathers the summed states of every rank, so all ranks log the same global value
+        # and no sample is counted twice (the sampler shards without padding).
+        values = {
+            "mIoU": self.miou.compute(),
+            "oIoU": self.oiou.compute(),
+            "PA": self.pa.compute(),
+            "expressions": self.evaluated_expressions.compute(),
+            "skipped_samples": self.skipped_samples.compute(),
+            "skipped_expressions": self.skipped_expressions.compute(),
+        }
+        for name, value in values.items():
+            self.log(f"{self.metric_prefix}/{name}", value.float(), sync_dist=False)
+        skipped_samples, skipped_expressions = int(values["skipped_samples"]), int(values["skipped_expressions"])
+        if skipped_samples or skipped_expressions:
+            rank_zero_info(
+                f"refam: skipped {skipped_samples} sample(s) and {skipped_expressions} expression(s); "
+                "the warnings above name each one and why. Metrics cover the rest."
+            )
+        for metric in (self.miou, self.oiou, self.pa, self.skipped_samples, self.skipped_expressions, self.evaluated_expressions):
+            metric.reset()
+
+    def predict_step(self, batch: list[Sample | BadSample], batch_idx: int) -> list[SampleResult]:
+        results = []
+        for item in batch:
+            if isinstance(item, BadSample):
+                log.warning("skipped sample %s: %s", item.sample_id, item.reason)
+                continue
+            results.append(self.segment_sample(item))
+        return results

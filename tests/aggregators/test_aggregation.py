@@ -1,0 +1,110 @@
+"""Softmax across tokens per patch, filtering, GAS detection, and the point in image pixels."""
+
+import pytest
+import torch
+
+from refam.aggregators.base import SoftmaxMeanAggregator, normalise
+from refam.aggregators.gas import detect_sinks, sink_category
+from refam.aggregators.point import argmax_points, upsample
+from refam.types import TokenInfo, TokenMaps
+
+
+def _maps(scores, valid=None, text_mass=None, kind="logits"):
+    k, t = scores.shape[:2]
+    valid = torch.ones(k, t, dtype=torch.bool) if valid is None else valid
+    text_mass = torch.full((k, t), 1.0 / t) if text_mass is None else text_mass
+    tokens = [[TokenInfo(f"t{i}", f"w{i}", False, False) for i in range(t)] for _ in range(k)]
+    return TokenMaps(scores=scores, valid=valid, text_mass=text_mass, tokens=tokens, kind=kind)
+
+
+def test_softmax_is_across_tokens_per_patch_not_across_patches():
+    # Token 0 (kept) has uniformly huge logits except a dip; token 1 (dropped, a magnet) is the
+    # background absorber. Per-patch softmax across tokens makes token 0 win where token 1 is weak;
+    # a softmax over patches would instead peak at token 0's own (uninformative) raw maximum.
+    scores = torch.zeros(1, 2, 3, 4)
+    scores[0, 0] = 10.0
+    scores[0, 0, 0, 0] = 10.5  # raw maximum of the kept token
+    scores[0, 1] = 12.0  # magnet absorbs every patch ...
+    scores[0, 1, 2, 1] = 0.0  # ... except this one
+    result = SoftmaxMeanAggregator()(_maps(scores), keep=torch.tensor([[True, False]]))
+    assert result.heatmaps[0].argmax().item() == 2 * 4 + 1
+    torch.testing.assert_close(result.probabilities.sum(dim=1), torch.ones(1, 3, 4))
+
+
+def test_padding_takes_no_probability_and_filtered_tokens_are_not_averaged():
+    scores = torch.randn(2, 3, 2, 2)
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    result = SoftmaxMeanAggregator()(_maps(scores, valid), keep=torch.tensor([[True, False, True], [False, True, True]]))
+    assert result.probabilities[1, 2].abs().sum() == 0
+    assert result.kept.tolist() == [[True, False, True], [False, True, False]]
+    expected0 = normalise(((scores[0].softmax(0)[0] + scores[0].softmax(0)[2]) / 2)[None])[0]
+    torch.testing.assert_close(result.heatmaps[0], expected0)
+    expected1 = normalise(scores[1, :2].softmax(0)[1][None])[0]
+    torch.testing.assert_close(result.heatmaps[1], expected1)
+
+
+def test_probs_kind_is_averaged_without_a_second_softmax():
+    probs = torch.rand(1, 3, 2, 2)
+    result = SoftmaxMeanAggregator()(_maps(probs, kind="probs"), keep=torch.tensor([[True, True, False]]))
+    torch.testing.assert_close(result.heatmaps[0], normalise(((probs[0, 0] + probs[0, 1]) / 2)[None])[0])
+
+
+def test_planted_sink_is_found():
+    mass = torch.full((2, 16), 0.02)
+    mass[0, 3] = 0.9  # the mean is 0.075: 12x
+    mass[1, 5] = 0.15  # the mean is 0.028: 5.3x, a sink only at factor 4
+    valid = torch.ones(2, 16, dtype=torch.bool)
+    sinks = detect_sinks(mass, valid, factor=10.0)
+    assert sinks.nonzero().tolist() == [[0, 3]]
+    assert detect_sinks(mass, valid, factor=4.0).nonzero().tolist() == [[0, 3], [1, 5]]
+
+
+def test_padding_never_dilutes_the_sink_mean():
+    mass = torch.tensor([[0.3, 0.2, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    valid = torch.tensor([[True, True, True] + [False] * 5])
+    # over the 3 real tokens the mean is 0.233: nothing is 2x it; over all 8 it would be 0.0875
+    assert not detect_sinks(mass, valid, factor=2.0).any()
+    assert detect_sinks(mass, torch.ones_like(valid), factor=2.0)[0, :3].all()
+
+
+def test_suppressing_sinks_drops_them_from_the_average():
+    scores = torch.zeros(1, 3, 2, 2)
+    scores[0, 0, 0, 0] = 5.0
+    scores[0, 1, 1, 1] = 5.0
+    mass = torch.tensor([[0.9, 0.01, 0.01]])
+    keep = torch.tensor([[True, True, False]])
+    detect_only = SoftmaxMeanAggregator()(_maps(scores, text_mass=mass), keep)
+    suppressed = SoftmaxMeanAggregator(gas_factor=2.0, drop_sinks=True)(_maps(scores, text_mass=mass), keep)
+    assert suppressed.sinks[0].tolist() == [True, False, False]
+    assert suppressed.kept[0].tolist() == [False, True, False]
+    assert suppressed.heatmaps[0].argmax().item() == 3
+    assert detect_only.kept[0].tolist() == [True, True, False]
+
+
+def test_sink_categories():
+    assert sink_category(TokenInfo("▁a", "a", False, False)) == "stop word"
+    assert sink_category(TokenInfo("</s>", "", True, False)) == "stop word"
+    assert sink_category(TokenInfo("▁red", "red", False, False)) == "colour"
+    assert sink_category(TokenInfo("▁dog", "dog", False, False)) == "other"
+
+
+@pytest.mark.parametrize("height,width", [(100, 200), (75, 50), (64, 64)])
+def test_planted_cell_maps_to_the_right_image_pixel(height, width):
+    rows, cols = 4, 8
+    for r, c in [(0, 0), (1, 6), (3, 7)]:
+        grid = torch.zeros(1, rows, cols)
+        grid[0, r, c] = 1.0
+        x, y = argmax_points(grid, height, width)[0].tolist()
+        assert (x, y) == pytest.approx(((c + 0.5) * width / cols, (r + 0.5) * height / rows))
+        # the upsampled map the segmenter sees peaks there too (to within the half pixel by which an
+        # even-sized cell's centre misses a pixel centre: 0.5 / cell size per axis)
+        image_map = upsample(grid, height, width)[0]
+        tolerance = 1.0 / min(height / rows, width / cols)
+        assert image_map[int(y), int(x)] >= image_map.max() - tolerance
+
+
+def test_points_are_x_then_y():
+    grid = torch.zeros(1, 10, 30)
+    grid[0, 2, 25] = 1.0
+    assert argmax_points(grid, 10, 30)[0].tolist() == [25.5, 2.5]
+    assert argmax_points(grid, 20, 300)[0].tolist() == [255.0, 5.0]

@@ -1,0 +1,85 @@
+"""Magnets and stop words are dropped after the softmax; content tokens are kept."""
+
+from refam.aggregators.magnets import PAPER_MAGNETS, AppendMagnets
+from refam.aggregators.stopwords import PAPER_STOP_WORDS
+from refam.text.tokens import tokens_to_words
+
+
+def _t5_like(text):
+    """A hand-written T5-style tokenization of `text` (pieces, offsets) as a fast tokenizer gives it."""
+    pieces, offsets, position = [], [], 0
+    for word in text.split(" "):
+        start = text.index(word, position)
+        if word == "_":
+            pieces += ["▁", "_"]
+            offsets += [(start, start + 1), (start, start + 1)]
+        elif word.endswith("."):
+            pieces += ["▁" + word[:-1], "."]
+            offsets += [(start, start + len(word) - 1), (start + len(word) - 1, start + len(word))]
+        else:
+            pieces.append("▁" + word)
+            offsets.append((start, start + len(word)))
+        position = start + len(word)
+    return pieces + ["</s>"], offsets + [(0, 0)]
+
+
+def test_paper_magnets_and_stop_words():
+    assert PAPER_MAGNETS == ("_", "with", "to", "and", "pink")
+    assert len(PAPER_STOP_WORDS - {"_", ";", ".", "-"}) == 127  # NLTK's list as printed in appendix B
+    assert {"the", "of", "on", "with", "_", ";", "."} <= PAPER_STOP_WORDS
+    assert not {"left", "right", "red", "pink", "dog"} & PAPER_STOP_WORDS
+
+
+def test_magnets_stop_words_and_eos_dropped_content_kept():
+    strategy = AppendMagnets()
+    text, start = strategy.augment("the red car next to a tree.")
+    assert text == "the red car next to a tree. _ with to and pink"
+    pieces, offsets = _t5_like(text)
+    tokens = tokens_to_words(text, pieces, offsets, [p == "</s>" for p in pieces], start)
+    kept = [t.piece for t, keep in zip(tokens, strategy.keep(tokens)) if keep]
+    assert kept == ["▁red", "▁car", "▁next", "▁tree"]
+    magnets = [t.piece for t in tokens if t.magnet]
+    assert magnets == ["▁", "_", "▁with", "▁to", "▁and", "▁pink"]
+    # "to" inside the expression is a stop word, not a magnet
+    assert [t.magnet for t in tokens if t.piece == "▁to"] == [False, True]
+    assert [t.word for t in tokens[-7:-5]] == ["_", "_"]  # bare word-start marker and "_" are the paper's "_"
+
+
+def test_no_magnets_and_no_stop_word_filter():
+    strategy = AppendMagnets(magnets=[], filter_stop_words=False)
+    text, start = strategy.augment("  the dog  ")
+    assert (text, start) == ("the dog", None)
+    pieces, offsets = _t5_like(text)
+    tokens = tokens_to_words(text, pieces, offsets, [p == "</s>" for p in pieces], start)
+    assert strategy.keep(tokens) == [True, True, False]  # only EOS dropped
+
+
+def test_expression_of_only_stop_words_keeps_its_own_tokens():
+    strategy = AppendMagnets()
+    text, start = strategy.augment("that one there")
+    pieces, offsets = _t5_like(text)
+    tokens = tokens_to_words(text, pieces, offsets, [p == "</s>" for p in pieces], start)
+    kept = [t.piece for t, keep in zip(tokens, strategy.keep(tokens)) if keep]
+    assert kept == ["▁one"]
+    text, start = strategy.augment("this is it")
+    pieces, offsets = _t5_like(text)
+    tokens = tokens_to_words(text, pieces, offsets, [p == "</s>" for p in pieces], start)
+    assert [t.piece for t, keep in zip(tokens, strategy.keep(tokens)) if keep] == ["▁this", "▁is", "▁it"]
+
+
+def test_sub_word_pieces_take_their_word():
+    text = "the leftmost giraffe"
+    pieces = ["▁the", "▁left", "most", "▁gir", "affe", "</s>"]
+    offsets = [(0, 3), (4, 8), (8, 12), (13, 16), (16, 20), (0, 0)]
+    tokens = tokens_to_words(text, pieces, offsets, [False] * 5 + [True], None)
+    assert [t.word for t in tokens] == ["the", "leftmost", "leftmost", "giraffe", "giraffe", ""]
+    assert AppendMagnets().keep(tokens) == [False, True, True, True, True, False]
+
+
+def test_real_tokenizer_agrees(tiny_extractor):
+    strategy = AppendMagnets()
+    text, start = strategy.augment("the red dog on the left")
+    tokens = tiny_extractor.tokenize(text, start)
+    kept = [t.piece for t, keep in zip(tokens, strategy.keep(tokens)) if keep]
+    assert kept == ["▁red", "▁dog", "▁left"]
+    assert tokens[-1].special and tokens[-1].piece == "</s>"
