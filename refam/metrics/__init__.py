@@ -1,0 +1,6 @@
+"""Scores as torchmetrics `Metric`s with summable states (multi-GPU equals single-GPU)."""
+
+from refam.metrics.iou import MeanIoU, OverallIoU, intersection_union
+from refam.metrics.point import PointAccuracy, point_hit
+
+__all__ = ["MeanIoU", "OverallIoU", "PointAccuracy", "intersection_union", "point_hit"]

@@ -1,0 +1,159 @@
+"""Your own images and expressions, listed in a JSON or JSONL manifest.
+
+Each record (a JSON list item, or one line of JSONL):
+
+    {"id": "kitchen",                      # optional; default: the image file's stem
+     "image": "imgs/kitchen.jpg",           # relative paths are relative to the manifest's folder
+     "expressions": ["the red mug",         # plain text: no ground truth (predict only)
+                     {"text": "the kettle", "mask": "masks/kettle.png", "id": "kettle"}],
+     "caption": "a kitchen counter"}        # optional
+
+Masks are PNGs at the image's size; any nonzero pixel belongs to the object.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from refam.types import BadSample, Expression, Sample
+
+_KEY = "data.dataset.init_args"
+
+
+def _read_records(path: Path) -> list[tuple[str, Any]]:
+    """(where, record) pairs, `where` being "line N" (JSONL) or "record N" (JSON list), 1-based."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+        return [(f"record {i}", r) for i, r in enumerate(records, start=1)]
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"line {lineno}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from e
+    return records
+
+
+def _mask_from_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        # Palette PNGs (DAVIS style) hold indices, not colours: index 0 is background.
+        # Alpha is ignored: an opaque black pixel is background.
+        if im.mode in ("LA", "PA"):
+            im = im.getchannel(0)
+        elif im.mode == "RGBA":
+            im = im.convert("RGB")
+        array = np.asarray(im)
+    return array.any(axis=2) if array.ndim == 3 else array != 0
+
+
+class ManifestDataset(Dataset):
+    """Samples listed in a JSON / JSONL manifest; see the module docstring for the record format."""
+
+    def __init__(self, path: str, name: str | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"manifest not found: {self.path}. Check {_KEY}.path")
+        self._name = name or self.path.stem
+        self._samples = [self._parse(where, record) for where, record in _read_records(self.path)]
+        if not self._samples:
+            raise ValueError(f"{self.path}: the manifest lists no records")
+        seen: dict[str, str] = {}
+        for sample_id, _, _, _, where in self._samples:
+            if sample_id in seen:
+                raise ValueError(
+                    f"{self.path}: {where}: id '{sample_id}' repeats {seen[sample_id]}; give each record a unique \"id\""
+                )
+            seen[sample_id] = where
+
+    def _error(self, where: str, field: str, problem: str) -> ValueError:
+        return ValueError(f"{self.path}: {where}: field \"{field}\" {problem}")
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.path.parent / path
+
+    def _parse(self, where: str, record: Any) -> tuple[str, Path, list[tuple[str, str, Path | None]], str, str]:
+        if not isinstance(record, dict):
+            raise ValueError(f"{self.path}: {where}: expected an object, got {type(record).__name__}")
+        image = record.get("image")
+        if not isinstance(image, str) or not image:
+            raise self._error(where, "image", "is required and must be a non-empty string (an image path)")
+        sample_id = record.get("id", Path(image).stem)
+        if not isinstance(sample_id, str) or not sample_id:
+            raise self._error(where, "id", "must be a non-empty string")
+        caption = record.get("caption", "")
+        if not isinstance(caption, str):
+            raise self._error(where, "caption", "must be a string")
+        raw = record.get("expressions")
+        if not isinstance(raw, list) or not raw:
+            raise self._error(where, "expressions", "is required and must be a non-empty list")
+
+        expressions: list[tuple[str, str, Path | None]] = []
+        for k, item in enumerate(raw):
+            field = f"expressions[{k}]"
+            if isinstance(item, str):
+                item = {"text": item}
+            if not isinstance(item, dict):
+                raise self._error(where, field, "must be a string or an object with \"text\"")
+            text = item.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise self._error(where, f"{field}.text", "is required and must be a non-empty string")
+            expression_id = item.get("id", f"{sample_id}_{k}")
+            if not isinstance(expression_id, str) or not expression_id:
+                raise self._error(where, f"{field}.id", "must be a non-empty string")
+            if any(expression_id == e[0] for e in expressions):
+                raise self._error(where, f"{field}.id", f"'{expression_id}' repeats within the record")
+            mask = item.get("mask")
+            if mask is not None and (not isinstance(mask, str) or not mask):
+                raise self._error(where, f"{field}.mask", "must be a non-empty string (a PNG path)")
+            expressions.append((expression_id, text, self._resolve(mask) if mask else None))
+        return sample_id, self._resolve(image), expressions, caption, where
+
+    @property
+    def name(self) -> str:
+        """Prefix for metric names: the `name` argument, else the manifest's file stem."""
+        return self._name
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def __getitem__(self, index: int) -> Sample | BadSample:
+        sample_id, image_path, specs, caption, where = self._samples[index]
+        try:
+            with Image.open(image_path) as im:
+                image = im.convert("RGB")
+        except FileNotFoundError:
+            return BadSample(sample_id, f"image file not found: {image_path} ({self.path}, {where}); "
+                                        "fix the \"image\" path or restore the file")
+        except (OSError, Image.DecompressionBombError) as e:
+            return BadSample(sample_id, f"cannot read image {image_path} ({self.path}, {where}): {e}")
+
+        expressions = []
+        for expression_id, text, mask_path in specs:
+            mask = None
+            if mask_path is not None:
+                try:
+                    mask = _mask_from_png(mask_path)
+                except FileNotFoundError:
+                    return BadSample(sample_id, f"mask file not found: {mask_path} ({self.path}, {where}, "
+                                                f"expression '{expression_id}'); fix the \"mask\" path or restore it")
+                except (OSError, Image.DecompressionBombError) as e:
+                    return BadSample(sample_id, f"cannot read mask {mask_path} ({self.path}, {where}): {e}")
+                if mask.shape != (image.height, image.width):
+                    return BadSample(sample_id, f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image "
+                                                f"{image_path} is {image.width}x{image.height} ({self.path}, {where})")
+            expressions.append(Expression(text=text, expression_id=expression_id, mask=mask))
+        return Sample(sample_id=sample_id, image=image, expressions=expressions, caption=caption,
+                      source=f"{self.path}:{where}")
