@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch.cli import LightningCLI
 
 # Imported so that configs can name components by class name as well as by full import path.
@@ -12,6 +14,7 @@ import refam.extractors.flux  # noqa: F401
 import refam.extractors.trajectory  # noqa: F401
 import refam.segmenters  # noqa: F401
 from refam.data.datamodule import RefAMDataModule
+from refam.errors import RefamError
 from refam.module import RefAMModule
 
 TRAINER_DEFAULTS = {
@@ -22,14 +25,19 @@ TRAINER_DEFAULTS = {
 
 
 def main(args: list[str] | None = None) -> None:
-    LightningCLI(
-        RefAMModule,
-        RefAMDataModule,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=args,
-    )
+    try:
+        LightningCLI(
+            RefAMModule,
+            RefAMDataModule,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=args,
+        )
+    except RefamError as err:
+        # The message names the culprit and the fix; a traceback would only bury it.
+        print(f"refam: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from refam.types import BadSample, Expression, Sample
+from refam.errors import DataError, MissingInputError
 
 _KEY = "data.dataset.init_args"
 
@@ -33,7 +34,7 @@ def _read_records(path: Path) -> list[tuple[str, Any]]:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+            raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
         return [(f"record {i}", r) for i, r in enumerate(records, start=1)]
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -42,7 +43,7 @@ def _read_records(path: Path) -> list[tuple[str, Any]]:
         try:
             records.append((f"line {lineno}", json.loads(line)))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from e
+            raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from e
     return records
 
 
@@ -64,21 +65,21 @@ class ManifestDataset(Dataset):
     def __init__(self, path: str, name: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"manifest not found: {self.path}. Check {_KEY}.path")
+            raise MissingInputError(f"manifest not found: {self.path}. Check {_KEY}.path")
         self._name = name or self.path.stem
         self._samples = [self._parse(where, record) for where, record in _read_records(self.path)]
         if not self._samples:
-            raise ValueError(f"{self.path}: the manifest lists no records")
+            raise DataError(f"{self.path}: the manifest lists no records")
         seen: dict[str, str] = {}
         for sample_id, _, _, _, where in self._samples:
             if sample_id in seen:
-                raise ValueError(
+                raise DataError(
                     f"{self.path}: {where}: id '{sample_id}' repeats {seen[sample_id]}; give each record a unique \"id\""
                 )
             seen[sample_id] = where
 
-    def _error(self, where: str, field: str, problem: str) -> ValueError:
-        return ValueError(f"{self.path}: {where}: field \"{field}\" {problem}")
+    def _error(self, where: str, field: str, problem: str) -> DataError:
+        return DataError(f"{self.path}: {where}: field \"{field}\" {problem}")
 
     def _resolve(self, value: str) -> Path:
         path = Path(value).expanduser()
@@ -86,7 +87,7 @@ class ManifestDataset(Dataset):
 
     def _parse(self, where: str, record: Any) -> tuple[str, Path, list[tuple[str, str, Path | None]], str, str]:
         if not isinstance(record, dict):
-            raise ValueError(f"{self.path}: {where}: expected an object, got {type(record).__name__}")
+            raise DataError(f"{self.path}: {where}: expected an object, got {type(record).__name__}")
         image = record.get("image")
         if not isinstance(image, str) or not image:
             raise self._error(where, "image", "is required and must be a non-empty string (an image path)")
@@ -108,8 +109,9 @@ class ManifestDataset(Dataset):
             if not isinstance(item, dict):
                 raise self._error(where, field, "must be a string or an object with \"text\"")
             text = item.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise self._error(where, f"{field}.text", "is required and must be a non-empty string")
+            # An empty string is a sample-level problem: the run reports and skips that expression.
+            if not isinstance(text, str):
+                raise self._error(where, f"{field}.text", "is required and must be a string")
             expression_id = item.get("id", f"{sample_id}_{k}")
             if not isinstance(expression_id, str) or not expression_id:
                 raise self._error(where, f"{field}.id", "must be a non-empty string")

@@ -25,6 +25,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from refam.types import BadSample, Expression, Sample
+from refam.errors import DataError, MissingInputError
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 CAPTION_CHOICES = ("first", "none")
@@ -95,16 +96,16 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     elif isinstance(segmentation, dict):
         size = [int(v) for v in segmentation.get("size", ())]
         if size != [height, width]:
-            raise ValueError(f"RLE size {size} differs from the image size [{height}, {width}]")
+            raise DataError(f"RLE size {size} differs from the image size [{height}, {width}]")
         counts = segmentation.get("counts")
         if isinstance(counts, list):  # uncompressed RLE (iscrowd annotations)
             rle = mask_utils.frPyObjects(segmentation, height, width)
         elif isinstance(counts, (str, bytes)):
             rle = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
         else:
-            raise ValueError(f"RLE counts must be a list, str or bytes, got {type(counts).__name__}")
+            raise DataError(f"RLE counts must be a list, str or bytes, got {type(counts).__name__}")
     else:
-        raise ValueError(f"segmentation must be a polygon list or an RLE dict, got {type(segmentation).__name__}")
+        raise DataError(f"segmentation must be a polygon list or an RLE dict, got {type(segmentation).__name__}")
     with warnings.catch_warnings():
         # pycocotools 2.0.x trips numpy 2's `__array__(copy=...)` deprecation on every decode.
         warnings.filterwarnings("ignore", message=r"__array__ implementation", category=DeprecationWarning)
@@ -112,7 +113,7 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     if mask.ndim == 3:
         mask = mask.any(axis=2)
     if mask.shape != (height, width):
-        raise ValueError(f"decoded mask has shape {mask.shape}, expected ({height}, {width})")
+        raise DataError(f"decoded mask has shape {mask.shape}, expected ({height}, {width})")
     return mask.astype(bool)
 
 
@@ -125,26 +126,26 @@ class _Ref:
 
 def _require(path: Path, key: str, what: str) -> None:
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}. Check {_KEY}.{key}")
+        raise MissingInputError(f"{what} not found: {path}. Check {_KEY}.{key}")
 
 
 def _parse_refs(raw: Any, path: Path, split: str) -> tuple[list[dict], list[str]]:
     """The refs of `split`, and every split name the file has (for the error message)."""
     if not isinstance(raw, list):
-        raise ValueError(f"{path}: expected a list of refs, got {type(raw).__name__}")
+        raise DataError(f"{path}: expected a list of refs, got {type(raw).__name__}")
     chosen, splits = [], set()
     for i, ref in enumerate(raw):
         if not isinstance(ref, dict) or "split" not in ref:
-            raise ValueError(f"{path}: ref #{i} is not a dict with a 'split' key")
+            raise DataError(f"{path}: ref #{i} is not a dict with a 'split' key")
         splits.add(str(ref["split"]))
         if ref["split"] != split:
             continue
         for key in ("ref_id", "ann_id", "image_id", "sentences"):
             if key not in ref:
-                raise ValueError(f"{path}: ref #{i} (split {split}) has no '{key}'")
+                raise DataError(f"{path}: ref #{i} (split {split}) has no '{key}'")
         for sentence in ref["sentences"]:
             if not isinstance(sentence, dict) or "sent_id" not in sentence or "sent" not in sentence:
-                raise ValueError(f"{path}: ref #{i} (ref_id {ref['ref_id']}) has a sentence without sent_id/sent")
+                raise DataError(f"{path}: ref #{i} (ref_id {ref['ref_id']}) has a sentence without sent_id/sent")
         chosen.append(ref)
     return chosen, sorted(splits)
 
@@ -180,14 +181,14 @@ class RefCOCODataset(Dataset):
         self.split = split
         if split_by is None:
             if dataset not in DEFAULT_SPLIT_BY:
-                raise ValueError(
+                raise DataError(
                     f"no default split_by for dataset '{dataset}' (known: {sorted(DEFAULT_SPLIT_BY)}); "
                     f"set {_KEY}.split_by"
                 )
             split_by = DEFAULT_SPLIT_BY[dataset]
         self.split_by = split_by
         if caption_choice not in CAPTION_CHOICES:
-            raise ValueError(f"{_KEY}.caption_choice must be one of {CAPTION_CHOICES}, got '{caption_choice}'")
+            raise DataError(f"{_KEY}.caption_choice must be one of {CAPTION_CHOICES}, got '{caption_choice}'")
 
         _require(self.data_root, "data_root", "REFER data root")
         refs_path = self.data_root / dataset / f"refs({split_by}).p"
@@ -199,7 +200,7 @@ class RefCOCODataset(Dataset):
 
         refs, splits = _parse_refs(load_untrusted_pickle(refs_path), refs_path, split)
         if not refs:
-            raise ValueError(f"{refs_path} has no refs in split '{split}'; {_KEY}.split must be one of {splits}")
+            raise DataError(f"{refs_path} has no refs in split '{split}'; {_KEY}.split must be one of {splits}")
 
         by_image: dict[int, list[_Ref]] = defaultdict(list)
         for ref in refs:

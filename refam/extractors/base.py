@@ -8,10 +8,11 @@ import hashlib
 import torch
 from PIL import Image
 
+from refam.errors import ConfigError, RefamError
 from refam.types import TokenMaps
 
 
-class ExpressionError(ValueError):
+class ExpressionError(RefamError, ValueError):
     """An expression the extractor cannot encode (empty, too long); the sample's other expressions go on."""
 
 
@@ -44,10 +45,10 @@ def select_blocks(num_blocks: int, blocks: list[int] | float | None) -> set[int]
         return set(range(num_blocks))
     if isinstance(blocks, float):
         if not 0.0 <= blocks < 1.0:
-            raise ValueError(f"extractor blocks: a fraction of filtered blocks must be in [0, 1), got {blocks}")
+            raise ConfigError(f"model.extractor.init_args.blocks: a fraction of filtered blocks must be in [0, 1), got {blocks}")
         return set(range(int(round(blocks * num_blocks)), num_blocks))
     chosen = {b if b >= 0 else num_blocks + b for b in blocks}
     bad = sorted(b for b in chosen if not 0 <= b < num_blocks)
     if bad or not chosen:
-        raise ValueError(f"extractor blocks: {blocks} is not a non-empty list of block indices in [0, {num_blocks})")
+        raise ConfigError(f"model.extractor.init_args.blocks: {blocks} is not a non-empty list of block indices in [0, {num_blocks})")
     return chosen

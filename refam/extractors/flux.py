@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from refam.errors import CheckpointError, ConfigError
 from refam.extractors.base import ExpressionError, Extractor, sample_seed, select_blocks
 from refam.extractors.capture import AttentionCapture, BranchLayout, install_branch_processors
 from refam.extractors.trajectory import NoiseAt, Trajectory, TrajectoryContext
@@ -17,12 +18,8 @@ from refam.types import TokenInfo, TokenMaps
 
 log = logging.getLogger(__name__)
 
-PRETRAINED_KEY = "model.init_args.extractor.init_args.pretrained"
+PRETRAINED_KEY = "model.extractor.init_args.pretrained"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class CheckpointError(RuntimeError):
-    """Weights that cannot be loaded; the message names the folder and the config key to change."""
 
 
 @dataclass
@@ -94,9 +91,9 @@ class FluxExtractor(Extractor):
         local_files_only: bool = False,
     ) -> None:
         if torch_dtype not in DTYPES:
-            raise ValueError(f"model.init_args.extractor.init_args.torch_dtype must be one of {list(DTYPES)}")
+            raise ConfigError(f"model.extractor.init_args.torch_dtype must be one of {list(DTYPES)}")
         if resolution % 16:
-            raise ValueError(f"model.init_args.extractor.init_args.resolution must be a multiple of 16, got {resolution}")
+            raise ConfigError(f"model.extractor.init_args.resolution must be a multiple of 16, got {resolution}")
         self.pretrained = pretrained
         self.dtype = DTYPES[torch_dtype]
         self.trajectory = trajectory if trajectory is not None else NoiseAt(750.0)
@@ -160,7 +157,7 @@ class FluxExtractor(Extractor):
         if n > self.expression_max_tokens:
             raise ExpressionError(
                 f"the expression has {n} T5 tokens with magnets; the limit is {self.expression_max_tokens} "
-                "(model.init_args.extractor.init_args.expression_max_tokens): shorten it or raise the limit"
+                "(model.extractor.init_args.expression_max_tokens): shorten it or raise the limit"
             )
 
     @torch.inference_mode()

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from refam.segmenters.base import Segmenter, check_segment_inputs
+from refam.errors import ConfigError, MissingInputError
 
 if TYPE_CHECKING:
     from sam2.sam2_image_predictor import SAM2ImagePredictor
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Where the setting lives in a LightningCLI config, so errors point at the line to edit.
-_CHECKPOINT_KEY = "model.init_args.segmenter.init_args.checkpoint"
+_CHECKPOINT_KEY = "model.segmenter.init_args.checkpoint"
 
 
 class SAM2PointSegmenter(Segmenter):
@@ -53,9 +54,9 @@ class SAM2PointSegmenter(Segmenter):
         init_seed: int = 0,
     ) -> None:
         if checkpoint is not None and model_id is not None:
-            raise ValueError(f"{_CHECKPOINT_KEY} and model_id are both set; give one of them")
+            raise ConfigError(f"{_CHECKPOINT_KEY} and model_id are both set; give one of them")
         if checkpoint is None and model_id is None and not allow_random_weights:
-            raise ValueError(
+            raise ConfigError(
                 f"{_CHECKPOINT_KEY}: give a SAM2 checkpoint path (e.g. sam2.1_hiera_large.pt), or set "
                 "model_id to a hub id, or set allow_random_weights: true for smoke tests"
             )
@@ -63,9 +64,9 @@ class SAM2PointSegmenter(Segmenter):
             checkpoint = os.path.expanduser(checkpoint)
             # Checked here rather than in setup so a typo fails before the DiT spends minutes loading.
             if not os.path.isfile(checkpoint):
-                raise FileNotFoundError(f"{_CHECKPOINT_KEY}: SAM2 checkpoint not found: {checkpoint}")
+                raise MissingInputError(f"{_CHECKPOINT_KEY}: SAM2 checkpoint not found: {checkpoint}")
         if image_size is not None and (image_size <= 0 or image_size % 32):
-            raise ValueError(f"image_size must be a positive multiple of 32 (Hiera's total stride), got {image_size}")
+            raise ConfigError(f"image_size must be a positive multiple of 32 (Hiera's total stride), got {image_size}")
         self.config = config
         self.checkpoint = checkpoint
         self.model_id = model_id

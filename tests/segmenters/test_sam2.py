@@ -7,7 +7,7 @@ import torch
 from refam.segmenters import SAM2PointSegmenter, Segmenter
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
-KEY = "model.init_args.segmenter.init_args.checkpoint"
+KEY = "model.segmenter.init_args.checkpoint"
 H, W = 120, 160
 POINTS = np.array([[20.0, 30.0], [140.0, 100.0]])
 

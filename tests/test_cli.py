@@ -1,0 +1,120 @@
+"""`refam test` end to end: smoke config, DDP equals one process, bad input is reported and skipped."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from refam.data.refcoco import RefCOCODataset
+from refam.testing.refer_fixture import write_refer_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+REFAM = str(Path(sys.executable).parent / "refam")
+
+
+def run_refam(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([REFAM, "test", "--config", str(ROOT / "configs/smoke.yaml"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def logged_metrics(save_dir: Path) -> dict[str, str]:
+    (metrics_file,) = save_dir.glob("lightning_logs/version_*/metrics.csv")
+    rows = list(csv.DictReader(metrics_file.open()))
+    return {k: v for row in rows for k, v in row.items() if v not in ("", None) and k != "step"}
+
+
+def smoke_args(tmp_path: Path, data_root: Path | None = None) -> list[str]:
+    args = ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
+    if data_root is not None:
+        args += ["--data.dataset.init_args.data_root", str(data_root),
+                 "--data.dataset.init_args.captions_file", str(data_root / "captions_train2014.json")]
+    return args
+
+
+def test_smoke_config_runs_and_reports_metrics(tmp_path):
+    result = run_refam(*smoke_args(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = logged_metrics(tmp_path / "logs")
+    assert float(metrics["refcoco/val/expressions"]) == 7
+    for name in ("mIoU", "oIoU", "PA"):
+        assert 0.0 <= float(metrics[f"refcoco/val/{name}"]) <= 100.0
+    assert "refcoco/val/mIoU" in result.stdout  # the console table
+
+
+@pytest.mark.slow
+def test_ddp_on_two_and_three_processes_equals_one(tmp_path):
+    data_root = write_refer_fixture(tmp_path / "refer", n_images=11)  # 5 val images
+    dataset = RefCOCODataset(str(data_root), split="val")
+    assert len(dataset) % 2 and len(dataset) % 3  # no world size divides it: padding would show
+    expressions = sum(len(dataset[i].expressions) for i in range(len(dataset)))
+    results = {}
+    for devices in (1, 2, 3):
+        out = tmp_path / f"d{devices}"
+        extra = ["--trainer.devices", str(devices)] + (["--trainer.strategy", "ddp"] if devices > 1 else [])
+        result = run_refam(*smoke_args(out, data_root), *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[devices] = logged_metrics(out / "logs")
+    assert float(results[1]["refcoco/val/expressions"]) == expressions
+    assert results[2] == results[1]
+    assert results[3] == results[1]
+
+
+def test_missing_image_is_reported_and_skipped(tmp_path):
+    data_root = write_refer_fixture(tmp_path / "refer", n_images=3)
+    dataset = RefCOCODataset(str(data_root), split="val")
+    survivors = sum(len(dataset[i].expressions) for i in range(len(dataset)) if dataset[i].sample_id != "100")
+    assert survivors > 0
+    missing = next((data_root / "images/mscoco/images/train2014").glob("*000000000100.jpg"))
+    missing.unlink()
+    result = run_refam(*smoke_args(tmp_path, data_root))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert missing.name in result.stderr
+    assert "skipped 1 sample(s)" in result.stdout + result.stderr
+    metrics = logged_metrics(tmp_path / "logs")
+    assert float(metrics["refcoco/val/skipped_samples"]) == 1
+    assert float(metrics["refcoco/val/expressions"]) == survivors  # the other val image still counts
+
+
+def test_empty_expression_is_reported_and_skipped(tmp_path):
+    image = tmp_path / "scene.jpg"
+    shutil.copy(next((ROOT / "assets/smoke/refer/images/mscoco/images/train2014").glob("*100.jpg")), image)
+    manifest = tmp_path / "mine.jsonl"
+    manifest.write_text(json.dumps({"image": "scene.jpg", "expressions": [
+        {"text": "the red box", "id": "good"}, {"text": "  ", "id": "blank"}]}) + "\n")
+    result = run_refam(*smoke_args(tmp_path), "--data.dataset", "refam.data.manifest.ManifestDataset",
+                       "--data.dataset.init_args.path", str(manifest))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'blank': the expression is empty" in result.stderr
+    metrics = logged_metrics(tmp_path / "logs")
+    assert float(metrics["mine/skipped_expressions"]) == 1
+
+
+def test_unreadable_checkpoint_folder_names_the_key(tmp_path):
+    broken = tmp_path / "flux"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{not json")
+    result = run_refam(*smoke_args(tmp_path), "--model.extractor.init_args.pretrained", str(broken))
+    assert result.returncode != 0
+    assert "model.extractor.init_args.pretrained" in result.stderr and str(broken) in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run_refam(*smoke_args(tmp_path), "--model.extractor.init_args.pretrained", str(tmp_path / "nowhere"))
+    assert missing.returncode != 0 and "is not a folder" in missing.stderr
+
+
+def test_unknown_class_path_names_the_key(tmp_path):
+    result = run_refam(*smoke_args(tmp_path), "--model.segmenter.class_path", "refam.segmenters.NoSuchSegmenter")
+    assert result.returncode != 0
+    assert "segmenter" in result.stderr and "NoSuchSegmenter" in result.stderr
+
+
+def test_help_and_print_config():
+    help_text = subprocess.run([REFAM, "test", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+    assert "--model.extractor" in help_text and "--data.dataset" in help_text
+    printed = subprocess.run([REFAM, "test", "--config", "configs/smoke.yaml", "--print_config"],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert "refam.extractors.flux.FluxExtractor" in printed.stdout and "timestep: 750" in printed.stdout
