@@ -14,13 +14,12 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import SumMetric
 
 from refam.aggregators.base import Aggregator, SoftmaxMeanAggregator
 from refam.aggregators.magnets import AppendMagnets, MagnetStrategy
 from refam.aggregators.point import argmax_points, upsample
 from refam.extractors.base import ExpressionError, Extractor
-from refam.metrics import MeanIoU, OverallIoU, PointAccuracy
+from refam.metrics import ReferringScores
 from refam.segmenters.base import Segmenter
 from refam.types import BadSample, Prediction, Sample
 
@@ -32,6 +31,19 @@ class SampleResult:
     sample_id: str
     predictions: list[Prediction] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one message per expression that could not be run
+
+
+def results_table(rows: list[tuple[str, dict[str, torch.Tensor]]]) -> str:
+    """One line per dataset split, as in the paper's tables (scores x 100)."""
+    width = max([len("dataset")] + [len(name) for name, _ in rows])
+    lines = [f"{'dataset':<{width}}   mIoU   oIoU     PA  expressions  skipped"]
+    for name, v in rows:
+        skipped = int(v["skipped_samples"]) + int(v["skipped_expressions"])
+        lines.append(
+            f"{name:<{width}} {float(v['mIoU']):6.2f} {float(v['oIoU']):6.2f} {float(v['PA']):6.2f} "
+            f"{int(v['expressions']):12d} {skipped:8d}"
+        )
+    return "\n".join(lines)
 
 
 class RefAMModule(L.LightningModule):
@@ -56,10 +68,8 @@ class RefAMModule(L.LightningModule):
         self.segmenter = segmenter
         self.magnets = magnets if magnets is not None else AppendMagnets()
         self.aggregator = aggregator if aggregator is not None else SoftmaxMeanAggregator()
-        self.miou, self.oiou, self.pa = MeanIoU(), OverallIoU(), PointAccuracy()
-        self.skipped_samples, self.skipped_expressions = SumMetric(), SumMetric()
-        self.evaluated_expressions = SumMetric()
-        self.metric_prefix = "test"
+        self.scores = torch.nn.ModuleList()  # one ReferringScores per test dataset
+        self.dataset_names: list[str] = []
 
     # ------------------------------------------------------------ lifecycle
     def _load_components(self) -> None:
@@ -68,8 +78,9 @@ class RefAMModule(L.LightningModule):
 
     def on_test_start(self) -> None:
         self._load_components()
-        dataset = getattr(self.trainer.datamodule, "dataset", None)
-        self.metric_prefix = getattr(dataset, "name", "test")
+        datasets = getattr(self.trainer.datamodule, "datasets", None) or [None]
+        self.dataset_names = [getattr(d, "name", None) or f"test{i}" for i, d in enumerate(datasets)]
+        self.scores = torch.nn.ModuleList(ReferringScores() for _ in datasets).to(self.device)
 
     def on_predict_start(self) -> None:
         self._load_components()
@@ -118,17 +129,18 @@ class RefAMModule(L.LightningModule):
             )
         return result
 
-    def test_step(self, batch: list[Sample | BadSample], batch_idx: int) -> list[SampleResult]:
+    def test_step(self, batch: list[Sample | BadSample], batch_idx: int, dataloader_idx: int = 0) -> list[SampleResult]:
+        scores = self.scores[dataloader_idx]
         results = []
         for item in batch:
             if isinstance(item, BadSample):
                 log.warning("skipped sample %s: %s", item.sample_id, item.reason)
-                self.skipped_samples.update(1)
+                scores.skipped_samples.update(1)
                 continue
             result = self.segment_sample(item)
             for message in result.skipped:
                 log.warning("skipped %s", message)
-            self.skipped_expressions.update(len(result.skipped))
+            scores.skipped_expressions.update(len(result.skipped))
             truth = {e.expression_id: e.mask for e in item.expressions}
             for prediction in result.predictions:
                 target = truth[prediction.expression_id]
@@ -136,36 +148,29 @@ class RefAMModule(L.LightningModule):
                     continue
                 target = torch.from_numpy(np.asarray(target, dtype=bool))
                 predicted = torch.from_numpy(np.asarray(prediction.mask, dtype=bool))
-                self.miou.update(predicted, target)
-                self.oiou.update(predicted, target)
-                self.pa.update(prediction.point, target)
-                self.evaluated_expressions.update(1)
+                scores.update(predicted, prediction.point, target)
             results.append(result)
         return results
 
     def on_test_epoch_end(self) -> None:
         # compute() gathers the summed states of every rank, so all ranks log the same global value
         # and no sample is counted twice (the sampler shards without padding).
-        values = {
-            "mIoU": self.miou.compute(),
-            "oIoU": self.oiou.compute(),
-            "PA": self.pa.compute(),
-            "expressions": self.evaluated_expressions.compute(),
-            "skipped_samples": self.skipped_samples.compute(),
-            "skipped_expressions": self.skipped_expressions.compute(),
-        }
-        for name, value in values.items():
-            self.log(f"{self.metric_prefix}/{name}", value.float(), sync_dist=False)
-        skipped_samples, skipped_expressions = int(values["skipped_samples"]), int(values["skipped_expressions"])
-        if skipped_samples or skipped_expressions:
-            rank_zero_info(
-                f"refam: skipped {skipped_samples} sample(s) and {skipped_expressions} expression(s); "
-                "the warnings above name each one and why. Metrics cover the rest."
-            )
-        for metric in (self.miou, self.oiou, self.pa, self.skipped_samples, self.skipped_expressions, self.evaluated_expressions):
-            metric.reset()
+        rows = []
+        for name, scores in zip(self.dataset_names, self.scores):
+            values = scores.compute()
+            rows.append((name, values))
+            for metric, value in values.items():
+                self.log(f"{name}/{metric}", value.float(), sync_dist=False, add_dataloader_idx=False)
+            skipped_samples, skipped_expressions = int(values["skipped_samples"]), int(values["skipped_expressions"])
+            if skipped_samples or skipped_expressions:
+                rank_zero_info(
+                    f"refam: {name}: skipped {skipped_samples} sample(s) and {skipped_expressions} expression(s); "
+                    "the warnings above name each one and why. The metrics cover the rest."
+                )
+            scores.reset()
+        rank_zero_info(results_table(rows))
 
-    def predict_step(self, batch: list[Sample | BadSample], batch_idx: int) -> list[SampleResult]:
+    def predict_step(self, batch: list[Sample | BadSample], batch_idx: int, dataloader_idx: int = 0) -> list[SampleResult]:
         results = []
         for item in batch:
             if isinstance(item, BadSample):

@@ -30,8 +30,10 @@ def logged_metrics(save_dir: Path) -> dict[str, str]:
 def smoke_args(tmp_path: Path, data_root: Path | None = None) -> list[str]:
     args = ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
     if data_root is not None:
-        args += ["--data.dataset.init_args.data_root", str(data_root),
-                 "--data.dataset.init_args.captions_file", str(data_root / "captions_train2014.json")]
+        dataset = {"class_path": "refam.data.refcoco.RefCOCODataset",
+                   "init_args": {"data_root": str(data_root), "split": "val",
+                                 "captions_file": str(data_root / "captions_train2014.json")}}
+        args += ["--data.datasets", json.dumps(dataset)]
     return args
 
 
@@ -39,10 +41,14 @@ def test_smoke_config_runs_and_reports_metrics(tmp_path):
     result = run_refam(*smoke_args(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = logged_metrics(tmp_path / "logs")
-    assert float(metrics["refcoco/val/expressions"]) == 7
-    for name in ("mIoU", "oIoU", "PA"):
-        assert 0.0 <= float(metrics[f"refcoco/val/{name}"]) <= 100.0
-    assert "refcoco/val/mIoU" in result.stdout  # the console table
+    expected = {split: sum(len(d[i].expressions) for i in range(len(d)))
+                for split in ("val", "testA") for d in [RefCOCODataset(str(ROOT / "assets/smoke/refer"), split=split)]}
+    for split, count in expected.items():  # one run scores each split of the config separately
+        assert float(metrics[f"refcoco/{split}/expressions"]) == count
+        for name in ("mIoU", "oIoU", "PA"):
+            assert 0.0 <= float(metrics[f"refcoco/{split}/{name}"]) <= 100.0
+    assert "refcoco/val/mIoU" in result.stdout  # Lightning's console table
+    assert "refcoco/testA " in result.stdout + result.stderr  # refam's per-split summary
 
 
 @pytest.mark.slow
@@ -85,8 +91,8 @@ def test_empty_expression_is_reported_and_skipped(tmp_path):
     manifest = tmp_path / "mine.jsonl"
     manifest.write_text(json.dumps({"image": "scene.jpg", "expressions": [
         {"text": "the red box", "id": "good"}, {"text": "  ", "id": "blank"}]}) + "\n")
-    result = run_refam(*smoke_args(tmp_path), "--data.dataset", "refam.data.manifest.ManifestDataset",
-                       "--data.dataset.init_args.path", str(manifest))
+    dataset = {"class_path": "refam.data.manifest.ManifestDataset", "init_args": {"path": str(manifest)}}
+    result = run_refam(*smoke_args(tmp_path), "--data.datasets", json.dumps(dataset))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'blank': the expression is empty" in result.stderr
     metrics = logged_metrics(tmp_path / "logs")
@@ -113,7 +119,7 @@ def test_unknown_class_path_names_the_key(tmp_path):
 
 def test_help_and_print_config():
     help_text = subprocess.run([REFAM, "test", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
-    assert "--model.extractor" in help_text and "--data.dataset" in help_text
+    assert "--model.extractor" in help_text and "--data.datasets" in help_text
     printed = subprocess.run([REFAM, "test", "--config", "configs/smoke.yaml", "--print_config"],
                              capture_output=True, text=True, cwd=ROOT)
     assert printed.returncode == 0, printed.stderr[-2000:]

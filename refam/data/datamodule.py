@@ -53,24 +53,32 @@ def keep_items(batch: list[Any]) -> list[Any]:
 
 
 class RefAMDataModule(L.LightningDataModule):
-    """Test / predict loaders over `dataset`, batch size 1 (one image with all its expressions)."""
+    """Test / predict loaders, batch size 1 (one image with all its expressions).
 
-    def __init__(self, dataset: Dataset, num_workers: int = 0) -> None:
+    `datasets` is one dataset or a list (e.g. RefCOCO val, testA and testB): one run then scores
+    each under its own name, as a row of the paper's table.
+    """
+
+    def __init__(self, datasets: Dataset | list[Dataset], num_workers: int = 0) -> None:
         super().__init__()
-        self.dataset = dataset
+        self.datasets = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets]
         self.num_workers = num_workers
 
-    def _loader(self) -> DataLoader:
+    def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
-            self.dataset,
+            dataset,
             batch_size=1,
-            sampler=UnpaddedShardSampler(self.dataset),
+            sampler=UnpaddedShardSampler(dataset),
             collate_fn=keep_items,
             num_workers=self.num_workers,
         )
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader()
+    def _loaders(self) -> DataLoader | list[DataLoader]:
+        loaders = [self._loader(d) for d in self.datasets]
+        return loaders[0] if len(loaders) == 1 else loaders
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader()
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._loaders()
+
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._loaders()

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from refam.types import BadSample, Expression, Sample
 from refam.errors import DataError, MissingInputError
 
-_KEY = "data.dataset.init_args"
+_KEY = "data.datasets.init_args"
 
 
 def _read_records(path: Path) -> list[tuple[str, Any]]:

@@ -29,7 +29,7 @@ from refam.errors import DataError, MissingInputError
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 CAPTION_CHOICES = ("first", "none")
-_KEY = "data.dataset.init_args"
+_KEY = "data.datasets.init_args"
 
 
 class RefusedGlobalError(pickle.UnpicklingError):

@@ -4,3 +4,6 @@ from refam.metrics.iou import MeanIoU, OverallIoU, intersection_union
 from refam.metrics.point import PointAccuracy, point_hit
 
 __all__ = ["MeanIoU", "OverallIoU", "PointAccuracy", "intersection_union", "point_hit"]
+from refam.metrics.referring import ReferringScores  # noqa: E402  (builds on the metrics above)
+
+__all__ += ["ReferringScores"]

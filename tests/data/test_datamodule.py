@@ -4,6 +4,7 @@ import lightning as L
 import numpy as np
 import pytest
 from PIL import Image
+from torch.utils.data import Dataset
 
 import refam.data.datamodule as datamodule
 from refam.data.datamodule import RefAMDataModule, UnpaddedShardSampler
@@ -43,7 +44,18 @@ def test_invalid_rank_is_refused():
         list(UnpaddedShardSampler([1, 2, 3], rank=2, world_size=2))
 
 
-def make_items(n: int) -> list:
+class ItemDataset(Dataset):
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
+def make_items(n: int) -> ItemDataset:
     items = []
     for i in range(n):
         if i == 2:
@@ -52,7 +64,7 @@ def make_items(n: int) -> list:
         mask = np.zeros((4, 6), dtype=bool)
         mask[i % 4, :] = True
         items.append(Sample(str(i), Image.new("RGB", (6, 4), (i, 0, 0)), [Expression(f"thing {i}", f"{i}_0", mask)]))
-    return items
+    return ItemDataset(items)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

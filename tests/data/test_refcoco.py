@@ -13,7 +13,7 @@ from refam.data.refcoco import RefCOCODataset, decode_segmentation, load_untrust
 from refam.testing.refer_fixture import write_refer_fixture
 from refam.types import BadSample, Sample
 
-KEY = "data.dataset.init_args"
+KEY = "data.datasets.init_args"
 
 
 @pytest.fixture

@@ -1,0 +1,48 @@
+"""The scores of one referring-segmentation dataset, kept together."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torchmetrics import SumMetric
+
+from refam.metrics.iou import MeanIoU, OverallIoU
+from refam.metrics.point import PointAccuracy
+
+
+class ReferringScores(torch.nn.Module):
+    """mIoU, oIoU and point accuracy, plus how many expressions were scored and how many skipped.
+
+    Every state is a sum, so scores gathered from any number of processes equal one process.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.miou, self.oiou, self.pa = MeanIoU(), OverallIoU(), PointAccuracy()
+        self.expressions = SumMetric()
+        self.skipped_samples = SumMetric()
+        self.skipped_expressions = SumMetric()
+
+    def update(self, mask: torch.Tensor, point: tuple[float, float], target: torch.Tensor) -> None:
+        self.miou.update(mask, target)
+        self.oiou.update(mask, target)
+        self.pa.update(point, target)
+        self.expressions.update(1)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        with warnings.catch_warnings():
+            # a process may have had no sample of this dataset: its sums are simply zero
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            return {
+                "mIoU": self.miou.compute(),
+                "oIoU": self.oiou.compute(),
+                "PA": self.pa.compute(),
+                "expressions": self.expressions.compute(),
+                "skipped_samples": self.skipped_samples.compute(),
+                "skipped_expressions": self.skipped_expressions.compute(),
+            }
+
+    def reset(self) -> None:
+        for metric in (self.miou, self.oiou, self.pa, self.expressions, self.skipped_samples, self.skipped_expressions):
+            metric.reset()
