@@ -95,9 +95,7 @@ class RefAMModule(L.LightningModule):
             try:
                 if not expression.text.strip():
                     raise ExpressionError("the expression is empty")
-                validate = getattr(self.extractor, "validate_expression", None)
-                if validate is not None:
-                    validate(text)
+                self.extractor.validate_expression(text)
             except ExpressionError as err:
                 result.skipped.append(f"{sample.source or sample.sample_id} expression {expression.expression_id!r}: {err}")
                 continue

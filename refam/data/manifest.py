@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from refam.types import BadSample, Expression, Sample
+from refam.data.images import read_rgb
 from refam.errors import DataError, MissingInputError
 
 _KEY = "data.datasets.init_args"
@@ -133,14 +134,9 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample | BadSample:
         sample_id, image_path, specs, caption, where = self._samples[index]
-        try:
-            with Image.open(image_path) as im:
-                image = im.convert("RGB")
-        except FileNotFoundError:
-            return BadSample(sample_id, f"image file not found: {image_path} ({self.path}, {where}); "
-                                        "fix the \"image\" path or restore the file")
-        except (OSError, Image.DecompressionBombError) as e:
-            return BadSample(sample_id, f"cannot read image {image_path} ({self.path}, {where}): {e}")
+        image = read_rgb(image_path)
+        if isinstance(image, str):
+            return BadSample(sample_id, f"{image} ({self.path}, {where}); fix the \"image\" path or the file")
 
         expressions = []
         for expression_id, text, mask_path in specs:

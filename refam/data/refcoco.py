@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from refam.types import BadSample, Expression, Sample
+from refam.data.images import read_rgb
 from refam.errors import DataError, MissingInputError
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
@@ -240,14 +240,10 @@ class RefCOCODataset(Dataset):
             return BadSample(sample_id, f"image {image_id} is referred to by refs but absent from instances.json "
                                         f"under {self.data_root / self.dataset}; the two files do not match")
         path = self.image_dir / info["file_name"]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except FileNotFoundError:
-            return BadSample(sample_id, f"image file not found: {path}. Check {_KEY}.image_dir points at the "
-                                        "COCO train2014 images, or restore the file")
-        except (OSError, Image.DecompressionBombError) as e:
-            return BadSample(sample_id, f"cannot read image {path} ({e}); re-download the file")
+        image = read_rgb(path)
+        if isinstance(image, str):
+            return BadSample(sample_id, f"{image}. Check {_KEY}.image_dir points at the COCO train2014 images, "
+                                        "or restore the file")
         height, width = int(info["height"]), int(info["width"])
         if image.size != (width, height):
             return BadSample(sample_id, f"image {path} is {image.size[0]}x{image.size[1]} but instances.json "

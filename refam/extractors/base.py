@@ -26,6 +26,11 @@ class Extractor(abc.ABC):
     def setup(self, device: torch.device) -> None:
         """Load weights onto `device`; called once per process, before the first `extract`."""
 
+    def validate_expression(self, text: str) -> None:
+        """Raise `ExpressionError` for an expression (with magnets) this backbone cannot encode."""
+        if not text.strip():
+            raise ExpressionError("the expression is empty")
+
     @abc.abstractmethod
     def extract(
         self, image: Image.Image, caption: str, expressions: list[tuple[str, int | None]], sample_id: str
