@@ -13,6 +13,7 @@ import refam.data  # noqa: F401
 import refam.extractors.flux  # noqa: F401
 import refam.extractors.trajectory  # noqa: F401
 import refam.segmenters  # noqa: F401
+from refam.callbacks import ExpressionRecords
 from refam.data.datamodule import RefAMDataModule
 from refam.errors import RefamError
 from refam.module import RefAMModule
@@ -24,9 +25,15 @@ TRAINER_DEFAULTS = {
 }
 
 
+class RefAMCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # always on, configurable as --records.folder
+        parser.add_lightning_class_args(ExpressionRecords, "records")
+
+
 def main(args: list[str] | None = None) -> None:
     try:
-        LightningCLI(
+        RefAMCLI(
             RefAMModule,
             RefAMDataModule,
             trainer_defaults=TRAINER_DEFAULTS,

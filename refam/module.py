@@ -16,10 +16,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from refam.aggregators.base import Aggregator, SoftmaxMeanAggregator
+from refam.aggregators.gas import sink_category
 from refam.aggregators.magnets import AppendMagnets, MagnetStrategy
 from refam.aggregators.point import argmax_points, upsample
 from refam.extractors.base import ExpressionError, Extractor
-from refam.metrics import ReferringScores
+from refam.metrics import ReferringScores, intersection_union, point_hit
 from refam.segmenters.base import Segmenter
 from refam.types import BadSample, Prediction, Sample
 
@@ -31,6 +32,11 @@ class SampleResult:
     sample_id: str
     predictions: list[Prediction] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one message per expression that could not be run
+
+
+def iou_of(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    intersection, union = intersection_union(predicted, target)
+    return intersection / union if union else 0.0
 
 
 def results_table(rows: list[tuple[str, dict[str, torch.Tensor]]]) -> str:
@@ -123,6 +129,7 @@ class RefAMModule(L.LightningModule):
                     kept_tokens=[t.piece for t, kept in zip(tokens, aggregation.kept[k].tolist()) if kept],
                     dropped_tokens=[t.piece for t, kept in zip(real, aggregation.kept[k].tolist()) if not kept],
                     sinks=[t.piece for t, sink in zip(tokens, aggregation.sinks[k].tolist()) if sink],
+                    sink_categories=[sink_category(t) for t, sink in zip(tokens, aggregation.sinks[k].tolist()) if sink],
                 )
             )
         return result
@@ -147,6 +154,7 @@ class RefAMModule(L.LightningModule):
                 target = torch.from_numpy(np.asarray(target, dtype=bool))
                 predicted = torch.from_numpy(np.asarray(prediction.mask, dtype=bool))
                 scores.update(predicted, prediction.point, target)
+                prediction.iou, prediction.point_hit = iou_of(predicted, target), point_hit(prediction.point, target)
             results.append(result)
         return results
 

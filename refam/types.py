@@ -75,3 +75,6 @@ class Prediction:
     kept_tokens: list[str] = field(default_factory=list)
     dropped_tokens: list[str] = field(default_factory=list)
     sinks: list[str] = field(default_factory=list)
+    sink_categories: list[str] = field(default_factory=list)  # "stop word", "colour" or "other" per sink
+    iou: float | None = None  # filled when the expression has a ground-truth mask
+    point_hit: bool | None = None

@@ -48,6 +48,14 @@ def test_smoke_config_runs_and_reports_metrics(tmp_path):
         for name in ("mIoU", "oIoU", "PA"):
             assert 0.0 <= float(metrics[f"refcoco/{split}/{name}"]) <= 100.0
     assert "refcoco/val/mIoU" in result.stdout  # Lightning's console table
+    (records_file,) = (tmp_path / "logs").glob("lightning_logs/version_*/expressions/refcoco-val.rank0.jsonl")
+    records = [json.loads(line) for line in records_file.read_text().splitlines()]
+    assert len(records) == expected["val"]
+    for record in records:
+        assert {"▁with", "▁to", "▁and", "▁pink", "</s>"} <= set(record["dropped_tokens"])  # magnets and EOS
+        assert record["kept_tokens"] and not {"▁the", "▁on", "▁pink"} & set(record["kept_tokens"])
+        assert 0.0 <= record["iou"] <= 1.0 and isinstance(record["point_hit"], bool)
+        assert all(s["category"] in ("stop word", "colour", "other") for s in record["sinks"])
     assert "refcoco/testA " in result.stdout + result.stderr  # refam's per-split summary
 
 

@@ -22,7 +22,7 @@ umbrella bag ball kite surfboard skateboard tree grass sky road street building 
 red green blue yellow pink purple orange white black brown gray grey
 left right middle center top bottom front back near far big small large little tall short
 first second third last one two three shirt hat jacket sitting standing holding wearing
-box circle square triangle shape object photo image
+box circle square triangle shape object photo image rectangle round thing oval bar pointing corner coloured colored
 """.split()
 
 
