@@ -32,6 +32,12 @@ class RefAMCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["train-shapes"]:
+        from refam.shapes.train import main as train_shapes
+
+        train_shapes(argv[1:])
+        return
     try:
         RefAMCLI(
             RefAMModule,

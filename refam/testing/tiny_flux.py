@@ -31,12 +31,14 @@ def tiny_vocabulary() -> list[str]:
     return sorted((set(DOMAIN_WORDS) | set(PAPER_STOP_WORDS) | set(PAPER_MAGNETS)) - {"_", ";", ".", "-"})
 
 
-def build_tokenizers():
+def build_tokenizers(words: list[str] | None = None, clip_max_length: int = 77):
+    """A word-level T5 tokenizer over `words` (default: the tiny vocabulary) and a character-level
+    CLIP tokenizer; symbols stay single pieces, so "_" becomes a bare "▁" then "_" as in T5."""
     from transformers import CLIPTokenizer, T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0)]
     pieces += [(p, -5.0) for p in "_;.,-'!?"]
-    pieces += [("▁" + w, -1.0) for w in tiny_vocabulary()]
+    pieces += [("▁" + w, -1.0) for w in (words if words is not None else tiny_vocabulary())]
     t5 = T5Tokenizer(vocab=pieces, extra_ids=0)
 
     symbols = list(string.ascii_lowercase + string.digits + "_;.,-'!?")
@@ -44,7 +46,7 @@ def build_tokenizers():
     for s in symbols:
         clip_vocab.setdefault(s, len(clip_vocab))
         clip_vocab.setdefault(s + "</w>", len(clip_vocab))
-    clip = CLIPTokenizer(vocab=clip_vocab, merges=[], model_max_length=77)
+    clip = CLIPTokenizer(vocab=clip_vocab, merges=[], model_max_length=clip_max_length)
     return clip, t5
 
 

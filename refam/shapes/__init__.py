@@ -1,0 +1,1 @@
+"""refam-shapes: procedural scenes and a small FLUX-architecture model trained on them."""

@@ -1,0 +1,99 @@
+"""Score refam-shapes on a shapes set under several settings; prints markdown tables.
+
+    python -m refam.shapes.evaluate [--model assets/refam-shapes] [--manifest assets/shapes-demo/manifest.jsonl]
+
+Each row runs the same `RefAMModule.segment_sample` as `refam test`, with only the magnet strategy
+(or the timestep) changed, so rows differ by exactly that setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from refam.aggregators.magnets import PAPER_MAGNETS, AppendMagnets, MagnetStrategy
+from refam.data.manifest import ManifestDataset
+from refam.extractors.flux import FluxExtractor
+from refam.extractors.trajectory import NoiseAt
+from refam.metrics import ReferringScores, point_hit
+from refam.module import RefAMModule
+from refam.segmenters.floodfill import FloodFillSegmenter
+
+MAGNET_ROWS: dict[str, MagnetStrategy] = {
+    "magnets + stop-word filter (paper)": AppendMagnets(PAPER_MAGNETS, filter_stop_words=True),
+    "magnets, no stop-word filter": AppendMagnets(PAPER_MAGNETS, filter_stop_words=False),
+    "no magnets, stop-word filter": AppendMagnets([], filter_stop_words=True),
+    "no magnets, no stop-word filter": AppendMagnets([], filter_stop_words=False),
+}
+
+
+def build_module(model: str, magnets: MagnetStrategy, timestep: float = 750.0) -> RefAMModule:
+    extractor = FluxExtractor(model, torch_dtype="float32", resolution=128, caption_max_tokens=32,
+                              trajectory=NoiseAt(timestep))
+    module = RefAMModule(extractor=extractor, segmenter=FloodFillSegmenter(), magnets=magnets)
+    extractor.setup(torch.device("cpu"))
+    return module
+
+
+def evaluate(module: RefAMModule, dataset: ManifestDataset, kinds: dict[str, str]) -> dict:
+    scores = ReferringScores()
+    hits_by_kind: dict[str, list[bool]] = defaultdict(list)
+    areas = []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        truth = {e.expression_id: e.mask for e in sample.expressions}
+        for prediction in module.segment_sample(sample).predictions:
+            target = torch.from_numpy(truth[prediction.expression_id])
+            scores.update(torch.from_numpy(prediction.mask), prediction.point, target)
+            hits_by_kind[kinds.get(prediction.expression_id, "?")].append(point_hit(prediction.point, target))
+            areas.append(float(target.float().mean()))
+    values = {k: float(v) for k, v in scores.compute().items()}
+    values["chance"] = 100 * float(np.mean(areas))
+    values["PA by kind"] = {k: (100 * float(np.mean(v)), len(v)) for k, v in sorted(hits_by_kind.items())}
+    return values
+
+
+def expression_kinds(manifest: Path) -> dict[str, str]:
+    kinds = {}
+    for line in manifest.read_text().splitlines():
+        for e in json.loads(line)["expressions"]:
+            kinds[e["id"]] = e.get("kind", "?")
+    return kinds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="assets/refam-shapes")
+    parser.add_argument("--manifest", type=Path, default=Path("assets/shapes-demo/manifest.jsonl"))
+    parser.add_argument("--timesteps", type=float, nargs="*", default=[], help="also score the paper row at these timesteps")
+    args = parser.parse_args(argv)
+    dataset = ManifestDataset(str(args.manifest))
+    kinds = expression_kinds(args.manifest)
+    rows = {}
+    for name, magnets in MAGNET_ROWS.items():
+        start = time.time()
+        rows[name] = evaluate(build_module(args.model, magnets), dataset, kinds)
+        rows[name]["seconds"] = time.time() - start
+    for timestep in args.timesteps:
+        rows[f"paper setting at timestep {timestep:g}"] = evaluate(
+            build_module(args.model, MAGNET_ROWS["magnets + stop-word filter (paper)"], timestep), dataset, kinds)
+    print(f"{len(kinds)} expressions; chance PA (mean target area) {next(iter(rows.values()))['chance']:.1f}\n")
+    print("| setting | PA | mIoU | oIoU |\n| --- | --- | --- | --- |")
+    for name, v in rows.items():
+        print(f"| {name} | {v['PA']:.1f} | {v['mIoU']:.1f} | {v['oIoU']:.1f} |")
+    names = list(rows)
+    kinds_seen = list(rows[names[0]]["PA by kind"])
+    print("\nPA by expression kind\n\n| kind | n | " + " | ".join(names) + " |\n| --- | --- |" + " --- |" * len(names))
+    for kind in kinds_seen:
+        n = rows[names[0]]["PA by kind"][kind][1]
+        print(f"| {kind} | {n} | " + " | ".join(f"{rows[r]['PA by kind'][kind][0]:.1f}" for r in names) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Procedural scenes of coloured shapes with referring expressions and exact masks.
+
+Deterministic by seed: scene `i` of a split is drawn from `numpy.random.default_rng([split seed, i])`,
+so train and evaluation scenes never coincide (different split seeds) and any scene can be
+regenerated alone. Masks are the visible pixels of each object (later objects occlude earlier ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 205, 40),
+    "purple": (140, 60, 170),
+    "orange": (245, 140, 30),
+    "black": (30, 30, 30),
+}  # no pink: "pink" is one of the paper's attention magnets
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 11, "big": 21}  # half-extent in pixels at 128 x 128
+BACKGROUND = (225, 225, 220)
+SPLIT_SEEDS = {"train": 1, "demo": 2, "test": 3}
+MARGIN = 0.12  # fraction of the image a spatial relation must hold by
+
+
+@dataclass
+class ShapeObject:
+    shape: str
+    colour: str
+    size: str
+    cx: float
+    cy: float
+    mask: np.ndarray = field(repr=False)  # visible pixels, bool [H, W]
+    full_area: int = 0  # pixels it would cover unoccluded
+
+
+@dataclass
+class Referral:
+    text: str
+    target: int  # index into Scene.objects
+    kind: str
+
+
+@dataclass
+class Scene:
+    image: Image.Image | None  # dropped once encoded, when only the objects are needed
+    objects: list[ShapeObject]
+    referrals: list[Referral]
+    size: int = 128
+
+    def caption(self) -> str:
+        """The objects listed, as the demo conditions the denoising stream on."""
+        return describe_objects([(o.size, o.colour, o.shape, None) for o in self.objects])
+
+
+def describe_objects(parts: list[tuple[str | None, str, str, str | None]]) -> str:
+    phrases = []
+    for size, colour, shape, where in parts:
+        words = ["a"] + ([size] if size else []) + [colour, shape] + ([where] if where else [])
+        phrases.append(" ".join(words))
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
+    if shape == "square":
+        return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if shape == "triangle":
+        return [(cx, cy - r * 1.1), (cx + r * 1.1, cy + r * 0.8), (cx - r * 1.1, cy + r * 0.8)]
+    return None
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+    polygon = _polygon(shape, cx, cy, r)
+    if polygon is None:
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    else:
+        draw.polygon(polygon, fill=fill)
+
+
+def render(objects: list[tuple[str, str, str, float, float]], size: int = 128, noise: np.random.Generator | None = None):
+    """Draw (shape, colour, size name, cx, cy) in order; returns the image and visible masks."""
+    scale = size / 128
+    image = Image.new("RGB", (size, size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    labels = Image.new("L", (size, size), 0)
+    label_draw = ImageDraw.Draw(labels)
+    for k, (shape, colour, size_name, cx, cy) in enumerate(objects):
+        r = SIZES[size_name] * scale
+        _draw(draw, shape, cx, cy, r, COLOURS[colour])
+        _draw(label_draw, shape, cx, cy, r, k + 1)
+    label_array = np.asarray(labels)
+    masks = [label_array == k + 1 for k in range(len(objects))]
+    full_areas = []
+    for shape, _, size_name, cx, cy in objects:
+        alone = Image.new("L", (size, size), 0)
+        _draw(ImageDraw.Draw(alone), shape, cx, cy, SIZES[size_name] * scale, 1)
+        full_areas.append(int(np.asarray(alone).sum()))
+    if noise is not None:  # faint texture so that the model cannot rely on exact flat colours
+        pixels = np.asarray(image).astype(np.int16) + noise.integers(-6, 7, size=(size, size, 3))
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return image, masks, full_areas
+
+
+def _unique(objects: list[ShapeObject], target: int, key) -> bool:
+    value = key(objects[target])
+    return sum(key(o) == value for o in objects) == 1
+
+
+def referrals_for(objects: list[ShapeObject], size: int) -> list[Referral]:
+    """Every unambiguous expression of the supported kinds, for every object."""
+    margin = MARGIN * size
+    out: list[Referral] = []
+    for t, o in enumerate(objects):
+        if o.mask.sum() < 0.5 * o.full_area:  # mostly hidden: not a fair target
+            continue
+        if _unique(objects, t, lambda x: (x.colour, x.shape)):
+            out.append(Referral(f"the {o.colour} {o.shape}", t, "colour+shape"))
+        elif _unique(objects, t, lambda x: (x.size, x.colour, x.shape)):
+            out.append(Referral(f"the {o.size} {o.colour} {o.shape}", t, "size+colour+shape"))
+        if _unique(objects, t, lambda x: x.shape):
+            out.append(Referral(f"the {o.shape}", t, "shape"))
+        if _unique(objects, t, lambda x: x.colour):
+            out.append(Referral(f"the {o.colour} {'shape' if t % 2 else 'object'}", t, "colour"))
+        others = [x for i, x in enumerate(objects) if i != t]
+        if all(o.cx < x.cx - margin for x in others):
+            out.append(Referral("the object on the left", t, "absolute position"))
+        if all(o.cx > x.cx + margin for x in others):
+            out.append(Referral("the object on the right", t, "absolute position"))
+        same = [x for i, x in enumerate(objects) if i != t and x.shape == o.shape]
+        if same and all(o.cy < x.cy - margin for x in same):
+            out.append(Referral(f"the {o.shape} at the top", t, "position within shape"))
+        if same and all(o.cy > x.cy + margin for x in same):
+            out.append(Referral(f"the {o.shape} at the bottom", t, "position within shape"))
+        if _unique(objects, t, lambda x: x.shape):
+            for j, anchor in enumerate(objects):
+                if j == t or not _unique(objects, j, lambda x: x.shape):
+                    continue
+                if o.cx < anchor.cx - margin:
+                    out.append(Referral(f"the {o.shape} left of the {anchor.shape}", t, "relation"))
+                elif o.cx > anchor.cx + margin:
+                    out.append(Referral(f"the {o.shape} right of the {anchor.shape}", t, "relation"))
+    return out
+
+
+def make_scene(split: str, index: int, size: int = 128) -> Scene:
+    rng = np.random.default_rng([SPLIT_SEEDS[split], index])
+    count = int(rng.integers(2, 5))
+    placed: list[tuple[str, str, str, float, float]] = []
+    for _ in range(count):
+        for _attempt in range(20):
+            shape = SHAPES[rng.integers(len(SHAPES))]
+            colour = list(COLOURS)[rng.integers(len(COLOURS))]
+            size_name = list(SIZES)[rng.integers(len(SIZES))]
+            r = SIZES[size_name] * size / 128
+            cx, cy = (float(v) for v in rng.uniform(r + 2, size - r - 2, size=2))
+            # overlaps are allowed, but two objects of one colour must not touch (they would merge)
+            if all(not (c == colour and np.hypot(cx - x, cy - y) < (r + SIZES[s] * size / 128) * 1.5)
+                   for _, c, s, x, y in placed):
+                placed.append((shape, colour, size_name, cx, cy))
+                break
+    image, masks, full_areas = render(placed, size, noise=rng)
+    objects = [ShapeObject(s, c, z, x, y, m, a) for (s, c, z, x, y), m, a in zip(placed, masks, full_areas)]
+    return Scene(image=image, objects=objects, referrals=referrals_for(objects, size), size=size)
+
+
+def training_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A randomised description of every object (attributes and positions sometimes omitted),
+    so that colour, shape, size and position words all have to be grounded by the model."""
+    size = scene.size
+    parts = []
+    order = rng.permutation(len(scene.objects))
+    for k in order:
+        o = scene.objects[k]
+        where = None
+        if rng.random() < 0.5:
+            horizontal = "left" if o.cx < size / 3 else "right" if o.cx > 2 * size / 3 else None
+            vertical = "top" if o.cy < size / 3 else "bottom" if o.cy > 2 * size / 3 else None
+            if horizontal and vertical:
+                where = f"at the {vertical} {horizontal}"
+            elif horizontal or vertical:
+                where = f"on the {horizontal}" if horizontal else f"at the {vertical}"
+        parts.append((o.size if rng.random() < 0.6 else None, o.colour, o.shape, where))
+    return describe_objects(parts)

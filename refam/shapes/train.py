@@ -1,0 +1,232 @@
+"""`refam train-shapes`: train the refam-shapes model on CPU and save it as a diffusers FLUX folder.
+
+Two Lightning stages on procedural scenes (train split only):
+1. the AutoencoderKL on random crops (reconstruction + a small KL term), then its latent statistics
+   set `shift_factor` / `scaling_factor` as in FLUX's VAE config;
+2. the FluxTransformer2DModel with both text encoders on the frozen VAE's latents, with the
+   rectified-flow loss (x_t = (1 - t) x0 + t eps, target eps - x0, t logit-normal), captions
+   randomised per step and encoded by `FluxPipeline.encode_prompt` exactly as at inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from refam.shapes.model import ShapesModelConfig, build_components
+from refam.shapes.scenes import make_scene, training_caption
+
+
+def to_tensor(image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+class SceneCrops(IterableDataset):
+    """Endless random crops of training scenes for the autoencoder."""
+
+    def __init__(self, crop: int, seed: int) -> None:
+        self.crop, self.seed = crop, seed
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        index = 0
+        while True:
+            image = to_tensor(make_scene("train", 10_000_000 + index).image)
+            index += 1
+            y, x = rng.integers(0, image.shape[1] - self.crop + 1, size=2)
+            yield image[:, y : y + self.crop, x : x + self.crop]
+
+
+class AutoencoderStage(L.LightningModule):
+    def __init__(self, vae, lr: float, kl_weight: float) -> None:
+        super().__init__()
+        self.vae, self.lr, self.kl_weight = vae, lr, kl_weight
+
+    def training_step(self, batch, batch_idx):
+        posterior = self.vae.encode(batch).latent_dist
+        reconstruction = self.vae.decode(posterior.sample()).sample
+        mse = F.mse_loss(reconstruction, batch)
+        loss = mse + self.kl_weight * posterior.kl().mean()
+        self.log_dict({"vae/mse": mse, "vae/loss": loss}, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.vae.parameters(), lr=self.lr)
+
+
+class LatentScenes(Dataset):
+    """Precomputed normalised latents of training scenes, with the scenes' objects for captions."""
+
+    def __init__(self, latents: torch.Tensor, scenes: list) -> None:
+        self.latents, self.scenes = latents, scenes
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int):
+        return index
+
+
+class FlowStage(L.LightningModule):
+    def __init__(self, pipe, data: LatentScenes, lr: float, caption_tokens: int, empty_caption_rate: float, seed: int) -> None:
+        super().__init__()
+        self.pipe = pipe
+        self.transformer, self.t5, self.clip = pipe.transformer, pipe.text_encoder_2, pipe.text_encoder
+        self.data, self.lr, self.caption_tokens = data, lr, caption_tokens
+        self.empty_caption_rate = empty_caption_rate
+        self.rng = np.random.default_rng(seed)
+
+    def training_step(self, indices, batch_idx):
+        indices = indices.tolist()
+        x0 = self.data.latents[indices].float()
+        captions = ["" if self.rng.random() < self.empty_caption_rate else training_caption(self.data.scenes[i], self.rng)
+                    for i in indices]
+        embeds, pooled, text_ids = self.pipe.encode_prompt(prompt=captions, prompt_2=captions, device=x0.device,
+                                                           max_sequence_length=self.caption_tokens)
+        batch, channels, height, width = x0.shape
+        t = torch.sigmoid(torch.randn(batch))
+        noise = torch.randn_like(x0)
+        x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+        packed = self.pipe._pack_latents(x_t, batch, channels, height, width)
+        target = self.pipe._pack_latents(noise - x0, batch, channels, height, width)
+        img_ids = self.pipe._prepare_latent_image_ids(batch, height // 2, width // 2, x0.device, x0.dtype)
+        prediction = self.transformer(hidden_states=packed, encoder_hidden_states=embeds, pooled_projections=pooled,
+                                      timestep=t, img_ids=img_ids, txt_ids=text_ids, return_dict=False)[0]
+        loss = F.mse_loss(prediction, target)
+        self.log("flow/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = list(self.transformer.parameters()) + list(self.t5.parameters()) + list(self.clip.parameters())
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
+        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 200))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+
+
+class SavePipelineEvery(L.Callback):
+    """Writes the pipeline as a diffusers folder every `every` steps, to evaluate a run midway."""
+
+    def __init__(self, pipe, folder: Path, every: int) -> None:
+        self.pipe, self.folder, self.every = pipe, folder, every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every and trainer.global_step % self.every == 0:
+            self.pipe.save_pretrained(self.folder / f"step-{trainer.global_step}", safe_serialization=True)
+
+
+def _trainer(max_steps: int, log_dir: Path, name: str, callbacks: list | None = None) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=L.pytorch.loggers.CSVLogger(log_dir, name=name),
+                     enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=25, gradient_clip_val=1.0,
+                     callbacks=callbacks or [])
+
+
+@torch.no_grad()
+def encode_scenes(vae, count: int, batch: int = 64) -> tuple[torch.Tensor, list]:
+    scenes, latents = [], []
+    for start in range(0, count, batch):
+        chunk = [make_scene("train", i) for i in range(start, min(count, start + batch))]
+        images = torch.stack([to_tensor(scene.image) for scene in chunk])
+        latents.append(vae.encode(images).latent_dist.mode().half())
+        for scene in chunk:
+            scene.image = None  # captions need the objects only
+            for o in scene.objects:
+                o.mask = None
+        scenes += chunk
+    return torch.cat(latents), scenes
+
+
+def loss_curve(metrics_csv: Path, key: str, points: int = 40) -> list[list[float]]:
+    if not metrics_csv.exists():  # a run shorter than the logging interval
+        return []
+    rows = [r for r in csv.DictReader(metrics_csv.open()) if r.get(key)]
+    values = [(int(r["step"]), float(r[key])) for r in rows]
+    stride = max(1, len(values) // points)
+    return [[s, round(v, 5)] for s, v in values[::stride]]
+
+
+def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size: int, seed: int,
+          config: ShapesModelConfig, lr: float, caption_tokens: int, work_dir: Path, snapshot_every: int = 0) -> dict:
+    from diffusers import FluxPipeline
+
+    torch.manual_seed(seed)
+    start = time.time()
+    parts = build_components(config, seed)
+    vae = parts["vae"]
+
+    L.seed_everything(seed)
+    crops = DataLoader(SceneCrops(crop=64, seed=seed), batch_size=16)
+    vae_trainer = _trainer(vae_steps, work_dir, "vae")
+    vae_trainer.fit(AutoencoderStage(vae, lr=1e-3, kl_weight=1e-6), crops)
+    vae.eval().requires_grad_(False)
+    vae_seconds = time.time() - start
+    vae_log = Path(vae_trainer.logger.log_dir) / "metrics.csv"
+
+    latents, scene_list = encode_scenes(vae, scenes)
+    shift, std = latents.float().mean().item(), latents.float().std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
+    latents = ((latents.float() - shift) / std).half()
+
+    pipe = FluxPipeline(**parts)
+    data = LatentScenes(latents, scene_list)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    stage = FlowStage(pipe, data, lr=lr, caption_tokens=caption_tokens, empty_caption_rate=0.1, seed=seed)
+    flow_trainer = _trainer(flow_steps, work_dir, "flow", [SavePipelineEvery(pipe, work_dir / "snapshots", snapshot_every)])
+    flow_trainer.fit(stage, loader)
+    for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2):
+        module.eval()
+    pipe.save_pretrained(output, safe_serialization=True)
+
+    record = {
+        "command": "refam train-shapes " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        "seed": seed,
+        "model": config.to_dict(),
+        "caption_tokens": caption_tokens,
+        "training_scenes": scenes,
+        "batch_size": batch_size,
+        "vae_steps": vae_steps,
+        "flow_steps": flow_steps,
+        "vae_seconds": round(vae_seconds, 1),
+        "total_seconds": round(time.time() - start, 1),
+        "machine": "2 CPU cores (refam development machine)",
+        "vae_latent_shift": shift,
+        "vae_latent_scale": 1.0 / std,
+        "vae_mse_curve": loss_curve(vae_log, "vae/mse"),
+        "flow_loss_curve": loss_curve(Path(flow_trainer.logger.log_dir) / "metrics.csv", "flow/loss"),
+    }
+    (output / "training.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="refam train-shapes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("assets/refam-shapes"))
+    parser.add_argument("--work-dir", type=Path, default=Path("outputs/train-shapes"))
+    parser.add_argument("--vae-steps", type=int, default=800)
+    parser.add_argument("--flow-steps", type=int, default=4000)
+    parser.add_argument("--scenes", type=int, default=12000, help="training scenes encoded once")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--caption-tokens", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--snapshot-every", type=int, default=0, help="also save the pipeline every N flow steps")
+    for name, default in ShapesModelConfig().to_dict().items():
+        if not isinstance(default, tuple):
+            parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    args = parser.parse_args(argv)
+    config = ShapesModelConfig(**{k: getattr(args, k) for k in ShapesModelConfig().to_dict() if hasattr(args, k)})
+    record = train(args.output, args.vae_steps, args.flow_steps, args.scenes, args.batch_size, args.seed, config,
+                   args.lr, args.caption_tokens, args.work_dir, args.snapshot_every)
+    print(json.dumps({k: record[k] for k in ("total_seconds", "vae_seconds")}))
