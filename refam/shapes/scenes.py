@@ -184,5 +184,7 @@ def training_caption(scene: Scene, rng: np.random.Generator) -> str:
                 where = f"at the {vertical} {horizontal}"
             elif horizontal or vertical:
                 where = f"on the {horizontal}" if horizontal else f"at the {vertical}"
-        parts.append((o.size if rng.random() < 0.6 else None, o.colour, o.shape, where))
+        # sometimes a generic noun, as in "the red object" / "the object on the left"
+        noun = o.shape if rng.random() < 0.8 else ("object" if rng.random() < 0.5 else "shape")
+        parts.append((o.size if rng.random() < 0.6 else None, o.colour, noun, where))
     return describe_objects(parts)
