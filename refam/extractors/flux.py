@@ -67,6 +67,8 @@ class FluxExtractor(Extractor):
         softmax_stage: "after_mean" (average logits over heads and blocks, then the aggregator's
             softmax across tokens; default) or "per_head" (softmax per head and block, then average).
         caption_max_tokens: T5 length of the denoising prompt (FLUX.1-dev 512, schnell 256).
+        pooled_prompt: what CLIP's pooled vector encodes: "caption" (FLUX's pipeline) or "empty"
+            (for models trained with an empty CLIP prompt, such as refam-shapes).
         expression_max_tokens: longest expression (with magnets) accepted, in T5 tokens.
         guidance_scale: guidance embedding for guidance-distilled models (FLUX.1-dev); ignored otherwise.
         seed: base seed of the noise; each sample's noise derives from (seed, sample id).
@@ -84,6 +86,7 @@ class FluxExtractor(Extractor):
         blocks: list[int] | float | None = None,
         softmax_stage: str = "after_mean",
         caption_max_tokens: int = 512,
+        pooled_prompt: str = "caption",
         expression_max_tokens: int = 128,
         guidance_scale: float = 3.5,
         seed: int = 0,
@@ -92,6 +95,8 @@ class FluxExtractor(Extractor):
     ) -> None:
         if torch_dtype not in DTYPES:
             raise ConfigError(f"model.extractor.init_args.torch_dtype must be one of {list(DTYPES)}")
+        if pooled_prompt not in ("caption", "empty"):
+            raise ConfigError(f"model.extractor.init_args.pooled_prompt must be 'caption' or 'empty', got {pooled_prompt!r}")
         if resolution % 16:
             raise ConfigError(f"model.extractor.init_args.resolution must be a multiple of 16, got {resolution}")
         self.pretrained = pretrained
@@ -102,6 +107,7 @@ class FluxExtractor(Extractor):
         self.blocks = blocks
         self.softmax_stage = softmax_stage
         self.caption_max_tokens = caption_max_tokens
+        self.pooled_prompt = pooled_prompt
         self.expression_max_tokens = expression_max_tokens
         self.guidance_scale = guidance_scale
         self.seed = seed
@@ -181,7 +187,10 @@ class FluxExtractor(Extractor):
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> CaptionCondition:
         embeds, pooled, _ = self.pipe.encode_prompt(
-            prompt=caption, prompt_2=caption, device=self.device, max_sequence_length=self.caption_max_tokens
+            prompt=caption if self.pooled_prompt == "caption" else "",
+            prompt_2=caption,
+            device=self.device,
+            max_sequence_length=self.caption_max_tokens,
         )
         guidance = None
         if self.pipe.transformer.config.guidance_embeds:

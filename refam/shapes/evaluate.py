@@ -34,8 +34,10 @@ MAGNET_ROWS: dict[str, MagnetStrategy] = {
 
 
 def build_module(model: str, magnets: MagnetStrategy, timestep: float = 750.0) -> RefAMModule:
+    record = Path(model) / "training.json"
+    pooled = json.loads(record.read_text()).get("pooled_prompt", "caption") if record.exists() else "caption"
     extractor = FluxExtractor(model, torch_dtype="float32", resolution=128, caption_max_tokens=32,
-                              trajectory=NoiseAt(timestep))
+                              pooled_prompt=pooled, trajectory=NoiseAt(timestep))
     module = RefAMModule(extractor=extractor, segmenter=FloodFillSegmenter(), magnets=magnets)
     extractor.setup(torch.device("cpu"))
     return module

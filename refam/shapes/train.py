@@ -79,12 +79,14 @@ class LatentScenes(Dataset):
 
 
 class FlowStage(L.LightningModule):
-    def __init__(self, pipe, data: LatentScenes, lr: float, caption_tokens: int, empty_caption_rate: float, seed: int) -> None:
+    def __init__(self, pipe, data: LatentScenes, lr: float, caption_tokens: int, empty_caption_rate: float, seed: int,
+                 t_mean: float = 0.0, pooled_prompt: str = "caption") -> None:
         super().__init__()
         self.pipe = pipe
         self.transformer, self.t5, self.clip = pipe.transformer, pipe.text_encoder_2, pipe.text_encoder
         self.data, self.lr, self.caption_tokens = data, lr, caption_tokens
         self.empty_caption_rate = empty_caption_rate
+        self.t_mean, self.pooled_prompt = t_mean, pooled_prompt
         self.rng = np.random.default_rng(seed)
 
     def training_step(self, indices, batch_idx):
@@ -92,10 +94,13 @@ class FlowStage(L.LightningModule):
         x0 = self.data.latents[indices].float()
         captions = ["" if self.rng.random() < self.empty_caption_rate else training_caption(self.data.scenes[i], self.rng)
                     for i in indices]
-        embeds, pooled, text_ids = self.pipe.encode_prompt(prompt=captions, prompt_2=captions, device=x0.device,
+        # with pooled_prompt "empty", CLIP's global vector carries nothing: the caption reaches the image
+        # only through attention to the T5 tokens, which is what the expression branch reads
+        clip_captions = captions if self.pooled_prompt == "caption" else [""] * len(captions)
+        embeds, pooled, text_ids = self.pipe.encode_prompt(prompt=clip_captions, prompt_2=captions, device=x0.device,
                                                            max_sequence_length=self.caption_tokens)
         batch, channels, height, width = x0.shape
-        t = torch.sigmoid(torch.randn(batch))
+        t = torch.sigmoid(torch.randn(batch) + self.t_mean)
         noise = torch.randn_like(x0)
         x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
         packed = self.pipe._pack_latents(x_t, batch, channels, height, width)
@@ -156,32 +161,47 @@ def loss_curve(metrics_csv: Path, key: str, points: int = 40) -> list[list[float
 
 
 def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size: int, seed: int,
-          config: ShapesModelConfig, lr: float, caption_tokens: int, work_dir: Path, snapshot_every: int = 0) -> dict:
+          config: ShapesModelConfig, lr: float, caption_tokens: int, work_dir: Path, snapshot_every: int = 0,
+          resume_from: Path | None = None, t_mean: float = 0.0, pooled_prompt: str = "caption") -> dict:
     from diffusers import FluxPipeline
 
     torch.manual_seed(seed)
     start = time.time()
-    parts = build_components(config, seed)
-    vae = parts["vae"]
-
     L.seed_everything(seed)
-    crops = DataLoader(SceneCrops(crop=64, seed=seed), batch_size=16)
-    vae_trainer = _trainer(vae_steps, work_dir, "vae")
-    vae_trainer.fit(AutoencoderStage(vae, lr=1e-3, kl_weight=1e-6), crops)
-    vae.eval().requires_grad_(False)
-    vae_seconds = time.time() - start
-    vae_log = Path(vae_trainer.logger.log_dir) / "metrics.csv"
+    previous = None
+    if resume_from is not None:
+        # continue the flow stage of a saved model: its VAE (and latent statistics) stay as they are
+        pipe = FluxPipeline.from_pretrained(resume_from)
+        parts = {name: getattr(pipe, name) for name in ("scheduler", "vae", "text_encoder", "tokenizer",
+                                                         "text_encoder_2", "tokenizer_2", "transformer")}
+        record_file = Path(resume_from) / "training.json"
+        previous = json.loads(record_file.read_text()) if record_file.exists() else {"folder": str(resume_from)}
+        vae = parts["vae"].eval().requires_grad_(False)
+        vae_seconds, vae_log = 0.0, Path(work_dir) / "no-vae-stage.csv"
+        latents, scene_list = encode_scenes(vae, scenes)
+        shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+        latents = ((latents.float() - shift) * scale).half()
+        std = 1.0 / scale
+    else:
+        parts = build_components(config, seed)
+        vae = parts["vae"]
+        crops = DataLoader(SceneCrops(crop=64, seed=seed), batch_size=16)
+        vae_trainer = _trainer(vae_steps, work_dir, "vae")
+        vae_trainer.fit(AutoencoderStage(vae, lr=1e-3, kl_weight=1e-6), crops)
+        vae.eval().requires_grad_(False)
+        vae_seconds = time.time() - start
+        vae_log = Path(vae_trainer.logger.log_dir) / "metrics.csv"
 
-    latents, scene_list = encode_scenes(vae, scenes)
-    shift, std = latents.float().mean().item(), latents.float().std().item()
-    vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
-    latents = ((latents.float() - shift) / std).half()
-
-    pipe = FluxPipeline(**parts)
+        latents, scene_list = encode_scenes(vae, scenes)
+        shift, std = latents.float().mean().item(), latents.float().std().item()
+        vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
+        latents = ((latents.float() - shift) / std).half()
+        pipe = FluxPipeline(**parts)
     data = LatentScenes(latents, scene_list)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
-    stage = FlowStage(pipe, data, lr=lr, caption_tokens=caption_tokens, empty_caption_rate=0.1, seed=seed)
+    stage = FlowStage(pipe, data, lr=lr, caption_tokens=caption_tokens, empty_caption_rate=0.1, seed=seed,
+                      t_mean=t_mean, pooled_prompt=pooled_prompt)
     flow_trainer = _trainer(flow_steps, work_dir, "flow", [SavePipelineEvery(pipe, work_dir / "snapshots", snapshot_every)])
     flow_trainer.fit(stage, loader)
     for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2):
@@ -193,6 +213,8 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
         "seed": seed,
         "model": config.to_dict(),
         "caption_tokens": caption_tokens,
+        "t_logit_normal_mean": t_mean,
+        "pooled_prompt": pooled_prompt,
         "training_scenes": scenes,
         "batch_size": batch_size,
         "vae_steps": vae_steps,
@@ -205,6 +227,9 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
         "vae_mse_curve": loss_curve(vae_log, "vae/mse"),
         "flow_loss_curve": loss_curve(Path(flow_trainer.logger.log_dir) / "metrics.csv", "flow/loss"),
     }
+    if previous is not None:
+        record["resumed_from"] = previous  # the earlier stage's full record, curves included
+        record["total_seconds"] += previous.get("total_seconds", 0.0)
     (output / "training.json").write_text(json.dumps(record, indent=1))
     return record
 
@@ -222,11 +247,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--caption-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--snapshot-every", type=int, default=0, help="also save the pipeline every N flow steps")
+    parser.add_argument("--resume-from", type=Path, default=None, help="continue the flow stage of a saved model")
+    parser.add_argument("--t-mean", type=float, default=0.0, help="mean of the logit-normal t (> 0: more noise)")
+    parser.add_argument("--pooled-prompt", choices=["caption", "empty"], default="caption",
+                        help="what CLIP (the pooled vector) sees; 'empty' forces text through attention")
     for name, default in ShapesModelConfig().to_dict().items():
         if not isinstance(default, tuple):
             parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args(argv)
     config = ShapesModelConfig(**{k: getattr(args, k) for k in ShapesModelConfig().to_dict() if hasattr(args, k)})
     record = train(args.output, args.vae_steps, args.flow_steps, args.scenes, args.batch_size, args.seed, config,
-                   args.lr, args.caption_tokens, args.work_dir, args.snapshot_every)
+                   args.lr, args.caption_tokens, args.work_dir, args.snapshot_every, args.resume_from,
+                   args.t_mean, args.pooled_prompt)
     print(json.dumps({k: record[k] for k in ("total_seconds", "vae_seconds")}))
