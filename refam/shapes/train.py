@@ -132,7 +132,8 @@ class SavePipelineEvery(L.Callback):
 
 def _trainer(max_steps: int, log_dir: Path, name: str, callbacks: list | None = None) -> L.Trainer:
     return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=L.pytorch.loggers.CSVLogger(log_dir, name=name),
-                     enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=25, gradient_clip_val=1.0,
+                     enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=min(25, max(1, max_steps // 10)),
+                     gradient_clip_val=1.0,
                      callbacks=callbacks or [])
 
 

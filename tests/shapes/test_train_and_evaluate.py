@@ -1,0 +1,58 @@
+"""`refam train-shapes` writes a loadable FLUX folder with its training record; evaluation runs it."""
+
+import json
+
+import pytest
+import torch
+
+from refam.data.manifest import ManifestDataset
+from refam.extractors.flux import FluxExtractor
+from refam.shapes.dataset import write_shapes_set
+from refam.shapes.evaluate import MAGNET_ROWS, build_module, evaluate, expression_kinds
+from refam.shapes.train import main as train_shapes
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    train_shapes(["--output", str(root / "model"), "--work-dir", str(root / "work"), "--vae-steps", "3",
+                  "--flow-steps", "10", "--scenes", "16", "--batch-size", "4", "--width", "32", "--heads", "2",
+                  "--double-blocks", "1", "--single-blocks", "1", "--pooled-prompt", "empty"])
+    return root
+
+
+@pytest.mark.slow
+def test_training_writes_a_flux_folder_and_its_record(trained):
+    record = json.loads((trained / "model/training.json").read_text())
+    assert record["flow_steps"] == 10 and record["seed"] == 0 and record["pooled_prompt"] == "empty"
+    assert record["flow_loss_curve"] and all(loss > 0 for _, loss in record["flow_loss_curve"])
+    extractor = FluxExtractor(str(trained / "model"), torch_dtype="float32", resolution=128, caption_max_tokens=32)
+    extractor.setup(torch.device("cpu"))
+    assert extractor.num_blocks == 2
+    vae = extractor.pipe.vae.config
+    assert vae.scaling_factor != 1.0 and vae.shift_factor != 0.0  # latent statistics were measured
+
+
+@pytest.mark.slow
+def test_resume_continues_from_a_saved_model(trained):
+    train_shapes(["--resume-from", str(trained / "model"), "--output", str(trained / "more"), "--work-dir",
+                  str(trained / "work2"), "--flow-steps", "5", "--scenes", "8", "--batch-size", "4"])
+    record = json.loads((trained / "more/training.json").read_text())
+    assert record["resumed_from"]["flow_steps"] == 10
+    before = FluxExtractor(str(trained / "model"), torch_dtype="float32")
+    after = FluxExtractor(str(trained / "more"), torch_dtype="float32")
+    for e in (before, after):
+        e.setup(torch.device("cpu"))
+    assert torch.equal(before.pipe.vae.encoder.conv_in.weight, after.pipe.vae.encoder.conv_in.weight)  # VAE kept
+    assert not torch.equal(before.pipe.transformer.x_embedder.weight, after.pipe.transformer.x_embedder.weight)
+
+
+@pytest.mark.slow
+def test_evaluation_scores_every_expression(trained, tmp_path):
+    manifest = write_shapes_set(tmp_path / "set", "test", scenes=3, per_scene=3)
+    kinds = expression_kinds(manifest)
+    module = build_module(str(trained / "model"), MAGNET_ROWS["magnets + stop-word filter (paper)"])
+    assert module.extractor.pooled_prompt == "empty"  # read from the model's training record
+    result = evaluate(module, ManifestDataset(str(manifest)), kinds)
+    assert sum(n for _, n in result["PA by kind"].values()) == len(kinds) == result["expressions"]
+    assert 0.0 <= result["PA"] <= 100.0 and 0.0 < result["chance"] < 20.0
