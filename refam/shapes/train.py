@@ -89,6 +89,10 @@ class FlowStage(L.LightningModule):
         self.t_mean, self.pooled_prompt = t_mean, pooled_prompt
         self.rng = np.random.default_rng(seed)
 
+    def on_train_start(self) -> None:
+        for module in (self.transformer, self.t5, self.clip):  # a resumed pipeline loads in eval mode
+            module.train()
+
     def training_step(self, indices, batch_idx):
         indices = indices.tolist()
         x0 = self.data.latents[indices].float()
