@@ -116,7 +116,7 @@ class RefAMModule(L.LightningModule):
         width, height = sample.image.size
         image_maps = upsample(aggregation.heatmaps, height, width)
         points = argmax_points(aggregation.heatmaps, height, width)
-        masks = self.segmenter.segment(np.asarray(sample.image.convert("RGB")), points.numpy(), image_maps)
+        masks = self.segmenter.segment(np.array(sample.image.convert("RGB")), points.numpy(), image_maps)
         for k, expression in enumerate(runnable):
             tokens = maps.tokens[k]
             real = [t for t, v in zip(tokens, maps.valid[k].tolist()) if v]
