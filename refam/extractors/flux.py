@@ -152,13 +152,24 @@ class FluxExtractor(Extractor):
 
     # ---------------------------------------------------------------- encoders
     def tokenize(self, text: str, magnet_start: int | None) -> list[TokenInfo]:
-        enc = self.pipe.tokenizer_2(text, return_offsets_mapping=True, return_special_tokens_mask=True)
-        pieces = self.pipe.tokenizer_2.convert_ids_to_tokens(enc["input_ids"])
-        return tokens_to_words(text, pieces, enc["offset_mapping"], [bool(s) for s in enc["special_tokens_mask"]], magnet_start)
+        return self._tokenize([(text, magnet_start)])[1][0]
+
+    def _tokenize(self, expressions: list[tuple[str, int | None]]):
+        """One batch tokenization gives ids, mask and each token's word (padding counts as special)."""
+        tokenizer = self.pipe.tokenizer_2
+        texts = [text for text, _ in expressions]
+        enc = tokenizer(texts, padding="longest", return_tensors="pt", return_offsets_mapping=True,
+                        return_special_tokens_mask=True)
+        tokens = [
+            tokens_to_words(text, tokenizer.convert_ids_to_tokens(ids), offsets.tolist(), special.bool().tolist(), start)
+            for (text, start), ids, offsets, special in zip(
+                expressions, enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+            )
+        ]
+        return enc, tokens
 
     def validate_expression(self, text: str) -> None:
-        if not text.strip():
-            raise ExpressionError("the expression is empty")
+        super().validate_expression(text)
         n = len(self.pipe.tokenizer_2(text)["input_ids"])
         if n > self.expression_max_tokens:
             raise ExpressionError(
@@ -168,21 +179,13 @@ class FluxExtractor(Extractor):
 
     @torch.inference_mode()
     def encode_expressions(self, expressions: list[tuple[str, int | None]]) -> EncodedExpressions:
-        texts = [text for text, _ in expressions]
-        for text in texts:
-            self.validate_expression(text)
-        enc = self.pipe.tokenizer_2(texts, padding="longest", return_tensors="pt")
+        """Callers validate first (`validate_expression`); the module does, per expression."""
+        enc, tokens = self._tokenize(expressions)
         encoder = self.pipe.text_encoder_2
         ids, mask = enc["input_ids"].to(encoder.device), enc["attention_mask"].to(encoder.device)
         # With its attention mask, T5 gives each expression the same embeddings as when encoded alone.
         embeds = encoder(ids, attention_mask=mask)[0].to(self.device, self.dtype)
-        valid = enc["attention_mask"].bool()
-        tokens = []
-        for k, (text, magnet_start) in enumerate(expressions):
-            info = self.tokenize(text, magnet_start)
-            pad = TokenInfo(piece=self.pipe.tokenizer_2.pad_token, word="", special=True, magnet=False)
-            tokens.append(info + [pad] * (valid.shape[1] - len(info)))
-        return EncodedExpressions(embeds=embeds, valid=valid, tokens=tokens)
+        return EncodedExpressions(embeds=embeds, valid=enc["attention_mask"].bool(), tokens=tokens)
 
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> CaptionCondition:
