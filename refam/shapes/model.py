@@ -31,6 +31,9 @@ class ShapesModelConfig:
     text_layers: int = 2
     latent_channels: int = 4
     vae_channels: tuple[int, ...] = (16, 32, 32)  # 3 blocks: spatial factor 4, then FLUX's 2x2 packing
+    # head dims on FLUX's first RoPE axis, which never rotates for image tokens (their id there is 0):
+    # the rest is split between rows and columns; more unrotated dims leave more of each head to content
+    rope_fixed_dims: int = 8
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,7 +47,11 @@ def build_components(config: ShapesModelConfig, seed: int = 0) -> dict:
     # character-level CLIP: long enough for a four-object caption with positions
     clip_tok, t5_tok = build_tokenizers(shapes_vocabulary(), clip_max_length=CLIP_POSITIONS)
     head_dim = config.width // config.heads
-    rope = (head_dim - 2 * (head_dim * 3 // 8), head_dim * 3 // 8, head_dim * 3 // 8)
+    spatial = (head_dim - config.rope_fixed_dims) // 2
+    if config.rope_fixed_dims % 2 or spatial % 2 or spatial <= 0:
+        raise ValueError(f"rope_fixed_dims={config.rope_fixed_dims} must be even and leave an even, positive "
+                         f"number of dims per spatial axis of the {head_dim}-dim heads")
+    rope = (head_dim - 2 * spatial, spatial, spatial)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         t5 = T5EncoderModel(T5Config(

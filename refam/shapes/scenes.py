@@ -58,10 +58,10 @@ class Scene:
         return describe_objects([(o.size, o.colour, o.shape, None) for o in self.objects])
 
 
-def describe_objects(parts: list[tuple[str | None, str, str, str | None]]) -> str:
+def describe_objects(parts: list[tuple[str | None, str | None, str, str | None]]) -> str:
     phrases = []
     for size, colour, shape, where in parts:
-        words = ["a"] + ([size] if size else []) + [colour, shape] + ([where] if where else [])
+        words = ["a"] + [w for w in (size, colour, shape) if w] + ([where] if where else [])
         phrases.append(" ".join(words))
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
@@ -168,9 +168,13 @@ def make_scene(split: str, index: int, size: int = 128) -> Scene:
     return Scene(image=image, objects=objects, referrals=referrals_for(objects, size), size=size)
 
 
-def training_caption(scene: Scene, rng: np.random.Generator) -> str:
+def training_caption(scene: Scene, rng: np.random.Generator, omit_colour: float = 0.0) -> str:
     """A randomised description of every object (attributes and positions sometimes omitted),
-    so that colour, shape, size and position words all have to be grounded by the model."""
+    so that colour, shape, size and position words all have to be grounded by the model.
+
+    `omit_colour` is the chance that an object is named without its colour: colour is the easiest
+    thing to match in a noisy image, and a model that always gets it tends to ground only colour
+    words and to read the shape from the colour word's context instead of matching shape words."""
     size = scene.size
     parts = []
     order = rng.permutation(len(scene.objects))
@@ -186,5 +190,6 @@ def training_caption(scene: Scene, rng: np.random.Generator) -> str:
                 where = f"on the {horizontal}" if horizontal else f"at the {vertical}"
         # sometimes a generic noun, as in "the red object" / "the object on the left"
         noun = o.shape if rng.random() < 0.8 else ("object" if rng.random() < 0.5 else "shape")
-        parts.append((o.size if rng.random() < 0.6 else None, o.colour, noun, where))
+        colour = None if omit_colour and noun == o.shape and rng.random() < omit_colour else o.colour
+        parts.append((o.size if rng.random() < 0.6 else None, colour, noun, where))
     return describe_objects(parts)

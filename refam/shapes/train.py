@@ -80,13 +80,13 @@ class LatentScenes(Dataset):
 
 class FlowStage(L.LightningModule):
     def __init__(self, pipe, data: LatentScenes, lr: float, caption_tokens: int, empty_caption_rate: float, seed: int,
-                 t_mean: float = 0.0, pooled_prompt: str = "caption") -> None:
+                 t_mean: float = 0.0, pooled_prompt: str = "caption", omit_colour: float = 0.0) -> None:
         super().__init__()
         self.pipe = pipe
         self.transformer, self.t5, self.clip = pipe.transformer, pipe.text_encoder_2, pipe.text_encoder
         self.data, self.lr, self.caption_tokens = data, lr, caption_tokens
         self.empty_caption_rate = empty_caption_rate
-        self.t_mean, self.pooled_prompt = t_mean, pooled_prompt
+        self.t_mean, self.pooled_prompt, self.omit_colour = t_mean, pooled_prompt, omit_colour
         self.rng = np.random.default_rng(seed)
 
     def on_train_start(self) -> None:
@@ -96,7 +96,7 @@ class FlowStage(L.LightningModule):
     def training_step(self, indices, batch_idx):
         indices = indices.tolist()
         x0 = self.data.latents[indices].float()
-        captions = ["" if self.rng.random() < self.empty_caption_rate else training_caption(self.data.scenes[i], self.rng)
+        captions = ["" if self.rng.random() < self.empty_caption_rate else training_caption(self.data.scenes[i], self.rng, self.omit_colour)
                     for i in indices]
         # with pooled_prompt "empty", CLIP's global vector carries nothing: the caption reaches the image
         # only through attention to the T5 tokens, which is what the expression branch reads
@@ -134,6 +134,31 @@ class SavePipelineEvery(L.Callback):
             self.pipe.save_pretrained(self.folder / f"step-{trainer.global_step}", safe_serialization=True)
 
 
+class GroundingMonitor(L.Callback):
+    """Scores point accuracy (paper setting) on held-out expressions every `every` steps, so that a run
+    can be judged by what it is for, grounding, rather than by its loss alone."""
+
+    def __init__(self, pipe, folder: Path, every: int, manifest: Path, pooled_prompt: str) -> None:
+        self.pipe, self.folder, self.every, self.manifest = pipe, folder, every, manifest
+        self.pooled_prompt = pooled_prompt
+        self.history: list[list[float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self.every or step % self.every:
+            return
+        from refam.data.manifest import ManifestDataset
+        from refam.shapes.evaluate import MAGNET_ROWS, build_module, evaluate, expression_kinds
+
+        self.pipe.save_pretrained(self.folder, safe_serialization=True)
+        (self.folder / "training.json").write_text(json.dumps({"pooled_prompt": self.pooled_prompt}))
+        module = build_module(str(self.folder), MAGNET_ROWS["magnets + stop-word filter (paper)"])
+        result = evaluate(module, ManifestDataset(str(self.manifest)), expression_kinds(self.manifest))
+        self.history.append([step, round(result["PA"], 2)])
+        pl_module.log("shapes/PA", result["PA"])
+        print(f"step {step}: PA {result['PA']:.1f} on {result['expressions']} held-out expressions", flush=True)
+
+
 def _trainer(max_steps: int, log_dir: Path, name: str, callbacks: list | None = None) -> L.Trainer:
     return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=L.pytorch.loggers.CSVLogger(log_dir, name=name),
                      enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=min(25, max(1, max_steps // 10)),
@@ -167,7 +192,8 @@ def loss_curve(metrics_csv: Path, key: str, points: int = 40) -> list[list[float
 
 def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size: int, seed: int,
           config: ShapesModelConfig, lr: float, caption_tokens: int, work_dir: Path, snapshot_every: int = 0,
-          resume_from: Path | None = None, t_mean: float = 0.0, pooled_prompt: str = "caption") -> dict:
+          resume_from: Path | None = None, t_mean: float = 0.0, pooled_prompt: str = "caption",
+          monitor_every: int = 0, monitor_manifest: Path | None = None, omit_colour: float = 0.0) -> dict:
     from diffusers import FluxPipeline
 
     torch.manual_seed(seed)
@@ -206,8 +232,11 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     stage = FlowStage(pipe, data, lr=lr, caption_tokens=caption_tokens, empty_caption_rate=0.1, seed=seed,
-                      t_mean=t_mean, pooled_prompt=pooled_prompt)
-    flow_trainer = _trainer(flow_steps, work_dir, "flow", [SavePipelineEvery(pipe, work_dir / "snapshots", snapshot_every)])
+                      t_mean=t_mean, pooled_prompt=pooled_prompt, omit_colour=omit_colour)
+    monitor = GroundingMonitor(pipe, Path(work_dir) / "monitored", monitor_every if monitor_manifest else 0,
+                               monitor_manifest, pooled_prompt)
+    flow_trainer = _trainer(flow_steps, work_dir, "flow",
+                            [SavePipelineEvery(pipe, work_dir / "snapshots", snapshot_every), monitor])
     flow_trainer.fit(stage, loader)
     for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2):
         module.eval()
@@ -220,6 +249,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
         "caption_tokens": caption_tokens,
         "t_logit_normal_mean": t_mean,
         "pooled_prompt": pooled_prompt,
+        "omit_colour": omit_colour,
         "training_scenes": scenes,
         "batch_size": batch_size,
         "vae_steps": vae_steps,
@@ -231,6 +261,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
         "vae_latent_scale": 1.0 / std,
         "vae_mse_curve": loss_curve(vae_log, "vae/mse"),
         "flow_loss_curve": loss_curve(Path(flow_trainer.logger.log_dir) / "metrics.csv", "flow/loss"),
+        "point_accuracy_curve": {"manifest": str(monitor_manifest), "steps_pa": monitor.history} if monitor.history else None,
     }
     if previous is not None:
         record["resumed_from"] = previous  # the earlier stage's full record, curves included
@@ -256,12 +287,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--t-mean", type=float, default=0.0, help="mean of the logit-normal t (> 0: more noise)")
     parser.add_argument("--pooled-prompt", choices=["caption", "empty"], default="caption",
                         help="what CLIP (the pooled vector) sees; 'empty' forces text through attention")
+    parser.add_argument("--monitor-every", type=int, default=0,
+                        help="score point accuracy on --monitor-manifest every N flow steps")
+    parser.add_argument("--monitor-manifest", type=Path, default=None, help="held-out expressions (manifest format)")
+    parser.add_argument("--omit-colour", type=float, default=0.0,
+                        help="chance that a training caption names an object without its colour")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     for name, default in ShapesModelConfig().to_dict().items():
         if not isinstance(default, tuple):
             parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = ShapesModelConfig(**{k: getattr(args, k) for k in ShapesModelConfig().to_dict() if hasattr(args, k)})
     record = train(args.output, args.vae_steps, args.flow_steps, args.scenes, args.batch_size, args.seed, config,
                    args.lr, args.caption_tokens, args.work_dir, args.snapshot_every, args.resume_from,
-                   args.t_mean, args.pooled_prompt)
+                   args.t_mean, args.pooled_prompt, args.monitor_every, args.monitor_manifest,
+                   args.omit_colour)
     print(json.dumps({k: record[k] for k in ("total_seconds", "vae_seconds")}))

@@ -61,6 +61,21 @@ def test_training_captions_name_every_object():
     assert any("object" in c for c in captions) and any(" on the " in c or " at the " in c for c in captions)
 
 
+def test_colour_omission_drops_colours_only_from_named_shapes():
+    scene = make_scene("train", 3)
+    colours = set(COLOURS)
+    plain = [training_caption(scene, np.random.default_rng(seed)) for seed in range(40)]
+    assert plain == [training_caption(scene, np.random.default_rng(seed), omit_colour=0.0) for seed in range(40)]
+    omitted = [training_caption(scene, np.random.default_rng(seed), omit_colour=1.0) for seed in range(40)]
+    for caption in omitted:
+        for phrase in caption.replace(" and ", ", ").split(", "):
+            words = phrase.split()
+            named_colours = colours & set(words)
+            # a generic noun keeps its colour (else "the object" names nothing); a shape never does
+            assert bool(named_colours) == bool({"object", "shape"} & set(words)), phrase
+    assert sum(c.count(" ") for c in omitted) < sum(c.count(" ") for c in plain)
+
+
 def test_set_flows_through_the_manifest_reader(tmp_path):
     manifest = write_shapes_set(tmp_path / "set", "test", scenes=4, per_scene=3)
     dataset = ManifestDataset(str(manifest))

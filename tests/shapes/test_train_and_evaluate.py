@@ -15,7 +15,9 @@ from refam.shapes.train import main as train_shapes
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    train_shapes(["--output", str(root / "model"), "--work-dir", str(root / "work"), "--vae-steps", "3",
+    monitored = write_shapes_set(root / "monitor", "test", scenes=2, per_scene=2)
+    train_shapes(["--monitor-every", "5", "--monitor-manifest", str(monitored),
+                  "--output", str(root / "model"), "--work-dir", str(root / "work"), "--vae-steps", "3",
                   "--flow-steps", "10", "--scenes", "16", "--batch-size", "4", "--width", "32", "--heads", "2",
                   "--double-blocks", "1", "--single-blocks", "1", "--pooled-prompt", "empty"])
     return root
@@ -26,11 +28,22 @@ def test_training_writes_a_flux_folder_and_its_record(trained):
     record = json.loads((trained / "model/training.json").read_text())
     assert record["flow_steps"] == 10 and record["seed"] == 0 and record["pooled_prompt"] == "empty"
     assert record["flow_loss_curve"] and all(loss > 0 for _, loss in record["flow_loss_curve"])
+    curve = record["point_accuracy_curve"]["steps_pa"]  # grounding scored while training
+    assert [step for step, _ in curve] == [5, 10] and all(0.0 <= pa <= 100.0 for _, pa in curve)
     extractor = FluxExtractor(str(trained / "model"), torch_dtype="float32", resolution=128, caption_max_tokens=32)
     extractor.setup(torch.device("cpu"))
     assert extractor.num_blocks == 2
     vae = extractor.pipe.vae.config
     assert vae.scaling_factor != 1.0 and vae.shift_factor != 0.0  # latent statistics were measured
+
+
+def test_rope_split_must_leave_even_spatial_axes():
+    from refam.shapes.model import ShapesModelConfig, build_components
+
+    transformer = build_components(ShapesModelConfig(width=64, heads=2, rope_fixed_dims=16))["transformer"]
+    assert tuple(transformer.config.axes_dims_rope) == (16, 8, 8)
+    with pytest.raises(ValueError, match="rope_fixed_dims=6"):
+        build_components(ShapesModelConfig(width=64, heads=2, rope_fixed_dims=6))
 
 
 @pytest.mark.slow
