@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/refam test --config configs/smoke.yaml
+	$(VENV)/bin/refam test --config configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest

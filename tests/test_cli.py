@@ -132,3 +132,23 @@ def test_help_and_print_config():
                              capture_output=True, text=True, cwd=ROOT)
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert "refam.extractors.flux.FluxExtractor" in printed.stdout and "timestep: 750" in printed.stdout
+
+
+@pytest.mark.slow
+def test_demo_config_scores_the_embedded_model_as_the_evaluator_does(tmp_path):
+    """`make demo`'s config through the CLI prints what `refam.shapes.evaluate` computes in-process."""
+    from refam.data.manifest import ManifestDataset
+    from refam.shapes.evaluate import MAGNET_ROWS, build_module, evaluate, expression_kinds
+
+    manifest = ROOT / "assets/shapes-demo/manifest.jsonl"
+    result = subprocess.run([REFAM, "test", "--config", str(ROOT / "configs/demo.yaml"),
+                             "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = logged_metrics(tmp_path / "logs")
+    expected = evaluate(build_module(str(ROOT / "assets/refam-shapes"), MAGNET_ROWS["magnets + stop-word filter (paper)"]),
+                        ManifestDataset(str(manifest)), expression_kinds(manifest))
+    assert float(metrics["shapes-demo/expressions"]) == expected["expressions"] == 297
+    for name in ("PA", "mIoU", "oIoU"):
+        assert float(metrics[f"shapes-demo/{name}"]) == pytest.approx(expected[name], abs=1e-3)
+    assert float(metrics["shapes-demo/PA"]) > 3 * expected["chance"]
