@@ -38,6 +38,12 @@ def main(args: list[str] | None = None) -> None:
 
         train_shapes(argv[1:])
         return
+    if argv[:1] == ["predict"] and not any(a.startswith("--trainer") or a == "--data" for a in argv):
+        # image(s) + expression(s) in, pictures out; LightningCLI's `predict` needs a datamodule
+        from refam.predict import main as predict
+
+        predict(argv[1:])
+        return
     try:
         RefAMCLI(
             RefAMModule,

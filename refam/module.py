@@ -92,8 +92,10 @@ class RefAMModule(L.LightningModule):
         self._load_components()
 
     # ------------------------------------------------------------ inference
-    def segment_sample(self, sample: Sample) -> SampleResult:
-        """Run every expression of one image; an expression that cannot run is reported, not fatal."""
+    def segment_sample(self, sample: Sample, keep_token_maps: bool = False) -> SampleResult:
+        """Run every expression of one image; an expression that cannot run is reported, not fatal.
+
+        `keep_token_maps` also returns each real token's map (for visualisation and analysis)."""
         result = SampleResult(sample.sample_id)
         runnable, augmented = [], []
         for expression in sample.expressions:
@@ -132,6 +134,11 @@ class RefAMModule(L.LightningModule):
                     sink_categories=[sink_category(t) for t, sink in zip(tokens, aggregation.sinks[k].tolist()) if sink],
                 )
             )
+            if keep_token_maps:
+                valid = maps.valid[k]
+                result.predictions[-1].tokens = [t.piece for t in real]
+                result.predictions[-1].token_maps = aggregation.probabilities[k][valid].clone()
+                result.predictions[-1].text_mass = maps.text_mass[k][valid].tolist()
         return result
 
     def test_step(self, batch: list[Sample | BadSample], batch_idx: int, dataloader_idx: int = 0) -> list[SampleResult]:

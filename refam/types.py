@@ -78,3 +78,7 @@ class Prediction:
     sink_categories: list[str] = field(default_factory=list)  # "stop word", "colour" or "other" per sink
     iou: float | None = None  # filled when the expression has a ground-truth mask
     point_hit: bool | None = None
+    # per real token (padding excluded), in order: filled when asked for (API, predict, analyze)
+    tokens: list[str] = field(default_factory=list)
+    token_maps: torch.Tensor | None = None  # [T, h, w] each patch's distribution over the tokens
+    text_mass: list[float] = field(default_factory=list)  # text-to-text attention received (GAS)

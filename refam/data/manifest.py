@@ -124,6 +124,11 @@ class ManifestDataset(Dataset):
             expressions.append((expression_id, text, self._resolve(mask) if mask else None))
         return sample_id, self._resolve(image), expressions, caption, where
 
+    def parsed_records(self) -> list[tuple[str, Path, list[tuple[str, str, Path | None]], str, str]]:
+        """(sample id, image path, [(expression id, text, mask path)], caption, where) per record,
+        validated but not read: for tools that open the images themselves."""
+        return list(self._samples)
+
     @property
     def name(self) -> str:
         """Prefix for metric names: the `name` argument, else the manifest's file stem."""

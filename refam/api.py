@@ -1,0 +1,144 @@
+"""The Python API: load a REFAM pipeline, segment an image by referring expressions.
+
+    from refam import RefAM
+    model = RefAM.load()                                  # the embedded refam-shapes model
+    results = model.segment("scene.png", ["the red circle", "the square"])
+    results[0].mask, results[0].point, results[0].heatmap, results[0].token_maps
+
+`RefAM.load` takes nothing (the embedded default), a config YAML (its `model:` section, exactly as
+`refam test` reads it) or a diffusers FLUX folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from refam.errors import ConfigError, MissingInputError
+from refam.module import RefAMModule
+from refam.types import Expression, Prediction, Sample
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+
+
+def _model_section(config: Path) -> dict:
+    try:
+        document = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config {config}: {err}") from err
+    section = (document or {}).get("model")
+    if isinstance(section, str):  # `model: parts/x.yaml`, relative to the config, as jsonargparse reads it
+        return _model_section_file(config.parent / section)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{config}: no `model:` section (extractor, segmenter, ...) to load")
+    return section
+
+
+def _model_section_file(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read the model part {path}: {err}") from err
+
+
+def _module_from_config(config: Path) -> RefAMModule:
+    from jsonargparse import ArgumentParser
+
+    import refam.cli  # noqa: F401  (registers the component modules by name, as the CLI does)
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(RefAMModule, "model")
+    try:
+        parsed = parser.parse_object({"model": _model_section(config)})
+    except Exception as err:  # jsonargparse reports the offending key in its message
+        raise ConfigError(f"{config}: model section is invalid: {err}") from err
+    return parser.instantiate(parsed).model
+
+
+def _module_from_folder(folder: Path, segmenter=None) -> RefAMModule:
+    from refam.extractors.flux import FluxExtractor
+    from refam.segmenters.floodfill import FloodFillSegmenter
+
+    record_file = folder / "training.json"
+    settings = {}
+    if record_file.exists():  # a refam-shapes folder: run it as it was trained
+        record = json.loads(record_file.read_text())
+        settings = {"resolution": 128, "caption_max_tokens": record.get("caption_tokens", 32),
+                    "pooled_prompt": record.get("pooled_prompt", "caption")}
+    extractor = FluxExtractor(str(folder), torch_dtype="float32", **settings)
+    return RefAMModule(extractor=extractor, segmenter=segmenter or FloodFillSegmenter())
+
+
+def as_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
+    """A PIL RGB image from a PIL image, an HxWx3 uint8 array or a file path."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise MissingInputError(f"an image array must be HxWx3 uint8, got {image.shape} {image.dtype}")
+        return Image.fromarray(image)
+    path = Path(image)
+    if not path.exists():
+        raise MissingInputError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as err:
+        raise MissingInputError(f"cannot read image {path}: {err} (give a PNG, JPEG or another format Pillow reads)") from err
+
+
+class RefAM:
+    """A loaded REFAM pipeline (extractor, magnets, aggregator, segmenter) on one device."""
+
+    def __init__(self, module: RefAMModule, device: str | torch.device = "cpu") -> None:
+        self.module = module
+        self.device = torch.device(device)
+        module.extractor.setup(self.device)
+        module.segmenter.setup(self.device)
+
+    @classmethod
+    def load(cls, source: str | Path | None = None, device: str | torch.device = "cpu", segmenter=None) -> "RefAM":
+        """`source`: None (the embedded refam-shapes demo pipeline), a config YAML, or a diffusers
+        FLUX folder (run with `segmenter`, default the weightless flood fill)."""
+        path = DEFAULT_CONFIG if source is None else Path(source)
+        if path.is_dir():
+            if not (path / "model_index.json").exists():
+                raise ConfigError(f"{path} is a folder but not a diffusers pipeline (no model_index.json); "
+                                  "give a FLUX folder or a config YAML")
+            return cls(_module_from_folder(path, segmenter), device)
+        if path.suffix in (".yaml", ".yml"):
+            if not path.exists():
+                raise ConfigError(f"config file not found: {path}")
+            module = _module_from_config(path)
+            if segmenter is not None:
+                module.segmenter = segmenter
+            return cls(module, device)
+        raise ConfigError(f"cannot load {path}: give a config YAML or a diffusers FLUX folder")
+
+    @property
+    def token_limit(self) -> int | None:
+        return getattr(self.module.extractor, "expression_max_tokens", None)
+
+    @torch.no_grad()
+    def segment(self, image: Image.Image | np.ndarray | str | Path, expressions: str | list[str],
+                caption: str = "") -> list[Prediction]:
+        """One prediction per expression, in order: mask [H, W] bool, point (x, y), heatmap on the
+        token grid, the tokens kept and dropped, global attention sinks, and per-token maps.
+
+        Raises `ExpressionError` naming the expression for one that cannot run (empty, too long)."""
+        from refam.extractors.base import ExpressionError
+
+        texts = [expressions] if isinstance(expressions, str) else list(expressions)
+        sample = Sample("image", as_image(image),
+                        [Expression(text, str(i)) for i, text in enumerate(texts)], caption=caption)
+        result = self.module.segment_sample(sample, keep_token_maps=True)
+        if result.skipped:
+            raise ExpressionError("; ".join(result.skipped))
+        by_id = {p.expression_id: p for p in result.predictions}
+        return [by_id[str(i)] for i in range(len(texts))]

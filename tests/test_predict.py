@@ -1,0 +1,135 @@
+"""`refam predict` and the Python API on the embedded refam-shapes model: outputs checked for content."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refam.aggregators.point import argmax_points
+from refam.shapes.scenes import make_scene
+from refam.visualize import STAR_FILL
+
+ROOT = Path(__file__).resolve().parents[1]
+REFAM = str(Path(sys.executable).parent / "refam")
+
+
+def predict(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([REFAM, "predict", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    make_scene("test", 100).image.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model():
+    from refam import RefAM
+
+    return RefAM.load()
+
+
+def star_centre(image: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(np.all(image == np.array(STAR_FILL), axis=-1))
+    assert len(xs) > 10, "no star drawn"
+    return float(xs.mean()), float(ys.mean())
+
+
+@pytest.mark.slow
+def test_predict_writes_mask_overlay_heatmap_and_record(tmp_path, scene_file, model):
+    result = predict("--image", str(scene_file), "--expression", "the orange square", "--expression", "the square",
+                     "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = tmp_path / "out" / "scene"
+    record = json.loads((folder / "0-the-orange-square.json").read_text())
+    assert {"▁with", "▁to", "▁and", "▁pink", "</s>", "▁the"} <= set(record["dropped_tokens"])  # magnets listed
+    assert record["kept_tokens"] == ["▁orange", "▁square"]
+
+    expected = model.segment(scene_file, ["the orange square"])[0]
+    mask = np.asarray(Image.open(folder / record["files"]["mask"]))
+    assert set(np.unique(mask)) <= {0, 255}
+    assert np.array_equal(mask == 255, expected.mask)  # the PNG round-trips to the predicted mask
+    point = argmax_points(expected.heatmap[None], 128, 128)[0].tolist()
+    assert record["point"] == pytest.approx(point)  # the recorded point is the heatmap's argmax
+    for kind in ("overlay", "heatmap"):
+        picture = np.asarray(Image.open(folder / record["files"][kind]).convert("RGB"))
+        assert picture.shape == (128, 128, 3)
+        assert star_centre(picture) == pytest.approx(point, abs=1.0)  # the star marks the argmax
+    overlay = np.asarray(Image.open(folder / record["files"]["overlay"]).convert("RGB")).astype(int)
+    original = np.asarray(Image.open(scene_file).convert("RGB")).astype(int)
+    far_from_star = np.hypot(*np.meshgrid(np.arange(128) - point[0], np.arange(128) - point[1])) > 12
+    changed = np.any(overlay != original, axis=-1)
+    assert np.array_equal(changed[far_from_star], expected.mask[far_from_star])  # tinted exactly where the mask is
+    assert not list(folder.glob(".*.part"))  # nothing half-written
+
+
+def test_api_returns_masks_points_heatmaps_and_token_maps(scene_file, model):
+    first, second = model.segment(Image.open(scene_file), ["the orange square", "the triangle"])
+    for result in (first, second):
+        assert result.mask.shape == (128, 128) and result.mask.dtype == bool
+        assert result.token_maps.shape[0] == len(result.tokens) == len(result.text_mass)
+        assert result.token_maps.shape[1:] == result.heatmap.shape
+        assert np.allclose(result.token_maps.sum(0).numpy(), 1.0, atol=1e-4)  # softmax across tokens per patch
+    assert first.tokens[:3] == ["▁the", "▁orange", "▁square"]
+    kept = [first.tokens.index(t) for t in first.kept_tokens]
+    mean = first.token_maps[kept].mean(0)
+    span = mean.max() - mean.min()
+    assert np.allclose(((mean - mean.min()) / span).numpy(), first.heatmap.numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_readme_example_runs():
+    readme = (ROOT / "README.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[:1]
+    assert len(example.strip().splitlines()) <= 6
+    result = subprocess.run([sys.executable, "-c", example], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "point" in result.stdout
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--image", "missing.png", "--expression", "the dog"], "--image missing.png"),
+    (["--image", "{scene}", "--expression", "  "], "--expression is empty"),
+    (["--image", "{scene}", "--expression", " ".join(["red"] * 200)], "the limit is 128"),
+    (["--image", "{scene}"], "--expression"),
+    (["--image", "{scene}", "--expression", "the dog", "--model", "{tmp}"], "model_index.json"),
+])
+def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(tmp_path, scene_file, args, culprit):
+    args = [a.format(scene=scene_file, tmp=tmp_path) for a in args]
+    result = predict(*args, "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("refam: error:") and culprit in message
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_unreadable_image_and_unwritable_output(tmp_path, scene_file):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    result = predict("--image", str(broken), "--expression", "the square", "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and "cannot read image" in result.stderr and str(broken) in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = predict("--image", str(scene_file), "--expression", "the square", "--output", str(blocker / "out"))
+    assert result.returncode == 2 and "is not writable" in result.stderr and "--output" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_folder_with_one_bad_image_keeps_the_others(tmp_path, scene_file):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(scene_file.read_bytes())
+    (folder / "b.png").write_bytes(b"broken")
+    result = predict("--image", str(folder), "--expression", "the square", "--output", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "b.png" in result.stderr and "1 of 2 images" in result.stderr
+    assert (tmp_path / "out/a/0-the-square_mask.png").exists()
