@@ -19,7 +19,8 @@ import torch
 import yaml
 from PIL import Image
 
-from refam.errors import ConfigError, MissingInputError
+from refam.data.images import read_rgb
+from refam.errors import ConfigError, DataError, MissingInputError
 from refam.module import RefAMModule
 from refam.types import Expression, Prediction, Sample
 
@@ -81,16 +82,12 @@ def as_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
         return image.convert("RGB")
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise MissingInputError(f"an image array must be HxWx3 uint8, got {image.shape} {image.dtype}")
+            raise DataError(f"an image array must be HxWx3 uint8, got {image.shape} {image.dtype}")
         return Image.fromarray(image)
-    path = Path(image)
-    if not path.exists():
-        raise MissingInputError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    except (OSError, Image.DecompressionBombError) as err:
-        raise MissingInputError(f"cannot read image {path}: {err} (give a PNG, JPEG or another format Pillow reads)") from err
+    image_or_reason = read_rgb(image)
+    if isinstance(image_or_reason, str):  # the reader's one-line reason, as datasets report it
+        raise MissingInputError(f"{image_or_reason} (give a PNG, JPEG or another format Pillow reads)")
+    return image_or_reason
 
 
 class RefAM:
