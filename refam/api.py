@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -65,15 +64,11 @@ def _module_from_config(config: Path) -> RefAMModule:
 def _module_from_folder(folder: Path, segmenter=None) -> RefAMModule:
     from refam.extractors.flux import FluxExtractor
     from refam.segmenters.floodfill import FloodFillSegmenter
+    from refam.shapes.model import extractor_settings
 
-    record_file = folder / "training.json"
-    settings = {}
-    if record_file.exists():  # a refam-shapes folder: run it as it was trained
-        record = json.loads(record_file.read_text())
-        settings = {"resolution": 128, "caption_max_tokens": record.get("caption_tokens", 32),
-                    "pooled_prompt": record.get("pooled_prompt", "caption")}
-    extractor = FluxExtractor(str(folder), torch_dtype="float32", **settings)
-    return RefAMModule(extractor=extractor, segmenter=segmenter or FloodFillSegmenter())
+    # a refam-shapes folder (it has a training record) runs as it was trained; others as FLUX.1
+    settings = extractor_settings(folder) if (folder / "training.json").exists() else {"torch_dtype": "float32"}
+    return RefAMModule(extractor=FluxExtractor(str(folder), **settings), segmenter=segmenter or FloodFillSegmenter())
 
 
 def as_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
@@ -117,10 +112,6 @@ class RefAM:
                 module.segmenter = segmenter
             return cls(module, device)
         raise ConfigError(f"cannot load {path}: give a config YAML or a diffusers FLUX folder")
-
-    @property
-    def token_limit(self) -> int | None:
-        return getattr(self.module.extractor, "expression_max_tokens", None)
 
     @torch.no_grad()
     def segment(self, image: Image.Image | np.ndarray | str | Path, expressions: str | list[str],

@@ -24,6 +24,7 @@ from refam.extractors.trajectory import NoiseAt
 from refam.metrics import ReferringScores, point_hit
 from refam.module import RefAMModule
 from refam.segmenters.floodfill import FloodFillSegmenter
+from refam.shapes.model import extractor_settings
 
 MAGNET_ROWS: dict[str, MagnetStrategy] = {
     "magnets + stop-word filter (paper)": AppendMagnets(PAPER_MAGNETS, filter_stop_words=True),
@@ -33,11 +34,9 @@ MAGNET_ROWS: dict[str, MagnetStrategy] = {
 }
 
 
-def build_module(model: str, magnets: MagnetStrategy, timestep: float = 750.0) -> RefAMModule:
-    record = Path(model) / "training.json"
-    pooled = json.loads(record.read_text()).get("pooled_prompt", "caption") if record.exists() else "caption"
-    extractor = FluxExtractor(model, torch_dtype="float32", resolution=128, caption_max_tokens=32,
-                              pooled_prompt=pooled, trajectory=NoiseAt(timestep))
+def build_module(model: str, magnets: MagnetStrategy, timestep: float = 750.0,
+                 pooled_prompt: str | None = None) -> RefAMModule:
+    extractor = FluxExtractor(model, trajectory=NoiseAt(timestep), **extractor_settings(model, pooled_prompt))
     module = RefAMModule(extractor=extractor, segmenter=FloodFillSegmenter(), magnets=magnets)
     extractor.setup(torch.device("cpu"))
     return module

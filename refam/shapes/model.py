@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -37,6 +39,15 @@ class ShapesModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def extractor_settings(folder: str | Path, pooled_prompt: str | None = None) -> dict:
+    """FluxExtractor settings that run a refam-shapes folder as it was trained: 128 x 128 scenes,
+    its caption length, and what its CLIP saw (from `training.json`, unless given)."""
+    record_file = Path(folder) / "training.json"
+    record = json.loads(record_file.read_text()) if record_file.exists() else {}
+    return {"torch_dtype": "float32", "resolution": 128, "caption_max_tokens": record.get("caption_tokens", 32),
+            "pooled_prompt": pooled_prompt or record.get("pooled_prompt", "caption")}
 
 
 def build_components(config: ShapesModelConfig, seed: int = 0) -> dict:

@@ -151,8 +151,8 @@ class GroundingMonitor(L.Callback):
         from refam.shapes.evaluate import MAGNET_ROWS, build_module, evaluate, expression_kinds
 
         self.pipe.save_pretrained(self.folder, safe_serialization=True)
-        (self.folder / "training.json").write_text(json.dumps({"pooled_prompt": self.pooled_prompt}))
-        module = build_module(str(self.folder), MAGNET_ROWS["magnets + stop-word filter (paper)"])
+        module = build_module(str(self.folder), MAGNET_ROWS["magnets + stop-word filter (paper)"],
+                              pooled_prompt=self.pooled_prompt)
         result = evaluate(module, ManifestDataset(str(self.manifest)), expression_kinds(self.manifest))
         self.history.append([step, round(result["PA"], 2)])
         pl_module.log("shapes/PA", result["PA"])
