@@ -38,6 +38,11 @@ def main(args: list[str] | None = None) -> None:
 
         train_shapes(argv[1:])
         return
+    if argv[:1] == ["analyze"]:
+        from refam.analyze import main as analyze
+
+        analyze(argv[1:])
+        return
     if argv[:1] == ["predict"] and not any(a.startswith("--trainer") or a == "--data" for a in argv):
         # image(s) + expression(s) in, pictures out; LightningCLI's `predict` needs a datamodule
         from refam.predict import main as predict

@@ -1,0 +1,84 @@
+"""`refam analyze` on the embedded refam-shapes model: the figures exist and their numbers are right."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from refam.analyze import analyze, block_entropies
+from refam.shapes.scenes import make_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+REFAM = str(Path(sys.executable).parent / "refam")
+
+
+@pytest.fixture(scope="module")
+def model():
+    from refam import RefAM
+
+    return RefAM.load()
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_scene("test", 100)
+
+
+def test_magnet_runs_differ_only_by_the_magnets(model, scene):
+    result = analyze(model, scene.image, "the orange square", scene.caption())
+    runs = result["runs"]
+    assert runs["with magnets"]["tokens"] == ["▁the", "▁orange", "▁square", "▁", "_", "▁with", "▁to", "▁and", "▁pink", "</s>"]
+    assert runs["without magnets"]["tokens"] == ["▁the", "▁orange", "▁square", "</s>"]
+    assert runs["with magnets"]["kept_tokens"] == runs["without magnets"]["kept_tokens"] == ["▁orange", "▁square"]
+    assert runs["with magnets"]["point"] != runs["without magnets"]["point"]  # the magnets move the argmax here
+    mass = [r["mass"] for r in result["text_attention"]]
+    mean = sum(mass) / len(mass)
+    assert [r["sink"] for r in result["text_attention"]] == [m > result["gas_factor"] * mean for m in mass]
+    assert {r["token"] for r in result["text_attention"] if r["sink"]} == set(runs["with magnets"]["sinks"])
+
+
+def test_block_entropy_is_normalised_and_restores_the_block_choice(model, scene):
+    before = model.module.extractor.blocks
+    rows = block_entropies(model, scene.image, scene.caption(), "the orange square")
+    assert model.module.extractor.blocks == before
+    assert [r["block"] for r in rows] == list(range(model.module.extractor.num_blocks))
+    assert all(0.0 <= r["min"] <= r["mean"] <= 1.0 for r in rows)
+
+
+def test_entropy_of_a_planted_map(model, scene, monkeypatch):
+    """One hot patch gives entropy 0, a flat map gives 1."""
+    extractor = model.module.extractor
+    extract = type(extractor).extract
+
+    def planted(self, *args, **kwargs):
+        maps = extract(self, *args, **kwargs)
+        maps.scores = torch.zeros_like(maps.scores)
+        maps.scores[:, 1, 3, 4] = 1e4  # token "orange": all mass on one patch; "square" stays flat
+        return maps
+
+    monkeypatch.setattr(type(extractor), "extract", planted)
+    rows = block_entropies(model, scene.image, scene.caption(), "the orange square")
+    for r in rows:
+        assert r["min"] == pytest.approx(0.0, abs=1e-4) and r["mean"] == pytest.approx(0.5, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_writes_the_three_figures_and_the_numbers(tmp_path, scene):
+    image = tmp_path / "scene.png"
+    scene.image.save(image)
+    result = subprocess.run([REFAM, "analyze", "--image", str(image), "--expression", "the orange square",
+                             "--caption", scene.caption(), "--output", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("token_maps.png", "text_attention.png", "block_entropy.png"):
+        with Image.open(tmp_path / "out" / name) as figure:
+            assert figure.format == "PNG" and figure.width > 200 and figure.height > 100
+    numbers = json.loads((tmp_path / "out/analysis.json").read_text())
+    assert len(numbers["block_entropy"]) == 4 and "▁pink" in numbers["runs"]["with magnets"]["tokens"]
+    bad = subprocess.run([REFAM, "analyze", "--image", str(tmp_path / "missing.png"), "--expression", "x",
+                          "--output", str(tmp_path / "out2")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "missing.png" in bad.stderr and not (tmp_path / "out2").exists()
