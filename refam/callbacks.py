@@ -1,4 +1,4 @@
-"""Lightning callbacks that keep per-expression results of a `refam test` run."""
+"""Lightning callbacks that keep per-expression results (records, masks) of a `refam test` run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 class ExpressionRecords(L.Callback):
@@ -54,3 +55,43 @@ class ExpressionRecords(L.Callback):
         for file in self._files.values():
             file.close()
         self._files.clear()
+
+
+class MaskWriter(BasePredictionWriter):
+    """Saves every predicted mask as a PNG while `refam test` (or `refam predict` through Lightning)
+    runs: `<folder>/<dataset>/<sample id>/<expression id>.png` (0/255, the image's size), plus
+    `<expression id>_overlay.png` (mask and argmax star) when `overlay` is set. Files are written
+    atomically, so a stopped run leaves only complete masks.
+
+    Args:
+        save: write the masks (off by default: a benchmark run writes tens of thousands).
+        folder: where to write; default `<log dir>/masks`.
+        overlay: also write the overlay pictures.
+    """
+
+    def __init__(self, save: bool = False, folder: str | None = None, overlay: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.save, self.folder, self.overlay = save, folder, overlay
+
+    def _root(self, trainer: L.Trainer) -> Path:
+        return Path(self.folder or Path(trainer.log_dir or trainer.default_root_dir) / "masks")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self.save:
+            return
+        from refam.visualize import mask_image, overlay, save_png
+
+        names = getattr(pl_module, "dataset_names", [])
+        dataset = names[dataloader_idx] if dataloader_idx < len(names) else f"test{dataloader_idx}"
+        root = self._root(trainer) / dataset.replace(os.sep, "-")
+        images = {item.sample_id: item.image for item in batch if hasattr(item, "image")}
+        for result in prediction or []:
+            folder = root / result.sample_id.replace(os.sep, "-")
+            for p in result.predictions:
+                name = p.expression_id.replace(os.sep, "-")
+                save_png(mask_image(p.mask), folder / f"{name}.png")
+                if self.overlay:
+                    save_png(overlay(images[result.sample_id], p.mask, p.point), folder / f"{name}_overlay.png")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.write_on_batch_end(trainer, pl_module, outputs, None, batch, batch_idx, dataloader_idx)

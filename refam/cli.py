@@ -13,7 +13,7 @@ import refam.data  # noqa: F401
 import refam.extractors.flux  # noqa: F401
 import refam.extractors.trajectory  # noqa: F401
 import refam.segmenters  # noqa: F401
-from refam.callbacks import ExpressionRecords
+from refam.callbacks import ExpressionRecords, MaskWriter
 from refam.data.datamodule import RefAMDataModule
 from refam.errors import RefamError
 from refam.module import RefAMModule
@@ -29,6 +29,8 @@ class RefAMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # always on, configurable as --records.folder
         parser.add_lightning_class_args(ExpressionRecords, "records")
+        # --masks.save true [--masks.overlay true] [--masks.folder DIR]
+        parser.add_lightning_class_args(MaskWriter, "masks")
 
 
 def main(args: list[str] | None = None) -> None:

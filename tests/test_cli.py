@@ -57,6 +57,7 @@ def test_smoke_config_runs_and_reports_metrics(tmp_path):
         assert 0.0 <= record["iou"] <= 1.0 and isinstance(record["point_hit"], bool)
         assert all(s["category"] in ("stop word", "colour", "other") for s in record["sinks"])
     assert "refcoco/testA " in result.stdout + result.stderr  # refam's per-split summary
+    assert not list((tmp_path / "logs").rglob("masks"))  # masks are written only when asked for
 
 
 @pytest.mark.slow
@@ -142,7 +143,7 @@ def test_demo_config_scores_the_embedded_model_as_the_evaluator_does(tmp_path):
 
     manifest = ROOT / "assets/shapes-demo/manifest.jsonl"
     result = subprocess.run([REFAM, "test", "--config", str(ROOT / "configs/demo.yaml"),
-                             "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")],
+                             "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--masks.save", "true"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = logged_metrics(tmp_path / "logs")
@@ -152,3 +153,17 @@ def test_demo_config_scores_the_embedded_model_as_the_evaluator_does(tmp_path):
     for name in ("PA", "mIoU", "oIoU"):
         assert float(metrics[f"shapes-demo/{name}"]) == pytest.approx(expected[name], abs=1e-3)
     assert float(metrics["shapes-demo/PA"]) > 3 * expected["chance"]
+
+    # --masks.save: one PNG per expression, in <dataset>/<sample>/<expression>.png, that re-scores as recorded
+    import numpy as np
+    from PIL import Image
+
+    (records_file,) = (tmp_path / "logs").glob("lightning_logs/version_*/expressions/shapes-demo.rank0.jsonl")
+    (masks_root,) = (tmp_path / "logs").glob("lightning_logs/version_*/masks/shapes-demo")
+    records = [json.loads(line) for line in records_file.read_text().splitlines()]
+    assert len(list(masks_root.rglob("*.png"))) == len(records) == 297
+    truth = {e.expression_id: e.mask for d in [ManifestDataset(str(manifest))] for i in range(len(d)) for e in d[i].expressions}
+    for record in records[::25]:
+        predicted = np.asarray(Image.open(masks_root / record["sample_id"] / f"{record['expression_id']}.png")) == 255
+        target = truth[record["expression_id"]]
+        assert (predicted & target).sum() / (predicted | target).sum() == pytest.approx(record["iou"], abs=1e-6)
