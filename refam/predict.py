@@ -4,16 +4,23 @@
     refam predict --image photos/ --expression "the red car" --expression "the tree" --output out/
     refam predict --manifest mine.jsonl --output out/            # expressions and captions from the file
     refam predict --config configs/refcoco.yaml --image photo.jpg --expression "..." --output out/
+    refam predict --video clip.mp4 --expression "the dog" --output out/    # or a folder of frames
 
 Per image and expression, into `OUT/<image name>/`: `<k>-<expression>_mask.png` (0/255),
 `_overlay.png` (image, mask, the argmax point as a star), `_heatmap.png` (colour-mapped, star
 marked) and `.json` (point, kept and dropped tokens, global attention sinks). Without --config or
 --model the embedded refam-shapes pipeline runs.
+
+A video (a file OpenCV reads, or a folder of frames) is segmented frame by frame with the image
+pipeline, each frame on its own (no propagation): `OUT/<video>/<k>-<expression>/<frame>.png`
+masks, `<k>-<expression>_overlay.gif` and a `.json` with the point of every frame. Frames are
+read one at a time; only the GIF's thumbnails (at most 320 px) are kept until the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
 import tempfile
@@ -52,6 +59,36 @@ def check_writable(folder: Path) -> None:
         raise ConfigError(f"--output {folder} is not writable ({err.strerror or err}): choose another folder") from err
 
 
+def write_video_predictions(model, video: Path, texts: list[str], caption: str, output: Path) -> int:
+    """Per-frame masks, an overlay GIF and a record per expression; returns the number of frames."""
+    from refam.data.frames import iter_frames
+    from refam.visualize import mask_image, overlay, save_json, save_png, write_atomic
+
+    folder = output / video.stem
+    stems = [f"{k}-{slug(text)}" for k, text in enumerate(texts)]
+    thumbnails: list[list] = [[] for _ in texts]
+    records = [{"expression": text, "frames": []} for text in texts]
+    frames = 0
+    for index, frame in enumerate(iter_frames(video)):
+        for k, prediction in enumerate(model.segment(frame, texts, caption=caption)):
+            save_png(mask_image(prediction.mask), folder / stems[k] / f"{index:05d}.png")
+            picture = overlay(frame, prediction.mask, prediction.point)
+            picture.thumbnail((320, 320))
+            thumbnails[k].append(picture)
+            records[k]["frames"].append({"frame": index, "point": [round(v, 2) for v in prediction.point],
+                                         "mask_pixels": int(prediction.mask.sum())})
+            if index == 0:
+                records[k].update(kept_tokens=prediction.kept_tokens, dropped_tokens=prediction.dropped_tokens)
+        frames = index + 1
+    for k, stem in enumerate(stems):
+        gif = io.BytesIO()
+        thumbnails[k][0].save(gif, format="GIF", save_all=True, append_images=thumbnails[k][1:], duration=100, loop=0)
+        write_atomic(folder / f"{stem}_overlay.gif", gif.getvalue())
+        records[k]["files"] = {"masks": f"{stem}/", "overlay": f"{stem}_overlay.gif"}
+        save_json(records[k], folder / f"{stem}.json")
+    return frames
+
+
 def jobs_from_arguments(args) -> list[tuple[str, Path, list[str], str]]:
     """(name, image path, expressions, caption) per image."""
     if args.manifest is not None:
@@ -60,8 +97,8 @@ def jobs_from_arguments(args) -> list[tuple[str, Path, list[str], str]]:
         dataset = ManifestDataset(str(args.manifest))
         return [(sample_id, image, [text for _, text, _ in specs], caption)
                 for sample_id, image, specs, caption, _ in dataset.parsed_records()]
-    if not args.image:
-        raise ConfigError("give --image (files or folders) with --expression, or --manifest")
+    if not args.image and not args.video:
+        raise ConfigError("give --image (files or folders) or --video with --expression, or --manifest")
     if not args.expression:
         raise ConfigError("give at least one --expression \"...\" to segment")
     return [(p.stem, p, list(args.expression), args.caption) for p in image_paths(args.image)]
@@ -91,10 +128,13 @@ def run(args) -> int:
     from refam.api import RefAM, as_image
 
     jobs = jobs_from_arguments(args)
+    for video in args.video:
+        if not video.exists():
+            raise MissingInputError(f"--video {video}: no such file or folder")
     check_writable(args.output)
-    source = args.config or args.model
-    model = RefAM.load(source, device=args.device)
-    for _, _, texts, _ in jobs:  # every expression checked before anything is computed or written
+    model = RefAM.load(args.config or args.model, device=args.device)
+    for texts in [job[2] for job in jobs] + ([list(args.expression)] if args.video else []):
+        # every expression checked before anything is computed or written
         for text in texts:
             if not text.strip():
                 raise ConfigError("an --expression is empty: give the words that name the object")
@@ -114,6 +154,9 @@ def run(args) -> int:
         for index, (text, prediction) in enumerate(zip(texts, predictions)):
             write_prediction(folder, index, text, image, prediction)
         print(f"{path}: {len(texts)} expression(s) -> {folder}")
+    for video in args.video:
+        frames = write_video_predictions(model, video, list(args.expression), args.caption, args.output)
+        print(f"{video}: {frames} frame(s) x {len(args.expression)} expression(s) -> {args.output / video.stem}")
     if failures:
         print(f"refam: {failures} of {len(jobs)} images could not be read (see above)", file=sys.stderr)
     return 1 if failures else 0
@@ -123,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="refam predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path, action="append", default=[], help="an image file or a folder (repeatable)")
+    parser.add_argument("--video", type=Path, action="append", default=[],
+                        help="a video file or a folder of frames (repeatable)")
     parser.add_argument("--expression", action="append", default=[], help="a referring expression (repeatable)")
     parser.add_argument("--caption", default="", help="what the denoising stream is conditioned on (default: empty prompt)")
     parser.add_argument("--manifest", type=Path, default=None, help="a JSON/JSONL manifest instead of --image/--expression")

@@ -133,3 +133,53 @@ def test_a_folder_with_one_bad_image_keeps_the_others(tmp_path, scene_file):
     assert result.returncode == 1
     assert "b.png" in result.stderr and "1 of 2 images" in result.stderr
     assert (tmp_path / "out/a/0-the-square_mask.png").exists()
+
+
+def moving_clip(folder: Path, frames: int = 4) -> list[Image.Image]:
+    """A red circle moving right past a still blue square (issue B's renderer), as frame PNGs."""
+    from refam.shapes.scenes import render
+
+    folder.mkdir(parents=True)
+    images = []
+    for t in range(frames):
+        image, _, _ = render([("square", "blue", "big", 90.0, 40.0), ("circle", "red", "big", 30.0 + 15 * t, 90.0)])
+        image.save(folder / f"{t:05d}.png")
+        images.append(image)
+    return images
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("as_file", [False, True], ids=["frame-folder", "video-file"])
+def test_video_gives_a_mask_per_frame_and_an_overlay_gif(tmp_path, model, as_file):
+    import cv2
+
+    frames = moving_clip(tmp_path / "clip")
+    source = tmp_path / "clip"
+    if as_file:  # lossless AVI so that the decoded frames equal the PNGs
+        source = tmp_path / "clip.avi"
+        writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"FFV1"), 5, (128, 128))
+        for frame in frames:
+            writer.write(np.asarray(frame)[:, :, ::-1])
+        writer.release()
+    result = predict("--video", str(source), "--expression", "the red circle", "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = tmp_path / "out" / "clip"
+    record = json.loads((folder / "0-the-red-circle.json").read_text())
+    assert [f["frame"] for f in record["frames"]] == [0, 1, 2, 3]
+    assert "▁pink" in record["dropped_tokens"]
+    for t, frame in enumerate(frames):  # each frame is segmented as the image API segments it
+        expected = model.segment(frame, ["the red circle"])[0]
+        mask = np.asarray(Image.open(folder / "0-the-red-circle" / f"{t:05d}.png")) == 255
+        assert np.array_equal(mask, expected.mask)
+        assert record["frames"][t]["point"] == pytest.approx(list(expected.point))
+    with Image.open(folder / "0-the-red-circle_overlay.gif") as gif:
+        assert gif.n_frames == 4
+
+
+def test_unreadable_video_is_one_line(tmp_path):
+    broken = tmp_path / "clip.mp4"
+    broken.write_bytes(b"not a video")
+    result = predict("--video", str(broken), "--expression", "the square", "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and "cannot read video" in result.stderr and str(broken) in result.stderr
+    result = predict("--video", str(tmp_path / "nope.mp4"), "--expression", "the square", "--output", str(tmp_path / "o"))
+    assert result.returncode == 2 and "--video" in result.stderr and "nope.mp4" in result.stderr
