@@ -183,3 +183,31 @@ def test_unreadable_video_is_one_line(tmp_path):
     assert result.returncode == 2 and "cannot read video" in result.stderr and str(broken) in result.stderr
     result = predict("--video", str(tmp_path / "nope.mp4"), "--expression", "the square", "--output", str(tmp_path / "o"))
     assert result.returncode == 2 and "--video" in result.stderr and "nope.mp4" in result.stderr
+
+
+def test_config_with_missing_weights_names_the_key(tmp_path, scene_file):
+    config = tmp_path / "mine.yaml"
+    demo = (ROOT / "configs/demo.yaml").read_text()
+    config.write_text(demo.replace("pretrained: assets/refam-shapes", f"pretrained: {tmp_path / 'no-weights'}"))
+    result = predict("--config", str(config), "--image", str(scene_file), "--expression", "the square",
+                     "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert "model.extractor.init_args.pretrained" in message and "no-weights" in message
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+@pytest.mark.slow
+def test_manifest_gives_each_image_its_own_expressions_and_caption(tmp_path, model):
+    from refam.shapes.dataset import write_shapes_set
+
+    manifest = write_shapes_set(tmp_path / "set", "test", scenes=2, per_scene=2)
+    result = predict("--manifest", str(manifest), "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in manifest.read_text().splitlines():
+        record = json.loads(line)
+        texts = [e["text"] for e in record["expressions"]]
+        expected = model.segment(manifest.parent / record["image"], texts, caption=record["caption"])
+        for k, (text, prediction) in enumerate(zip(texts, expected)):
+            written = json.loads((tmp_path / "out" / record["id"] / f"{k}-{text.replace(' ', '-')}.json").read_text())
+            assert written["expression"] == text and written["point"] == pytest.approx(list(prediction.point))
