@@ -38,7 +38,7 @@ def block_entropies(model, image, caption: str, expression: str) -> list[dict]:
         for block in range(extractor.num_blocks):
             extractor.blocks = [block]
             maps = extractor.extract(image, caption, [(text, magnet_start)], "image")
-            kept = torch.tensor(module.magnets.keep(maps.tokens[0])) & maps.valid[0]
+            kept = torch.tensor(module.magnets.keep(maps.tokens[0], expression)) & maps.valid[0]
             scores = maps.scores[0][kept].flatten(1)  # [kept tokens, patches]
             if maps.kind == "logits":
                 spatial = scores.softmax(dim=1)
@@ -55,7 +55,8 @@ def _without_magnets(module):
     from refam.aggregators.magnets import AppendMagnets
 
     return AppendMagnets([], filter_stop_words=getattr(module.magnets, "filter_stop_words", True),
-                         stop_words=getattr(module.magnets, "stop_words", None))
+                         stop_words=getattr(module.magnets, "stop_words", None),
+                         noun_phrase=getattr(module.magnets, "noun_phrase", None))
 
 
 def analyze(model, image, expression: str, caption: str = "") -> dict:

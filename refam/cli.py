@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LightningCLI
 # Imported so that configs can name components by class name as well as by full import path.
 import refam.aggregators.base  # noqa: F401
 import refam.aggregators.magnets  # noqa: F401
+import refam.aggregators.spatial  # noqa: F401
 import refam.data  # noqa: F401
 import refam.extractors.flux  # noqa: F401
 import refam.extractors.trajectory  # noqa: F401

@@ -19,6 +19,7 @@ from refam.aggregators.base import Aggregator, SoftmaxMeanAggregator
 from refam.aggregators.gas import sink_category
 from refam.aggregators.magnets import AppendMagnets, MagnetStrategy
 from refam.aggregators.point import argmax_points, upsample
+from refam.aggregators.spatial import SpatialBias
 from refam.extractors.base import ExpressionError, Extractor
 from refam.metrics import ReferringScores, intersection_union, point_hit
 from refam.segmenters.base import Segmenter
@@ -60,6 +61,7 @@ class RefAMModule(L.LightningModule):
         segmenter: point (and heatmap) -> mask (e.g. SAM2PointSegmenter).
         magnets: appended attention magnets and token filtering; default the paper's.
         aggregator: token maps -> heatmap; default the paper's softmax-across-tokens mean.
+        spatial_bias: optional positional prior from the expression's words (e.g. DirectionPrior).
     """
 
     def __init__(
@@ -68,12 +70,14 @@ class RefAMModule(L.LightningModule):
         segmenter: Segmenter,
         magnets: MagnetStrategy | None = None,
         aggregator: Aggregator | None = None,
+        spatial_bias: SpatialBias | None = None,
     ) -> None:
         super().__init__()
         self.extractor = extractor
         self.segmenter = segmenter
         self.magnets = magnets if magnets is not None else AppendMagnets()
         self.aggregator = aggregator if aggregator is not None else SoftmaxMeanAggregator()
+        self.spatial_bias = spatial_bias
         self.scores = torch.nn.ModuleList()  # one ReferringScores per test dataset
         self.dataset_names: list[str] = []
 
@@ -113,8 +117,11 @@ class RefAMModule(L.LightningModule):
             return result
 
         maps = self.extractor.extract(sample.image, sample.caption, augmented, sample.sample_id)
-        keep = torch.tensor([self.magnets.keep(tokens) for tokens in maps.tokens], dtype=torch.bool)
+        keep = torch.tensor([self.magnets.keep(tokens, expression.text) for tokens, expression in zip(maps.tokens, runnable)],
+                            dtype=torch.bool)
         aggregation = self.aggregator(maps, keep)
+        if self.spatial_bias is not None:
+            aggregation.heatmaps = self.spatial_bias(aggregation.heatmaps, [e.text for e in runnable])
         width, height = sample.image.size
         image_maps = upsample(aggregation.heatmaps, height, width)
         points = argmax_points(aggregation.heatmaps, height, width)

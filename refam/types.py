@@ -45,6 +45,8 @@ class TokenInfo:
     word: str  # the word of the text it belongs to ("_" for a bare word-start marker, "" for specials)
     special: bool  # EOS / BOS / padding
     magnet: bool  # belongs to the appended attention magnets
+    start: int = -1  # character span in the (magnet-augmented) expression; -1 for special tokens
+    end: int = -1
 
 
 @dataclass

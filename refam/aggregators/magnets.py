@@ -11,6 +11,7 @@ import abc
 from collections.abc import Sequence
 
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
+from refam.text.parsing import ExpressionParser
 from refam.types import TokenInfo
 
 PAPER_MAGNETS = ("_", "with", "to", "and", "pink")
@@ -24,8 +25,9 @@ class MagnetStrategy(abc.ABC):
         """Return (text to encode, character index where magnets start or None)."""
 
     @abc.abstractmethod
-    def keep(self, tokens: Sequence[TokenInfo]) -> list[bool]:
-        """Which tokens' maps enter the average."""
+    def keep(self, tokens: Sequence[TokenInfo], expression: str = "") -> list[bool]:
+        """Which tokens' maps enter the average. `expression` is the text before `augment`, for
+        strategies that parse it (token character spans refer to it: augment only appends)."""
 
 
 class AppendMagnets(MagnetStrategy):
@@ -35,6 +37,8 @@ class AppendMagnets(MagnetStrategy):
         magnets: words appended after the expression; an empty list disables magnets.
         filter_stop_words: drop tokens whose word is in `stop_words` (the paper does).
         stop_words: defaults to the paper's list (NLTK English + "_", ";", ".", "-").
+        noun_phrase: a parser (`refam.text.parsing.ExpressionParser`) to keep only the tokens of the
+            expression's head noun phrase, as HybridGL does (the paper's NP filtering); None keeps all.
     """
 
     def __init__(
@@ -42,10 +46,12 @@ class AppendMagnets(MagnetStrategy):
         magnets: Sequence[str] = PAPER_MAGNETS,
         filter_stop_words: bool = True,
         stop_words: Sequence[str] | None = None,
+        noun_phrase: ExpressionParser | None = None,
     ) -> None:
         self.magnets = list(magnets)
         self.filter_stop_words = filter_stop_words
         self.stop_words = frozenset(w.lower() for w in stop_words) if stop_words is not None else PAPER_STOP_WORDS
+        self.noun_phrase = noun_phrase
 
     def augment(self, expression: str) -> tuple[str, int | None]:
         expression = expression.strip()
@@ -53,8 +59,13 @@ class AppendMagnets(MagnetStrategy):
             return expression, None
         return f"{expression} {' '.join(self.magnets)}", len(expression) + 1
 
-    def keep(self, tokens: Sequence[TokenInfo]) -> list[bool]:
+    def keep(self, tokens: Sequence[TokenInfo], expression: str = "") -> list[bool]:
         keep = [not (t.special or t.magnet or (self.filter_stop_words and t.word in self.stop_words)) for t in tokens]
+        if self.noun_phrase is not None and expression.strip():
+            span = self.noun_phrase.head_noun_phrase(expression.strip())
+            if span is not None:
+                in_phrase = [k and span[0] <= t.start < span[1] for k, t in zip(keep, tokens)]
+                keep = in_phrase if any(in_phrase) else keep  # a phrase of stop words only keeps the rest
         if not any(keep):
             # An expression made only of stop words ("it", "that one") still has to point somewhere:
             # fall back to its own (non-magnet) tokens rather than to nothing.

@@ -1,6 +1,7 @@
 """Score refam-shapes on a shapes set under several settings; prints markdown tables.
 
     python -m refam.shapes.evaluate [--model assets/refam-shapes] [--manifest assets/shapes-demo/manifest.jsonl]
+    python -m refam.shapes.evaluate --table np-sb
 
 Each row runs the same `RefAMModule.segment_sample` as `refam test`, with only the magnet strategy
 (or the timestep) changed, so rows differ by exactly that setting.
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from refam.aggregators.magnets import PAPER_MAGNETS, AppendMagnets, MagnetStrategy
+from refam.aggregators.spatial import DirectionPrior, SpatialBias
 from refam.data.manifest import ManifestDataset
 from refam.extractors.flux import FluxExtractor
 from refam.extractors.trajectory import NoiseAt
@@ -25,6 +27,7 @@ from refam.metrics import ReferringScores, point_hit
 from refam.module import RefAMModule
 from refam.segmenters.floodfill import FloodFillSegmenter
 from refam.shapes.model import extractor_settings
+from refam.text.parsing import ExpressionParser
 
 MAGNET_ROWS: dict[str, MagnetStrategy] = {
     "magnets + stop-word filter (paper)": AppendMagnets(PAPER_MAGNETS, filter_stop_words=True),
@@ -34,10 +37,23 @@ MAGNET_ROWS: dict[str, MagnetStrategy] = {
 }
 
 
+def np_sb_rows() -> dict[str, tuple[MagnetStrategy, SpatialBias | None]]:
+    """Noun-phrase filtering and spatial bias on top of the paper setting (docs/ablations-shapes.md)."""
+    parser = ExpressionParser()
+    return {
+        "paper setting": (AppendMagnets(), None),
+        "+ NP": (AppendMagnets(noun_phrase=parser), None),
+        "+ SB (HybridGL: left / right / middle)": (AppendMagnets(), DirectionPrior(parser)),
+        "+ SB with up / down ramps": (AppendMagnets(), DirectionPrior(parser, vertical=True)),
+        "+ NP + SB with up / down ramps": (AppendMagnets(noun_phrase=parser), DirectionPrior(parser, vertical=True)),
+    }
+
+
 def build_module(model: str, magnets: MagnetStrategy, timestep: float = 750.0,
-                 pooled_prompt: str | None = None) -> RefAMModule:
+                 pooled_prompt: str | None = None, spatial_bias: SpatialBias | None = None) -> RefAMModule:
     extractor = FluxExtractor(model, trajectory=NoiseAt(timestep), **extractor_settings(model, pooled_prompt))
-    module = RefAMModule(extractor=extractor, segmenter=FloodFillSegmenter(), magnets=magnets)
+    module = RefAMModule(extractor=extractor, segmenter=FloodFillSegmenter(), magnets=magnets,
+                         spatial_bias=spatial_bias)
     extractor.setup(torch.device("cpu"))
     return module
 
@@ -72,14 +88,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/refam-shapes")
     parser.add_argument("--manifest", type=Path, default=Path("assets/shapes-demo/manifest.jsonl"))
+    parser.add_argument("--table", choices=["magnets", "np-sb"], default="magnets",
+                        help="magnets: the magnet / stop-word ablation; np-sb: noun-phrase filtering and spatial bias")
     parser.add_argument("--timesteps", type=float, nargs="*", default=[], help="also score the paper row at these timesteps")
     args = parser.parse_args(argv)
     dataset = ManifestDataset(str(args.manifest))
     kinds = expression_kinds(args.manifest)
     rows = {}
-    for name, magnets in MAGNET_ROWS.items():
+    settings = ({name: (magnets, None) for name, magnets in MAGNET_ROWS.items()} if args.table == "magnets"
+                else np_sb_rows())
+    for name, (magnets, spatial_bias) in settings.items():
         start = time.time()
-        rows[name] = evaluate(build_module(args.model, magnets), dataset, kinds)
+        rows[name] = evaluate(build_module(args.model, magnets, spatial_bias=spatial_bias), dataset, kinds)
         rows[name]["seconds"] = time.time() - start
     for timestep in args.timesteps:
         rows[f"paper setting at timestep {timestep:g}"] = evaluate(

@@ -42,5 +42,5 @@ def tokens_to_words(
         else:
             word = next((text[a:b] for a, b in spans if a <= start < b), text[start:end])
         magnet = magnet_start is not None and start >= magnet_start
-        infos.append(TokenInfo(piece=piece, word=word.lower(), special=False, magnet=magnet))
+        infos.append(TokenInfo(piece=piece, word=word.lower(), special=False, magnet=magnet, start=start, end=end))
     return infos

@@ -83,3 +83,22 @@ def test_real_tokenizer_agrees(tiny_extractor):
     kept = [t.piece for t, keep in zip(tokens, strategy.keep(tokens)) if keep]
     assert kept == ["▁red", "▁dog", "▁left"]
     assert tokens[-1].special and tokens[-1].piece == "</s>"
+
+
+def _tokens(strategy, expression):
+    text, start = strategy.augment(expression)
+    pieces, offsets = _t5_like(text)
+    return tokens_to_words(text, pieces, offsets, [p == "</s>" for p in pieces], start)
+
+
+def test_noun_phrase_filter_keeps_exactly_the_head_phrase():
+    from refam.text.parsing import ExpressionParser
+
+    strategy = AppendMagnets(noun_phrase=ExpressionParser())
+    tokens = _tokens(strategy, "the red car next to a tree")
+    kept = [t.piece for t, keep in zip(tokens, strategy.keep(tokens, "the red car next to a tree")) if keep]
+    assert kept == ["▁red", "▁car"]
+    # without the expression text there is nothing to parse: stop words and magnets only
+    assert [t.piece for t, keep in zip(tokens, strategy.keep(tokens)) if keep] == ["▁red", "▁car", "▁next", "▁tree"]
+    tokens = _tokens(strategy, "man on the left holding a cup")
+    assert [t.piece for t, k in zip(tokens, strategy.keep(tokens, "man on the left holding a cup")) if k] == ["▁man"]

@@ -69,8 +69,8 @@ def _kept_tokens_shifted(monkeypatch):
     strategy = type(MAGNET_ROWS["magnets + stop-word filter (paper)"])
     keep = strategy.keep
 
-    def wrong(self, tokens):
-        flags = keep(self, tokens)
+    def wrong(self, tokens, expression=""):
+        flags = keep(self, tokens, expression)
         return [False] + flags[:-1]  # off by one token
 
     monkeypatch.setattr(strategy, "keep", wrong)
