@@ -8,9 +8,11 @@ appended magnets, and (optionally) the expression's own stop words.
 from __future__ import annotations
 
 import abc
+import random
 from collections.abc import Sequence
 
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
+from refam.errors import ConfigError
 from refam.text.parsing import ExpressionParser
 from refam.types import TokenInfo
 
@@ -71,3 +73,32 @@ class AppendMagnets(MagnetStrategy):
             # fall back to its own (non-magnet) tokens rather than to nothing.
             keep = [not (t.special or t.magnet) for t in tokens]
         return keep
+
+
+PAPER_STOP_WORD_MAGNETS = ("_", "with", "to", "and")  # Table 5's "stop words" row: the default without the colour
+
+
+class RandomStopWordMagnets(AppendMagnets):
+    """Table 5's "random stop words" row: `count` words drawn (seeded) from the stop-word list
+    instead of the paper's fixed magnets; run it with seeds 0..4 for the paper's five sets.
+
+    Args:
+        count: how many stop words to append (4, as many as the paper's stop-word magnets).
+        seed: which set; the draw depends on nothing else.
+        filter_stop_words, stop_words, noun_phrase: as for `AppendMagnets`.
+    """
+
+    def __init__(
+        self,
+        count: int = 4,
+        seed: int = 0,
+        filter_stop_words: bool = True,
+        stop_words: Sequence[str] | None = None,
+        noun_phrase: ExpressionParser | None = None,
+    ) -> None:
+        pool = sorted(frozenset(w.lower() for w in stop_words) if stop_words is not None else PAPER_STOP_WORDS)
+        words = [w for w in pool if w.isalpha()]  # punctuation would merge into the expression's last word
+        if not 0 < count <= len(words):
+            raise ConfigError(f"model.magnets.init_args.count must be between 1 and {len(words)}, got {count}")
+        self.seed = seed
+        super().__init__(random.Random(seed).sample(words, count), filter_stop_words, stop_words, noun_phrase)

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refam.aggregators.magnets import PAPER_MAGNETS, AppendMagnets, MagnetStrategy
+from refam.aggregators.magnets import (
+    PAPER_MAGNETS,
+    PAPER_STOP_WORD_MAGNETS,
+    AppendMagnets,
+    MagnetStrategy,
+    RandomStopWordMagnets,
+)
 from refam.aggregators.spatial import DirectionPrior, SpatialBias
 from refam.data.manifest import ManifestDataset
 from refam.extractors.flux import FluxExtractor
@@ -47,6 +53,17 @@ def np_sb_rows() -> dict[str, tuple[MagnetStrategy, SpatialBias | None]]:
         "+ SB with up / down ramps": (AppendMagnets(), DirectionPrior(parser, vertical=True)),
         "+ NP + SB with up / down ramps": (AppendMagnets(noun_phrase=parser), DirectionPrior(parser, vertical=True)),
     }
+
+
+def magnet_variant_rows() -> dict[str, tuple[MagnetStrategy, SpatialBias | None]]:
+    """The paper's Table 5 rows that need no extractor change (random vectors are not here yet)."""
+    rows = {"stop words + colour (paper)": (AppendMagnets(), None),
+            "stop words": (AppendMagnets(PAPER_STOP_WORD_MAGNETS), None)}
+    for seed in range(5):
+        strategy = RandomStopWordMagnets(seed=seed)
+        rows[f"random stop words, seed {seed}: {' '.join(strategy.magnets)}"] = (strategy, None)
+    rows["none"] = (AppendMagnets([]), None)
+    return rows
 
 
 def build_module(model: str, magnets: MagnetStrategy, timestep: float = 750.0,
@@ -88,15 +105,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/refam-shapes")
     parser.add_argument("--manifest", type=Path, default=Path("assets/shapes-demo/manifest.jsonl"))
-    parser.add_argument("--table", choices=["magnets", "np-sb"], default="magnets",
-                        help="magnets: the magnet / stop-word ablation; np-sb: noun-phrase filtering and spatial bias")
+    parser.add_argument("--table", choices=["magnets", "np-sb", "magnet-variants"], default="magnets",
+                        help="magnets: the magnet / stop-word ablation; np-sb: noun-phrase filtering and spatial "
+                             "bias; magnet-variants: the paper's Table 5 rows")
     parser.add_argument("--timesteps", type=float, nargs="*", default=[], help="also score the paper row at these timesteps")
     args = parser.parse_args(argv)
     dataset = ManifestDataset(str(args.manifest))
     kinds = expression_kinds(args.manifest)
     rows = {}
-    settings = ({name: (magnets, None) for name, magnets in MAGNET_ROWS.items()} if args.table == "magnets"
-                else np_sb_rows())
+    tables = {"magnets": lambda: {name: (magnets, None) for name, magnets in MAGNET_ROWS.items()},
+              "np-sb": np_sb_rows, "magnet-variants": magnet_variant_rows}
+    settings = tables[args.table]()
     for name, (magnets, spatial_bias) in settings.items():
         start = time.time()
         rows[name] = evaluate(build_module(args.model, magnets, spatial_bias=spatial_bias), dataset, kinds)

@@ -102,3 +102,22 @@ def test_noun_phrase_filter_keeps_exactly_the_head_phrase():
     assert [t.piece for t, keep in zip(tokens, strategy.keep(tokens)) if keep] == ["▁red", "▁car", "▁next", "▁tree"]
     tokens = _tokens(strategy, "man on the left holding a cup")
     assert [t.piece for t, k in zip(tokens, strategy.keep(tokens, "man on the left holding a cup")) if k] == ["▁man"]
+
+
+def test_random_stop_word_sets_are_seeded_stop_words_and_dropped():
+    import pytest
+
+    from refam.aggregators.magnets import RandomStopWordMagnets
+    from refam.errors import ConfigError
+
+    sets = [RandomStopWordMagnets(seed=seed).magnets for seed in range(5)]
+    assert sets == [RandomStopWordMagnets(seed=seed).magnets for seed in range(5)]  # the seed alone decides
+    assert len({tuple(s) for s in sets}) == 5
+    assert all(len(s) == 4 and set(s) <= PAPER_STOP_WORDS and all(w.isalpha() for w in s) for s in sets)
+    strategy = RandomStopWordMagnets(seed=3)
+    tokens = _tokens(strategy, "the big dog")
+    kept = [t.piece for t, keep in zip(tokens, strategy.keep(tokens, "the big dog")) if keep]
+    assert kept == ["▁big", "▁dog"]
+    assert [t.word for t in tokens if t.magnet] == strategy.magnets
+    with pytest.raises(ConfigError, match="model.magnets.init_args.count"):
+        RandomStopWordMagnets(count=0)
