@@ -161,16 +161,15 @@ def write_analysis(result: dict, image, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from refam.api import add_model_arguments
+
     parser = argparse.ArgumentParser(prog="refam analyze", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--expression", required=True)
     parser.add_argument("--caption", default="")
     parser.add_argument("--output", type=Path, required=True)
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", type=Path, default=None, help="a config YAML; its model section is used")
-    source.add_argument("--model", type=Path, default=None, help="a diffusers FLUX folder")
-    parser.add_argument("--device", default="cpu")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     try:
         from refam.api import RefAM, as_image

@@ -71,6 +71,15 @@ def _module_from_folder(folder: Path, segmenter=None) -> RefAMModule:
     return RefAMModule(extractor=FluxExtractor(str(folder), **settings), segmenter=segmenter or FloodFillSegmenter())
 
 
+def add_model_arguments(parser) -> None:
+    """--config / --model / --device, as `refam predict` and `refam analyze` take them (see RefAM.load)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, default=None, help="a config YAML; its model section is used")
+    source.add_argument("--model", type=Path, default=None,
+                        help="a diffusers FLUX folder (run with the flood fill); default: the embedded refam-shapes")
+    parser.add_argument("--device", default="cpu")
+
+
 def as_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
     """A PIL RGB image from a PIL image, an HxWx3 uint8 array or a file path."""
     if isinstance(image, Image.Image):

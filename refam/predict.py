@@ -163,6 +163,8 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from refam.api import add_model_arguments
+
     parser = argparse.ArgumentParser(prog="refam predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path, action="append", default=[], help="an image file or a folder (repeatable)")
@@ -172,10 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--caption", default="", help="what the denoising stream is conditioned on (default: empty prompt)")
     parser.add_argument("--manifest", type=Path, default=None, help="a JSON/JSONL manifest instead of --image/--expression")
     parser.add_argument("--output", type=Path, required=True)
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", type=Path, default=None, help="a config YAML; its model section is used")
-    source.add_argument("--model", type=Path, default=None, help="a diffusers FLUX folder (run with the flood fill)")
-    parser.add_argument("--device", default="cpu")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     try:
         code = run(args)
