@@ -74,11 +74,61 @@ def test_suppressing_sinks_drops_them_from_the_average():
     mass = torch.tensor([[0.9, 0.01, 0.01]])
     keep = torch.tensor([[True, True, False]])
     detect_only = SoftmaxMeanAggregator()(_maps(scores, text_mass=mass), keep)
-    suppressed = SoftmaxMeanAggregator(gas_factor=2.0, drop_sinks=True)(_maps(scores, text_mass=mass), keep)
+    suppressed = SoftmaxMeanAggregator(gas_factor=2.0, gas="drop")(_maps(scores, text_mass=mass), keep)
     assert suppressed.sinks[0].tolist() == [True, False, False]
     assert suppressed.kept[0].tolist() == [False, True, False]
     assert suppressed.heatmaps[0].argmax().item() == 3
     assert detect_only.kept[0].tolist() == [True, True, False]
+
+
+def _magnet_maps(scores, mass, magnets):
+    maps = _maps(scores, text_mass=mass)
+    for k, row in enumerate(maps.tokens):
+        for t in magnets:
+            row[t] = TokenInfo(f"m{t}", "with", False, True)
+    return maps
+
+
+def test_redirect_hands_a_colour_sinks_surplus_to_the_magnets_and_restores_its_specificity():
+    # "red car": token 0 "red" is a sink, a uniform lift of +6 over its real pattern; token 1 "car";
+    # token 2 a magnet that takes the background. The red car is at (1, 2): red +1, car +2.5. A red
+    # wall is at (2, 0): red +1.5, no car.
+    scores = torch.zeros(1, 3, 3, 3)
+    scores[0, 0] = 6.0
+    scores[0, 0, 1, 2] += 1.0
+    scores[0, 0, 2, 0] += 1.5
+    scores[0, 1, 1, 2] = 2.5
+    scores[0, 2] = 1.0
+    mass = torch.tensor([[0.9, 0.01, 0.01]])
+    keep = torch.tensor([[True, True, False]])
+    reported = SoftmaxMeanAggregator(gas_factor=2.0)(_magnet_maps(scores, mass, [2]), keep)
+    redirected = SoftmaxMeanAggregator(gas_factor=2.0, gas="redirect")(_magnet_maps(scores, mass, [2]), keep)
+    assert redirected.sinks[0].tolist() == [True, False, False]
+    assert redirected.kept[0].tolist() == [True, True, False]  # the sink keeps its map
+    # with the lift, "red" alone decides and the red wall wins; "car" is squeezed out everywhere
+    assert divmod(int(reported.heatmaps[0].argmax()), 3) == (2, 0)
+    # after redirect "car" takes mass back and the red car wins
+    assert divmod(int(redirected.heatmaps[0].argmax()), 3) == (1, 2)
+    assert redirected.probabilities[0, 1].sum() > 10 * reported.probabilities[0, 1].sum()
+    # the surplus went to the magnet too, and "red" keeps its own pattern (peak on the red wall)
+    assert redirected.probabilities[0, 2].sum() > 10 * reported.probabilities[0, 2].sum()
+    red = redirected.probabilities[0, 0]
+    assert red[2, 0] == red.max() and red.max() - red.min() > 0.3
+
+
+def test_redirect_leaves_expressions_without_sinks_unchanged_and_needs_logits():
+    scores = torch.randn(2, 4, 3, 3)
+    keep = torch.ones(2, 4, dtype=torch.bool)
+    plain = SoftmaxMeanAggregator()(_magnet_maps(scores, None, [3]), keep)
+    redirected = SoftmaxMeanAggregator(gas="redirect")(_magnet_maps(scores, None, [3]), keep)
+    assert not redirected.sinks.any()
+    torch.testing.assert_close(redirected.heatmaps, plain.heatmaps)
+    from refam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="softmax_stage"):
+        SoftmaxMeanAggregator(gas="redirect")(_maps(scores.softmax(1), kind="probs"), keep)
+    with pytest.raises(ConfigError, match="model.aggregator.init_args.gas"):
+        SoftmaxMeanAggregator(gas="suppress")
 
 
 def test_sink_categories():
