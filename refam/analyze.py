@@ -37,7 +37,7 @@ def block_entropies(model, image, caption: str, expression: str) -> list[dict]:
     try:
         for block in range(extractor.num_blocks):
             extractor.blocks = [block]
-            maps = extractor.extract(image, caption, [(text, magnet_start)], "image")
+            maps = extractor.extract(image, caption, [(text, magnet_start)], "image", magnet_vectors=module.magnets.vectors)
             kept = torch.tensor(module.magnets.keep(maps.tokens[0], expression)) & maps.valid[0]
             scores = maps.scores[0][kept].flatten(1)  # [kept tokens, patches]
             if maps.kind == "logits":

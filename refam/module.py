@@ -19,7 +19,8 @@ from refam.aggregators.base import Aggregator, SoftmaxMeanAggregator
 from refam.aggregators.gas import sink_category
 from refam.aggregators.magnets import AppendMagnets, MagnetStrategy
 from refam.aggregators.point import argmax_points, upsample
-from refam.aggregators.spatial import SpatialBias
+from refam.aggregators.spatial import BiasContext, SpatialBias
+from refam.errors import ConfigError
 from refam.extractors.base import ExpressionError, Extractor
 from refam.metrics import ReferringScores, intersection_union, point_hit
 from refam.segmenters.base import Segmenter
@@ -61,7 +62,10 @@ class RefAMModule(L.LightningModule):
         segmenter: point (and heatmap) -> mask (e.g. SAM2PointSegmenter).
         magnets: appended attention magnets and token filtering; default the paper's.
         aggregator: token maps -> heatmap; default the paper's softmax-across-tokens mean.
-        spatial_bias: optional positional prior from the expression's words (e.g. DirectionPrior).
+        spatial_bias: optional positional priors from the expression's words, applied in order
+            (e.g. DirectionPrior, then RelationPrior: HybridGL's absolute and relative cues).
+        text_condition: what the denoising stream is conditioned on: "caption" (the sample's
+            caption; empty where it has none) or "empty" (always the empty prompt; Table 9).
     """
 
     def __init__(
@@ -70,14 +74,18 @@ class RefAMModule(L.LightningModule):
         segmenter: Segmenter,
         magnets: MagnetStrategy | None = None,
         aggregator: Aggregator | None = None,
-        spatial_bias: SpatialBias | None = None,
+        spatial_bias: SpatialBias | list[SpatialBias] | None = None,
+        text_condition: str = "caption",
     ) -> None:
         super().__init__()
+        if text_condition not in ("caption", "empty"):
+            raise ConfigError(f"model.text_condition must be 'caption' or 'empty', got {text_condition!r}")
+        self.text_condition = text_condition
         self.extractor = extractor
         self.segmenter = segmenter
         self.magnets = magnets if magnets is not None else AppendMagnets()
         self.aggregator = aggregator if aggregator is not None else SoftmaxMeanAggregator()
-        self.spatial_bias = spatial_bias
+        self.spatial_bias = [spatial_bias] if isinstance(spatial_bias, SpatialBias) else list(spatial_bias or [])
         self.scores = torch.nn.ModuleList()  # one ReferringScores per test dataset
         self.dataset_names: list[str] = []
 
@@ -116,12 +124,15 @@ class RefAMModule(L.LightningModule):
         if not runnable:
             return result
 
-        maps = self.extractor.extract(sample.image, sample.caption, augmented, sample.sample_id)
+        caption = sample.caption if self.text_condition == "caption" else ""
+        maps = self.extractor.extract(sample.image, caption, augmented, sample.sample_id,
+                                      magnet_vectors=self.magnets.vectors)
         keep = torch.tensor([self.magnets.keep(tokens, expression.text) for tokens, expression in zip(maps.tokens, runnable)],
                             dtype=torch.bool)
         aggregation = self.aggregator(maps, keep)
-        if self.spatial_bias is not None:
-            aggregation.heatmaps = self.spatial_bias(aggregation.heatmaps, [e.text for e in runnable])
+        context = BiasContext(aggregation.probabilities, maps.tokens)
+        for bias in self.spatial_bias:
+            aggregation.heatmaps = bias(aggregation.heatmaps, [e.text for e in runnable], context)
         width, height = sample.image.size
         image_maps = upsample(aggregation.heatmaps, height, width)
         points = argmax_points(aggregation.heatmaps, height, width)

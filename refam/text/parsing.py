@@ -4,6 +4,10 @@
   as a character span, so that it maps onto any tokenizer's sub-word tokens by offsets.
 - `direction`: HybridGL's `extract_dir_phrase`: the absolute position word of the expression
   ("left", "right", "middle", "up", "down" or "none").
+- `relation`: HybridGL's `extract_rela_word` + `extract_nouns`: the relation word ("left", "right",
+  "up", "down", "big", "small", "within" or "none") and the character spans of the other noun
+  chunks, the objects the target is compared with. HybridGL compares `token.text == RIGHT_KEYWORDS`
+  (a string with a set), so "right" never fires there; here it does.
 
 HybridGL lower-cases the sentence, re-joins spaCy's tokens with single spaces and parses again; here
 the lower-cased text is parsed once, so that character offsets stay those of the expression (for
@@ -12,6 +16,7 @@ ordinary single-spaced expressions the two parses are the same).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 from refam.errors import ConfigError
@@ -21,6 +26,32 @@ DIRECTION_WORDS: dict[str, str] = {
     "left": "left", "right": "right", "middle": "middle", "between": "middle",
     "up": "up", "top": "up", "above": "up", "down": "down", "under": "down", "bottom": "down", "low": "down",
 }
+
+
+# extract_rela_word's keyword sets, in its order of tests (RELATION_WORDS excludes chunks from the references)
+RELATION_KEYWORDS: dict[str, frozenset[str]] = {
+    "left": frozenset({"left", "west"}),
+    "right": frozenset({"right", "east"}),
+    "up": frozenset({"above", "north", "top", "back", "behind"}),
+    "down": frozenset({"below", "south", "under", "front"}),
+    "big": frozenset({"bigger", "larger", "closer"}),
+    "small": frozenset({"smaller", "tinier", "further", "smallest"}),
+    "within": frozenset({"inside", "within", "contained"}),
+}
+RELATION_WORDS = frozenset(
+    "left west right east above north top back behind below south under front bigger larger closer smaller tinier "
+    "further inside within contained who what which middle".split()
+)
+NULL_KEYWORDS = frozenset({"part", "image", "side", "picture", "half", "region", "section", "photo"})
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relative spatial relation: the target is `kind` of the objects at `references` (character
+    spans of noun chunks; empty when the expression names no other object, e.g. "the bigger one")."""
+
+    kind: str
+    references: tuple[tuple[int, int], ...] = ()
 
 
 @lru_cache(maxsize=4)
@@ -71,3 +102,20 @@ class ExpressionParser:
             if flag and (best_head is None or token.head.i < best_head):
                 found, best_head = flag, token.head.i
         return found
+
+    def relation(self, text: str) -> Relation:
+        """HybridGL's relation word and the other noun chunks (see the module docstring)."""
+        doc = self.parse(text)
+        head = self.head_noun_phrase(text)
+        others = [chunk for chunk in doc.noun_chunks
+                  if (chunk.start_char, chunk.end_char) != head and chunk.root.text not in RELATION_WORDS]
+        if {chunk.root.text for chunk in others} & NULL_KEYWORDS:
+            return Relation("none")
+        found, best_head = "none", None
+        for token in doc:
+            kind = next((k for k, words in RELATION_KEYWORDS.items() if token.text in words), None)
+            if kind and (best_head is None or token.head.i < best_head):
+                found, best_head = kind, token.head.i
+        if found == "none":
+            return Relation("none")
+        return Relation(found, tuple((chunk.start_char, chunk.end_char) for chunk in others))
