@@ -54,9 +54,9 @@ class TokenMaps:
     """What an extractor observed for the K expressions of one sample.
 
     `scores[k, t, i, j]` is token t of expression k at the patch in row i, column j of the image.
-    `kind` says whether scores are raw cross-attention logits averaged over heads and blocks
-    ("logits": the aggregator applies the per-patch softmax across tokens) or already
-    softmax-normalised per head and block ("probs").
+    `kind` says whether scores are raw scores averaged over heads and blocks (cross-attention
+    logits, or attention-output dot products; "logits": the aggregator applies the per-patch softmax
+    across tokens) or already softmax-normalised per head and block ("probs").
     """
 
     scores: torch.Tensor  # [K, T, h, w] float32

@@ -11,6 +11,8 @@ import abc
 import random
 from collections.abc import Sequence
 
+import torch
+
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
 from refam.errors import ConfigError
 from refam.text.parsing import ExpressionParser
@@ -30,6 +32,11 @@ class MagnetStrategy(abc.ABC):
     def keep(self, tokens: Sequence[TokenInfo], expression: str = "") -> list[bool]:
         """Which tokens' maps enter the average. `expression` is the text before `augment`, for
         strategies that parse it (token character spans refer to it: augment only appends)."""
+
+    def vectors(self, embedding_table: torch.Tensor) -> torch.Tensor | None:
+        """Magnets that are not words: [M, D] rows the extractor appends to each expression's input
+        embeddings (before EOS), given the text encoder's token-embedding table [V, D]. None: no rows."""
+        return None
 
 
 class AppendMagnets(MagnetStrategy):
@@ -102,3 +109,39 @@ class RandomStopWordMagnets(AppendMagnets):
             raise ConfigError(f"model.magnets.init_args.count must be between 1 and {len(words)}, got {count}")
         self.seed = seed
         super().__init__(random.Random(seed).sample(words, count), filter_stop_words, stop_words, noun_phrase)
+
+
+class RandomVectorMagnets(AppendMagnets):
+    """Table 5's "random vectors" row: `count` random rows appended to the text encoder's input
+    embeddings instead of magnet words, "re-normalised to match token distributions": each row is
+    drawn per dimension from the embedding table's mean and standard deviation, then scaled to the
+    table's mean row norm. Run it with seeds 0..4 for the paper's five draws.
+
+    Args:
+        count: how many vectors (4, as many as the paper's stop-word magnets).
+        seed: which draw; the vectors depend on nothing else but the embedding table.
+        filter_stop_words, stop_words, noun_phrase: as for `AppendMagnets` (the expression's own
+            stop words are still dropped; the vectors are magnets and always dropped).
+    """
+
+    def __init__(
+        self,
+        count: int = 4,
+        seed: int = 0,
+        filter_stop_words: bool = True,
+        stop_words: Sequence[str] | None = None,
+        noun_phrase: ExpressionParser | None = None,
+    ) -> None:
+        if count < 1:
+            raise ConfigError(f"model.magnets.init_args.count must be at least 1, got {count}")
+        self.count = count
+        self.seed = seed
+        super().__init__([], filter_stop_words, stop_words, noun_phrase)
+
+    def vectors(self, embedding_table: torch.Tensor) -> torch.Tensor:
+        table = embedding_table.detach().float()
+        generator = torch.Generator().manual_seed(self.seed)
+        draw = torch.randn(self.count, table.shape[1], generator=generator).to(table.device)
+        rows = table.mean(dim=0) + table.std(dim=0) * draw
+        target_norm = table.norm(dim=1).mean()
+        return rows * (target_norm / rows.norm(dim=1, keepdim=True))

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import abc
 import hashlib
+from collections.abc import Callable
 
 import torch
 from PIL import Image
 
 from refam.errors import ConfigError, RefamError
 from refam.types import TokenMaps
+
+
+MagnetVectors = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
 class ExpressionError(RefamError, ValueError):
@@ -33,9 +37,17 @@ class Extractor(abc.ABC):
 
     @abc.abstractmethod
     def extract(
-        self, image: Image.Image, caption: str, expressions: list[tuple[str, int | None]], sample_id: str
+        self,
+        image: Image.Image,
+        caption: str,
+        expressions: list[tuple[str, int | None]],
+        sample_id: str,
+        magnet_vectors: MagnetVectors | None = None,
     ) -> TokenMaps:
-        """`expressions`: (text with magnets, character index where magnets start or None)."""
+        """`expressions`: (text with magnets, character index where magnets start or None).
+        `magnet_vectors`: given the text encoder's token-embedding table [V, D], the rows [M, D] to
+        append to every expression's input embeddings before EOS (or None); their tokens are magnets
+        (`MagnetStrategy.vectors`)."""
 
 
 def sample_seed(seed: int, sample_id: str) -> int:

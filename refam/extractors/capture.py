@@ -6,10 +6,23 @@ queries attend to its own tokens and to the image tokens; no caption or image qu
 expression token, and expressions are blind to each other. So the velocity prediction is unchanged
 and K expressions in one forward give the maps of K separate forwards.
 
-Per block the capture adds, in place, the image-query x expression-key scores q_p . k_t / sqrt(d)
-(after the block's QK norm and RoPE), averaged over heads, into one [N, K, L] buffer, and the
-text-to-text attention mass each expression token receives into a [K, L] buffer: memory does not
-grow with the number of blocks, and no attention matrix over the whole sequence is ever stored.
+Per selected block the capture adds, in place, one [N, K, L] score map into one buffer, in one of
+two representation spaces (the paper's Table 8):
+
+- "cross_attention" (default): the image-query x expression-key scores q_p . k_t / sqrt(d) (after
+  the block's QK norm and RoPE), averaged over heads;
+- "attention_output" (ConceptAttention's output space): o_p . o_t, the dot product of the image
+  patch's and the expression token's attention outputs, taken as ConceptAttention's original BFL
+  code does (`output_space_image_vectors = img_attn`, `output_space_concept_vectors = concept_attn`):
+  the SDPA outputs BEFORE the output projection (`to_out` / `to_add_out` in double blocks,
+  `proj_out` in single blocks), heads concatenated, so the dot product is the SUM over heads of the
+  per-head dot products, with no 1/sqrt(d) or 1/H scaling. o_p is the main stream's output (what
+  the model really computes), o_t the branch's output of the same block. (ConceptAttention's
+  diffusers port takes both after the output projections instead: a different space, not used.)
+
+and the text-to-text attention mass each expression token receives into a [K, L] buffer: memory
+does not grow with the number of blocks, and no attention matrix over the whole sequence is ever
+stored.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 SOFTMAX_STAGES = ("after_mean", "per_head")
+REPRESENTATIONS = ("cross_attention", "attention_output")
 
 
 @dataclass
@@ -45,7 +59,19 @@ class BranchLayout:
 
 
 class AttentionCapture:
-    """Accumulates expression-token x image-patch scores over blocks (and trajectory states)."""
+    """Accumulates expression-token x image-patch scores over blocks (and trajectory states).
+
+    `representation` picks the space ("cross_attention" or "attention_output", see the module
+    docstring); `softmax_stage` the order:
+
+    - "after_mean": raw scores are summed (cross_attention: averaged over heads, scaled by
+      1/sqrt(d); attention_output: head-concatenated dot products, unscaled); the aggregator
+      softmaxes across tokens per patch after the mean over blocks (TokenMaps kind "logits").
+    - "per_head": a softmax over the expression's real tokens per patch before averaging
+      (cross_attention: per head and block, then the mean over heads; attention_output: per
+      block, on the head-summed dot product, which is ConceptAttention's order), then the mean
+      over blocks (kind "probs"). Padding tokens get exactly zero.
+    """
 
     def __init__(
         self,
@@ -54,20 +80,39 @@ class AttentionCapture:
         selected_blocks: set[int],
         softmax_stage: str = "after_mean",
         device: torch.device | str = "cpu",
+        representation: str = "cross_attention",
     ) -> None:
         if softmax_stage not in SOFTMAX_STAGES:
             raise ValueError(f"softmax_stage must be one of {SOFTMAX_STAGES}, got {softmax_stage!r}")
+        if representation not in REPRESENTATIONS:
+            raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
         self.layout = layout
         self.selected_blocks = selected_blocks
         self.softmax_stage = softmax_stage
+        self.representation = representation
         k, length = layout.key_valid.shape
         self.scores = torch.zeros(num_image_tokens, k, length, dtype=torch.float32, device=device)
         self.text_mass = torch.zeros(k, length, dtype=torch.float32, device=device)
         self.observations = 0
         self._key_valid = layout.key_valid.to(device)
 
-    def add(self, q_img: torch.Tensor, k_expr: torch.Tensor, text_probs: torch.Tensor) -> None:
-        """q_img [N, H, D], k_expr [K, L, H, D] (post norm and RoPE); text_probs [K, H, L, L]."""
+    def add(self, img_vectors: torch.Tensor, expr_vectors: torch.Tensor, text_probs: torch.Tensor) -> None:
+        """One block's observation. img_vectors [N, H, D], expr_vectors [K, L, H, D]: for
+        "cross_attention" the image queries and expression keys (post norm and RoPE), for
+        "attention_output" the image and expression attention outputs (before any output
+        projection); text_probs [K, H, L, L] the expression queries' attention on their own tokens."""
+        if self.representation == "cross_attention":
+            self._add_cross_attention(img_vectors, expr_vectors)
+        else:
+            self._add_attention_output(img_vectors, expr_vectors)
+        heads = img_vectors.shape[1]
+        valid_queries = self._key_valid[:, None, :, None].float()  # [K, 1, L(query), 1]
+        mass = (text_probs.float() * valid_queries).sum(dim=(1, 2)) / (valid_queries.sum(dim=2).squeeze(-1) * heads)
+        self.text_mass.add_(mass)
+        self.observations += 1
+
+    def _add_cross_attention(self, q_img: torch.Tensor, k_expr: torch.Tensor) -> None:
+        """q_img [N, H, D], k_expr [K, L, H, D]: mean over heads of q . k / sqrt(d)."""
         heads, head_dim = q_img.shape[1], q_img.shape[2]
         scale = head_dim**-0.5
         if self.softmax_stage == "after_mean":
@@ -79,10 +124,16 @@ class AttentionCapture:
             logits = logits.masked_fill(~self._key_valid, float("-inf"))
             probs = logits.softmax(dim=-1).nan_to_num_(0.0)  # a fully padded row has no tokens
             self.scores.add_(probs.mean(dim=0))
-        valid_queries = self._key_valid[:, None, :, None].float()  # [K, 1, L(query), 1]
-        mass = (text_probs.float() * valid_queries).sum(dim=(1, 2)) / (valid_queries.sum(dim=2).squeeze(-1) * heads)
-        self.text_mass.add_(mass)
-        self.observations += 1
+
+    def _add_attention_output(self, o_img: torch.Tensor, o_expr: torch.Tensor) -> None:
+        """o_img [N, H, D], o_expr [K, L, H, D]: ConceptAttention's output-space score, the dot
+        product of the head-concatenated vectors (= sum over heads), unscaled as in its code."""
+        logits = (o_img.flatten(1).float() @ o_expr.flatten(2).flatten(0, 1).float().T).view_as(self.scores)
+        if self.softmax_stage == "after_mean":
+            self.scores.add_(logits)
+        else:  # ConceptAttention: softmax over the concepts (here: the expression's real tokens) per patch
+            logits = logits.masked_fill(~self._key_valid, float("-inf"))
+            self.scores.add_(logits.softmax(dim=-1).nan_to_num_(0.0))  # a fully padded row has no tokens
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores [K, L, N], text_mass [K, L]) averaged over what was observed."""
@@ -134,7 +185,9 @@ class ExpressionBranchProcessor:
         main_out = dispatch_attention_fn(
             *main, attn_mask=None, backend=self.stock._attention_backend, parallel_config=self.stock._parallel_config
         )
-        branch_out = self._branch(query[:, c:e], key[:, c:e], value[:, c:e], query[:, e:], key[:, e:], value[:, e:])
+        branch_out = self._branch(
+            query[:, c:e], key[:, c:e], value[:, c:e], query[:, e:], key[:, e:], value[:, e:], main_out[:, c:]
+        )
         out = torch.cat([main_out[:, :c], branch_out.to(main_out.dtype), main_out[:, c:]], dim=1)
         out = out.flatten(2, 3).to(query.dtype)
 
@@ -145,8 +198,10 @@ class ExpressionBranchProcessor:
         image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
         return image_out, attn.to_add_out(context_out.contiguous())
 
-    def _branch(self, q_e, k_e, v_e, q_img, k_img, v_img) -> torch.Tensor:
-        """Expression tokens attend to their own expression's tokens and to the image tokens."""
+    def _branch(self, q_e, k_e, v_e, q_img, k_img, v_img, img_out) -> torch.Tensor:
+        """Expression tokens attend to their own expression's tokens and to the image tokens.
+        `img_out` [B, N, H, D] is the main stream's image attention output of this block, before
+        any projection (single blocks project only after concatenating the MLP branch)."""
         capture = self.capture
         layout = capture.layout
         batch, _, heads, dim = q_e.shape
@@ -161,8 +216,12 @@ class ExpressionBranchProcessor:
         p_own, p_img = probs[..., :length], probs[..., length:]
         out = p_own @ ve + torch.einsum("bkhln,bnhd->bkhld", p_img, v_img)  # [B, K, H, L, D]
         if self.block_index in capture.selected_blocks:
+            if capture.representation == "cross_attention":
+                img_vectors, expr_vectors = q_img, k_e.view(batch, kk, length, heads, dim)
+            else:  # both before the output projection, from this same block call
+                img_vectors, expr_vectors = img_out, out.transpose(2, 3)  # [B, N, H, D], [B, K, L, H, D]
             for b in range(batch):
-                capture.add(q_img[b], k_e[b].view(kk, length, heads, dim), p_own[b])
+                capture.add(img_vectors[b], expr_vectors[b], p_own[b])
         return out.transpose(2, 3).reshape(batch, kk * length, heads, dim)
 
 

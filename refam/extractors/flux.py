@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.base import ExpressionError, Extractor, sample_seed, select_blocks
-from refam.extractors.capture import AttentionCapture, BranchLayout, install_branch_processors
-from refam.extractors.trajectory import NoiseAt, Trajectory, TrajectoryContext
+from refam.extractors.base import ExpressionError, Extractor, MagnetVectors, sample_seed, select_blocks
+from refam.extractors.capture import REPRESENTATIONS, AttentionCapture, BranchLayout, install_branch_processors
+from refam.extractors.trajectory import NoiseAt, Trajectory, TrajectoryContext, drive
 from refam.text.tokens import tokens_to_words
 from refam.types import TokenInfo, TokenMaps
 
@@ -36,6 +36,27 @@ class EncodedExpressions:
     embeds: torch.Tensor  # [K, L, D] T5, padded to the longest expression
     valid: torch.Tensor  # [K, L] bool
     tokens: list[list[TokenInfo]]
+
+
+def insert_before_eos(
+    inputs: torch.Tensor, mask: torch.Tensor, tokens: list[list[TokenInfo]], vectors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[list[TokenInfo]]]:
+    """Append M vector magnets to each expression's input embeddings [K, L, D] where appended words
+    would go: after its last word, before its EOS. Returns [K, L + M, D] inputs, mask and tokens."""
+    k, length, dim = inputs.shape
+    m = vectors.shape[0]
+    out = inputs.new_zeros(k, length + m, dim)
+    out_mask = mask.new_zeros(k, length + m)
+    out_tokens = []
+    for row in range(k):
+        n = int(mask[row].sum())  # real tokens, the last being EOS
+        out[row, : n - 1] = inputs[row, : n - 1]
+        out[row, n - 1 : n - 1 + m] = vectors
+        out[row, n - 1 + m :] = inputs[row, n - 1 :]
+        out_mask[row, : n + m] = 1
+        magnets = [TokenInfo(f"<vector {j}>", "", special=False, magnet=True) for j in range(m)]
+        out_tokens.append(tokens[row][: n - 1] + magnets + tokens[row][n - 1 :])
+    return out, out_mask, out_tokens
 
 
 def resolve_pretrained(pretrained: str) -> str:
@@ -65,7 +86,15 @@ class FluxExtractor(Extractor):
             (FLUX.1: 19 + 38); None = all (the paper's default), a list of indices, or a float
             fraction of the earliest blocks to filter out.
         softmax_stage: "after_mean" (average logits over heads and blocks, then the aggregator's
-            softmax across tokens; default) or "per_head" (softmax per head and block, then average).
+            softmax across tokens; default) or "per_head" (softmax per head and block, then average;
+            with representation "attention_output": softmax per block, ConceptAttention's order).
+        representation: the space the maps are read in (the paper's Table 8).
+            "cross_attention" (default): image query . expression key / sqrt(d) after the block's
+            QK norm and RoPE, averaged over heads. "attention_output" (ConceptAttention's output
+            space, its original BFL code): image attention output . expression attention output,
+            both taken before the output projection with heads concatenated (a sum over heads),
+            unscaled; the image outputs are the denoising stream's, the expression outputs the
+            branch's, from the same block.
         caption_max_tokens: T5 length of the denoising prompt (FLUX.1-dev 512, schnell 256).
         pooled_prompt: what CLIP's pooled vector encodes: "caption" (FLUX's pipeline) or "empty"
             (for models trained with an empty CLIP prompt, such as refam-shapes).
@@ -85,6 +114,7 @@ class FluxExtractor(Extractor):
         keep_aspect: bool = False,
         blocks: list[int] | float | None = None,
         softmax_stage: str = "after_mean",
+        representation: str = "cross_attention",
         caption_max_tokens: int = 512,
         pooled_prompt: str = "caption",
         expression_max_tokens: int = 128,
@@ -99,6 +129,10 @@ class FluxExtractor(Extractor):
             raise ConfigError(f"model.extractor.init_args.pooled_prompt must be 'caption' or 'empty', got {pooled_prompt!r}")
         if resolution % 16:
             raise ConfigError(f"model.extractor.init_args.resolution must be a multiple of 16, got {resolution}")
+        if representation not in REPRESENTATIONS:
+            raise ConfigError(
+                f"model.extractor.init_args.representation must be one of {list(REPRESENTATIONS)}, got {representation!r}"
+            )
         self.pretrained = pretrained
         self.dtype = DTYPES[torch_dtype]
         self.trajectory = trajectory if trajectory is not None else NoiseAt(750.0)
@@ -106,6 +140,7 @@ class FluxExtractor(Extractor):
         self.keep_aspect = keep_aspect
         self.blocks = blocks
         self.softmax_stage = softmax_stage
+        self.representation = representation
         self.caption_max_tokens = caption_max_tokens
         self.pooled_prompt = pooled_prompt
         self.expression_max_tokens = expression_max_tokens
@@ -178,14 +213,20 @@ class FluxExtractor(Extractor):
             )
 
     @torch.inference_mode()
-    def encode_expressions(self, expressions: list[tuple[str, int | None]]) -> EncodedExpressions:
+    def encode_expressions(
+        self, expressions: list[tuple[str, int | None]], magnet_vectors: MagnetVectors | None = None
+    ) -> EncodedExpressions:
         """Callers validate first (`validate_expression`); the module does, per expression."""
         enc, tokens = self._tokenize(expressions)
         encoder = self.pipe.text_encoder_2
         ids, mask = enc["input_ids"].to(encoder.device), enc["attention_mask"].to(encoder.device)
+        inputs = encoder.get_input_embeddings()(ids)
+        vectors = magnet_vectors(encoder.get_input_embeddings().weight) if magnet_vectors is not None else None
+        if vectors is not None:
+            inputs, mask, tokens = insert_before_eos(inputs, mask, tokens, vectors.to(inputs))
         # With its attention mask, T5 gives each expression the same embeddings as when encoded alone.
-        embeds = encoder(ids, attention_mask=mask)[0].to(self.device, self.dtype)
-        return EncodedExpressions(embeds=embeds, valid=enc["attention_mask"].bool(), tokens=tokens)
+        embeds = encoder(inputs_embeds=inputs, attention_mask=mask)[0].to(self.device, self.dtype)
+        return EncodedExpressions(embeds=embeds, valid=mask.bool().cpu(), tokens=tokens)
 
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> CaptionCondition:
@@ -261,13 +302,14 @@ class FluxExtractor(Extractor):
             selected_blocks=select_blocks(self.num_blocks, self.blocks),
             softmax_stage=self.softmax_stage,
             device=self.device,
+            representation=self.representation,
         )
 
     @torch.inference_mode()
-    def extract(self, image, caption, expressions, sample_id) -> TokenMaps:
+    def extract(self, image, caption, expressions, sample_id, magnet_vectors=None) -> TokenMaps:
         if self.pipe is None:
             raise RuntimeError("FluxExtractor.setup(device) must run before extract()")
-        encoded = self.encode_expressions(expressions)
+        encoded = self.encode_expressions(expressions, magnet_vectors)
         condition = self.encode_caption(caption)
         x0, rows, cols = self.encode_image(image)
         capture = self.new_capture(encoded, condition.embeds.shape[1], (rows, cols))
@@ -277,8 +319,11 @@ class FluxExtractor(Extractor):
             scheduler_config=dict(self.pipe.scheduler.config),
         )
         generator = torch.Generator("cpu").manual_seed(sample_seed(self.seed, sample_id))
-        for x_t, sigma in self.trajectory.states(x0, generator, context):
-            self.forward(x_t, sigma, (rows, cols), condition, encoded, capture)
+        # the observed forward's velocity goes back to the trajectory (see `Trajectory.states`)
+        drive(
+            self.trajectory.states(x0, generator, context),
+            lambda x_t, sigma: self.forward(x_t, sigma, (rows, cols), condition, encoded, capture),
+        )
         scores, text_mass = capture.result()
         k, length = encoded.valid.shape
         return TokenMaps(

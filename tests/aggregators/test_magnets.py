@@ -1,5 +1,7 @@
 """Magnets and stop words are dropped after the softmax; content tokens are kept."""
 
+import torch
+
 from refam.aggregators.magnets import PAPER_MAGNETS, AppendMagnets
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
 from refam.text.tokens import tokens_to_words
@@ -121,3 +123,45 @@ def test_random_stop_word_sets_are_seeded_stop_words_and_dropped():
     assert [t.word for t in tokens if t.magnet] == strategy.magnets
     with pytest.raises(ConfigError, match="model.magnets.init_args.count"):
         RandomStopWordMagnets(count=0)
+
+
+def test_random_vector_magnets_have_the_token_embedding_norm_and_are_seeded():
+    from refam.aggregators.magnets import RandomVectorMagnets
+
+    table = torch.randn(500, 48, generator=torch.Generator().manual_seed(1)) * 3.0 + 0.5
+    vectors = RandomVectorMagnets(count=4, seed=0).vectors(table)
+    assert vectors.shape == (4, 48)
+    torch.testing.assert_close(vectors.norm(dim=1), table.norm(dim=1).mean().expand(4))
+    # drawn from the table's per-dimension statistics: over many draws its mean and spread show through
+    many = RandomVectorMagnets(count=4000, seed=0).vectors(table)
+    scale = table.norm(dim=1).mean() / (table.mean(0).square().sum() + table.var(0).sum()).sqrt()
+    torch.testing.assert_close(many.mean(0), table.mean(0) * scale, atol=0.15, rtol=0)
+    torch.testing.assert_close(many.std(0), table.std(0) * scale, atol=0.15, rtol=0.05)
+    torch.testing.assert_close(RandomVectorMagnets(seed=0).vectors(table), vectors)
+    assert not torch.allclose(RandomVectorMagnets(seed=1).vectors(table), vectors)
+    # the text is left alone: the magnets are rows, not words
+    assert RandomVectorMagnets().augment(" the red car ") == ("the red car", None)
+
+
+def test_random_vector_magnets_ride_in_the_branch_before_eos_and_are_dropped(tiny_extractor):
+    from refam.aggregators.magnets import RandomVectorMagnets
+    from refam.aggregators.base import SoftmaxMeanAggregator
+    from PIL import Image
+
+    strategy = RandomVectorMagnets(count=3, seed=2)
+    texts = [strategy.augment("the red dog"), strategy.augment("a man on the left")]
+    plain = tiny_extractor.encode_expressions(texts)
+    encoded = tiny_extractor.encode_expressions(texts, strategy.vectors)
+    for k in range(2):
+        pieces = [t.piece for t, v in zip(encoded.tokens[k], encoded.valid[k].tolist()) if v]
+        words = [t.piece for t, v in zip(plain.tokens[k], plain.valid[k].tolist()) if v]
+        assert pieces == words[:-1] + ["<vector 0>", "<vector 1>", "<vector 2>"] + words[-1:]
+        assert int(encoded.valid[k].sum()) == int(plain.valid[k].sum()) + 3
+    # the vectors change the contextual embeddings of the words (they are attended to)
+    assert not torch.allclose(encoded.embeds[0, :3], plain.embeds[0, :3])
+    maps = tiny_extractor.extract(Image.new("RGB", (64, 64)), "", texts, "s", magnet_vectors=strategy.vectors)
+    keep = torch.tensor([strategy.keep(tokens, text) for tokens, (text, _) in zip(maps.tokens, texts)])
+    kept = SoftmaxMeanAggregator()(maps, keep).kept
+    for k in range(2):
+        assert not any(kept[k, t] for t, token in enumerate(maps.tokens[k]) if token.magnet)
+        assert kept[k].any()
