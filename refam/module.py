@@ -22,7 +22,7 @@ from refam.aggregators.point import argmax_points, upsample
 from refam.aggregators.spatial import BiasContext, SpatialBias
 from refam.errors import ConfigError
 from refam.extractors.base import ExpressionError, Extractor
-from refam.metrics import ReferringScores, intersection_union, point_hit
+from refam.metrics import ReferringScores, SaliencyScores, intersection_union, point_hit
 from refam.segmenters.base import Segmenter
 from refam.types import BadSample, Prediction, Sample
 
@@ -87,6 +87,8 @@ class RefAMModule(L.LightningModule):
         self.aggregator = aggregator if aggregator is not None else SoftmaxMeanAggregator()
         self.spatial_bias = [spatial_bias] if isinstance(spatial_bias, SpatialBias) else list(spatial_bias or [])
         self.scores = torch.nn.ModuleList()  # one ReferringScores per test dataset
+        self.saliency = torch.nn.ModuleList()  # one SaliencyScores per test dataset (used where it has a protocol)
+        self.saliency_datasets: list[bool] = []
         self.dataset_names: list[str] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -99,6 +101,11 @@ class RefAMModule(L.LightningModule):
         datasets = getattr(self.trainer.datamodule, "datasets", None) or [None]
         self.dataset_names = [getattr(d, "name", None) or f"test{i}" for i, d in enumerate(datasets)]
         self.scores = torch.nn.ModuleList(ReferringScores() for _ in datasets).to(self.device)
+        # datasets scored as saliency maps (Table 11) name their SaliencyScores variant
+        self.saliency = torch.nn.ModuleList(
+            SaliencyScores(variant=getattr(d, "saliency_protocol", None) or "standard") for d in datasets
+        ).to(self.device)
+        self.saliency_datasets = [getattr(d, "saliency_protocol", None) is not None for d in datasets]
 
     def on_predict_start(self) -> None:
         self._load_components()
@@ -171,15 +178,20 @@ class RefAMModule(L.LightningModule):
             for message in result.skipped:
                 log.warning("skipped %s", message)
             scores.skipped_expressions.update(len(result.skipped))
-            truth = {e.expression_id: e.mask for e in item.expressions}
+            truth = {e.expression_id: e for e in item.expressions}
             for prediction in result.predictions:
-                target = truth[prediction.expression_id]
-                if target is None:
+                expression = truth[prediction.expression_id]
+                if expression.mask is None:
                     continue
-                target = torch.from_numpy(np.asarray(target, dtype=bool))
+                target = torch.from_numpy(np.asarray(expression.mask, dtype=bool))
                 predicted = torch.from_numpy(np.asarray(prediction.mask, dtype=bool))
                 scores.update(predicted, prediction.point, target)
                 prediction.iou, prediction.point_hit = iou_of(predicted, target), point_hit(prediction.point, target)
+                if self.saliency_datasets[dataloader_idx]:
+                    void = getattr(expression, "void", None)
+                    self.saliency[dataloader_idx].update(
+                        prediction.heatmap, target, None if void is None else torch.from_numpy(np.asarray(void, dtype=bool))
+                    )
             results.append(result)
         return results
 
@@ -187,8 +199,15 @@ class RefAMModule(L.LightningModule):
         # compute() gathers the summed states of every rank, so all ranks log the same global value
         # and no sample is counted twice (the sampler shards without padding).
         rows = []
-        for name, scores in zip(self.dataset_names, self.scores):
+        for index, (name, scores) in enumerate(zip(self.dataset_names, self.scores)):
             values = scores.compute()
+            if self.saliency_datasets[index]:
+                saliency = self.saliency[index].compute()
+                for metric in ("Acc", "mIoU", "mAP"):
+                    self.log(f"{name}/saliency_{metric}", saliency[metric].float(), sync_dist=False, add_dataloader_idx=False)
+                rank_zero_info(f"{name} saliency ({self.saliency[index].variant}): Acc {float(saliency['Acc']):.2f}  "
+                               f"mIoU {float(saliency['mIoU']):.2f}  mAP {float(saliency['mAP']):.2f}")
+                self.saliency[index].reset()
             rows.append((name, values))
             for metric, value in values.items():
                 self.log(f"{name}/{metric}", value.float(), sync_dist=False, add_dataloader_idx=False)

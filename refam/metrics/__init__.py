@@ -7,3 +7,6 @@ __all__ = ["MeanIoU", "OverallIoU", "PointAccuracy", "intersection_union", "poin
 from refam.metrics.referring import ReferringScores  # noqa: E402  (builds on the metrics above)
 
 __all__ += ["ReferringScores"]
+from refam.metrics.saliency import SaliencyScores  # noqa: E402  (semantic segmentation, Table 11)
+
+__all__ += ["SaliencyScores"]
