@@ -34,12 +34,29 @@ class RefAMCLI(LightningCLI):
         parser.add_lightning_class_args(MaskWriter, "masks")
 
 
+def run_cli(args: list[str] | None = None) -> RefAMCLI:
+    """One LightningCLI run (`refam test ...`); returns the CLI, whose trainer holds the metrics."""
+    return RefAMCLI(
+        RefAMModule,
+        RefAMDataModule,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["train-shapes"]:
         from refam.shapes.train import main as train_shapes
 
         train_shapes(argv[1:])
+        return
+    if argv[:1] == ["ablate"]:
+        from refam.ablations import main as ablate
+
+        ablate(argv[1:])
         return
     if argv[:1] == ["analyze"]:
         from refam.analyze import main as analyze
@@ -53,14 +70,7 @@ def main(args: list[str] | None = None) -> None:
         predict(argv[1:])
         return
     try:
-        RefAMCLI(
-            RefAMModule,
-            RefAMDataModule,
-            trainer_defaults=TRAINER_DEFAULTS,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            args=args,
-        )
+        run_cli(args)
     except RefamError as err:
         # The message names the culprit and the fix; a traceback would only bury it.
         print(f"refam: error: {err}", file=sys.stderr)

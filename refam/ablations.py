@@ -1,0 +1,284 @@
+"""The paper's ablation tables as data: each row is a set of config overrides on a base benchmark config.
+
+    refam ablate --table 6                              # every row of Table 6, printed in the paper's layout
+    refam ablate --table 4 --base configs/demo.yaml     # the same rows on another benchmark
+    refam ablate --write-configs configs/ablations      # (re)write one complete YAML per row
+
+A row file in `configs/ablations/` is the base config with the row's overrides merged in, so
+`refam test --config configs/ablations/<row>.yaml` runs that row alone. This module is the one
+place that says what each row changes; the files are generated from it (a test keeps them equal).
+
+Merging follows jsonargparse's rule for components: an override naming another `class_path`
+replaces the component; otherwise its `init_args` are merged key by key into the base's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from refam.aggregators.magnets import PAPER_MAGNETS, PAPER_STOP_WORD_MAGNETS
+from refam.errors import ConfigError, RefamError
+
+PARSER = {"class_path": "refam.text.parsing.ExpressionParser"}
+SPATIAL_BIAS = [{"class_path": "refam.aggregators.spatial.DirectionPrior"},
+                {"class_path": "refam.aggregators.spatial.RelationPrior"}]
+REFCOCO_FAMILY = ("configs/refcoco.yaml", "configs/refcoco+.yaml", "configs/refcocog.yaml")
+# Ref-DAVIS17 arrives with the video pipeline (issue E); until then the video tables run on RefCOCO.
+VIDEO_TABLE_BASE = ("configs/refcoco.yaml",)
+
+
+@dataclass(frozen=True)
+class Row:
+    slug: str  # file name: configs/ablations/table<N>-<slug>.yaml
+    cells: tuple[str, ...]  # the row's label cells, as printed in the paper
+    overrides: dict = field(default_factory=dict)
+    group: str | None = None  # rows sharing a group (the paper's "x5" draws) print as mean ± std
+
+
+@dataclass(frozen=True)
+class Table:
+    number: int
+    title: str
+    label_columns: tuple[str, ...]
+    rows: tuple[Row, ...]
+    base: tuple[str, ...]  # config files; several are joined (their datasets run in one test)
+    metrics: tuple[str, ...]  # the columns printed per dataset
+    paper_benchmark: str
+
+    def row(self, slug: str) -> Row:
+        for row in self.rows:
+            if row.slug == slug:
+                return row
+        raise ConfigError(f"table {self.number} has no row {slug!r}; rows: {', '.join(r.slug for r in self.rows)}")
+
+
+def _model(**parts) -> dict:
+    return {"model": parts}
+
+
+def _components(am: bool, np: bool, sb: bool) -> dict:
+    magnets = {"init_args": {"magnets": list(PAPER_MAGNETS) if am else [], "noun_phrase": PARSER if np else None}}
+    return _model(magnets=magnets, spatial_bias=copy.deepcopy(SPATIAL_BIAS) if sb else None)
+
+
+def _tick(flag: bool) -> str:
+    return "✓" if flag else "-"
+
+
+COMPONENT_ROWS = ((True, True, True), (False, True, True), (True, True, False), (False, True, False),
+                  (True, False, False), (False, False, False))  # Tables 4 and 6, in the paper's order
+INVERSION = {"class_path": "refam.extractors.trajectory.RFInversion",
+             "init_args": {"steps": 28, "gamma": 0.5, "eta": 0.9, "eta_start": 0.0, "eta_stop": 0.25}}
+# the paper says SAM2-S and SAM2-H; SAM2 ships tiny, small, base+ and large, so "huge" is hiera_l
+SAM2_SIZES = {"small": ("configs/sam2.1/sam2.1_hiera_s.yaml", "checkpoints/sam2.1_hiera_small.pt"),
+              "huge": ("configs/sam2.1/sam2.1_hiera_l.yaml", "checkpoints/sam2.1_hiera_large.pt")}
+VIDEO_METRICS = ("J&F", "J", "F", "PA", "mIoU", "oIoU")  # whichever the base's datasets report
+
+
+def _component_rows() -> tuple[Row, ...]:
+    return tuple(
+        Row("-".join(name if on else f"no-{name}" for name, on in zip(("am", "np", "sb"), flags)),
+            tuple(_tick(f) for f in flags), _components(*flags))
+        for flags in COMPONENT_ROWS
+    )
+
+
+def _magnet_rows() -> tuple[Row, ...]:
+    rows = [Row("stop-words-colour", ("stop words + color",), _model(magnets={
+                "class_path": "refam.aggregators.magnets.AppendMagnets", "init_args": {"magnets": list(PAPER_MAGNETS)}})),
+            Row("stop-words", ("stop words",), _model(magnets={
+                "class_path": "refam.aggregators.magnets.AppendMagnets",
+                "init_args": {"magnets": list(PAPER_STOP_WORD_MAGNETS)}}))]
+    for kind, class_name in (("random-stop-words", "RandomStopWordMagnets"), ("random-vectors", "RandomVectorMagnets")):
+        label = kind.replace("-", " ") + " (5x)"
+        rows += [Row(f"{kind}-seed{seed}", (label,), _model(magnets={
+                     "class_path": f"refam.aggregators.magnets.{class_name}", "init_args": {"count": 4, "seed": seed}}),
+                     group=kind) for seed in range(5)]
+    rows.append(Row("none", ("none",), _model(magnets={
+        "class_path": "refam.aggregators.magnets.AppendMagnets", "init_args": {"magnets": []}})))
+    return tuple(rows)
+
+
+def _trajectory_rows() -> tuple[Row, ...]:
+    noise = {"class_path": "refam.extractors.trajectory.NoiseAt", "init_args": {"timestep": 750}}
+    return (Row("refam", ("REFAM",), _model(extractor={"init_args": {"trajectory": noise}})),
+            Row("refam-inversion", ("REFAM + Inversion",),
+                _model(extractor={"init_args": {"trajectory": copy.deepcopy(INVERSION)}})))
+
+
+TABLES: dict[int, Table] = {t.number: t for t in (
+    Table(1, "RVOS performance dependence on % of filtered transformer blocks", ("Filtered Blocks",),
+          tuple(Row(f"filtered-{p}", (f"{p} %",), _model(extractor={"init_args": {"blocks": p / 100 if p else None}}))
+                for p in (80, 70, 60, 0)),
+          VIDEO_TABLE_BASE, VIDEO_METRICS, "Ref-DAVIS17"),
+    Table(4, "Influence of the components", ("AM", "NP", "SB"), _component_rows(), VIDEO_TABLE_BASE, VIDEO_METRICS,
+          "Ref-DAVIS17"),
+    Table(5, "Influence of different AM", ("AM",), _magnet_rows(), VIDEO_TABLE_BASE, VIDEO_METRICS, "Ref-DAVIS17"),
+    Table(6, "Ablation on spatial bias and noun phrase encoding (oIoU)", ("AM", "NP", "SB"), _component_rows(),
+          REFCOCO_FAMILY, ("oIoU",), "RefCOCO, RefCOCO+, RefCOCOg"),
+    Table(7, "Zero-shot referring segmentation with and without inversion", ("Method",), _trajectory_rows(),
+          REFCOCO_FAMILY, ("oIoU", "mIoU"), "RefCOCO, RefCOCO+, RefCOCOg"),
+    Table(8, "Ablations of representation space", ("Space",),
+          (Row("attention-output", ("Attention Output",),
+               _model(extractor={"init_args": {"representation": "attention_output"}})),
+           Row("cross-attention", ("Cross Attention",),
+               _model(extractor={"init_args": {"representation": "cross_attention"}}))),
+          VIDEO_TABLE_BASE, VIDEO_METRICS, "Ref-DAVIS17"),
+    Table(9, "Ablations of text conditioning", ("text condition",),
+          (Row("empty", ("empty",), _model(text_condition="empty")),
+           Row("caption", ("caption",), _model(text_condition="caption"))),
+          VIDEO_TABLE_BASE, VIDEO_METRICS, "Ref-DAVIS17"),
+    Table(10, "Influence of size of SAM on RVOS", ("size of SAM",),
+          tuple(Row(size, (size,), _model(segmenter={"init_args": {"config": cfg, "checkpoint": ckpt}}))
+                for size, (cfg, ckpt) in SAM2_SIZES.items()),
+          VIDEO_TABLE_BASE, VIDEO_METRICS, "Ref-DAVIS17"),
+    Table(11, "Comparison to ConceptAttention on image segmentation", ("Method",), _trajectory_rows(),
+          ("configs/semseg.yaml",), ("Acc", "mIoU", "mAP"), "ImageNet-Segmentation, PascalVOC (single class)"),
+)}
+
+
+# ---------------------------------------------------------------------------------------- configs
+def merge(base, override):
+    """`override` onto `base` (jsonargparse's rule for components; see the module docstring)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        if "class_path" in override and base.get("class_path") not in (None, override["class_path"]):
+            return copy.deepcopy(override)
+        out = copy.deepcopy(base)
+        for key, value in override.items():
+            out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(override)
+
+
+def load_config(path: str | Path) -> dict:
+    """A config with its `model: parts/x.yaml`-style includes read in (paths relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file (the ablation's base); give one with --base")
+    config = yaml.safe_load(path.read_text()) or {}
+    for key, value in list(config.items()):
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            config[key] = yaml.safe_load((path.parent / value).read_text())
+    return config
+
+
+def join_bases(paths: tuple[str, ...] | list[str]) -> dict:
+    """The first config, with the datasets of every config run in one test."""
+    configs = [load_config(p) for p in paths]
+    joined = copy.deepcopy(configs[0])
+    datasets = []
+    for config in configs:
+        found = (config.get("data") or {}).get("datasets", [])
+        datasets += found if isinstance(found, list) else [found]
+    joined.setdefault("data", {})["datasets"] = datasets
+    return joined
+
+
+def row_config(table: Table, row: Row, bases: tuple[str, ...] | list[str] | None = None,
+               save_dir: str | None = None) -> dict:
+    config = merge(join_bases(bases or table.base), row.overrides)
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+              "init_args": {"save_dir": save_dir or f"outputs/ablations/table{table.number}-{row.slug}"}}
+    config.setdefault("trainer", {})["logger"] = logger
+    return config
+
+
+def row_file_text(table: Table, row: Row) -> str:
+    header = (
+        f"# Table {table.number}: {table.title}; row \"{' | '.join(row.cells)}\" (paper: {table.paper_benchmark}).\n"
+        f"# Generated by `refam ablate --write-configs configs/ablations` from refam/ablations.py; edit there.\n"
+        f"# Base: {', '.join(table.base)}. Run: refam test --config configs/ablations/table{table.number}-{row.slug}.yaml\n"
+    )
+    if table.base == VIDEO_TABLE_BASE:
+        header += "# The paper ran this table on Ref-DAVIS17; until the video pipeline lands it runs on RefCOCO val/testA/testB.\n"
+    return header + yaml.safe_dump(row_config(table, row), sort_keys=False, allow_unicode=True, width=110)
+
+
+def write_configs(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for table in TABLES.values():
+        for row in table.rows:
+            path = folder / f"table{table.number}-{row.slug}.yaml"
+            path.write_text(row_file_text(table, row))
+            written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------- running
+def run_row(config: dict, path: Path, extra: list[str]) -> dict[str, float]:
+    """One `refam test` on the merged config; returns the logged metrics ("<dataset>/<metric>")."""
+    from refam.cli import run_cli
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    cli = run_cli(["test", "--config", str(path), *extra])
+    return {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
+
+
+def format_table(table: Table, results: dict[str, dict[str, float]]) -> str:
+    """Markdown in the paper's layout: label cells, then each dataset's metrics; grouped rows as mean ± std."""
+    datasets = list(dict.fromkeys(k.split("/")[0] for values in results.values() for k in values))
+    columns = [(d, m) for d in datasets for m in table.metrics if any(f"{d}/{m}" in v for v in results.values())]
+    head = list(table.label_columns) + [f"{d} {m}" for d, m in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    printed = set()
+    for row in table.rows:
+        if row.slug not in results or (row.group is not None and row.group in printed):
+            continue
+        members = [r for r in table.rows if r.group == row.group and r.slug in results] if row.group else [row]
+        if row.group is not None:
+            printed.add(row.group)
+        cells = []
+        for d, m in columns:
+            values = [results[r.slug].get(f"{d}/{m}") for r in members]
+            values = [v for v in values if v is not None]
+            if not values:
+                cells.append("")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.1f}")
+            else:
+                cells.append(f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}")
+        lines.append("| " + " | ".join(list(row.cells) + cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="refam ablate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", type=int, choices=sorted(TABLES), help="which of the paper's tables to run")
+    parser.add_argument("--base", nargs="+", help="base config(s) instead of the table's benchmark")
+    parser.add_argument("--rows", help="comma-separated row slugs (default: all)")
+    parser.add_argument("--output", type=Path, default=Path("outputs/ablations"),
+                        help="where row configs, logs and table.md go")
+    parser.add_argument("--write-configs", type=Path, metavar="FOLDER", help="write one YAML per row of every table")
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if args.write_configs:
+            for path in write_configs(args.write_configs):
+                print(path)
+            return
+        if args.table is None:
+            parser.error("give --table N (or --write-configs FOLDER)")
+        table = TABLES[args.table]
+        rows = [table.row(s) for s in args.rows.split(",")] if args.rows else list(table.rows)
+        folder = args.output / f"table{table.number}"
+        results = {}
+        for row in rows:
+            save_dir = str(folder / row.slug)
+            config = row_config(table, row, args.base, save_dir=save_dir)
+            results[row.slug] = run_row(config, folder / f"{row.slug}.yaml", extra)
+            print(f"table {table.number} row {row.slug}: {results[row.slug]}", flush=True)
+    except RefamError as err:
+        print(f"refam ablate: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    text = f"Table {table.number}: {table.title}\n\n{format_table(table, results)}\n"
+    (folder / "table.md").write_text(text)
+    print(text)
