@@ -213,14 +213,66 @@ def write_configs(folder: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------- running
-def run_row(config: dict, path: Path, extra: list[str]) -> dict[str, float]:
-    """One `refam test` on the merged config; returns the logged metrics ("<dataset>/<metric>")."""
+def run_row(config: dict, path: Path, extra: list[str], records: Path | None = None) -> dict[str, float]:
+    """One `refam test` on the merged config; returns the logged metrics ("<dataset>/<metric>").
+    `records`: where the per-expression records go (see `ExpressionRecords`)."""
     from refam.cli import run_cli
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-    cli = run_cli(["test", "--config", str(path), *extra])
+    where = ["--records.folder", str(records)] if records is not None else []
+    cli = run_cli(["test", "--config", str(path), *where, *extra])
     return {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
+
+
+def expression_kinds(config: dict) -> dict[str, str]:
+    """Expression id -> `kind` for manifest datasets whose expressions carry one (refam-shapes does)."""
+    import json
+
+    kinds = {}
+    datasets = config.get("data", {}).get("datasets", [])
+    for dataset in datasets if isinstance(datasets, list) else [datasets]:
+        if not str(dataset.get("class_path", "")).endswith("ManifestDataset"):
+            continue
+        manifest = Path(dataset["init_args"]["path"])
+        lines = manifest.read_text().splitlines() if manifest.suffix == ".jsonl" else [manifest.read_text()]
+        for line in filter(str.strip, lines):
+            records = json.loads(line)
+            for record in records if isinstance(records, list) else [records]:
+                for expression in record.get("expressions", []):
+                    if isinstance(expression, dict) and "id" in expression and "kind" in expression:
+                        kinds[expression["id"]] = expression["kind"]
+    return kinds
+
+
+def point_accuracy_by_kind(records: Path, kinds: dict[str, str]) -> dict[str, tuple[float, int]]:
+    """PA per expression kind from a run's `ExpressionRecords` files."""
+    import json
+
+    hits: dict[str, list[bool]] = {}
+    for file in sorted(records.rglob("*.jsonl")):
+        for line in filter(str.strip, file.read_text().splitlines()):
+            record = json.loads(line)
+            if record["expression_id"] in kinds and record["point_hit"] is not None:
+                hits.setdefault(kinds[record["expression_id"]], []).append(bool(record["point_hit"]))
+    return {kind: (100.0 * sum(v) / len(v), len(v)) for kind, v in sorted(hits.items())}
+
+
+def format_kinds(table: Table, by_kind: dict[str, dict[str, tuple[float, int]]]) -> str:
+    """PA per expression kind, one column per row (grouped rows as their mean)."""
+    columns, seen = [], set()
+    for row in table.rows:
+        if row.slug in by_kind and (row.group is None or row.group not in seen):
+            members = [r.slug for r in table.rows if r.group == row.group and r.slug in by_kind] if row.group else [row.slug]
+            columns.append((" ".join(row.cells), members))
+            seen.add(row.group)
+    kinds = sorted({k for values in by_kind.values() for k in values})
+    lines = ["| kind | n | " + " | ".join(name for name, _ in columns) + " |", "|" + " --- |" * (len(columns) + 2)]
+    for kind in kinds:
+        n = next(by_kind[m][kind][1] for _, members in columns for m in members if kind in by_kind[m])
+        cells = [statistics.mean(by_kind[m][kind][0] for m in members if kind in by_kind[m]) for _, members in columns]
+        lines.append(f"| {kind} | {n} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def format_table(table: Table, results: dict[str, dict[str, float]]) -> str:
@@ -270,15 +322,20 @@ def main(argv: list[str] | None = None) -> None:
         table = TABLES[args.table]
         rows = [table.row(s) for s in args.rows.split(",")] if args.rows else list(table.rows)
         folder = args.output / f"table{table.number}"
-        results = {}
+        results, by_kind = {}, {}
         for row in rows:
-            save_dir = str(folder / row.slug)
-            config = row_config(table, row, args.base, save_dir=save_dir)
-            results[row.slug] = run_row(config, folder / f"{row.slug}.yaml", extra)
+            save_dir = folder / row.slug
+            config = row_config(table, row, args.base, save_dir=str(save_dir))
+            results[row.slug] = run_row(config, folder / f"{row.slug}.yaml", extra, records=save_dir / "records")
+            kinds = expression_kinds(config)
+            if kinds:
+                by_kind[row.slug] = point_accuracy_by_kind(save_dir / "records", kinds)
             print(f"table {table.number} row {row.slug}: {results[row.slug]}", flush=True)
     except RefamError as err:
         print(f"refam ablate: error: {err}", file=sys.stderr)
         sys.exit(2)
     text = f"Table {table.number}: {table.title}\n\n{format_table(table, results)}\n"
+    if by_kind:
+        text += f"\nPA by expression kind\n\n{format_kinds(table, by_kind)}\n"
     (folder / "table.md").write_text(text)
     print(text)

@@ -102,3 +102,11 @@ def test_ablate_runs_rows_on_the_demo_and_prints_them(tmp_path, capsys, monkeypa
     assert configs["no-am-no-np-no-sb"]["model"]["magnets"]["init_args"]["magnets"] == []
     assert configs["am-no-np-no-sb"]["model"]["magnets"]["init_args"]["magnets"][-1] == "pink"
     assert float(with_magnets[3]) != float(without[3])
+    # PA by expression kind, from the rows' expression records: the kinds add up to the row's PA
+    text = "\n".join(table)
+    kinds = text.split("PA by expression kind")[1].strip().splitlines()[2:]
+    cells = [line.strip("| ").split(" | ") for line in kinds]
+    assert {c[0] for c in cells} >= {"colour", "absolute position"}
+    total = sum(int(c[1]) for c in cells)
+    weighted = sum(int(c[1]) * float(c[2]) for c in cells) / total
+    assert weighted == pytest.approx(float(with_magnets[3]), abs=0.05 + 50 / total)  # cells are rounded to 0.1

@@ -1,7 +1,10 @@
 """Score refam-shapes on a shapes set under several settings; prints markdown tables.
 
     python -m refam.shapes.evaluate [--model assets/refam-shapes] [--manifest assets/shapes-demo/manifest.jsonl]
-    python -m refam.shapes.evaluate --table np-sb
+    python -m refam.shapes.evaluate --timesteps 500 900
+
+The paper's ablation tables run on the demo set through `refam ablate --table N --base configs/demo.yaml`;
+this script keeps the magnet x stop-word-filter grid and the timestep scan of docs/refam-shapes.md.
 
 Each row runs the same `RefAMModule.segment_sample` as `refam test`, with only the magnet strategy
 (or the timestep) changed, so rows differ by exactly that setting.
@@ -18,14 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refam.aggregators.magnets import (
-    PAPER_MAGNETS,
-    PAPER_STOP_WORD_MAGNETS,
-    AppendMagnets,
-    MagnetStrategy,
-    RandomStopWordMagnets,
-)
-from refam.aggregators.spatial import DirectionPrior, SpatialBias
+from refam.aggregators.magnets import PAPER_MAGNETS, AppendMagnets, MagnetStrategy
+from refam.aggregators.spatial import SpatialBias
 from refam.data.manifest import ManifestDataset
 from refam.extractors.flux import FluxExtractor
 from refam.extractors.trajectory import NoiseAt
@@ -33,7 +30,6 @@ from refam.metrics import ReferringScores, point_hit
 from refam.module import RefAMModule
 from refam.segmenters.floodfill import FloodFillSegmenter
 from refam.shapes.model import extractor_settings
-from refam.text.parsing import ExpressionParser
 
 MAGNET_ROWS: dict[str, MagnetStrategy] = {
     "magnets + stop-word filter (paper)": AppendMagnets(PAPER_MAGNETS, filter_stop_words=True),
@@ -41,29 +37,6 @@ MAGNET_ROWS: dict[str, MagnetStrategy] = {
     "no magnets, stop-word filter": AppendMagnets([], filter_stop_words=True),
     "no magnets, no stop-word filter": AppendMagnets([], filter_stop_words=False),
 }
-
-
-def np_sb_rows() -> dict[str, tuple[MagnetStrategy, SpatialBias | None]]:
-    """Noun-phrase filtering and spatial bias on top of the paper setting (docs/ablations-shapes.md)."""
-    parser = ExpressionParser()
-    return {
-        "paper setting": (AppendMagnets(), None),
-        "+ NP": (AppendMagnets(noun_phrase=parser), None),
-        "+ SB (HybridGL: left / right / middle)": (AppendMagnets(), DirectionPrior(parser)),
-        "+ SB with up / down ramps": (AppendMagnets(), DirectionPrior(parser, vertical=True)),
-        "+ NP + SB with up / down ramps": (AppendMagnets(noun_phrase=parser), DirectionPrior(parser, vertical=True)),
-    }
-
-
-def magnet_variant_rows() -> dict[str, tuple[MagnetStrategy, SpatialBias | None]]:
-    """The paper's Table 5 rows that need no extractor change (random vectors are not here yet)."""
-    rows = {"stop words + colour (paper)": (AppendMagnets(), None),
-            "stop words": (AppendMagnets(PAPER_STOP_WORD_MAGNETS), None)}
-    for seed in range(5):
-        strategy = RandomStopWordMagnets(seed=seed)
-        rows[f"random stop words, seed {seed}: {' '.join(strategy.magnets)}"] = (strategy, None)
-    rows["none"] = (AppendMagnets([]), None)
-    return rows
 
 
 def build_module(model: str, magnets: MagnetStrategy, timestep: float = 750.0,
@@ -105,20 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/refam-shapes")
     parser.add_argument("--manifest", type=Path, default=Path("assets/shapes-demo/manifest.jsonl"))
-    parser.add_argument("--table", choices=["magnets", "np-sb", "magnet-variants"], default="magnets",
-                        help="magnets: the magnet / stop-word ablation; np-sb: noun-phrase filtering and spatial "
-                             "bias; magnet-variants: the paper's Table 5 rows")
     parser.add_argument("--timesteps", type=float, nargs="*", default=[], help="also score the paper row at these timesteps")
     args = parser.parse_args(argv)
     dataset = ManifestDataset(str(args.manifest))
     kinds = expression_kinds(args.manifest)
     rows = {}
-    tables = {"magnets": lambda: {name: (magnets, None) for name, magnets in MAGNET_ROWS.items()},
-              "np-sb": np_sb_rows, "magnet-variants": magnet_variant_rows}
-    settings = tables[args.table]()
-    for name, (magnets, spatial_bias) in settings.items():
+    for name, magnets in MAGNET_ROWS.items():
         start = time.time()
-        rows[name] = evaluate(build_module(args.model, magnets, spatial_bias=spatial_bias), dataset, kinds)
+        rows[name] = evaluate(build_module(args.model, magnets), dataset, kinds)
         rows[name]["seconds"] = time.time() - start
     for timestep in args.timesteps:
         rows[f"paper setting at timestep {timestep:g}"] = evaluate(
