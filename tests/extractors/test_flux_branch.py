@@ -40,9 +40,11 @@ def test_branch_changes_nothing_even_with_a_caption_of_padding_only(tiny_extract
     torch.testing.assert_close(tiny_extractor.forward(x_t, 0.75, grid, condition, encoded, capture), plain, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("representation", ["cross_attention", "attention_output"])
 @pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
-def test_k_expressions_in_one_forward_equal_k_separate_forwards(tiny_flux_dir, softmax_stage):
-    extractor = FluxExtractor(str(tiny_flux_dir), torch_dtype="float32", resolution=128, caption_max_tokens=16, softmax_stage=softmax_stage)
+def test_k_expressions_in_one_forward_equal_k_separate_forwards(tiny_flux_dir, softmax_stage, representation):
+    extractor = FluxExtractor(str(tiny_flux_dir), torch_dtype="float32", resolution=128, caption_max_tokens=16,
+                              softmax_stage=softmax_stage, representation=representation)
     extractor.setup(torch.device("cpu"))
     image = Image.new("RGB", (96, 80), (200, 30, 30))
     together = extractor.extract(image, "a scene", [MAGNETS.augment(e) for e in EXPRESSIONS], "sample-1")

@@ -96,21 +96,6 @@ def test_branch_is_invisible_to_the_denoising_stream_in_attention_output_mode(ti
     torch.testing.assert_close(with_branch, plain, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
-def test_k_expressions_in_one_forward_equal_k_separate_forwards_in_attention_output_mode(tiny_flux_dir, softmax_stage):
-    extractor = _extractor(tiny_flux_dir, softmax_stage=softmax_stage, representation="attention_output")
-    image = Image.new("RGB", (96, 80), (200, 30, 30))
-    together = extractor.extract(image, "a scene", [MAGNETS.augment(e) for e in EXPRESSIONS], "sample-1")
-    assert together.kind == ("logits" if softmax_stage == "after_mean" else "probs")
-    for k, expression in enumerate(EXPRESSIONS):
-        alone = extractor.extract(image, "a scene", [MAGNETS.augment(expression)], "sample-1")
-        length = alone.valid.shape[1]
-        assert together.valid[k, :length].equal(alone.valid[0])
-        assert not together.valid[k, length:].any()
-        torch.testing.assert_close(together.scores[k, :length], alone.scores[0], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(together.text_mass[k, :length], alone.text_mass[0], rtol=1e-4, atol=1e-6)
-
-
 def test_per_head_attention_output_maps_are_distributions_over_the_real_tokens(tiny_flux_dir):
     extractor = _extractor(tiny_flux_dir, softmax_stage="per_head", representation="attention_output")
     maps = extractor.extract(Image.new("RGB", (96, 80), (20, 160, 90)), "", [MAGNETS.augment(e) for e in EXPRESSIONS], "s")
