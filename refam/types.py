@@ -84,3 +84,46 @@ class Prediction:
     tokens: list[str] = field(default_factory=list)
     token_maps: torch.Tensor | None = None  # [T, h, w] each patch's distribution over the tokens
     text_mass: list[float] = field(default_factory=list)  # text-to-text attention received (GAS)
+
+
+@dataclass
+class VideoExpression:
+    """One referring expression of a video; `object_ids` name the ground-truth objects it refers to
+    (several for MeViS), None when the video is unlabelled (Ref-YouTube-VOS valid)."""
+
+    text: str
+    expression_id: str
+    object_ids: list[int] | None = None
+
+
+class VideoTruth:
+    """Ground-truth masks of a video, read on demand (a video's masks are never all in memory)."""
+
+    def mask(self, expression: VideoExpression, frame_index: int) -> np.ndarray | None:
+        """bool [H, W] union of the expression's objects in that frame; None where the frame is not
+        annotated (the frame then counts for no score)."""
+        raise NotImplementedError
+
+
+@dataclass
+class VideoSample:
+    """One video with all its expressions. Frames are files read lazily, in order."""
+
+    sample_id: str
+    frames: list[str]  # paths of the frames in temporal order
+    expressions: list[VideoExpression]
+    caption: str = ""
+    source: str = ""
+    truth: VideoTruth | None = None
+    frame_names: list[str] = field(default_factory=list)  # names the submission layouts use (default: file stems)
+
+    def frame(self, index: int) -> Image.Image:
+        """Frame `index` as RGB, read from disk now."""
+        with Image.open(self.frames[index]) as image:
+            return image.convert("RGB")
+
+    @property
+    def names(self) -> list[str]:
+        from pathlib import Path
+
+        return self.frame_names or [Path(p).stem for p in self.frames]
