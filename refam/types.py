@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,13 +97,13 @@ class VideoExpression:
     object_ids: list[int] | None = None
 
 
-class VideoTruth:
+class VideoTruth(abc.ABC):
     """Ground-truth masks of a video, read on demand (a video's masks are never all in memory)."""
 
+    @abc.abstractmethod
     def mask(self, expression: VideoExpression, frame_index: int) -> np.ndarray | None:
         """bool [H, W] union of the expression's objects in that frame; None where the frame is not
         annotated (the frame then counts for no score)."""
-        raise NotImplementedError
 
 
 @dataclass
