@@ -14,8 +14,8 @@ from refam.types import TokenInfo, TokenMaps
 
 @dataclass
 class Aggregation:
-    heatmaps: torch.Tensor  # [K, h, w] min-max normalised to [0, 1]
-    probabilities: torch.Tensor  # [K, T, h, w] per-patch distribution over each expression's tokens
+    heatmaps: torch.Tensor  # [K, h, w] (video: [K, F, h, w]) min-max normalised to [0, 1] per expression
+    probabilities: torch.Tensor  # [K, T, h, w] (video: [K, T, F, h, w]) per-patch distribution over tokens
     kept: torch.Tensor  # [K, T] bool: tokens averaged into the heatmap
     sinks: torch.Tensor  # [K, T] bool: global attention sinks found
 
@@ -27,11 +27,13 @@ class Aggregator(abc.ABC):
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each [h, w] map of a [K, h, w] stack to [0, 1] (a flat map becomes zeros)."""
+    """Min-max normalise each map of a [K, ...] stack (a video's frames together) to [0, 1]; a flat
+    map becomes zeros."""
     flat = maps.flatten(1)
     low, high = flat.min(dim=1).values, flat.max(dim=1).values
     span = (high - low).clamp(min=torch.finfo(maps.dtype).tiny)
-    return (maps - low[:, None, None]) / span[:, None, None]
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    return (maps - low.view(shape)) / span.view(shape)
 
 
 GAS_HANDLING = ("report", "drop", "redirect")
@@ -72,17 +74,18 @@ class SoftmaxMeanAggregator(Aggregator):
                     "softmax_stage 'after_mean' or gas 'drop'"
                 )
             scores = redirect_sinks(scores, valid, sinks & kept, magnet_mask(maps.tokens, valid.shape[1]))
+        per_token = valid.view(valid.shape + (1,) * (scores.dim() - 2))  # [K, T, 1, ...]
         if maps.kind == "logits":
-            logits = scores.masked_fill(~valid[:, :, None, None], float("-inf"))
+            logits = scores.masked_fill(~per_token, float("-inf"))
             probabilities = logits.softmax(dim=1).nan_to_num(0.0)
         else:
-            probabilities = scores * valid[:, :, None, None]
+            probabilities = scores * per_token
         if self.gas == "drop":
             without_sinks = kept & ~sinks
             # never drop every token: an expression whose only kept token is a sink keeps it
             kept = torch.where(without_sinks.any(dim=1, keepdim=True), without_sinks, kept)
         weights = kept.float() / kept.sum(dim=1, keepdim=True).clamp(min=1)
-        heat = torch.einsum("kthw,kt->khw", probabilities, weights)
+        heat = torch.einsum("kt...,kt->k...", probabilities, weights)
         return Aggregation(heatmaps=normalise(heat), probabilities=probabilities, kept=kept, sinks=sinks)
 
 
@@ -107,7 +110,7 @@ def redirect_sinks(logits: torch.Tensor, valid: torch.Tensor, sinks: torch.Tenso
     non-sink tokens. Our reading of "redirected onto auxiliary tokens" (the paper gives no formula).
     """
     logits = logits.clone()
-    level = logits.mean(dim=(2, 3))  # [K, T] spatial mean logit of each token
+    level = logits.flatten(2).mean(dim=2)  # [K, T] spatial (and temporal) mean logit of each token
     for k in range(logits.shape[0]):
         if not sinks[k].any():
             continue
@@ -118,5 +121,5 @@ def redirect_sinks(logits: torch.Tensor, valid: torch.Tensor, sinks: torch.Tenso
             continue
         target = level[k][reference].mean()
         surplus = (level[k] - target).clamp(min=0.0) * sinks[k]
-        logits[k] -= surplus[:, None, None]
+        logits[k] -= surplus.view(surplus.shape + (1,) * (logits.dim() - 2))
     return logits

@@ -158,3 +158,18 @@ def test_points_are_x_then_y():
     grid[0, 2, 25] = 1.0
     assert argmax_points(grid, 10, 30)[0].tolist() == [25.5, 2.5]
     assert argmax_points(grid, 20, 300)[0].tolist() == [255.0, 5.0]
+
+
+def test_video_maps_aggregate_frame_by_frame_with_one_normalisation_per_expression():
+    """[K, T, F, h, w] maps: each frame's patches get the softmax across tokens, as a stack of images."""
+    scores = torch.randn(2, 4, 3, 5, 6)
+    keep = torch.tensor([[True, False, True, True], [True, True, False, False]])
+    video = SoftmaxMeanAggregator()(_maps(scores), keep)
+    assert video.heatmaps.shape == (2, 3, 5, 6) and video.probabilities.shape == (2, 4, 3, 5, 6)
+    for f in range(3):
+        frame = SoftmaxMeanAggregator()(_maps(scores[:, :, f]), keep)
+        torch.testing.assert_close(video.probabilities[:, :, f], frame.probabilities)
+    flat = video.heatmaps.flatten(1)
+    assert flat.min(1).values.eq(0).all() and flat.max(1).values.eq(1).all()  # one min-max over all frames
+    redirected = SoftmaxMeanAggregator(gas="redirect")(_maps(scores), keep)  # runs on video maps too
+    assert redirected.heatmaps.shape == (2, 3, 5, 6)
