@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,9 @@ class TokenMaps:
     text_mass: torch.Tensor  # [K, T] mean text-to-text attention each token receives (GAS detection)
     tokens: list[list[TokenInfo]]  # per expression, the T tokens (padding included, marked special)
     kind: str = "logits"
+    # video maps only (scores [K, T, F_lat, h, w], one map per latent frame): frame_to_latent[i] is the
+    # latent frame that video frame i was compressed into; frames past its end were not encoded
+    frame_to_latent: list[int] | None = None
 
 
 @dataclass
@@ -79,12 +83,13 @@ class Prediction:
     dropped_tokens: list[str] = field(default_factory=list)
     sinks: list[str] = field(default_factory=list)
     sink_categories: list[str] = field(default_factory=list)  # "stop word", "colour" or "other" per sink
-    iou: float | None = None  # filled when the expression has a ground-truth mask
+    iou: float | None = None  # filled when the expression has a ground-truth mask (images)
     point_hit: bool | None = None
     # per real token (padding excluded), in order: filled when asked for (API, predict, analyze)
     tokens: list[str] = field(default_factory=list)
     token_maps: torch.Tensor | None = None  # [T, h, w] each patch's distribution over the tokens
     text_mass: list[float] = field(default_factory=list)  # text-to-text attention received (GAS)
+    frame: int | None = None  # videos: the frame the point prompts (`mask` is that frame's mask)
 
 
 @dataclass
@@ -128,3 +133,23 @@ class VideoSample:
         from pathlib import Path
 
         return self.frame_names or [Path(p).stem for p in self.frames]
+
+    @property
+    def images(self) -> "LazyFrames":
+        """The frames as a sequence of RGB images, each read from disk when indexed."""
+        return LazyFrames(self)
+
+
+class LazyFrames(Sequence):
+    """A video's frames as a sequence of images read on demand (extractors index it clip by clip)."""
+
+    def __init__(self, video: VideoSample) -> None:
+        self.video = video
+
+    def __len__(self) -> int:
+        return len(self.video.frames)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.video.frame(i) for i in range(*index.indices(len(self)))]
+        return self.video.frame(index)

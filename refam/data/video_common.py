@@ -1,0 +1,146 @@
+"""What the video readers (Ref-DAVIS17, Ref-YouTube-VOS, MeViS) share.
+
+All three use the layout that Ref-YouTube-VOS introduced:
+
+    .../JPEGImages/<video>/<frame>.jpg          frames, named by zero-padded frame number
+    .../meta_expressions.json                   {"videos": {<video>: {"expressions": {<exp_id>: {"exp": ...}},
+                                                                       "frames": [<frame>, ...]}}}
+
+(wjn922/ReferFormer datasets/ytvos.py, inference_ytvos.py; henghuiding/MeViS README "File Structure").
+One item is one video with all its expressions, so the extractor runs one transformer pass per video.
+Frames stay file paths; nothing here opens a frame.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from refam.errors import DataError, MissingInputError
+from refam.types import VideoExpression, VideoTruth
+
+KEY = "data.datasets.init_args"
+FRAME_SUFFIX = ".jpg"
+ANNOTATION_SUFFIX = ".png"
+VOID = 255  # DAVIS palette index of pixels that belong to no object
+
+
+def require(path: Path, key: str, what: str, hint: str = "") -> None:
+    """Raise MissingInputError naming the config key when `path` does not exist."""
+    if not path.exists():
+        raise MissingInputError(f"{what} not found: {path}. Check {KEY}.{key}{hint}")
+
+
+def load_json(path: Path, key: str, what: str) -> Any:
+    require(path, key, what)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from e
+
+
+def load_meta_expressions(path: Path, key: str) -> dict[str, dict[str, Any]]:
+    """The `videos` dict of a meta_expressions.json, checked: every video has `expressions`
+    (exp_id -> {"exp": str, ...}) and `frames` (a list of frame names)."""
+    raw = load_json(path, key, "meta_expressions.json")
+    videos = raw.get("videos") if isinstance(raw, dict) else None
+    if not isinstance(videos, dict):
+        raise DataError(f"{path}: expected an object with a \"videos\" object (the Ref-YouTube-VOS meta_expressions format)")
+    for video, entry in videos.items():
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: video '{video}' is not an object")
+        expressions, frames = entry.get("expressions"), entry.get("frames")
+        if not isinstance(expressions, dict):
+            raise DataError(f"{path}: video '{video}' has no \"expressions\" object")
+        if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+            raise DataError(f"{path}: video '{video}' has no \"frames\" list of frame names")
+        for exp_id, expression in expressions.items():
+            if not isinstance(expression, dict) or not isinstance(expression.get("exp"), str):
+                raise DataError(f"{path}: video '{video}', expression '{exp_id}' has no \"exp\" string")
+    return videos
+
+
+def load_captions(captions_file: str | None) -> dict[str, str]:
+    """`{video_id: caption}` from a JSON file; {} when none is given (every video gets the empty prompt)."""
+    if captions_file is None:
+        return {}
+    path = Path(captions_file)
+    raw = load_json(path, "captions_file", "captions file")
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise DataError(f"{path}: a captions file is a JSON object {{\"<video id>\": \"<caption>\"}} of strings. "
+                        f"Fix the file or unset {KEY}.captions_file")
+    return {k: " ".join(v.split()) for k, v in raw.items()}
+
+
+def frame_paths(folder: Path, names: list[str], suffix: str = FRAME_SUFFIX) -> list[str]:
+    return [str(folder / f"{name}{suffix}") for name in names]
+
+
+def missing_frames(video: str, folder: Path, paths: list[str], key: str = "root") -> str | None:
+    """Why the video's frames cannot be read (for a BadSample), or None when every file exists.
+    Only checks that files exist: no frame is opened."""
+    if not folder.is_dir():
+        return f"frame folder of video '{video}' not found: {folder}. Check {KEY}.{key}, or restore the folder"
+    if not paths:
+        return f"video '{video}' lists no frames"
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        return (f"{len(missing)} of {len(paths)} frames of video '{video}' are missing, the first {missing[0]}; "
+                "restore them from the dataset release")
+    return None
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """A palette (DAVIS / YouTube-VOS style) or grayscale PNG as its integer labels [H, W]."""
+    with Image.open(path) as image:
+        if image.mode in ("P", "L", "I", "I;16"):
+            return np.asarray(image)
+        if image.mode in ("PA", "LA"):
+            return np.asarray(image.getchannel(0))
+        raise DataError(f"{path}: annotation PNG has mode {image.mode}; expected palette (P) or grayscale (L) "
+                        "indices where each value is an object id")
+
+
+class PaletteTruth(VideoTruth):
+    """Ground truth from per-frame palette PNGs, `Annotations/<video>/<frame>.png`, where a pixel's
+    value is its object id (0 background; DAVIS's 255 marks void and belongs to no object).
+
+    A frame whose PNG is absent is unannotated (`mask` returns None). The last frame read is kept, so
+    asking for K expressions of one frame reads its PNG once.
+    """
+
+    def __init__(self, annotation_paths: list[str]) -> None:
+        self.paths = list(annotation_paths)
+        self._cached: tuple[int, np.ndarray | None] | None = None
+
+    def labels(self, frame_index: int) -> np.ndarray | None:
+        if self._cached is not None and self._cached[0] == frame_index:
+            return self._cached[1]
+        path = Path(self.paths[frame_index])
+        labels = read_label_png(path) if path.is_file() else None
+        self._cached = (frame_index, labels)
+        return labels
+
+    def mask(self, expression: VideoExpression, frame_index: int) -> np.ndarray | None:
+        labels = self.labels(frame_index)
+        if labels is None:
+            return None
+        ids = [i for i in (expression.object_ids or []) if i not in (0, VOID)]
+        return np.isin(labels, ids) if ids else np.zeros(labels.shape, dtype=bool)
+
+    def void(self, frame_index: int) -> np.ndarray | None:
+        """bool [H, W] of the frame's void (255) pixels; None where the frame is unannotated.
+
+        The official davis2017-evaluation turns void into background before scoring
+        (`davis2017/davis.py::_get_all_elements`), so its numbers count void pixels as background;
+        pass this to a metric only to deliberately leave them out.
+        """
+        labels = self.labels(frame_index)
+        return None if labels is None else labels == VOID
