@@ -63,6 +63,11 @@ def main(args: list[str] | None = None) -> None:
 
         analyze(argv[1:])
         return
+    if argv[:1] == ["score"]:
+        from refam.score import main as score
+
+        score(argv[1:])
+        return
     if argv[:1] == ["predict"] and not any(a.startswith("--trainer") or a == "--data" for a in argv):
         # image(s) + expression(s) in, pictures out; LightningCLI's `predict` needs a datamodule
         from refam.predict import main as predict

@@ -1,0 +1,260 @@
+"""`refam score`: J&F of prediction folders in the DAVIS layout, as the official DAVIS 2017 evaluation.
+
+    refam score --pred PRED_DIR [PRED_DIR ...] --gt GT_DIR [--task unsupervised] [--videos val.txt]
+                [--per-video] [--csv scores.csv]
+
+Layout, as github.com/davisvideochallenge/davis2017-evaluation (commit 30b698a6) reads it:
+- GT_DIR/<video>/<frame>.png: the annotations (DAVIS `Annotations[_unsupervised]/480p`), palette
+  PNGs whose pixel value is the object id (0 background). `davis2017/davis.py` turns 255 into 0 before
+  `evaluation.py` looks for void pixels, so its void mask is always empty and 255 counts as
+  background; so here. The objects are ids 1..N, N being the largest id in the first annotated frame.
+- PRED_DIR/<video>/<frame>.png for every scored frame (`davis2017/results.py`): palette or
+  single-channel PNGs of object ids; extra files and videos are ignored. A single-channel PNG
+  holding only 0 and 255 (prediction or annotation) is one object, id 1, as a thresholded mask saved
+  ×255; the official would read it as object 255 and refuse it.
+  Videos are the GT_DIR sub-folders (or the names listed in --videos, e.g. ImageSets/2017/val.txt).
+
+Tasks (`davis2017/evaluation.py`):
+- unsupervised (the official default, and Ref-DAVIS17 as ReferFormer's `eval_davis.py` runs it on
+  `Annotations_unsupervised`): all frames; predicted ids (at most 20, zero-padded to N) are matched
+  one-to-one to the N objects by the Hungarian algorithm on (mean J + mean F) / 2.
+- semi-supervised: the first and last annotated frames are not scored; predicted id k is object k.
+  The official exits when a video's predictions hold fewer ids than N; here the missing objects are
+  scored as empty predictions instead (the one place where this gives a number and it gives none).
+
+Each object's J and F are averaged over its frames, then over all objects of all videos; J&F-Mean is
+(J-Mean + F-Mean) / 2. Figures are ×100. Several --pred folders (Ref-DAVIS17's four annotator runs,
+anno_0..anno_3, which ReferFormer's scripts/dist_test_davis.sh scores one by one) are each scored
+and then averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+
+from refam.errors import ConfigError, DataError, MissingInputError, RefamError
+from refam.metrics.jf import STATISTICS, Contour, JandF, TrackScores, bound_pixels, boundary_f, region_similarity
+
+TASKS = ("unsupervised", "semi-supervised")
+MAX_PROPOSALS = 20  # evaluation.py: _evaluate_unsupervised(max_n_proposals=20)
+VOID = 255
+COLUMNS = ("J&F-Mean", *STATISTICS)
+
+
+@dataclass
+class ObjectScore:
+    """One annotated object's per-frame scores; `pred_id` 0 means no predicted id was left for it."""
+
+    video: str
+    object_id: int
+    pred_id: int
+    scores: TrackScores
+
+
+def read_ids(path: Path, *, annotation: bool) -> np.ndarray:
+    """The object id of every pixel of one mask PNG ([H, W] uint8)."""
+    try:
+        with Image.open(path) as image:
+            mode, ids = image.mode, np.array(image)
+    except FileNotFoundError as err:
+        raise MissingInputError(f"{path}: no such file") from err
+    except OSError as err:
+        raise DataError(f"{path}: not a readable image ({err})") from err
+    if mode == "1":
+        ids = ids.astype(np.uint8)
+    elif mode not in ("P", "L"):
+        raise DataError(f"{path}: a {mode} image; save masks as palette ('P') or single-channel ('L') PNGs "
+                        "whose pixel values are object ids (0 = background)")
+    elif mode == "L" and ids.max(initial=0) == VOID and not np.any((ids != 0) & (ids != VOID)):
+        ids = (ids == VOID).astype(np.uint8)  # a binary 0/255 mask: one object
+    if annotation:
+        ids = np.where(ids == VOID, 0, ids)  # davis.py: void is background for the evaluation
+    return ids
+
+
+def annotated_frames(gt_video: Path) -> list[str]:
+    """Frame names in the order davis.py sorts them (by file name)."""
+    frames = sorted(p.name[:-len(".png")] for p in gt_video.glob("*.png"))
+    if not frames:
+        raise DataError(f"{gt_video}: no annotation PNGs; expected GT_DIR/<video>/<frame>.png")
+    return frames
+
+
+def _predicted_ids(pred_video: Path, frames: list[str], shape: tuple[int, ...]) -> tuple[int, Path | None]:
+    """First pass: every prediction exists and fits; the largest id and the first file holding it."""
+    if not pred_video.is_dir():
+        raise MissingInputError(
+            f"{pred_video}: no predictions for video {pred_video.name}; write PRED_DIR/{pred_video.name}/<frame>.png "
+            "for its annotated frames, or leave the video out with --videos")
+    top, where = 0, None
+    for frame in frames:
+        path = pred_video / f"{frame}.png"
+        if not path.is_file():
+            raise MissingInputError(
+                f"{path}: missing prediction for annotated frame {frame} of video {pred_video.name}; "
+                "write one PNG per annotated frame with the same name as the annotation")
+        ids = read_ids(path, annotation=False)
+        if ids.shape != shape:
+            raise DataError(f"{path}: {ids.shape[1]}x{ids.shape[0]} pixels but the annotations are "
+                            f"{shape[1]}x{shape[0]}; save predictions at the annotation's resolution")
+        if int(ids.max(initial=0)) > top:
+            top, where = int(ids.max()), path
+    return top, where
+
+
+def score_video(pred_video: Path, gt_video: Path, task: str = "unsupervised",
+                bound_th: float = 0.008) -> list[ObjectScore]:
+    """Per-frame J and F of every annotated object of one video, frames read one at a time."""
+    if task not in TASKS:
+        raise ConfigError(f"task {task!r}: choose one of {', '.join(TASKS)}")
+    video, frames = gt_video.name, annotated_frames(gt_video)
+    first_path = gt_video / f"{frames[0]}.png"
+    first = read_ids(first_path, annotation=True)
+    n_gt = int(first.max(initial=0))
+    if task == "semi-supervised":
+        if len(frames) < 3:
+            raise DataError(f"{gt_video}: {len(frames)} annotated frames; the semi-supervised task scores all "
+                            "but the first and last, so it needs at least 3")
+        frames = frames[1:-1]
+    n_pred, where = _predicted_ids(pred_video, frames, first.shape)
+    if n_gt == 0:
+        return []  # nothing annotated: the official scores no object here either
+    if task == "semi-supervised" and n_pred > n_gt:
+        raise DataError(f"{where}: object id {n_pred}, but video {video} has {n_gt} objects (ids 1..{n_gt}, "
+                        f"counted in its first annotation {first_path}); predicted id k must be object k")
+    if task == "unsupervised" and n_pred > MAX_PROPOSALS:
+        raise DataError(f"{where}: object id {n_pred}; the unsupervised task allows at most {MAX_PROPOSALS} "
+                        "predicted objects per video")
+    # semi-supervised pairs id k with object k; unsupervised scores every pair, then matches
+    n_rows = n_gt if task == "semi-supervised" else max(n_pred, n_gt)
+    pairs = [(k, k) for k in range(n_gt)] if task == "semi-supervised" else [
+        (r, g) for r in range(n_rows) for g in range(n_gt)]
+    j = np.zeros((n_rows, n_gt, len(frames)))
+    f = np.zeros_like(j)
+    for t, frame in enumerate(frames):
+        gt_ids = read_ids(gt_video / f"{frame}.png", annotation=True)
+        pred_path = pred_video / f"{frame}.png"
+        pred_ids = read_ids(pred_path, annotation=False)
+        if gt_ids.shape != pred_ids.shape:
+            raise DataError(f"{pred_path}: shape {pred_ids.shape} but {gt_video / frame}.png is {gt_ids.shape}; "
+                            "save predictions at the annotation's resolution")
+        bound_pix = bound_pixels(gt_ids.shape, bound_th)
+        gts = [gt_ids == g + 1 for g in range(n_gt)]
+        preds = [pred_ids == r + 1 for r in range(n_rows)]
+        # each mask's contour is drawn once per frame, however many pairs it is in
+        gt_contours = [Contour.of(m, bound_pix) for m in gts]
+        pred_contours = [Contour.of(m, bound_pix) for m in preds]
+        for r, g in pairs:
+            j[r, g, t] = region_similarity(preds[r], gts[g])
+            f[r, g, t] = boundary_f(pred_contours[r], gt_contours[g])
+    if task == "semi-supervised":
+        matches = [(k, k) for k in range(n_gt)]
+    else:
+        rows, cols = linear_sum_assignment(-((j.mean(axis=2) + f.mean(axis=2)) / 2))
+        matches = sorted(zip(rows.tolist(), cols.tolist()), key=lambda m: m[1])
+    return [ObjectScore(video, g + 1, r + 1 if r < n_pred else 0, TrackScores(j[r, g].tolist(), f[r, g].tolist()))
+            for r, g in matches]
+
+
+def read_video_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise MissingInputError(f"--videos {path}: no such file; give a text file with one video name per line")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def score_folder(pred_dir: Path, gt_dir: Path, task: str = "unsupervised", videos: list[str] | None = None,
+                 bound_th: float = 0.008) -> list[ObjectScore]:
+    """Every object of every video of `gt_dir` (or of `videos`), scored against `pred_dir`."""
+    for what, folder in (("--gt", gt_dir), ("--pred", pred_dir)):
+        if not folder.is_dir():
+            raise MissingInputError(f"{what} {folder}: no such folder")
+    if videos is None:
+        videos = sorted(d.name for d in gt_dir.iterdir() if d.is_dir())
+        if not videos:
+            raise DataError(f"--gt {gt_dir}: no video folders; expected GT_DIR/<video>/<frame>.png")
+    objects = []
+    for video in videos:
+        if not (gt_dir / video).is_dir():
+            raise MissingInputError(f"{gt_dir / video}: no annotations for listed video {video}")
+        objects += score_video(pred_dir / video, gt_dir / video, task, bound_th)
+    return objects
+
+
+def summarize(objects: list[ObjectScore], bound_th: float = 0.008) -> dict[str, float]:
+    """J&F-Mean and the J/F statistics (×100) over the given objects, through the `JandF` metric."""
+    if not objects:
+        raise DataError("no annotated object to score: the annotation folders hold only background")
+    metric = JandF(bound_th=bound_th)
+    for obj in objects:
+        metric.update(obj.scores)
+    return {name: float(value) for name, value in metric.compute().items() if name != "tracks"}
+
+
+def _table(rows: list[tuple[str, dict[str, float], int]], label: str) -> str:
+    header = "".join(f"{c:>10}" for c in COLUMNS) + f"{'objects':>9}  {label}"
+    lines = [header] + ["".join(f"{s[c]:10.2f}" for c in COLUMNS) + f"{n:9d}  {name}" for name, s, n in rows]
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, runs: list[tuple[str, list[ObjectScore]]], summaries: list[tuple[str, dict[str, float]]]) -> None:
+    with path.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["run", "video", "object", "pred_id", "frames", *COLUMNS])
+        for run, objects in runs:
+            for obj in objects:
+                s = obj.scores.summary()
+                values = [(s["J-Mean"] + s["F-Mean"]) / 2 * 100, *(s[c] * 100 for c in STATISTICS)]
+                out.writerow([run, obj.video, obj.object_id, obj.pred_id, len(obj.scores), *(f"{v:.6f}" for v in values)])
+        for run, summary in summaries:
+            out.writerow([run, "(all)", "", "", "", *(f"{summary[c]:.6f}" for c in COLUMNS)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="refam score", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pred", type=Path, nargs="+", required=True, metavar="PRED_DIR",
+                        help="prediction folder(s); several are scored separately and averaged")
+    parser.add_argument("--gt", type=Path, required=True, metavar="GT_DIR", help="annotation folder")
+    parser.add_argument("--task", choices=TASKS, default="unsupervised")
+    parser.add_argument("--videos", type=Path, metavar="FILE", help="score only these videos (one name per line)")
+    parser.add_argument("--bound-th", type=float, default=0.008,
+                        help="F's match tolerance: a fraction of the image diagonal, or pixels when >= 1")
+    parser.add_argument("--per-video", action="store_true", help="also print each video's scores")
+    parser.add_argument("--csv", type=Path, help="write per-object and overall scores here")
+    args = parser.parse_args(argv)
+    try:
+        videos = read_video_list(args.videos) if args.videos else None
+        # a list, not a dict: the same folder may be given twice
+        runs = [(str(p), score_folder(p, args.gt, args.task, videos, args.bound_th)) for p in args.pred]
+        summaries = [(run, summarize(objects, args.bound_th)) for run, objects in runs]
+        if args.per_video:
+            for run, objects in runs:
+                names = list(dict.fromkeys(o.video for o in objects))
+                rows = [(v, summarize([o for o in objects if o.video == v], args.bound_th),
+                         sum(o.video == v for o in objects)) for v in names]
+                print(_table(rows, f"video ({run})") + "\n")
+        rows = [(run, summary, len(objects)) for (run, objects), (_, summary) in zip(runs, summaries)]
+        if len(runs) > 1:
+            mean = {c: float(np.mean([s[c] for _, s in summaries])) for c in COLUMNS}
+            rows.append((f"mean of {len(runs)} runs", mean, round(np.mean([len(o) for _, o in runs]))))
+            summaries.append(("(mean)", mean))
+        print(_table(rows, f"predictions ({args.task})"))
+        if args.csv:
+            _write_csv(args.csv, runs, summaries)
+            print(f"wrote {args.csv}")
+    except RefamError as err:
+        # The message names the file and the fix; a traceback would only bury it.
+        print(f"refam score: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
