@@ -1,8 +1,19 @@
-"""Segmenters: argmax point (+ heatmap) per expression → binary mask."""
+"""Segmenters: argmax point (+ heatmap) per expression → binary mask; video segmenters propagate a
+first-frame point through a video."""
 
 from refam.segmenters.base import Segmenter
 from refam.segmenters.floodfill import FloodFillSegmenter
 from refam.segmenters.sam2 import SAM2PointSegmenter
+from refam.segmenters.sam2_video import LazyFrameStore, SAM2VideoSegmenter
 from refam.segmenters.threshold import HeatmapThresholdSegmenter
+from refam.segmenters.video_base import VideoSegmenter
 
-__all__ = ["FloodFillSegmenter", "HeatmapThresholdSegmenter", "SAM2PointSegmenter", "Segmenter"]
+__all__ = [
+    "FloodFillSegmenter",
+    "HeatmapThresholdSegmenter",
+    "LazyFrameStore",
+    "SAM2PointSegmenter",
+    "SAM2VideoSegmenter",
+    "Segmenter",
+    "VideoSegmenter",
+]
