@@ -193,3 +193,141 @@ def training_caption(scene: Scene, rng: np.random.Generator, omit_colour: float 
         colour = None if omit_colour and noun == o.shape and rng.random() < omit_colour else o.colour
         parts.append((o.size if rng.random() < 0.6 else None, colour, noun, where))
     return describe_objects(parts)
+
+
+# -- moving scenes (clips) -------------------------------------------------------------------------
+
+CLIP_SEED = 7  # namespaces clip draws, so clip i of a split is not a moving copy of scene i
+
+
+@dataclass
+class MovingObject:
+    """A shape moving along a straight line at constant velocity.
+
+    The velocity is a whole number of pixels per frame, so the object's unoccluded mask in frame
+    t + 1 is exactly its mask in frame t shifted by (vx, vy)."""
+
+    shape: str
+    colour: str
+    size: str
+    x0: float  # centre in frame 0
+    y0: float
+    vx: int  # pixels per frame
+    vy: int
+
+    def centre(self, t: int) -> tuple[float, float]:
+        return self.x0 + self.vx * t, self.y0 + self.vy * t
+
+
+@dataclass
+class ClipFrame:
+    image: Image.Image
+    masks: list[np.ndarray]  # visible pixels per object (Clip.objects order), bool [H, W], disjoint
+    full_areas: list[int]  # pixels each object would cover unoccluded
+
+
+@dataclass
+class Clip:
+    """A short video of moving shapes. Frames are rendered on demand (deterministically), so a
+    long clip never has to be in memory. Objects are drawn in list order: where two overlap, the
+    later one is in front and the earlier one's visible mask loses those pixels."""
+
+    objects: list[MovingObject]
+    referrals: list[Referral]  # judged on frame 0; `target` indexes `objects`
+    num_frames: int
+    size: int
+    noise_seed: tuple[int, ...]
+
+    def frame(self, t: int) -> ClipFrame:
+        if not 0 <= t < self.num_frames:
+            raise IndexError(f"frame {t} outside a clip of {self.num_frames} frames")
+        placed = [(o.shape, o.colour, o.size, *o.centre(t)) for o in self.objects]
+        image, masks, full_areas = render(placed, self.size, noise=np.random.default_rng([*self.noise_seed, t]))
+        return ClipFrame(image, masks, full_areas)
+
+    def frames(self):
+        """The frames in order, one at a time."""
+        for t in range(self.num_frames):
+            yield self.frame(t)
+
+    def first_scene(self) -> Scene:
+        """Frame 0 as a still `Scene` (the expressions are judged on it)."""
+        first = self.frame(0)
+        return Scene(first.image, _shape_objects(self.objects, first, 0), list(self.referrals), self.size)
+
+    def caption(self) -> str:
+        return describe_objects([(o.size, o.colour, o.shape, None) for o in self.objects])
+
+
+def _shape_objects(objects: list[MovingObject], frame: ClipFrame, t: int) -> list[ShapeObject]:
+    return [ShapeObject(o.shape, o.colour, o.size, *o.centre(t), mask, area)
+            for o, mask, area in zip(objects, frame.masks, frame.full_areas)]
+
+
+def _extent(shape: str, radius: float) -> float:
+    """Half-width/height that bounds the drawn shape (triangles reach 1.1 r sideways and up)."""
+    return radius * (1.1 if shape == "triangle" else 1.0)
+
+
+def _velocity_range(start: float, lo: float, hi: float, frames: int, max_speed: int) -> range:
+    """Whole-pixel velocities that keep start + v * (frames - 1) within [lo, hi]."""
+    if frames < 2:
+        return range(0, 1)
+    span = frames - 1
+    low = max(-max_speed, int(np.ceil((lo - start) / span)))
+    high = min(max_speed, int(np.floor((hi - start) / span)))
+    return range(low, high + 1)  # holds 0: start is inside [lo, hi]
+
+
+def _draw_moving(rng: np.random.Generator, frames: int, size: int, max_speed: int) -> list[MovingObject]:
+    count = int(rng.integers(2, 5))
+    placed: list[MovingObject] = []
+    for _ in range(count):
+        for _attempt in range(20):
+            shape = SHAPES[rng.integers(len(SHAPES))]
+            colour = list(COLOURS)[rng.integers(len(COLOURS))]
+            size_name = list(SIZES)[rng.integers(len(SIZES))]
+            r = SIZES[size_name] * size / 128
+            lo, hi = _extent(shape, r) + 2, size - _extent(shape, r) - 2
+            x0, y0 = (float(v) for v in rng.uniform(lo, hi, size=2))
+            vxs, vys = _velocity_range(x0, lo, hi, frames, max_speed), _velocity_range(y0, lo, hi, frames, max_speed)
+            choices = [(vx, vy) for vx in vxs for vy in vys if (vx, vy) != (0, 0)] or [(0, 0)]
+            vx, vy = choices[rng.integers(len(choices))]
+            candidate = MovingObject(shape, colour, size_name, x0, y0, int(vx), int(vy))
+            # overlaps are allowed (one passes in front of the other), but two objects of one
+            # colour must never touch in any frame (they would merge into one blob)
+            if all(o.colour != colour or _min_distance(o, candidate, frames) >= (r + SIZES[o.size] * size / 128) * 1.5
+                   for o in placed):
+                placed.append(candidate)
+                break
+    return placed
+
+
+def _min_distance(a: MovingObject, b: MovingObject, frames: int) -> float:
+    return min(float(np.hypot(*np.subtract(a.centre(t), b.centre(t)))) for t in range(frames))
+
+
+def make_clip(split: str, index: int, frames: int = 8, size: int = 128, max_speed: int = 4,
+              require_referable: bool = True) -> Clip:
+    """Clip `index` of `split`: 2-4 shapes moving in straight lines, deterministic by (split, index).
+
+    Each object moves at a constant whole-pixel velocity of at most `max_speed` per axis (non-zero
+    where its room allows) and stays wholly inside the image in every frame. Expressions are those
+    `referrals_for` makes for frame 0 (colour, shape, size, position, relation), so "the object on
+    the left" means the leftmost object in the first frame. With `require_referable` the draw is
+    repeated (up to 50 times, deterministically) until every object has at least one expression,
+    as in Ref-DAVIS17 where every annotated object is referred to.
+    """
+    if frames < 1:
+        raise ValueError(f"a clip needs at least one frame, got {frames}")
+    rng = np.random.default_rng([CLIP_SEED, SPLIT_SEEDS[split], index])
+    noise_seed = (CLIP_SEED, SPLIT_SEEDS[split], index)
+    clip = None
+    for _attempt in range(50):
+        objects = _draw_moving(rng, frames, size, max_speed)
+        clip = Clip(objects, [], frames, size, noise_seed)
+        first = clip.frame(0)
+        clip.referrals = referrals_for(_shape_objects(objects, first, 0), size)
+        if not require_referable or {r.target for r in clip.referrals} == set(range(len(objects))):
+            break
+    return clip
