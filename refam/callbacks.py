@@ -63,6 +63,14 @@ class MaskWriter(BasePredictionWriter):
     `<expression id>_overlay.png` (mask and argmax star) when `overlay` is set. Files are written
     atomically, so a stopped run leaves only complete masks.
 
+    Videos are written frame by frame as the segmenter makes them, in the servers' submission layout:
+    `<folder>/<dataset>/<video>/<expression id>/<frame>.png` (MeViS, Ref-YouTube-VOS; 0/255). At the
+    end of the run each video dataset is zipped as its server expects (`<folder>/<dataset>.zip`,
+    rooted at the dataset's `submission_root`: "Annotations" for Ref-YouTube-VOS, none for MeViS).
+    Datasets whose expressions belong to annotator sets (Ref-DAVIS17) also get one palette PNG per
+    frame and set, `<folder>/<dataset>-davis/anno<k>/<video>/<frame>.png` (object id = palette index),
+    the layout the DAVIS 2017 evaluation and `refam score` read.
+
     Args:
         save: write the masks (off by default: a benchmark run writes tens of thousands).
         folder: where to write; default `<log dir>/masks`.
@@ -76,16 +84,84 @@ class MaskWriter(BasePredictionWriter):
     def _root(self, trainer: L.Trainer) -> Path:
         return Path(self.folder or Path(trainer.log_dir or trainer.default_root_dir) / "masks")
 
+    @staticmethod
+    def _dataset(pl_module, dataloader_idx: int) -> str:
+        names = getattr(pl_module, "dataset_names", [])
+        name = names[dataloader_idx] if dataloader_idx < len(names) else f"test{dataloader_idx}"
+        return name.replace(os.sep, "-")
+
+    # ------------------------------------------------------------------ videos
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer
+        if self.save and hasattr(pl_module, "video_mask_sinks") and self._write_video_mask not in pl_module.video_mask_sinks:
+            pl_module.video_mask_sinks.append(self._write_video_mask)
+
+    def _write_video_mask(self, dataloader_idx: int, video, expression, index: int, mask) -> None:
+        from refam.visualize import mask_image, save_png
+
+        pl_module = self._trainer.lightning_module
+        folder = self._root(self._trainer) / self._dataset(pl_module, dataloader_idx) / video.sample_id
+        save_png(mask_image(mask), folder / expression.expression_id.replace(os.sep, "-") / f"{video.names[index]}.png")
+
+    def _write_davis_palettes(self, dataset_root: Path, davis_root: Path, video) -> None:
+        """Merge a video's per-expression masks into one palette PNG per frame and annotator set."""
+        import numpy as np
+        from PIL import Image
+
+        from refam.visualize import png_bytes, write_atomic
+
+        sets: dict[int, list] = {}
+        for expression in video.expressions:
+            if getattr(expression, "annotator", None) is not None and expression.object_ids:
+                sets.setdefault(expression.annotator, []).append(expression)
+        for annotator, expressions in sets.items():
+            for name in video.names:
+                merged = None
+                for expression in expressions:  # later objects overwrite earlier ones where masks overlap
+                    path = dataset_root / video.sample_id / expression.expression_id / f"{name}.png"
+                    if not path.exists():
+                        continue
+                    with Image.open(path) as image:
+                        mask = np.asarray(image) > 0
+                    merged = np.zeros(mask.shape, dtype=np.uint8) if merged is None else merged
+                    merged[mask] = expression.object_ids[0]
+                if merged is not None:
+                    picture = Image.fromarray(merged, mode="P")
+                    picture.putpalette(DAVIS_PALETTE)
+                    write_atomic(davis_root / f"anno{annotator}" / video.sample_id / f"{name}.png", png_bytes(picture))
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if not self.save:
+            return
+        import zipfile
+
+        datasets = getattr(trainer.datamodule, "datasets", None) or []
+        for index, dataset in enumerate(datasets):
+            if not getattr(dataset, "is_video", False):
+                continue
+            root = self._root(trainer)
+            name = self._dataset(pl_module, index)
+            folder = root / name
+            if not folder.is_dir() or trainer.global_rank != 0:
+                continue
+            prefix = getattr(dataset, "submission_root", "")
+            archive = root / f"{name}.zip"
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+                for png in sorted(folder.rglob("*.png")):
+                    bundle.write(png, str(Path(prefix) / png.relative_to(folder)))
+
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
         if not self.save:
             return
         from refam.visualize import mask_image, overlay, save_png
 
-        names = getattr(pl_module, "dataset_names", [])
-        dataset = names[dataloader_idx] if dataloader_idx < len(names) else f"test{dataloader_idx}"
-        root = self._root(trainer) / dataset.replace(os.sep, "-")
+        root = self._root(trainer) / self._dataset(pl_module, dataloader_idx)
         images = {item.sample_id: item.image for item in batch if hasattr(item, "image")}
+        videos = {item.sample_id: item for item in batch if hasattr(item, "frames")}
         for result in prediction or []:
+            if result.sample_id in videos:  # video masks were written frame by frame (_write_video_mask)
+                self._write_davis_palettes(root, Path(f"{root}-davis"), videos[result.sample_id])
+                continue
             folder = root / result.sample_id.replace(os.sep, "-")
             for p in result.predictions:
                 name = p.expression_id.replace(os.sep, "-")
@@ -95,3 +171,21 @@ class MaskWriter(BasePredictionWriter):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self.write_on_batch_end(trainer, pl_module, outputs, None, batch, batch_idx, dataloader_idx)
+
+
+def _davis_palette() -> list[int]:
+    """The DAVIS / PASCAL VOC colour map (bit-interleaved), 256 RGB triples."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+DAVIS_PALETTE = _davis_palette()

@@ -8,6 +8,7 @@ module tree, so DDP has no parameters to broadcast and each rank loads its own w
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -15,16 +16,18 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from refam.aggregators.base import Aggregator, SoftmaxMeanAggregator
+from refam.aggregators.base import Aggregation, Aggregator, SoftmaxMeanAggregator
 from refam.aggregators.gas import sink_category
+from refam.aggregators.keyframe import KEY_FRAMES, key_frames
 from refam.aggregators.magnets import AppendMagnets, MagnetStrategy
 from refam.aggregators.point import argmax_points, upsample
 from refam.aggregators.spatial import BiasContext, SpatialBias
 from refam.errors import ConfigError
 from refam.extractors.base import ExpressionError, Extractor
-from refam.metrics import ReferringScores, SaliencyScores, intersection_union, point_hit
+from refam.metrics import ReferringScores, SaliencyScores, VideoReferringScores, intersection_union, point_hit
 from refam.segmenters.base import Segmenter
-from refam.types import BadSample, Prediction, Sample
+from refam.segmenters.video_base import VideoSegmenter
+from refam.types import BadSample, Prediction, Sample, TokenMaps, VideoExpression, VideoSample
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +39,35 @@ class SampleResult:
     skipped: list[str] = field(default_factory=list)  # one message per expression that could not be run
 
 
+MaskSink = Callable[[VideoExpression, int, np.ndarray], None]
+
+
+def token_report(maps: TokenMaps, aggregation: Aggregation, k: int) -> dict:
+    """Which of expression k's tokens were kept, dropped (real tokens only) and sinks, with categories."""
+    tokens = maps.tokens[k]
+    real = [t for t, v in zip(tokens, maps.valid[k].tolist()) if v]
+    kept, sinks = aggregation.kept[k].tolist(), aggregation.sinks[k].tolist()
+    return {
+        "kept_tokens": [t.piece for t, keep in zip(tokens, kept) if keep],
+        "dropped_tokens": [t.piece for t, keep in zip(real, kept) if not keep],
+        "sinks": [t.piece for t, sink in zip(tokens, sinks) if sink],
+        "sink_categories": [sink_category(t) for t, sink in zip(tokens, sinks) if sink],
+    }
+
+
 def iou_of(predicted: torch.Tensor, target: torch.Tensor) -> float:
     intersection, union = intersection_union(predicted, target)
     return intersection / union if union else 0.0
 
 
-def results_table(rows: list[tuple[str, dict[str, torch.Tensor]]]) -> str:
+def results_table(rows: list[tuple[str, dict[str, torch.Tensor]]], metrics: tuple[str, ...] = ("mIoU", "oIoU", "PA")) -> str:
     """One line per dataset split, as in the paper's tables (scores x 100)."""
     width = max([len("dataset")] + [len(name) for name, _ in rows])
-    lines = [f"{'dataset':<{width}}   mIoU   oIoU     PA  expressions  skipped"]
+    lines = [f"{'dataset':<{width}} " + " ".join(f"{m:>6}" for m in metrics) + "  expressions  skipped"]
     for name, v in rows:
         skipped = int(v["skipped_samples"]) + int(v["skipped_expressions"])
-        lines.append(
-            f"{name:<{width}} {float(v['mIoU']):6.2f} {float(v['oIoU']):6.2f} {float(v['PA']):6.2f} "
-            f"{int(v['expressions']):12d} {skipped:8d}"
-        )
+        lines.append(f"{name:<{width}} " + " ".join(f"{float(v[m]):6.2f}" for m in metrics)
+                     + f" {int(v['expressions']):12d} {skipped:8d}")
     return "\n".join(lines)
 
 
@@ -66,18 +83,24 @@ class RefAMModule(L.LightningModule):
             (e.g. DirectionPrior, then RelationPrior: HybridGL's absolute and relative cues).
         text_condition: what the denoising stream is conditioned on: "caption" (the sample's
             caption; empty where it has none) or "empty" (always the empty prompt; Table 9).
+        key_frame: videos: the frame the point prompts: "first" (the paper) or "confident" (the
+            frame whose heatmap peaks highest; the segmenter then tracks forward and backward).
     """
 
     def __init__(
         self,
         extractor: Extractor,
-        segmenter: Segmenter,
+        segmenter: Segmenter | VideoSegmenter,
         magnets: MagnetStrategy | None = None,
         aggregator: Aggregator | None = None,
         spatial_bias: SpatialBias | list[SpatialBias] | None = None,
         text_condition: str = "caption",
+        key_frame: str = "first",
     ) -> None:
         super().__init__()
+        if key_frame not in KEY_FRAMES:
+            raise ConfigError(f"model.key_frame must be one of {list(KEY_FRAMES)}, got {key_frame!r}")
+        self.key_frame = key_frame
         if text_condition not in ("caption", "empty"):
             raise ConfigError(f"model.text_condition must be 'caption' or 'empty', got {text_condition!r}")
         self.text_condition = text_condition
@@ -89,6 +112,10 @@ class RefAMModule(L.LightningModule):
         self.scores = torch.nn.ModuleList()  # one ReferringScores per test dataset
         self.saliency = torch.nn.ModuleList()  # one SaliencyScores per test dataset (used where it has a protocol)
         self.saliency_datasets: list[bool] = []
+        self.video_datasets: list[bool] = []
+        # callables (dataset index, video, expression, frame index, mask) that receive every video mask
+        # as it is made (e.g. MaskWriter); masks are never gathered
+        self.video_mask_sinks: list[Callable] = []
         self.dataset_names: list[str] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -100,7 +127,11 @@ class RefAMModule(L.LightningModule):
         self._load_components()
         datasets = getattr(self.trainer.datamodule, "datasets", None) or [None]
         self.dataset_names = [getattr(d, "name", None) or f"test{i}" for i, d in enumerate(datasets)]
-        self.scores = torch.nn.ModuleList(ReferringScores() for _ in datasets).to(self.device)
+        # video datasets (`is_video`) are scored with J&F, images with mIoU / oIoU; both with PA
+        self.video_datasets = [bool(getattr(d, "is_video", False)) for d in datasets]
+        self.scores = torch.nn.ModuleList(
+            VideoReferringScores() if video else ReferringScores() for video in self.video_datasets
+        ).to(self.device)
         # datasets scored as saliency maps (Table 11) name their SaliencyScores variant
         self.saliency = torch.nn.ModuleList(
             SaliencyScores(variant=getattr(d, "saliency_protocol", None) or "standard") for d in datasets
@@ -111,11 +142,8 @@ class RefAMModule(L.LightningModule):
         self._load_components()
 
     # ------------------------------------------------------------ inference
-    def segment_sample(self, sample: Sample, keep_token_maps: bool = False) -> SampleResult:
-        """Run every expression of one image; an expression that cannot run is reported, not fatal.
-
-        `keep_token_maps` also returns each real token's map (for visualisation and analysis)."""
-        result = SampleResult(sample.sample_id)
+    def _runnable(self, sample: Sample | VideoSample, result: SampleResult) -> tuple[list, list]:
+        """The expressions the extractor can encode, with magnets; the others are reported in `result`."""
         runnable, augmented = [], []
         for expression in sample.expressions:
             text, magnet_start = self.magnets.augment(expression.text)
@@ -128,6 +156,14 @@ class RefAMModule(L.LightningModule):
                 continue
             runnable.append(expression)
             augmented.append((text, magnet_start))
+        return runnable, augmented
+
+    def segment_sample(self, sample: Sample, keep_token_maps: bool = False) -> SampleResult:
+        """Run every expression of one image; an expression that cannot run is reported, not fatal.
+
+        `keep_token_maps` also returns each real token's map (for visualisation and analysis)."""
+        result = SampleResult(sample.sample_id)
+        runnable, augmented = self._runnable(sample, result)
         if not runnable:
             return result
 
@@ -153,10 +189,7 @@ class RefAMModule(L.LightningModule):
                     mask=masks[k],
                     point=(float(points[k, 0]), float(points[k, 1])),
                     heatmap=aggregation.heatmaps[k],
-                    kept_tokens=[t.piece for t, kept in zip(tokens, aggregation.kept[k].tolist()) if kept],
-                    dropped_tokens=[t.piece for t, kept in zip(real, aggregation.kept[k].tolist()) if not kept],
-                    sinks=[t.piece for t, sink in zip(tokens, aggregation.sinks[k].tolist()) if sink],
-                    sink_categories=[sink_category(t) for t, sink in zip(tokens, aggregation.sinks[k].tolist()) if sink],
+                    **token_report(maps, aggregation, k),
                 )
             )
             if keep_token_maps:
@@ -166,6 +199,49 @@ class RefAMModule(L.LightningModule):
                 result.predictions[-1].text_mass = maps.text_mass[k][valid].tolist()
         return result
 
+    def segment_video(self, video: VideoSample, on_mask: MaskSink | None = None) -> SampleResult:
+        """Run every expression of one video: the DiT sees the clip once for all expressions; each
+        expression's point prompts its key frame and the video segmenter tracks it through the video.
+
+        Masks are not kept: `on_mask(expression, frame index, mask)` receives each as it is made, so
+        scoring and writing stream frame by frame. Each prediction holds the key frame's mask."""
+        result = SampleResult(video.sample_id)
+        runnable, augmented = self._runnable(video, result)
+        if not runnable:
+            return result
+        if not isinstance(self.segmenter, VideoSegmenter):
+            raise ConfigError(f"model.segmenter: {type(self.segmenter).__name__} segments images; a video dataset needs "
+                              "a VideoSegmenter such as refam.segmenters.sam2_video.SAM2VideoSegmenter")
+        extract_video = getattr(self.extractor, "extract_video", None)
+        if extract_video is None:
+            raise ConfigError(f"model.extractor: {type(self.extractor).__name__} has no video path (extract_video); "
+                              "a video dataset needs a video backbone such as refam.extractors.mochi.MochiExtractor")
+        caption = video.caption if self.text_condition == "caption" else ""
+        maps = extract_video(video.images, caption, augmented, video.sample_id, magnet_vectors=self.magnets.vectors)
+        keep = torch.tensor([self.magnets.keep(tokens, e.text) for tokens, e in zip(maps.tokens, runnable)], dtype=torch.bool)
+        aggregation = self.aggregator(maps, keep)  # heatmaps [K, F_lat, h, w]
+        frame_to_latent = maps.frame_to_latent or [0] * len(video.frames)
+        prompts = key_frames(aggregation.heatmaps, frame_to_latent, self.key_frame)
+        for k, expression in enumerate(runnable):
+            frame, latent = prompts[k], frame_to_latent[prompts[k]]
+            heat = aggregation.heatmaps[k, latent][None]
+            context = BiasContext(aggregation.probabilities[k : k + 1, :, latent], [maps.tokens[k]])
+            for bias in self.spatial_bias:
+                heat = bias(heat, [expression.text], context)
+            width, height = video.frame(frame).size
+            x, y = argmax_points(heat, height, width)[0].tolist()
+            key_mask = None
+            for index, mask in self.segmenter.track(video.frames, frame, (x, y)):
+                if index == frame:
+                    key_mask = mask
+                if on_mask is not None:
+                    on_mask(expression, index, mask)
+            result.predictions.append(
+                Prediction(expression_id=expression.expression_id, mask=key_mask, point=(x, y), heatmap=heat[0],
+                           frame=frame, **token_report(maps, aggregation, k))
+            )
+        return result
+
     def test_step(self, batch: list[Sample | BadSample], batch_idx: int, dataloader_idx: int = 0) -> list[SampleResult]:
         scores = self.scores[dataloader_idx]
         results = []
@@ -173,6 +249,9 @@ class RefAMModule(L.LightningModule):
             if isinstance(item, BadSample):
                 log.warning("skipped sample %s: %s", item.sample_id, item.reason)
                 scores.skipped_samples.update(1)
+                continue
+            if isinstance(item, VideoSample):
+                results.append(self._test_video(item, scores, dataloader_idx))
                 continue
             result = self.segment_sample(item)
             for message in result.skipped:
@@ -194,6 +273,35 @@ class RefAMModule(L.LightningModule):
                     )
             results.append(result)
         return results
+
+    def _test_video(self, video: VideoSample, scores: VideoReferringScores, dataloader_idx: int) -> SampleResult:
+        """One video: every mask is scored (J&F against the frame's ground truth) and handed to the
+        registered sinks (mask writers) as it is made; the point is scored on its key frame."""
+        truth = video.truth
+        scored: set[str] = set()
+
+        def on_mask(expression: VideoExpression, index: int, mask: np.ndarray) -> None:
+            for sink in self.video_mask_sinks:
+                sink(dataloader_idx, video, expression, index, mask)
+            target = truth.mask(expression, index) if truth is not None else None
+            if target is not None:
+                scores.jf.update_frame(expression.expression_id, mask, target)
+                scored.add(expression.expression_id)
+
+        result = self.segment_video(video, on_mask)
+        for message in result.skipped:
+            log.warning("skipped %s", message)
+        scores.skipped_expressions.update(len(result.skipped))
+        expressions = {e.expression_id: e for e in video.expressions}
+        for prediction in result.predictions:
+            if prediction.expression_id in scored:
+                scores.jf.end_track(prediction.expression_id)
+                scores.expressions.update(1)
+            target = truth.mask(expressions[prediction.expression_id], prediction.frame) if truth is not None else None
+            if target is not None:
+                scores.pa.update(prediction.point, torch.from_numpy(np.asarray(target, dtype=bool)))
+                prediction.point_hit = point_hit(prediction.point, target)
+        return result
 
     def on_test_epoch_end(self) -> None:
         # compute() gathers the summed states of every rank, so all ranks log the same global value
@@ -218,7 +326,12 @@ class RefAMModule(L.LightningModule):
                     "the warnings above name each one and why. The metrics cover the rest."
                 )
             scores.reset()
-        rank_zero_info(results_table(rows))
+        image_rows = [(n, v) for (n, v), video in zip(rows, self.video_datasets) if not video]
+        video_rows = [(n, v) for (n, v), video in zip(rows, self.video_datasets) if video]
+        if image_rows:
+            rank_zero_info(results_table(image_rows))
+        if video_rows:
+            rank_zero_info(results_table(video_rows, ("J&F", "J", "F", "PA")))
 
     def predict_step(self, batch: list[Sample | BadSample], batch_idx: int, dataloader_idx: int = 0) -> list[SampleResult]:
         results = []

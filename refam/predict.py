@@ -11,10 +11,13 @@ Per image and expression, into `OUT/<image name>/`: `<k>-<expression>_mask.png` 
 marked) and `.json` (point, kept and dropped tokens, global attention sinks). Without --config or
 --model the embedded refam-shapes pipeline runs.
 
-A video (a file OpenCV reads, or a folder of frames) is segmented frame by frame with the image
-pipeline, each frame on its own (no propagation): `OUT/<video>/<k>-<expression>/<frame>.png`
-masks, `<k>-<expression>_overlay.gif` and a `.json` with the point of every frame. Frames are
-read one at a time; only the GIF's thumbnails (at most 320 px) are kept until the end.
+A video (a file OpenCV reads, or a folder of frames) gives `OUT/<video>/<k>-<expression>/<frame>.png`
+masks, `<k>-<expression>_overlay.gif` and a `.json`. With a video pipeline (a config whose extractor
+has a video path and whose segmenter is a `VideoSegmenter`, e.g. configs/davis.yaml: Mochi + SAM2)
+the point is chosen once, on the key frame, and the segmenter tracks the object through the video;
+otherwise every frame is segmented on its own by the image pipeline. Frames are read one at a time
+(a video file is first decoded to JPEG frames in a temporary folder, frame by frame); only the GIF's
+thumbnails (at most 320 px) are kept until the end.
 """
 
 from __future__ import annotations
@@ -59,11 +62,65 @@ def check_writable(folder: Path) -> None:
         raise ConfigError(f"--output {folder} is not writable ({err.strerror or err}): choose another folder") from err
 
 
+def has_video_pipeline(model) -> bool:
+    from refam.segmenters.video_base import VideoSegmenter
+
+    module = model.module
+    return isinstance(module.segmenter, VideoSegmenter) and hasattr(module.extractor, "extract_video")
+
+
+def track_video(model, video: Path, texts: list[str], caption: str, output: Path) -> int:
+    """The video pipeline: one DiT pass over the clip, a point on the key frame, tracked by the segmenter."""
+    from refam.data.frames import frame_files, iter_frames
+    from refam.types import VideoExpression, VideoSample
+    from refam.visualize import mask_image, overlay, save_json, save_png, write_atomic
+
+    folder = output / video.stem
+    stems = [f"{k}-{slug(text)}" for k, text in enumerate(texts)]
+    with tempfile.TemporaryDirectory(prefix="refam-frames-") as scratch:
+        if video.is_dir():
+            paths = [str(p) for p in frame_files(video)]
+        else:  # SAM2 reads frames by path: decode once, one frame at a time
+            paths = []
+            for index, frame in enumerate(iter_frames(video)):
+                path = Path(scratch) / f"{index:05d}.jpg"
+                frame.save(path, quality=95)
+                paths.append(str(path))
+        sample = VideoSample(video.stem, paths, [VideoExpression(t, str(k)) for k, t in enumerate(texts)], caption=caption,
+                             frame_names=[f"{i:05d}" for i in range(len(paths))])
+        thumbnails: dict[int, dict[int, object]] = {k: {} for k in range(len(texts))}
+
+        def on_mask(expression, index, mask):
+            k = int(expression.expression_id)
+            save_png(mask_image(mask), folder / stems[k] / f"{index:05d}.png")
+            picture = overlay(sample.frame(index), mask, None)
+            picture.thumbnail((320, 320))
+            thumbnails[k][index] = picture
+
+        result = model.module.segment_video(sample, on_mask)
+        if result.skipped:
+            raise ConfigError("; ".join(result.skipped))
+        for prediction in result.predictions:
+            k = int(prediction.expression_id)
+            frames = [thumbnails[k][i] for i in sorted(thumbnails[k])]
+            gif = io.BytesIO()
+            frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+            write_atomic(folder / f"{stems[k]}_overlay.gif", gif.getvalue())
+            save_json({"expression": texts[k], "key_frame": prediction.frame,
+                       "point": [round(v, 2) for v in prediction.point], "kept_tokens": prediction.kept_tokens,
+                       "dropped_tokens": prediction.dropped_tokens,
+                       "files": {"masks": f"{stems[k]}/", "overlay": f"{stems[k]}_overlay.gif"}},
+                      folder / f"{stems[k]}.json")
+        return len(paths)
+
+
 def write_video_predictions(model, video: Path, texts: list[str], caption: str, output: Path) -> int:
     """Per-frame masks, an overlay GIF and a record per expression; returns the number of frames."""
     from refam.data.frames import iter_frames
     from refam.visualize import mask_image, overlay, save_json, save_png, write_atomic
 
+    if has_video_pipeline(model):
+        return track_video(model, video, texts, caption, output)
     folder = output / video.stem
     stems = [f"{k}-{slug(text)}" for k, text in enumerate(texts)]
     thumbnails: list[list] = [[] for _ in texts]

@@ -71,11 +71,13 @@ def mask_image(mask: np.ndarray) -> Image.Image:
     return Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, mode="L")
 
 
-def overlay(image: Image.Image, mask: np.ndarray, point: tuple[float, float], alpha: float = 0.5) -> Image.Image:
+def overlay(image: Image.Image, mask: np.ndarray, point: tuple[float, float] | None, alpha: float = 0.5) -> Image.Image:
+    """The image with the mask tinted, and the point as a star (none for frames without a point)."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     selected = np.asarray(mask, dtype=bool)
     pixels[selected] = (1 - alpha) * pixels[selected] + alpha * np.array(MASK_COLOUR, dtype=np.float32)
-    return draw_star(Image.fromarray(pixels.round().astype(np.uint8)), point)
+    picture = Image.fromarray(pixels.round().astype(np.uint8))
+    return draw_star(picture, point) if point is not None else picture
 
 
 def heatmap_image(heatmap: torch.Tensor, size: tuple[int, int], point: tuple[float, float] | None = None,

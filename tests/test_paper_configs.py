@@ -60,3 +60,27 @@ def test_paper_config_loads_checkpoints_by_path(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RANDOM weights" not in result.stderr  # the checkpoint was loaded, not a random init
     assert "refcoco/val" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name, reader, splits", [
+    ("davis", "RefDAVIS17", ["valid"]), ("ytvos", "RefYouTubeVOS", ["valid"]), ("mevis", "MeViS", ["valid_u", "valid"]),
+])
+def test_video_config_has_the_paper_settings(name, reader, splits):
+    result = subprocess.run([REFAM, "test", "--config", f"configs/{name}.yaml", "--print_config"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = yaml.safe_load(result.stdout)
+    extractor = config["model"]["extractor"]
+    assert extractor["class_path"] == "refam.extractors.mochi.MochiExtractor"
+    assert extractor["init_args"]["sigma"] == 0.01  # "timestep 990" in Mochi's convention
+    assert extractor["init_args"]["blocks"] is None and extractor["init_args"]["windows"] == "first"
+    assert config["model"]["magnets"]["init_args"]["magnets"] == ["_", "with", "to", "and", "pink"]
+    assert config["model"]["segmenter"]["class_path"] == "refam.segmenters.sam2_video.SAM2VideoSegmenter"
+    assert config["model"]["segmenter"]["init_args"]["checkpoint"].endswith("sam2.1_hiera_large.pt")
+    assert config["model"]["key_frame"] == "first"  # the paper prompts the first frame
+    datasets = config["data"]["datasets"]
+    datasets = datasets if isinstance(datasets, list) else [datasets]
+    assert [d["class_path"].rsplit(".", 1)[1] for d in datasets] == [reader] * len(splits)
+    assert [d["init_args"]["split"] for d in datasets] == splits
+    assert all(d["init_args"]["captions_file"].endswith(f"{name}.json") for d in datasets)
+    assert config["trainer"]["use_distributed_sampler"] is False

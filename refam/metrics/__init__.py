@@ -10,3 +10,9 @@ __all__ += ["ReferringScores"]
 from refam.metrics.saliency import SaliencyScores  # noqa: E402  (semantic segmentation, Table 11)
 
 __all__ += ["SaliencyScores"]
+from refam.metrics.referring import VideoReferringScores  # noqa: E402  (J&F, videos)
+
+__all__ += ["VideoReferringScores"]
+from refam.metrics.jf import JandF, TrackScores, contour_accuracy, region_similarity  # noqa: E402  (video: DAVIS J&F)
+
+__all__ += ["JandF", "TrackScores", "contour_accuracy", "region_similarity"]

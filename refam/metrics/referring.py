@@ -8,6 +8,7 @@ import torch
 from torchmetrics import SumMetric
 
 from refam.metrics.iou import MeanIoU, OverallIoU
+from refam.metrics.jf import JandF
 from refam.metrics.point import PointAccuracy
 
 
@@ -45,4 +46,34 @@ class ReferringScores(torch.nn.Module):
 
     def reset(self) -> None:
         for metric in (self.miou, self.oiou, self.pa, self.expressions, self.skipped_samples, self.skipped_expressions):
+            metric.reset()
+
+
+class VideoReferringScores(torch.nn.Module):
+    """J&F (the official DAVIS definitions, one track per expression) and point accuracy on the
+    prompted frame, plus how many expressions were scored and skipped. Sums only, as above."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jf, self.pa = JandF(), PointAccuracy()
+        self.expressions = SumMetric()
+        self.skipped_samples = SumMetric()
+        self.skipped_expressions = SumMetric()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            jf = self.jf.compute()
+            return {
+                "J&F": jf["J&F-Mean"],
+                "J": jf["J-Mean"],
+                "F": jf["F-Mean"],
+                "PA": self.pa.compute(),
+                "expressions": self.expressions.compute(),
+                "skipped_samples": self.skipped_samples.compute(),
+                "skipped_expressions": self.skipped_expressions.compute(),
+            }
+
+    def reset(self) -> None:
+        for metric in (self.jf, self.pa, self.expressions, self.skipped_samples, self.skipped_expressions):
             metric.reset()

@@ -1,0 +1,183 @@
+"""The module's video path with planted maps and a scripted segmenter: key frame, point, streaming scores."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from refam.aggregators.keyframe import frames_of_latent, key_frames
+from refam.aggregators.magnets import AppendMagnets
+from refam.extractors.base import Extractor
+from refam.metrics import VideoReferringScores
+from refam.metrics.jf import contour_accuracy, region_similarity
+from refam.module import RefAMModule
+from refam.segmenters.video_base import VideoSegmenter
+from refam.types import TokenInfo, TokenMaps, VideoExpression, VideoSample, VideoTruth
+
+FRAMES, ROWS, COLS, SIZE = 7, 4, 6, (48, 32)  # 7 frames -> latents 0 (frame 0) and 1 (frames 1-6)
+FRAME_TO_LATENT = [0, 1, 1, 1, 1, 1, 1]
+
+
+class PlantedVideoExtractor(Extractor):
+    """Token maps with one hot cell per expression and latent frame, as a video backbone returns them."""
+
+    def __init__(self, hot: dict[int, list[tuple[int, int, int, float]]]) -> None:
+        self.hot = hot  # expression -> [(latent, row, col, logit)]
+        self.frames_read = 0
+
+    def extract(self, image, caption, expressions, sample_id, magnet_vectors=None):
+        raise NotImplementedError
+
+    def extract_video(self, frames, caption, expressions, sample_id, magnet_vectors=None) -> TokenMaps:
+        self.frames_read += len(frames[:1])  # a backbone reads what it encodes
+        k = len(expressions)
+        tokens = [[TokenInfo("▁cat", "cat", False, False, 0, 3), TokenInfo("▁with", "with", False, True, 4, 8)]
+                  for _ in range(k)]
+        scores = torch.zeros(k, 2, 2, ROWS, COLS)
+        scores[:, 1] = 1.0  # the magnet takes the background
+        for e, cells in self.hot.items():
+            for latent, row, col, logit in cells:
+                scores[e, 0, latent, row, col] = logit
+        return TokenMaps(scores=scores, valid=torch.ones(k, 2, dtype=torch.bool), text_mass=torch.full((k, 2), 0.5),
+                         tokens=tokens, frame_to_latent=FRAME_TO_LATENT)
+
+
+class ScriptedTracker(VideoSegmenter):
+    """Returns a square around the click on every frame, moving one pixel right per frame away from it."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def track(self, frames, frame_index, point):
+        self.calls.append((frame_index, point))
+        with Image.open(frames[0]) as first:
+            width, height = first.size
+        order = list(range(frame_index, len(frames))) + list(range(frame_index - 1, -1, -1))
+        for index in order:
+            mask = np.zeros((height, width), dtype=bool)
+            x = int(point[0]) + (index - frame_index)
+            mask[max(int(point[1]) - 3, 0): int(point[1]) + 3, max(x - 3, 0): x + 3] = True
+            yield index, mask
+
+
+class SquareTruth(VideoTruth):
+    """Object 1 is a 6x6 square at (x, y) = (20, 10) on every frame; frame 3 is not annotated."""
+
+    def mask(self, expression, frame_index):
+        if frame_index == 3:
+            return None
+        mask = np.zeros((SIZE[1], SIZE[0]), dtype=bool)
+        mask[7:13, 17:23] = True
+        return mask
+
+
+@pytest.fixture
+def video(tmp_path):
+    frames = []
+    for i in range(FRAMES):
+        path = tmp_path / f"{i:05d}.jpg"
+        Image.new("RGB", SIZE, (i * 30, 0, 0)).save(path)
+        frames.append(str(path))
+    return VideoSample("clip", frames, [VideoExpression("the cat", "e0", [1]), VideoExpression("a cat", "e1", [1])],
+                       truth=SquareTruth())
+
+
+def test_key_frames_first_and_confident():
+    heat = torch.zeros(2, 3, 2, 2)
+    heat[0, 2, 1, 1] = 1.0
+    heat[1, 0, 0, 0] = 1.0
+    mapping = [0, 1, 1, 1, 2, 2, 2]
+    assert frames_of_latent(mapping, 2) == [4, 5, 6]
+    assert key_frames(heat, mapping, "first") == [0, 0]
+    assert key_frames(heat, mapping, "confident") == [5, 0]  # the middle frame of latent 2's frames
+    with pytest.raises(ValueError, match="key frame"):
+        key_frames(heat, mapping, "best")
+
+
+@pytest.mark.parametrize("mode", ["first", "confident"])
+def test_video_point_prompts_the_key_frame_and_every_mask_is_scored_as_it_comes(video, mode):
+    # expression 0: a weak hot cell on latent 0 at (row 1, col 2), a stronger one on latent 1 at (2, 4)
+    extractor = PlantedVideoExtractor({0: [(0, 1, 2, 3.0), (1, 2, 4, 6.0)], 1: [(0, 1, 2, 6.0)]})
+    tracker = ScriptedTracker()
+    module = RefAMModule(extractor=extractor, segmenter=tracker, magnets=AppendMagnets(), key_frame=mode)
+    seen = []
+    result = module.segment_video(video, lambda e, i, m: seen.append((e.expression_id, i)))
+    key = 0 if mode == "first" else 4  # latent 1 covers frames 1..6: the middle one is frame 4
+    assert [p.frame for p in result.predictions] == [key, 0]
+    cell_w, cell_h = SIZE[0] / COLS, SIZE[1] / ROWS
+    row, col = (1, 2) if mode == "first" else (2, 4)
+    assert result.predictions[0].point == pytest.approx(((col + 0.5) * cell_w, (row + 0.5) * cell_h))
+    assert tracker.calls[0][0] == key
+    # every frame exactly once per expression, forward from the key frame then backward
+    assert [i for e, i in seen if e == "e0"] == list(range(key, FRAMES)) + list(range(key - 1, -1, -1))
+    assert sorted(i for e, i in seen if e == "e1") == list(range(FRAMES))
+    assert result.predictions[0].mask is not None and result.predictions[0].kept_tokens == ["▁cat"]
+
+
+def test_video_scores_equal_the_official_definitions_frame_by_frame(video):
+    extractor = PlantedVideoExtractor({0: [(0, 1, 2, 6.0)], 1: [(0, 0, 0, 6.0)]})
+    module = RefAMModule(extractor=extractor, segmenter=ScriptedTracker(), magnets=AppendMagnets())
+    scores = VideoReferringScores()
+    module.video_mask_sinks = []
+    result = module._test_video(video, scores, 0)
+    values = scores.compute()
+    assert int(values["expressions"]) == 2
+    # recompute: the scripted masks against the square, annotated frames only, mean per track then over tracks
+    truth, expected_j, expected_f = SquareTruth(), [], []
+    for prediction in result.predictions:
+        tracker = ScriptedTracker()
+        masks = dict(tracker.track(video.frames, prediction.frame, prediction.point))
+        frames = [i for i in range(FRAMES) if truth.mask(None, i) is not None]
+        expected_j.append(np.mean([region_similarity(masks[i], truth.mask(None, i)) for i in frames]))
+        expected_f.append(np.mean([contour_accuracy(masks[i], truth.mask(None, i)) for i in frames]))
+    assert float(values["J"]) == pytest.approx(100 * np.mean(expected_j))
+    assert float(values["F"]) == pytest.approx(100 * np.mean(expected_f))
+    assert float(values["J&F"]) == pytest.approx((float(values["J"]) + float(values["F"])) / 2)
+    # expression 0's point lands on the square on frame 0, expression 1's (the top-left cell) does not
+    assert [p.point_hit for p in result.predictions] == [True, False]
+    assert float(values["PA"]) == pytest.approx(50.0)
+
+
+def test_a_video_needs_a_video_segmenter(video):
+    from refam.errors import ConfigError
+    from refam.segmenters.floodfill import FloodFillSegmenter
+
+    module = RefAMModule(extractor=PlantedVideoExtractor({}), segmenter=FloodFillSegmenter())
+    with pytest.raises(ConfigError, match="model.segmenter"):
+        module.segment_video(video)
+
+
+def test_refam_test_on_ref_davis_scores_streams_masks_and_writes_submission_layouts(tmp_path):
+    """A Lightning test run on a Ref-DAVIS17 fixture: J&F logged, a bad video counted, every mask
+    written frame by frame, DAVIS palettes per annotator set, and a zip."""
+    import zipfile
+
+    import lightning as L
+
+    from refam.callbacks import MaskWriter
+    from refam.data import RefAMDataModule
+    from refam.data.davis import RefDAVIS17
+    from refam.testing.video_fixtures import write_ref_davis
+
+    dataset = RefDAVIS17(str(write_ref_davis(tmp_path / "davis")))
+    extractor = PlantedVideoExtractor({k: [(0, 1, 1, 6.0)] for k in range(8)})
+    module = RefAMModule(extractor=extractor, segmenter=ScriptedTracker(), magnets=AppendMagnets())
+    writer = MaskWriter(save=True, folder=str(tmp_path / "masks"))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[writer], enable_progress_bar=False,
+                        use_distributed_sampler=False)
+    trainer.test(module, datamodule=RefAMDataModule(dataset))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    name = dataset.name
+    assert metrics[f"{name}/expressions"] == 8 and metrics[f"{name}/skipped_samples"] == 1  # "ghost" has no folders
+    assert 0 <= metrics[f"{name}/J&F"] <= 100 and metrics[f"{name}/PA"] in (0.0, 12.5, 25.0, 37.5, 50.0, 62.5, 75.0, 87.5, 100.0)
+    root = tmp_path / "masks" / name.replace("/", "-")
+    for exp in range(8):
+        written = sorted(p.stem for p in (root / "dogs-scale" / str(exp)).glob("*.png"))
+        assert written == ["00000", "00001", "00002", "00003"]
+    for annotator in range(4):
+        palettes = sorted((tmp_path / "masks" / f"{name.replace('/', '-')}-davis" / f"anno{annotator}" / "dogs-scale").glob("*.png"))
+        assert len(palettes) == 4
+        with Image.open(palettes[0]) as first:
+            assert first.mode == "P" and set(np.unique(np.asarray(first)).tolist()) <= {0, 1, 2}
+    with zipfile.ZipFile(tmp_path / "masks" / f"{name.replace('/', '-')}.zip") as bundle:
+        assert "dogs-scale/0/00000.png" in bundle.namelist()
