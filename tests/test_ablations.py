@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from refam.ablations import TABLES, format_table, merge, row_config, row_file_text
+from refam.ablations import READINGS, TABLES, format_table, merge, reading_file_text, row_config, row_file_text
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "configs/ablations"
@@ -33,6 +33,7 @@ def test_merge_follows_jsonargparse_for_components():
 
 def test_committed_row_files_are_the_generated_ones():
     expected = {f"table{t.number}-{r.slug}.yaml": row_file_text(t, r) for t in TABLES.values() for r in t.rows}
+    expected |= {f"{name}.yaml": reading_file_text(name) for name in READINGS}
     committed = {p.name: p.read_text() for p in ABLATIONS.glob("*.yaml")}
     assert sorted(committed) == sorted(expected), "run `refam ablate --write-configs configs/ablations`"
     stale = [name for name in expected if committed[name] != expected[name]]
