@@ -63,3 +63,20 @@ def test_video_ddp_on_two_processes_equals_one(tmp_path):
         results[devices] = metrics(tmp_path / f"d{devices}")
     assert results[1]["ref_davis17/valid/expressions"] == 24
     assert results[2] == pytest.approx(results[1], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_predict_video_with_a_video_config_tracks_from_the_key_frame(tmp_path):
+    import json
+
+    frames = DATA / "valid/JPEGImages/shapes-demo-0000"
+    result = run("predict", "--config", "configs/smoke-video.yaml", "--video", str(frames),
+                 "--expression", "the red circle", "--expression", "the object on the left", "--output", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / frames.name
+    for stem in ("0-the-red-circle", "1-the-object-on-the-left"):
+        assert sorted(p.stem for p in (folder / stem).glob("*.png")) == [f"{i:05d}" for i in range(8)]
+        record = json.loads((folder / f"{stem}.json").read_text())
+        assert record["key_frame"] == 0 and len(record["point"]) == 2
+        with Image.open(folder / f"{stem}_overlay.gif") as gif:
+            assert gif.n_frames == 8
