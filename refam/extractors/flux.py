@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.base import ExpressionError, Extractor, MagnetVectors, sample_seed, select_blocks
+from refam.extractors.base import Extractor, MagnetVectors, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, AttentionCapture, BranchLayout, install_branch_processors
 from refam.extractors.trajectory import NoiseAt, Trajectory, TrajectoryContext, drive
-from refam.text.tokens import tokens_to_words
+from refam.text.expressions import EncodedExpressions, ExpressionEncoder
 from refam.types import TokenInfo, TokenMaps
 
 log = logging.getLogger(__name__)
@@ -29,34 +29,6 @@ class CaptionCondition:
     embeds: torch.Tensor  # [1, Lc, D] T5
     pooled: torch.Tensor  # [1, P] CLIP
     guidance: torch.Tensor | None
-
-
-@dataclass
-class EncodedExpressions:
-    embeds: torch.Tensor  # [K, L, D] T5, padded to the longest expression
-    valid: torch.Tensor  # [K, L] bool
-    tokens: list[list[TokenInfo]]
-
-
-def insert_before_eos(
-    inputs: torch.Tensor, mask: torch.Tensor, tokens: list[list[TokenInfo]], vectors: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, list[list[TokenInfo]]]:
-    """Append M vector magnets to each expression's input embeddings [K, L, D] where appended words
-    would go: after its last word, before its EOS. Returns [K, L + M, D] inputs, mask and tokens."""
-    k, length, dim = inputs.shape
-    m = vectors.shape[0]
-    out = inputs.new_zeros(k, length + m, dim)
-    out_mask = mask.new_zeros(k, length + m)
-    out_tokens = []
-    for row in range(k):
-        n = int(mask[row].sum())  # real tokens, the last being EOS
-        out[row, : n - 1] = inputs[row, : n - 1]
-        out[row, n - 1 : n - 1 + m] = vectors
-        out[row, n - 1 + m :] = inputs[row, n - 1 :]
-        out_mask[row, : n + m] = 1
-        magnets = [TokenInfo(f"<vector {j}>", "", special=False, magnet=True) for j in range(m)]
-        out_tokens.append(tokens[row][: n - 1] + magnets + tokens[row][n - 1 :])
-    return out, out_mask, out_tokens
 
 
 def resolve_pretrained(pretrained: str) -> str:
@@ -186,47 +158,23 @@ class FluxExtractor(Extractor):
         return len(t.transformer_blocks) + len(t.single_transformer_blocks)
 
     # ---------------------------------------------------------------- encoders
-    def tokenize(self, text: str, magnet_start: int | None) -> list[TokenInfo]:
-        return self._tokenize([(text, magnet_start)])[1][0]
+    @property
+    def expression_encoder(self) -> ExpressionEncoder:
+        """FLUX reads expressions with its T5 (text_encoder_2 / tokenizer_2)."""
+        return ExpressionEncoder(self.pipe.tokenizer_2, self.pipe.text_encoder_2, self.expression_max_tokens)
 
-    def _tokenize(self, expressions: list[tuple[str, int | None]]):
-        """One batch tokenization gives ids, mask and each token's word (padding counts as special)."""
-        tokenizer = self.pipe.tokenizer_2
-        texts = [text for text, _ in expressions]
-        enc = tokenizer(texts, padding="longest", return_tensors="pt", return_offsets_mapping=True,
-                        return_special_tokens_mask=True)
-        tokens = [
-            tokens_to_words(text, tokenizer.convert_ids_to_tokens(ids), offsets.tolist(), special.bool().tolist(), start)
-            for (text, start), ids, offsets, special in zip(
-                expressions, enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
-            )
-        ]
-        return enc, tokens
+    def tokenize(self, text: str, magnet_start: int | None) -> list[TokenInfo]:
+        return self.expression_encoder.tokenize([(text, magnet_start)])[1][0]
 
     def validate_expression(self, text: str) -> None:
         super().validate_expression(text)
-        n = len(self.pipe.tokenizer_2(text)["input_ids"])
-        if n > self.expression_max_tokens:
-            raise ExpressionError(
-                f"the expression has {n} T5 tokens with magnets; the limit is {self.expression_max_tokens} "
-                "(model.extractor.init_args.expression_max_tokens): shorten it or raise the limit"
-            )
+        self.expression_encoder.validate(text)
 
-    @torch.inference_mode()
     def encode_expressions(
         self, expressions: list[tuple[str, int | None]], magnet_vectors: MagnetVectors | None = None
     ) -> EncodedExpressions:
         """Callers validate first (`validate_expression`); the module does, per expression."""
-        enc, tokens = self._tokenize(expressions)
-        encoder = self.pipe.text_encoder_2
-        ids, mask = enc["input_ids"].to(encoder.device), enc["attention_mask"].to(encoder.device)
-        inputs = encoder.get_input_embeddings()(ids)
-        vectors = magnet_vectors(encoder.get_input_embeddings().weight) if magnet_vectors is not None else None
-        if vectors is not None:
-            inputs, mask, tokens = insert_before_eos(inputs, mask, tokens, vectors.to(inputs))
-        # With its attention mask, T5 gives each expression the same embeddings as when encoded alone.
-        embeds = encoder(inputs_embeds=inputs, attention_mask=mask)[0].to(self.device, self.dtype)
-        return EncodedExpressions(embeds=embeds, valid=mask.bool().cpu(), tokens=tokens)
+        return self.expression_encoder.encode(expressions, self.device, self.dtype, magnet_vectors)
 
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> CaptionCondition:

@@ -59,12 +59,11 @@ import torch
 from PIL import Image
 
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.base import ExpressionError, Extractor, MagnetVectors, sample_seed, select_blocks
+from refam.extractors.base import Extractor, MagnetVectors, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
-from refam.extractors.flux import EncodedExpressions, insert_before_eos
 from refam.extractors.mochi_capture import install_mochi_branch
 from refam.extractors.trajectory import standard_noise
-from refam.text.tokens import tokens_to_words
+from refam.text.expressions import EncodedExpressions, ExpressionEncoder
 from refam.types import TokenMaps
 
 PRETRAINED_KEY = "model.extractor.init_args.pretrained"
@@ -323,45 +322,22 @@ class MochiExtractor(Extractor):
         return len(self.pipe.transformer.transformer_blocks)
 
     # ---------------------------------------------------------------- encoders
-    def _tokenize(self, expressions: list[tuple[str, int | None]]):
-        tokenizer = self.pipe.tokenizer
-        texts = [text for text, _ in expressions]
-        enc = tokenizer(texts, padding="longest", return_tensors="pt", return_offsets_mapping=True,
-                        return_special_tokens_mask=True)
-        tokens = [
-            tokens_to_words(text, tokenizer.convert_ids_to_tokens(ids), offsets.tolist(), special.bool().tolist(), start)
-            for (text, start), ids, offsets, special in zip(
-                expressions, enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
-            )
-        ]
-        return enc, tokens
+    @property
+    def expression_encoder(self) -> ExpressionEncoder:
+        return ExpressionEncoder(self.pipe.tokenizer, self.pipe.text_encoder, self.expression_max_tokens)
 
     def tokenize(self, text: str, magnet_start: int | None):
-        return self._tokenize([(text, magnet_start)])[1][0]
+        return self.expression_encoder.tokenize([(text, magnet_start)])[1][0]
 
     def validate_expression(self, text: str) -> None:
         super().validate_expression(text)
-        n = len(self.pipe.tokenizer(text)["input_ids"])
-        if n > self.expression_max_tokens:
-            raise ExpressionError(
-                f"the expression has {n} T5 tokens with magnets; the limit is {self.expression_max_tokens} "
-                "(model.extractor.init_args.expression_max_tokens): shorten it or raise the limit"
-            )
+        self.expression_encoder.validate(text)
 
-    @torch.inference_mode()
     def encode_expressions(
         self, expressions: list[tuple[str, int | None]], magnet_vectors: MagnetVectors | None = None
     ) -> EncodedExpressions:
         """K expressions in one T5 batch (padded to the longest, masked), magnets inserted before EOS."""
-        enc, tokens = self._tokenize(expressions)
-        encoder = self.pipe.text_encoder
-        ids, mask = enc["input_ids"].to(encoder.device), enc["attention_mask"].to(encoder.device)
-        inputs = encoder.get_input_embeddings()(ids)
-        vectors = magnet_vectors(encoder.get_input_embeddings().weight) if magnet_vectors is not None else None
-        if vectors is not None:
-            inputs, mask, tokens = insert_before_eos(inputs, mask, tokens, vectors.to(inputs))
-        embeds = encoder(inputs_embeds=inputs, attention_mask=mask)[0].to(self.device, self.dtype)
-        return EncodedExpressions(embeds=embeds, valid=mask.bool().cpu(), tokens=tokens)
+        return self.expression_encoder.encode(expressions, self.device, self.dtype, magnet_vectors)
 
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> MochiCaption:
