@@ -222,6 +222,7 @@ class RefAMModule(L.LightningModule):
         aggregation = self.aggregator(maps, keep)  # heatmaps [K, F_lat, h, w]
         frame_to_latent = maps.frame_to_latent or [0] * len(video.frames)
         prompts = key_frames(aggregation.heatmaps, frame_to_latent, self.key_frame)
+        tracks: dict[tuple[int, float, float], list[int]] = {}  # one segmenter run per distinct prompt
         for k, expression in enumerate(runnable):
             frame, latent = prompts[k], frame_to_latent[prompts[k]]
             heat = aggregation.heatmaps[k, latent][None]
@@ -230,16 +231,20 @@ class RefAMModule(L.LightningModule):
                 heat = bias(heat, [expression.text], context)
             width, height = video.frame(frame).size
             x, y = argmax_points(heat, height, width)[0].tolist()
-            key_mask = None
-            for index, mask in self.segmenter.track(video.frames, frame, (x, y)):
-                if index == frame:
-                    key_mask = mask
-                if on_mask is not None:
-                    on_mask(expression, index, mask)
+            tracks.setdefault((frame, x, y), []).append(k)
             result.predictions.append(
-                Prediction(expression_id=expression.expression_id, mask=key_mask, point=(x, y), heatmap=heat[0],
+                Prediction(expression_id=expression.expression_id, mask=None, point=(x, y), heatmap=heat[0],
                            frame=frame, **token_report(maps, aggregation, k))
             )
+        # expressions prompting the same point on the same frame share a track (the segmenter is
+        # deterministic), each still receiving every mask
+        for (frame, x, y), members in tracks.items():
+            for index, mask in self.segmenter.track(video.frames, frame, (x, y)):
+                for k in members:
+                    if index == frame:
+                        result.predictions[k].mask = mask
+                    if on_mask is not None:
+                        on_mask(runnable[k], index, mask)
         return result
 
     def test_step(self, batch: list[Sample | BadSample], batch_idx: int, dataloader_idx: int = 0) -> list[SampleResult]:

@@ -181,3 +181,16 @@ def test_refam_test_on_ref_davis_scores_streams_masks_and_writes_submission_layo
             assert first.mode == "P" and set(np.unique(np.asarray(first)).tolist()) <= {0, 1, 2}
     with zipfile.ZipFile(tmp_path / "masks" / f"{name.replace('/', '-')}.zip") as bundle:
         assert "dogs-scale/0/00000.png" in bundle.namelist()
+
+
+def test_expressions_prompting_the_same_point_share_one_track(video):
+    extractor = PlantedVideoExtractor({0: [(0, 1, 2, 6.0)], 1: [(0, 1, 2, 6.0)]})  # the same cell
+    tracker = ScriptedTracker()
+    module = RefAMModule(extractor=extractor, segmenter=tracker, magnets=AppendMagnets())
+    seen = []
+    result = module.segment_video(video, lambda e, i, m: seen.append((e.expression_id, i, m.sum())))
+    assert len(tracker.calls) == 1
+    for expression in ("e0", "e1"):
+        assert sorted(i for e, i, _ in seen if e == expression) == list(range(FRAMES))
+    assert [s for e, _, s in seen if e == "e0"] == [s for e, _, s in seen if e == "e1"]
+    assert all(p.mask is not None for p in result.predictions)
