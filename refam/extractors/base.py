@@ -30,6 +30,12 @@ class Extractor(abc.ABC):
     def setup(self, device: torch.device) -> None:
         """Load weights onto `device`; called once per process, before the first `extract`."""
 
+    def cache_key_settings(self) -> dict | None:
+        """Everything of this extractor that changes its maps (model identity, dtype, sizes,
+        trajectory, seed, blocks, ...), JSON-able or `refam.extractors.cache.describe`-able, for
+        the map cache's key (`refam.extractors.cache.MapCache`). None: the maps are never cached."""
+        return None
+
     def validate_expression(self, text: str) -> None:
         """Raise `ExpressionError` for an expression (with magnets) this backbone cannot encode."""
         if not text.strip():

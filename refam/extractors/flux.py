@@ -123,6 +123,28 @@ class FluxExtractor(Extractor):
         self.pipe = None
         self.device = torch.device("cpu")
 
+    def cache_key_settings(self) -> dict:
+        from refam.extractors.cache import describe, model_identity
+
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "model": model_identity(self.pretrained),
+            "dtype": str(self.dtype),
+            "device": self.device.type,  # maps differ by rounding across device types
+            "resolution": self.resolution,
+            "keep_aspect": self.keep_aspect,
+            "trajectory": describe(self.trajectory),
+            "seed": self.seed,
+            "blocks": self.blocks,
+            "softmax_stage": self.softmax_stage,
+            "representation": self.representation,
+            "caption_max_tokens": self.caption_max_tokens,
+            "pooled_prompt": self.pooled_prompt,
+            "expression_max_tokens": self.expression_max_tokens,
+            "guidance_scale": self.guidance_scale,
+            "offload_text_encoders": self.offload_text_encoders,  # text encoders on the CPU: rounding
+        }
+
     # ---------------------------------------------------------------- loading
     def setup(self, device: torch.device) -> None:
         if self.pipe is not None:

@@ -281,6 +281,30 @@ class MochiExtractor(Extractor):
         self.pipe = None
         self.device = torch.device("cpu")
 
+    def cache_key_settings(self) -> dict:
+        from refam.extractors.cache import model_identity
+
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "model": model_identity(self.pretrained),
+            "variant": self.variant,
+            "dtype": str(self.dtype),
+            "device": self.device.type,  # maps differ by rounding across device types
+            "sigma": self.sigma,
+            "height": self.height,
+            "width": self.width,
+            "clip_frames": self.clip_frames,
+            "windows": self.windows,
+            "seed": self.seed,
+            "blocks": self.blocks,
+            "softmax_stage": self.softmax_stage,
+            "representation": self.representation,
+            "caption_max_tokens": self.caption_max_tokens,
+            "expression_max_tokens": self.expression_max_tokens,
+            "offload_text_encoders": self.offload_text_encoders,
+            "vae_tiling": self.vae_tiling,  # tiled VAE encoding differs at the tile seams
+        }
+
     # ---------------------------------------------------------------- loading
     def setup(self, device: torch.device) -> None:
         if self.pipe is not None:

@@ -1,0 +1,291 @@
+"""The attention-map cache: token maps stored per sample, so that runs which change only what comes
+after the extractor (aggregation, spatial bias, point, segmentation) skip the DiT entirely.
+
+One safetensors file per (sample, key) holds one extractor call's `TokenMaps`: the tensors
+(`scores`, `valid`, `text_mass`) and, in the file's metadata, the tokens (JSON), `kind` and
+`frame_to_latent`. The key is the sha256 of everything that changes the maps (see `cache_key`):
+
+- the extractor's `cache_key_settings()`: its class, the model's identity (a folder: every file's
+  relative path with the sha256 of its content for files up to 1 MiB, size and mtime for larger
+  weight files; a hub id: the id), dtype, sizes, trajectory / noise level, seed, blocks,
+  softmax stage, representation, caption and expression lengths, pooled prompt, guidance, device
+  type...;
+- the sample: its id (the noise seed derives from it), the image content (sha256 of the decoded
+  pixels, mode and size) or, for a video, each frame file's path, size and mtime;
+- the caption actually used (after `text_condition`);
+- the K expressions as encoded (magnet-augmented text and where the magnets start), in order: one
+  entry per sample serves all K expressions, as one forward does;
+- the identity of the magnet vectors (`MagnetStrategy.vectors`), when the strategy has them
+  (class, count, seed...); word magnets are already in the texts.
+
+Settings that act after the maps (token filtering by stop words or noun phrase, the aggregator,
+spatial biases, the segmenter) are not in the key, so changing them hits.
+
+Writes are atomic (a temporary file in the same folder, then `os.replace`); a file that cannot be
+read back (truncated, corrupt, tensors not matching their stored sha256, inconsistent shapes) is reported with a warning, recomputed and rewritten.
+Only safetensors is read, never pickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from refam.types import TokenInfo, TokenMaps
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SMALL_FILE = 1 << 20  # files up to this size are hashed by content; larger ones by size and mtime
+
+
+# ------------------------------------------------------------------ identities
+def describe(obj) -> object:
+    """A JSON-able description of a setting: primitives as they are, containers recursively, other
+    objects as their class path plus their public attributes (e.g. a `Trajectory`)."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, torch.dtype):
+        return str(obj)
+    if isinstance(obj, torch.device):
+        return obj.type
+    if isinstance(obj, (list, tuple)):
+        return [describe(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted(describe(v) for v in obj)
+    if isinstance(obj, dict):
+        return {str(k): describe(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    cls = type(obj)
+    fields = {k: describe(v) for k, v in sorted(vars(obj).items()) if not k.startswith("_")} if hasattr(obj, "__dict__") else {}
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", **fields}
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(pretrained: str) -> dict:
+    """What identifies a checkpoint: for a folder, every file (relative path; content sha256 up to
+    1 MiB: configs, tokenizers; size and mtime above: weights); otherwise the hub id as given."""
+    root = Path(pretrained)
+    if not root.is_dir():
+        return {"hub_id": pretrained}
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # hidden files (editor swaps, .cache) do not change the model
+        stat = path.stat()
+        if stat.st_size <= SMALL_FILE:
+            files[rel] = _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+        else:
+            files[rel] = f"size={stat.st_size} mtime_ns={stat.st_mtime_ns}"
+    return {"folder": str(root.resolve()), "files": files}
+
+
+def image_identity(image: Image.Image) -> str:
+    """sha256 of the decoded pixels with the mode and size (what the extractor sees)."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def frames_identity(frames: Sequence[str]) -> list:
+    """Each frame file's path, size and mtime (a video's frames are not all read to key it)."""
+    out = []
+    for frame in frames:
+        try:
+            stat = os.stat(frame)
+            out.append([str(frame), stat.st_size, stat.st_mtime_ns])
+        except OSError:
+            out.append([str(frame), None, None])
+    return out
+
+
+KEEP_ONLY = frozenset({"magnets", "filter_stop_words", "stop_words", "noun_phrase"})  # act in `keep`, not on the maps
+
+
+def magnet_vectors_identity(magnets) -> dict | None:
+    """None for strategies without vectors (their magnets are words, already in the texts); else
+    the class and the settings that draw the vectors (e.g. RandomVectorMagnets' count and seed)."""
+    from refam.aggregators.magnets import MagnetStrategy
+
+    if magnets is None or type(magnets).vectors is MagnetStrategy.vectors:
+        return None
+    settings = describe(magnets)
+    return {k: v for k, v in settings.items() if k not in KEEP_ONLY}
+
+
+def cache_key(
+    settings: dict,
+    sample_id: str,
+    source: object,
+    caption: str,
+    expressions: list[tuple[str, int | None]],
+    magnets=None,
+) -> tuple[str, dict]:
+    """(sha256 hex, the payload it hashes). `source`: an image (hashed by content) or a list of
+    frame paths (by path, size, mtime)."""
+    if isinstance(source, Image.Image):
+        source_id = {"image": image_identity(source)}
+    else:
+        source_id = {"frames": frames_identity(list(source))}
+    payload = {
+        "format": FORMAT_VERSION,
+        "extractor": describe(settings),
+        "sample_id": sample_id,
+        "source": source_id,
+        "caption": caption,
+        "expressions": [[text, start] for text, start in expressions],
+        "magnet_vectors": magnet_vectors_identity(magnets),
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest(), payload
+
+
+# ------------------------------------------------------------------ storage
+class CorruptEntry(Exception):
+    """A cache file that cannot be read back as TokenMaps."""
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' bytes (bit rot in the data region would otherwise load silently)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _safe_name(sample_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", sample_id).strip("._")[:80] or "sample"
+
+
+class MapCache:
+    """Token maps on disk, one safetensors file per (sample, key), in `folder`.
+
+    `hits`, `misses` and `corrupt` count this process's look-ups."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.hits = 0
+        self.misses = 0
+        self.corrupt = 0
+        self._warned_uncacheable: set[str] = set()
+
+    def path(self, sample_id: str, key: str) -> Path:
+        return self.folder / f"{_safe_name(sample_id)}.{key[:32]}.safetensors"
+
+    # -------------------------------------------------------------- files
+    def save(self, path: Path, maps: TokenMaps, payload: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {
+            "scores": maps.scores.detach().cpu().contiguous(),  # dtype kept: a hit equals a fresh run
+            "valid": maps.valid.detach().to("cpu", torch.bool).contiguous(),
+            "text_mass": maps.text_mass.detach().cpu().contiguous(),
+        }
+        metadata = {
+            "format": str(FORMAT_VERSION),
+            "checksum": _checksum(tensors),
+            "kind": maps.kind,
+            "tokens": json.dumps([[dataclasses.asdict(t) for t in tokens] for tokens in maps.tokens]),
+            "frame_to_latent": json.dumps(maps.frame_to_latent),
+            "key": json.dumps(payload, sort_keys=True) if payload is not None else "",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def load(self, path: Path, expected: int | None = None) -> TokenMaps:
+        """The TokenMaps in `path`; `CorruptEntry` if it cannot be read or is inconsistent."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in ("scores", "valid", "text_mass")}
+            if metadata.get("format") != str(FORMAT_VERSION):
+                raise CorruptEntry(f"format {metadata.get('format')!r}, expected {FORMAT_VERSION}")
+            tokens = [[TokenInfo(**t) for t in row] for row in json.loads(metadata["tokens"])]
+            frame_to_latent = json.loads(metadata["frame_to_latent"])
+            kind = metadata["kind"]
+            if metadata.get("checksum") != _checksum(tensors):
+                raise CorruptEntry("the tensors do not match their checksum")
+        except CorruptEntry:
+            raise
+        except Exception as err:  # truncated file, bad header, missing tensor or metadata
+            raise CorruptEntry(f"{type(err).__name__}: {err}") from err
+        scores, valid, text_mass = tensors["scores"], tensors["valid"], tensors["text_mass"]
+        k, t = valid.shape if valid.dim() == 2 else (-1, -1)
+        if (valid.dtype != torch.bool or scores.shape[:2] != (k, t) or tuple(text_mass.shape) != (k, t)
+                or len(tokens) != k or any(len(row) != t for row in tokens)
+                or (expected is not None and k != expected) or kind not in ("logits", "probs")):
+            raise CorruptEntry(f"inconsistent entry: scores {tuple(scores.shape)}, valid {tuple(valid.shape)}, "
+                               f"text_mass {tuple(text_mass.shape)}, {len(tokens)} token rows, kind {kind!r}")
+        return TokenMaps(scores=scores, valid=valid, text_mass=text_mass, tokens=tokens, kind=kind,
+                         frame_to_latent=frame_to_latent)
+
+    # -------------------------------------------------------------- the call
+    def extract(
+        self,
+        extractor,
+        compute: Callable[[], TokenMaps],
+        sample_id: str,
+        source: object,
+        caption: str,
+        expressions: list[tuple[str, int | None]],
+        magnets=None,
+    ) -> TokenMaps:
+        """The maps of one extractor call: read from the cache when present, else `compute()` and
+        stored. An extractor whose `cache_key_settings()` is None is never cached (warned once)."""
+        settings = extractor.cache_key_settings()
+        if settings is None:
+            name = type(extractor).__name__
+            if name not in self._warned_uncacheable:
+                self._warned_uncacheable.add(name)
+                log.warning("map cache: %s does not describe its settings (cache_key_settings); its maps are not cached", name)
+            return compute()
+        key, payload = cache_key(settings, sample_id, source, caption, expressions, magnets)
+        path = self.path(sample_id, key)
+        if path.exists():
+            try:
+                maps = self.load(path, expected=len(expressions))
+                self.hits += 1
+                return maps
+            except CorruptEntry as err:
+                self.corrupt += 1
+                log.warning("map cache: %s cannot be read (%s); recomputing it", path, err)
+        self.misses += 1
+        maps = compute()
+        try:
+            self.save(path, maps, payload)
+        except OSError as err:  # a full or read-only disk costs the cache, not the run
+            log.warning("map cache: cannot write %s (%s); going on without it", path, err)
+        return maps
