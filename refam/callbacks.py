@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+log = logging.getLogger(__name__)
+
+RECORD_FORMAT = 1
 
 
 class ExpressionRecords(L.Callback):
@@ -55,6 +62,140 @@ class ExpressionRecords(L.Callback):
         for file in self._files.values():
             file.close()
         self._files.clear()
+
+
+def _stem(sample_id: str) -> str:
+    """A sample id as a file name: path separators become "-"; the id itself is kept in the record."""
+    return str(sample_id).replace(os.sep, "-").replace("/", "-")
+
+
+def config_fingerprints(config: dict[str, Any]) -> list[str]:
+    """One fingerprint per test dataset of a resolved `refam test` config (a plain dict): a hash of
+    everything that can change that dataset's numbers (the model, the seed, the trainer's precision
+    and the dataset's own settings) and of nothing else (devices, logger, callbacks, workers, the
+    other datasets), so a rerun of the same config on more GPUs still reuses its results."""
+    data = dict(config.get("data") or {})
+    init = data.get("init_args") if isinstance(data.get("init_args"), dict) else data
+    datasets = init.get("datasets") or []
+    datasets = datasets if isinstance(datasets, list) else [datasets]
+    model = config.get("model")
+    if isinstance(model, dict):  # where the token-map cache lives changes no number
+        model = {k: v for k, v in model.items() if k != "map_cache"}
+    common = {
+        "model": model,
+        "seed_everything": config.get("seed_everything"),
+        "precision": (config.get("trainer") or {}).get("precision"),
+        "data": {k: v for k, v in init.items() if k not in ("datasets", "num_workers")},
+    }
+    return [hashlib.sha256(json.dumps({"format": RECORD_FORMAT, **common, "dataset": d}, sort_keys=True,
+                                      default=str).encode()).hexdigest()[:20] for d in datasets]
+
+
+class ResultStore(L.Callback):
+    """Resumable evaluation: each sample's per-expression results are written as soon as they are
+    scored, one JSON file per sample, `<folder>/<dataset>/<sample id>.json`, atomically (a stopped
+    run leaves only complete files). A rerun of the same config into the same folder reads a stored
+    sample back instead of running it (no DiT forward, no segmenter) and feeds the stored numbers to
+    the metrics, so its final scores equal an uninterrupted run's exactly.
+
+    A record holds the config's fingerprint (`config_fingerprints`); a record made with other model
+    or data settings is never reused: the sample is recomputed and its file replaced (said once per
+    dataset). Each process reads and writes only the samples of its own shard.
+
+    Args:
+        folder: where to keep the results; default `<logger save_dir or trainer.default_root_dir>/results`
+            (not the versioned log folder, so that a rerun finds them).
+        resume: reuse stored results (default); `false` recomputes every sample and overwrites them.
+    """
+
+    def __init__(self, folder: str | None = None, resume: bool = True) -> None:
+        self.folder, self.resume = folder, resume
+        # set by the CLI from the resolved config (one per test dataset); without them nothing is reused
+        self.fingerprints: list[str] | None = None
+        self.reused = self.computed = 0
+        self._root: Path | None = None
+        self._warned: set[str] = set()
+
+    def root(self, trainer: L.Trainer) -> Path:
+        if self.folder:
+            return Path(self.folder)
+        save_dir = getattr(trainer.logger, "save_dir", None) if trainer.logger is not None else None
+        return Path(save_dir or trainer.default_root_dir) / "results"
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._root = self.root(trainer)
+        self.reused = self.computed = 0
+        self._warned.clear()
+        pl_module.result_store = self
+        if self.resume and self.fingerprints is None:
+            rank_zero_info("refam: results: no config fingerprint (not run through `refam test`); "
+                           "stored results are written but not reused")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if getattr(pl_module, "result_store", None) is self:
+            pl_module.result_store = None
+
+    def fingerprint(self, dataloader_idx: int) -> str | None:
+        if self.fingerprints is None or dataloader_idx >= len(self.fingerprints):
+            return None
+        return self.fingerprints[dataloader_idx]
+
+    def path(self, dataset: str, sample_id: str) -> Path:
+        assert self._root is not None, "ResultStore.setup has not run"
+        return self._root / dataset.replace(os.sep, "-") / f"{_stem(sample_id)}.json"
+
+    def lookup(self, dataloader_idx: int, dataset: str, sample_id: str) -> dict | None:
+        """The stored record of a sample when it can be reused, else None."""
+        fingerprint = self.fingerprint(dataloader_idx)
+        if not self.resume or fingerprint is None:
+            return None
+        path = self.path(dataset, sample_id)
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # written atomically, so only a foreign file can be broken
+            log.warning("refam: results: unreadable %s (%s); recomputing sample %s", path, err, sample_id)
+            return None
+        if record.get("fingerprint") != fingerprint or record.get("format") != RECORD_FORMAT:
+            if dataset not in self._warned:
+                self._warned.add(dataset)
+                log.warning("refam: results: %s holds results computed with other settings (config fingerprint "
+                            "%s, now %s); recomputing and replacing them", path.parent, record.get("fingerprint"),
+                            fingerprint)
+            return None
+        if str(record.get("sample_id")) != str(sample_id):
+            return None
+        self.reused += 1
+        return record
+
+    def save(self, dataloader_idx: int, dataset: str, record: dict) -> None:
+        from refam.visualize import write_atomic
+
+        record = {"format": RECORD_FORMAT, "fingerprint": self.fingerprint(dataloader_idx), "dataset": dataset, **record}
+        write_atomic(self.path(dataset, record["sample_id"]),
+                     (json.dumps(record, ensure_ascii=False) + "\n").encode())
+        self.computed += 1
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        # the module queues the records of the samples it scored in this batch (never the reused ones)
+        pending = getattr(pl_module, "pending_records", None) or []
+        masks = next((c for c in trainer.callbacks if isinstance(c, MaskWriter) and c.save), None)
+        for index, dataset, record in pending:
+            if masks is not None and not record.get("video"):
+                folder = masks._root(trainer) / MaskWriter._dataset(pl_module, index) / _stem(record["sample_id"])
+                for expression in record["expressions"]:
+                    expression["mask"] = str(folder / f"{_stem(expression['expression_id'])}.png")
+            self.save(index, dataset, record)
+        pending.clear()
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        where = self._root
+        message = f"refam: results: computed {self.computed} sample(s), reused {self.reused} stored in {where}"
+        if trainer.world_size > 1:
+            message += f" (rank {trainer.global_rank})"
+        log.info(message)
+        print(message, flush=True)
 
 
 class MaskWriter(BasePredictionWriter):
@@ -164,6 +305,8 @@ class MaskWriter(BasePredictionWriter):
                 continue
             folder = root / result.sample_id.replace(os.sep, "-")
             for p in result.predictions:
+                if p.mask is None:  # a result reused from the result store: its mask was written then
+                    continue
                 name = p.expression_id.replace(os.sep, "-")
                 save_png(mask_image(p.mask), folder / f"{name}.png")
                 if self.overlay:

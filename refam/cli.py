@@ -14,7 +14,7 @@ import refam.data  # noqa: F401
 import refam.extractors.flux  # noqa: F401
 import refam.extractors.trajectory  # noqa: F401
 import refam.segmenters  # noqa: F401
-from refam.callbacks import ExpressionRecords, MaskWriter
+from refam.callbacks import ExpressionRecords, MaskWriter, ResultStore, config_fingerprints
 from refam.data.datamodule import RefAMDataModule
 from refam.errors import RefamError
 from refam.module import RefAMModule
@@ -32,6 +32,15 @@ class RefAMCLI(LightningCLI):
         parser.add_lightning_class_args(ExpressionRecords, "records")
         # --masks.save true [--masks.overlay true] [--masks.folder DIR]
         parser.add_lightning_class_args(MaskWriter, "masks")
+        # resumable evaluation: --results.folder DIR (default <logger save_dir>/results), --results.resume false
+        parser.add_lightning_class_args(ResultStore, "results")
+
+    def after_instantiate_classes(self) -> None:
+        # a stored result is reused only by a run of the same model and data settings
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ResultStore):
+                callback.fingerprints = config_fingerprints(config.as_dict())
 
 
 def run_cli(args: list[str] | None = None) -> RefAMCLI:

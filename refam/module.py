@@ -24,7 +24,9 @@ from refam.aggregators.point import argmax_points, upsample
 from refam.aggregators.spatial import BiasContext, SpatialBias
 from refam.errors import ConfigError
 from refam.extractors.base import ExpressionError, Extractor
+from refam.extractors.cache import MapCache
 from refam.metrics import ReferringScores, SaliencyScores, VideoReferringScores, intersection_union, point_hit
+from refam.metrics.jf import TrackScores
 from refam.segmenters.base import Segmenter
 from refam.segmenters.video_base import VideoSegmenter
 from refam.types import BadSample, Prediction, Sample, TokenMaps, VideoExpression, VideoSample
@@ -85,6 +87,9 @@ class RefAMModule(L.LightningModule):
             caption; empty where it has none) or "empty" (always the empty prompt; Table 9).
         key_frame: videos: the frame the point prompts: "first" (the paper) or "confident" (the
             frame whose heatmap peaks highest; the segmenter then tracks forward and backward).
+        map_cache: a folder where the extractor's token maps are stored per sample
+            (`refam.extractors.cache.MapCache`), keyed by everything that changes them; a run that
+            changes only the aggregation, spatial bias or segmenter then skips the DiT. None: no cache.
     """
 
     def __init__(
@@ -96,8 +101,10 @@ class RefAMModule(L.LightningModule):
         spatial_bias: SpatialBias | list[SpatialBias] | None = None,
         text_condition: str = "caption",
         key_frame: str = "first",
+        map_cache: str | None = None,
     ) -> None:
         super().__init__()
+        self.map_cache = MapCache(map_cache) if map_cache else None
         if key_frame not in KEY_FRAMES:
             raise ConfigError(f"model.key_frame must be one of {list(KEY_FRAMES)}, got {key_frame!r}")
         self.key_frame = key_frame
@@ -125,6 +132,8 @@ class RefAMModule(L.LightningModule):
 
     def on_test_start(self) -> None:
         self._load_components()
+        # (dataset index, dataset name, record) of each sample scored in the current batch, for ResultStore
+        self.pending_records: list[tuple[int, str, dict]] = []
         datasets = getattr(self.trainer.datamodule, "datasets", None) or [None]
         self.dataset_names = [getattr(d, "name", None) or f"test{i}" for i, d in enumerate(datasets)]
         # video datasets (`is_video`) are scored with J&F, images with mIoU / oIoU; both with PA
@@ -168,8 +177,12 @@ class RefAMModule(L.LightningModule):
             return result
 
         caption = sample.caption if self.text_condition == "caption" else ""
-        maps = self.extractor.extract(sample.image, caption, augmented, sample.sample_id,
-                                      magnet_vectors=self.magnets.vectors)
+        def extract() -> TokenMaps:
+            return self.extractor.extract(sample.image, caption, augmented, sample.sample_id,
+                                          magnet_vectors=self.magnets.vectors)
+
+        maps = extract() if self.map_cache is None else self.map_cache.extract(
+            self.extractor, extract, sample.sample_id, sample.image, caption, augmented, self.magnets)
         keep = torch.tensor([self.magnets.keep(tokens, expression.text) for tokens, expression in zip(maps.tokens, runnable)],
                             dtype=torch.bool)
         aggregation = self.aggregator(maps, keep)
@@ -217,7 +230,11 @@ class RefAMModule(L.LightningModule):
             raise ConfigError(f"model.extractor: {type(self.extractor).__name__} has no video path (extract_video); "
                               "a video dataset needs a video backbone such as refam.extractors.mochi.MochiExtractor")
         caption = video.caption if self.text_condition == "caption" else ""
-        maps = extract_video(video.images, caption, augmented, video.sample_id, magnet_vectors=self.magnets.vectors)
+        def extract() -> TokenMaps:
+            return extract_video(video.images, caption, augmented, video.sample_id, magnet_vectors=self.magnets.vectors)
+
+        maps = extract() if self.map_cache is None else self.map_cache.extract(
+            self.extractor, extract, video.sample_id, video.frames, caption, augmented, self.magnets)
         keep = torch.tensor([self.magnets.keep(tokens, e.text) for tokens, e in zip(maps.tokens, runnable)], dtype=torch.bool)
         aggregation = self.aggregator(maps, keep)  # heatmaps [K, F_lat, h, w]
         frame_to_latent = maps.frame_to_latent or [0] * len(video.frames)
@@ -252,8 +269,13 @@ class RefAMModule(L.LightningModule):
         results = []
         for item in batch:
             if isinstance(item, BadSample):
+                # not stored: it costs nothing to find again, and a repaired file is then scored
                 log.warning("skipped sample %s: %s", item.sample_id, item.reason)
                 scores.skipped_samples.update(1)
+                continue
+            stored = self._stored_record(dataloader_idx, item.sample_id)
+            if stored is not None:  # finished by an earlier run of this config: no forward, same numbers
+                results.append(self._replay(stored, dataloader_idx))
                 continue
             if isinstance(item, VideoSample):
                 results.append(self._test_video(item, scores, dataloader_idx))
@@ -263,21 +285,85 @@ class RefAMModule(L.LightningModule):
                 log.warning("skipped %s", message)
             scores.skipped_expressions.update(len(result.skipped))
             truth = {e.expression_id: e for e in item.expressions}
+            entries = []
             for prediction in result.predictions:
+                entry = self._entry(prediction)
+                entries.append(entry)
                 expression = truth[prediction.expression_id]
                 if expression.mask is None:
                     continue
                 target = torch.from_numpy(np.asarray(expression.mask, dtype=bool))
                 predicted = torch.from_numpy(np.asarray(prediction.mask, dtype=bool))
-                scores.update(predicted, prediction.point, target)
-                prediction.iou, prediction.point_hit = iou_of(predicted, target), point_hit(prediction.point, target)
+                intersection, union = intersection_union(predicted, target)
+                hit = point_hit(prediction.point, target)
+                scores.update_counts(intersection, union, hit)
+                prediction.iou, prediction.point_hit = (intersection / union if union else 0.0), hit
+                entry.update(intersection=intersection, union=union, iou=prediction.iou, point_hit=hit)
                 if self.saliency_datasets[dataloader_idx]:
                     void = getattr(expression, "void", None)
-                    self.saliency[dataloader_idx].update(
+                    saliency = self.saliency[dataloader_idx]
+                    entry["saliency"] = saliency.contribution(
                         prediction.heatmap, target, None if void is None else torch.from_numpy(np.asarray(void, dtype=bool))
                     )
+                    saliency.update(counts=entry["saliency"])
+            self._queue_record(dataloader_idx, result, entries, video=False)
             results.append(result)
         return results
+
+    # ------------------------------------------------------------ resumable evaluation (ResultStore)
+    @staticmethod
+    def _entry(prediction: Prediction) -> dict:
+        """One expression's stored result; the scores are added where it has ground truth."""
+        return {
+            "expression_id": prediction.expression_id,
+            "point": [float(prediction.point[0]), float(prediction.point[1])],
+            "frame": prediction.frame,
+            "intersection": None, "union": None, "iou": None, "point_hit": None,
+            "kept_tokens": list(prediction.kept_tokens), "dropped_tokens": list(prediction.dropped_tokens),
+            "sinks": list(prediction.sinks), "sink_categories": list(prediction.sink_categories),
+        }
+
+    def _queue_record(self, dataloader_idx: int, result: SampleResult, entries: list[dict], video: bool) -> None:
+        """Hand a scored sample's record to the ResultStore callback (written at the batch's end)."""
+        if getattr(self, "result_store", None) is None:
+            return
+        record = {"sample_id": result.sample_id, "video": video, "skipped": list(result.skipped), "expressions": entries}
+        self.pending_records.append((dataloader_idx, self.dataset_names[dataloader_idx], record))
+
+    def _stored_record(self, dataloader_idx: int, sample_id: str) -> dict | None:
+        store = getattr(self, "result_store", None)
+        if store is None:
+            return None
+        return store.lookup(dataloader_idx, self.dataset_names[dataloader_idx], sample_id)
+
+    def _replay(self, record: dict, dataloader_idx: int) -> SampleResult:
+        """Feed a stored sample's numbers to the metrics in the order `test_step` would have, so the
+        sums (and the final scores) equal a run that computed it; the result has no masks or heatmaps."""
+        scores = self.scores[dataloader_idx]
+        result = SampleResult(record["sample_id"], skipped=list(record.get("skipped", [])))
+        for message in result.skipped:
+            log.warning("skipped %s", message)
+        scores.skipped_expressions.update(len(result.skipped))
+        for entry in record["expressions"]:
+            prediction = Prediction(
+                expression_id=entry["expression_id"], mask=None, point=tuple(entry["point"]), heatmap=None,
+                kept_tokens=entry.get("kept_tokens", []), dropped_tokens=entry.get("dropped_tokens", []),
+                sinks=entry.get("sinks", []), sink_categories=entry.get("sink_categories", []),
+                iou=entry.get("iou"), point_hit=entry.get("point_hit"), frame=entry.get("frame"),
+            )
+            result.predictions.append(prediction)
+            if record.get("video"):
+                if entry.get("j") is not None:
+                    scores.update_track(TrackScores(list(entry["j"]), list(entry["f"])))
+                if entry.get("point_hit") is not None:
+                    scores.pa.update(hit=entry["point_hit"])
+                continue
+            if entry.get("intersection") is None:
+                continue
+            scores.update_counts(entry["intersection"], entry["union"], entry["point_hit"])
+            if self.saliency_datasets[dataloader_idx]:
+                self.saliency[dataloader_idx].update(counts=entry["saliency"])
+        return result
 
     def _test_video(self, video: VideoSample, scores: VideoReferringScores, dataloader_idx: int) -> SampleResult:
         """One video: every mask is scored (J&F against the frame's ground truth) and handed to the
@@ -298,14 +384,21 @@ class RefAMModule(L.LightningModule):
             log.warning("skipped %s", message)
         scores.skipped_expressions.update(len(result.skipped))
         expressions = {e.expression_id: e for e in video.expressions}
+        entries = []
         for prediction in result.predictions:
+            entry = self._entry(prediction)
+            entry.update(j=None, f=None)
+            entries.append(entry)
             if prediction.expression_id in scored:
-                scores.jf.end_track(prediction.expression_id)
+                track = scores.jf.end_track(prediction.expression_id)
                 scores.expressions.update(1)
+                entry.update(j=track.j, f=track.f)
             target = truth.mask(expressions[prediction.expression_id], prediction.frame) if truth is not None else None
             if target is not None:
-                scores.pa.update(prediction.point, torch.from_numpy(np.asarray(target, dtype=bool)))
-                prediction.point_hit = point_hit(prediction.point, target)
+                prediction.point_hit = point_hit(prediction.point, torch.from_numpy(np.asarray(target, dtype=bool)))
+                scores.pa.update(hit=prediction.point_hit)
+                entry["point_hit"] = prediction.point_hit
+        self._queue_record(dataloader_idx, result, entries, video=True)
         return result
 
     def on_test_epoch_end(self) -> None:

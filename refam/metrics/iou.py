@@ -47,8 +47,10 @@ class MeanIoU(Metric):
         self.add_state("iou_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, pred: Tensor | np.ndarray, target: Tensor | np.ndarray) -> None:
-        inter, union = intersection_union(pred, target)
+    def update(self, pred: Tensor | np.ndarray | None = None, target: Tensor | np.ndarray | None = None, *,
+               counts: tuple[int, int] | None = None) -> None:
+        """One expression: its masks, or `counts` = (intersection, union) computed before (a stored result)."""
+        inter, union = counts if counts is not None else intersection_union(pred, target)
         self.iou_sum += (inter / union) if union else 0.0
         self.count += 1
 
@@ -74,8 +76,10 @@ class OverallIoU(Metric):
         self.add_state("inter", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("union", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, pred: Tensor | np.ndarray, target: Tensor | np.ndarray) -> None:
-        inter, union = intersection_union(pred, target)
+    def update(self, pred: Tensor | np.ndarray | None = None, target: Tensor | np.ndarray | None = None, *,
+               counts: tuple[int, int] | None = None) -> None:
+        """One expression: its masks, or `counts` = (intersection, union) computed before (a stored result)."""
+        inter, union = counts if counts is not None else intersection_union(pred, target)
         self.inter += inter
         self.union += union
 

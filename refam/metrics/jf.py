@@ -250,11 +250,14 @@ class JandF(Metric):
         """Score one frame of an open track (opened by its first frame)."""
         self._open.setdefault(track_id, TrackScores()).add_frame(pred, target, void, self.bound_th)
 
-    def end_track(self, track_id: Hashable) -> None:
-        """Close a track opened by `update_frame`, adding its statistics to the states."""
+    def end_track(self, track_id: Hashable) -> TrackScores:
+        """Close a track opened by `update_frame`, adding its statistics to the states; returns its
+        per-frame values (which `update(track_scores)` adds again exactly, e.g. from a stored result)."""
         if track_id not in self._open:
             raise KeyError(f"no open track {track_id!r}: feed its frames with update_frame first")
-        self.update(self._open.pop(track_id))
+        track = self._open.pop(track_id)
+        self.update(track)
+        return track
 
     def reset(self) -> None:
         super().reset()

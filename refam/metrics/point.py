@@ -51,8 +51,10 @@ class PointAccuracy(Metric):
         self.add_state("hits", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, point: tuple[float, float] | Tensor, target: Tensor | np.ndarray) -> None:
-        self.hits += int(point_hit(point, target))
+    def update(self, point: tuple[float, float] | Tensor | None = None, target: Tensor | np.ndarray | None = None, *,
+               hit: bool | None = None) -> None:
+        """One expression: its point and mask, or `hit` computed before (a stored result)."""
+        self.hits += int(hit if hit is not None else point_hit(point, target))
         self.count += 1
 
     def compute(self) -> Tensor:

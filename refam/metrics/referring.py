@@ -7,9 +7,9 @@ import warnings
 import torch
 from torchmetrics import SumMetric
 
-from refam.metrics.iou import MeanIoU, OverallIoU
-from refam.metrics.jf import JandF
-from refam.metrics.point import PointAccuracy
+from refam.metrics.iou import MeanIoU, OverallIoU, intersection_union
+from refam.metrics.jf import JandF, TrackScores
+from refam.metrics.point import PointAccuracy, point_hit
 
 
 class ReferringScores(torch.nn.Module):
@@ -26,9 +26,14 @@ class ReferringScores(torch.nn.Module):
         self.skipped_expressions = SumMetric()
 
     def update(self, mask: torch.Tensor, point: tuple[float, float], target: torch.Tensor) -> None:
-        self.miou.update(mask, target)
-        self.oiou.update(mask, target)
-        self.pa.update(point, target)
+        self.update_counts(*intersection_union(mask, target), point_hit(point, target))
+
+    def update_counts(self, intersection: int, union: int, hit: bool) -> None:
+        """One expression from its pixel counts and point hit: what `update` computes from the masks,
+        so a stored result fed back gives the same states bit for bit."""
+        self.miou.update(counts=(intersection, union))
+        self.oiou.update(counts=(intersection, union))
+        self.pa.update(hit=hit)
         self.expressions.update(1)
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -59,6 +64,11 @@ class VideoReferringScores(torch.nn.Module):
         self.expressions = SumMetric()
         self.skipped_samples = SumMetric()
         self.skipped_expressions = SumMetric()
+
+    def update_track(self, track: TrackScores) -> None:
+        """One expression's finished track (per-frame J and F), computed now or stored before."""
+        self.jf.update(track)
+        self.expressions.update(1)
 
     def compute(self) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():

@@ -175,11 +175,32 @@ class SaliencyScores(Metric):
 
     def update(
         self,
+        heatmap: Tensor | np.ndarray | None = None,
+        target: Tensor | np.ndarray | None = None,
+        void: Tensor | np.ndarray | None = None,
+        mask: Tensor | np.ndarray | None = None,
+        *,
+        counts: dict | None = None,
+    ) -> None:
+        """One image: its heatmap and masks, or `counts`, what `contribution` returned for them before
+        (a stored result; adding it gives the same states bit for bit)."""
+        c = counts if counts is not None else self.contribution(heatmap, target, void, mask)
+        self.correct += int(c["correct"])
+        self.labelled += int(c["labelled"])
+        self.inter += torch.tensor([int(v) for v in c["inter"]], dtype=torch.int64, device=self.inter.device)
+        self.union += torch.tensor([int(v) for v in c["union"]], dtype=torch.int64, device=self.union.device)
+        self.ap_sum += float(c["ap"])
+        self.count += 1
+
+    def contribution(
+        self,
         heatmap: Tensor | np.ndarray,
         target: Tensor | np.ndarray,
         void: Tensor | np.ndarray | None = None,
         mask: Tensor | np.ndarray | None = None,
-    ) -> None:
+    ) -> dict:
+        """What one image adds to the sums: {"correct", "labelled", "inter": [bg, fg], "union": [bg, fg],
+        "ap"}, plain numbers (JSON-storable)."""
         heatmap = torch.as_tensor(heatmap).float()
         if heatmap.ndim != 2:
             raise ValueError(f"heatmap must be 2-D [h, w], got shape {tuple(heatmap.shape)}")
@@ -210,19 +231,13 @@ class SaliencyScores(Metric):
         if self.variant == "conceptattention-imagenet":
             if n_void:
                 raise ValueError("variant 'conceptattention-imagenet' takes no void pixels; use 'standard'")
-            self.correct += right
-            self.labelled += n_valid
-            self.inter += torch.tensor([right, right], device=self.inter.device)
-            self.union += torch.tensor([2 * n_valid - right] * 2, device=self.union.device)
+            out = {"correct": right, "labelled": n_valid, "inter": [right, right], "union": [2 * n_valid - right] * 2}
         else:
             if self.variant == "conceptattention-voc":
-                self.correct += 2 * right
-                self.labelled += 2 * n_valid + n_void
+                out = {"correct": 2 * right, "labelled": 2 * n_valid + n_void}
             else:
-                self.correct += right
-                self.labelled += n_valid
-            self.inter += torch.tensor([tn, tp], device=self.inter.device)
-            self.union += torch.tensor([tn + fp + fn, tp + fp + fn], device=self.union.device)
+                out = {"correct": right, "labelled": n_valid}
+            out.update(inter=[tn, tp], union=[tn + fp + fn, tp + fp + fn])
 
         if scores is None:
             # NaN in both channels becomes 0 in the reference (not 1 - 0 and 0): every entry ties
@@ -230,8 +245,8 @@ class SaliencyScores(Metric):
                                     torch.cat([~gt[valid], gt[valid]]))
         else:
             ap = two_channel_average_precision(scores, gt, valid)
-        self.ap_sum += ap
-        self.count += 1
+        out["ap"] = float(ap)
+        return out
 
     def compute(self) -> dict[str, Tensor]:
         device = self.correct.device

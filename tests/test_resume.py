@@ -1,0 +1,154 @@
+"""Resumable evaluation (ResultStore): stored results fed back score exactly as computed ones; a run
+killed midway and rerun skips its finished samples and ends with the uninterrupted run's metrics."""
+
+import json
+import re
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from refam.callbacks import ResultStore, config_fingerprints
+from refam.metrics import ReferringScores, SaliencyScores, VideoReferringScores
+from refam.metrics.jf import TrackScores
+from refam.metrics.point import point_hit
+from refam.metrics.iou import intersection_union
+from refam.testing.refer_fixture import write_refer_fixture
+from tests.test_cli import REFAM, ROOT, logged_metrics, smoke_args
+
+
+def _states(module: torch.nn.Module) -> dict:
+    return {name: tensor.clone() for name, tensor in module.named_buffers()} | {
+        f"{name}.{state}": getattr(metric, state).clone()
+        for name, metric in module.named_modules() if hasattr(metric, "_defaults") for state in metric._defaults}
+
+
+def _roundtrip(value):
+    return json.loads(json.dumps(value))
+
+
+def test_stored_image_results_give_bit_identical_metrics():
+    generator = torch.Generator().manual_seed(0)
+    computed, replayed = ReferringScores(), ReferringScores()
+    sal_computed, sal_replayed = SaliencyScores(), SaliencyScores()
+    for _ in range(7):
+        pred = torch.rand(37, 53, generator=generator) > 0.6
+        target = torch.rand(37, 53, generator=generator) > 0.5
+        point = tuple((torch.rand(2, generator=generator) * torch.tensor([53.0, 37.0])).tolist())
+        heatmap = torch.rand(8, 8, generator=generator)
+        computed.update(pred, point, target)
+        sal_computed.update(heatmap, target)
+        record = _roundtrip({"intersection_union": intersection_union(pred, target), "hit": point_hit(point, target),
+                             "saliency": sal_replayed.contribution(heatmap, target)})
+        replayed.update_counts(*record["intersection_union"], record["hit"])
+        sal_replayed.update(counts=record["saliency"])
+    a, b = computed.compute(), replayed.compute()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(x, y) for x, y in zip(_states(computed).values(), _states(replayed).values()))
+    a, b = sal_computed.compute(), sal_replayed.compute()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stored_video_tracks_give_bit_identical_metrics():
+    rng = np.random.default_rng(0)
+    computed, replayed = VideoReferringScores(), VideoReferringScores()
+    for track_id in ("a", "b", "c"):
+        for _ in range(int(rng.integers(3, 9))):
+            computed.jf.update_frame(track_id, rng.random((24, 31)) > 0.5, rng.random((24, 31)) > 0.4)
+        track = computed.jf.end_track(track_id)
+        computed.expressions.update(1)
+        replayed.update_track(TrackScores(*_roundtrip([track.j, track.f])))
+        hit = bool(rng.random() > 0.5)
+        computed.pa.update(hit=hit)
+        replayed.pa.update(hit=_roundtrip(hit))
+    a, b = computed.compute(), replayed.compute()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fingerprint_follows_model_and_data_settings_only():
+    config = {"seed_everything": 0, "model": {"extractor": {"init_args": {"trajectory": {"timestep": 750}}}},
+              "trainer": {"devices": 1, "logger": {"save_dir": "a"}, "precision": None},
+              "data": {"datasets": [{"split": "val"}, {"split": "testA"}], "num_workers": 0}}
+    base = config_fingerprints(config)
+    assert len(base) == 2 and base[0] != base[1]
+    same = json.loads(json.dumps(config))
+    same["trainer"].update(devices=3, logger={"save_dir": "b"})
+    same["data"]["num_workers"] = 4
+    assert config_fingerprints(same) == base
+    fewer = json.loads(json.dumps(config))
+    fewer["data"]["datasets"] = [{"split": "val"}]
+    assert config_fingerprints(fewer) == base[:1]  # another dataset's settings do not matter
+    other = json.loads(json.dumps(config))
+    other["model"]["extractor"]["init_args"]["trajectory"]["timestep"] = 500
+    assert not set(config_fingerprints(other)) & set(base)
+
+
+def test_stored_result_of_other_settings_is_not_reused(tmp_path, caplog):
+    class Trainer:
+        logger, default_root_dir = None, str(tmp_path)
+
+    class Module:
+        pass
+
+    store = ResultStore()
+    store.fingerprints = ["old"]
+    store.setup(Trainer(), Module(), "test")
+    store.save(0, "refcoco/val", {"sample_id": "7", "video": False, "skipped": [], "expressions": []})
+    assert (tmp_path / "results/refcoco-val/7.json").is_file()
+    assert store.lookup(0, "refcoco/val", "7")["sample_id"] == "7"
+    store.fingerprints = ["new"]  # a changed model setting
+    assert store.lookup(0, "refcoco/val", "7") is None and store.lookup(0, "refcoco/val", "7") is None
+    assert sum("other settings" in r.message for r in caplog.records) == 1  # said once
+    store.fingerprints, store.resume = ["old"], False
+    assert store.lookup(0, "refcoco/val", "7") is None  # --results.resume false recomputes
+
+
+def _reused(output: str) -> tuple[int, int]:
+    computed, reused = re.search(r"refam: results: computed (\d+) sample\(s\), reused (\d+)", output).groups()
+    return int(computed), int(reused)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
+    data_root = write_refer_fixture(tmp_path / "refer", n_images=11)
+    command = [REFAM, "test", "--config", str(ROOT / "configs/smoke.yaml")]
+
+    started = time.perf_counter()
+    full = subprocess.run([*command, *smoke_args(tmp_path / "a", data_root)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    full_seconds = time.perf_counter() - started
+    assert full.returncode == 0, full.stderr[-3000:]
+    samples = _reused(full.stdout)[0]
+    assert samples >= 4
+
+    # run B and kill it (SIGKILL: no cleanup of any kind) once some results are stored
+    results = tmp_path / "b/logs/results/refcoco-val"
+    process = subprocess.Popen([*command, *smoke_args(tmp_path / "b", data_root)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(results.glob("*.json")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stored = sorted(results.glob("*.json"))
+    assert 0 < len(stored) < samples, "the run should have been stopped midway"
+    assert not [p for p in results.iterdir() if p.suffix != ".json" and not p.name.endswith(".part")]
+    mtimes = {}
+    for path in stored:  # every file there is complete (written atomically)
+        record = json.loads(path.read_text())
+        assert record["sample_id"] == path.stem and record["expressions"]
+        mtimes[path.name] = path.stat().st_mtime_ns
+
+    started = time.perf_counter()
+    resumed = subprocess.run([*command, *smoke_args(tmp_path / "b", data_root)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    resumed_seconds = time.perf_counter() - started
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _reused(resumed.stdout) == (samples - len(stored), len(stored))
+    assert {p.name: p.stat().st_mtime_ns for p in stored} == mtimes  # finished samples were not redone
+    assert len(list(results.glob("*.json"))) == samples
+    assert logged_metrics(tmp_path / "b/logs") == logged_metrics(tmp_path / "a/logs")
+    print(f"full run {full_seconds:.1f} s, resumed after {len(stored)}/{samples} samples {resumed_seconds:.1f} s")
