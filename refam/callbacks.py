@@ -249,7 +249,7 @@ class MaskWriter(BasePredictionWriter):
         import numpy as np
         from PIL import Image
 
-        from refam.visualize import png_bytes, write_atomic
+        from refam.visualize import DAVIS_PALETTE, png_bytes, write_atomic
 
         sets: dict[int, list] = {}
         for expression in video.expressions:
@@ -315,20 +315,3 @@ class MaskWriter(BasePredictionWriter):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self.write_on_batch_end(trainer, pl_module, outputs, None, batch, batch_idx, dataloader_idx)
 
-
-def _davis_palette() -> list[int]:
-    """The DAVIS / PASCAL VOC colour map (bit-interleaved), 256 RGB triples."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-DAVIS_PALETTE = _davis_palette()

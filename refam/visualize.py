@@ -19,6 +19,17 @@ from PIL import Image, ImageDraw
 
 from refam.aggregators.point import upsample
 
+
+# The palette of DAVIS 2017 annotation PNGs: the PASCAL VOC colours for ids 0-21 (191 where VOC
+# has 192), then grey levels.
+_DAVIS_HEAD = [
+    (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
+    (128, 128, 128), (64, 0, 0), (191, 0, 0), (64, 128, 0), (191, 128, 0), (64, 0, 128), (191, 0, 128),
+    (64, 128, 128), (191, 128, 128), (0, 64, 0), (128, 64, 0), (0, 191, 0), (128, 191, 0), (0, 64, 128),
+    (128, 64, 128),
+]
+DAVIS_PALETTE: list[int] = [v for rgb in _DAVIS_HEAD for v in rgb] + [v for i in range(22, 256) for v in (i, i, i)]
+
 MASK_COLOUR = (30, 144, 255)
 STAR_FILL, STAR_EDGE = (255, 215, 0), (0, 0, 0)
 

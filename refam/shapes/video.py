@@ -28,16 +28,8 @@ import numpy as np
 from PIL import Image
 
 from refam.shapes.scenes import Clip, make_clip
+from refam.visualize import DAVIS_PALETTE
 
-# The palette of DAVIS 2017 annotation PNGs: the PASCAL VOC colours for ids 0-21 (191 where VOC
-# has 192), then grey levels.
-_DAVIS_HEAD = [
-    (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
-    (128, 128, 128), (64, 0, 0), (191, 0, 0), (64, 128, 0), (191, 128, 0), (64, 0, 128), (191, 0, 128),
-    (64, 128, 128), (191, 128, 128), (0, 64, 0), (128, 64, 0), (0, 191, 0), (128, 191, 0), (0, 64, 128),
-    (128, 64, 128),
-]
-DAVIS_PALETTE: list[int] = [v for rgb in _DAVIS_HEAD for v in rgb] + [v for i in range(22, 256) for v in (i, i, i)]
 
 EXPRESSIONS_PER_OBJECT = 4  # Ref-DAVIS17: 2 annotators x (first-frame, full-video)
 
