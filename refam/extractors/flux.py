@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.base import Extractor, MagnetVectors, sample_seed, select_blocks
+from refam.extractors.base import Extractor, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, AttentionCapture, BranchLayout, install_branch_processors
 from refam.extractors.trajectory import NoiseAt, Trajectory, TrajectoryContext, drive
-from refam.text.expressions import EncodedExpressions, ExpressionEncoder
-from refam.types import TokenInfo, TokenMaps
+from refam.text.expressions import EncodedExpressions, ExpressionEncoder, T5Expressions
+from refam.types import TokenMaps
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def resolve_pretrained(pretrained: str) -> str:
     return pretrained
 
 
-class FluxExtractor(Extractor):
+class FluxExtractor(T5Expressions, Extractor):
     """Cross-attention maps of referring expressions from a FLUX transformer.
 
     Args:
@@ -184,19 +184,6 @@ class FluxExtractor(Extractor):
     def expression_encoder(self) -> ExpressionEncoder:
         """FLUX reads expressions with its T5 (text_encoder_2 / tokenizer_2)."""
         return ExpressionEncoder(self.pipe.tokenizer_2, self.pipe.text_encoder_2, self.expression_max_tokens)
-
-    def tokenize(self, text: str, magnet_start: int | None) -> list[TokenInfo]:
-        return self.expression_encoder.tokenize([(text, magnet_start)])[1][0]
-
-    def validate_expression(self, text: str) -> None:
-        super().validate_expression(text)
-        self.expression_encoder.validate(text)
-
-    def encode_expressions(
-        self, expressions: list[tuple[str, int | None]], magnet_vectors: MagnetVectors | None = None
-    ) -> EncodedExpressions:
-        """Callers validate first (`validate_expression`); the module does, per expression."""
-        return self.expression_encoder.encode(expressions, self.device, self.dtype, magnet_vectors)
 
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> CaptionCondition:

@@ -63,7 +63,7 @@ from refam.extractors.base import Extractor, MagnetVectors, sample_seed, select_
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
 from refam.extractors.mochi_capture import install_mochi_branch
 from refam.extractors.trajectory import standard_noise
-from refam.text.expressions import EncodedExpressions, ExpressionEncoder
+from refam.text.expressions import EncodedExpressions, ExpressionEncoder, T5Expressions
 from refam.types import TokenMaps
 
 PRETRAINED_KEY = "model.extractor.init_args.pretrained"
@@ -194,7 +194,7 @@ class MochiCaption:
     mask: torch.Tensor  # [1, Lc] bool (Mochi removes the padding in attention)
 
 
-class MochiExtractor(Extractor):
+class MochiExtractor(T5Expressions, Extractor):
     """Cross-attention maps of referring expressions from Mochi's transformer, per latent frame.
 
     Args:
@@ -349,19 +349,6 @@ class MochiExtractor(Extractor):
     @property
     def expression_encoder(self) -> ExpressionEncoder:
         return ExpressionEncoder(self.pipe.tokenizer, self.pipe.text_encoder, self.expression_max_tokens)
-
-    def tokenize(self, text: str, magnet_start: int | None):
-        return self.expression_encoder.tokenize([(text, magnet_start)])[1][0]
-
-    def validate_expression(self, text: str) -> None:
-        super().validate_expression(text)
-        self.expression_encoder.validate(text)
-
-    def encode_expressions(
-        self, expressions: list[tuple[str, int | None]], magnet_vectors: MagnetVectors | None = None
-    ) -> EncodedExpressions:
-        """K expressions in one T5 batch (padded to the longest, masked), magnets inserted before EOS."""
-        return self.expression_encoder.encode(expressions, self.device, self.dtype, magnet_vectors)
 
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> MochiCaption:

@@ -91,3 +91,30 @@ class ExpressionEncoder:
             inputs, mask, tokens = insert_before_eos(inputs, mask, tokens, vectors.to(inputs))
         embeds = self.encoder(inputs_embeds=inputs, attention_mask=mask)[0].to(device, dtype)
         return EncodedExpressions(embeds=embeds, valid=mask.bool().cpu(), tokens=tokens)
+
+
+class T5Expressions:
+    """Extractor mixin: a backbone whose branch reads expressions with a T5 names it in
+    `expression_encoder`; tokenizing, validating and encoding then work the same for all.
+    List it before `Extractor` in the bases (`class MyExtractor(T5Expressions, Extractor)`)."""
+
+    expression_max_tokens: int
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def expression_encoder(self) -> ExpressionEncoder:
+        raise NotImplementedError
+
+    def tokenize(self, text: str, magnet_start: int | None) -> list[TokenInfo]:
+        return self.expression_encoder.tokenize([(text, magnet_start)])[1][0]
+
+    def validate_expression(self, text: str) -> None:
+        super().validate_expression(text)  # the Extractor's checks (empty text)
+        self.expression_encoder.validate(text)
+
+    def encode_expressions(
+        self, expressions: list[tuple[str, int | None]], magnet_vectors: MagnetVectors | None = None
+    ) -> EncodedExpressions:
+        """K expressions in one T5 batch; callers validate first (the module does, per expression)."""
+        return self.expression_encoder.encode(expressions, self.device, self.dtype, magnet_vectors)
