@@ -52,10 +52,10 @@ def test_smoke_video_scores_every_expression_and_writes_what_the_official_evalua
 
 
 @pytest.mark.slow
-def test_video_ddp_on_two_processes_equals_one(tmp_path):
-    """3 videos on 2 processes: a video is never split, none is counted twice or lost."""
+def test_video_ddp_on_two_and_three_processes_equals_one(tmp_path):
+    """3 videos on 2 and 3 processes: a video is never split, none is counted twice or lost."""
     results = {}
-    for devices in (1, 2):
+    for devices in (1, 2, 3):
         extra = ["--trainer.devices", str(devices)] + (["--trainer.strategy", "ddp"] if devices > 1 else [])
         result = run("test", "--config", "configs/smoke-video.yaml",
                      "--trainer.logger.init_args.save_dir", str(tmp_path / f"d{devices}"), *extra)
@@ -63,6 +63,7 @@ def test_video_ddp_on_two_processes_equals_one(tmp_path):
         results[devices] = metrics(tmp_path / f"d{devices}")
     assert results[1]["ref_davis17/valid/expressions"] == 24
     assert results[2] == pytest.approx(results[1], abs=1e-4)
+    assert results[3] == pytest.approx(results[1], abs=1e-4)
 
 
 @pytest.mark.slow
