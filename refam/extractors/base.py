@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import os
 from collections.abc import Callable
 
 import torch
 from PIL import Image
 
-from refam.errors import ConfigError, RefamError
+from refam.errors import CheckpointError, ConfigError, RefamError
 from refam.types import TokenMaps
+
+
+PRETRAINED_KEY = "model.extractor.init_args.pretrained"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_pretrained(pretrained: str, layout: str) -> str:
+    """A local folder, or a hub id (the only case where refam touches the network). `layout` tells
+    the user what a checkpoint folder holds and names an example hub id."""
+    if os.path.isdir(pretrained):
+        return pretrained
+    looks_like_hub_id = pretrained.count("/") == 1 and not pretrained.startswith((".", "/", "~"))
+    if os.path.exists(pretrained) or not looks_like_hub_id:
+        raise CheckpointError(f"{PRETRAINED_KEY}: {pretrained!r} is not a folder. Give {layout}.")
+    return pretrained
 
 
 MagnetVectors = Callable[[torch.Tensor], "torch.Tensor | None"]

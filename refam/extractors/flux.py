@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.base import Extractor, sample_seed, select_blocks
+from refam.extractors.base import DTYPES, PRETRAINED_KEY, Extractor, resolve_pretrained, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, AttentionCapture, BranchLayout, install_branch_processors
 from refam.extractors.trajectory import NoiseAt, Trajectory, TrajectoryContext, drive
 from refam.text.expressions import EncodedExpressions, ExpressionEncoder, T5Expressions
@@ -18,8 +17,6 @@ from refam.types import TokenMaps
 
 log = logging.getLogger(__name__)
 
-PRETRAINED_KEY = "model.extractor.init_args.pretrained"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -31,18 +28,10 @@ class CaptionCondition:
     guidance: torch.Tensor | None
 
 
-def resolve_pretrained(pretrained: str) -> str:
-    """A local folder, or a hub id (the only case where refam touches the network)."""
-    if os.path.isdir(pretrained):
-        return pretrained
-    looks_like_hub_id = pretrained.count("/") == 1 and not pretrained.startswith((".", "/", "~"))
-    if os.path.exists(pretrained) or not looks_like_hub_id:
-        raise CheckpointError(
-            f"{PRETRAINED_KEY}: {pretrained!r} is not a folder. Give the folder of a FLUX.1 checkpoint in the "
-            "diffusers layout (model_index.json, transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, "
-            "tokenizer_2/, scheduler/) or a hub id such as black-forest-labs/FLUX.1-dev."
-        )
-    return pretrained
+# what `model.extractor.init_args.pretrained` must hold, for the error a wrong path gives
+CHECKPOINT_LAYOUT = (
+    "the folder of a FLUX.1 checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
+    "text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/) or a hub id such as black-forest-labs/FLUX.1-dev")
 
 
 class FluxExtractor(T5Expressions, Extractor):
@@ -152,7 +141,7 @@ class FluxExtractor(T5Expressions, Extractor):
             return
         from diffusers import FluxPipeline
 
-        source = resolve_pretrained(self.pretrained)
+        source = resolve_pretrained(self.pretrained, CHECKPOINT_LAYOUT)
         try:
             pipe = FluxPipeline.from_pretrained(source, dtype=self.dtype, local_files_only=self.local_files_only)
         except (OSError, ValueError, KeyError, TypeError) as err:

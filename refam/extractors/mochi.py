@@ -51,7 +51,6 @@ frames that were encoded.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -59,15 +58,13 @@ import torch
 from PIL import Image
 
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.base import Extractor, MagnetVectors, sample_seed, select_blocks
+from refam.extractors.base import DTYPES, PRETRAINED_KEY, Extractor, MagnetVectors, resolve_pretrained, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
 from refam.extractors.mochi_capture import install_mochi_branch
 from refam.extractors.trajectory import standard_noise
 from refam.text.expressions import EncodedExpressions, ExpressionEncoder, T5Expressions
 from refam.types import TokenMaps
 
-PRETRAINED_KEY = "model.extractor.init_args.pretrained"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 WINDOWS = ("first", "all")
 TEMPORAL_COMPRESSION = 6  # AutoencoderKLMochi: temporal_expansions (1, 2, 3)
 
@@ -172,18 +169,10 @@ def frame_maps(maps: TokenMaps, frame_index: int) -> TokenMaps:
 
 
 # ------------------------------------------------------------------ loading
-def resolve_pretrained(pretrained: str) -> str:
-    """A local folder, or a hub id (the only case where refam touches the network)."""
-    if os.path.isdir(pretrained):
-        return pretrained
-    looks_like_hub_id = pretrained.count("/") == 1 and not pretrained.startswith((".", "/", "~"))
-    if os.path.exists(pretrained) or not looks_like_hub_id:
-        raise CheckpointError(
-            f"{PRETRAINED_KEY}: {pretrained!r} is not a folder. Give the folder of a Mochi checkpoint in the "
-            "diffusers layout (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/) "
-            "or a hub id such as genmo/mochi-1-preview."
-        )
-    return pretrained
+# what `model.extractor.init_args.pretrained` must hold, for the error a wrong path gives
+CHECKPOINT_LAYOUT = (
+    "the folder of a Mochi checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
+    "text_encoder/, tokenizer/, scheduler/) or a hub id such as genmo/mochi-1-preview")
 
 
 @dataclass
@@ -312,7 +301,7 @@ class MochiExtractor(T5Expressions, Extractor):
             return
         from diffusers import MochiPipeline
 
-        source = resolve_pretrained(self.pretrained)
+        source = resolve_pretrained(self.pretrained, CHECKPOINT_LAYOUT)
         try:
             pipe = MochiPipeline.from_pretrained(
                 source, dtype=self.dtype, variant=self.variant, local_files_only=self.local_files_only
