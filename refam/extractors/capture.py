@@ -1,7 +1,7 @@
 """The expression branch and its streaming attention capture, as a diffusers attention processor.
 
 The denoising stream sees [caption | image] exactly as the stock processor computes it. The K
-expressions ride along as extra text tokens [caption | expr_1 ... expr_K | image]: each expression's
+expressions ride along as extra text tokens [expr_1 ... expr_K | caption | image]: each expression's
 queries attend to its own tokens and to the image tokens; no caption or image query attends to any
 expression token, and expressions are blind to each other. So the velocity prediction is unchanged
 and K expressions in one forward give the maps of K separate forwards.
@@ -40,10 +40,30 @@ REPRESENTATIONS = ("cross_attention", "attention_output")
 
 @dataclass
 class BranchLayout:
-    """Where the expression tokens sit in the text sequence."""
+    """Where the expression tokens sit, and the order of the keys the branch's queries are
+    multiplied with: `key_order` names its segments, "branch" (the K L expression tokens; a query
+    sees only its own expression's real tokens), "caption" (never seen) and "image" (all seen).
+    FLUX hands the branch the whole joint sequence [branch | caption | image]; Mochi [video | branch]."""
 
     caption_len: int
     key_valid: torch.Tensor  # [K, L] bool: real tokens of each expression (False = padding)
+    key_order: tuple[str, ...] = ("branch", "caption", "image")
+
+    def blocked_keys(self, num_image_tokens: int) -> torch.Tensor:
+        """[K L, S] bool, True where a branch query may not look."""
+        kk, length = self.key_valid.shape
+        sizes = {"branch": self.branch_len, "caption": self.caption_len, "image": num_image_tokens}
+        blocked = torch.empty(self.branch_len, sum(sizes[segment] for segment in self.key_order), dtype=torch.bool)
+        start = 0
+        for segment in self.key_order:
+            part = blocked[:, start : start + sizes[segment]]
+            if segment == "branch":  # [K, L(query), K, L(key)]: own expression's real tokens only
+                own = torch.eye(kk, dtype=torch.bool)[:, None, :, None] & self.key_valid[None, None]
+                part.copy_(~own.expand(kk, length, kk, length).reshape(self.branch_len, self.branch_len))
+            else:
+                part.fill_(segment == "caption")
+            start += sizes[segment]
+        return blocked
 
     @property
     def num_expressions(self) -> int:
@@ -95,20 +115,24 @@ class AttentionCapture:
         self.text_mass = torch.zeros(k, length, dtype=torch.float32, device=device)
         self.observations = 0
         self._key_valid = layout.key_valid.to(device)
+        self.blocked_keys = layout.blocked_keys(num_image_tokens).to(device)
+        valid = self._key_valid.float()
+        # weights of the real queries of each expression, broadcast over [H, K L(query), K L(key)]
+        self._query_weight = (valid / valid.sum(dim=1, keepdim=True).clamp(min=1)).flatten()[None, :, None]
 
     def add(self, img_vectors: torch.Tensor, expr_vectors: torch.Tensor, text_probs: torch.Tensor) -> None:
         """One block's observation. img_vectors [N, H, D], expr_vectors [K, L, H, D]: for
         "cross_attention" the image queries and expression keys (post norm and RoPE), for
         "attention_output" the image and expression attention outputs (before any output
-        projection); text_probs [K, H, L, L] the expression queries' attention on their own tokens."""
+        projection); text_probs [H, K L, K L] the expression queries' attention on the expression
+        tokens (zero outside each expression's own block)."""
         if self.representation == "cross_attention":
             self._add_cross_attention(img_vectors, expr_vectors)
         else:
             self._add_attention_output(img_vectors, expr_vectors)
-        heads = img_vectors.shape[1]
-        valid_queries = self._key_valid[:, None, :, None].float()  # [K, 1, L(query), 1]
-        mass = (text_probs.float() * valid_queries).sum(dim=(1, 2)) / (valid_queries.sum(dim=2).squeeze(-1) * heads)
-        self.text_mass.add_(mass)
+        # mean over heads and the expression's real queries of the mass each of its tokens receives
+        mass = (text_probs * self._query_weight).sum(dim=(0, 1))
+        self.text_mass.add_(mass.view_as(self.text_mass), alpha=1 / text_probs.shape[0])
         self.observations += 1
 
     def _add_cross_attention(self, q_img: torch.Tensor, k_expr: torch.Tensor) -> None:
@@ -142,8 +166,29 @@ class AttentionCapture:
         return (self.scores / self.observations).permute(1, 2, 0), self.text_mass / self.observations
 
 
+def branch_attention(
+    q_e: torch.Tensor, key: torch.Tensor, value: torch.Tensor, blocked: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expression branch's attention, shared by every backbone.
+
+    q_e [B, H, K L, D]: the K expressions' queries (L each, right-padded); key, value [B, H, S, D]:
+    the keys in `BranchLayout.key_order`; blocked [K L, S] (`AttentionCapture.blocked_keys`) True
+    where a query may not look, so each expression sees its own real tokens and the image, never
+    the caption or another expression. One matmul, one float32 softmax, one matmul. Returns the
+    output [B, H, K L, D] and the probabilities [B, H, K L, S].
+    """
+    logits = (q_e * q_e.shape[-1] ** -0.5) @ key.transpose(-1, -2)
+    logits.masked_fill_(blocked, float("-inf"))
+    probs = logits.softmax(dim=-1, dtype=torch.float32).to(q_e.dtype)
+    return probs @ value, probs
+
+
 class ExpressionBranchProcessor:
-    """Drop-in for `FluxAttnProcessor` that runs the expression branch while `capture` is set."""
+    """Drop-in for `FluxAttnProcessor` that runs the expression branch while `capture` is set.
+
+    The extractor puts the branch FIRST in the text sequence, so the joint sequence is
+    [expr_1 ... expr_K | caption | image] and the main stream's [caption | image] is a view of it,
+    not a copy."""
 
     def __init__(self, block_index: int) -> None:
         self.block_index = block_index
@@ -180,16 +225,25 @@ class ExpressionBranchProcessor:
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
         layout = capture.layout
-        c, e = layout.caption_len, layout.caption_len + layout.branch_len
-        main = [torch.cat([t[:, :c], t[:, e:]], dim=1) for t in (query, key, value)]
+        b, i = layout.branch_len, layout.branch_len + layout.caption_len  # [branch | caption | image]
         main_out = dispatch_attention_fn(
-            *main, attn_mask=None, backend=self.stock._attention_backend, parallel_config=self.stock._parallel_config
+            query[:, b:], key[:, b:], value[:, b:],
+            attn_mask=None, backend=self.stock._attention_backend, parallel_config=self.stock._parallel_config,
         )
-        branch_out = self._branch(
-            query[:, c:e], key[:, c:e], value[:, c:e], query[:, e:], key[:, e:], value[:, e:], main_out[:, c:]
+        # the branch sees the whole joint sequence, the caption blocked: no copy of the image keys
+        branch_out, probs = branch_attention(
+            query[:, :b].transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), capture.blocked_keys
         )
-        out = torch.cat([main_out[:, :c], branch_out.to(main_out.dtype), main_out[:, c:]], dim=1)
-        out = out.flatten(2, 3).to(query.dtype)
+        if self.block_index in capture.selected_blocks:
+            kk, length = layout.num_expressions, layout.expression_len
+            for item in range(branch_out.shape[0]):
+                if capture.representation == "cross_attention":
+                    img_vectors, expr_vectors = query[item, i:], key[item, :b].unflatten(0, (kk, length))
+                else:  # both before the output projection, from this same block call
+                    img_vectors = main_out[item, layout.caption_len :]
+                    expr_vectors = branch_out[item].transpose(0, 1).unflatten(0, (kk, length))
+                capture.add(img_vectors, expr_vectors, probs[item, :, :, :b])
+        out = torch.cat([branch_out.transpose(1, 2), main_out], dim=1).flatten(2, 3)
 
         if encoder_hidden_states is None:  # single-stream block: no output projection here
             return out
@@ -197,32 +251,6 @@ class ExpressionBranchProcessor:
         context_out, image_out = out[:, :text_len], out[:, text_len:]
         image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
         return image_out, attn.to_add_out(context_out.contiguous())
-
-    def _branch(self, q_e, k_e, v_e, q_img, k_img, v_img, img_out) -> torch.Tensor:
-        """Expression tokens attend to their own expression's tokens and to the image tokens.
-        `img_out` [B, N, H, D] is the main stream's image attention output of this block, before
-        any projection (single blocks project only after concatenating the MLP branch)."""
-        capture = self.capture
-        layout = capture.layout
-        batch, _, heads, dim = q_e.shape
-        kk, length = layout.num_expressions, layout.expression_len
-        scale = dim**-0.5
-        # [B, K, H, L, D]
-        qe, ke, ve = (t.view(batch, kk, length, heads, dim).transpose(2, 3) for t in (q_e, k_e, v_e))
-        own = (qe @ ke.transpose(-1, -2)) * scale  # [B, K, H, L, L]
-        own = own.masked_fill(~capture._key_valid[None, :, None, None, :], float("-inf"))
-        to_img = torch.einsum("bkhld,bnhd->bkhln", qe, k_img) * scale  # [B, K, H, L, N]
-        probs = torch.cat([own, to_img], dim=-1).float().softmax(dim=-1).to(qe.dtype)
-        p_own, p_img = probs[..., :length], probs[..., length:]
-        out = p_own @ ve + torch.einsum("bkhln,bnhd->bkhld", p_img, v_img)  # [B, K, H, L, D]
-        if self.block_index in capture.selected_blocks:
-            if capture.representation == "cross_attention":
-                img_vectors, expr_vectors = q_img, k_e.view(batch, kk, length, heads, dim)
-            else:  # both before the output projection, from this same block call
-                img_vectors, expr_vectors = img_out, out.transpose(2, 3)  # [B, N, H, D], [B, K, L, H, D]
-            for b in range(batch):
-                capture.add(img_vectors[b], expr_vectors[b], p_own[b])
-        return out.transpose(2, 3).reshape(batch, kk * length, heads, dim)
 
 
 def install_branch_processors(transformer) -> list[ExpressionBranchProcessor]:

@@ -220,8 +220,8 @@ class FluxExtractor(T5Expressions, Extractor):
     ) -> torch.Tensor:
         """One transformer forward; with `expressions` and `capture`, the branch rides along."""
         text = condition.embeds
-        if expressions is not None:
-            text = torch.cat([text, expressions.embeds.reshape(1, -1, text.shape[-1]).to(text.dtype)], dim=1)
+        if expressions is not None:  # the branch goes first: see ExpressionBranchProcessor
+            text = torch.cat([expressions.embeds.reshape(1, -1, text.shape[-1]).to(text.dtype), text], dim=1)
         img_ids = self.pipe._prepare_latent_image_ids(1, grid[0], grid[1], self.device, self.dtype)
         txt_ids = torch.zeros(text.shape[1], 3, device=self.device, dtype=self.dtype)
         for processor in self.processors:

@@ -60,7 +60,7 @@ from PIL import Image
 from refam.errors import CheckpointError, ConfigError
 from refam.extractors.base import DTYPES, PRETRAINED_KEY, Extractor, MagnetVectors, resolve_pretrained, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
-from refam.extractors.mochi_capture import install_mochi_branch
+from refam.extractors.mochi_capture import MochiBranchProcessor, install_mochi_branch
 from refam.extractors.trajectory import standard_noise
 from refam.text.expressions import EncodedExpressions, ExpressionEncoder, T5Expressions
 from refam.types import TokenMaps
@@ -408,7 +408,7 @@ class MochiExtractor(T5Expressions, Extractor):
 
     def new_capture(self, expressions: EncodedExpressions, caption_len: int, num_video_tokens: int) -> AttentionCapture:
         return AttentionCapture(
-            BranchLayout(caption_len=caption_len, key_valid=expressions.valid),
+            BranchLayout(caption_len=caption_len, key_valid=expressions.valid, key_order=MochiBranchProcessor.KEY_ORDER),
             num_image_tokens=num_video_tokens,
             selected_blocks=select_blocks(self.num_blocks, self.blocks),
             softmax_stage=self.softmax_stage,

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import MochiAttnProcessor2_0
 
-from refam.extractors.capture import AttentionCapture
+from refam.extractors.capture import AttentionCapture, branch_attention
 
 
 def apply_mochi_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -55,6 +55,8 @@ def apply_mochi_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.
 
 class MochiBranchProcessor:
     """Drop-in for `MochiAttnProcessor2_0` that runs the expression branch while `capture` is set."""
+
+    KEY_ORDER = ("image", "branch")  # the keys `_branch` hands `branch_attention`: [video | branch]
 
     def __init__(self, block_index: int) -> None:
         self.block_index = block_index
@@ -128,24 +130,18 @@ class MochiBranchProcessor:
         output of this block (before `to_out`). Returns [B, H, K L, D]."""
         capture = self.capture
         layout = capture.layout
-        batch, heads, _, dim = q_e.shape
-        kk, length = layout.num_expressions, layout.expression_len
-        scale = dim**-0.5
-        qe, ke, ve = (t.unflatten(2, (kk, length)).transpose(1, 2) for t in (q_e, k_e, v_e))  # [B, K, H, L, D]
-        own = (qe @ ke.transpose(-1, -2)) * scale  # [B, K, H, L, L]
-        own = own.masked_fill(~capture._key_valid[None, :, None, None, :], float("-inf"))
-        to_vid = torch.einsum("bkhld,bhnd->bkhln", qe, k_vid) * scale  # [B, K, H, L, N]
-        probs = torch.cat([own, to_vid], dim=-1).float().softmax(dim=-1).to(qe.dtype)
-        p_own, p_vid = probs[..., :length], probs[..., length:]
-        out = p_own @ ve + torch.einsum("bkhln,bhnd->bkhld", p_vid, v_vid)  # [B, K, H, L, D]
+        num_video = k_vid.shape[2]  # keys in the layout's order: [video | branch]
+        keys, values = torch.cat([k_vid, k_e], dim=2), torch.cat([v_vid, v_e], dim=2)
+        out, probs = branch_attention(q_e, keys, values, capture.blocked_keys)
         if self.block_index in capture.selected_blocks:
-            if capture.representation == "cross_attention":
-                vid_vectors, expr_vectors = q_vid.transpose(1, 2), ke.transpose(2, 3)  # [B, N, H, D], [B, K, L, H, D]
-            else:  # both before the output projections, from this same block call
-                vid_vectors, expr_vectors = vid_out.transpose(1, 2), out.transpose(2, 3)
-            for b in range(batch):
-                capture.add(vid_vectors[b], expr_vectors[b], p_own[b])
-        return out.transpose(1, 2).flatten(2, 3)  # [B, K, H, L, D] -> [B, H, K L, D]
+            kk, length = layout.num_expressions, layout.expression_len
+            for item in range(out.shape[0]):
+                if capture.representation == "cross_attention":
+                    vid_vectors, expr_vectors = q_vid[item].transpose(0, 1), k_e[item].transpose(0, 1)  # [N, H, D], [K L, H, D]
+                else:  # both before the output projections, from this same block call
+                    vid_vectors, expr_vectors = vid_out[item].transpose(0, 1), out[item].transpose(0, 1)
+                capture.add(vid_vectors, expr_vectors.unflatten(0, (kk, length)), probs[item, :, :, num_video:])
+        return out
 
 
 def install_mochi_branch(transformer) -> list[MochiBranchProcessor]:

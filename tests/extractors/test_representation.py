@@ -63,7 +63,7 @@ def test_cross_attention_scores_are_bit_identical_to_the_original_formula(softma
     valid[2, 1:] = False
     q_img = torch.randn(n, heads, dim, generator=generator)
     k_expr = torch.randn(k, length, heads, dim, generator=generator)
-    text_probs = torch.rand(k, heads, length, length, generator=generator)
+    text_probs = torch.rand(heads, k * length, k * length, generator=generator)
 
     capture = AttentionCapture(BranchLayout(caption_len=4, key_valid=valid), n, {0}, softmax_stage=softmax_stage)
     for _ in range(2):
@@ -164,10 +164,10 @@ def _reference_scores(attn, record, caption_len, valid, num_image, representatio
     ([caption | image]) gives the image vectors, and each expression alone with the image
     ([expression's real tokens | image], as ConceptAttention's concept-image attention) its own."""
     kk, length = valid.shape
-    c, e = caption_len, caption_len + kk * length
+    b, i = kk * length, kk * length + caption_len  # the joint sequence is [branch | caption | image]
     cos, sin = record["image_rotary_emb"]
-    image_rows = torch.arange(e, e + num_image)
-    main_rows = torch.cat([torch.arange(c), image_rows])
+    image_rows = torch.arange(i, i + num_image)
+    main_rows = torch.cat([torch.arange(b, i), image_rows])
     double = record.get("encoder_hidden_states") is not None
     if double:
         text, image = record["encoder_hidden_states"], record["hidden_states"]
@@ -181,13 +181,13 @@ def _reference_scores(attn, record, caption_len, valid, num_image, representatio
     for k in range(kk):
         real = int(valid[k].sum())
         assert valid[k, :real].all()  # right padding
-        rows = torch.arange(c + k * length, c + k * length + real)
+        rows = torch.arange(k * length, k * length + real)
         if representation == "attention_output":
             if double:
-                img_out, _ = _stock_attention_output(attn, image, text[:, :c], rope(main_rows))
+                img_out, _ = _stock_attention_output(attn, image, text[:, b:], rope(main_rows))
                 _, expr_out = _stock_attention_output(attn, image, text[:, rows], rope(torch.cat([rows, image_rows])))
             else:
-                img_out = _stock_attention_output(attn, sequence[:, main_rows], None, rope(main_rows))[:, c:]
+                img_out = _stock_attention_output(attn, sequence[:, main_rows], None, rope(main_rows))[:, caption_len:]
                 both = torch.cat([rows, image_rows])
                 expr_out = _stock_attention_output(attn, sequence[:, both], None, rope(both))[:, :real]
             reference[k, :real] = expr_out[0] @ img_out[0].T  # no scaling, summed over heads
