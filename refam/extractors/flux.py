@@ -11,6 +11,7 @@ from PIL import Image
 from refam.errors import CheckpointError, ConfigError
 from refam.extractors.base import DTYPES, PRETRAINED_KEY, Extractor, resolve_pretrained, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, AttentionCapture, BranchLayout, install_branch_processors
+from refam.extractors.offload import Placement, check_offload
 from refam.extractors.trajectory import NoiseAt, Trajectory, TrajectoryContext, drive
 from refam.text.expressions import EncodedExpressions, ExpressionEncoder, T5Expressions
 from refam.types import TokenMaps
@@ -62,7 +63,10 @@ class FluxExtractor(T5Expressions, Extractor):
         expression_max_tokens: longest expression (with magnets) accepted, in T5 tokens.
         guidance_scale: guidance embedding for guidance-distilled models (FLUX.1-dev); ignored otherwise.
         seed: base seed of the noise; each sample's noise derives from (seed, sample id).
-        offload_text_encoders: keep T5 and CLIP on the CPU (encode there, move embeddings over).
+        offload: where the modules live (refam.extractors.offload): "none" (all on the device),
+            "text_encoders" (T5 and CLIP live and run on the CPU), "model" (T5 and the transformer
+            take turns on the device) or "group" (block-level group offloading with prefetch:
+            fits FLUX.1-dev on a 24 GB card).
         local_files_only: never contact a hub, even for a hub id.
     """
 
@@ -81,7 +85,7 @@ class FluxExtractor(T5Expressions, Extractor):
         expression_max_tokens: int = 128,
         guidance_scale: float = 3.5,
         seed: int = 0,
-        offload_text_encoders: bool = False,
+        offload: str = "none",
         local_files_only: bool = False,
     ) -> None:
         if torch_dtype not in DTYPES:
@@ -107,7 +111,8 @@ class FluxExtractor(T5Expressions, Extractor):
         self.expression_max_tokens = expression_max_tokens
         self.guidance_scale = guidance_scale
         self.seed = seed
-        self.offload_text_encoders = offload_text_encoders
+        self.offload = check_offload(offload)
+        self.placement: Placement | None = None
         self.local_files_only = local_files_only
         self.pipe = None
         self.device = torch.device("cpu")
@@ -131,14 +136,26 @@ class FluxExtractor(T5Expressions, Extractor):
             "pooled_prompt": self.pooled_prompt,
             "expression_max_tokens": self.expression_max_tokens,
             "guidance_scale": self.guidance_scale,
-            "offload_text_encoders": self.offload_text_encoders,  # text encoders on the CPU: rounding
+            "text_encoders_on_cpu": self.offload == "text_encoders",  # rounding differs across devices
         }
 
     # ---------------------------------------------------------------- loading
     def setup(self, device: torch.device) -> None:
         if self.pipe is not None:
-            self._move(device)
+            self._place(device)
             return
+        self.use_pipeline(self._load(), device)
+
+    def use_pipeline(self, pipe, device: torch.device) -> None:
+        """Extract with a FluxPipeline already in memory (quantized, with LoRA, or built from a config)
+        instead of loading `pretrained`."""
+        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            module.requires_grad_(False).eval()
+        self.pipe = pipe
+        self.processors = install_branch_processors(pipe.transformer)
+        self._place(device)
+
+    def _load(self):
         from diffusers import FluxPipeline
 
         source = resolve_pretrained(self.pretrained, CHECKPOINT_LAYOUT)
@@ -149,19 +166,15 @@ class FluxExtractor(T5Expressions, Extractor):
                 f"{PRETRAINED_KEY}: cannot load a FLUX pipeline from {self.pretrained!r}: {err}. The folder must hold "
                 "the diffusers FLUX layout (as written by FluxPipeline.save_pretrained)."
             ) from err
-        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            module.requires_grad_(False).eval()
-        self.pipe = pipe
-        self.processors = install_branch_processors(pipe.transformer)
-        self._move(device)
+        return pipe
 
-    def _move(self, device: torch.device) -> None:
+    def _place(self, device: torch.device) -> None:
         self.device = torch.device(device)
-        text_device = torch.device("cpu") if self.offload_text_encoders else self.device
-        self.pipe.transformer.to(self.device)
-        self.pipe.vae.to(self.device)
-        self.pipe.text_encoder.to(text_device)
-        self.pipe.text_encoder_2.to(text_device)
+        pipe = self.pipe
+        self.placement = Placement(
+            self.offload, self.device, [pipe.text_encoder, pipe.text_encoder_2], pipe.transformer, [pipe.vae]
+        )
+        self.placement.apply()
 
     @property
     def num_blocks(self) -> int:
@@ -176,16 +189,19 @@ class FluxExtractor(T5Expressions, Extractor):
 
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> CaptionCondition:
+        self.placement.enter("text")
         embeds, pooled, _ = self.pipe.encode_prompt(
             prompt=caption if self.pooled_prompt == "caption" else "",
             prompt_2=caption,
-            device=self.device,
+            device=self.placement.text_device,
             max_sequence_length=self.caption_max_tokens,
         )
         guidance = None
         if self.pipe.transformer.config.guidance_embeds:
             guidance = torch.full((1,), self.guidance_scale, device=self.device, dtype=torch.float32)
-        return CaptionCondition(embeds=embeds.to(self.dtype), pooled=pooled.to(self.dtype), guidance=guidance)
+        return CaptionCondition(
+            embeds=embeds.to(self.device, self.dtype), pooled=pooled.to(self.device, self.dtype), guidance=guidance
+        )
 
     def image_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) the image is resized to: multiples of 16 (VAE factor 8 x 2x2 packing)."""
@@ -222,6 +238,7 @@ class FluxExtractor(T5Expressions, Extractor):
         text = condition.embeds
         if expressions is not None:  # the branch goes first: see ExpressionBranchProcessor
             text = torch.cat([expressions.embeds.reshape(1, -1, text.shape[-1]).to(text.dtype), text], dim=1)
+        self.placement.enter("denoise")
         img_ids = self.pipe._prepare_latent_image_ids(1, grid[0], grid[1], self.device, self.dtype)
         txt_ids = torch.zeros(text.shape[1], 3, device=self.device, dtype=self.dtype)
         for processor in self.processors:

@@ -61,6 +61,7 @@ from refam.errors import CheckpointError, ConfigError
 from refam.extractors.base import DTYPES, PRETRAINED_KEY, Extractor, MagnetVectors, resolve_pretrained, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
 from refam.extractors.mochi_capture import MochiBranchProcessor, install_mochi_branch
+from refam.extractors.offload import Placement, check_offload
 from refam.extractors.trajectory import standard_noise
 from refam.text.expressions import EncodedExpressions, ExpressionEncoder, T5Expressions
 from refam.types import TokenMaps
@@ -209,7 +210,9 @@ class MochiExtractor(T5Expressions, Extractor):
         expression_max_tokens: longest expression (with magnets) accepted, in T5 tokens.
         seed: base seed of the noise; each sample's noise derives from (seed, sample id), clips
             drawing one after the other.
-        offload_text_encoders: keep T5 on the CPU (encode there, move embeddings over).
+        offload: where the modules live (refam.extractors.offload): "none", "text_encoders" (T5
+            lives and runs on the CPU), "model" (T5 and the transformer take turns on the device)
+            or "group" (block-level group offloading with prefetch).
         vae_tiling: encode frames in spatial tiles (diffusers `enable_tiling`), to save memory.
         local_files_only: never contact a hub, even for a hub id.
     """
@@ -230,7 +233,7 @@ class MochiExtractor(T5Expressions, Extractor):
         caption_max_tokens: int = 256,
         expression_max_tokens: int = 128,
         seed: int = 0,
-        offload_text_encoders: bool = False,
+        offload: str = "none",
         vae_tiling: bool = False,
         local_files_only: bool = False,
     ) -> None:
@@ -264,7 +267,8 @@ class MochiExtractor(T5Expressions, Extractor):
         self.caption_max_tokens = caption_max_tokens
         self.expression_max_tokens = expression_max_tokens
         self.seed = seed
-        self.offload_text_encoders = offload_text_encoders
+        self.offload = check_offload(offload)
+        self.placement: Placement | None = None
         self.vae_tiling = vae_tiling
         self.local_files_only = local_files_only
         self.pipe = None
@@ -290,15 +294,33 @@ class MochiExtractor(T5Expressions, Extractor):
             "representation": self.representation,
             "caption_max_tokens": self.caption_max_tokens,
             "expression_max_tokens": self.expression_max_tokens,
-            "offload_text_encoders": self.offload_text_encoders,
+            "text_encoders_on_cpu": self.offload == "text_encoders",  # rounding differs across devices
             "vae_tiling": self.vae_tiling,  # tiled VAE encoding differs at the tile seams
         }
 
     # ---------------------------------------------------------------- loading
     def setup(self, device: torch.device) -> None:
         if self.pipe is not None:
-            self._move(device)
+            self._place(device)
             return
+        self.use_pipeline(self._load(), device)
+
+    def use_pipeline(self, pipe, device: torch.device) -> None:
+        """Extract with a MochiPipeline already in memory instead of loading `pretrained`."""
+        for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
+            module.requires_grad_(False).eval()
+        if pipe.vae.temporal_compression_ratio != TEMPORAL_COMPRESSION:
+            raise CheckpointError(
+                f"{PRETRAINED_KEY}: the VAE compresses time by {pipe.vae.temporal_compression_ratio}, not "
+                f"{TEMPORAL_COMPRESSION} as Mochi's does"
+            )
+        if self.vae_tiling:
+            pipe.vae.enable_tiling()
+        self.pipe = pipe
+        self.processors = install_mochi_branch(pipe.transformer)
+        self._place(device)
+
+    def _load(self):
         from diffusers import MochiPipeline
 
         source = resolve_pretrained(self.pretrained, CHECKPOINT_LAYOUT)
@@ -311,24 +333,13 @@ class MochiExtractor(T5Expressions, Extractor):
                 f"{PRETRAINED_KEY}: cannot load a Mochi pipeline from {self.pretrained!r}: {err}. The folder must hold "
                 "the diffusers Mochi layout (as written by MochiPipeline.save_pretrained)."
             ) from err
-        for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
-            module.requires_grad_(False).eval()
-        if pipe.vae.temporal_compression_ratio != TEMPORAL_COMPRESSION:
-            raise CheckpointError(
-                f"{PRETRAINED_KEY}: the VAE compresses time by {pipe.vae.temporal_compression_ratio}, not "
-                f"{TEMPORAL_COMPRESSION} as Mochi's does"
-            )
-        if self.vae_tiling:
-            pipe.vae.enable_tiling()
-        self.pipe = pipe
-        self.processors = install_mochi_branch(pipe.transformer)
-        self._move(device)
+        return pipe
 
-    def _move(self, device: torch.device) -> None:
+    def _place(self, device: torch.device) -> None:
         self.device = torch.device(device)
-        self.pipe.transformer.to(self.device)
-        self.pipe.vae.to(self.device)
-        self.pipe.text_encoder.to(torch.device("cpu") if self.offload_text_encoders else self.device)
+        pipe = self.pipe
+        self.placement = Placement(self.offload, self.device, [pipe.text_encoder], pipe.transformer, [pipe.vae])
+        self.placement.apply()
 
     @property
     def num_blocks(self) -> int:
@@ -342,11 +353,12 @@ class MochiExtractor(T5Expressions, Extractor):
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> MochiCaption:
         """The caption as MochiPipeline encodes it (T5, padded to caption_max_tokens, with its mask)."""
+        self.placement.enter("text")
         embeds, mask, _, _ = self.pipe.encode_prompt(
             prompt=caption,
             do_classifier_free_guidance=False,
             max_sequence_length=self.caption_max_tokens,
-            device=self.pipe.text_encoder.device,
+            device=self.placement.text_device,
         )
         return MochiCaption(embeds=embeds.to(self.device, self.dtype), mask=mask.to(self.device).bool())
 
@@ -387,6 +399,7 @@ class MochiExtractor(T5Expressions, Extractor):
     ) -> torch.Tensor:
         """One transformer forward at noise level sigma (timestep 1000 (1 - sigma)); with
         `expressions` and `capture`, the branch rides along. Returns Mochi's velocity (x0 - eps)."""
+        self.placement.enter("denoise")
         text, mask = condition.embeds, condition.mask
         if expressions is not None:
             branch = expressions.embeds.reshape(1, -1, text.shape[-1]).to(text.dtype)

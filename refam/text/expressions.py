@@ -9,12 +9,16 @@ the T5 input where appended words would go: after the last word, before EOS.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from refam.extractors.base import ExpressionError, MagnetVectors
 from refam.text.tokens import tokens_to_words
 from refam.types import TokenInfo
+
+if TYPE_CHECKING:
+    from refam.extractors.offload import Placement
 
 
 @dataclass
@@ -101,6 +105,7 @@ class T5Expressions:
     expression_max_tokens: int
     device: torch.device
     dtype: torch.dtype
+    placement: Placement | None  # refam.extractors.offload: the T5 must be on its device to encode
 
     @property
     def expression_encoder(self) -> ExpressionEncoder:
@@ -117,4 +122,7 @@ class T5Expressions:
         self, expressions: list[tuple[str, int | None]], magnet_vectors: MagnetVectors | None = None
     ) -> EncodedExpressions:
         """K expressions in one T5 batch; callers validate first (the module does, per expression)."""
+        placement = getattr(self, "placement", None)  # a backbone without offload settings has none
+        if placement is not None:
+            placement.enter("text")
         return self.expression_encoder.encode(expressions, self.device, self.dtype, magnet_vectors)
