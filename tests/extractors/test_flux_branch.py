@@ -160,3 +160,22 @@ def test_selected_blocks_only_are_averaged(tiny_flux_dir):
         maps[tuple(blocks)] = extractor.extract(image, "", [MAGNETS.augment("a cat")], "s").scores
     assert not maps[(0,)].equal(maps[(3,)])
     torch.testing.assert_close(maps[(0, 3)], (maps[(0,)] + maps[(3,)]) / 2)
+
+
+def test_blocked_keys_let_an_expression_see_its_own_real_tokens_and_the_image_only():
+    from refam.extractors.capture import BranchLayout
+
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    for order, caption_cols, image_cols, branch_cols in [
+        (("branch", "caption", "image"), slice(6, 8), slice(8, 12), slice(0, 6)),  # FLUX
+        (("image", "branch"), slice(0, 0), slice(0, 4), slice(4, 10)),  # Mochi
+    ]:
+        blocked = BranchLayout(caption_len=2, key_valid=valid, key_order=order).blocked_keys(num_image_tokens=4)
+        assert blocked.shape == (6, branch_cols.stop - branch_cols.start + (caption_cols.stop - caption_cols.start) + 4)
+        assert blocked[:, caption_cols].all()
+        assert not blocked[:, image_cols].any()
+        own = ~blocked[:, branch_cols]
+        expected = torch.zeros(6, 6, dtype=torch.bool)
+        expected[0:3, 0:2] = True  # expression 0: its 2 real tokens; its padding is blocked
+        expected[3:6, 3:6] = True  # expression 1: its 3 tokens, never expression 0's
+        assert own.equal(expected)
