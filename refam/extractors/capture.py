@@ -49,21 +49,22 @@ class BranchLayout:
     key_valid: torch.Tensor  # [K, L] bool: real tokens of each expression (False = padding)
     key_order: tuple[str, ...] = ("branch", "caption", "image")
 
-    def blocked_keys(self, num_image_tokens: int) -> torch.Tensor:
-        """[K L, S] bool, True where a branch query may not look."""
+    def key_bias(self, num_image_tokens: int) -> torch.Tensor:
+        """[K L, S] float32 added to the branch's logits: 0 where a branch query may look, -inf where
+        it may not (another expression's tokens, its own padding, the caption)."""
         kk, length = self.key_valid.shape
         sizes = {"branch": self.branch_len, "caption": self.caption_len, "image": num_image_tokens}
-        blocked = torch.empty(self.branch_len, sum(sizes[segment] for segment in self.key_order), dtype=torch.bool)
+        bias = torch.full((self.branch_len, sum(sizes[segment] for segment in self.key_order)), float("-inf"))
         start = 0
         for segment in self.key_order:
-            part = blocked[:, start : start + sizes[segment]]
+            part = bias[:, start : start + sizes[segment]]
             if segment == "branch":  # [K, L(query), K, L(key)]: own expression's real tokens only
                 own = torch.eye(kk, dtype=torch.bool)[:, None, :, None] & self.key_valid[None, None]
-                part.copy_(~own.expand(kk, length, kk, length).reshape(self.branch_len, self.branch_len))
-            else:
-                part.fill_(segment == "caption")
+                part.masked_fill_(own.expand(kk, length, kk, length).reshape(self.branch_len, self.branch_len), 0.0)
+            elif segment != "caption":
+                part.zero_()
             start += sizes[segment]
-        return blocked
+        return bias
 
     @property
     def num_expressions(self) -> int:
@@ -115,7 +116,7 @@ class AttentionCapture:
         self.text_mass = torch.zeros(k, length, dtype=torch.float32, device=device)
         self.observations = 0
         self._key_valid = layout.key_valid.to(device)
-        self.blocked_keys = layout.blocked_keys(num_image_tokens).to(device)
+        self.key_bias = layout.key_bias(num_image_tokens).to(device)
         valid = self._key_valid.float()
         # weights of the real queries of each expression, broadcast over [H, K L(query), K L(key)]
         self._query_weight = (valid / valid.sum(dim=1, keepdim=True).clamp(min=1)).flatten()[None, :, None]
@@ -167,20 +168,23 @@ class AttentionCapture:
 
 
 def branch_attention(
-    q_e: torch.Tensor, key: torch.Tensor, value: torch.Tensor, blocked: torch.Tensor
+    q_e: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The expression branch's attention, shared by every backbone.
 
     q_e [B, H, K L, D]: the K expressions' queries (L each, right-padded); key, value [B, H, S, D]:
-    the keys in `BranchLayout.key_order`; blocked [K L, S] (`AttentionCapture.blocked_keys`) True
-    where a query may not look, so each expression sees its own real tokens and the image, never
-    the caption or another expression. One matmul, one float32 softmax, one matmul. Returns the
-    output [B, H, K L, D] and the probabilities [B, H, K L, S].
+    the keys in `BranchLayout.key_order`; key_bias [K L, S] (`AttentionCapture.key_bias`) 0 where a
+    query may look and -inf where not, so each expression sees its own real tokens and the image,
+    never the caption or another expression. One scaled, biased matmul (baddbmm), one float32
+    softmax, one matmul. Returns the output [B, H, K L, D] and the probabilities [B, H, K L, S].
     """
-    logits = (q_e * q_e.shape[-1] ** -0.5) @ key.transpose(-1, -2)
-    logits.masked_fill_(blocked, float("-inf"))
+    batch, heads = q_e.shape[:2]
+    logits = torch.baddbmm(
+        key_bias.to(q_e.dtype), q_e.flatten(0, 1), key.flatten(0, 1).transpose(-1, -2), alpha=q_e.shape[-1] ** -0.5
+    )
     probs = logits.softmax(dim=-1, dtype=torch.float32).to(q_e.dtype)
-    return probs @ value, probs
+    out = torch.bmm(probs, value.flatten(0, 1))
+    return out.unflatten(0, (batch, heads)), probs.unflatten(0, (batch, heads))
 
 
 class ExpressionBranchProcessor:
@@ -232,7 +236,7 @@ class ExpressionBranchProcessor:
         )
         # the branch sees the whole joint sequence, the caption blocked: no copy of the image keys
         branch_out, probs = branch_attention(
-            query[:, :b].transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), capture.blocked_keys
+            query[:, :b].transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), capture.key_bias
         )
         if self.block_index in capture.selected_blocks:
             kk, length = layout.num_expressions, layout.expression_len

@@ -132,7 +132,7 @@ class MochiBranchProcessor:
         layout = capture.layout
         num_video = k_vid.shape[2]  # keys in the layout's order: [video | branch]
         keys, values = torch.cat([k_vid, k_e], dim=2), torch.cat([v_vid, v_e], dim=2)
-        out, probs = branch_attention(q_e, keys, values, capture.blocked_keys)
+        out, probs = branch_attention(q_e, keys, values, capture.key_bias)
         if self.block_index in capture.selected_blocks:
             kk, length = layout.num_expressions, layout.expression_len
             for item in range(out.shape[0]):

@@ -162,7 +162,7 @@ def test_selected_blocks_only_are_averaged(tiny_flux_dir):
     torch.testing.assert_close(maps[(0, 3)], (maps[(0,)] + maps[(3,)]) / 2)
 
 
-def test_blocked_keys_let_an_expression_see_its_own_real_tokens_and_the_image_only():
+def test_key_bias_lets_an_expression_see_its_own_real_tokens_and_the_image_only():
     from refam.extractors.capture import BranchLayout
 
     valid = torch.tensor([[True, True, False], [True, True, True]])
@@ -170,7 +170,9 @@ def test_blocked_keys_let_an_expression_see_its_own_real_tokens_and_the_image_on
         (("branch", "caption", "image"), slice(6, 8), slice(8, 12), slice(0, 6)),  # FLUX
         (("image", "branch"), slice(0, 0), slice(0, 4), slice(4, 10)),  # Mochi
     ]:
-        blocked = BranchLayout(caption_len=2, key_valid=valid, key_order=order).blocked_keys(num_image_tokens=4)
+        bias = BranchLayout(caption_len=2, key_valid=valid, key_order=order).key_bias(num_image_tokens=4)
+        assert set(bias.unique().tolist()) == {0.0, float("-inf")}
+        blocked = bias == float("-inf")
         assert blocked.shape == (6, branch_cols.stop - branch_cols.start + (caption_cols.stop - caption_cols.start) + 4)
         assert blocked[:, caption_cols].all()
         assert not blocked[:, image_cols].any()
