@@ -29,6 +29,19 @@ def resolve_pretrained(pretrained: str, layout: str) -> str:
     return pretrained
 
 
+def load_pipeline(pipeline_class, pretrained: str, layout: str, **kwargs):
+    """`pipeline_class.from_pretrained(pretrained, **kwargs)` on a folder or hub id (see
+    `resolve_pretrained`), a failure reported against the config key with what the folder must hold."""
+    source = resolve_pretrained(pretrained, layout)
+    try:
+        return pipeline_class.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(
+            f"{PRETRAINED_KEY}: cannot load a {pipeline_class.__name__} from {pretrained!r}: {err}. Give {layout}, "
+            f"as {pipeline_class.__name__}.save_pretrained writes it."
+        ) from err
+
+
 MagnetVectors = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 

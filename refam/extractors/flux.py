@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from refam.errors import CheckpointError, ConfigError
-from refam.extractors.base import DTYPES, PRETRAINED_KEY, Extractor, resolve_pretrained, sample_seed, select_blocks
+from refam.errors import ConfigError
+from refam.extractors.base import DTYPES, Extractor, load_pipeline, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, AttentionCapture, BranchLayout, install_branch_processors
 from refam.extractors.offload import Placement, check_offload
 from refam.extractors.trajectory import NoiseAt, Trajectory, TrajectoryContext, drive
@@ -158,15 +158,9 @@ class FluxExtractor(T5Expressions, Extractor):
     def _load(self):
         from diffusers import FluxPipeline
 
-        source = resolve_pretrained(self.pretrained, CHECKPOINT_LAYOUT)
-        try:
-            pipe = FluxPipeline.from_pretrained(source, dtype=self.dtype, local_files_only=self.local_files_only)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(
-                f"{PRETRAINED_KEY}: cannot load a FLUX pipeline from {self.pretrained!r}: {err}. The folder must hold "
-                "the diffusers FLUX layout (as written by FluxPipeline.save_pretrained)."
-            ) from err
-        return pipe
+        return load_pipeline(
+            FluxPipeline, self.pretrained, CHECKPOINT_LAYOUT, dtype=self.dtype, local_files_only=self.local_files_only
+        )
 
     def _place(self, device: torch.device) -> None:
         self.device = torch.device(device)

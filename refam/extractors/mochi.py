@@ -58,7 +58,7 @@ import torch
 from PIL import Image
 
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.base import DTYPES, PRETRAINED_KEY, Extractor, MagnetVectors, resolve_pretrained, sample_seed, select_blocks
+from refam.extractors.base import DTYPES, PRETRAINED_KEY, Extractor, MagnetVectors, load_pipeline, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
 from refam.extractors.mochi_capture import MochiBranchProcessor, install_mochi_branch
 from refam.extractors.offload import Placement, check_offload
@@ -323,17 +323,10 @@ class MochiExtractor(T5Expressions, Extractor):
     def _load(self):
         from diffusers import MochiPipeline
 
-        source = resolve_pretrained(self.pretrained, CHECKPOINT_LAYOUT)
-        try:
-            pipe = MochiPipeline.from_pretrained(
-                source, dtype=self.dtype, variant=self.variant, local_files_only=self.local_files_only
-            )
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(
-                f"{PRETRAINED_KEY}: cannot load a Mochi pipeline from {self.pretrained!r}: {err}. The folder must hold "
-                "the diffusers Mochi layout (as written by MochiPipeline.save_pretrained)."
-            ) from err
-        return pipe
+        return load_pipeline(
+            MochiPipeline, self.pretrained, CHECKPOINT_LAYOUT,
+            dtype=self.dtype, variant=self.variant, local_files_only=self.local_files_only,
+        )
 
     def _place(self, device: torch.device) -> None:
         self.device = torch.device(device)

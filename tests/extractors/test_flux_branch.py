@@ -181,3 +181,11 @@ def test_key_bias_lets_an_expression_see_its_own_real_tokens_and_the_image_only(
         expected[0:3, 0:2] = True  # expression 0: its 2 real tokens; its padding is blocked
         expected[3:6, 3:6] = True  # expression 1: its 3 tokens, never expression 0's
         assert own.equal(expected)
+
+
+def test_a_folder_without_a_pipeline_is_a_checkpoint_error_naming_the_key_and_the_layout(tmp_path):
+    from refam.errors import CheckpointError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"model\.extractor\.init_args\.pretrained.*FluxPipeline\.save_pretrained"):
+        FluxExtractor(str(tmp_path / "empty"), local_files_only=True).setup(torch.device("cpu"))
