@@ -3,6 +3,7 @@ against the plain forward, and K expressions in one forward against one.
 
     python bench/capture.py                      # tiny FLUX and refam-shapes, CPU
     python bench/capture.py --repeats 30 --threads 1
+    python bench/capture.py --cases flux-dev-blocks --repeats 3 --threads 2   # FLUX.1-dev's block width, 1024²
 
 Prints, per model and image size, measured in one run (interleaved, medians):
   (a) capture overhead   = forward with branch + capture (K=1) / plain forward          (target <= 1.15)
@@ -68,13 +69,24 @@ def peak_heap(run) -> tuple[int, int]:
     return before, max(peak[0], heap_bytes())
 
 
-def setup(folder: str, resolution: int, pooled_prompt: str):
+# FLUX.1-dev's blocks (3072 wide, 24 heads of 128, MLP ratio 4) with random weights, one double and
+# one single block, its 512-token caption; the text encoders and VAE are the tiny ones (they are
+# outside the forward that is timed)
+FLUX_DEV_BLOCKS = dict(width=3072, heads=24, double_blocks=1, single_blocks=1)
+
+
+def setup(folder: str, resolution: int, pooled_prompt: str, caption_tokens: int = 32):
     from refam.aggregators.magnets import AppendMagnets
     from refam.extractors.flux import FluxExtractor
 
-    extractor = FluxExtractor(folder, torch_dtype="float32", resolution=resolution, caption_max_tokens=32,
+    extractor = FluxExtractor(folder, torch_dtype="float32", resolution=resolution, caption_max_tokens=caption_tokens,
                               pooled_prompt=pooled_prompt)
-    extractor.setup(torch.device("cpu"))
+    if folder == "flux-dev-blocks":
+        from refam.testing.tiny_flux import build_tiny_flux
+
+        extractor.use_pipeline(build_tiny_flux(**FLUX_DEV_BLOCKS), torch.device("cpu"))
+    else:
+        extractor.setup(torch.device("cpu"))
     image = Image.new("RGB", (resolution, resolution), (90, 140, 200))
     x0, rows, cols = extractor.encode_image(image)
     x_t = 0.25 * x0 + 0.75 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
@@ -84,10 +96,10 @@ def setup(folder: str, resolution: int, pooled_prompt: str):
     return extractor, x_t, (rows, cols), condition, encoded
 
 
-def measure(folder: str, resolution: int, pooled_prompt: str, repeats: int) -> dict:
+def measure(folder: str, resolution: int, pooled_prompt: str, repeats: int, caption_tokens: int = 32) -> dict:
     from refam.extractors.flux import CaptionCondition
 
-    extractor, x_t, grid, condition, encoded = setup(folder, resolution, pooled_prompt)
+    extractor, x_t, grid, condition, encoded = setup(folder, resolution, pooled_prompt, caption_tokens)
 
     def plain():
         extractor.forward(x_t, 0.75, grid, condition)
@@ -138,17 +150,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cases", choices=["toys", "flux-dev-blocks"], default="toys",
+                        help="the tiny models, or FLUX.1-dev's full-width blocks (random weights; ~20 s a forward "
+                             "at 1024² on 2 CPU cores)")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[1024], help="for --cases flux-dev-blocks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cases = [("tiny FLUX", str(ROOT / "assets/smoke/tiny-flux"), 256, "caption"),
-             ("refam-shapes", str(ROOT / "assets/refam-shapes"), 128, "empty"),
-             ("refam-shapes", str(ROOT / "assets/refam-shapes"), 512, "empty")]
+    toys = [("tiny FLUX", str(ROOT / "assets/smoke/tiny-flux"), 256, "caption", 32),
+            ("refam-shapes", str(ROOT / "assets/refam-shapes"), 128, "empty", 32),
+            ("refam-shapes", str(ROOT / "assets/refam-shapes"), 512, "empty", 32)]
+    flux_dev = [("FLUX.1-dev blocks (1 double + 1 single)", "flux-dev-blocks", resolution, "caption", 512)
+                for resolution in args.resolutions]
+    cases = toys if args.cases == "toys" else flux_dev
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.repeats} interleaved repeats, medians\n")
     print("| model | image tokens | blocks | plain ms | K=1 ms | K=8 ms | (a) overhead | of which tokens only | (b) K=8/K=1 | (c) peak total | (c) above weights |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, folder, resolution, pooled in cases:
-        r = measure(folder, resolution, pooled, args.repeats)
+    for name, folder, resolution, pooled, caption_tokens in cases:
+        r = measure(folder, resolution, pooled, args.repeats, caption_tokens)
         print(f"| {name} {resolution}² | {r['tokens']} | {r['blocks']} | {r['plain_ms']:.1f} | {r['k1_ms']:.1f} | "
               f"{r['k8_ms']:.1f} | {r['overhead']:.2f} | {r['tokens_share']:.2f} | {r['scaling']:.2f} | {r['memory_total']:.3f} | "
               f"{r['memory_above_weights']:.2f} |", flush=True)
