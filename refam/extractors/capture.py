@@ -234,7 +234,7 @@ class ExpressionBranchProcessor:
             query[:, b:], key[:, b:], value[:, b:],
             attn_mask=None, backend=self.stock._attention_backend, parallel_config=self.stock._parallel_config,
         )
-        # the branch sees the whole joint sequence, the caption blocked: no copy of the image keys
+        # the branch's queries meet the whole joint sequence; key_bias hides the caption and other expressions
         branch_out, probs = branch_attention(
             query[:, :b].transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), capture.key_bias
         )

@@ -11,8 +11,8 @@ encoder (T5-XXL: 4.8 B, 9.5 GB) and small parts (CLIP, VAE). Modes, from fastest
   costs one host-to-device copy of T5 and of the denoiser per sample.
 - "group": diffusers group offloading (`apply_group_offloading`, block level, one block per group,
   prefetching the next block on a CUDA stream): only about two blocks of the denoiser or the text
-  encoder are on the device at a time. Copies the same bytes as "model", every forward, overlapped
-  with compute on CUDA.
+  encoder are on the device at a time. Copies a text encoder every time it runs and the denoiser
+  every forward, overlapped with compute on CUDA.
 
 What each mode costs for FLUX.1-dev is worked out in `bench/offload.py` and bench/RESULTS.md.
 """

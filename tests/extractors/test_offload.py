@@ -5,7 +5,7 @@ the order of the moves and the results; bench/offload.py works out the bytes for
 
 import pytest
 import torch
-from diffusers.hooks.group_offloading import _is_group_offload_enabled
+from diffusers.hooks.group_offloading import _get_group_onload_device, _is_group_offload_enabled
 from PIL import Image
 from torch import nn
 
@@ -40,11 +40,25 @@ def test_every_offload_mode_gives_the_maps_of_none(tiny_flux_dir, reference, off
     torch.testing.assert_close(maps.text_mass, reference.text_mass, rtol=1e-5, atol=1e-6)
 
 
-def test_group_mode_hooks_the_transformer_and_both_text_encoders(tiny_flux_dir):
-    pipe = _flux(tiny_flux_dir, "group").pipe
+def _hooked_modules(module):
+    return [m for m in module.modules() if "group_offloading" in getattr(getattr(m, "_diffusers_hook", None), "hooks", {})]
+
+
+def test_group_mode_hooks_the_transformer_and_both_text_encoders(tiny_flux_dir, reference):
+    extractor = _flux(tiny_flux_dir, "group")
+    pipe = extractor.pipe
     for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2):
         assert _is_group_offload_enabled(module)
     assert not _is_group_offload_enabled(pipe.vae)
+    hooked = _hooked_modules(pipe.transformer)
+    assert len(hooked) > 2  # the blocks, one group each
+    assert _get_group_onload_device(pipe.transformer) == torch.device("cpu")
+    extractor.setup(torch.device("cpu", 0))  # another device (the only other one here): hooks replaced
+    assert _get_group_onload_device(pipe.transformer) == torch.device("cpu", 0)
+    assert _hooked_modules(pipe.transformer) == hooked
+    assert all(list(m._diffusers_hook.hooks).count("group_offloading") == 1 for m in hooked)
+    maps = extractor.extract(IMAGE, "a dog and a man", EXPRESSIONS, "s1")
+    torch.testing.assert_close(maps.scores, reference.scores, rtol=1e-5, atol=1e-6)
 
 
 def test_group_mode_on_mochi_gives_the_maps_of_none(tmp_path):
