@@ -115,9 +115,12 @@ class FluxExtractor(T5Expressions, Extractor):
         self.placement: Placement | None = None
         self.local_files_only = local_files_only
         self.pipe = None
+        self.given_pipeline = False  # use_pipeline: weights not named by `pretrained`
         self.device = torch.device("cpu")
 
-    def cache_key_settings(self) -> dict:
+    def cache_key_settings(self) -> dict | None:
+        if self.given_pipeline:
+            return None
         from refam.extractors.cache import describe, model_identity
 
         return {
@@ -144,11 +147,16 @@ class FluxExtractor(T5Expressions, Extractor):
         if self.pipe is not None:
             self._place(device)
             return
-        self.use_pipeline(self._load(), device)
+        self._attach(self._load(), device)
 
     def use_pipeline(self, pipe, device: torch.device) -> None:
         """Extract with a FluxPipeline already in memory (quantized, with LoRA, or built from a config)
-        instead of loading `pretrained`."""
+        instead of loading `pretrained`. Its maps are never cached (`model.map_cache`): nothing
+        names its weights."""
+        self.given_pipeline = True
+        self._attach(pipe, device)
+
+    def _attach(self, pipe, device: torch.device) -> None:
         for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
             module.requires_grad_(False).eval()
         self.pipe = pipe

@@ -272,9 +272,12 @@ class MochiExtractor(T5Expressions, Extractor):
         self.vae_tiling = vae_tiling
         self.local_files_only = local_files_only
         self.pipe = None
+        self.given_pipeline = False  # use_pipeline: weights not named by `pretrained`
         self.device = torch.device("cpu")
 
-    def cache_key_settings(self) -> dict:
+    def cache_key_settings(self) -> dict | None:
+        if self.given_pipeline:
+            return None
         from refam.extractors.cache import model_identity
 
         return {
@@ -303,10 +306,15 @@ class MochiExtractor(T5Expressions, Extractor):
         if self.pipe is not None:
             self._place(device)
             return
-        self.use_pipeline(self._load(), device)
+        self._attach(self._load(), device)
 
     def use_pipeline(self, pipe, device: torch.device) -> None:
-        """Extract with a MochiPipeline already in memory instead of loading `pretrained`."""
+        """Extract with a MochiPipeline already in memory instead of loading `pretrained`. Its maps
+        are never cached (`model.map_cache`): nothing names its weights."""
+        self.given_pipeline = True
+        self._attach(pipe, device)
+
+    def _attach(self, pipe, device: torch.device) -> None:
         for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False).eval()
         if pipe.vae.temporal_compression_ratio != TEMPORAL_COMPRESSION:

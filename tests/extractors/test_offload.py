@@ -130,3 +130,14 @@ def test_extract_enters_text_then_denoise(tiny_flux_dir, monkeypatch):
 def test_a_bad_offload_mode_is_a_config_error_naming_the_key(tiny_flux_dir):
     with pytest.raises(ConfigError, match=r"model\.extractor\.init_args\.offload.*'none'.*'group'"):
         FluxExtractor(str(tiny_flux_dir), offload="cpu")
+
+
+def test_a_pipeline_given_in_memory_extracts_like_the_folder_and_is_never_cached(tiny_flux_dir, reference):
+    from diffusers import FluxPipeline
+
+    extractor = FluxExtractor("<in memory>", torch_dtype="float32", resolution=64, caption_max_tokens=16)
+    assert extractor.cache_key_settings() is not None
+    extractor.use_pipeline(FluxPipeline.from_pretrained(str(tiny_flux_dir)), torch.device("cpu"))
+    assert extractor.cache_key_settings() is None  # nothing names its weights: the map cache must not reuse maps
+    maps = extractor.extract(IMAGE, "a dog and a man", EXPRESSIONS, "s1")
+    torch.testing.assert_close(maps.scores, reference.scores, rtol=1e-5, atol=1e-6)
