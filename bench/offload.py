@@ -46,6 +46,16 @@ FLUX_DEV = {
                 latent_channels=16, norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159,
                 use_quant_conv=False, use_post_quant_conv=False),
 }
+# the same component classes, a few channels wide: --preset tiny runs the measuring path anywhere
+TINY = {
+    "transformer": dict(FLUX_DEV["transformer"], num_layers=1, num_single_layers=1, attention_head_dim=16,
+                        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6)),
+    "t5": dict(FLUX_DEV["t5"], d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4),
+    "clip": dict(FLUX_DEV["clip"], hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                 projection_dim=32),
+    "vae": dict(FLUX_DEV["vae"], block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4),
+}
+PRESETS = {"full": FLUX_DEV, "tiny": TINY}
 EXPRESSIONS = ["the red car on the left", "a man in a blue shirt", "the dog behind the bench", "the smallest cup",
                "a woman holding an umbrella", "the tree in the middle", "the white boat near the pier", "the second bike"]
 
@@ -119,24 +129,24 @@ def sizes_table(forwards: int, bandwidth: float) -> dict:
 # ---------------------------------------------------------------- measured, on a CUDA device
 
 
-def random_pipeline(preset: str, device: torch.device, dtype: torch.dtype):
-    """A FluxPipeline with random weights in `dtype`, built on the meta device and materialised
-    on `device` (initialising 16 B parameters on a CPU would take minutes)."""
+def random_pipeline(config: dict, device: torch.device, dtype: torch.dtype):
+    """A FluxPipeline of `config`'s architecture with random weights made directly on `device` in
+    `dtype`: parameters start empty (accelerate's init_empty_weights), so 16 B float32 parameters
+    (67 GB) are never initialised first; buffers (CLIP's position ids) are built for real."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-    from refam.testing.tiny_flux import build_tiny_flux, build_tokenizers
+    from refam.testing.tiny_flux import build_tokenizers
 
-    if preset == "tiny":
-        return build_tiny_flux().to(dtype)
-    with torch.device("meta"):
-        parts = build_components()
+    with init_empty_weights(include_buffers=False):
+        parts = build_components(config)
     generator = torch.Generator(device).manual_seed(0)
     for module in parts.values():
-        module.to_empty(device=device)
-        for tensor in [*module.parameters(), *module.buffers()]:
-            if tensor.is_floating_point():
-                tensor.data.normal_(0.0, 0.02, generator=generator)
-        module.to(dtype)
+        for name, parameter in list(module.named_parameters()):
+            value = torch.empty(parameter.shape, dtype=dtype, device=device).normal_(0.0, 0.02, generator=generator)
+            set_module_tensor_to_device(module, name, device, value=value)
+        module.to(device)
     clip_tokenizer, t5_tokenizer = build_tokenizers()
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
                                                 base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
@@ -160,7 +170,7 @@ def measure(preset: str, modes: list[str], resolution: int, repeats: int, device
     rows = []
     for mode in modes:
         # weights start on the CPU for the offloading modes, as a checkpoint loads
-        pipe = random_pipeline(preset, device if mode == "none" else torch.device("cpu"), dtype)
+        pipe = random_pipeline(PRESETS[preset], device if mode == "none" else torch.device("cpu"), dtype)
         extractor = FluxExtractor("<in memory>", torch_dtype=str(dtype).removeprefix("torch."), resolution=resolution,
                                   caption_max_tokens=512 if preset == "full" else 16, offload=mode)
         extractor.use_pipeline(pipe, device)
@@ -191,7 +201,7 @@ def main() -> None:
     parser.add_argument("--forwards", type=int, default=1, help="transformer forwards per image (NoiseAt: 1)")
     parser.add_argument("--bandwidth", type=float, default=25.0, help="host -> device GB/s for the copy time")
     parser.add_argument("--measure", action="store_true", help="time and measure on --device")
-    parser.add_argument("--preset", choices=["full", "tiny"], default="full")
+    parser.add_argument("--preset", choices=list(PRESETS), default="full")
     parser.add_argument("--modes", nargs="+", default=["none", "model", "group"])
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
