@@ -46,7 +46,7 @@ from refam.types import TokenInfo, TokenMaps
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: maps of the branch-first capture, whose rounding differs from 1's
 SMALL_FILE = 1 << 20  # files up to this size are hashed by content; larger ones by size and mtime
 
 

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from refam.errors import ConfigError
-from refam.extractors.base import DTYPES, Extractor, load_pipeline, sample_seed, select_blocks
+from refam.extractors.base import sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, AttentionCapture, BranchLayout, install_branch_processors
-from refam.extractors.offload import Placement, check_offload
+from refam.extractors.pipeline import PipelineExtractor
 from refam.extractors.trajectory import NoiseAt, Trajectory, TrajectoryContext, drive
 from refam.text.expressions import EncodedExpressions, ExpressionEncoder, T5Expressions
 from refam.types import TokenMaps
@@ -35,7 +35,7 @@ CHECKPOINT_LAYOUT = (
     "text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/) or a hub id such as black-forest-labs/FLUX.1-dev")
 
 
-class FluxExtractor(T5Expressions, Extractor):
+class FluxExtractor(T5Expressions, PipelineExtractor):
     """Cross-attention maps of referring expressions from a FLUX transformer.
 
     Args:
@@ -70,6 +70,8 @@ class FluxExtractor(T5Expressions, Extractor):
         local_files_only: never contact a hub, even for a hub id.
     """
 
+    checkpoint_layout = CHECKPOINT_LAYOUT
+
     def __init__(
         self,
         pretrained: str,
@@ -88,8 +90,7 @@ class FluxExtractor(T5Expressions, Extractor):
         offload: str = "none",
         local_files_only: bool = False,
     ) -> None:
-        if torch_dtype not in DTYPES:
-            raise ConfigError(f"model.extractor.init_args.torch_dtype must be one of {list(DTYPES)}")
+        super().__init__(pretrained, torch_dtype, offload, local_files_only)
         if pooled_prompt not in ("caption", "empty"):
             raise ConfigError(f"model.extractor.init_args.pooled_prompt must be 'caption' or 'empty', got {pooled_prompt!r}")
         if resolution % 16:
@@ -98,8 +99,6 @@ class FluxExtractor(T5Expressions, Extractor):
             raise ConfigError(
                 f"model.extractor.init_args.representation must be one of {list(REPRESENTATIONS)}, got {representation!r}"
             )
-        self.pretrained = pretrained
-        self.dtype = DTYPES[torch_dtype]
         self.trajectory = trajectory if trajectory is not None else NoiseAt(750.0)
         self.resolution = resolution
         self.keep_aspect = keep_aspect
@@ -111,23 +110,11 @@ class FluxExtractor(T5Expressions, Extractor):
         self.expression_max_tokens = expression_max_tokens
         self.guidance_scale = guidance_scale
         self.seed = seed
-        self.offload = check_offload(offload)
-        self.placement: Placement | None = None
-        self.local_files_only = local_files_only
-        self.pipe = None
-        self.given_pipeline = False  # use_pipeline: weights not named by `pretrained`
-        self.device = torch.device("cpu")
 
-    def cache_key_settings(self) -> dict | None:
-        if self.given_pipeline:
-            return None
-        from refam.extractors.cache import describe, model_identity
+    def map_settings(self) -> dict:
+        from refam.extractors.cache import describe
 
         return {
-            "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "model": model_identity(self.pretrained),
-            "dtype": str(self.dtype),
-            "device": self.device.type,  # maps differ by rounding across device types
             "resolution": self.resolution,
             "keep_aspect": self.keep_aspect,
             "trajectory": describe(self.trajectory),
@@ -139,44 +126,19 @@ class FluxExtractor(T5Expressions, Extractor):
             "pooled_prompt": self.pooled_prompt,
             "expression_max_tokens": self.expression_max_tokens,
             "guidance_scale": self.guidance_scale,
-            "text_encoders_on_cpu": self.offload == "text_encoders",  # rounding differs across devices
         }
 
-    # ---------------------------------------------------------------- loading
-    def setup(self, device: torch.device) -> None:
-        if self.pipe is not None:
-            self._place(device)
-            return
-        self._attach(self._load(), device)
-
-    def use_pipeline(self, pipe, device: torch.device) -> None:
-        """Extract with a FluxPipeline already in memory (quantized, with LoRA, or built from a config)
-        instead of loading `pretrained`. Its maps are never cached (`model.map_cache`): nothing
-        names its weights."""
-        self.given_pipeline = True
-        self._attach(pipe, device)
-
-    def _attach(self, pipe, device: torch.device) -> None:
-        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            module.requires_grad_(False).eval()
-        self.pipe = pipe
-        self.processors = install_branch_processors(pipe.transformer)
-        self._place(device)
-
-    def _load(self):
+    # ---------------------------------------------------------------- the pipeline
+    def pipeline_class(self) -> type:
         from diffusers import FluxPipeline
 
-        return load_pipeline(
-            FluxPipeline, self.pretrained, CHECKPOINT_LAYOUT, dtype=self.dtype, local_files_only=self.local_files_only
-        )
+        return FluxPipeline
 
-    def _place(self, device: torch.device) -> None:
-        self.device = torch.device(device)
-        pipe = self.pipe
-        self.placement = Placement(
-            self.offload, self.device, [pipe.text_encoder, pipe.text_encoder_2], pipe.transformer, [pipe.vae]
-        )
-        self.placement.apply()
+    def prepare(self, pipe) -> None:
+        self.processors = install_branch_processors(pipe.transformer)
+
+    def placement_modules(self, pipe):
+        return [pipe.text_encoder, pipe.text_encoder_2], pipe.transformer, [pipe.vae]
 
     @property
     def num_blocks(self) -> int:

@@ -58,10 +58,10 @@ import torch
 from PIL import Image
 
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.base import DTYPES, PRETRAINED_KEY, Extractor, MagnetVectors, load_pipeline, sample_seed, select_blocks
+from refam.extractors.base import PRETRAINED_KEY, MagnetVectors, sample_seed, select_blocks
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
 from refam.extractors.mochi_capture import MochiBranchProcessor, install_mochi_branch
-from refam.extractors.offload import Placement, check_offload
+from refam.extractors.pipeline import PipelineExtractor
 from refam.extractors.trajectory import standard_noise
 from refam.text.expressions import EncodedExpressions, ExpressionEncoder, T5Expressions
 from refam.types import TokenMaps
@@ -184,7 +184,7 @@ class MochiCaption:
     mask: torch.Tensor  # [1, Lc] bool (Mochi removes the padding in attention)
 
 
-class MochiExtractor(T5Expressions, Extractor):
+class MochiExtractor(T5Expressions, PipelineExtractor):
     """Cross-attention maps of referring expressions from Mochi's transformer, per latent frame.
 
     Args:
@@ -217,6 +217,8 @@ class MochiExtractor(T5Expressions, Extractor):
         local_files_only: never contact a hub, even for a hub id.
     """
 
+    checkpoint_layout = CHECKPOINT_LAYOUT
+
     def __init__(
         self,
         pretrained: str,
@@ -237,9 +239,8 @@ class MochiExtractor(T5Expressions, Extractor):
         vae_tiling: bool = False,
         local_files_only: bool = False,
     ) -> None:
+        super().__init__(pretrained, torch_dtype, offload, local_files_only)
         key = "model.extractor.init_args"
-        if torch_dtype not in DTYPES:
-            raise ConfigError(f"{key}.torch_dtype must be one of {list(DTYPES)}")
         if not 0.0 <= sigma <= 1.0:
             raise ConfigError(f"{key}.sigma must be a noise level in [0, 1], got {sigma}")
         for name, value in (("height", height), ("width", width)):
@@ -253,8 +254,6 @@ class MochiExtractor(T5Expressions, Extractor):
             raise ConfigError(f"{key}.softmax_stage must be one of {list(SOFTMAX_STAGES)}, got {softmax_stage!r}")
         if representation not in REPRESENTATIONS:
             raise ConfigError(f"{key}.representation must be one of {list(REPRESENTATIONS)}, got {representation!r}")
-        self.pretrained = pretrained
-        self.dtype = DTYPES[torch_dtype]
         self.variant = variant
         self.sigma = float(sigma)
         self.height = height
@@ -267,25 +266,11 @@ class MochiExtractor(T5Expressions, Extractor):
         self.caption_max_tokens = caption_max_tokens
         self.expression_max_tokens = expression_max_tokens
         self.seed = seed
-        self.offload = check_offload(offload)
-        self.placement: Placement | None = None
         self.vae_tiling = vae_tiling
-        self.local_files_only = local_files_only
-        self.pipe = None
-        self.given_pipeline = False  # use_pipeline: weights not named by `pretrained`
-        self.device = torch.device("cpu")
 
-    def cache_key_settings(self) -> dict | None:
-        if self.given_pipeline:
-            return None
-        from refam.extractors.cache import model_identity
-
+    def map_settings(self) -> dict:
         return {
-            "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "model": model_identity(self.pretrained),
             "variant": self.variant,
-            "dtype": str(self.dtype),
-            "device": self.device.type,  # maps differ by rounding across device types
             "sigma": self.sigma,
             "height": self.height,
             "width": self.width,
@@ -297,26 +282,19 @@ class MochiExtractor(T5Expressions, Extractor):
             "representation": self.representation,
             "caption_max_tokens": self.caption_max_tokens,
             "expression_max_tokens": self.expression_max_tokens,
-            "text_encoders_on_cpu": self.offload == "text_encoders",  # rounding differs across devices
             "vae_tiling": self.vae_tiling,  # tiled VAE encoding differs at the tile seams
         }
 
-    # ---------------------------------------------------------------- loading
-    def setup(self, device: torch.device) -> None:
-        if self.pipe is not None:
-            self._place(device)
-            return
-        self._attach(self._load(), device)
+    # ---------------------------------------------------------------- the pipeline
+    def pipeline_class(self) -> type:
+        from diffusers import MochiPipeline
 
-    def use_pipeline(self, pipe, device: torch.device) -> None:
-        """Extract with a MochiPipeline already in memory instead of loading `pretrained`. Its maps
-        are never cached (`model.map_cache`): nothing names its weights."""
-        self.given_pipeline = True
-        self._attach(pipe, device)
+        return MochiPipeline
 
-    def _attach(self, pipe, device: torch.device) -> None:
-        for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
-            module.requires_grad_(False).eval()
+    def load_kwargs(self) -> dict:
+        return {"variant": self.variant}
+
+    def prepare(self, pipe) -> None:
         if pipe.vae.temporal_compression_ratio != TEMPORAL_COMPRESSION:
             raise CheckpointError(
                 f"{PRETRAINED_KEY}: the VAE compresses time by {pipe.vae.temporal_compression_ratio}, not "
@@ -324,23 +302,10 @@ class MochiExtractor(T5Expressions, Extractor):
             )
         if self.vae_tiling:
             pipe.vae.enable_tiling()
-        self.pipe = pipe
         self.processors = install_mochi_branch(pipe.transformer)
-        self._place(device)
 
-    def _load(self):
-        from diffusers import MochiPipeline
-
-        return load_pipeline(
-            MochiPipeline, self.pretrained, CHECKPOINT_LAYOUT,
-            dtype=self.dtype, variant=self.variant, local_files_only=self.local_files_only,
-        )
-
-    def _place(self, device: torch.device) -> None:
-        self.device = torch.device(device)
-        pipe = self.pipe
-        self.placement = Placement(self.offload, self.device, [pipe.text_encoder], pipe.transformer, [pipe.vae])
-        self.placement.apply()
+    def placement_modules(self, pipe):
+        return [pipe.text_encoder], pipe.transformer, [pipe.vae]
 
     @property
     def num_blocks(self) -> int:
