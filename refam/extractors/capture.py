@@ -177,8 +177,11 @@ def branch_attention(
     query may look and -inf where not, so each expression sees its own real tokens and the image,
     never the caption or another expression. One scaled, biased matmul (baddbmm), one float32
     softmax, one matmul. Returns the output [B, H, K L, D] and the probabilities [B, H, K L, S].
+    A bias of shape [B, K L, S] gives each batch item its own (training batches of several scenes).
     """
     batch, heads = q_e.shape[:2]
+    if key_bias.dim() == 3:
+        key_bias = key_bias.repeat_interleave(heads, dim=0)
     logits = torch.baddbmm(
         key_bias.to(q_e.dtype), q_e.flatten(0, 1), key.flatten(0, 1).transpose(-1, -2), alpha=q_e.shape[-1] ** -0.5
     )

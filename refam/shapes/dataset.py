@@ -10,18 +10,24 @@ import numpy as np
 from PIL import Image
 
 from refam.shapes.scenes import make_scene
+from refam.shapes.varied import make_varied_scene
+
+FAMILIES = {"fixed": make_scene, "varied": make_varied_scene}
 
 
-def write_shapes_set(folder: Path, split: str, scenes: int, per_scene: int = 5, first: int = 0) -> Path:
+def write_shapes_set(folder: Path, split: str, scenes: int, per_scene: int = 5, first: int = 0,
+                     family: str = "fixed") -> Path:
     """Scenes `first` .. `first + scenes - 1` of `split`; at most `per_scene` expressions each,
-    spread over the expression kinds. Returns the manifest path."""
+    spread over the expression kinds. `family`: "fixed" (the demo set's one background and two
+    sizes, `refam.shapes.scenes`) or "varied" (any background, size and aspect ratio,
+    `refam.shapes.varied`). Returns the manifest path."""
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     lines = []
     for index in range(first, first + scenes):
-        scene = make_scene(split, index)
-        sample_id = f"{split}-{index:05d}"
+        scene = FAMILIES[family](split, index)
+        sample_id = f"{split}-{index:05d}" if family == "fixed" else f"{family}-{split}-{index:05d}"
         scene.image.save(folder / "images" / f"{sample_id}.png")
         chosen, kinds = [], set()
         for referral in scene.referrals:  # one per kind first, then the rest in order
@@ -49,8 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="demo", choices=["demo", "test", "train"])
     parser.add_argument("--scenes", type=int, default=60)
     parser.add_argument("--per-scene", type=int, default=5)
+    parser.add_argument("--family", default="fixed", choices=list(FAMILIES))
     args = parser.parse_args(argv)
-    print(write_shapes_set(args.folder, args.split, args.scenes, args.per_scene))
+    print(write_shapes_set(args.folder, args.split, args.scenes, args.per_scene, family=args.family))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,12 @@ Two Lightning stages on procedural scenes (train split only):
    set `shift_factor` / `scaling_factor` as in FLUX's VAE config;
 2. the FluxTransformer2DModel with both text encoders on the frozen VAE's latents, with the
    rectified-flow loss (x_t = (1 - t) x0 + t eps, target eps - x0, t logit-normal), captions
-   randomised per step and encoded by `FluxPipeline.encode_prompt` exactly as at inference.
+   randomised per step and encoded by `FluxPipeline.encode_prompt` exactly as at inference;
+   with `--ground-weight` > 0, plus the auxiliary grounding term of `refam.shapes.grounding`.
+
+Scenes come from one of two families (`--family`): "varied" (any background, size and aspect
+ratio, `refam.shapes.varied`; v2's) or "fixed" (the demo set's, `refam.shapes.scenes`). Either
+way an image is resized to the square frame the extractor reads (`FRAME`), as at inference.
 """
 
 from __future__ import annotations
@@ -24,25 +29,33 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from refam.shapes.dataset import FAMILIES
+from refam.shapes.grounding import BatchCapture, GroundingTerm, cell_coverage
 from refam.shapes.model import ShapesModelConfig, build_components
-from refam.shapes.scenes import make_scene, training_caption
+from refam.shapes.scenes import Referral, Scene, ShapeObject, training_caption
+
+FRAME = 128  # the extractor's `resolution` for refam-shapes: every image is resized to FRAME x FRAME
+GRID = FRAME // 8  # token grid: VAE factor 4, then FLUX's 2 x 2 packing
 
 
-def to_tensor(image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+def model_frame(image) -> torch.Tensor:
+    """[3, FRAME, FRAME] in [-1, 1], resized exactly as `FluxExtractor.encode_image` resizes."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor(vae_scale_factor=8).preprocess(image.convert("RGB"), height=FRAME, width=FRAME)[0]
 
 
 class SceneCrops(IterableDataset):
     """Endless random crops of training scenes for the autoencoder."""
 
-    def __init__(self, crop: int, seed: int) -> None:
-        self.crop, self.seed = crop, seed
+    def __init__(self, crop: int, seed: int, family: str = "varied") -> None:
+        self.crop, self.seed, self.family = crop, seed, family
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)
         index = 0
         while True:
-            image = to_tensor(make_scene("train", 10_000_000 + index).image)
+            image = model_frame(FAMILIES[self.family]("train", 10_000_000 + index).image)
             index += 1
             y, x = rng.integers(0, image.shape[1] - self.crop + 1, size=2)
             yield image[:, y : y + self.crop, x : x + self.crop]
@@ -66,10 +79,11 @@ class AutoencoderStage(L.LightningModule):
 
 
 class LatentScenes(Dataset):
-    """Precomputed normalised latents of training scenes, with the scenes' objects for captions."""
+    """Precomputed normalised latents of training scenes, with the scenes' objects (for captions
+    and expressions, in the FRAME x FRAME frame) and each object's token-cell coverage [n, GRID^2]."""
 
-    def __init__(self, latents: torch.Tensor, scenes: list) -> None:
-        self.latents, self.scenes = latents, scenes
+    def __init__(self, latents: torch.Tensor, scenes: list, coverage: list[torch.Tensor]) -> None:
+        self.latents, self.scenes, self.coverage = latents, scenes, coverage
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -80,14 +94,22 @@ class LatentScenes(Dataset):
 
 class FlowStage(L.LightningModule):
     def __init__(self, pipe, data: LatentScenes, lr: float, caption_tokens: int, empty_caption_rate: float, seed: int,
-                 t_mean: float = 0.0, pooled_prompt: str = "caption", omit_colour: float = 0.0) -> None:
+                 t_mean: float = 0.0, pooled_prompt: str = "caption", omit_colour: float = 0.0,
+                 ground_weight: float = 0.0, ground_share: float = 0.5, ground_sigma: tuple[float, float] = (0.6, 0.9)) -> None:
         super().__init__()
         self.pipe = pipe
         self.transformer, self.t5, self.clip = pipe.transformer, pipe.text_encoder_2, pipe.text_encoder
         self.data, self.lr, self.caption_tokens = data, lr, caption_tokens
         self.empty_caption_rate = empty_caption_rate
         self.t_mean, self.pooled_prompt, self.omit_colour = t_mean, pooled_prompt, omit_colour
+        self.ground_weight, self.ground_share, self.ground_sigma = ground_weight, ground_share, ground_sigma
         self.rng = np.random.default_rng(seed)
+        self.grounding = None
+        if ground_weight > 0:
+            from refam.extractors.capture import install_branch_processors
+
+            self.processors = install_branch_processors(self.transformer)  # the extractor's own branch
+            self.grounding = GroundingTerm(pipe.tokenizer_2, self.t5)
 
     def on_train_start(self) -> None:
         for module in (self.transformer, self.t5, self.clip):  # a resumed pipeline loads in eval mode
@@ -105,15 +127,42 @@ class FlowStage(L.LightningModule):
                                                            max_sequence_length=self.caption_tokens)
         batch, channels, height, width = x0.shape
         t = torch.sigmoid(torch.randn(batch) + self.t_mean)
+        grounded = torch.zeros(batch)
+        if self.grounding is not None:  # a share of the batch is observed where inference observes
+            grounded = (torch.rand(batch) < self.ground_share).float()
+            low, high = self.ground_sigma
+            t = torch.where(grounded.bool(), torch.empty(batch).uniform_(low, high), t)
         noise = torch.randn_like(x0)
         x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
         packed = self.pipe._pack_latents(x_t, batch, channels, height, width)
         target = self.pipe._pack_latents(noise - x0, batch, channels, height, width)
         img_ids = self.pipe._prepare_latent_image_ids(batch, height // 2, width // 2, x0.device, x0.dtype)
-        prediction = self.transformer(hidden_states=packed, encoder_hidden_states=embeds, pooled_projections=pooled,
-                                      timestep=t, img_ids=img_ids, txt_ids=text_ids, return_dict=False)[0]
+        capture = None
+        if self.grounding is not None:
+            drawn = self.grounding.draw([self.data.scenes[i] for i in indices], self.rng)
+            expr_embeds, valid, kept = self.grounding.encode(drawn, x0.device)
+            # the branch goes first in the text sequence, as FluxExtractor.forward puts it
+            embeds = torch.cat([expr_embeds.flatten(1, 2).to(embeds.dtype), embeds], dim=1)
+            text_ids = torch.zeros(embeds.shape[1], 3, dtype=text_ids.dtype, device=text_ids.device)
+            capture = BatchCapture(valid.cpu(), self.caption_tokens, packed.shape[1], len(self.processors))
+            for processor in self.processors:
+                processor.capture = capture
+        try:
+            prediction = self.transformer(hidden_states=packed, encoder_hidden_states=embeds, pooled_projections=pooled,
+                                          timestep=t, img_ids=img_ids, txt_ids=text_ids, return_dict=False)[0]
+        finally:
+            for processor in getattr(self, "processors", []):
+                processor.capture = None
         loss = F.mse_loss(prediction, target)
         self.log("flow/loss", loss, prog_bar=True)
+        if capture is not None:
+            coverage = torch.zeros(batch, valid.shape[1], packed.shape[1])
+            for b, (i, row) in enumerate(zip(indices, drawn)):
+                for k, (expression, _) in enumerate(row):
+                    coverage[b, k] = self.data.coverage[i][expression.target]
+            ground = self.grounding.loss(capture.logits(), valid, kept, coverage, grounded)
+            self.log("ground/loss", ground, prog_bar=True)
+            loss = loss + self.ground_weight * ground
         return loss
 
     def configure_optimizers(self):
@@ -166,19 +215,31 @@ def _trainer(max_steps: int, log_dir: Path, name: str, callbacks: list | None = 
                      callbacks=callbacks or [])
 
 
+def in_model_frame(scene: Scene) -> tuple[Scene, torch.Tensor]:
+    """The scene as the model sees it (objects' centres in the FRAME x FRAME frame, masks and the
+    image dropped: captions and expressions need the objects only) and each object's coverage of
+    the token cells [n, GRID * GRID]."""
+    width, height = scene.image.size
+    sx, sy = FRAME / width, FRAME / height
+    coverage = torch.stack([cell_coverage(o.mask, FRAME, GRID).flatten() for o in scene.objects]) \
+        if scene.objects else torch.zeros(0, GRID * GRID)
+    objects = [ShapeObject(o.shape, o.colour, o.size, o.cx * sx, o.cy * sy, None, o.full_area) for o in scene.objects]
+    referrals = [Referral(r.text, r.target, r.kind) for r in scene.referrals]
+    return Scene(image=None, objects=objects, referrals=referrals, size=FRAME), coverage
+
+
 @torch.no_grad()
-def encode_scenes(vae, count: int, batch: int = 64) -> tuple[torch.Tensor, list]:
-    scenes, latents = [], []
+def encode_scenes(vae, count: int, batch: int = 64, family: str = "varied") -> tuple[torch.Tensor, list, list]:
+    scenes, latents, coverage = [], [], []
     for start in range(0, count, batch):
-        chunk = [make_scene("train", i) for i in range(start, min(count, start + batch))]
-        images = torch.stack([to_tensor(scene.image) for scene in chunk])
+        chunk = [FAMILIES[family]("train", i) for i in range(start, min(count, start + batch))]
+        images = torch.stack([model_frame(scene.image) for scene in chunk])
         latents.append(vae.encode(images).latent_dist.mode().half())
         for scene in chunk:
-            scene.image = None  # captions need the objects only
-            for o in scene.objects:
-                o.mask = None
-        scenes += chunk
-    return torch.cat(latents), scenes
+            framed, cells = in_model_frame(scene)
+            scenes.append(framed)
+            coverage.append(cells.half())
+    return torch.cat(latents), scenes, coverage
 
 
 def loss_curve(metrics_csv: Path, key: str, points: int = 40) -> list[list[float]]:
@@ -193,7 +254,8 @@ def loss_curve(metrics_csv: Path, key: str, points: int = 40) -> list[list[float
 def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size: int, seed: int,
           config: ShapesModelConfig, lr: float, caption_tokens: int, work_dir: Path, snapshot_every: int = 0,
           resume_from: Path | None = None, t_mean: float = 0.0, pooled_prompt: str = "caption",
-          monitor_every: int = 0, monitor_manifest: Path | None = None, omit_colour: float = 0.0) -> dict:
+          monitor_every: int = 0, monitor_manifest: Path | None = None, omit_colour: float = 0.0,
+          family: str = "varied", ground_weight: float = 0.0, ground_share: float = 0.5) -> dict:
     from diffusers import FluxPipeline
 
     torch.manual_seed(seed)
@@ -209,30 +271,31 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
         previous = json.loads(record_file.read_text()) if record_file.exists() else {"folder": str(resume_from)}
         vae = parts["vae"].eval().requires_grad_(False)
         vae_seconds, vae_log = 0.0, Path(work_dir) / "no-vae-stage.csv"
-        latents, scene_list = encode_scenes(vae, scenes)
+        latents, scene_list, coverage = encode_scenes(vae, scenes, family=family)
         shift, scale = vae.config.shift_factor, vae.config.scaling_factor
         latents = ((latents.float() - shift) * scale).half()
         std = 1.0 / scale
     else:
         parts = build_components(config, seed)
         vae = parts["vae"]
-        crops = DataLoader(SceneCrops(crop=64, seed=seed), batch_size=16)
+        crops = DataLoader(SceneCrops(crop=64, seed=seed, family=family), batch_size=16)
         vae_trainer = _trainer(vae_steps, work_dir, "vae")
         vae_trainer.fit(AutoencoderStage(vae, lr=1e-3, kl_weight=1e-6), crops)
         vae.eval().requires_grad_(False)
         vae_seconds = time.time() - start
         vae_log = Path(vae_trainer.logger.log_dir) / "metrics.csv"
 
-        latents, scene_list = encode_scenes(vae, scenes)
+        latents, scene_list, coverage = encode_scenes(vae, scenes, family=family)
         shift, std = latents.float().mean().item(), latents.float().std().item()
         vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
         latents = ((latents.float() - shift) / std).half()
         pipe = FluxPipeline(**parts)
-    data = LatentScenes(latents, scene_list)
+    data = LatentScenes(latents, scene_list, coverage)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     stage = FlowStage(pipe, data, lr=lr, caption_tokens=caption_tokens, empty_caption_rate=0.1, seed=seed,
-                      t_mean=t_mean, pooled_prompt=pooled_prompt, omit_colour=omit_colour)
+                      t_mean=t_mean, pooled_prompt=pooled_prompt, omit_colour=omit_colour,
+                      ground_weight=ground_weight, ground_share=ground_share)
     monitor = GroundingMonitor(pipe, Path(work_dir) / "monitored", monitor_every if monitor_manifest else 0,
                                monitor_manifest, pooled_prompt)
     flow_trainer = _trainer(flow_steps, work_dir, "flow",
@@ -250,6 +313,9 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
         "t_logit_normal_mean": t_mean,
         "pooled_prompt": pooled_prompt,
         "omit_colour": omit_colour,
+        "family": family,
+        "ground_weight": ground_weight,
+        "ground_share": ground_share,
         "training_scenes": scenes,
         "batch_size": batch_size,
         "vae_steps": vae_steps,
@@ -261,6 +327,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
         "vae_latent_scale": 1.0 / std,
         "vae_mse_curve": loss_curve(vae_log, "vae/mse"),
         "flow_loss_curve": loss_curve(Path(flow_trainer.logger.log_dir) / "metrics.csv", "flow/loss"),
+        "ground_loss_curve": loss_curve(Path(flow_trainer.logger.log_dir) / "metrics.csv", "ground/loss"),
         "point_accuracy_curve": {"manifest": str(monitor_manifest), "steps_pa": monitor.history} if monitor.history else None,
     }
     if previous is not None:
@@ -292,6 +359,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--monitor-manifest", type=Path, default=None, help="held-out expressions (manifest format)")
     parser.add_argument("--omit-colour", type=float, default=0.0,
                         help="chance that a training caption names an object without its colour")
+    parser.add_argument("--family", choices=list(FAMILIES), default="varied",
+                        help="training scenes: any background, size and aspect (varied) or the demo set's (fixed)")
+    parser.add_argument("--ground-weight", type=float, default=0.0,
+                        help="weight of the auxiliary grounding term (refam.shapes.grounding); 0: flow matching alone")
+    parser.add_argument("--ground-share", type=float, default=0.5,
+                        help="share of each batch observed at the grounding noise level with the term")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     for name, default in ShapesModelConfig().to_dict().items():
         if not isinstance(default, tuple):
@@ -303,5 +376,5 @@ def main(argv: list[str] | None = None) -> None:
     record = train(args.output, args.vae_steps, args.flow_steps, args.scenes, args.batch_size, args.seed, config,
                    args.lr, args.caption_tokens, args.work_dir, args.snapshot_every, args.resume_from,
                    args.t_mean, args.pooled_prompt, args.monitor_every, args.monitor_manifest,
-                   args.omit_colour)
+                   args.omit_colour, args.family, args.ground_weight, args.ground_share)
     print(json.dumps({k: record[k] for k in ("total_seconds", "vae_seconds")}))
