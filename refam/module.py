@@ -26,6 +26,7 @@ from refam.errors import ConfigError
 from refam.extractors.base import ExpressionError, Extractor
 from refam.extractors.cache import MapCache
 from refam.metrics import ReferringScores, SaliencyScores, VideoReferringScores, intersection_union, point_hit
+from refam.metrics.davis import ObjectScore, RunPalettes, evaluate_runs
 from refam.metrics.jf import TrackScores
 from refam.segmenters.base import Segmenter
 from refam.segmenters.video_base import VideoSegmenter
@@ -120,6 +121,7 @@ class RefAMModule(L.LightningModule):
         self.saliency = torch.nn.ModuleList()  # one SaliencyScores per test dataset (used where it has a protocol)
         self.saliency_datasets: list[bool] = []
         self.video_datasets: list[bool] = []
+        self.void_datasets: list[bool] = []  # video datasets whose 255 pixels leave J and F (Ref-DAVIS17)
         # callables (dataset index, video, expression, frame index, mask) that receive every video mask
         # as it is made (e.g. MaskWriter); masks are never gathered
         self.video_mask_sinks: list[Callable] = []
@@ -138,8 +140,11 @@ class RefAMModule(L.LightningModule):
         self.dataset_names = [getattr(d, "name", None) or f"test{i}" for i, d in enumerate(datasets)]
         # video datasets (`is_video`) are scored with J&F, images with mIoU / oIoU; both with PA
         self.video_datasets = [bool(getattr(d, "is_video", False)) for d in datasets]
+        self.void_datasets = [bool(getattr(d, "ignores_void", False)) for d in datasets]
+        # a video dataset's `protocol` picks its headline J&F (Ref-DAVIS17: the official unsupervised runs)
         self.scores = torch.nn.ModuleList(
-            VideoReferringScores() if video else ReferringScores() for video in self.video_datasets
+            VideoReferringScores(getattr(d, "protocol", "per_expression")) if video else ReferringScores()
+            for d, video in zip(datasets, self.video_datasets)
         ).to(self.device)
         # datasets scored as saliency maps (Table 11) name their SaliencyScores variant
         self.saliency = torch.nn.ModuleList(
@@ -323,18 +328,30 @@ class RefAMModule(L.LightningModule):
             "sinks": list(prediction.sinks), "sink_categories": list(prediction.sink_categories),
         }
 
-    def _queue_record(self, dataloader_idx: int, result: SampleResult, entries: list[dict], video: bool) -> None:
+    def _queue_record(self, dataloader_idx: int, result: SampleResult, entries: list[dict], video: bool,
+                      extra: dict | None = None) -> None:
         """Hand a scored sample's record to the ResultStore callback (written at the batch's end)."""
         if getattr(self, "result_store", None) is None:
             return
-        record = {"sample_id": result.sample_id, "video": video, "skipped": list(result.skipped), "expressions": entries}
+        record = {"sample_id": result.sample_id, "video": video, "skipped": list(result.skipped), "expressions": entries,
+                  **(extra or {})}
         self.pending_records.append((dataloader_idx, self.dataset_names[dataloader_idx], record))
 
     def _stored_record(self, dataloader_idx: int, sample_id: str) -> dict | None:
         store = getattr(self, "result_store", None)
         if store is None:
             return None
-        return store.lookup(dataloader_idx, self.dataset_names[dataloader_idx], sample_id)
+        record = store.lookup(dataloader_idx, self.dataset_names[dataloader_idx], sample_id)
+        if record is not None and record.get("video") and self._scores_runs(dataloader_idx) and "davis_runs" not in record:
+            # stored before the annotator runs were scored in-run: replaying it would leave the video
+            # out of the headline J&F, so it is computed again (and not counted as reused)
+            store.reused -= 1
+            return None
+        return record
+
+    def _scores_runs(self, dataloader_idx: int) -> bool:
+        """Whether this dataset's headline is the official unsupervised evaluation of annotator runs."""
+        return getattr(self.scores[dataloader_idx], "protocol", None) == "unsupervised"
 
     def _replay(self, record: dict, dataloader_idx: int) -> SampleResult:
         """Feed a stored sample's numbers to the metrics in the order `test_step` would have, so the
@@ -363,20 +380,36 @@ class RefAMModule(L.LightningModule):
             scores.update_counts(entry["intersection"], entry["union"], entry["point_hit"])
             if self.saliency_datasets[dataloader_idx]:
                 self.saliency[dataloader_idx].update(counts=entry["saliency"])
+        if self._scores_runs(dataloader_idx):
+            for run, objects in record.get("davis_runs", {}).items():
+                scores.runs.update(int(run), [ObjectScore(record["sample_id"], o["object"], o["pred_id"],
+                                                          TrackScores(list(o["j"]), list(o["f"]))) for o in objects])
         return result
 
     def _test_video(self, video: VideoSample, scores: VideoReferringScores, dataloader_idx: int) -> SampleResult:
         """One video: every mask is scored (J&F against the frame's ground truth) and handed to the
-        registered sinks (mask writers) as it is made; the point is scored on its key frame."""
+        registered sinks (mask writers) as it is made; the point is scored on its key frame. Under the
+        "unsupervised" protocol each annotator run's masks are also merged into palette frames and
+        scored by the DAVIS 2017 unsupervised evaluation when the video ends."""
         truth = video.truth
         scored: set[str] = set()
+        use_void = dataloader_idx < len(self.void_datasets) and self.void_datasets[dataloader_idx]
+        labels = getattr(truth, "labels", None)  # the annotation's ids with 255 void (PaletteTruth)
+        palettes = RunPalettes(video.expressions) if getattr(scores, "protocol", None) == "unsupervised" else None
+        if palettes is not None and truth is not None and labels is None:
+            raise ConfigError(f"{self.dataset_names[dataloader_idx]}: the 'unsupervised' protocol reads the annotation's "
+                              f"object ids, which {type(truth).__name__} does not give; set "
+                              "data.datasets.init_args.protocol: per_expression")
 
         def on_mask(expression: VideoExpression, index: int, mask: np.ndarray) -> None:
             for sink in self.video_mask_sinks:
                 sink(dataloader_idx, video, expression, index, mask)
+            if palettes is not None:
+                palettes.add(expression, index, mask)
             target = truth.mask(expression, index) if truth is not None else None
             if target is not None:
-                scores.jf.update_frame(expression.expression_id, mask, target)
+                void = truth.void(index) if use_void else None
+                scores.jf.update_frame(expression.expression_id, mask, target, void)
                 scored.add(expression.expression_id)
 
         result = self.segment_video(video, on_mask)
@@ -398,7 +431,15 @@ class RefAMModule(L.LightningModule):
                 prediction.point_hit = point_hit(prediction.point, torch.from_numpy(np.asarray(target, dtype=bool)))
                 scores.pa.update(hit=prediction.point_hit)
                 entry["point_hit"] = prediction.point_hit
-        self._queue_record(dataloader_idx, result, entries, video=True)
+        extra = None
+        if palettes is not None and truth is not None and palettes.runs:
+            runs = evaluate_runs(video.sample_id, video.names, labels, palettes)
+            for run, objects in runs.items():
+                scores.runs.update(run, objects)
+            # stored with the sample, so a resumed run replays the same per-run sums
+            extra = {"davis_runs": {str(run): [{"object": o.object_id, "pred_id": o.pred_id, "j": o.scores.j,
+                                                "f": o.scores.f} for o in objects] for run, objects in runs.items()}}
+        self._queue_record(dataloader_idx, result, entries, video=True, extra=extra)
         return result
 
     def on_test_epoch_end(self) -> None:
@@ -430,6 +471,10 @@ class RefAMModule(L.LightningModule):
             rank_zero_info(results_table(image_rows))
         if video_rows:
             rank_zero_info(results_table(video_rows, ("J&F", "J", "F", "PA")))
+            # say which protocol each row's J&F follows: figures of different protocols are not comparable
+            for (name, values), scores in zip(rows, self.scores):
+                if isinstance(scores, VideoReferringScores):
+                    rank_zero_info(f"{name}: {scores.describe(values)}")
 
     def predict_step(self, batch: list[Sample | BadSample], batch_idx: int, dataloader_idx: int = 0) -> list[SampleResult]:
         results = []

@@ -3,29 +3,31 @@
     refam score --pred PRED_DIR [PRED_DIR ...] --gt GT_DIR [--task unsupervised] [--videos val.txt]
                 [--per-video] [--csv scores.csv]
 
-Layout, as github.com/davisvideochallenge/davis2017-evaluation (commit 30b698a6) reads it:
+Layout, as github.com/davisvideochallenge/davis2017-evaluation reads it (its current code, which
+ReferFormer's eval_davis.py vendors; `refam.metrics.davis` says what changed since its first commit):
 - GT_DIR/<video>/<frame>.png: the annotations (DAVIS `Annotations[_unsupervised]/480p`), palette
-  PNGs whose pixel value is the object id (0 background). `davis2017/davis.py` turns 255 into 0 before
-  `evaluation.py` looks for void pixels, so its void mask is always empty and 255 counts as
-  background; so here. The objects are ids 1..N, N being the largest id in the first annotated frame.
-- PRED_DIR/<video>/<frame>.png for every scored frame (`davis2017/results.py`): palette or
+  PNGs whose pixel value is the object id (0 background, 255 void). The objects are ids 1..N, N
+  being the largest id in the first annotated frame.
+- PRED_DIR/<video>/<frame>.png for every annotated frame (`davis2017/results.py`): palette or
   single-channel PNGs of object ids; extra files and videos are ignored. A single-channel PNG
   holding only 0 and 255 (prediction or annotation) is one object, id 1, as a thresholded mask saved
-  ×255; the official would read it as object 255 and refuse it.
+  x255; the official would read it as object 255 and refuse it.
   Videos are the GT_DIR sub-folders (or the names listed in --videos, e.g. ImageSets/2017/val.txt).
 
-Tasks (`davis2017/evaluation.py`):
+Tasks (`davis2017/evaluation.py`; the scoring itself is `refam.metrics.davis.VideoEvaluation`, which
+`refam test` also runs on Ref-DAVIS17):
 - unsupervised (the official default, and Ref-DAVIS17 as ReferFormer's `eval_davis.py` runs it on
-  `Annotations_unsupervised`): all frames; predicted ids (at most 20, zero-padded to N) are matched
-  one-to-one to the N objects by the Hungarian algorithm on (mean J + mean F) / 2.
-- semi-supervised: the first and last annotated frames are not scored; predicted id k is object k.
-  The official exits when a video's predictions hold fewer ids than N; here the missing objects are
-  scored as empty predictions instead (the one place where this gives a number and it gives none).
+  `Annotations_unsupervised`): all frames; void (255) pixels are left out of J and F; predicted ids
+  (at most 20, zero-padded to N) are matched one-to-one to the N objects by the Hungarian algorithm
+  on (mean J + mean F) / 2.
+- semi-supervised: the first and last annotated frames are not scored; predicted id k is object k;
+  void counts as background (the official passes no void mask here); objects missing from the
+  predictions are scored as empty (the official zero-pads them).
 
 Each object's J and F are averaged over its frames, then over all objects of all videos; J&F-Mean is
-(J-Mean + F-Mean) / 2. Figures are ×100. Several --pred folders (Ref-DAVIS17's four annotator runs,
-anno_0..anno_3, which ReferFormer's scripts/dist_test_davis.sh scores one by one) are each scored
-and then averaged.
+(J-Mean + F-Mean) / 2. Figures are x100. Several --pred folders (Ref-DAVIS17's four annotator runs,
+anno0..anno3, which ReferFormer's scripts/dist_test_davis.sh scores one by one) are each scored
+and then averaged: the figure Ref-DAVIS17 tables print.
 """
 
 from __future__ import annotations
@@ -33,34 +35,27 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 
-from refam.errors import ConfigError, DataError, MissingInputError, RefamError
-from refam.metrics.jf import STATISTICS, Contour, JandF, TrackScores, bound_pixels, boundary_f, region_similarity
-
-TASKS = ("unsupervised", "semi-supervised")
-MAX_PROPOSALS = 20  # evaluation.py: _evaluate_unsupervised(max_n_proposals=20)
-VOID = 255
-COLUMNS = ("J&F-Mean", *STATISTICS)
-
-
-@dataclass
-class ObjectScore:
-    """One annotated object's per-frame scores; `pred_id` 0 means no predicted id was left for it."""
-
-    video: str
-    object_id: int
-    pred_id: int
-    scores: TrackScores
+from refam.errors import DataError, MissingInputError, RefamError
+from refam.metrics.davis import (  # noqa: F401  (ObjectScore, TASKS, ...: part of this module's interface)
+    COLUMNS,
+    MAX_PROPOSALS,
+    TASKS,
+    VOID,
+    ObjectScore,
+    VideoEvaluation,
+    count_objects,
+    mean_of_runs,
+)
+from refam.metrics.jf import STATISTICS, JandF
 
 
-def read_ids(path: Path, *, annotation: bool) -> np.ndarray:
-    """The object id of every pixel of one mask PNG ([H, W] uint8)."""
+def read_ids(path: Path) -> np.ndarray:
+    """The pixel values of one mask PNG ([H, W] uint8): object ids, and 255 for void in annotations."""
     try:
         with Image.open(path) as image:
             mode, ids = image.mode, np.array(image)
@@ -75,8 +70,6 @@ def read_ids(path: Path, *, annotation: bool) -> np.ndarray:
                         "whose pixel values are object ids (0 = background)")
     elif mode == "L" and ids.max(initial=0) == VOID and not np.any((ids != 0) & (ids != VOID)):
         ids = (ids == VOID).astype(np.uint8)  # a binary 0/255 mask: one object
-    if annotation:
-        ids = np.where(ids == VOID, 0, ids)  # davis.py: void is background for the evaluation
     return ids
 
 
@@ -101,7 +94,7 @@ def _predicted_ids(pred_video: Path, frames: list[str], shape: tuple[int, ...]) 
             raise MissingInputError(
                 f"{path}: missing prediction for annotated frame {frame} of video {pred_video.name}; "
                 "write one PNG per annotated frame with the same name as the annotation")
-        ids = read_ids(path, annotation=False)
+        ids = read_ids(path)
         if ids.shape != shape:
             raise DataError(f"{path}: {ids.shape[1]}x{ids.shape[0]} pixels but the annotations are "
                             f"{shape[1]}x{shape[0]}; save predictions at the annotation's resolution")
@@ -113,17 +106,17 @@ def _predicted_ids(pred_video: Path, frames: list[str], shape: tuple[int, ...]) 
 def score_video(pred_video: Path, gt_video: Path, task: str = "unsupervised",
                 bound_th: float = 0.008) -> list[ObjectScore]:
     """Per-frame J and F of every annotated object of one video, frames read one at a time."""
-    if task not in TASKS:
-        raise ConfigError(f"task {task!r}: choose one of {', '.join(TASKS)}")
     video, frames = gt_video.name, annotated_frames(gt_video)
     first_path = gt_video / f"{frames[0]}.png"
-    first = read_ids(first_path, annotation=True)
-    n_gt = int(first.max(initial=0))
+    first = read_ids(first_path)
+    evaluation = VideoEvaluation(video, count_objects(first), task, bound_th)  # checks the task
+    n_gt = evaluation.n_objects
     if task == "semi-supervised":
         if len(frames) < 3:
             raise DataError(f"{gt_video}: {len(frames)} annotated frames; the semi-supervised task scores all "
                             "but the first and last, so it needs at least 3")
         frames = frames[1:-1]
+    # a first pass names the file at fault before any scoring
     n_pred, where = _predicted_ids(pred_video, frames, first.shape)
     if n_gt == 0:
         return []  # nothing annotated: the official scores no object here either
@@ -133,35 +126,14 @@ def score_video(pred_video: Path, gt_video: Path, task: str = "unsupervised",
     if task == "unsupervised" and n_pred > MAX_PROPOSALS:
         raise DataError(f"{where}: object id {n_pred}; the unsupervised task allows at most {MAX_PROPOSALS} "
                         "predicted objects per video")
-    # semi-supervised pairs id k with object k; unsupervised scores every pair, then matches
-    n_rows = n_gt if task == "semi-supervised" else max(n_pred, n_gt)
-    pairs = [(k, k) for k in range(n_gt)] if task == "semi-supervised" else [
-        (r, g) for r in range(n_rows) for g in range(n_gt)]
-    j = np.zeros((n_rows, n_gt, len(frames)))
-    f = np.zeros_like(j)
-    for t, frame in enumerate(frames):
-        gt_ids = read_ids(gt_video / f"{frame}.png", annotation=True)
-        pred_path = pred_video / f"{frame}.png"
-        pred_ids = read_ids(pred_path, annotation=False)
-        if gt_ids.shape != pred_ids.shape:
-            raise DataError(f"{pred_path}: shape {pred_ids.shape} but {gt_video / frame}.png is {gt_ids.shape}; "
-                            "save predictions at the annotation's resolution")
-        bound_pix = bound_pixels(gt_ids.shape, bound_th)
-        gts = [gt_ids == g + 1 for g in range(n_gt)]
-        preds = [pred_ids == r + 1 for r in range(n_rows)]
-        # each mask's contour is drawn once per frame, however many pairs it is in
-        gt_contours = [Contour.of(m, bound_pix) for m in gts]
-        pred_contours = [Contour.of(m, bound_pix) for m in preds]
-        for r, g in pairs:
-            j[r, g, t] = region_similarity(preds[r], gts[g])
-            f[r, g, t] = boundary_f(pred_contours[r], gt_contours[g])
-    if task == "semi-supervised":
-        matches = [(k, k) for k in range(n_gt)]
-    else:
-        rows, cols = linear_sum_assignment(-((j.mean(axis=2) + f.mean(axis=2)) / 2))
-        matches = sorted(zip(rows.tolist(), cols.tolist()), key=lambda m: m[1])
-    return [ObjectScore(video, g + 1, r + 1 if r < n_pred else 0, TrackScores(j[r, g].tolist(), f[r, g].tolist()))
-            for r, g in matches]
+    for frame in frames:
+        gt_path = gt_video / f"{frame}.png"
+        gt_ids = read_ids(gt_path)
+        if gt_ids.shape != first.shape:
+            raise DataError(f"{gt_path}: {gt_ids.shape[1]}x{gt_ids.shape[0]} pixels but {first_path} is "
+                            f"{first.shape[1]}x{first.shape[0]}; a video's annotations share one size")
+        evaluation.add_frame(frame, gt_ids, read_ids(pred_video / f"{frame}.png"))
+    return evaluation.finish()
 
 
 def read_video_list(path: Path) -> list[str]:
@@ -243,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(_table(rows, f"video ({run})") + "\n")
         rows = [(run, summary, len(objects)) for (run, objects), (_, summary) in zip(runs, summaries)]
         if len(runs) > 1:
-            mean = {c: float(np.mean([s[c] for _, s in summaries])) for c in COLUMNS}
+            mean = mean_of_runs([s for _, s in summaries])
             rows.append((f"mean of {len(runs)} runs", mean, round(np.mean([len(o) for _, o in runs]))))
             summaries.append(("(mean)", mean))
         print(_table(rows, f"predictions ({args.task})"))

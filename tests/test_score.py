@@ -80,19 +80,23 @@ def folders(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# The official pipeline, transcribed from github.com/davisvideochallenge/davis2017-evaluation @30b698a6:
-# davis.py (_get_all_elements, get_all_masks), results.py (read_masks; upstream as in the fork
-# sourabhswain/davis2017-evaluation@05fb5b9e), evaluation.py (_evaluate_semisupervised,
-# _evaluate_unsupervised, evaluate) and evaluation_method.py (J&F-Mean). The per-frame
+# The official pipeline, transcribed from github.com/davisvideochallenge/davis2017-evaluation as it
+# stands (master ac7c43f; scoring unchanged since dc598b4 "Fixed void mask computation", 2019, and
+# 53be32c, zero padding in semi-supervised), which ReferFormer vendors for eval_davis.py:
+# davis.py (_get_all_elements, get_all_masks: void separated from the objects), results.py
+# (read_masks), evaluation.py (_evaluate_semisupervised, _evaluate_unsupervised, evaluate: the void
+# mask goes to the unsupervised task only) and evaluation_method.py (J&F-Mean). The per-frame
 # db_eval_iou / db_eval_boundary and db_statistics are refam's, which tests/metrics/test_jf.py shows
 # equal to the official ones bit for bit.
 # --------------------------------------------------------------------------------------------------
 def db_eval_iou(annotation, segmentation, void_pixels):
-    return np.array([region_similarity(s, a, v) for a, s, v in zip(annotation, segmentation.astype(bool), void_pixels)])
+    voids = [None] * len(annotation) if void_pixels is None else void_pixels.astype(bool)
+    return np.array([region_similarity(s, a, v) for a, s, v in zip(annotation, segmentation.astype(bool), voids)])
 
 
 def db_eval_boundary(annotation, segmentation, void_pixels):
-    return np.array([contour_accuracy(s, a, v) for a, s, v in zip(annotation, segmentation.astype(bool), void_pixels)])
+    voids = [None] * len(annotation) if void_pixels is None else void_pixels.astype(bool)
+    return np.array([contour_accuracy(s, a, v) for a, s, v in zip(annotation, segmentation.astype(bool), voids)])
 
 
 def official(gt_root, res_root, task):
@@ -104,8 +108,11 @@ def official(gt_root, res_root, task):
         masks_id = []
         for i, p in enumerate(paths):
             masks[i, ...] = np.array(Image.open(p))
-            masks[i, masks[i, ...] == 255] = 0
             masks_id.append(''.join(p.split('/')[-1].split('.')[:-1]))
+        masks_void = np.zeros_like(masks)
+        for i in range(masks.shape[0]):
+            masks_void[i, ...] = masks[i, ...] == 255
+            masks[i, masks[i, ...] == 255] = 0
         num_objects = int(np.max(masks[0, ...]))
         tmp = np.ones((num_objects, *masks.shape)) * np.arange(1, num_objects + 1)[:, None, None, None]
         all_gt_masks = (tmp == masks[None, ...]) > 0
@@ -117,24 +124,22 @@ def official(gt_root, res_root, task):
         num_objects = int(np.max(res))
         tmp = np.ones((num_objects, *res.shape)) * np.arange(1, num_objects + 1)[:, None, None, None]
         all_res_masks = (tmp == res[None, ...]) > 0
+        if all_res_masks.shape[0] < all_gt_masks.shape[0]:
+            pad = np.zeros((all_gt_masks.shape[0] - all_res_masks.shape[0], *all_res_masks.shape[1:]))
+            all_res_masks = np.concatenate([all_res_masks, pad], axis=0)
         if task == 'semi-supervised':
             assert all_res_masks.shape[0] == all_gt_masks.shape[0]
             j_res, f_res = np.zeros(all_gt_masks.shape[:2]), np.zeros(all_gt_masks.shape[:2])
             for ii in range(all_gt_masks.shape[0]):
-                void_masks = all_gt_masks[ii, ...] == 255
-                j_res[ii, :] = db_eval_iou(all_gt_masks[ii, ...], all_res_masks[ii, ...], void_masks)
-                f_res[ii, :] = db_eval_boundary(all_gt_masks[ii, ...], all_res_masks[ii, ...], void_masks)
+                j_res[ii, :] = db_eval_iou(all_gt_masks[ii, ...], all_res_masks[ii, ...], None)
+                f_res[ii, :] = db_eval_boundary(all_gt_masks[ii, ...], all_res_masks[ii, ...], None)
         else:
-            if all_res_masks.shape[0] < all_gt_masks.shape[0]:
-                pad = np.zeros((all_gt_masks.shape[0] - all_res_masks.shape[0], *all_res_masks.shape[1:]))
-                all_res_masks = np.concatenate([all_res_masks, pad], axis=0)
             j_all = np.zeros((all_res_masks.shape[0], all_gt_masks.shape[0], all_gt_masks.shape[1]))
             f_all = np.zeros_like(j_all)
             for ii in range(all_gt_masks.shape[0]):
                 for jj in range(all_res_masks.shape[0]):
-                    void_masks = all_gt_masks[ii, ...] == 255
-                    j_all[jj, ii, :] = db_eval_iou(all_gt_masks[ii, ...], all_res_masks[jj, ...], void_masks)
-                    f_all[jj, ii, :] = db_eval_boundary(all_gt_masks[ii, ...], all_res_masks[jj, ...], void_masks)
+                    j_all[jj, ii, :] = db_eval_iou(all_gt_masks[ii, ...], all_res_masks[jj, ...], masks_void)
+                    f_all[jj, ii, :] = db_eval_boundary(all_gt_masks[ii, ...], all_res_masks[jj, ...], masks_void)
             row_ind, col_ind = linear_sum_assignment(-((np.mean(j_all, axis=2) + np.mean(f_all, axis=2)) / 2))
             j_res, f_res = j_all[row_ind, col_ind, :], f_all[row_ind, col_ind, :]
         for ii in range(all_gt_masks.shape[0]):
@@ -203,19 +208,47 @@ def test_unsupervised_matches_ids_semi_supervised_takes_them_as_given(tmp_path, 
     assert [(o.object_id, o.pred_id) for o in matched] == [(1, 2), (2, 1), (1, 1)]
 
 
-def test_void_label_is_background_as_in_the_official(tmp_path):
-    # davis.py zeroes 255 before evaluation.py looks for void, so a prediction covering the void band
-    # is penalised like any false positive.
+def test_void_pixels_leave_j_and_f_in_the_unsupervised_task_as_in_the_official(tmp_path):
+    # davis2017-evaluation since dc598b4 (2019): get_all_masks separates the 255 pixels and the
+    # unsupervised task passes them to db_eval_iou and f_measure, which drop them from both masks;
+    # the semi-supervised task passes no void mask, so there 255 is plain background.
     gt, pred = tmp_path / "gt", tmp_path / "pred"
-    obj = box((4, 11), (4, 11))
-    ids = obj.astype(np.uint8)
-    ids[20:24, :] = 255
-    spill = obj | box((20, 23), (0, 31))
+    ids = box((12, 19), (4, 11)).astype(np.uint8)  # an 8x8 object whose bottom edge meets...
+    ids[20:24, :] = 255  # ...a void band across the frame
+    spill = box((12, 23), (4, 11))  # the object, run on through the void band
     for t in range(3):
         save(gt / "v" / f"{t:05d}.png", ids)
         save(pred / "v" / f"{t:05d}.png", spill.astype(np.uint8))
-    scores = summarize(score_folder(pred, gt, "unsupervised"))
-    assert scores["J-Mean"] == pytest.approx(64 / (64 + 128) * 100)  # the 4x32 band counts as wrong
+    unsupervised = summarize(score_folder(pred, gt, "unsupervised"))
+    # inside the non-void pixels the prediction is the object exactly: J and F are perfect
+    assert unsupervised["J-Mean"] == unsupervised["F-Mean"] == 100.0
+    semi = summarize(score_folder(pred, gt, "semi-supervised"))
+    assert semi["J-Mean"] == pytest.approx(64 / 96 * 100)  # the 4x8 spill counts as wrong here
+    assert semi["F-Mean"] < 100.0
+    for task, scores in (("unsupervised", unsupervised), ("semi-supervised", semi)):
+        expected = official(str(gt), str(pred), task)
+        for name, value in expected.items():
+            assert scores[name] == pytest.approx(value, abs=1e-9), (task, name)
+
+
+def test_ids_seen_late_or_never_score_as_the_official_zero_padding(tmp_path, folders):
+    # refam keeps only the scores of the ids a frame holds (an absent id is an empty mask there);
+    # the official builds every id's mask for every frame. Id 3 shows up in the last frame only and
+    # id 2 never in "bear"; "cat" has a spurious id 4 on one frame.
+    pred, gt = folders
+    late = tmp_path / "late"
+    for t in range(BEAR_FRAMES):
+        ids = bear_pred(t)
+        ids = np.where(ids == 2, 3 if t == BEAR_FRAMES - 1 else 0, ids).astype(np.uint8)
+        save(late / "bear" / f"{t:05d}.png", ids)
+    for t in range(CAT_FRAMES):
+        ids = cat_pred(t).astype(np.uint8)
+        if t == 1:
+            ids[0:3, 0:3] = 4
+        save(late / "cat" / f"{t:05d}.png", ids)
+    got = summarize(score_folder(late, gt, "unsupervised"))
+    for name, value in official(str(gt), str(late), "unsupervised").items():
+        assert got[name] == pytest.approx(value, abs=1e-9), name
 
 
 def test_binary_0_255_png_is_object_one(tmp_path, folders):

@@ -194,3 +194,86 @@ def test_expressions_prompting_the_same_point_share_one_track(video):
         assert sorted(i for e, i, _ in seen if e == expression) == list(range(FRAMES))
     assert [s for e, _, s in seen if e == "e0"] == [s for e, _, s in seen if e == "e1"]
     assert all(p.mask is not None for p in result.predictions)
+
+
+# Ref-DAVIS17's published protocol. Cells of the planted maps (rows x cols = 4 x 6 over the 32x24
+# frames of write_ref_davis): OBJ1 lands on object 1, OBJ2 on object 2, TOP on object 1's top rows
+# (its tracked square reaches the void band of frame 2). Expression 4k+s is object k+1's in run s.
+OBJ1, OBJ2, TOP = (0, 1, 1, 6.0), (0, 2, 4, 6.0), (0, 0, 1, 6.0)
+RUN_CELLS = {
+    0: OBJ2, 4: OBJ1,  # run 0: the two objects' expressions swapped (the official matching undoes it)
+    1: OBJ1, 5: OBJ2,  # run 1: right
+    2: TOP, 6: OBJ2,  # run 2: object 1's square runs into the void band
+    3: OBJ1, 7: OBJ1,  # run 3: both on object 1 (the masks overlap; the later expression wins)
+}
+
+
+def _ref_davis_run(tmp_path, protocol="unsupervised", store=None):
+    import lightning as L
+
+    from refam.callbacks import MaskWriter
+    from refam.data import RefAMDataModule
+    from refam.data.davis import RefDAVIS17
+    from refam.testing.video_fixtures import write_ref_davis
+
+    root = tmp_path / "davis"
+    if not root.exists():
+        write_ref_davis(root)
+    dataset = RefDAVIS17(str(root), protocol=protocol)
+    extractor = PlantedVideoExtractor({k: [cell] for k, cell in RUN_CELLS.items()})
+    module = RefAMModule(extractor=extractor, segmenter=ScriptedTracker(), magnets=AppendMagnets())
+    writer = MaskWriter(save=True, folder=str(tmp_path / "masks"))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        callbacks=[writer] + ([store] if store is not None else []), use_distributed_sampler=False)
+    trainer.test(module, datamodule=RefAMDataModule(dataset))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return dataset, metrics, tmp_path / "masks" / f"{dataset.name.replace('/', '-')}-davis", root
+
+
+def test_ref_davis_headline_is_refam_score_of_the_written_runs_averaged(tmp_path, caplog):
+    """`refam test` on Ref-DAVIS17 prints what ReferFormer's eval_davis.py gives on the four runs'
+    palettes, averaged: the figure published tables hold, computed by the same code as `refam score`."""
+    from refam.score import score_folder, summarize
+
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        dataset, metrics, palettes, root = _ref_davis_run(tmp_path)
+    name = dataset.name
+    runs = [summarize(score_folder(palettes / f"anno{k}", root / "valid/Annotations", "unsupervised")) for k in range(4)]
+    for key, column in (("J&F", "J&F-Mean"), ("J", "J-Mean"), ("F", "F-Mean")):
+        assert metrics[f"{name}/{key}"] == pytest.approx(np.mean([r[column] for r in runs]), abs=1e-4), key
+    for k in range(4):
+        assert metrics[f"{name}/J&F_anno{k}"] == pytest.approx(runs[k]["J&F-Mean"], abs=1e-4)
+    # the swap in run 0 costs the per-expression figure, not the official one (the matching undoes it)
+    assert runs[0]["J&F-Mean"] == pytest.approx(runs[1]["J&F-Mean"], abs=1e-9)
+    assert metrics[f"{name}/J&F"] - metrics[f"{name}/J&F_per_expression"] > 5.0
+    assert f"{name}: J&F, J, F: the DAVIS 2017 unsupervised evaluation" in caplog.text  # says which protocol
+
+    # the setting: the per-expression figure as the headline, equal to the one logged beside the official
+    _, per_expression, _, _ = _ref_davis_run(tmp_path / "again", protocol="per_expression")
+    assert per_expression[f"{name}/J&F"] == pytest.approx(metrics[f"{name}/J&F_per_expression"], abs=1e-6)
+    assert f"{name}/J&F_anno0" not in per_expression
+
+
+def test_ref_davis_runs_are_stored_and_replayed(tmp_path):
+    from refam.callbacks import ResultStore
+
+    store = ResultStore(folder=str(tmp_path / "results"))
+    store.fingerprints = ["config"]
+    _, first, _, _ = _ref_davis_run(tmp_path, store=store)
+    assert store.computed == 1
+    again = ResultStore(folder=str(tmp_path / "results"))
+    again.fingerprints = ["config"]
+    _, replayed, _, _ = _ref_davis_run(tmp_path, store=again)
+    assert again.reused == 1 and again.computed == 0
+    assert replayed == pytest.approx(first, abs=1e-9)
+
+
+def test_ref_davis_protocol_is_checked(tmp_path):
+    from refam.data.davis import RefDAVIS17
+    from refam.errors import ConfigError
+    from refam.testing.video_fixtures import write_ref_davis
+
+    with pytest.raises(ConfigError, match=r"data\.datasets\.init_args\.protocol must be 'unsupervised'"):
+        RefDAVIS17(str(write_ref_davis(tmp_path / "davis")), protocol="official")

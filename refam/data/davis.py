@@ -32,18 +32,24 @@ Two layouts are read; `root` is the folder that holds them (ReferFormer's `data/
 
 Evaluation protocol (ReferFormer scripts/dist_test_davis.sh, inference_davis.py, eval_davis.py; the
 maintainer confirms the averaging in wjn922/ReferFormer issue #30, and SAMWISE issue #13 calls it the
-standard protocol):
+standard protocol; MUTR, GroPrompt and SAMWISE run the same eval_davis.py):
 - The four expression sets are four runs. In run s (s = 0..3) the expression at position 4k+s of a
   video's list refers to its k-th object; the run's masks of a video are merged into one palette PNG
-  per frame (object k+1 where its score wins over the others and the background).
+  per frame (ReferFormer: object k+1 where its score wins over the others and the background).
 - Each run is scored by davis2017-evaluation `DAVISEvaluation(task="unsupervised", gt_set="val")`
-  against Annotations_unsupervised/480p: every frame counts (only the semi-supervised task drops the
-  first and last frames); 255 (void) becomes background before scoring; predicted ids are matched to
-  ground-truth objects by a Hungarian assignment on mean J&F; J and F are means over all objects of
-  the 30 videos of each object's mean over frames, and J&F = (J + F) / 2.
+  (ReferFormer vendors its current code) against Annotations_unsupervised/480p: every frame counts
+  (only the semi-supervised task drops the first and last frames); void (255) pixels are left out
+  of J and F (the official's behaviour since its commit dc598b4, 2019; its first commit had read
+  them as background); predicted ids are matched to ground-truth objects by a Hungarian assignment
+  on mean J&F; J and F are means over all objects of the 30 videos of each object's mean over
+  frames, and J&F = (J + F) / 2.
 - A table row is the mean over the four runs of J&F, J and F.
+`refam test` prints that row (`protocol="unsupervised"`, the default; `refam.metrics.davis` does the
+scoring, the same code `refam score` runs on the palettes MaskWriter writes). `protocol=
+"per_expression"` prints instead each expression's track scored alone (MeViS-style, void likewise
+left out), which is also logged as `J&F_per_expression` under the default.
 With `annotator=None` one dataset holds all four sets, so one DiT pass per video serves them all;
-each expression's `annotator` names its set, and the metric groups by it and averages the four.
+each expression's `annotator` names its run, and the metric scores each run and averages the four.
 `annotator=k` keeps set k only (four datasets, named `ref_davis17_anno{k}/<split>`).
 """
 
@@ -66,6 +72,7 @@ from refam.data.video_common import (
     require,
 )
 from refam.errors import ConfigError, DataError, MissingInputError
+from refam.metrics.davis import PROTOCOLS
 from refam.types import BadSample, VideoExpression, VideoSample
 
 # The four expression sets, in the order of a video's expression ids (exp_id = 4 * object + set).
@@ -126,10 +133,12 @@ class RefDAVIS17(Dataset):
     """Ref-DAVIS17: one item per video with its expressions; ground truth read per frame on demand.
 
     See the module docstring for the layouts read and for how a table row is averaged over the four
-    expression sets (`annotator`).
+    expression sets (`annotator`). `protocol`: how `refam test` scores J&F, "unsupervised" (the
+    published protocol) or "per_expression".
     """
 
     is_video = True  # scored with J&F (RefAMModule)
+    ignores_void = True  # 255 pixels leave J and F, as in the official unsupervised evaluation
 
     def __init__(
         self,
@@ -137,7 +146,13 @@ class RefDAVIS17(Dataset):
         split: str = "valid",
         annotator: int | None = None,
         captions_file: str | None = None,
+        protocol: str = "unsupervised",
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"{KEY}.protocol must be 'unsupervised' (the published Ref-DAVIS17 figure: DAVIS 2017 "
+                              "unsupervised evaluation per annotator run, runs averaged) or 'per_expression' "
+                              f"(each expression's track alone), got {protocol!r}")
+        self.protocol = protocol
         if split not in SPLITS:
             raise ConfigError(f"{KEY}.split must be one of {sorted(SPLITS)}, got {split!r}")
         if annotator is not None and (isinstance(annotator, bool) or annotator not in range(len(ANNOTATOR_SETS))):

@@ -138,9 +138,9 @@ class PaletteTruth(VideoTruth):
     def void(self, frame_index: int) -> np.ndarray | None:
         """bool [H, W] of the frame's void (255) pixels; None where the frame is unannotated.
 
-        The official davis2017-evaluation turns void into background before scoring
-        (`davis2017/davis.py::_get_all_elements`), so its numbers count void pixels as background;
-        pass this to a metric only to deliberately leave them out.
+        The official davis2017-evaluation (current code, since dc598b4 in 2019) leaves these pixels
+        out of J and F in its unsupervised task, the one Ref-DAVIS17 is scored with, and counts them
+        as background in the semi-supervised task; its first commit counted them as background in both.
         """
         labels = self.labels(frame_index)
         return None if labels is None else labels == VOID

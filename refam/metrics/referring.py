@@ -7,6 +7,7 @@ import warnings
 import torch
 from torchmetrics import SumMetric
 
+from refam.metrics.davis import PROTOCOLS, RunScores
 from refam.metrics.iou import MeanIoU, OverallIoU, intersection_union
 from refam.metrics.jf import JandF, TrackScores
 from refam.metrics.point import PointAccuracy, point_hit
@@ -55,12 +56,23 @@ class ReferringScores(torch.nn.Module):
 
 
 class VideoReferringScores(torch.nn.Module):
-    """J&F (the official DAVIS definitions, one track per expression) and point accuracy on the
-    prompted frame, plus how many expressions were scored and skipped. Sums only, as above."""
+    """J&F (the official DAVIS definitions) and point accuracy on the prompted frame, plus how many
+    expressions were scored and skipped. Sums only, as above.
 
-    def __init__(self) -> None:
+    `protocol` picks the headline J&F, J and F (`refam.metrics.davis.PROTOCOLS`):
+    - "per_expression": one track per expression (`jf`), as MeViS scores;
+    - "unsupervised": the DAVIS 2017 unsupervised evaluation of each annotator run's palette
+      frames, averaged over the runs (`runs`), as Ref-DAVIS17 is published; the per-expression
+      figures are then also reported, as `J&F_per_expression` etc., and each run's as `J&F_anno<k>`.
+    """
+
+    def __init__(self, protocol: str = "per_expression") -> None:
         super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        self.protocol = protocol
         self.jf, self.pa = JandF(), PointAccuracy()
+        self.runs = RunScores()
         self.expressions = SumMetric()
         self.skipped_samples = SumMetric()
         self.skipped_expressions = SumMetric()
@@ -74,7 +86,7 @@ class VideoReferringScores(torch.nn.Module):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
             jf = self.jf.compute()
-            return {
+            values = {
                 "J&F": jf["J&F-Mean"],
                 "J": jf["J-Mean"],
                 "F": jf["F-Mean"],
@@ -83,7 +95,24 @@ class VideoReferringScores(torch.nn.Module):
                 "skipped_samples": self.skipped_samples.compute(),
                 "skipped_expressions": self.skipped_expressions.compute(),
             }
+            if self.protocol == "unsupervised":
+                runs = self.runs.compute()
+                values.update({"J&F_per_expression": values["J&F"], "J_per_expression": values["J"],
+                               "F_per_expression": values["F"]})
+                values.update({"J&F": runs["J&F-Mean"], "J": runs["J-Mean"], "F": runs["F-Mean"]})
+                values.update({f"J&F_anno{k}": runs[f"run{k}/J&F-Mean"] for k in range(len(self.runs.runs))
+                               if f"run{k}/J&F-Mean" in runs})
+            return values
+
+    def describe(self, values: dict[str, torch.Tensor]) -> str:
+        """What the headline J&F is, with the other figures, for the printed results."""
+        text = f"J&F, J, F: {PROTOCOLS[self.protocol]}"
+        if self.protocol == "unsupervised":
+            runs = " ".join(f"{float(v):.2f}" for k, v in values.items() if k.startswith("J&F_anno"))
+            text += (f"; each run's J&F: {runs or '(none scored)'}; per expression (MeViS-style): "
+                     f"J&F {float(values['J&F_per_expression']):.2f}")
+        return text
 
     def reset(self) -> None:
-        for metric in (self.jf, self.pa, self.expressions, self.skipped_samples, self.skipped_expressions):
+        for metric in (self.jf, self.runs, self.pa, self.expressions, self.skipped_samples, self.skipped_expressions):
             metric.reset()
