@@ -74,12 +74,37 @@ def expression_kinds(manifest: Path) -> dict[str, str]:
     return kinds
 
 
+def print_drawn_checks(model: str, scenes: int) -> None:
+    """Named-shape accuracy at 128 x 128 and at the drawn sizes, the follow rate and the cross-scene
+    correlation (refam.shapes.drawn), with the paper's magnets."""
+    from refam.shapes.drawn import cross_scene_correlation, follow_rate, named_shape_scores
+
+    module = build_module(model, MAGNET_ROWS["magnets + stop-word filter (paper)"])
+    print(f"Scenes a user would draw ({scenes} held-out varied scenes, no caption)\n")
+    print("| check | value | expressions |\n| --- | --- | --- |")
+    for label, size in (("128 x 128", 128), ("drawn sizes and aspects", None)):
+        named = named_shape_scores(module, scenes, width=size, height=size)
+        print(f"| the <colour> <shape>, {label}: PA | {100 * named.point_accuracy:.1f} | {named.expressions} |")
+        print(f"| the <colour> <shape>, {label}: mean mask IoU | {named.mean_iou:.3f} | {named.expressions} |")
+    print(f"| point follows a moved shape (both on target) | {100 * follow_rate(module, scenes):.1f} | {2 * scenes} |")
+    for text in CORRELATION_EXPRESSIONS:
+        print(f"| cross-scene heatmap correlation, {text} (8 scenes) | {cross_scene_correlation(module, text, 8):.3f} | 8 |")
+    print()
+
+
+CORRELATION_EXPRESSIONS = ("the yellow square", "the red circle", "the blue triangle")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/refam-shapes")
     parser.add_argument("--manifest", type=Path, default=Path("assets/shapes-demo/manifest.jsonl"))
     parser.add_argument("--timesteps", type=float, nargs="*", default=[], help="also score the paper row at these timesteps")
+    parser.add_argument("--drawn", type=int, default=0,
+                        help="also run the checks on N scenes a user would draw (refam.shapes.drawn), no caption")
     args = parser.parse_args(argv)
+    if args.drawn:
+        print_drawn_checks(args.model, args.drawn)
     dataset = ManifestDataset(str(args.manifest))
     kinds = expression_kinds(args.manifest)
     rows = {}

@@ -11,6 +11,7 @@ of the image width across, shapes do not touch, and every shape stands out from 
 from __future__ import annotations
 
 import colorsys
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -61,41 +62,80 @@ def image_size(rng: np.random.Generator) -> tuple[int, int]:
     return width, int(np.clip(round(width / aspect), 64, 320))
 
 
-def make_varied_scene(split: str, index: int, width: int | None = None, height: int | None = None,
-                      count: int | None = None) -> Scene:
-    """Scene `index` of `split`: 2-4 non-touching flat shapes on a plain background."""
-    rng = np.random.default_rng([VARIED_SPLIT_SEEDS[split], index])
-    drawn_size = image_size(rng)
-    width, height = width or drawn_size[0], height or drawn_size[1]
-    count = count or int(rng.integers(2, 5))
-    bg = background(rng)
-    placed: list[tuple[str, str, tuple[int, int, int], float, float, float]] = []
+@dataclass
+class Layout:
+    """What a varied scene is drawn from: the background and each shape (shape, colour name, RGB,
+    centre x, centre y, half-extent r), in pixels of a width x height image."""
+
+    width: int
+    height: int
+    background: tuple[int, int, int]
+    shapes: list[tuple[str, str, tuple[int, int, int], float, float, float]]
+    texture_seed: int | None = None  # faint per-pixel noise, as a scanned or compressed drawing has
+
+
+def _reach(shape: str, r: float) -> float:
+    return r * (1.1 if shape == "triangle" else 1.0)
+
+
+def fits(layout: Layout, shape: str, cx: float, cy: float, r: float, ignore: int | None = None) -> bool:
+    """Inside the image with a 2 pixel margin, and 3 pixels clear of every other shape."""
+    reach = _reach(shape, r)
+    if not (reach + 2 <= cx <= layout.width - reach - 2 and reach + 2 <= cy <= layout.height - reach - 2):
+        return False
+    return all(np.hypot(cx - x, cy - y) > reach + _reach(s, rr) + 3
+               for i, (s, _, _, x, y, rr) in enumerate(layout.shapes) if i != ignore)
+
+
+def draw_layout(rng: np.random.Generator, width: int, height: int, count: int) -> Layout:
+    layout = Layout(width, height, background(rng), [])
     for _ in range(count):
         for _attempt in range(60):
             shape = SHAPES[rng.integers(len(SHAPES))]
             colour = list(COLOURS)[rng.integers(len(COLOURS))]
             rgb = shade(colour, rng)
-            if _contrast(rgb, bg) < MIN_CONTRAST:
+            if _contrast(rgb, layout.background) < MIN_CONTRAST:
                 continue
             r = rng.uniform(*WIDTH_RANGE) * width / 2
-            reach = r * (1.1 if shape == "triangle" else 1.0)
+            reach = _reach(shape, r)
             if 2 * reach + 4 > min(width, height):
                 continue
             cx, cy = rng.uniform(reach + 2, width - reach - 2), rng.uniform(reach + 2, height - reach - 2)
-            if all(np.hypot(cx - x, cy - y) > (reach + rr * 1.1) + 3 for _, _, _, x, y, rr in placed):
-                placed.append((shape, colour, rgb, float(cx), float(cy), float(r)))
+            if fits(layout, shape, cx, cy, r):
+                layout.shapes.append((shape, colour, rgb, float(cx), float(cy), float(r)))
                 break
-    image = Image.new("RGB", (width, height), bg)
+    layout.texture_seed = int(rng.integers(2**31)) if rng.random() < 0.3 else None
+    return layout
+
+
+def render_layout(layout: Layout) -> Scene:
+    """The image, each shape's mask (shapes never touch, so visible = whole) and its expressions."""
+    width, height = layout.width, layout.height
+    image = Image.new("RGB", (width, height), layout.background)
     draw = ImageDraw.Draw(image)
     objects = []
-    for shape, colour, rgb, cx, cy, r in placed:
+    for shape, colour, rgb, cx, cy, r in layout.shapes:
         _draw(draw, shape, cx, cy, r, rgb)
         alone = Image.new("L", (width, height), 0)
         _draw(ImageDraw.Draw(alone), shape, cx, cy, r, 1)
         mask = np.asarray(alone).astype(bool)
         size_name = "big" if 2 * r >= BIG * width else "small"
         objects.append(ShapeObject(shape, colour, size_name, cx, cy, mask, int(mask.sum())))
-    if rng.random() < 0.3:  # sometimes a faint texture, as a scanned or compressed drawing has
-        pixels = np.asarray(image).astype(np.int16) + rng.integers(-5, 6, size=(height, width, 3))
-        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if layout.texture_seed is not None:
+        noise = np.random.default_rng(layout.texture_seed).integers(-5, 6, size=(height, width, 3))
+        image = Image.fromarray(np.clip(np.asarray(image).astype(np.int16) + noise, 0, 255).astype(np.uint8))
     return Scene(image=image, objects=objects, referrals=referrals_for(objects, width), size=width)
+
+
+def varied_layout(split: str, index: int, width: int | None = None, height: int | None = None,
+                  count: int | None = None) -> Layout:
+    rng = np.random.default_rng([VARIED_SPLIT_SEEDS[split], index])
+    drawn_size = image_size(rng)
+    return draw_layout(rng, width or drawn_size[0], height or drawn_size[1], count or int(rng.integers(2, 5)))
+
+
+def make_varied_scene(split: str, index: int, width: int | None = None, height: int | None = None,
+                      count: int | None = None) -> Scene:
+    """Scene `index` of `split`: 2-4 non-touching flat shapes on a plain background; `width` and
+    `height` override the drawn image size, `count` the number of shapes (fewer when they do not fit)."""
+    return render_layout(varied_layout(split, index, width, height, count))
