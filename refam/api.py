@@ -18,7 +18,7 @@ import torch
 import yaml
 from PIL import Image
 
-from refam.data.images import read_rgb
+from refam.data.images import check_size, read_rgb, to_rgb
 from refam.errors import ConfigError, DataError, MissingInputError
 from refam.module import RefAMModule
 from refam.types import Expression, Prediction, Sample
@@ -83,14 +83,15 @@ def add_model_arguments(parser) -> None:
 def as_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
     """A PIL RGB image from a PIL image, an HxWx3 uint8 array or a file path."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        check_size(image, "the image given")
+        return to_rgb(image, "the image given")
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(f"an image array must be HxWx3 uint8, got {image.shape} {image.dtype}")
         return Image.fromarray(image)
     image_or_reason = read_rgb(image)
     if isinstance(image_or_reason, str):  # the reader's one-line reason, as datasets report it
-        raise MissingInputError(f"{image_or_reason} (give a PNG, JPEG or another format Pillow reads)")
+        raise MissingInputError(image_or_reason)
     return image_or_reason
 
 

@@ -110,6 +110,11 @@ class VideoTruth(abc.ABC):
         """bool [H, W] union of the expression's objects in that frame; None where the frame is not
         annotated (the frame then counts for no score)."""
 
+    def identity(self) -> object | None:
+        """What this ground truth is made of (e.g. its files' content sha256), for the result store's
+        key; None: `refam.identity.truth_identity` hashes every mask `mask` gives instead."""
+        return None
+
 
 @dataclass
 class VideoSample:
@@ -125,8 +130,10 @@ class VideoSample:
 
     def frame(self, index: int) -> Image.Image:
         """Frame `index` as RGB, read from disk now."""
+        from refam.data.images import to_rgb  # transparency composited as every image's
+
         with Image.open(self.frames[index]) as image:
-            return image.convert("RGB")
+            return to_rgb(image, self.frames[index])
 
     @property
     def names(self) -> list[str]:

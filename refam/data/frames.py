@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from refam.data.images import to_rgb
 from refam.errors import MissingInputError
 
 FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -27,7 +28,8 @@ def iter_frames(source: Path) -> Iterator[Image.Image]:
         for path in frame_files(source):
             try:
                 with Image.open(path) as frame:
-                    yield frame.convert("RGB")
+                    rgb = to_rgb(frame, path)
+                yield rgb
             except OSError as err:
                 raise MissingInputError(f"cannot read frame {path}: {err}") from err
         return
