@@ -13,9 +13,11 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from refam.identity import digest
+
 log = logging.getLogger(__name__)
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: records hold the sample's inputs and the weights' and code's identity
 
 
 class ExpressionRecords(L.Callback):
@@ -98,9 +100,13 @@ class ResultStore(L.Callback):
     sample back instead of running it (no DiT forward, no segmenter) and feeds the stored numbers to
     the metrics, so its final scores equal an uninterrupted run's exactly.
 
-    A record holds the config's fingerprint (`config_fingerprints`); a record made with other model
-    or data settings is never reused: the sample is recomputed and its file replaced (said once per
-    dataset). Each process reads and writes only the samples of its own shard.
+    A record holds what produced it: the config's fingerprint (`config_fingerprints`), the
+    identity of the weights and model files the settings name and of the code's version
+    (`RefAMModule.numbers_identity`), and the sample's inputs (`refam.identity.sample_identity`:
+    pixels, caption, expression ids and texts, ground-truth masks). A record made with other
+    settings, weights or code is never reused (said once per dataset); nor is one of a sample whose
+    inputs changed since (said per sample): the sample is recomputed and its file replaced. Each
+    process reads and writes only the samples of its own shard.
 
     Args:
         folder: where to keep the results; default `<logger save_dir or trainer.default_root_dir>/results`
@@ -115,6 +121,7 @@ class ResultStore(L.Callback):
         self.reused = self.computed = 0
         self._root: Path | None = None
         self._warned: set[str] = set()
+        self.numbers: str | None = None  # digest of the module's numbers_identity(), set in setup
 
     def root(self, trainer: L.Trainer) -> Path:
         if self.folder:
@@ -126,6 +133,8 @@ class ResultStore(L.Callback):
         self._root = self.root(trainer)
         self.reused = self.computed = 0
         self._warned.clear()
+        identity = getattr(pl_module, "numbers_identity", None)
+        self.numbers = digest(identity()) if callable(identity) else None
         pl_module.result_store = self
         if self.resume and self.fingerprints is None:
             rank_zero_info("refam: results: no config fingerprint (not run through `refam test`); "
@@ -144,10 +153,11 @@ class ResultStore(L.Callback):
         assert self._root is not None, "ResultStore.setup has not run"
         return self._root / dataset.replace(os.sep, "-") / f"{_stem(sample_id)}.json"
 
-    def lookup(self, dataloader_idx: int, dataset: str, sample_id: str) -> dict | None:
-        """The stored record of a sample when it can be reused, else None."""
+    def lookup(self, dataloader_idx: int, dataset: str, sample_id: str, inputs: str | None) -> dict | None:
+        """The stored record of a sample when it was made from the same `inputs`
+        (`refam.identity.sample_identity`) with the same settings, weights and code, else None."""
         fingerprint = self.fingerprint(dataloader_idx)
-        if not self.resume or fingerprint is None:
+        if not self.resume or fingerprint is None or inputs is None:
             return None
         path = self.path(dataset, sample_id)
         if not path.is_file():
@@ -157,14 +167,23 @@ class ResultStore(L.Callback):
         except (OSError, ValueError) as err:  # written atomically, so only a foreign file can be broken
             log.warning("refam: results: unreadable %s (%s); recomputing sample %s", path, err, sample_id)
             return None
-        if record.get("fingerprint") != fingerprint or record.get("format") != RECORD_FORMAT:
+        differs = [what for what, same in (
+            ("record format", record.get("format") == RECORD_FORMAT),
+            ("settings", record.get("fingerprint") == fingerprint),
+            ("weights, model files or code version", record.get("numbers") == self.numbers),
+        ) if not same]
+        if differs:
             if dataset not in self._warned:
                 self._warned.add(dataset)
-                log.warning("refam: results: %s holds results computed with other settings (config fingerprint "
-                            "%s, now %s); recomputing and replacing them", path.parent, record.get("fingerprint"),
-                            fingerprint)
+                log.warning("refam: results: %s holds results computed with other %s (config fingerprint %s, now %s); "
+                            "recomputing and replacing them", path.parent, " and ".join(differs),
+                            record.get("fingerprint"), fingerprint)
             return None
         if str(record.get("sample_id")) != str(sample_id):
+            return None
+        if record.get("inputs") != inputs:
+            log.warning("refam: results: sample %s of %s changed since its result was stored (its image, caption, "
+                        "expressions or ground-truth masks differ); recomputing it", sample_id, dataset)
             return None
         self.reused += 1
         return record
@@ -172,7 +191,8 @@ class ResultStore(L.Callback):
     def save(self, dataloader_idx: int, dataset: str, record: dict) -> None:
         from refam.visualize import write_atomic
 
-        record = {"format": RECORD_FORMAT, "fingerprint": self.fingerprint(dataloader_idx), "dataset": dataset, **record}
+        record = {"format": RECORD_FORMAT, "fingerprint": self.fingerprint(dataloader_idx), "numbers": self.numbers,
+                  "dataset": dataset, **record}
         write_atomic(self.path(dataset, record["sample_id"]),
                      (json.dumps(record, ensure_ascii=False) + "\n").encode())
         self.computed += 1

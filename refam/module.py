@@ -25,6 +25,7 @@ from refam.aggregators.spatial import BiasContext, SpatialBias
 from refam.errors import ConfigError
 from refam.extractors.base import ExpressionError, Extractor
 from refam.extractors.cache import MapCache
+from refam.identity import code_version, sample_identity, weights_identity
 from refam.metrics import ReferringScores, SaliencyScores, VideoReferringScores, intersection_union, point_hit
 from refam.metrics.davis import ObjectScore, RunPalettes, evaluate_runs
 from refam.metrics.jf import TrackScores
@@ -278,12 +279,14 @@ class RefAMModule(L.LightningModule):
                 log.warning("skipped sample %s: %s", item.sample_id, item.reason)
                 scores.skipped_samples.update(1)
                 continue
-            stored = self._stored_record(dataloader_idx, item.sample_id)
+            # what the sample is made of (pixels, texts, masks): a stored result of other inputs is not reused
+            inputs = sample_identity(item) if getattr(self, "result_store", None) is not None else None
+            stored = self._stored_record(dataloader_idx, item.sample_id, inputs)
             if stored is not None:  # finished by an earlier run of this config: no forward, same numbers
                 results.append(self._replay(stored, dataloader_idx))
                 continue
             if isinstance(item, VideoSample):
-                results.append(self._test_video(item, scores, dataloader_idx))
+                results.append(self._test_video(item, scores, dataloader_idx, inputs))
                 continue
             result = self.segment_sample(item)
             for message in result.skipped:
@@ -311,7 +314,7 @@ class RefAMModule(L.LightningModule):
                         prediction.heatmap, target, None if void is None else torch.from_numpy(np.asarray(void, dtype=bool))
                     )
                     saliency.update(counts=entry["saliency"])
-            self._queue_record(dataloader_idx, result, entries, video=False)
+            self._queue_record(dataloader_idx, result, entries, video=False, inputs=inputs)
             results.append(result)
         return results
 
@@ -328,20 +331,28 @@ class RefAMModule(L.LightningModule):
             "sinks": list(prediction.sinks), "sink_categories": list(prediction.sink_categories),
         }
 
+    def numbers_identity(self) -> dict:
+        """What changes this module's numbers besides its config's text: the content of the files
+        its components' settings name (weights, model configs) and the code's versions. The result
+        store keys every record by it."""
+        return {"weights": weights_identity(self.extractor, self.segmenter, self.magnets, self.aggregator,
+                                            *self.spatial_bias),
+                "code": code_version()}
+
     def _queue_record(self, dataloader_idx: int, result: SampleResult, entries: list[dict], video: bool,
-                      extra: dict | None = None) -> None:
+                      inputs: str | None = None, extra: dict | None = None) -> None:
         """Hand a scored sample's record to the ResultStore callback (written at the batch's end)."""
         if getattr(self, "result_store", None) is None:
             return
-        record = {"sample_id": result.sample_id, "video": video, "skipped": list(result.skipped), "expressions": entries,
-                  **(extra or {})}
+        record = {"sample_id": result.sample_id, "inputs": inputs, "video": video, "skipped": list(result.skipped),
+                  "expressions": entries, **(extra or {})}
         self.pending_records.append((dataloader_idx, self.dataset_names[dataloader_idx], record))
 
-    def _stored_record(self, dataloader_idx: int, sample_id: str) -> dict | None:
+    def _stored_record(self, dataloader_idx: int, sample_id: str, inputs: str | None) -> dict | None:
         store = getattr(self, "result_store", None)
         if store is None:
             return None
-        record = store.lookup(dataloader_idx, self.dataset_names[dataloader_idx], sample_id)
+        record = store.lookup(dataloader_idx, self.dataset_names[dataloader_idx], sample_id, inputs)
         if record is not None and record.get("video") and self._scores_runs(dataloader_idx) and "davis_runs" not in record:
             # stored before the annotator runs were scored in-run: replaying it would leave the video
             # out of the headline J&F, so it is computed again (and not counted as reused)
@@ -386,7 +397,8 @@ class RefAMModule(L.LightningModule):
                                                           TrackScores(list(o["j"]), list(o["f"]))) for o in objects])
         return result
 
-    def _test_video(self, video: VideoSample, scores: VideoReferringScores, dataloader_idx: int) -> SampleResult:
+    def _test_video(self, video: VideoSample, scores: VideoReferringScores, dataloader_idx: int,
+                    inputs: str | None = None) -> SampleResult:
         """One video: every mask is scored (J&F against the frame's ground truth) and handed to the
         registered sinks (mask writers) as it is made; the point is scored on its key frame. Under the
         "unsupervised" protocol each annotator run's masks are also merged into palette frames and
@@ -439,7 +451,7 @@ class RefAMModule(L.LightningModule):
             # stored with the sample, so a resumed run replays the same per-run sums
             extra = {"davis_runs": {str(run): [{"object": o.object_id, "pred_id": o.pred_id, "j": o.scores.j,
                                                 "f": o.scores.f} for o in objects] for run, objects in runs.items()}}
-        self._queue_record(dataloader_idx, result, entries, video=True, extra=extra)
+        self._queue_record(dataloader_idx, result, entries, video=True, inputs=inputs, extra=extra)
         return result
 
     def on_test_epoch_end(self) -> None:

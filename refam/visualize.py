@@ -34,12 +34,32 @@ MASK_COLOUR = (30, 144, 255)
 STAR_FILL, STAR_EDGE = (255, 215, 0), (0, 0, 0)
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where there is one: setting it to read it back would
+    briefly change it for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename, so a reader
+    never sees half a file. The file gets the mode `open()` would give it (0666 less the umask),
+    not the temporary file's 0600."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+            os.fchmod(file.fileno(), 0o666 & ~current_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -150,22 +150,70 @@ def test_what_changes_the_maps_misses(counted, samples, tmp_path, change):
     assert len(calls) == before + 1, f"changing the {change} hit the cache"
 
 
-def test_model_identity_follows_weights_and_configs(tmp_path):
+def _rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    """Other content of the same size under the same mtime (`cp -p`, rsync -a, a tar of another
+    checkpoint): what a size-and-mtime key cannot tell apart."""
+    stat = path.stat()
+    assert len(data) == stat.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_model_identity_follows_weights_and_configs_by_content(tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(ROOT / "assets/refam-shapes", copy)
     base = model_identity(str(copy))
     assert model_identity(str(copy)) == base
     weights = copy / "transformer" / "diffusion_pytorch_model.safetensors"
     stat = weights.stat()
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # retrained in place
-    touched = model_identity(str(copy))
-    assert touched != base
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched: same weights
+    assert model_identity(str(copy)) == base
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # other weights, same size, same mtime
+    _rewrite_keeping_size_and_mtime(weights, bytes(data))
+    retrained = model_identity(str(copy))
+    assert retrained != base
     config = copy / "scheduler" / "scheduler_config.json"
-    mtime = config.stat().st_mtime_ns
-    config.write_text(config.read_text().replace("}", ', "extra": 1}', 1))
-    os.utime(config, ns=(mtime, mtime))  # same mtime, other content: small files are hashed
-    assert model_identity(str(copy)) != touched
+    text = config.read_text()
+    _rewrite_keeping_size_and_mtime(config, text.replace('"', "'", 1).encode())
+    assert model_identity(str(copy)) != retrained
     assert model_identity("black-forest-labs/FLUX.1-dev") == {"hub_id": "black-forest-labs/FLUX.1-dev"}
+
+
+def test_swapped_weights_of_the_same_size_and_mtime_miss(counted, samples, tmp_path):
+    """Weights replaced in place by others of the same size and mtime: the maps are recomputed."""
+    module, calls = counted
+    copy = tmp_path / "model"
+    shutil.copytree(module.extractor.pretrained, copy)
+    module.extractor.pretrained = str(copy)
+    module.map_cache = MapCache(tmp_path / "maps")
+    module.segment_sample(samples[0])
+    module.segment_sample(samples[0])
+    assert len(calls) == 1
+    weights = copy / "transformer" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # the file's last byte: weights, not the safetensors header
+    _rewrite_keeping_size_and_mtime(weights, bytes(data))
+    module.segment_sample(samples[0])
+    assert len(calls) == 2, "maps of other weights were replayed"
+
+
+def test_changed_sample_misses_with_a_warning_naming_it(counted, samples, tmp_path, caplog):
+    module, calls = counted
+    module.map_cache = MapCache(tmp_path / "maps")
+    sample = samples[0]
+    module.segment_sample(sample)
+    edited = dataclasses.replace(sample, expressions=[dataclasses.replace(sample.expressions[0], text="the blue thing"),
+                                                      *sample.expressions[1:]])
+    with caplog.at_level(logging.WARNING, logger="refam.extractors.cache"):
+        module.segment_sample(edited)
+    assert len(calls) == 2
+    assert f"sample {sample.sample_id} changed" in caplog.text and "expressions" in caplog.text
+    caplog.clear()
+    module.extractor.seed = 1  # other settings: a different entry, not a changed sample
+    with caplog.at_level(logging.WARNING, logger="refam.extractors.cache"):
+        module.segment_sample(edited)
+    assert len(calls) == 3 and "changed" not in caplog.text
 
 
 def test_corrupt_cache_file_is_reported_and_recomputed(counted, samples, tmp_path, caplog):
@@ -247,6 +295,9 @@ def test_video_entries_key_on_the_frame_files(tmp_path):
     frames[1].write_bytes(b"another frame 1")  # a frame file changed
     get()
     assert extractor.calls == 2
+    _rewrite_keeping_size_and_mtime(frames[1], b"another frame 2")  # same size and mtime, other content
+    get()
+    assert extractor.calls == 3
 
 
 def test_extractor_without_settings_is_not_cached(tmp_path, caplog):

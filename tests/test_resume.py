@@ -86,24 +86,97 @@ def test_fingerprint_follows_model_and_data_settings_only():
     assert not set(config_fingerprints(other)) & set(base)
 
 
+class _Trainer:
+    logger = None
+
+    def __init__(self, root):
+        self.default_root_dir = str(root)
+
+
+class _Module:
+    def __init__(self, weights="w1"):
+        self.weights = weights
+
+    def numbers_identity(self):
+        return {"weights": self.weights}
+
+
 def test_stored_result_of_other_settings_is_not_reused(tmp_path, caplog):
-    class Trainer:
-        logger, default_root_dir = None, str(tmp_path)
-
-    class Module:
-        pass
-
     store = ResultStore()
     store.fingerprints = ["old"]
-    store.setup(Trainer(), Module(), "test")
-    store.save(0, "refcoco/val", {"sample_id": "7", "video": False, "skipped": [], "expressions": []})
+    store.setup(_Trainer(tmp_path), _Module(), "test")
+    store.save(0, "refcoco/val", {"sample_id": "7", "inputs": "x", "video": False, "skipped": [], "expressions": []})
     assert (tmp_path / "results/refcoco-val/7.json").is_file()
-    assert store.lookup(0, "refcoco/val", "7")["sample_id"] == "7"
+    assert store.lookup(0, "refcoco/val", "7", "x")["sample_id"] == "7"
     store.fingerprints = ["new"]  # a changed model setting
-    assert store.lookup(0, "refcoco/val", "7") is None and store.lookup(0, "refcoco/val", "7") is None
+    assert store.lookup(0, "refcoco/val", "7", "x") is None and store.lookup(0, "refcoco/val", "7", "x") is None
     assert sum("other settings" in r.message for r in caplog.records) == 1  # said once
     store.fingerprints, store.resume = ["old"], False
-    assert store.lookup(0, "refcoco/val", "7") is None  # --results.resume false recomputes
+    assert store.lookup(0, "refcoco/val", "7", "x") is None  # --results.resume false recomputes
+
+
+def test_stored_result_of_other_weights_or_code_is_not_reused(tmp_path, caplog, monkeypatch):
+    import refam.identity
+
+    store = ResultStore()
+    store.fingerprints = ["same config"]
+    store.setup(_Trainer(tmp_path), _Module("w1"), "test")
+    store.save(0, "d", {"sample_id": "7", "inputs": "x", "video": False, "skipped": [], "expressions": []})
+    store.setup(_Trainer(tmp_path), _Module("w1"), "test")
+    assert store.lookup(0, "d", "7", "x") is not None
+    store.setup(_Trainer(tmp_path), _Module("w2"), "test")  # other weights under the same config
+    assert store.lookup(0, "d", "7", "x") is None
+    assert "weights, model files or code version" in caplog.text
+
+    from refam.module import RefAMModule
+
+    class Bare:  # the components' files and the code's version, as the module reports them
+        extractor, segmenter, magnets, aggregator, spatial_bias = object(), object(), object(), object(), []
+
+    before = RefAMModule.numbers_identity(Bare())
+    monkeypatch.setattr(refam.identity, "RESULTS_VERSION", refam.identity.RESULTS_VERSION + 1)
+    assert RefAMModule.numbers_identity(Bare()) != before
+
+
+def test_stored_result_of_a_changed_sample_is_not_reused(tmp_path, caplog):
+    store = ResultStore()
+    store.fingerprints = ["config"]
+    store.setup(_Trainer(tmp_path), _Module(), "test")
+    for sample_id in ("a", "b"):
+        store.save(0, "d", {"sample_id": sample_id, "inputs": f"{sample_id}-1", "video": False, "skipped": [],
+                            "expressions": []})
+    assert store.lookup(0, "d", "a", "a-1") is not None
+    assert store.lookup(0, "d", "a", "a-2") is None and store.lookup(0, "d", "b", "b-2") is None
+    warnings = [r.getMessage() for r in caplog.records if "changed since" in r.getMessage()]
+    assert len(warnings) == 2 and "sample a " in warnings[0] and "sample b " in warnings[1]  # each named
+    assert store.lookup(0, "d", "a", None) is None  # inputs unknown: nothing is replayed
+
+
+def test_sample_identity_follows_pixels_texts_ids_and_masks():
+    import dataclasses
+
+    from PIL import Image
+
+    from refam.identity import sample_identity
+    from refam.types import Expression, Sample
+
+    mask = np.zeros((6, 8), dtype=bool)
+    mask[1:3, 2:5] = True
+    sample = Sample("s", Image.new("RGB", (8, 6), (1, 2, 3)), [Expression("the cat", "e0", mask)], caption="c")
+    base = sample_identity(sample)
+    assert sample_identity(dataclasses.replace(sample)) == base
+    other_mask = mask.copy()
+    other_mask[5, 7] = True
+    variants = [
+        dataclasses.replace(sample, image=Image.new("RGB", (8, 6), (1, 2, 4))),
+        dataclasses.replace(sample, caption="d"),
+        dataclasses.replace(sample, expressions=[Expression("the dog", "e0", mask)]),
+        dataclasses.replace(sample, expressions=[Expression("the cat", "e1", mask)]),
+        dataclasses.replace(sample, expressions=[Expression("the cat", "e0", other_mask)]),
+        dataclasses.replace(sample, expressions=[Expression("the cat", "e0", None)]),
+    ]
+    identities = [base] + [sample_identity(v) for v in variants]
+    assert len(set(identities)) == len(identities)
 
 
 def _reused(output: str) -> tuple[int, int]:
@@ -152,3 +225,57 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     assert len(list(results.glob("*.json"))) == samples
     assert logged_metrics(tmp_path / "b/logs") == logged_metrics(tmp_path / "a/logs")
     print(f"full run {full_seconds:.1f} s, resumed after {len(stored)}/{samples} samples {resumed_seconds:.1f} s")
+
+
+def _demo_manifest(folder, records: int = 2):
+    """The first demo records, their images and masks copied into `folder` (so they can be edited)."""
+    import shutil
+
+    from tests.test_cli import ROOT as REPO
+
+    source = REPO / "assets/shapes-demo"
+    lines = (source / "manifest.jsonl").read_text().splitlines()[:records]
+    for line in lines:
+        record = json.loads(line)
+        for relative in [record["image"], *(e["mask"] for e in record["expressions"])]:
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / relative, folder / relative)
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def _demo_run(manifest, logs, results):
+    dataset = {"class_path": "refam.data.manifest.ManifestDataset", "init_args": {"path": str(manifest), "name": "mine"}}
+    result = subprocess.run([REFAM, "test", "--config", str(ROOT / "configs/demo.yaml"), "--data.datasets",
+                             json.dumps(dataset), "--trainer.logger.init_args.save_dir", str(logs),
+                             "--results.folder", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_rerun_after_editing_a_sample_recomputes_it(tmp_path):
+    """Issue point 5: a manifest's expression text and mask edited (same ids) between two runs into
+    the same results folder: the edited sample is recomputed, with a warning naming it, and the
+    metrics are those of a fresh run on the edited data."""
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = _demo_manifest(data)
+    results = tmp_path / "results"
+    _demo_run(manifest, tmp_path / "first", results)
+
+    lines = manifest.read_text().splitlines()
+    record = json.loads(lines[0])
+    edited = record["expressions"][0]
+    edited["text"] = record["expressions"][4]["text"]  # "the square": another object, same id
+    (data / edited["mask"]).write_bytes((data / record["expressions"][4]["mask"]).read_bytes())
+    lines[0] = json.dumps(record)
+    manifest.write_text("\n".join(lines) + "\n")
+
+    rerun = _demo_run(manifest, tmp_path / "second", results)
+    fresh = _demo_run(manifest, tmp_path / "fresh", tmp_path / "fresh-results")
+    assert _reused(rerun.stdout) == (1, 1)
+    assert f"sample {record['id']} of mine changed since its result was stored" in rerun.stderr + rerun.stdout
+    assert logged_metrics(tmp_path / "second") == logged_metrics(tmp_path / "fresh")
+    assert logged_metrics(tmp_path / "second") != logged_metrics(tmp_path / "first")

@@ -86,6 +86,14 @@ class MeViSTruth(VideoTruth):
                     self._size = (image.height, image.width)
         return self._size
 
+    def identity(self) -> str:
+        """sha256 of the RLEs of this video's frames, per expression (what `mask` decodes)."""
+        from refam.identity import digest
+
+        return digest({"frames": self._frames, "positions": self._positions,
+                       "expressions": {e: {a: [self._rles[a][p] for p in self._positions] if a in self._rles else None
+                                           for a in ids} for e, ids in self._anno_ids.items()}})
+
     def mask(self, expression: VideoExpression, frame_index: int) -> np.ndarray | None:
         if expression.expression_id not in self._anno_ids:
             raise DataError(f"expression '{expression.expression_id}' is not one of this video's expressions")

@@ -135,6 +135,12 @@ class PaletteTruth(VideoTruth):
         ids = [i for i in (expression.object_ids or []) if i not in (0, VOID)]
         return np.isin(labels, ids) if ids else np.zeros(labels.shape, dtype=bool)
 
+    def identity(self) -> list:
+        """Each annotation PNG's path and content sha256 (None where the frame has none)."""
+        from refam.identity import frames_identity
+
+        return frames_identity(self.paths)
+
     def void(self, frame_index: int) -> np.ndarray | None:
         """bool [H, W] of the frame's void (255) pixels; None where the frame is unannotated.
 

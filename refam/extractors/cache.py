@@ -5,13 +5,13 @@ One safetensors file per (sample, key) holds one extractor call's `TokenMaps`: t
 (`scores`, `valid`, `text_mass`) and, in the file's metadata, the tokens (JSON), `kind` and
 `frame_to_latent`. The key is the sha256 of everything that changes the maps (see `cache_key`):
 
-- the extractor's `cache_key_settings()`: its class, the model's identity (a folder: every file's
-  relative path with the sha256 of its content for files up to 1 MiB, size and mtime for larger
-  weight files; a hub id: the id), dtype, sizes, trajectory / noise level, seed, blocks,
-  softmax stage, representation, caption and expression lengths, pooled prompt, guidance, device
-  type...;
+- the code's version of the maps (`refam.identity.MAPS_VERSION`);
+- the extractor's `cache_key_settings()`: its class, the model's identity (a folder: where it is
+  and every file's relative path with the sha256 of its content, `refam.identity.model_identity`;
+  a hub id: the id), dtype, sizes, trajectory / noise level, seed, blocks, softmax stage,
+  representation, caption and expression lengths, pooled prompt, guidance, device type...;
 - the sample: its id (the noise seed derives from it), the image content (sha256 of the decoded
-  pixels, mode and size) or, for a video, each frame file's path, size and mtime;
+  pixels, mode and size) or, for a video, each frame file's path and content sha256;
 - the caption actually used (after `text_condition`);
 - the K expressions as encoded (magnet-augmented text and where the magnets start), in order: one
   entry per sample serves all K expressions, as one forward does;
@@ -21,6 +21,9 @@ One safetensors file per (sample, key) holds one extractor call's `TokenMaps`: t
 Settings that act after the maps (token filtering by stop words or noun phrase, the aggregator,
 spatial biases, the segmenter) are not in the key, so changing them hits.
 
+A sample whose image, caption or expressions changed since its maps were stored (same id, same
+settings) misses, with a warning naming it; the old entry is left in place.
+
 Writes are atomic (a temporary file in the same folder, then `os.replace`); a file that cannot be
 read back (truncated, corrupt, tensors not matching their stored sha256, inconsistent shapes) is reported with a warning, recomputed and rewritten.
 Only safetensors is read, never pickles.
@@ -29,25 +32,23 @@ Only safetensors is read, never pickles.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from refam.identity import MAPS_VERSION, frames_identity, image_identity, model_identity  # noqa: F401 (re-exported)
 from refam.types import TokenInfo, TokenMaps
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: maps of the branch-first capture, whose rounding differs from 1's
-SMALL_FILE = 1 << 20  # files up to this size are hashed by content; larger ones by size and mtime
+FORMAT_VERSION = MAPS_VERSION  # the code's version of the maps (refam.identity: bump it there)
 
 
 # ------------------------------------------------------------------ identities
@@ -69,53 +70,6 @@ def describe(obj) -> object:
     cls = type(obj)
     fields = {k: describe(v) for k, v in sorted(vars(obj).items()) if not k.startswith("_")} if hasattr(obj, "__dict__") else {}
     return {"class": f"{cls.__module__}.{cls.__qualname__}", **fields}
-
-
-@functools.lru_cache(maxsize=4096)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_identity(pretrained: str) -> dict:
-    """What identifies a checkpoint: for a folder, every file (relative path; content sha256 up to
-    1 MiB: configs, tokenizers; size and mtime above: weights); otherwise the hub id as given."""
-    root = Path(pretrained)
-    if not root.is_dir():
-        return {"hub_id": pretrained}
-    files = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue  # hidden files (editor swaps, .cache) do not change the model
-        stat = path.stat()
-        if stat.st_size <= SMALL_FILE:
-            files[rel] = _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
-        else:
-            files[rel] = f"size={stat.st_size} mtime_ns={stat.st_mtime_ns}"
-    return {"folder": str(root.resolve()), "files": files}
-
-
-def image_identity(image: Image.Image) -> str:
-    """sha256 of the decoded pixels with the mode and size (what the extractor sees)."""
-    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
-
-
-def frames_identity(frames: Sequence[str]) -> list:
-    """Each frame file's path, size and mtime (a video's frames are not all read to key it)."""
-    out = []
-    for frame in frames:
-        try:
-            stat = os.stat(frame)
-            out.append([str(frame), stat.st_size, stat.st_mtime_ns])
-        except OSError:
-            out.append([str(frame), None, None])
-    return out
 
 
 KEEP_ONLY = frozenset({"magnets", "filter_stop_words", "stop_words", "noun_phrase"})  # act in `keep`, not on the maps
@@ -195,7 +149,9 @@ class MapCache:
 
     # -------------------------------------------------------------- files
     def save(self, path: Path, maps: TokenMaps, payload: dict | None = None) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from refam.visualize import write_atomic
 
         tensors = {
             "scores": maps.scores.detach().cpu().contiguous(),  # dtype kept: a hit equals a fresh run
@@ -210,18 +166,7 @@ class MapCache:
             "frame_to_latent": json.dumps(maps.frame_to_latent),
             "key": json.dumps(payload, sort_keys=True) if payload is not None else "",
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(path, save(tensors, metadata=metadata))
 
     def load(self, path: Path, expected: int | None = None) -> TokenMaps:
         """The TokenMaps in `path`; `CorruptEntry` if it cannot be read or is inconsistent."""
@@ -251,6 +196,27 @@ class MapCache:
                                f"text_mass {tuple(text_mass.shape)}, {len(tokens)} token rows, kind {kind!r}")
         return TokenMaps(scores=scores, valid=valid, text_mass=text_mass, tokens=tokens, kind=kind,
                          frame_to_latent=frame_to_latent)
+
+    def _warn_if_changed(self, sample_id: str, path: Path, payload: dict) -> None:
+        """Say so when this sample has an entry made with the same settings but other inputs (its
+        image, caption or expressions were edited): the user may not expect the recomputation."""
+        from safetensors import safe_open
+
+        same = ("format", "extractor", "magnet_vectors", "sample_id")
+        for other in sorted(self.folder.glob(f"{_safe_name(sample_id)}.*.safetensors"))[:16]:
+            if other == path:
+                continue
+            try:
+                with safe_open(str(other), framework="pt") as f:
+                    stored = json.loads((f.metadata() or {}).get("key") or "null")
+            except Exception:  # unreadable entries are reported when read, not here
+                continue
+            if not isinstance(stored, dict) or any(stored.get(k) != payload.get(k) for k in same):
+                continue
+            changed = [k for k in ("source", "caption", "expressions") if stored.get(k) != payload.get(k)]
+            log.warning("map cache: sample %s changed since its maps were stored (%s differ); recomputing it",
+                        sample_id, ", ".join(changed) or "inputs")
+            return
 
     # -------------------------------------------------------------- the call
     def extract(
@@ -283,6 +249,7 @@ class MapCache:
                 self.corrupt += 1
                 log.warning("map cache: %s cannot be read (%s); recomputing it", path, err)
         self.misses += 1
+        self._warn_if_changed(sample_id, path, payload)
         maps = compute()
         try:
             self.save(path, maps, payload)

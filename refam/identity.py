@@ -1,0 +1,248 @@
+"""What produced a stored number: the identities the map cache and the result store key their
+records by, so that neither ever replays a record made by other data, weights or code.
+
+One concept, one place:
+
+- `file_digest`: a file's content (sha256). Files of `MEMO_SIZE` or more (weights) are hashed once
+  per version of the file: the digest is remembered, in this process and in a small memo file
+  (`memo_path`), under the file's path, size, mtime, ctime and inode; a file rewritten or replaced
+  changes its ctime (which no tool sets), so a remembered digest never outlives its content.
+- `path_identity` / `model_identity`: a checkpoint file or folder by content.
+- `image_identity`, `frames_identity`, `mask_identity`: a sample's pixels, frame files and masks.
+- `sample_identity`: one sample's inputs (image or frames, caption, each expression's fields:
+  id, text, ground-truth and void masks, object ids; a video's ground truth).
+- `weights_identity`: the files that the components' settings name (checkpoints, model configs).
+- `MAPS_VERSION`, `RESULTS_VERSION`: the code's version of what changes the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+# Bump MAPS_VERSION with any change to the code that makes token maps (extractors, capture, text
+# encoding, trajectories): cached maps of the old code are then never read. Bump RESULTS_VERSION
+# with any change to what acts after the maps (aggregation, spatial biases, point, segmenters,
+# metrics, image reading): stored results of the old code are then recomputed. A stored result
+# holds both, so a MAPS_VERSION bump also recomputes results.
+MAPS_VERSION = 2  # 2: maps of the branch-first capture, whose rounding differs from 1's
+RESULTS_VERSION = 1
+
+
+def code_version() -> dict:
+    """The code versions a stored result is keyed by."""
+    return {"maps": MAPS_VERSION, "results": RESULTS_VERSION}
+
+
+def digest(payload: object) -> str:
+    """sha256 hex of a JSON-able payload (keys sorted)."""
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------ files
+MEMO_SIZE = 64 << 20  # files this large are remembered across processes (hashing FLUX's weights takes a while)
+MEMO_ENV = "REFAM_DIGEST_MEMO"
+
+
+def memo_path() -> Path | None:
+    """Where large files' digests are remembered: `$REFAM_DIGEST_MEMO` (empty: nowhere), else
+    `$XDG_CACHE_HOME/refam/file-digests.json` (`~/.cache/refam/...`)."""
+    if MEMO_ENV in os.environ:
+        return Path(os.environ[MEMO_ENV]).expanduser() if os.environ[MEMO_ENV] else None
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "refam" / "file-digests.json"
+
+
+def _read_memo(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        memo = json.loads(path.read_text(encoding="utf-8"))
+        return memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(path: Path | None, name: str, entry: list) -> None:
+    if path is None:
+        return
+    from refam.visualize import write_atomic
+
+    memo = _read_memo(path)
+    memo[name] = entry
+    try:
+        write_atomic(path, json.dumps(memo, indent=0, sort_keys=True).encode())
+    except OSError as err:  # a read-only home costs the memo, not the run
+        log.debug("cannot write the digest memo %s (%s)", path, err)
+
+
+@functools.lru_cache(maxsize=8192)
+def _digest_of(path: str, stamp: tuple) -> str:
+    size = stamp[0]
+    memo_file = memo_path() if size >= MEMO_SIZE else None
+    if memo_file is not None:
+        entry = _read_memo(memo_file).get(path)
+        if isinstance(entry, list) and len(entry) == len(stamp) + 1 and tuple(entry[:-1]) == stamp:
+            return entry[-1]
+        log.info("refam: hashing %s (%.1f GB) once, to key cached maps and stored results by its content",
+                 path, size / 1e9)
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            hasher.update(block)
+    value = hasher.hexdigest()
+    if memo_file is not None:
+        _remember(memo_file, path, [*stamp, value])
+    return value
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 hex of a file's content (remembered per version of the file; see the module docstring)."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    return _digest_of(real, (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
+
+
+def folder_identity(root: Path) -> dict[str, str]:
+    """Every file of a folder (relative path -> content sha256); hidden files and folders (editor
+    swaps, `.cache`) are left out: they do not change a model."""
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        files[rel.as_posix()] = file_digest(path)
+    return files
+
+
+def model_identity(pretrained: str) -> dict:
+    """What identifies a checkpoint: for a folder, where it is and every file's content; for a
+    file, its content; otherwise (a hub id) the id as given."""
+    root = Path(pretrained)
+    if root.is_dir():
+        return {"folder": str(root.resolve()), "files": folder_identity(root)}
+    if root.is_file():
+        return {"file": str(root.resolve()), "sha256": file_digest(root)}
+    return {"hub_id": pretrained}
+
+
+path_identity = model_identity  # a file or folder that a setting names
+
+
+def _names_a_path(value: object) -> bool:
+    if isinstance(value, os.PathLike):
+        return True
+    if not isinstance(value, str) or not value:
+        return False
+    # a path has a separator or a suffix ("configs/sam2.yaml", "sam2.pt"); plain words never name files
+    return ("/" in value or os.sep in value or bool(Path(value).suffix)) and os.path.exists(value)
+
+
+def weights_identity(*components: object) -> dict:
+    """The content of every existing file or folder that a component's public settings name
+    (`pretrained`, a SAM2 `checkpoint` and `config`, ...): what a config's text cannot tell apart."""
+    out: dict[str, object] = {}
+    for index, component in enumerate(components):
+        if component is None or not hasattr(component, "__dict__"):
+            continue
+        for name, value in sorted(vars(component).items()):
+            if name.startswith("_"):
+                continue
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for position, item in enumerate(values):
+                if _names_a_path(item):
+                    key = f"{index}.{type(component).__name__}.{name}" + (f"[{position}]" if values is value else "")
+                    out[key] = model_identity(os.fspath(item))
+    return out
+
+
+# ------------------------------------------------------------------ samples
+def image_identity(image: Image.Image) -> str:
+    """sha256 of the decoded pixels with the mode and size (what the extractor sees)."""
+    hasher = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    hasher.update(image.tobytes())
+    return hasher.hexdigest()
+
+
+def frames_identity(frames: Sequence[str]) -> list:
+    """Each frame file's path and content sha256 (None for a missing file)."""
+    out = []
+    for frame in frames:
+        try:
+            out.append([str(frame), file_digest(frame)])
+        except OSError:
+            out.append([str(frame), None])
+    return out
+
+
+def mask_identity(mask) -> str | None:
+    """sha256 of a boolean mask with its shape (None for no mask)."""
+    if mask is None:
+        return None
+    array = np.asarray(mask, dtype=bool)
+    hasher = hashlib.sha256(f"{array.shape}".encode())
+    hasher.update(np.packbits(array, axis=None).tobytes())
+    return hasher.hexdigest()
+
+
+def _field_identity(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return mask_identity(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_field_identity(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _field_identity(v) for k, v in value.items()}
+    return repr(value)
+
+
+def expression_identity(expression) -> dict:
+    """Every field of an expression (id, text, ground-truth and void masks, object ids...)."""
+    if dataclasses.is_dataclass(expression):
+        fields = {f.name: getattr(expression, f.name) for f in dataclasses.fields(expression)}
+    else:
+        fields = {k: v for k, v in vars(expression).items() if not k.startswith("_")}
+    return {"class": type(expression).__name__, **{k: _field_identity(v) for k, v in sorted(fields.items())}}
+
+
+def truth_identity(video) -> object:
+    """A video's ground truth: the truth's own `identity()` when it gives one (the files it reads),
+    else every mask it gives each expression, frame by frame."""
+    truth = video.truth
+    if truth is None:
+        return None
+    own = getattr(truth, "identity", None)
+    own = own() if callable(own) else None
+    if own is not None:
+        return own
+    hasher = hashlib.sha256()
+    for expression in video.expressions:
+        for index in range(len(video.frames)):
+            hasher.update(f"{expression.expression_id}:{index}:{mask_identity(truth.mask(expression, index))};".encode())
+    return hasher.hexdigest()
+
+
+def sample_identity(sample) -> str:
+    """One sample's inputs, as a sha256 hex: the image's pixels (a video: its frame files and
+    names), the caption, every expression's fields (texts, ids, ground-truth masks) and a video's
+    ground truth. A stored result is reused only for the same inputs."""
+    payload: dict[str, object] = {"sample_id": str(sample.sample_id), "caption": getattr(sample, "caption", "")}
+    if hasattr(sample, "frames"):
+        payload.update(frames=frames_identity(sample.frames), names=list(sample.names), truth=truth_identity(sample))
+    else:
+        payload["image"] = image_identity(sample.image)
+    payload["expressions"] = [expression_identity(e) for e in sample.expressions]
+    return digest(payload)
