@@ -32,10 +32,16 @@ class ExpressionRecords(L.Callback):
     def __init__(self, folder: str | None = None) -> None:
         self.folder = folder
         self._files: dict[int, IO[str]] = {}
+        self._root: Path | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # `trainer.log_dir` is a broadcast: read it here, where every rank is, never per batch
+        # (under DDP ranks run different numbers of batches, a rank none of a small split)
+        self._root = Path(self.folder or trainer.log_dir or trainer.default_root_dir) / "expressions"
 
     def _open(self, trainer: L.Trainer, pl_module, dataloader_idx: int) -> IO[str]:
         if dataloader_idx not in self._files:
-            root = Path(self.folder or trainer.log_dir or trainer.default_root_dir) / "expressions"
+            root = self._root or Path(self.folder or trainer.log_dir or trainer.default_root_dir) / "expressions"
             root.mkdir(parents=True, exist_ok=True)
             name = pl_module.dataset_names[dataloader_idx].replace(os.sep, "-")
             self._files[dataloader_idx] = open(root / f"{name}.rank{trainer.global_rank}.jsonl", "w", encoding="utf-8")
@@ -241,9 +247,12 @@ class MaskWriter(BasePredictionWriter):
     def __init__(self, save: bool = False, folder: str | None = None, overlay: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.save, self.folder, self.overlay = save, folder, overlay
+        self._folder: Path | None = None
 
     def _root(self, trainer: L.Trainer) -> Path:
-        return Path(self.folder or Path(trainer.log_dir or trainer.default_root_dir) / "masks")
+        # resolved once in setup: `trainer.log_dir` is a broadcast, which ranks writing different
+        # numbers of batches must not call per batch
+        return self._folder or Path(self.folder or Path(trainer.log_dir or trainer.default_root_dir) / "masks")
 
     @staticmethod
     def _dataset(pl_module, dataloader_idx: int) -> str:
@@ -254,6 +263,7 @@ class MaskWriter(BasePredictionWriter):
     # ------------------------------------------------------------------ videos
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
+        self._folder = Path(self.folder or Path(trainer.log_dir or trainer.default_root_dir) / "masks")
         if self.save and hasattr(pl_module, "video_mask_sinks") and self._write_video_mask not in pl_module.video_mask_sinks:
             pl_module.video_mask_sinks.append(self._write_video_mask)
 

@@ -78,6 +78,34 @@ def test_ddp_on_two_and_three_processes_equals_one(tmp_path):
     assert results[3] == results[1]
 
 
+@pytest.mark.slow
+def test_ddp_with_splits_smaller_than_the_world_equals_one_process(tmp_path):
+    """The smoke config's testA has one image and val two: on 2 processes one rank has no testA
+    sample, on 3 one rank has no sample at all. Each such rank runs zero steps of that split and
+    adds zeros to the summed states; records and masks are written once per expression."""
+    root = ROOT / "assets/smoke/refer"
+    sizes = {split: len(RefCOCODataset(str(root), split=split)) for split in ("val", "testA")}
+    assert sizes == {"val": 2, "testA": 1}
+    results, records, masks = {}, {}, {}
+    for devices in (1, 2, 3):
+        out = tmp_path / f"d{devices}"
+        extra = ["--trainer.devices", str(devices)] + (["--trainer.strategy", "ddp"] if devices > 1 else [])
+        result = run_refam(*smoke_args(out), *extra, "--masks.save", "true")
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[devices] = logged_metrics(out / "logs")
+        records[devices] = sorted(
+            (path.name.split(".rank")[0], line)  # one file per dataset and rank; the union must not depend on ranks
+            for path in (out / "logs").glob("lightning_logs/version_*/expressions/*.jsonl")
+            for line in path.read_text().splitlines())
+        (mask_root,) = (out / "logs").glob("lightning_logs/version_*/masks")
+        masks[devices] = sorted(str(p.relative_to(mask_root)) for p in mask_root.rglob("*.png"))
+    assert float(results[1]["refcoco/testA/expressions"]) > 0 and float(results[1]["refcoco/val/expressions"]) > 0
+    assert results[2] == results[1]
+    assert results[3] == results[1]
+    assert records[2] == records[1] and records[3] == records[1]
+    assert masks[1] and masks[2] == masks[1] and masks[3] == masks[1]
+
+
 def test_missing_image_is_reported_and_skipped(tmp_path):
     data_root = write_refer_fixture(tmp_path / "refer", n_images=3)
     dataset = RefCOCODataset(str(data_root), split="val")

@@ -5,7 +5,8 @@ DistributedSampler pads the last shard with duplicates, which would count those 
 the summed metric states. So the Trainer runs with `use_distributed_sampler=False` and the loaders
 here shard with `UnpaddedShardSampler`. Ranks may then run different numbers of steps, so the module
 must not sync per step (no `sync_dist=True` in step logging); torchmetrics syncs states once at
-epoch end.
+epoch end. A split smaller than the world size leaves some ranks with no sample of it: those ranks
+run zero steps on that loader and contribute zero-valued sums.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class RefAMDataModule(L.LightningDataModule):
         super().__init__()
         self.datasets = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets]
         self.num_workers = num_workers
+        # A split with fewer samples than processes gives some ranks an empty shard; Lightning
+        # refuses such a loader unless told that running zero batches on a rank is intended.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
@@ -73,12 +77,18 @@ class RefAMDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
-    def _loaders(self) -> DataLoader | list[DataLoader]:
+    def _loaders(self, keep_rank_in_step: bool = False) -> DataLoader | list[DataLoader]:
         loaders = [self._loader(d) for d in self.datasets]
+        if keep_rank_in_step and not any(len(loader) for loader in loaders) and any(len(d) for d in self.datasets):
+            # More processes than the largest split has samples: this rank has none at all. Lightning
+            # would then skip its whole test loop, and with it the epoch-end hook in which the metrics
+            # gather every rank's states, so the other ranks would wait for it forever. One batch of
+            # zero samples keeps it in step; the module scores nothing from it.
+            loaders[0] = DataLoader(self.datasets[0], batch_sampler=[[]], collate_fn=keep_items)
         return loaders[0] if len(loaders) == 1 else loaders
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        return self._loaders()
+        return self._loaders(keep_rank_in_step=True)
 
     def predict_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._loaders()

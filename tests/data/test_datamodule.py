@@ -93,3 +93,23 @@ def test_trainer_predict_sees_every_item_through_the_datamodule(tmp_path):
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     out = trainer.predict(_Collect(), datamodule=RefAMDataModule(make_items(4)))
     assert out == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize(("rank", "world_size", "batches"), [(0, 2, [1, 1]), (1, 2, [1, 0]), (2, 3, [1, 0])])
+def test_splits_smaller_than_the_world_leave_every_rank_a_loader_lightning_runs(monkeypatch, rank, world_size, batches):
+    """val has 2 samples and testA 1 (as in configs/smoke.yaml). A rank with no sample of one split
+    runs zero batches of it, which Lightning must be told is intended; a rank with no sample of any
+    split gets one empty batch, or Lightning would skip its test loop and the metric gather at its end."""
+    monkeypatch.setattr(datamodule.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(datamodule.dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(datamodule.dist, "get_world_size", lambda: world_size)
+    val, test_a = make_items(2), make_items(1)
+    dm = RefAMDataModule([val, test_a])
+    assert dm.allow_zero_length_dataloader_with_multiple_devices
+    loaders = dm.test_dataloader()
+    assert [len(loader) for loader in loaders] == batches
+    served = [[item.sample_id for batch in loader for item in batch] for loader in loaders]
+    expected = [[s.sample_id for i, s in enumerate(d.items) if i % world_size == rank] for d in (val, test_a)]
+    assert served == expected  # the empty batch adds no sample
+    if rank >= 2:
+        assert [list(batch) for batch in loaders[0]] == [[]]
