@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from refam.data.images import check_size, read_rgb, to_rgb
-from refam.errors import ConfigError, DataError, MissingInputError
+from refam.errors import ConfigError, DataError, MissingInputError, user_error
 from refam.module import RefAMModule
 from refam.types import Expression, Prediction, Sample
 
@@ -50,15 +50,22 @@ def _model_section_file(path: Path) -> dict:
 def _module_from_config(config: Path) -> RefAMModule:
     from jsonargparse import ArgumentParser
 
-    import refam.cli  # noqa: F401  (registers the component modules by name, as the CLI does)
+    from refam.cli import parser_error_line  # also registers the component modules by name, as the CLI does
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(RefAMModule, "model")
     try:
         parsed = parser.parse_object({"model": _model_section(config)})
     except Exception as err:  # jsonargparse reports the offending key in its message
-        raise ConfigError(f"{config}: model section is invalid: {err}") from err
-    return parser.instantiate(parsed).model
+        raise ConfigError(f"{config}: {parser_error_line(str(err))}") from err
+    try:
+        return parser.instantiate(parsed).model
+    except Exception as err:
+        # a component's own error (a missing checkpoint) reaches here wrapped by jsonargparse
+        found = user_error(err)
+        if found is None:
+            raise
+        raise found from found.__cause__  # the error itself, as if raised here, with its own cause
 
 
 def _module_from_folder(folder: Path, segmenter=None) -> RefAMModule:

@@ -24,3 +24,16 @@ class DataError(RefamError, ValueError):
 
 class CheckpointError(RefamError, RuntimeError):
     """Weights that cannot be loaded."""
+
+
+def user_error(err: BaseException) -> RefamError | None:
+    """The RefamError behind `err`, if any. jsonargparse re-raises an error raised while it builds
+    a component (a dataset, a segmenter) as a ValueError caused by it, so the chain is searched."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, RefamError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

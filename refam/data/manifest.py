@@ -30,7 +30,13 @@ _KEY = "data.datasets.init_args"
 
 def _read_records(path: Path) -> list[tuple[str, Any]]:
     """(where, record) pairs, `where` being "line N" (JSONL) or "record N" (JSON list), 1-based."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); "
+                        "save the manifest as UTF-8") from e
+    except OSError as e:
+        raise MissingInputError(f"cannot read manifest {path}: {e.strerror or e}. Check {_KEY}.path") from e
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)

@@ -32,7 +32,12 @@ CAPTION_CHOICES = ("first", "none")
 _KEY = "data.datasets.init_args"
 
 
-class RefusedGlobalError(pickle.UnpicklingError):
+class UnreadablePickleError(DataError, pickle.UnpicklingError):
+    """A refs pickle that cannot be loaded: truncated, not a pickle, or refused (below). A DataError,
+    so the CLI reports it as one line; an UnpicklingError, so pickle-aware callers still catch it."""
+
+
+class RefusedGlobalError(UnreadablePickleError):
     """An untrusted pickle asked to import something (the only way a pickle can run code)."""
 
 
@@ -80,7 +85,10 @@ def load_untrusted_pickle(path: Path | str) -> Any:
         except RefusedGlobalError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as e:
-            raise pickle.UnpicklingError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+            raise UnreadablePickleError(
+                f"{path}: not a readable pickle ({type(e).__name__}: {e}); the file is truncated or not a "
+                "REFER refs file: replace it with the original from the REFER release"
+            ) from e
     return _decode_text(obj)
 
 
@@ -150,10 +158,21 @@ def _parse_refs(raw: Any, path: Path, split: str) -> tuple[list[dict], list[str]
     return chosen, sorted(splits)
 
 
+def _load_json(path: Path, key: str) -> dict:
+    """A COCO-style JSON object; a broken file is one DataError naming it and the key that chose it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not valid UTF-8 JSON ({e}); restore the original file or fix {_KEY}.{key}") from e
+    if not isinstance(document, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(document).__name__}; fix {_KEY}.{key}")
+    return document
+
+
 def _first_captions(path: Path, image_ids: set[int]) -> dict[int, str]:
     """Per image, the caption with the lowest annotation id: a fixed choice, so runs are repeatable."""
-    with open(path, encoding="utf-8") as f:
-        annotations = json.load(f).get("annotations", [])
+    annotations = _load_json(path, "captions_file").get("annotations", [])
     best: dict[int, tuple[int, str]] = {}
     for ann in annotations:
         image_id = ann["image_id"]
@@ -209,8 +228,7 @@ class RefCOCODataset(Dataset):
         self._items = [(image_id, sorted(by_image[image_id], key=lambda r: r.ref_id)) for image_id in sorted(by_image)]
 
         # Keep only what the split needs: instances.json is large and every loader worker copies it.
-        with open(instances_path, encoding="utf-8") as f:
-            instances = json.load(f)
+        instances = _load_json(instances_path, "data_root")
         ann_ids = {r.ann_id for _, rs in self._items for r in rs}
         self._images = {img["id"]: img for img in instances.get("images", []) if img["id"] in by_image}
         self._segmentations = {

@@ -64,7 +64,10 @@ class SAM2PointSegmenter(Segmenter):
             checkpoint = os.path.expanduser(checkpoint)
             # Checked here rather than in setup so a typo fails before the DiT spends minutes loading.
             if not os.path.isfile(checkpoint):
-                raise MissingInputError(f"{_CHECKPOINT_KEY}: SAM2 checkpoint not found: {checkpoint}")
+                raise MissingInputError(
+                    f"{_CHECKPOINT_KEY}: SAM2 checkpoint not found: {checkpoint}; download it from the SAM2 "
+                    "release (sam2.1_hiera_large.pt, see README) or set this key to your copy"
+                )
         if image_size is not None and (image_size <= 0 or image_size % 32):
             raise ConfigError(f"image_size must be a positive multiple of 32 (Hiera's total stride), got {image_size}")
         self.config = config
