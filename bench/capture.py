@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+from refam.embedded import REFAM_SHAPES  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 EXPRESSIONS = ["the red circle on the left", "a blue square", "the green triangle at the top", "the small yellow circle",
@@ -158,8 +159,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     toys = [("tiny FLUX", str(ROOT / "assets/smoke/tiny-flux"), 256, "caption", 32),
-            ("refam-shapes", str(ROOT / "assets/refam-shapes"), 128, "empty", 32),
-            ("refam-shapes", str(ROOT / "assets/refam-shapes"), 512, "empty", 32)]
+            ("refam-shapes", str(REFAM_SHAPES), 128, "empty", 32),
+            ("refam-shapes", str(REFAM_SHAPES), 512, "empty", 32)]
     flux_dev = [("FLUX.1-dev blocks (1 double + 1 single)", "flux-dev-blocks", resolution, "caption", 512)
                 for resolution in args.resolutions]
     cases = toys if args.cases == "toys" else flux_dev

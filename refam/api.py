@@ -19,12 +19,10 @@ import yaml
 from PIL import Image
 
 from refam.data.images import check_size, read_rgb, to_rgb
+from refam.embedded import DEFAULT_CONFIG  # noqa: F401 (shipped in the package: works from any folder)
 from refam.errors import ConfigError, DataError, MissingInputError, user_error
 from refam.module import RefAMModule
 from refam.types import Expression, Prediction, Sample
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 
 def _model_section(config: Path) -> dict:

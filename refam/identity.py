@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from refam.embedded import EMBEDDED_PREFIX, resolve_embedded
+
 log = logging.getLogger(__name__)
 
 # Bump MAPS_VERSION with any change to the code that makes token maps (extractors, capture, text
@@ -129,8 +131,8 @@ def folder_identity(root: Path) -> dict[str, str]:
 
 def model_identity(pretrained: str) -> dict:
     """What identifies a checkpoint: for a folder, where it is and every file's content; for a
-    file, its content; otherwise (a hub id) the id as given."""
-    root = Path(pretrained)
+    file, its content; otherwise (a hub id) the id as given. `embedded:NAME` is the shipped folder."""
+    root = Path(resolve_embedded(pretrained))
     if root.is_dir():
         return {"folder": str(root.resolve()), "files": folder_identity(root)}
     if root.is_file():
@@ -162,6 +164,8 @@ def weights_identity(*components: object) -> dict:
                 continue
             values = value if isinstance(value, (list, tuple)) else [value]
             for position, item in enumerate(values):
+                if isinstance(item, str) and item.startswith(EMBEDDED_PREFIX):
+                    item = resolve_embedded(item)  # a model shipped in the package is keyed by content too
                 if _names_a_path(item):
                     key = f"{index}.{type(component).__name__}.{name}" + (f"[{position}]" if values is value else "")
                     out[key] = model_identity(os.fspath(item))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from refam.data.refcoco import RefCOCODataset
+from refam.embedded import REFAM_SHAPES
 from refam.testing.refer_fixture import write_refer_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +176,7 @@ def test_demo_config_scores_the_embedded_model_as_the_evaluator_does(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = logged_metrics(tmp_path / "logs")
-    expected = evaluate(build_module(str(ROOT / "assets/refam-shapes"), MAGNET_ROWS["magnets + stop-word filter (paper)"]),
+    expected = evaluate(build_module(str(REFAM_SHAPES), MAGNET_ROWS["magnets + stop-word filter (paper)"]),
                         ManifestDataset(str(manifest)), expression_kinds(manifest))
     assert float(metrics["shapes-demo/expressions"]) == expected["expressions"] == 297
     for name in ("PA", "mIoU", "oIoU"):

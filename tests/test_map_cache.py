@@ -17,6 +17,7 @@ from refam.aggregators.magnets import AppendMagnets, RandomVectorMagnets
 from refam.aggregators.spatial import SpatialBias
 from refam.api import DEFAULT_CONFIG, _module_from_config
 from refam.data.manifest import ManifestDataset
+from refam.embedded import REFAM_SHAPES
 from refam.extractors.cache import MapCache, cache_key, model_identity
 from refam.extractors.trajectory import NoiseAt, RFInversion
 from refam.segmenters.floodfill import FloodFillSegmenter
@@ -161,7 +162,7 @@ def _rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
 
 def test_model_identity_follows_weights_and_configs_by_content(tmp_path):
     copy = tmp_path / "model"
-    shutil.copytree(ROOT / "assets/refam-shapes", copy)
+    shutil.copytree(REFAM_SHAPES, copy)
     base = model_identity(str(copy))
     assert model_identity(str(copy)) == base
     weights = copy / "transformer" / "diffusion_pytorch_model.safetensors"
@@ -338,7 +339,9 @@ def test_key_covers_the_sample_caption_and_expressions():
 def test_yaml_map_cache_setting(tmp_path):
     import yaml
 
-    document = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    from refam.embedded import DEFAULT_MODEL_SECTION
+
+    document = {"model": yaml.safe_load(DEFAULT_MODEL_SECTION.read_text())}
     document["model"]["map_cache"] = str(tmp_path / "maps")
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(document))

@@ -187,8 +187,11 @@ def test_unreadable_video_is_one_line(tmp_path):
 
 def test_config_with_missing_weights_names_the_key(tmp_path, scene_file):
     config = tmp_path / "mine.yaml"
-    demo = (ROOT / "configs/demo.yaml").read_text()
-    config.write_text(demo.replace("pretrained: assets/refam-shapes", f"pretrained: {tmp_path / 'no-weights'}"))
+    from refam.embedded import DEFAULT_MODEL_SECTION
+
+    section = DEFAULT_MODEL_SECTION.read_text()
+    config.write_text("model:\n" + "".join(f"  {line}\n" for line in
+                      section.replace("pretrained: embedded:refam-shapes", f"pretrained: {tmp_path / 'no-weights'}").splitlines()))
     result = predict("--config", str(config), "--image", str(scene_file), "--expression", "the square",
                      "--output", str(tmp_path / "out"))
     assert result.returncode == 2

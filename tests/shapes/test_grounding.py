@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from refam.data.manifest import ManifestDataset
+from refam.embedded import REFAM_SHAPES
 from refam.extractors.flux import FluxExtractor
 from refam.shapes.dataset import write_shapes_set
 from refam.shapes.evaluate import MAGNET_ROWS, build_module, evaluate, expression_kinds
 
-MODEL = Path(__file__).resolve().parents[2] / "assets" / "refam-shapes"
+MODEL = REFAM_SHAPES
 PA_FLOOR = 18.0  # percent: chance is about 5 %, the committed model scores 26.7, the bugs below 0 to 11.7
 
 
