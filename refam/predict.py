@@ -7,9 +7,10 @@
     refam predict --video clip.mp4 --expression "the dog" --output out/    # or a folder of frames
 
 Per image and expression, into `OUT/<image name>/`: `<k>-<expression>_mask.png` (0/255),
-`_overlay.png` (image, mask, the argmax point as a star), `_heatmap.png` (colour-mapped, star
-marked) and `.json` (point, kept and dropped tokens, global attention sinks). Without --config or
---model the embedded refam-shapes pipeline runs.
+`_overlay.png` (image, mask tinted and outlined, the argmax point as a star), `_heatmap.png` (the
+heatmap over the image, star marked, with a colour bar) and `.json` (point, kept and dropped tokens,
+global attention sinks); the pictures of an image under 512 px are enlarged by a whole factor.
+Without --config or --model the embedded refam-shapes pipeline runs.
 
 A video (a file OpenCV reads, or a folder of frames) gives `OUT/<video>/<k>-<expression>/<frame>.png`
 masks, `<k>-<expression>_overlay.gif` and a `.json`. With a video pipeline (a config whose extractor
@@ -162,7 +163,7 @@ def jobs_from_arguments(args) -> list[tuple[str, Path, list[str], str]]:
 
 
 def write_prediction(folder: Path, index: int, text: str, image, prediction) -> dict:
-    from refam.visualize import heatmap_image, mask_image, overlay, save_json, save_png
+    from refam.visualize import prediction_pictures, save_json, save_png
 
     stem = folder / f"{index}-{slug(text)}"
     record = {
@@ -174,9 +175,8 @@ def write_prediction(folder: Path, index: int, text: str, image, prediction) -> 
         "mask_pixels": int(prediction.mask.sum()),
         "files": {kind: f"{stem.name}_{kind}.png" for kind in ("mask", "overlay", "heatmap")},
     }
-    save_png(mask_image(prediction.mask), stem.with_name(f"{stem.name}_mask.png"))
-    save_png(overlay(image, prediction.mask, prediction.point), stem.with_name(f"{stem.name}_overlay.png"))
-    save_png(heatmap_image(prediction.heatmap, image.size, prediction.point), stem.with_name(f"{stem.name}_heatmap.png"))
+    for kind, picture in prediction_pictures(image, prediction).items():
+        save_png(picture, stem.with_name(f"{stem.name}_{kind}.png"))
     save_json(record, stem.with_suffix(".json"))  # last: its presence means the expression is complete
     return record
 

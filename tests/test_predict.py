@@ -59,15 +59,18 @@ def test_predict_writes_mask_overlay_heatmap_and_record(tmp_path, scene_file, mo
     assert np.array_equal(mask == 255, expected.mask)  # the PNG round-trips to the predicted mask
     point = argmax_points(expected.heatmap[None], 128, 128)[0].tolist()
     assert record["point"] == pytest.approx(point)  # the recorded point is the heatmap's argmax
+    scale = 4  # a 128 px scene is drawn 4x larger (whole pixels), the heatmap with a colour bar at its right
     for kind in ("overlay", "heatmap"):
         picture = np.asarray(Image.open(folder / record["files"][kind]).convert("RGB"))
-        assert picture.shape == (128, 128, 3)
-        assert star_centre(picture) == pytest.approx(point, abs=1.0)  # the star marks the argmax
+        assert picture.shape[0] == 512 and (picture.shape[1] == 512 if kind == "overlay" else picture.shape[1] > 512)
+        assert star_centre(picture[:, :512]) == pytest.approx([v * scale for v in point], abs=2.0)  # the star marks the argmax
     overlay = np.asarray(Image.open(folder / record["files"]["overlay"]).convert("RGB")).astype(int)
-    original = np.asarray(Image.open(scene_file).convert("RGB")).astype(int)
-    far_from_star = np.hypot(*np.meshgrid(np.arange(128) - point[0], np.arange(128) - point[1])) > 12
+    original = np.asarray(Image.open(scene_file).convert("RGB")).astype(int).repeat(scale, 0).repeat(scale, 1)
+    big_mask = expected.mask.repeat(scale, 0).repeat(scale, 1)
+    grid = np.meshgrid(np.arange(512) - point[0] * scale, np.arange(512) - point[1] * scale)
+    far_from_star = np.hypot(*grid) > 12 * scale
     changed = np.any(overlay != original, axis=-1)
-    assert np.array_equal(changed[far_from_star], expected.mask[far_from_star])  # tinted exactly where the mask is
+    assert np.array_equal(changed[far_from_star], big_mask[far_from_star])  # tinted exactly where the mask is
     assert not list(folder.glob(".*.part"))  # nothing half-written
 
 
