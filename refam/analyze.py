@@ -5,7 +5,8 @@
 Writes into the output folder:
 - `token_maps.png`: each token's map (each patch's distribution over the expression's tokens) with
   the paper's magnets appended (top row) and without them (bottom row), as in the appendix figures;
-  the first column is the heatmap with its argmax star; dropped tokens are titled in grey.
+  the first column is the heatmap with its argmax star; dropped tokens are titled in grey, global
+  attention sinks in red.
 - `text_attention.png`: the text-to-text attention each token receives, with global attention sinks
   (more than the aggregator's factor times the mean) in red, as in figure 1.
 - `block_entropy.png`: per block, the mean and minimum entropy of the kept tokens' maps (figure 4).
@@ -59,6 +60,14 @@ def _without_magnets(module):
                          noun_phrase=getattr(module.magnets, "noun_phrase", None))
 
 
+def text_attention_rows(prediction, factor: float) -> list[dict]:
+    """Per real token: the text-to-text attention it receives and whether that makes it a global
+    attention sink (more than `factor` times the expression's mean, as the aggregator finds them)."""
+    mass = prediction.text_mass
+    mean_mass = sum(mass) / len(mass)
+    return [{"token": t, "mass": m, "sink": m > factor * mean_mass} for t, m in zip(prediction.tokens, mass)]
+
+
 def analyze(model, image, expression: str, caption: str = "") -> dict:
     module = model.module
     with_magnets = model.segment(image, [expression], caption=caption)[0]
@@ -69,8 +78,6 @@ def analyze(model, image, expression: str, caption: str = "") -> dict:
     finally:
         module.magnets = saved
     factor = getattr(module.aggregator, "gas_factor", 10.0)
-    mass = with_magnets.text_mass
-    mean_mass = sum(mass) / len(mass)
     return {
         "expression": expression,
         "caption": caption,
@@ -78,8 +85,7 @@ def analyze(model, image, expression: str, caption: str = "") -> dict:
         "runs": {name: {"tokens": p.tokens, "kept_tokens": p.kept_tokens, "point": list(p.point),
                         "sinks": p.sinks}
                  for name, p in (("with magnets", with_magnets), ("without magnets", without_magnets))},
-        "text_attention": [{"token": t, "mass": m, "sink": m > factor * mean_mass}
-                           for t, m in zip(with_magnets.tokens, mass)],
+        "text_attention": text_attention_rows(with_magnets, factor),
         "block_entropy": block_entropies(model, image, caption, expression),
         "_predictions": {"with magnets": with_magnets, "without magnets": without_magnets},
     }
@@ -109,11 +115,14 @@ def token_maps_figure(image, predictions: dict) -> bytes:
             ax.axis("off")
         axes[row, 0].imshow(heatmap_image(prediction.heatmap, image.size, prediction.point))
         axes[row, 0].set_title(f"{name}\nheatmap", fontsize=8)
-        kept = set(prediction.kept_tokens)
+        kept = prediction.token_kept or [token in prediction.kept_tokens for token in prediction.tokens]
+        sinks = prediction.token_sink or [False] * len(prediction.tokens)
         for column, (token, token_map) in enumerate(zip(prediction.tokens, prediction.token_maps), start=1):
             axes[row, column].imshow(token_map.numpy(), cmap="inferno")  # each on its own scale, as in the paper
-            axes[row, column].set_title(token if token in kept else f"{token}\n(dropped)", fontsize=8,
-                                        color="black" if token in kept else "grey")
+            keep, sink = kept[column - 1], sinks[column - 1]
+            note = "\n".join((["(dropped)"] if not keep else []) + (["(sink)"] if sink else []))
+            axes[row, column].set_title(f"{token}\n{note}" if note else token, fontsize=8,
+                                        color="red" if sink else ("black" if keep else "grey"))
     return _png(figure)
 
 

@@ -216,14 +216,18 @@ class RefAMModule(L.LightningModule):
                 result.predictions[-1].tokens = [t.piece for t in real]
                 result.predictions[-1].token_maps = aggregation.probabilities[k][valid].clone()
                 result.predictions[-1].text_mass = maps.text_mass[k][valid].tolist()
+                result.predictions[-1].token_kept = aggregation.kept[k][valid].tolist()
+                result.predictions[-1].token_sink = aggregation.sinks[k][valid].tolist()
         return result
 
-    def segment_video(self, video: VideoSample, on_mask: MaskSink | None = None) -> SampleResult:
+    def segment_video(self, video: VideoSample, on_mask: MaskSink | None = None,
+                      keep_token_maps: bool = False) -> SampleResult:
         """Run every expression of one video: the DiT sees the clip once for all expressions; each
         expression's point prompts its key frame and the video segmenter tracks it through the video.
 
         Masks are not kept: `on_mask(expression, frame index, mask)` receives each as it is made, so
-        scoring and writing stream frame by frame. Each prediction holds the key frame's mask."""
+        scoring and writing stream frame by frame. Each prediction holds the key frame's mask.
+        `keep_token_maps` also returns each real token's map on the key frame (for the pictures)."""
         result = SampleResult(video.sample_id)
         runnable, augmented = self._runnable(video, result)
         if not runnable:
@@ -259,6 +263,13 @@ class RefAMModule(L.LightningModule):
                 Prediction(expression_id=expression.expression_id, mask=None, point=(x, y), heatmap=heat[0],
                            frame=frame, **token_report(maps, aggregation, k))
             )
+            if keep_token_maps:  # the key frame's, as segment_sample's for an image
+                valid = maps.valid[k]
+                result.predictions[-1].tokens = [t.piece for t, v in zip(maps.tokens[k], valid.tolist()) if v]
+                result.predictions[-1].token_maps = aggregation.probabilities[k, :, latent][valid].clone()
+                result.predictions[-1].text_mass = maps.text_mass[k][valid].tolist()
+                result.predictions[-1].token_kept = aggregation.kept[k][valid].tolist()
+                result.predictions[-1].token_sink = aggregation.sinks[k][valid].tolist()
         # expressions prompting the same point on the same frame share a track (the segmenter is
         # deterministic), each still receiving every mask
         for (frame, x, y), members in tracks.items():

@@ -89,6 +89,8 @@ class Prediction:
     tokens: list[str] = field(default_factory=list)
     token_maps: torch.Tensor | None = None  # [T, h, w] each patch's distribution over the tokens
     text_mass: list[float] = field(default_factory=list)  # text-to-text attention received (GAS)
+    token_kept: list[bool] = field(default_factory=list)  # per real token: its map entered the heatmap
+    token_sink: list[bool] = field(default_factory=list)  # per real token: a global attention sink
     frame: int | None = None  # videos: the frame the point prompts (`mask` is that frame's mask)
 
 
