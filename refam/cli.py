@@ -120,6 +120,11 @@ def main(args: list[str] | None = None) -> None:
 
         analyze(argv[1:])
         return
+    if argv[:1] == ["serve"]:
+        from refam.serve import main as serve
+
+        serve(argv[1:])
+        return
     if argv[:1] == ["score"]:
         from refam.score import main as score
 

@@ -70,8 +70,9 @@ def has_video_pipeline(model) -> bool:
     return isinstance(module.segmenter, VideoSegmenter) and hasattr(module.extractor, "extract_video")
 
 
-def track_video(model, video: Path, texts: list[str], caption: str, output: Path) -> int:
-    """The video pipeline: one DiT pass over the clip, a point on the key frame, tracked by the segmenter."""
+def track_video(model, video: Path, texts: list[str], caption: str, output: Path, key_frames: dict | None = None) -> int:
+    """The video pipeline: one DiT pass over the clip, a point on the key frame, tracked by the segmenter.
+    `key_frames`, if given, receives {expression index: (key frame image, its prediction)}."""
     from refam.data.frames import frame_files, iter_frames
     from refam.types import VideoExpression, VideoSample
     from refam.visualize import mask_image, overlay, save_json, save_png, write_atomic
@@ -98,11 +99,13 @@ def track_video(model, video: Path, texts: list[str], caption: str, output: Path
             picture.thumbnail((320, 320))
             thumbnails[k][index] = picture
 
-        result = model.module.segment_video(sample, on_mask)
+        result = model.module.segment_video(sample, on_mask, keep_token_maps=key_frames is not None)
         if result.skipped:
             raise ConfigError("; ".join(result.skipped))
         for prediction in result.predictions:
             k = int(prediction.expression_id)
+            if key_frames is not None:
+                key_frames[k] = (sample.frame(prediction.frame), prediction)
             frames = [thumbnails[k][i] for i in sorted(thumbnails[k])]
             gif = io.BytesIO()
             frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
@@ -115,13 +118,16 @@ def track_video(model, video: Path, texts: list[str], caption: str, output: Path
         return len(paths)
 
 
-def write_video_predictions(model, video: Path, texts: list[str], caption: str, output: Path) -> int:
-    """Per-frame masks, an overlay GIF and a record per expression; returns the number of frames."""
+def write_video_predictions(model, video: Path, texts: list[str], caption: str, output: Path,
+                            key_frames: dict | None = None) -> int:
+    """Per-frame masks, an overlay GIF and a record per expression; returns the number of frames.
+    `key_frames`, if given, receives {expression index: (key frame image, its prediction)} (the
+    first frame where each frame is segmented on its own)."""
     from refam.data.frames import iter_frames
     from refam.visualize import mask_image, overlay, save_json, save_png, write_atomic
 
     if has_video_pipeline(model):
-        return track_video(model, video, texts, caption, output)
+        return track_video(model, video, texts, caption, output, key_frames)
     folder = output / video.stem
     stems = [f"{k}-{slug(text)}" for k, text in enumerate(texts)]
     thumbnails: list[list] = [[] for _ in texts]
@@ -137,6 +143,8 @@ def write_video_predictions(model, video: Path, texts: list[str], caption: str, 
                                          "mask_pixels": int(prediction.mask.sum())})
             if index == 0:
                 records[k].update(kept_tokens=prediction.kept_tokens, dropped_tokens=prediction.dropped_tokens)
+                if key_frames is not None:
+                    key_frames[k] = (frame, prediction)
         frames = index + 1
     for k, stem in enumerate(stems):
         gif = io.BytesIO()
@@ -181,6 +189,14 @@ def write_prediction(folder: Path, index: int, text: str, image, prediction) -> 
     return record
 
 
+def check_expressions(model, texts: list[str]) -> None:
+    """The one-line error for an expression that cannot run (empty, too long for the text encoder)."""
+    for text in texts:
+        if not text.strip():
+            raise ConfigError("an --expression is empty: give the words that name the object")
+        model.module.extractor.validate_expression(model.module.magnets.augment(text)[0])
+
+
 def run(args) -> int:
     from refam.api import RefAM, as_image
 
@@ -191,11 +207,7 @@ def run(args) -> int:
     check_writable(args.output)
     model = RefAM.load(args.config or args.model, device=args.device)
     for texts in [job[2] for job in jobs] + ([list(args.expression)] if args.video else []):
-        # every expression checked before anything is computed or written
-        for text in texts:
-            if not text.strip():
-                raise ConfigError("an --expression is empty: give the words that name the object")
-            model.module.extractor.validate_expression(model.module.magnets.augment(text)[0])
+        check_expressions(model, texts)  # every expression checked before anything is computed or written
     failures = 0
     for name, path, texts, caption in jobs:
         try:

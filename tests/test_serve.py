@@ -1,0 +1,225 @@
+"""`refam serve`'s functions in-process, on the embedded refam-shapes model: the page shows what the
+API computes, the toggles change the pipeline without reloading it, bad input is the CLI's one line,
+the run JSON loads back as a config, and requests are queued one at a time."""
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+from refam.serve import CONTROLS, NO_IMAGE, OUTPUTS, Session, page_preview, page_rerun, page_run, section_of  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENE = str(ROOT / "assets/shapes-demo/images/demo-00005.png")
+CAPTION = "a big red triangle, a big black square, a big purple circle and a big green circle"
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    from refam import RefAM
+
+    model = RefAM.load()
+    return Session(model, section_of(None), max_frames=20, workdir=tmp_path_factory.mktemp("serve"))
+
+
+def values(settings) -> list:
+    """The page's control values for these settings, in the order the page sends them."""
+    return [asdict(settings)[name] for name in CONTROLS]
+
+
+def page(session, source, expressions, caption="", settings=None) -> dict:
+    outputs = page_run(session, source, expressions, caption, *values(settings or session.defaults))
+    return dict(zip(OUTPUTS, outputs))
+
+
+def read_mask(path) -> np.ndarray:
+    with Image.open(path) as picture:
+        return np.asarray(picture) == 255
+
+
+def test_the_page_shows_the_apis_masks_points_and_tokens(session):
+    texts = ["the black square", "the purple circle"]
+    shown = page(session, SCENE, "\n".join(texts) + "\n\n", CAPTION)  # blank lines are ignored
+    assert shown["status"] == ""
+    expected = session.model.segment(SCENE, texts, caption=CAPTION)
+    masks = [p for p in shown["downloads"] if p.endswith("_mask.png")]
+    assert len(masks) == 2 and shown["downloads"][-1].endswith("run.json")
+    for path, prediction in zip(masks, expected):
+        assert np.array_equal(read_mask(path), prediction.mask)  # the mask offered is the API's
+    for prediction in expected:
+        x, y = prediction.point
+        assert f"({x:g}, {y:g})" in shown["summary"]  # the point shown is the API's
+        assert " ".join(f"`{t.replace('▁', '')}`" for t in prediction.kept_tokens) in shown["summary"]
+    # per expression its mask and point, then its heatmap with a colour bar, enlarged from 128 px
+    pictures = [Image.open(path) for path, _ in shown["pictures"]]
+    assert [caption for _, caption in shown["pictures"]] == [
+        "the black square: mask and point", "the black square: heatmap",
+        "the purple circle: mask and point", "the purple circle: heatmap"]
+    assert pictures[0].size == (512, 512) and pictures[1].height == 512 and pictures[1].width > 512
+    assert Image.open(shown["token_maps"]).width > 600 and len(shown["attention"]) == 2
+    record = json.loads(Path(shown["downloads"][-1]).read_text())
+    assert [e["point"] for e in record["run"]["expressions"]] == [[round(v, 2) for v in p.point] for p in expected]
+    assert record["run"]["expressions"][0]["tokens"] == expected[0].tokens
+
+
+def test_magnets_off_changes_the_kept_tokens_without_reloading_the_model(session):
+    extractor, transformer = session.module.extractor, session.module.extractor.pipe.transformer
+    on = page(session, SCENE, "the black square", CAPTION)
+    off = page(session, SCENE, "the black square", CAPTION, replace(session.defaults, magnets=False))
+    assert "`pink`" in on["summary"] and "`pink`" not in off["summary"]  # the magnets are gone from the tokens
+    run_on, run_off = (json.loads(Path(p["downloads"][-1]).read_text())["run"]["expressions"][0] for p in (on, off))
+    assert run_on["tokens"][-6:-1] == ["_", "▁with", "▁to", "▁and", "▁pink"]
+    assert not {"▁with", "▁to", "▁and", "▁pink"} & set(run_off["tokens"])
+    assert run_on["kept_tokens"] == run_off["kept_tokens"] == ["▁black", "▁square"]
+    assert run_on["point"] != run_off["point"] or not np.array_equal(
+        read_mask(on["downloads"][0]), read_mask(off["downloads"][0]))  # the maps changed, so the answer did
+    assert session.module.extractor is extractor and session.module.extractor.pipe.transformer is transformer
+    again = page(session, SCENE, "the black square", CAPTION)  # back on: the same answer as before
+    assert again["summary"].split("\n\n")[0] == on["summary"].split("\n\n")[0]
+    # the stop-word filter: "the" is kept once it is off
+    unfiltered = page(session, SCENE, "the black square", CAPTION, replace(session.defaults, stop_words=False))
+    assert "| `the` `black` `square` |" in unfiltered["summary"]
+
+
+def test_settings_reach_the_components_and_the_run_json_loads_back_as_a_config(session, tmp_path):
+    from refam import RefAM
+    from refam.aggregators.spatial import DirectionPrior
+
+    settings = replace(session.defaults, magnets=True, magnet_words="_ with and", stop_words=False, gas="drop",
+                       first_block=1, last_block=2, noise=500.0, spatial_bias="direction")
+    shown = page(session, SCENE, "the black square\nthe object on the left", CAPTION, settings)
+    assert shown["status"] == ""
+    module = session.module
+    assert module.magnets.magnets == ["_", "with", "and"] and module.magnets.filter_stop_words is False
+    assert module.aggregator.gas == "drop" and module.extractor.blocks == [1, 2]
+    assert module.extractor.trajectory.timestep == 500.0 and isinstance(module.spatial_bias[0], DirectionPrior)
+    record = json.loads(Path(shown["downloads"][-1]).read_text())
+    assert record["run"]["settings"]["gas"] == "drop" and record["run"]["caption"] == CAPTION
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(record))
+    loaded = RefAM.load(config)  # the run's model section, settings applied, as a config
+    again = loaded.segment(SCENE, ["the black square", "the object on the left"], caption=CAPTION)
+    for entry, prediction, mask in zip(record["run"]["expressions"], again, shown["downloads"]):
+        assert entry["point"] == [round(v, 2) for v in prediction.point]
+        assert entry["kept_tokens"] == prediction.kept_tokens and entry["tokens"] == prediction.tokens
+        assert np.array_equal(read_mask(mask), prediction.mask)
+    # unchanged settings leave the section as configured
+    assert session.section_for(session.defaults) == session.section
+
+
+@pytest.mark.parametrize("source, expressions, line", [
+    (None, "the black square", f"refam: error: {NO_IMAGE}"),
+    (SCENE, "  \n ", "refam: error: an --expression is empty: give the words that name the object"),
+    (SCENE, " ".join(["red"] * 200), "the limit is 128"),
+    ("{broken}", "the black square", "refam: error: cannot read image {broken}"),
+    ("{long video}", "the black square", "frames, more than the 20 this app takes (refam serve --max-frames)"),
+], ids=["no image", "empty expression", "over-long expression", "unreadable file", "video too long"])
+def test_bad_input_shows_the_cli_line_and_the_next_request_works(session, tmp_path, source, expressions, line):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    video = tmp_path / "long.mp4"
+    if source == "{long video}":
+        write_clip(video, frames=24)
+    source = {"{broken}": str(broken), "{long video}": str(video)}.get(source, source)
+    line = line.replace("{broken}", str(broken))
+    shown = page(session, source, expressions, CAPTION)
+    assert shown["status"].startswith("refam: error:") and "\n" not in shown["status"]
+    assert line in shown["status"]
+    assert shown["pictures"] == [] and shown["summary"] == "" and shown["downloads"] is None  # nothing stale shown
+    assert page(session, SCENE, "the black square", CAPTION)["status"] == ""  # and the app goes on
+
+
+def test_a_block_range_backwards_is_an_error_and_the_preview_reports_an_unreadable_file(session, tmp_path):
+    shown = page(session, SCENE, "the black square", "", replace(session.defaults, first_block=3, last_block=1))
+    assert shown["status"] == "refam: error: blocks: the first block (3) comes after the last (1)"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    image, status = page_preview(str(broken))
+    assert image is None and status.startswith("refam: error: cannot read image")
+    image, status = page_preview(SCENE)
+    assert image.size == (128, 128) and status == ""
+    # a toggle with nothing to show yet leaves the page alone
+    assert page_rerun(session, None, "", "", *values(session.defaults)) is None
+
+
+def write_clip(path: Path, frames: int) -> None:
+    import cv2
+
+    from refam.shapes.scenes import make_scene
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, (128, 128))
+    for index in range(frames):
+        writer.write(np.asarray(make_scene("test", index % 2).image)[:, :, ::-1].copy())
+    writer.release()
+
+
+def test_a_video_gives_the_key_frames_maps_and_the_tracked_masks_as_a_clip(session, tmp_path):
+    import zipfile
+
+    video = tmp_path / "clip.mp4"
+    write_clip(video, frames=4)
+    shown = page(session, str(video), "the red circle\nthe square")
+    assert shown["status"] == "", shown["status"]
+    assert len(shown["clips"]) == 2
+    with Image.open(shown["clips"][0][0]) as clip:
+        assert clip.format == "GIF" and clip.n_frames == 4  # a playable clip of every frame
+    with zipfile.ZipFile(shown["downloads"][0]) as bundle:
+        names = bundle.namelist()
+    assert len(names) == 8 and "0-the-red-circle/00003.png" in names
+    assert [c for _, c in shown["pictures"]][:2] == ["the red circle (key frame 0): mask and point",
+                                                     "the red circle (key frame 0): heatmap"]
+    assert shown["token_maps"] is not None and "4 frame(s)" in shown["summary"]
+
+
+def test_requests_are_queued_one_at_a_time_on_the_model(session, monkeypatch):
+    """Two browsers clicking at once: the second run starts after the first ends (Gradio's queue)."""
+    import socket
+
+    from gradio_client import Client, handle_file
+
+    from refam.serve import build_app
+
+    spans, real_run = [], session.run
+
+    def timed_run(*args, **kwargs):
+        start = time.monotonic()
+        time.sleep(0.5)
+        try:
+            return real_run(*args, **kwargs)
+        finally:
+            spans.append((start, time.monotonic()))
+
+    monkeypatch.setattr(session, "run", timed_run)
+    app = build_app(session)
+    assert app.analytics_enabled is False
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, share=False,
+               ssr_mode=False)
+    try:
+        clients = [Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(2)]  # two browsers
+        controls = values(session.defaults)
+        results = [None, None]
+
+        def click(i):
+            results[i] = clients[i].predict(handle_file(SCENE), "the black square", CAPTION, *controls, api_name="/run")
+
+        threads = [threading.Thread(target=click, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        app.close()
+    assert all(r is not None and r[0] == "" for r in results)
+    (start_a, end_a), (start_b, end_b) = sorted(spans)
+    assert start_b >= end_a  # never two runs on the model at once
