@@ -22,6 +22,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -621,6 +622,7 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(2)
     print(f"refam serve: {app.local_url} (Ctrl+C stops)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop by kill also cleans up below
     try:
         app.block_thread()
     except KeyboardInterrupt:
