@@ -262,8 +262,10 @@ def test_bad_settings_name_the_setting(kwargs, name):
 def test_configured_from_yaml(tmp_path):
     from refam.api import _module_from_config
 
-    root = Path(__file__).resolve().parents[2]
-    demo = (root / "configs/demo.yaml").read_text()
+    from refam.embedded import DEFAULT_MODEL_SECTION
+
+    # the embedded pipeline's model section, as a config's `model:`
+    demo = "model:\n" + "".join(f"  {line}\n" for line in DEFAULT_MODEL_SECTION.read_text().splitlines())
     noise_at = ("        class_path: refam.extractors.trajectory.NoiseAt\n"
                 "        init_args: {timestep: 750}\n")
     assert noise_at in demo
