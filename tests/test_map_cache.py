@@ -17,7 +17,7 @@ from refam.aggregators.magnets import AppendMagnets, RandomVectorMagnets
 from refam.aggregators.spatial import SpatialBias
 from refam.api import DEFAULT_CONFIG, _module_from_config
 from refam.data.manifest import ManifestDataset
-from refam.embedded import REFAM_SHAPES
+from refam.embedded import REFAM_SHAPES, resolve_embedded
 from refam.extractors.cache import MapCache, cache_key, model_identity
 from refam.extractors.trajectory import NoiseAt, RFInversion
 from refam.segmenters.floodfill import FloodFillSegmenter
@@ -142,7 +142,7 @@ def test_what_changes_the_maps_misses(counted, samples, tmp_path, change):
         extractor.trajectory = RFInversion(steps=2)
     elif change == "model path":
         copy = tmp_path / "model"
-        shutil.copytree(extractor.pretrained, copy)
+        shutil.copytree(resolve_embedded(extractor.pretrained), copy)
         extractor.pretrained = str(copy)
     elif change == "expressions":
         sample = dataclasses.replace(sample, expressions=sample.expressions[:2])
@@ -185,7 +185,7 @@ def test_swapped_weights_of_the_same_size_and_mtime_miss(counted, samples, tmp_p
     """Weights replaced in place by others of the same size and mtime: the maps are recomputed."""
     module, calls = counted
     copy = tmp_path / "model"
-    shutil.copytree(module.extractor.pretrained, copy)
+    shutil.copytree(resolve_embedded(module.extractor.pretrained), copy)
     module.extractor.pretrained = str(copy)
     module.map_cache = MapCache(tmp_path / "maps")
     module.segment_sample(samples[0])
