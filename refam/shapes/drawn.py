@@ -74,10 +74,18 @@ def moved(layout: Layout, target: int, rng: np.random.Generator) -> Layout | Non
     return None
 
 
-def follow_rate(module: RefAMModule, pairs: int, split: str = "test", size: int = 128, seed: int = 0) -> float:
-    """Share of pairs in which the point is on the named shape both before and after it moved."""
+@dataclass
+class FollowScores:
+    moved_with: float  # share of pairs whose point moved at least half-way along the shape's move
+    on_target_both: float  # share of pairs whose point is on the shape before and after the move
+    pairs: int
+
+
+def follow_rate(module: RefAMModule, pairs: int, split: str = "test", size: int = 128, seed: int = 0) -> FollowScores:
+    """One named shape moved (at least a third of the image away), all else the same: does the point
+    move with it? A model that reads only the words gives the same point in both images."""
     rng = np.random.default_rng(seed)
-    followed = tried = 0
+    moved_with = on_target = tried = 0
     for index in itertools.count():
         if tried == pairs:
             break
@@ -90,13 +98,16 @@ def follow_rate(module: RefAMModule, pairs: int, split: str = "test", size: int 
         other = moved(layout, target, rng)
         if other is None:
             continue
-        on_target = []
+        points, hits = [], []
         for version, drawn in (("a", scene), ("b", render_layout(other))):
             (prediction,) = _run(module, drawn, [(text, target)], f"follow-{index}-{version}")
-            on_target.append(point_hit(prediction.point, torch.from_numpy(drawn.objects[target].mask)))
-        followed += all(on_target)
+            points.append(np.asarray(prediction.point))
+            hits.append(point_hit(prediction.point, torch.from_numpy(drawn.objects[target].mask)))
+        shift = np.subtract(other.shapes[target][3:5], layout.shapes[target][3:5])
+        moved_with += float(np.dot(points[1] - points[0], shift)) >= 0.5 * float(np.dot(shift, shift))
+        on_target += all(hits)
         tried += 1
-    return followed / pairs
+    return FollowScores(moved_with / pairs, on_target / pairs, pairs)
 
 
 def cross_scene_correlation(module: RefAMModule, text: str, scenes: int, split: str = "test", size: int = 128) -> float:

@@ -41,8 +41,10 @@ MAGNET_ROWS: dict[str, MagnetStrategy] = {
 
 
 def build_module(model: str, magnets: MagnetStrategy, timestep: float = 750.0,
-                 pooled_prompt: str | None = None, spatial_bias: SpatialBias | None = None) -> RefAMModule:
-    extractor = FluxExtractor(model, trajectory=NoiseAt(timestep), **extractor_settings(model, pooled_prompt))
+                 pooled_prompt: str | None = None, spatial_bias: SpatialBias | None = None,
+                 keep_aspect: bool = False) -> RefAMModule:
+    extractor = FluxExtractor(model, trajectory=NoiseAt(timestep), keep_aspect=keep_aspect,
+                              **extractor_settings(model, pooled_prompt))
     module = RefAMModule(extractor=extractor, segmenter=FloodFillSegmenter(), magnets=magnets,
                          spatial_bias=spatial_bias)
     extractor.setup(torch.device("cpu"))
@@ -87,7 +89,9 @@ def print_drawn_checks(model: str, scenes: int) -> None:
         named = named_shape_scores(module, scenes, width=size, height=size)
         print(f"| the <colour> <shape>, {label}: PA | {100 * named.point_accuracy:.1f} | {named.expressions} |")
         print(f"| the <colour> <shape>, {label}: mean mask IoU | {named.mean_iou:.3f} | {named.expressions} |")
-    print(f"| point follows a moved shape (both on target) | {100 * follow_rate(module, scenes):.1f} | {2 * scenes} |")
+    follow = follow_rate(module, scenes)
+    print(f"| a moved shape: the point moved with it | {100 * follow.moved_with:.1f} | {follow.pairs} pairs |")
+    print(f"| a moved shape: the point on it before and after | {100 * follow.on_target_both:.1f} | {follow.pairs} pairs |")
     for text in CORRELATION_EXPRESSIONS:
         print(f"| cross-scene heatmap correlation, {text} (8 scenes) | {cross_scene_correlation(module, text, 8):.3f} | 8 |")
     print()
