@@ -156,7 +156,7 @@ class FlowStage(L.LightningModule):
                 processor.capture = None
         loss = F.mse_loss(prediction, target)
         self.log("flow/loss", loss, prog_bar=True)
-        if capture is not None:
+        if capture is not None and grounded.any():  # a batch may, by chance, hold no grounded item
             coverage = torch.zeros(batch, valid.shape[1], packed.shape[1])
             for b, (i, row) in enumerate(zip(indices, drawn)):
                 for k, (expression, _) in enumerate(row):

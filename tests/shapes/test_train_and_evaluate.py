@@ -19,7 +19,8 @@ def trained(tmp_path_factory):
     train_shapes(["--monitor-every", "5", "--monitor-manifest", str(monitored),
                   "--output", str(root / "model"), "--work-dir", str(root / "work"), "--vae-steps", "3",
                   "--flow-steps", "10", "--scenes", "16", "--batch-size", "4", "--width", "32", "--heads", "2",
-                  "--double-blocks", "1", "--single-blocks", "1", "--pooled-prompt", "empty"])
+                  "--double-blocks", "1", "--single-blocks", "1", "--pooled-prompt", "empty",
+                  "--ground-weight", "1.0", "--ground-share", "0.5"])
     return root
 
 
@@ -28,6 +29,8 @@ def test_training_writes_a_flux_folder_and_its_record(trained):
     record = json.loads((trained / "model/training.json").read_text())
     assert record["flow_steps"] == 10 and record["seed"] == 0 and record["pooled_prompt"] == "empty"
     assert record["flow_loss_curve"] and all(loss > 0 for _, loss in record["flow_loss_curve"])
+    assert record["family"] == "varied" and record["ground_weight"] == 1.0  # v2's recipe: the grounding term ran
+    assert record["ground_loss_curve"] and all(loss > 0 for _, loss in record["ground_loss_curve"])
     curve = record["point_accuracy_curve"]["steps_pa"]  # grounding scored while training
     assert [step for step, _ in curve] == [5, 10] and all(0.0 <= pa <= 100.0 for _, pa in curve)
     extractor = FluxExtractor(str(trained / "model"), torch_dtype="float32", resolution=128, caption_max_tokens=32)
