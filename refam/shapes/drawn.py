@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from refam.metrics import point_hit
+from refam.metrics.iou import intersection_union
 from refam.module import RefAMModule
 from refam.shapes.scenes import Scene
 from refam.shapes.varied import Layout, fits, render_layout, varied_layout
@@ -44,9 +45,10 @@ def _run(module: RefAMModule, scene: Scene, expressions: list[tuple[str, int]], 
     return module.segment_sample(sample).predictions
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+def _iou(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """IoU with the metrics' own counts and their convention (0 when the union is empty)."""
+    inter, union = intersection_union(prediction, truth)
+    return inter / union if union else 0.0
 
 
 def named_shape_scores(module: RefAMModule, scenes: int, split: str = "test", width: int | None = None,
