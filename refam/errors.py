@@ -26,6 +26,10 @@ class CheckpointError(RefamError, RuntimeError):
     """Weights that cannot be loaded."""
 
 
+class ExpressionError(RefamError, ValueError):
+    """An expression the extractor cannot encode (empty, too long); the sample's other expressions go on."""
+
+
 def user_error(err: BaseException) -> RefamError | None:
     """The RefamError behind `err`, if any. jsonargparse re-raises an error raised while it builds
     a component (a dataset, a segmenter) as a ValueError caused by it, so the chain is searched."""

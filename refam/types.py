@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
+
+# given a text encoder's input-embedding table [V, D], the magnet rows [M, D] to insert into every
+# expression (or None): magnets that are vectors, not words (`MagnetStrategy.vectors`)
+MagnetVectors = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
 @dataclass

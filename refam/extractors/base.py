@@ -5,13 +5,11 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-from collections.abc import Callable
-
 import torch
 from PIL import Image
 
-from refam.errors import CheckpointError, ConfigError, RefamError
-from refam.types import TokenMaps
+from refam.errors import CheckpointError, ConfigError, ExpressionError
+from refam.types import MagnetVectors, TokenMaps
 
 
 PRETRAINED_KEY = "model.extractor.init_args.pretrained"
@@ -49,13 +47,6 @@ def load_pipeline(pipeline_class, pretrained: str, layout: str, **kwargs):
             f"{PRETRAINED_KEY}: cannot load a {pipeline_class.__name__} from {pretrained!r}: {err}. Give {layout}, "
             f"as {pipeline_class.__name__}.save_pretrained writes it."
         ) from err
-
-
-MagnetVectors = Callable[[torch.Tensor], "torch.Tensor | None"]
-
-
-class ExpressionError(RefamError, ValueError):
-    """An expression the extractor cannot encode (empty, too long); the sample's other expressions go on."""
 
 
 class Extractor(abc.ABC):

@@ -26,7 +26,7 @@ from PIL import Image
 from refam.aggregators.magnets import PAPER_MAGNETS, AppendMagnets
 from refam.extractors.capture import BranchLayout
 from refam.shapes.scenes import Scene
-from refam.text.expressions import ExpressionEncoder
+from refam.text.t5 import T5Reader
 
 
 def cell_coverage(mask: np.ndarray, frame: int, grid: int) -> torch.Tensor:
@@ -86,7 +86,7 @@ class GroundingTerm:
 
     def __init__(self, tokenizer, encoder, expressions_per_scene: int = 3, magnet_rate: float = 0.75,
                  sharpness: float = 10.0) -> None:
-        self.encoder = ExpressionEncoder(tokenizer, encoder, max_tokens=10_000)
+        self.encoder = T5Reader(tokenizer, encoder, max_tokens=10_000)
         self.t5 = encoder
         self.k = expressions_per_scene
         self.magnet_rate = magnet_rate
@@ -110,7 +110,7 @@ class GroundingTerm:
     def encode(self, drawn, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """embeds [B, K, L, D] (with gradients into T5), valid [B, K, L], kept [B, K, L]."""
         flat = [(e.text, e.magnet_start) for row in drawn for e, _ in row]
-        enc, tokens = self.encoder.tokenize(flat)
+        enc, tokens = self.encoder.tokenize_batch(flat)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         embeds = self.t5(input_ids=ids, attention_mask=mask)[0]
         length, dim = embeds.shape[1], embeds.shape[2]

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from refam.extractors.base import ExpressionError, MagnetVectors
+from refam.errors import ExpressionError
+from refam.types import MagnetVectors
 from refam.text.tokens import tokens_to_words
 from refam.types import TokenInfo
 

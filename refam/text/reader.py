@@ -1,0 +1,60 @@
+"""How a backbone's text encoder reads referring expressions: the contract every reader keeps.
+
+A reader turns K expressions (with their magnets) into the embeddings the backbone's expression
+branch joins its text stream with: one batch, padded so that each expression gets exactly the
+embeddings it gets alone, each token described by its word (`TokenInfo`) so that stop words,
+magnets and special tokens are filtered on words whatever the tokenizer. T5-style encoders
+(`refam.text.t5.T5Reader`) and prompt-templated decoder LLMs (`refam.text.decoder`) are readers.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import torch
+
+from refam.errors import ExpressionError
+from refam.types import MagnetVectors, TokenInfo
+
+
+@dataclass
+class EncodedExpressions:
+    embeds: torch.Tensor  # [K, L, D], padded to the longest expression
+    valid: torch.Tensor  # [K, L] bool: the expression's real tokens (False = padding)
+    tokens: list[list[TokenInfo]]
+
+
+class ExpressionReader(abc.ABC):
+    """A tokenizer and the text encoder the backbone conditions on, reading K expressions at once.
+
+    `max_tokens` is the longest expression (with magnets) accepted, counted in this tokenizer's tokens."""
+
+    max_tokens: int
+    limit_name: str = "expression_max_tokens"  # the setting `max_tokens` comes from, for the error
+
+    @abc.abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens the text takes in the encoder's input, as `max_tokens` counts them."""
+
+    @abc.abstractmethod
+    def tokenize(self, expressions: list[tuple[str, int | None]]) -> list[list[TokenInfo]]:
+        """Each expression's tokens as `encode` returns them (padding excluded)."""
+
+    @abc.abstractmethod
+    def encode(self, expressions: list[tuple[str, int | None]], device: torch.device, dtype: torch.dtype,
+               magnet_vectors: MagnetVectors | None = None) -> EncodedExpressions:
+        """Embeddings [K, L, D] on `device` in `dtype`, their mask and tokens; callers validate first.
+        `magnet_vectors`, given the input-embedding table [V, D], returns rows [M, D] inserted where
+        appended words would go (after the last word, before the end-of-text tokens)."""
+
+    def validate(self, text: str) -> None:
+        """Raise `ExpressionError` for an expression (with magnets) this reader cannot encode."""
+        if not text.strip():
+            raise ExpressionError("the expression is empty")
+        n = self.count_tokens(text)
+        if n > self.max_tokens:
+            raise ExpressionError(
+                f"the expression has {n} tokens with magnets; the limit is {self.max_tokens} "
+                f"(the extractor's {self.limit_name}): shorten it or raise the limit"
+            )
