@@ -1,13 +1,83 @@
-"""Errors caused by the user's input or configuration.
+"""Errors caused by the user's input or configuration, and where in a config they point.
 
-Each message names the file, field or config key at fault and what to do; the CLI prints them as
-one line and exits non-zero instead of showing a traceback. They subclass the built-in error a
-caller would expect (ValueError, FileNotFoundError) so generic handlers keep working.
+Each message says what is wrong and what to do; the front doors (`refam test`, `refam predict`,
+`refam serve`, `RefAM.load`) print it as one line and exit 2 instead of showing a traceback. They
+subclass the built-in error a caller would expect (ValueError, FileNotFoundError) so generic
+handlers keep working.
+
+A component does not know where it sits in a config (the same segmenter is `model.segmenter` in
+`refam test` and a keyword of `RefAM.load`), so it names only its own init argument:
+
+    class FloodFillSegmenter(Segmenter):
+        def __init__(self, tolerance: int = 32) -> None:
+            if not 0 <= tolerance <= 255:
+                raise ConfigError(f"must be in [0, 255], got {tolerance}", field="tolerance")
+
+Built directly in Python, `str(err)` is `tolerance: must be in [0, 255], got 300`. Built from a
+config, the front door fills in where the component sits (`place`) and the line reads
+`model.segmenter.init_args.tolerance: must be in [0, 255], got 300`. Rules for a component:
+
+- `field` is one of the raising class's own `__init__` arguments (the one to change), never a
+  config path; the message does not repeat it. A sibling argument is named plainly
+  ("set split_by"). An error about no single argument (a malformed data file) has no `field`.
+- Raise from `__init__` or from a method: either works. A component that calls into a component it
+  holds (the module calls `self.segmenter.setup()`) marks errors from it with `err.within(argument)`,
+  the argument it received the inner component as, so the key reaches down to the inner field.
+
+How a front door finds the component: jsonargparse builds every class through `build`
+(refam.components registers it as an instantiator), which records on a RefamError the class it was
+building and its arguments; `place` then finds that class's `class_path` in the parsed config.
+jsonargparse's own error names no key (it re-raises the component's error, or wraps it in a
+ValueError whose text lists union alternatives), so the key cannot be read from it.
 """
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any
 
 
 class RefamError(Exception):
-    """Base of the errors refam reports to the user as one line."""
+    """Base of the errors refam reports to the user as one line.
+
+    Args:
+        message: what is wrong and what to do.
+        field: the raising component's own init argument at fault (see the module docstring).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        # init arguments leading from the config section to the raising component, outermost
+        # first (("segmenter",); ("datasets[1]",)), and the section ("model", "data"): set by
+        # `within` and `place`
+        self.path: tuple[str, ...] = ()
+        self.section: str | None = None
+        # (class, keyword arguments) that jsonargparse was building when this was raised (`build`)
+        self.built: tuple[type, dict[str, Any]] | None = None
+
+    def within(self, argument: str) -> "RefamError":
+        """Mark this error as raised by the component given as `argument` to the caller's class."""
+        self.path = (argument, *self.path)
+        return self
+
+    @property
+    def key(self) -> str | None:
+        """The config key at fault: `model.segmenter.init_args.checkpoint` once placed, else the
+        argument path (`checkpoint`, `segmenter.checkpoint`); None for an error with no `field`."""
+        if self.field is None:
+            return None
+        names = (*self.path, self.field)
+        if self.section is None:
+            return ".".join(names)
+        return f"{self.section}." + ".init_args.".join(names)
+
+    def __str__(self) -> str:
+        key = self.key
+        return f"{key}: {self.message}" if key else self.message
 
 
 class ConfigError(RefamError, ValueError):
@@ -26,10 +96,6 @@ class CheckpointError(RefamError, RuntimeError):
     """Weights that cannot be loaded."""
 
 
-class ExpressionError(RefamError, ValueError):
-    """An expression the extractor cannot encode (empty, too long); the sample's other expressions go on."""
-
-
 def user_error(err: BaseException) -> RefamError | None:
     """The RefamError behind `err`, if any. jsonargparse re-raises an error raised while it builds
     a component (a dataset, a segmenter) as a ValueError caused by it, so the chain is searched."""
@@ -41,3 +107,83 @@ def user_error(err: BaseException) -> RefamError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def build(class_type: type, *args: Any, **kwargs: Any) -> Any:
+    """A jsonargparse instantiator: builds `class_type(*args, **kwargs)` and, if that raises a
+    RefamError, records on it which class with which arguments (the innermost, for `place`)."""
+    try:
+        return class_type(*args, **kwargs)
+    except RefamError as err:
+        if err.built is None:
+            err.built = (class_type, dict(kwargs))
+        raise
+
+
+def place(err: RefamError, sections: Mapping[str, type], config: Mapping[str, Any] | None = None) -> RefamError:
+    """Say where the component that raised `err` sits, so `str(err)` names the full config key.
+
+    Args:
+        sections: the config's top-level sections and the class each builds, as the front door
+            declares them (`{"model": RefAMModule, "data": RefAMDataModule}`).
+        config: the parsed config as a plain dict, where a component that jsonargparse built
+            (recorded by `build`) is looked up by its `class_path`; without it only errors of the
+            section classes themselves (and what they mark with `within`) are placed.
+    """
+    if err.field is None or err.section is not None:
+        return err
+    if err.built is not None:
+        built, arguments = err.built
+        section = next((name for name, cls in sections.items() if cls is built), None)
+        if section is not None:
+            err.section = section
+        elif config is not None:
+            found = _component_paths(config, built, arguments)
+            if found:
+                err.section, err.path = found[0][0], (*found[0][1:], *err.path)
+        return err
+    # raised after the components were built, or by a section class that jsonargparse built
+    # through another instantiator (LightningCLI's for the model and datamodule)
+    owner = err.path[0] if err.path else err.field
+    holders = [name for name, cls in sections.items() if owner in inspect.signature(cls.__init__).parameters]
+    if len(holders) == 1:
+        err.section = holders[0]
+    return err
+
+
+def _component_paths(config: Mapping[str, Any], cls: type, arguments: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Where `class_path`s naming `cls` sit in `config` (section, then init arguments); those whose
+    `init_args` agree with `arguments` first."""
+    agreeing, others = [], []
+
+    def visit(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, Mapping):
+            if isinstance(node.get("class_path"), str) and _names(node["class_path"], cls):
+                init_args = node.get("init_args") or {}
+                (agreeing if _agrees(init_args, arguments) else others).append(path)
+            for key, value in node.items():
+                if key != "class_path":
+                    visit(value, path if key == "init_args" else (*path, str(key)))
+        elif isinstance(node, (list, tuple)) and path:
+            for index, item in enumerate(node):
+                # a list of one is written as the single value it holds (`--data.datasets {...}`)
+                visit(item, path if len(node) == 1 else (*path[:-1], f"{path[-1]}[{index}]"))
+
+    visit(config, ())
+    return agreeing + others
+
+
+def _names(class_path: str, cls: type) -> bool:
+    if class_path == f"{cls.__module__}.{cls.__qualname__}":
+        return True
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) is cls
+    except (ImportError, ValueError):
+        return False
+
+
+def _agrees(init_args: Mapping[str, Any], arguments: Mapping[str, Any]) -> bool:
+    plain = (str, int, float, bool, type(None))
+    return all(str(init_args[k]) == str(v) for k, v in arguments.items()
+               if k in init_args and isinstance(init_args[k], plain))
