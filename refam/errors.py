@@ -64,6 +64,12 @@ class RefamError(Exception):
         self.path = (argument, *self.path)
         return self
 
+    def at(self, section: str, *path: str) -> "RefamError":
+        """Place this error: the component that raised it is `path` (init arguments, outermost
+        first) under the config's `section`. For a front door that knows where it built it."""
+        self.section, self.path = section, (*path, *self.path)
+        return self
+
     @property
     def key(self) -> str | None:
         """The config key at fault: `model.segmenter.init_args.checkpoint` once placed, else the
@@ -94,6 +100,10 @@ class DataError(RefamError, ValueError):
 
 class CheckpointError(RefamError, RuntimeError):
     """Weights that cannot be loaded."""
+
+
+class ExpressionError(RefamError, ValueError):
+    """An expression the extractor cannot encode (empty, too long); the sample's other expressions go on."""
 
 
 def user_error(err: BaseException) -> RefamError | None:
@@ -136,18 +146,18 @@ def place(err: RefamError, sections: Mapping[str, type], config: Mapping[str, An
         built, arguments = err.built
         section = next((name for name, cls in sections.items() if cls is built), None)
         if section is not None:
-            err.section = section
+            err.at(section)
         elif config is not None:
             found = _component_paths(config, built, arguments)
             if found:
-                err.section, err.path = found[0][0], (*found[0][1:], *err.path)
+                err.at(*found[0])
         return err
     # raised after the components were built, or by a section class that jsonargparse built
     # through another instantiator (LightningCLI's for the model and datamodule)
     owner = err.path[0] if err.path else err.field
     holders = [name for name, cls in sections.items() if owner in inspect.signature(cls.__init__).parameters]
     if len(holders) == 1:
-        err.section = holders[0]
+        err.at(holders[0])
     return err
 
 
