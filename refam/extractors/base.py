@@ -12,7 +12,6 @@ from refam.errors import CheckpointError, ConfigError, ExpressionError
 from refam.types import MagnetVectors, TokenMaps
 
 
-PRETRAINED_KEY = "model.extractor.init_args.pretrained"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -25,14 +24,14 @@ def resolve_pretrained(pretrained: str, layout: str) -> str:
     if pretrained.startswith(EMBEDDED_PREFIX):
         folder = resolve_embedded(pretrained)
         if not os.path.isdir(folder):
-            raise CheckpointError(f"{PRETRAINED_KEY}: {pretrained!r} names no model shipped with refam (no folder {folder}); "
-                                  "reinstall refam or give a checkpoint folder")
+            raise CheckpointError(f"{pretrained!r} names no model shipped with refam (no folder {folder}); "
+                                  "reinstall refam or give a checkpoint folder", field="pretrained")
         return folder
     if os.path.isdir(pretrained):
         return pretrained
     looks_like_hub_id = pretrained.count("/") == 1 and not pretrained.startswith((".", "/", "~"))
     if os.path.exists(pretrained) or not looks_like_hub_id:
-        raise CheckpointError(f"{PRETRAINED_KEY}: {pretrained!r} is not a folder. Give {layout}.")
+        raise CheckpointError(f"{pretrained!r} is not a folder. Give {layout}.", field="pretrained")
     return pretrained
 
 
@@ -44,8 +43,8 @@ def load_pipeline(pipeline_class, pretrained: str, layout: str, **kwargs):
         return pipeline_class.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
-            f"{PRETRAINED_KEY}: cannot load a {pipeline_class.__name__} from {pretrained!r}: {err}. Give {layout}, "
-            f"as {pipeline_class.__name__}.save_pretrained writes it."
+            f"cannot load a {pipeline_class.__name__} from {pretrained!r}: {err}. Give {layout}, "
+            f"as {pipeline_class.__name__}.save_pretrained writes it.", field="pretrained"
         ) from err
 
 
@@ -97,10 +96,10 @@ def select_blocks(num_blocks: int, blocks: list[int] | float | None) -> set[int]
         return set(range(num_blocks))
     if isinstance(blocks, float):
         if not 0.0 <= blocks < 1.0:
-            raise ConfigError(f"model.extractor.init_args.blocks: a fraction of filtered blocks must be in [0, 1), got {blocks}")
+            raise ConfigError(f"a fraction of filtered blocks must be in [0, 1), got {blocks}", field="blocks")
         return set(range(int(round(blocks * num_blocks)), num_blocks))
     chosen = {b if b >= 0 else num_blocks + b for b in blocks}
     bad = sorted(b for b in chosen if not 0 <= b < num_blocks)
     if bad or not chosen:
-        raise ConfigError(f"model.extractor.init_args.blocks: {blocks} is not a non-empty list of block indices in [0, {num_blocks})")
+        raise ConfigError(f"{blocks} is not a non-empty list of block indices in [0, {num_blocks})", field="blocks")
     return chosen

@@ -1,10 +1,11 @@
-"""The expression branch and its streaming attention capture, as a diffusers attention processor.
+"""The expression branch's layout and its streaming attention capture.
 
-The denoising stream sees [caption | image] exactly as the stock processor computes it. The K
-expressions ride along as extra text tokens [expr_1 ... expr_K | caption | image]: each expression's
-queries attend to its own tokens and to the image tokens; no caption or image query attends to any
-expression token, and expressions are blind to each other. So the velocity prediction is unchanged
-and K expressions in one forward give the maps of K separate forwards.
+The denoising stream sees the caption and the image exactly as the stock model computes them. The K
+expressions ride along as extra text tokens (`refam.extractors.branch` runs them inside each
+block's attention): each expression's queries attend to its own tokens and to the image tokens; no
+caption or image query attends to any expression token, and expressions are blind to each other. So
+the velocity prediction is unchanged and K expressions in one forward give the maps of K separate
+forwards.
 
 Per selected block the capture adds, in place, one [N, K, L] score map into one buffer, in one of
 two representation spaces (the paper's Table 8):
@@ -30,9 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 SOFTMAX_STAGES = ("after_mean", "per_head")
 REPRESENTATIONS = ("cross_attention", "attention_output")
@@ -121,19 +119,26 @@ class AttentionCapture:
         # weights of the real queries of each expression, broadcast over [H, K L(query), K L(key)]
         self._query_weight = (valid / valid.sum(dim=1, keepdim=True).clamp(min=1)).flatten()[None, :, None]
 
-    def add(self, img_vectors: torch.Tensor, expr_vectors: torch.Tensor, text_probs: torch.Tensor) -> None:
+    def add(self, img_vectors: torch.Tensor, expr_vectors: torch.Tensor, text_probs: torch.Tensor | None) -> None:
         """One block's observation. img_vectors [N, H, D], expr_vectors [K, L, H, D]: for
         "cross_attention" the image queries and expression keys (post norm and RoPE), for
         "attention_output" the image and expression attention outputs (before any output
         projection); text_probs [H, K L, K L] the expression queries' attention on the expression
-        tokens (zero outside each expression's own block)."""
+        tokens (zero outside each expression's own block), or None where the expressions have no
+        queries (cross-attention backbones): then each token's mass is the share of the image
+        queries' attention, softmaxed over the expression's real tokens, it draws."""
         if self.representation == "cross_attention":
             self._add_cross_attention(img_vectors, expr_vectors)
         else:
             self._add_attention_output(img_vectors, expr_vectors)
-        # mean over heads and the expression's real queries of the mass each of its tokens receives
-        mass = (text_probs * self._query_weight).sum(dim=(0, 1))
-        self.text_mass.add_(mass.view_as(self.text_mass), alpha=1 / text_probs.shape[0])
+        if text_probs is None:
+            logits = torch.einsum("nhd,klhd->hnkl", img_vectors.float(), expr_vectors.float()) * img_vectors.shape[-1] ** -0.5
+            share = logits.masked_fill(~self._key_valid, float("-inf")).softmax(dim=-1).nan_to_num_(0.0)
+            self.text_mass.add_(share.mean(dim=(0, 1)))
+        else:
+            # mean over heads and the expression's real queries of the mass each of its tokens receives
+            mass = (text_probs * self._query_weight).sum(dim=(0, 1))
+            self.text_mass.add_(mass.view_as(self.text_mass), alpha=1 / text_probs.shape[0])
         self.observations += 1
 
     def _add_cross_attention(self, q_img: torch.Tensor, k_expr: torch.Tensor) -> None:
@@ -165,108 +170,3 @@ class AttentionCapture:
         if self.observations == 0:
             raise RuntimeError("no block was captured: check the extractor's block selection")
         return (self.scores / self.observations).permute(1, 2, 0), self.text_mass / self.observations
-
-
-def branch_attention(
-    q_e: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The expression branch's attention, shared by every backbone.
-
-    q_e [B, H, K L, D]: the K expressions' queries (L each, right-padded); key, value [B, H, S, D]:
-    the keys in `BranchLayout.key_order`; key_bias [K L, S] (`AttentionCapture.key_bias`) 0 where a
-    query may look and -inf where not, so each expression sees its own real tokens and the image,
-    never the caption or another expression. One scaled, biased matmul (baddbmm), one float32
-    softmax, one matmul. Returns the output [B, H, K L, D] and the probabilities [B, H, K L, S].
-    A bias of shape [B, K L, S] gives each batch item its own (training batches of several scenes).
-    """
-    batch, heads = q_e.shape[:2]
-    if key_bias.dim() == 3:
-        key_bias = key_bias.repeat_interleave(heads, dim=0)
-    logits = torch.baddbmm(
-        key_bias.to(q_e.dtype), q_e.flatten(0, 1), key.flatten(0, 1).transpose(-1, -2), alpha=q_e.shape[-1] ** -0.5
-    )
-    probs = logits.softmax(dim=-1, dtype=torch.float32).to(q_e.dtype)
-    out = torch.bmm(probs, value.flatten(0, 1))
-    return out.unflatten(0, (batch, heads)), probs.unflatten(0, (batch, heads))
-
-
-class ExpressionBranchProcessor:
-    """Drop-in for `FluxAttnProcessor` that runs the expression branch while `capture` is set.
-
-    The extractor puts the branch FIRST in the text sequence, so the joint sequence is
-    [expr_1 ... expr_K | caption | image] and the main stream's [caption | image] is a view of it,
-    not a copy."""
-
-    def __init__(self, block_index: int) -> None:
-        self.block_index = block_index
-        self.stock = FluxAttnProcessor()
-        self.capture: AttentionCapture | None = None
-
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ):
-        capture = self.capture
-        if capture is None:
-            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        if attention_mask is not None:
-            raise ValueError("the expression branch does not support an attention mask on the main stream")
-
-        query, key, value, e_query, e_key, e_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
-        value = value.unflatten(-1, (-1, attn.head_dim))
-        if attn.added_kv_proj_dim is not None:
-            e_query = attn.norm_added_q(e_query.unflatten(-1, (-1, attn.head_dim)))
-            e_key = attn.norm_added_k(e_key.unflatten(-1, (-1, attn.head_dim)))
-            e_value = e_value.unflatten(-1, (-1, attn.head_dim))
-            query = torch.cat([e_query, query], dim=1)
-            key = torch.cat([e_key, key], dim=1)
-            value = torch.cat([e_value, value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
-        layout = capture.layout
-        b, i = layout.branch_len, layout.branch_len + layout.caption_len  # [branch | caption | image]
-        main_out = dispatch_attention_fn(
-            query[:, b:], key[:, b:], value[:, b:],
-            attn_mask=None, backend=self.stock._attention_backend, parallel_config=self.stock._parallel_config,
-        )
-        # the branch's queries meet the whole joint sequence; key_bias hides the caption and other expressions
-        branch_out, probs = branch_attention(
-            query[:, :b].transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), capture.key_bias
-        )
-        if self.block_index in capture.selected_blocks:
-            kk, length = layout.num_expressions, layout.expression_len
-            for item in range(branch_out.shape[0]):
-                if capture.representation == "cross_attention":
-                    img_vectors, expr_vectors = query[item, i:], key[item, :b].unflatten(0, (kk, length))
-                else:  # both before the output projection, from this same block call
-                    img_vectors = main_out[item, layout.caption_len :]
-                    expr_vectors = branch_out[item].transpose(0, 1).unflatten(0, (kk, length))
-                capture.add(img_vectors, expr_vectors, probs[item, :, :, :b])
-        out = torch.cat([branch_out.transpose(1, 2), main_out], dim=1).flatten(2, 3)
-
-        if encoder_hidden_states is None:  # single-stream block: no output projection here
-            return out
-        text_len = encoder_hidden_states.shape[1]
-        context_out, image_out = out[:, :text_len], out[:, text_len:]
-        image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
-        return image_out, attn.to_add_out(context_out.contiguous())
-
-
-def install_branch_processors(transformer) -> list[ExpressionBranchProcessor]:
-    """Give every double and single block of a FluxTransformer2DModel its own branch processor,
-    numbered 0..D-1 (double blocks) then D..D+S-1 (single blocks)."""
-    processors = []
-    blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
-    for index, block in enumerate(blocks):
-        processor = ExpressionBranchProcessor(index)
-        block.attn.set_processor(processor)
-        processors.append(processor)
-    return processors

@@ -30,9 +30,7 @@ OFFLOAD_MODES = ("none", "text_encoders", "model", "group")
 def check_offload(mode: str) -> str:
     if mode not in OFFLOAD_MODES:
         raise ConfigError(
-            f"model.extractor.init_args.offload must be one of {list(OFFLOAD_MODES)}, got {mode!r}; "
-            "'group' fits FLUX.1-dev on a 24 GB card"
-        )
+            f"must be one of {list(OFFLOAD_MODES)}, got {mode!r}; 'group' fits FLUX.1-dev on a 24 GB card", field="offload")
     return mode
 
 

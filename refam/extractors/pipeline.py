@@ -27,7 +27,7 @@ class PipelineExtractor(Extractor):
 
     def __init__(self, pretrained: str, torch_dtype: str, offload: str, local_files_only: bool) -> None:
         if torch_dtype not in DTYPES:
-            raise ConfigError(f"model.extractor.init_args.torch_dtype must be one of {list(DTYPES)}")
+            raise ConfigError(f"must be one of {list(DTYPES)}, got {torch_dtype!r}", field="torch_dtype")
         self.pretrained = pretrained
         self.dtype = DTYPES[torch_dtype]
         self.offload = check_offload(offload)

@@ -16,21 +16,40 @@ from typing import Literal
 
 import torch
 
+from refam.errors import ConfigError
+
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 # yields (x_t, sigma), is sent the velocity predicted at that state (None under plain iteration)
 States = Generator[tuple[torch.Tensor, float], torch.Tensor | None, object]
 
 
+Shift = Callable[[float], float]
+
+
 @dataclass
 class TrajectoryContext:
-    """What a trajectory may use besides the clean latent."""
+    """What a trajectory may use besides the clean latent.
+
+    Every backbone speaks the same units here: sigma is the noise level of rectified flow
+    (x_t = (1 - sigma) x0 + sigma eps, 1 = pure noise) and `velocity` is d x_t / d sigma = eps - x0
+    (the template converts each backbone's own timestep and sign)."""
 
     velocity: Velocity  # plain denoiser forward (no expression branch): v(x_t, sigma)
-    image_seq_len: int  # number of packed image tokens
-    scheduler_config: dict
+    shift: Shift | None  # the backbone's noise-level shift at this resolution; None: it has none
+    backbone: str = "this backbone"  # named when a trajectory refuses it
+
+    def shifted(self, sigma: float) -> float:
+        """sigma through the backbone's shift; a trajectory's `shift` setting that this backbone
+        cannot serve is a ConfigError naming the backbone."""
+        if self.shift is None:
+            raise ConfigError(f"{self.backbone} has no noise-level shift to apply (its pipeline does not schedule "
+                              "with one); set shift: false", field="shift")
+        return self.shift(sigma)
 
 
 class Trajectory(abc.ABC):
+    shift: bool = False  # applies the backbone's noise-level shift (`TrajectoryContext.shifted`)
+
     @abc.abstractmethod
     def states(self, x0: torch.Tensor, generator: torch.Generator, context: TrajectoryContext) -> States:
         """Yield the (x_t, sigma) states to observe; x0 is the packed clean latent [1, N, C].
@@ -74,7 +93,19 @@ def flux_time_shift(sigma: float, image_seq_len: int, scheduler_config: dict) ->
         scheduler_config.get("base_shift", 0.5),
         scheduler_config.get("max_shift", 1.15),
     )
+    if scheduler_config.get("time_shift_type", "exponential") == "linear":
+        return mu / (mu + (1.0 / sigma - 1.0))
     return math.exp(mu) / (math.exp(mu) + (1.0 / sigma - 1.0))
+
+
+def scheduler_shift(scheduler_config: dict, image_seq_len: int) -> Shift:
+    """The shift a `FlowMatchEulerDiscreteScheduler` config applies at this many image tokens: the
+    resolution-dependent one (`use_dynamic_shifting`, FLUX's `calculate_shift`) or its static
+    `shift` s: sigma -> s sigma / (1 + (s - 1) sigma)."""
+    if scheduler_config.get("use_dynamic_shifting", False):
+        return lambda sigma: flux_time_shift(sigma, image_seq_len, scheduler_config) if 0.0 < sigma < 1.0 else sigma
+    static = float(scheduler_config.get("shift", 1.0))
+    return lambda sigma: static * sigma / (1.0 + (static - 1.0) * sigma)
 
 
 def standard_noise(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -84,27 +115,28 @@ def standard_noise(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 
 
 class NoiseAt(Trajectory):
-    """One state: the clean latent noised to `timestep` (diffusers' convention).
+    """One state: the clean latent noised to noise level `sigma`, x_t = (1 - sigma) x0 + sigma eps.
 
-    timestep 750 means sigma = 0.75 and x_t = 0.25 * x0 + 0.75 * eps, whatever the resolution
-    (the scheduler's `scale_noise`). `shift=True` applies FLUX's resolution-dependent shift to sigma
-    instead (0.832 at 256 tokens, 0.849 at 1024, 0.905 at 4096); the paper does not say which.
+    The paper's FLUX "timestep 750" is sigma = 0.75 (x_t = 0.25 x0 + 0.75 eps, whatever the
+    resolution: the scheduler's `scale_noise`); each backbone tells its denoiser sigma in its own
+    timestep unit. `shift=True` applies the backbone's scheduler shift to sigma instead (FLUX: 0.832
+    at 256 tokens, 0.849 at 1024, 0.905 at 4096); the paper does not say which. A backbone with no
+    shift refuses it.
     """
 
-    def __init__(self, timestep: float = 750.0, shift: bool = False) -> None:
-        if not 0.0 < timestep <= 1000.0:
-            raise ValueError(f"NoiseAt.timestep must be in (0, 1000], got {timestep}")
-        self.timestep = timestep
+    def __init__(self, sigma: float = 0.75, shift: bool = False) -> None:
+        if not 0.0 <= sigma <= 1.0:
+            raise ConfigError(f"must be a noise level in [0, 1] (1 = pure noise), got {sigma}", field="sigma")
+        self.sigma = float(sigma)
         self.shift = shift
 
-    def sigma(self, context: TrajectoryContext) -> float:
-        sigma = self.timestep / 1000.0
-        if self.shift and sigma < 1.0:
-            sigma = flux_time_shift(sigma, context.image_seq_len, context.scheduler_config)
-        return sigma
+    def observed_sigma(self, context: TrajectoryContext) -> float:
+        if self.shift and 0.0 < self.sigma < 1.0:
+            return context.shifted(self.sigma)
+        return self.sigma
 
     def states(self, x0, generator, context):
-        sigma = self.sigma(context)
+        sigma = self.observed_sigma(context)
         noise = standard_noise(x0, generator).to(x0.dtype)
         yield (1.0 - sigma) * x0 + sigma * noise, sigma
 
@@ -135,9 +167,9 @@ class RFInversion(Trajectory):
             states are yielded and their velocity is sent back, so they cost no extra forward);
             None = every step. Indices count the steps actually run (`steps` less what `strength`
             drops).
-        shift: apply FLUX's resolution-dependent exponential shift to the schedule (as the
-            reference, whose FLUX scheduler has `use_dynamic_shifting`); False keeps the uniform
-            linspace(1, 1/steps, steps).
+        shift: apply the backbone's scheduler shift to the schedule (as the reference does with
+            FLUX's resolution-dependent exponential shift, `use_dynamic_shifting`); False keeps the
+            uniform linspace(1, 1/steps, steps). A backbone with no shift refuses it.
         strength: start both passes at a partial noise level: the first
             int(steps - steps * strength) levels of the schedule are dropped (reference
             `get_timesteps`); 1.0 = from pure noise (reference default).
@@ -179,18 +211,16 @@ class RFInversion(Trajectory):
         inversion_schedule: Literal["reference", "reversed"] = "reference",
     ) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"RFInversion.steps must be a positive integer, got {steps!r}")
+            raise ConfigError(f"must be a positive integer, got {steps!r}", field="steps")
         for name, value in (("gamma", gamma), ("eta", eta), ("eta_start", eta_start), ("eta_stop", eta_stop)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"RFInversion.{name} must be in [0, 1], got {value}")
+                raise ConfigError(f"must be in [0, 1], got {value}", field=name)
         if eta_start > eta_stop:
-            raise ValueError(f"RFInversion.eta_start must not exceed eta_stop, got {eta_start} > {eta_stop}")
+            raise ConfigError(f"must not exceed eta_stop, got {eta_start} > {eta_stop}", field="eta_start")
         if not 0.0 < strength <= 1.0:
-            raise ValueError(f"RFInversion.strength must be in (0, 1], got {strength}")
+            raise ConfigError(f"must be in (0, 1], got {strength}", field="strength")
         if inversion_schedule not in ("reference", "reversed"):
-            raise ValueError(
-                f"RFInversion.inversion_schedule must be 'reference' or 'reversed', got {inversion_schedule!r}"
-            )
+            raise ConfigError(f"must be 'reference' or 'reversed', got {inversion_schedule!r}", field="inversion_schedule")
         self.steps = steps
         self.gamma = gamma
         self.eta = eta
@@ -202,23 +232,24 @@ class RFInversion(Trajectory):
         # reference get_timesteps: t_start = int(max(N - min(N * strength, N), 0))
         self.skipped = int(max(steps - min(steps * strength, steps), 0))
         if self.skipped >= steps:
-            raise ValueError(f"RFInversion.strength={strength} leaves none of the {steps} steps")
+            raise ConfigError(f"{strength} leaves none of the {steps} steps", field="strength")
         run = steps - self.skipped
         if observe is not None:
             if len(observe) == 0:
-                raise ValueError("RFInversion.observe must name at least one denoising step (None = all)")
+                raise ConfigError("must name at least one denoising step (None = all)", field="observe")
             bad = [i for i in observe if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < run]
             if bad:
-                raise ValueError(f"RFInversion.observe must hold denoising step indices in [0, {run}), got {bad}")
+                raise ConfigError(f"must hold denoising step indices in [0, {run}), got {bad}", field="observe")
         self.observe = observe
 
-    def schedule(self, image_seq_len: int, scheduler_config: dict) -> list[float]:
-        """The descending noise levels both passes use: `steps` levels from 1 (shifted), a terminal
-        0, the first ones cut by `strength`. A denoising pass runs len - 1 steps."""
+    def schedule(self, context: TrajectoryContext) -> list[float]:
+        """The descending noise levels both passes use: `steps` levels from 1 (shifted by the
+        backbone's shift), a terminal 0, the first ones cut by `strength`. A denoising pass runs
+        len - 1 steps."""
         n = self.steps
         sigmas = [1.0 - i * (1.0 - 1.0 / n) / (n - 1) for i in range(n)] if n > 1 else [1.0]
         if self.shift:
-            sigmas = [flux_time_shift(s, image_seq_len, scheduler_config) for s in sigmas]
+            sigmas = [context.shifted(s) for s in sigmas]
         return (sigmas + [0.0])[self.skipped :]
 
     def invert(self, x0: torch.Tensor, generator: torch.Generator, context: TrajectoryContext) -> torch.Tensor:
@@ -226,7 +257,7 @@ class RFInversion(Trajectory):
 
         dY = [u(Y, t) + gamma (u(Y, t | y1) - u(Y, t))] dt with u(Y, t | y1) = (y1 - Y) / (1 - t) and
         y1 = `standard_noise(x0, generator)`, the generator's first draw."""
-        sigmas = self.schedule(context.image_seq_len, context.scheduler_config)
+        sigmas = self.schedule(context)
         y1 = standard_noise(x0, generator)
         if self.inversion_schedule == "reference":
             n = len(sigmas)  # the reference's N counts the terminal 0
@@ -247,7 +278,7 @@ class RFInversion(Trajectory):
 
         v = -DiT(x, sigma); v_hat = v + eta_i ((x0 - x) / sigma - v), eta_i = eta inside the
         [eta_start, eta_stop) window of steps, else 0; x <- x + v_hat (sigma_i - sigma_{i+1})."""
-        sigmas = self.schedule(context.image_seq_len, context.scheduler_config)
+        sigmas = self.schedule(context)
         start = int(self.eta_start * self.steps)  # the reference converts with the full step count
         stop = min(int(self.eta_stop * self.steps), self.steps)
         observed = set(range(len(sigmas) - 1) if self.observe is None else self.observe)

@@ -3,7 +3,7 @@
 Emergent grounding (the flow-matching loss alone) stayed weak or at chance in every run recorded in
 docs/refam-shapes.md, so v2 adds an explicit term on a share of each batch. It reads the maps
 exactly where inference reads them: the referring expressions ride the SAME expression branch as
-`FluxExtractor` (`install_branch_processors`, `BranchLayout`, `branch_attention`: expression
+`FluxExtractor` (`install_flux_branch`, `BranchLayout`, `branch_attention`: expression
 queries see their own tokens and the image, nothing sees them, so the velocity, and with it the
 flow-matching loss, is unchanged), the image-query x expression-key scores are averaged over heads
 and blocks as `AttentionCapture` does ("after_mean"), and the softmax across the expression's tokens
@@ -48,7 +48,7 @@ class BatchCapture:
     """The branch processors' capture for a training batch: per item, per block, the image-query x
     expression-key logits (mean over heads, 1/sqrt(d)), kept with their graph.
 
-    It has what `ExpressionBranchProcessor` reads of an `AttentionCapture` (layout, a key bias,
+    It has what `refam.extractors.branch.joint_branch` reads of an `AttentionCapture` (layout, a key bias,
     the selected blocks, the representation and `add`); the key bias is per item [B, K L, S]
     because each scene's expressions have their own padding."""
 

@@ -107,9 +107,9 @@ class FlowStage(L.LightningModule):
         self.rng = np.random.default_rng(seed)
         self.grounding = None
         if ground_weight > 0:
-            from refam.extractors.capture import install_branch_processors
+            from refam.extractors.flux import install_flux_branch
 
-            self.processors = install_branch_processors(self.transformer)  # the extractor's own branch
+            self.processors = install_flux_branch(self.transformer)  # the extractor's own branch
             self.grounding = GroundingTerm(pipe.tokenizer_2, self.t5)
 
     def on_train_start(self) -> None:

@@ -1,0 +1,188 @@
+"""The expression branch inside a block's attention: one kernel per attention kind, shared by every backbone.
+
+A backbone's attention processor computes what its stock processor computes up to the attention
+itself (projections, QK norms, RoPE, with the block's weights, for the branch's tokens exactly as
+for the caption's), hands the q/k/v to a kernel here, and applies its output projections to the
+kernel's output. The kernels own what is the same everywhere:
+
+- `joint_branch` (joint attention: FLUX.1/2, SD3.5, Qwen-Image, Mochi, CogVideoX, HunyuanVideo):
+  the main stream's attention over its own tokens exactly as the stock processor runs it (the
+  backbone's `main_attention`), the branch's attention (each expression's queries over its own real
+  tokens and the image, never the caption or another expression: `BranchLayout.key_bias`), and the
+  capture of one observation per selected block;
+- `cross_branch` (cross-attention: Wan, PixArt, Sana): the image queries attend to the caption's keys
+  exactly as the stock processor does; the expression keys, made by the same `to_k` (and norm), are
+  scored against the image queries and kept out of the output's softmax.
+
+`BranchProcessor` wraps the stock processor: while its `capture` is None it IS the stock processor
+(same call, same signature: diffusers filters keyword arguments by the processor's signature), and
+while a capture is set it runs the backbone's `with_branch`.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from collections.abc import Callable
+
+import torch
+
+from refam.extractors.capture import AttentionCapture
+
+# the stock attention of the main stream: (query, key, value) [B, S, H, D] -> output [B, S, H, D]
+MainAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def branch_attention(
+    q_e: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expression branch's attention, shared by every backbone.
+
+    q_e [B, H, K L, D]: the K expressions' queries (L each, right-padded); key, value [B, H, S, D]:
+    the keys in `BranchLayout.key_order`; key_bias [K L, S] (`AttentionCapture.key_bias`) 0 where a
+    query may look and -inf where not, so each expression sees its own real tokens and the image,
+    never the caption or another expression. One scaled, biased matmul (baddbmm), one float32
+    softmax, one matmul. Returns the output [B, H, K L, D] and the probabilities [B, H, K L, S].
+    A bias of shape [B, K L, S] gives each batch item its own (training batches of several scenes).
+    """
+    batch, heads = q_e.shape[:2]
+    if key_bias.dim() == 3:
+        key_bias = key_bias.repeat_interleave(heads, dim=0)
+    logits = torch.baddbmm(
+        key_bias.to(q_e.dtype), q_e.flatten(0, 1), key.flatten(0, 1).transpose(-1, -2), alpha=q_e.shape[-1] ** -0.5
+    )
+    probs = logits.softmax(dim=-1, dtype=torch.float32).to(q_e.dtype)
+    out = torch.bmm(probs, value.flatten(0, 1))
+    return out.unflatten(0, (batch, heads)), probs.unflatten(0, (batch, heads))
+
+
+def _segments(capture: AttentionCapture, sequence: tuple[str, ...], total: int) -> dict[str, slice]:
+    """Where each named segment sits in a sequence of `total` tokens laid out in `sequence` order."""
+    layout = capture.layout
+    known = {"branch": layout.branch_len, "caption": layout.caption_len}
+    sizes = {name: known.get(name, 0) for name in sequence}
+    sizes["image"] = total - sum(size for name, size in sizes.items() if name != "image")
+    spans, start = {}, 0
+    for name in sequence:
+        spans[name] = slice(start, start + sizes[name])
+        start += sizes[name]
+    return spans
+
+
+def _pieces(tensor: torch.Tensor, spans: dict[str, slice], names: tuple[str, ...]) -> torch.Tensor:
+    """The segments `names` of a [B, S, ...] tensor, in that order (a view when they are contiguous in it)."""
+    parts = [spans[name] for name in names]
+    if all(a.stop == b.start for a, b in zip(parts, parts[1:])):
+        return tensor[:, parts[0].start : parts[-1].stop]
+    return torch.cat([tensor[:, part] for part in parts], dim=1)
+
+
+def joint_branch(
+    capture: AttentionCapture,
+    block_index: int,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    sequence: tuple[str, ...],
+    main_attention: MainAttention,
+) -> torch.Tensor:
+    """One joint-attention block with the branch riding along.
+
+    query, key, value [B, S, H, D]: the whole joint sequence after the block's norms and RoPE, its
+    segments ("branch", "caption", "image") in `sequence` order; the main stream is `sequence`
+    without the branch, and `main_attention` runs the stock attention on it. The branch's keys are
+    the segments of `capture.layout.key_order`. Returns the joint output [B, S, H, D] in `sequence`
+    order (the branch's rows are its attention output; the main stream's are `main_attention`'s)."""
+    layout = capture.layout
+    spans = _segments(capture, sequence, query.shape[1])
+    main_names = tuple(name for name in sequence if name != "branch")
+    main_out = main_attention(*(_pieces(t, spans, main_names) for t in (query, key, value)))
+    branch_keys = _pieces(key, spans, layout.key_order).transpose(1, 2)
+    branch_values = _pieces(value, spans, layout.key_order).transpose(1, 2)
+    branch_out, probs = branch_attention(query[:, spans["branch"]].transpose(1, 2), branch_keys, branch_values, capture.key_bias)
+    branch_out = branch_out.transpose(1, 2)  # [B, K L, H, D]
+
+    main_spans = _segments(capture, main_names, main_out.shape[1])
+    if block_index in capture.selected_blocks:
+        key_spans = _segments(capture, layout.key_order, branch_keys.shape[2])
+        shape = (layout.num_expressions, layout.expression_len)
+        for item in range(query.shape[0]):
+            if capture.representation == "cross_attention":
+                image_vectors, expression_vectors = query[item, spans["image"]], key[item, spans["branch"]]
+            else:  # both before the output projection, from this same block call
+                image_vectors, expression_vectors = main_out[item, main_spans["image"]], branch_out[item]
+            capture.add(image_vectors, expression_vectors.unflatten(0, shape), probs[item, :, :, key_spans["branch"]])
+
+    return torch.cat([branch_out if name == "branch" else main_out[:, main_spans[name]] for name in sequence], dim=1)
+
+
+def cross_branch(
+    capture: AttentionCapture,
+    block_index: int,
+    query: torch.Tensor,
+    caption_key: torch.Tensor,
+    caption_value: torch.Tensor,
+    branch_key: torch.Tensor,
+    main_attention: MainAttention,
+) -> torch.Tensor:
+    """One cross-attention call with the branch riding along.
+
+    query [B, N, H, D]: the image queries as the stock processor makes them; caption_key,
+    caption_value [B, Lc, H, D]: the caption's; branch_key [B, K L, H, D]: the expressions' keys,
+    made by the same projection and norm. The output is the stock attention over the caption only
+    (the expression keys stay out of its softmax); the capture scores image queries x expression
+    keys (there are no expression queries, so no attention-output space and no text-to-text mass:
+    the capture takes the share of the image's attention each token draws instead)."""
+    out = main_attention(query, caption_key, caption_value)
+    if block_index in capture.selected_blocks:
+        shape = (capture.layout.num_expressions, capture.layout.expression_len)
+        for item in range(query.shape[0]):
+            capture.add(query[item], branch_key[item].unflatten(0, shape), None)
+    return out
+
+
+class BranchProcessor(abc.ABC):
+    """A stock diffusers attention processor with the expression branch switched in while `capture` is set.
+
+    Subclasses name the stock class (`stock_class`) and implement `with_branch(capture, attn, ...)`,
+    which receives the stock call's arguments by name. The wrapper's call signature is the stock
+    one's, so the attention module passes it exactly what it passes the stock processor."""
+
+    stock_class: type
+
+    def __init__(self, block_index: int) -> None:
+        self.block_index = block_index
+        self.stock = self.stock_class()
+        self.capture: AttentionCapture | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "stock_class" not in cls.__dict__:
+            return
+        signature = inspect.signature(cls.stock_class.__call__)
+
+        def __call__(self, *args, **kwargs):
+            if self.capture is None:
+                return self.stock(*args, **kwargs)
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            del arguments[next(iter(signature.parameters))]  # the stock processor's `self`
+            return self.with_branch(self.capture, **arguments)
+
+        __call__.__signature__ = signature
+        cls.__call__ = __call__
+
+    @abc.abstractmethod
+    def with_branch(self, capture: AttentionCapture, attn, **arguments):
+        """The stock processor's computation with the branch's tokens joined (see the kernels)."""
+
+
+def install(blocks: list[torch.nn.Module], processor_class: type[BranchProcessor], attribute: str = "attn") -> list[BranchProcessor]:
+    """Give the attention module `attribute` of each block its own processor, numbered in order."""
+    processors = []
+    for index, block in enumerate(blocks):
+        processor = processor_class(index)
+        getattr(block, attribute).processor = processor
+        processors.append(processor)
+    return processors

@@ -1,0 +1,354 @@
+"""The template every diffusers DiT backbone fills in: the expression branch's lifecycle, written once.
+
+`DiTExtractor.extract` runs the same steps for every backbone: read the K expressions (the
+backbone's `ExpressionReader`), encode the caption, encode the image into a latent and its token
+grid, walk the trajectory (`refam.extractors.trajectory`, in sigma, with velocities eps - x0),
+observe each state with one forward while the branch processors capture, and return `TokenMaps`.
+`VideoExtractor` does the same per clip of frames. A backbone writes only what differs:
+
+- `pipeline_class`, `placement_modules` (what lives where, for `offload`) and `install_branch`
+  (its `BranchProcessor` on every block; the kernels in `refam.extractors.branch` do the rest);
+- `expression_reader` (its tokenizer and text encoder), `encode_caption`, `encode_image`
+  (or `encode_clip`) -> `Latent`;
+- `timestep(sigma)`, the unit its denoiser is told, and `velocity_sign`, the sign of its output;
+- `denoise`, one call of its transformer with the branch's embeddings joined to the text;
+- `branch_layout`, where the branch sits among the keys its processors hand the kernel;
+- `backbone_settings`, its settings that change the maps (for the map cache's key).
+
+Units: every config speaks sigma, the noise level of x_t = (1 - sigma) x0 + sigma eps.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from PIL import Image
+
+from refam.errors import ConfigError
+from refam.extractors.base import sample_seed, select_blocks
+from refam.extractors.branch import BranchProcessor
+from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
+from refam.extractors.pipeline import PipelineExtractor
+from refam.extractors.trajectory import NoiseAt, Shift, Trajectory, TrajectoryContext, drive, scheduler_shift
+from refam.extractors.video import FRAME_WINDOWS, as_frames, plan_clips
+from refam.text.reader import EncodedExpressions, ExpressionReader
+from refam.types import MagnetVectors, TokenInfo, TokenMaps
+
+
+@dataclass
+class Latent:
+    """A clean latent in the layout the denoiser takes, and its image-token grid.
+
+    grid = (frames, rows, cols): the image tokens are frame-major, then row-major (token n is
+    frame n // (rows cols), row (n // cols) % rows, column n % cols); images have one frame."""
+
+    x0: torch.Tensor
+    grid: tuple[int, int, int]
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+
+class DiTExtractor(PipelineExtractor):
+    """A diffusers DiT observed through the expression branch (see the module docstring).
+
+    Args (shared by every backbone; each adds its own):
+        pretrained: a folder in the backbone's diffusers layout, or a hub id (downloads).
+        torch_dtype: "bfloat16" (released weights), "float16" or "float32".
+        trajectory: how the observed states are made, in sigma (`NoiseAt(sigma)`, `RFInversion`);
+            default `NoiseAt(default_sigma)`.
+        blocks: blocks whose maps are averaged (all by default), a list of indices, or a float
+            fraction of the earliest blocks to filter out.
+        softmax_stage: "after_mean" (average logits over heads and blocks, then the aggregator's
+            softmax across tokens) or "per_head" (softmax per head and block, then average).
+        representation: "cross_attention" (image query . expression key / sqrt(d), after the
+            block's norms and RoPE, mean over heads) or "attention_output" (ConceptAttention's
+            output space; joint-attention backbones only).
+        expression_max_tokens: longest expression (with magnets) accepted, in the reader's tokens.
+        seed: base seed of the noise; each sample's noise derives from (seed, sample id).
+        offload: where the modules live (`refam.extractors.offload`).
+        local_files_only: never contact a hub, even for a hub id.
+    """
+
+    attention_kind: ClassVar[str] = "joint"  # or "cross": which kernel its processors use
+    default_sigma: ClassVar[float] = 0.75  # the paper's FLUX "timestep 750"
+    velocity_sign: ClassVar[int] = 1  # +1: the denoiser predicts eps - x0; -1: x0 - eps
+
+    def __init__(
+        self,
+        pretrained: str,
+        torch_dtype: str = "bfloat16",
+        trajectory: Trajectory | None = None,
+        blocks: list[int] | float | None = None,
+        softmax_stage: str = "after_mean",
+        representation: str = "cross_attention",
+        expression_max_tokens: int = 128,
+        seed: int = 0,
+        offload: str = "none",
+        local_files_only: bool = False,
+    ) -> None:
+        super().__init__(pretrained, torch_dtype, offload, local_files_only)
+        if softmax_stage not in SOFTMAX_STAGES:
+            raise ConfigError(f"must be one of {list(SOFTMAX_STAGES)}, got {softmax_stage!r}", field="softmax_stage")
+        if representation not in REPRESENTATIONS:
+            raise ConfigError(f"must be one of {list(REPRESENTATIONS)}, got {representation!r}", field="representation")
+        if representation == "attention_output" and self.attention_kind == "cross":
+            raise ConfigError(
+                f"{type(self).__name__} is a cross-attention model; its expression tokens have no queries, so no "
+                "attention output: use 'cross_attention'", field="representation")
+        self.trajectory = trajectory if trajectory is not None else NoiseAt(self.default_sigma)
+        self.blocks = blocks
+        self.softmax_stage = softmax_stage
+        self.representation = representation
+        self.expression_max_tokens = expression_max_tokens
+        self.seed = seed
+        self.processors: list[BranchProcessor] = []
+
+    # ---------------------------------------------------------------- what a backbone says
+    @abc.abstractmethod
+    def install_branch(self, pipe) -> list[BranchProcessor]:
+        """Put a `BranchProcessor` on every block of `pipe`'s denoiser, numbered in block order."""
+
+    @abc.abstractmethod
+    def expression_reader(self) -> ExpressionReader:
+        """The tokenizer and text encoder the branch reads expressions with."""
+
+    @abc.abstractmethod
+    def encode_caption(self, caption: str):
+        """What the denoising stream is conditioned on (any object `denoise` and `branch_layout` read)."""
+
+    @abc.abstractmethod
+    def encode_image(self, image: Image.Image) -> Latent:
+        """The clean latent of one image and its token grid."""
+
+    @abc.abstractmethod
+    def timestep(self, sigma: float) -> float:
+        """The timestep the denoiser is told for noise level sigma (FLUX: sigma; SD3: 1000 sigma; ...)."""
+
+    @abc.abstractmethod
+    def denoise(self, x_t: torch.Tensor, sigma: float, grid: tuple[int, int, int], condition,
+                branch: torch.Tensor | None) -> torch.Tensor:
+        """One transformer call as the stock pipeline makes it, its raw output; `branch` [1, K L, D]
+        (the expressions' embeddings, or None) joins the text stream where the processors expect it."""
+
+    @abc.abstractmethod
+    def branch_layout(self, encoded: EncodedExpressions, condition) -> BranchLayout:
+        """How many caption tokens the processors see and the order of the branch's keys."""
+
+    def backbone_settings(self) -> dict:
+        """This backbone's own settings that change its maps, for the map cache's key."""
+        return {}
+
+    def check_pipeline(self, pipe) -> None:
+        """Refuse a pipeline this backbone cannot observe (raise CheckpointError), before installing."""
+
+    def check_trajectory(self, trajectory: Trajectory) -> None:
+        """Refuse, by this backbone's name, a trajectory it cannot serve (ConfigError on the
+        trajectory's field); by default one that shifts noise levels on a backbone with no shift."""
+        if trajectory.shift and self.noise_shift(1) is None:
+            raise ConfigError(f"{type(self).__name__} has no noise-level shift to apply (its pipeline does not "
+                              "schedule with one); set shift: false", field="shift").within("trajectory")
+
+    def noise_shift(self, num_image_tokens: int) -> Shift | None:
+        """The shift the backbone's pipeline applies to noise levels at this many image tokens (its
+        scheduler's, by default); None when its pipeline schedules with none."""
+        return scheduler_shift(dict(self.pipe.scheduler.config), num_image_tokens)
+
+    # ---------------------------------------------------------------- the template
+    def prepare(self, pipe) -> None:
+        self.check_pipeline(pipe)
+        self.pipe = pipe  # noise_shift reads its scheduler
+        try:
+            self.check_trajectory(self.trajectory)
+        except ConfigError:
+            self.pipe = None
+            raise
+        self.processors = self.install_branch(pipe)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.processors)
+
+    def map_settings(self) -> dict:
+        from refam.extractors.cache import describe
+
+        return {
+            "trajectory": describe(self.trajectory),
+            "seed": self.seed,
+            "blocks": self.blocks,
+            "softmax_stage": self.softmax_stage,
+            "representation": self.representation,
+            "expression_max_tokens": self.expression_max_tokens,
+            **self.backbone_settings(),
+        }
+
+    def tokenize(self, text: str, magnet_start: int | None) -> list[TokenInfo]:
+        return self.expression_reader().tokenize([(text, magnet_start)])[0]
+
+    def validate_expression(self, text: str) -> None:
+        self.expression_reader().validate(text)
+
+    def encode_expressions(
+        self, expressions: list[tuple[str, int | None]], magnet_vectors: MagnetVectors | None = None
+    ) -> EncodedExpressions:
+        """K expressions in one batch of the reader; callers validate first (the module does, per expression)."""
+        self.placement.enter("text")
+        return self.expression_reader().encode(expressions, self.device, self.dtype, magnet_vectors)
+
+    @contextmanager
+    def capturing(self, capture: AttentionCapture | None):
+        for processor in self.processors:
+            processor.capture = capture
+        try:
+            yield
+        finally:
+            for processor in self.processors:
+                processor.capture = None
+
+    @torch.inference_mode()
+    def forward(self, x_t: torch.Tensor, sigma: float, grid: tuple[int, int, int], condition,
+                expressions: EncodedExpressions | None = None, capture: AttentionCapture | None = None) -> torch.Tensor:
+        """The denoiser's raw output at noise level sigma; with `expressions` and `capture` the branch rides along."""
+        branch = None
+        if expressions is not None:
+            branch = expressions.embeds.reshape(1, -1, expressions.embeds.shape[-1])
+        self.placement.enter("denoise")
+        with self.capturing(capture):
+            return self.denoise(x_t, sigma, grid, condition, branch)
+
+    def new_capture(self, expressions: EncodedExpressions, condition, grid: tuple[int, int, int]) -> AttentionCapture:
+        return AttentionCapture(
+            self.branch_layout(expressions, condition),
+            num_image_tokens=math.prod(grid),
+            selected_blocks=select_blocks(self.num_blocks, self.blocks),
+            softmax_stage=self.softmax_stage,
+            device=self.device,
+            representation=self.representation,
+        )
+
+    def observe(self, latent: Latent, condition, encoded: EncodedExpressions, generator: torch.Generator) -> AttentionCapture:
+        """Walk the trajectory from the latent, capturing at every state it yields."""
+        capture = self.new_capture(encoded, condition, latent.grid)
+        sign = self.velocity_sign
+
+        def velocity(x_t, sigma, expressions=None, capture=None):
+            out = self.forward(x_t, sigma, latent.grid, condition, expressions, capture)
+            return out if sign == 1 else -out
+
+        context = TrajectoryContext(
+            velocity=velocity, shift=self.noise_shift(latent.num_tokens), backbone=type(self).__name__
+        )
+        # the observed forward's velocity goes back to the trajectory (see `Trajectory.states`)
+        drive(self.trajectory.states(latent.x0, generator, context), lambda x_t, sigma: velocity(x_t, sigma, encoded, capture))
+        return capture
+
+    def generator(self, sample_id: str) -> torch.Generator:
+        return torch.Generator("cpu").manual_seed(sample_seed(self.seed, sample_id))
+
+    def require_setup(self) -> None:
+        if self.pipe is None:
+            raise RuntimeError(f"{type(self).__name__}.setup(device) must run before extracting")
+
+    @torch.inference_mode()
+    def extract(self, image, caption, expressions, sample_id, magnet_vectors=None) -> TokenMaps:
+        self.require_setup()
+        encoded = self.encode_expressions(expressions, magnet_vectors)
+        condition = self.encode_caption(caption)
+        latent = self.encode_image(image)
+        capture = self.observe(latent, condition, encoded, self.generator(sample_id))
+        scores, text_mass = capture.result()
+        k, length = encoded.valid.shape
+        return TokenMaps(
+            scores=scores.reshape(k, length, *latent.grid[1:]).cpu() if latent.grid[0] == 1
+            else scores.reshape(k, length, *latent.grid).cpu(),
+            valid=encoded.valid.cpu(),
+            text_mass=text_mass.cpu(),
+            tokens=encoded.tokens,
+            kind=self.maps_kind,
+        )
+
+    @property
+    def maps_kind(self) -> str:
+        return "logits" if self.softmax_stage == "after_mean" else "probs"
+
+
+class VideoExtractor(DiTExtractor):
+    """A video DiT: the template per clip of frames, maps [K, T, F_lat, h, w] with `frame_to_latent`.
+
+    Each pass encodes one clip of `clip_frames` (= c k + 1, c the VAE's `temporal_compression`)
+    consecutive frames, read lazily; `windows="first"` encodes the first clip only (the paper
+    localises in the first frame), "all" consecutive clips covering the whole video. A last (or
+    only) clip shorter than `clip_frames` is padded, by repeating its last frame, to the fewest
+    c k + 1 frames that hold it. An image is a one-frame video.
+
+    Args (besides DiTExtractor's): height, width (pixels every frame is resized to), clip_frames,
+    windows.
+    """
+
+    temporal_compression: ClassVar[int]
+    spatial_multiple: ClassVar[int] = 16  # the VAE's factor times the patch size
+
+    def __init__(self, pretrained: str, height: int, width: int, clip_frames: int, windows: str = "first", **settings) -> None:
+        super().__init__(pretrained, **settings)
+        for name, value in (("height", height), ("width", width)):
+            if value <= 0 or value % self.spatial_multiple:
+                raise ConfigError(f"must be a positive multiple of {self.spatial_multiple}, got {value}", field=name)
+        c = self.temporal_compression
+        if clip_frames < 1 or (clip_frames - 1) % c:
+            raise ConfigError(f"must be {c}k + 1 ({', '.join(str(c * k + 1) for k in range(5))}, ...), got {clip_frames}",
+                              field="clip_frames")
+        if windows not in FRAME_WINDOWS:
+            raise ConfigError(f"must be one of {list(FRAME_WINDOWS)}, got {windows!r}", field="windows")
+        self.height, self.width, self.clip_frames, self.windows = height, width, clip_frames, windows
+
+    @abc.abstractmethod
+    def encode_clip(self, frames: list[Image.Image]) -> Latent:
+        """The clean latent of c k + 1 frames and its token grid (latent frames, rows, cols)."""
+
+    def encode_image(self, image: Image.Image) -> Latent:
+        return self.encode_clip([image])
+
+    def map_settings(self) -> dict:
+        return {**super().map_settings(), "height": self.height, "width": self.width,
+                "clip_frames": self.clip_frames, "windows": self.windows}
+
+    @torch.inference_mode()
+    def extract_video(self, frames: Sequence[Image.Image], caption: str, expressions: list[tuple[str, int | None]],
+                      sample_id: str, magnet_vectors: MagnetVectors | None = None) -> TokenMaps:
+        """Token maps of K expressions over a video: scores [K, T, F_lat, h, w] (latent frames of all
+        encoded clips in order) with `frame_to_latent`. `frames`: a sequence of PIL images, read
+        lazily if the sequence is lazy (`VideoSample.images`, `FrameSequence`), or a `VideoSample`;
+        only the frames of the clips being encoded are read, once each, one clip at a time."""
+        self.require_setup()
+        frames = as_frames(frames)
+        clips = plan_clips(len(frames), self.clip_frames, self.windows, self.temporal_compression)
+        encoded = self.encode_expressions(expressions, magnet_vectors)
+        condition = self.encode_caption(caption)
+        k, length = encoded.valid.shape
+        generator = self.generator(sample_id)  # clips draw their noise one after the other
+        parts, mass, observations = [], None, 0
+        for clip in clips:
+            pixels = [frames[i] for i in range(clip.start, clip.stop)]
+            pixels += [pixels[-1]] * (clip.length - len(pixels))
+            latent = self.encode_clip(pixels)
+            del pixels
+            capture = self.observe(latent, condition, encoded, generator)
+            scores, _ = capture.result()
+            parts.append(scores.reshape(k, length, *latent.grid).cpu())
+            mass = capture.text_mass.clone() if mass is None else mass + capture.text_mass
+            observations += capture.observations
+        return TokenMaps(
+            scores=torch.cat(parts, dim=2),
+            valid=encoded.valid.cpu(),
+            text_mass=(mass / observations).cpu(),
+            tokens=encoded.tokens,
+            kind=self.maps_kind,
+            frame_to_latent=[clip.latent_of(f) for clip in clips for f in range(clip.start, clip.stop)],
+        )
