@@ -1,0 +1,49 @@
+"""Decoder-LLM tokenizers built offline: a byte-level BPE trained in-process on the tiny vocabulary.
+
+The real tokenizer class keeps its own pre-tokenizer, normaliser and decoder (Qwen2's split regex,
+byte-level bytes); only the merges are learnt, here, from `refam.testing.tiny_flux.tiny_vocabulary()`
+words and a pipeline's prompt template, so that each such word is one token at a line start and
+after a space, as common words are in the real vocabularies. Other text still encodes (byte-level
+BPE has no unknown token), in several pieces. The special tokens a pipeline's template names are
+added as the real tokenizer has them, so `pipe.encode_prompt(...)` runs unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from refam.testing.tiny_flux import tiny_vocabulary
+
+# Qwen2.5-VL's added tokens in their real order (ids 151643...; here 0...): end of text, chat turns, vision
+QWEN2_5_VL_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+
+
+def train_byte_level_bpe(base, texts: Sequence[str] = (), special_tokens: Sequence[str] = (),
+                         words: Sequence[str] | None = None):
+    """A tokenizer of `base`'s class and pipeline, its BPE trained on `words` (default: the tiny
+    vocabulary) and `texts` (a prompt template, its special tokens removed), every merge kept so
+    each word and each template word becomes one token. `special_tokens` are added in order."""
+    words = list(words) if words is not None else tiny_vocabulary()
+    text = [" ".join(words), "\n".join(words), *texts]
+    return base.train_new_from_iterator(
+        [text], vocab_size=100_000, new_special_tokens=list(special_tokens), min_frequency=1, show_progress=False
+    )
+
+
+def build_qwen2_tokenizer(template: str = "", words: Sequence[str] | None = None):
+    """A `Qwen2Tokenizer` as Qwen2.5-VL's (eos <|im_end|>, pad <|endoftext|>, no BOS, right padding),
+    with `template`'s words (its chat tokens removed) each one token."""
+    from transformers import Qwen2Tokenizer
+
+    plain = template.replace("{}", " ")
+    for token in QWEN2_5_VL_SPECIAL_TOKENS:
+        plain = plain.replace(token, "\n")
+    tokenizer = train_byte_level_bpe(Qwen2Tokenizer(), [plain], QWEN2_5_VL_SPECIAL_TOKENS, words)
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.model_max_length = 131072
+    return tokenizer
