@@ -1,0 +1,183 @@
+"""Referring expressions through a prompt-templated decoder-only LLM (Qwen2.5-VL for Qwen-Image,
+Mistral 3 or Qwen3 for FLUX.2, Llama for HunyuanVideo).
+
+Such a pipeline wraps the prompt in a chat template, runs the LLM, takes one or more of its hidden
+layers and drops a fixed number of leading tokens (the system prompt). `DecoderReader` encodes each
+expression exactly so (same template, layers and drop), as the `PromptTemplate` a backbone gives it
+says. K expressions share one batch padded on the right: a causal LLM's real tokens never attend
+to later positions and their positions count from the left, so each expression gets the
+embeddings it gets alone.
+
+Words: byte-level BPE pieces carry their leading space ("Ġdog", with offsets over " dog"), so
+offsets are trimmed to the word before `refam.text.tokens.tokens_to_words` names it, and a bare
+space piece ("Ġ" before "_" or a digit) belongs to the word after it. The template's tokens that
+the pipeline keeps (Qwen-Image's "<|im_end|>\\n<|im_start|>assistant\\n") are special: they ride
+in the branch as the end of text does, and the aggregator drops them. Vector magnets are rows
+inserted where appended words would go: after the expression's last token, before the template's
+suffix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from refam.errors import ConfigError, ExpressionError
+from refam.text.reader import EncodedExpressions, ExpressionReader
+from refam.text.tokens import tokens_to_words, word_spans
+from refam.types import MagnetVectors, TokenInfo
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a pipeline prepares a prompt for its decoder LLM.
+
+    Args:
+        text: the templated input with one "{}" where the prompt goes (the pipeline's
+            `template.format(prompt)`, or a chat template rendered around "{}").
+        drop: leading tokens of the templated input the pipeline discards (Qwen-Image 34, its
+            system prompt; HunyuanVideo 95; FLUX.2 0).
+        hidden_layers: the LLM hidden states the pipeline takes (0 = input embeddings, -1 = the
+            last, normed), concatenated over features in this order: Qwen-Image (-1,),
+            HunyuanVideo (-3,), FLUX.2 (10, 20, 30).
+        add_special_tokens: whether the tokenizer adds its own BOS/EOS to the templated text, as
+            the pipeline's call does (False for a rendered chat template that holds them already).
+    """
+
+    text: str
+    drop: int = 0
+    hidden_layers: tuple[int, ...] = (-1,)
+    add_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if self.text.count("{}") != 1:
+            raise ConfigError(f"must hold exactly one '{{}}' where the prompt goes, got {self.text!r}", field="text")
+        if self.drop < 0:
+            raise ConfigError(f"must be a number of tokens >= 0, got {self.drop}", field="drop")
+        if not self.hidden_layers:
+            raise ConfigError("must name at least one hidden layer (-1: the last)", field="hidden_layers")
+
+    @property
+    def prefix(self) -> str:
+        return self.text.split("{}")[0]
+
+    @property
+    def suffix(self) -> str:
+        return self.text.split("{}")[1]
+
+
+def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
+    """A token's span in `text` clipped to it and without its leading spaces (a bare space piece
+    becomes the empty span where the next word starts)."""
+    start, end = max(start, 0), min(end, len(text))
+    while start < end and text[start].isspace():
+        start += 1
+    return start, max(start, end)
+
+
+def _expression_words(text: str, pieces: list[str], spans: list[tuple[int, int]], special: list[bool],
+                      magnet_start: int | None) -> list[TokenInfo]:
+    """`tokens_to_words` on trimmed spans; an empty span (a bare space piece) takes the word after it."""
+    spans = [_trimmed(text, start, end) for start, end in spans]
+    word_at = {start: text[start:end].lower() for start, end in word_spans(text)}
+    infos = tokens_to_words(text, pieces, spans, special, magnet_start)
+    return [replace(t, word=word_at.get(t.start, "")) if not t.special and t.start == t.end else t for t in infos]
+
+
+@dataclass
+class _Batch:
+    ids: torch.Tensor  # [K, S] the templated inputs, right-padded
+    mask: torch.Tensor  # [K, S]
+    tokens: list[list[TokenInfo]]  # each row's tokens from `drop` on, padding excluded
+    ends: list[int]  # each row's index (in the full input) just after its expression's last token
+
+
+class DecoderReader(ExpressionReader):
+    """A decoder-only LLM and its tokenizer, reading expressions as the pipeline reads a prompt.
+
+    Args:
+        tokenizer: the pipeline's tokenizer (a fast one: offsets are needed).
+        encoder: the pipeline's text encoder (`inputs_embeds`, `attention_mask` and
+            `output_hidden_states` in, `hidden_states` out), e.g. Qwen2_5_VLForConditionalGeneration.
+        template: the pipeline's template, drop and hidden layers.
+        max_tokens: the longest expression (with magnets) accepted, counted in its own tokens (the
+            template's are not counted).
+        limit_name: the extractor setting `max_tokens` comes from, named when an expression is too long.
+    """
+
+    def __init__(self, tokenizer, encoder, template: PromptTemplate, max_tokens: int,
+                 limit_name: str = "expression_max_tokens") -> None:
+        self.tokenizer, self.encoder, self.template = tokenizer, encoder, template
+        self.max_tokens, self.limit_name = max_tokens, limit_name
+        self._special_ids = set(tokenizer.all_special_ids)
+
+    def _batch(self, expressions: list[tuple[str, int | None]]) -> _Batch:
+        template = self.template
+        prefix, suffix = template.prefix, template.suffix
+        enc = self.tokenizer(
+            [prefix + text + suffix for text, _ in expressions], padding="longest", padding_side="right",
+            return_offsets_mapping=True, add_special_tokens=template.add_special_tokens, return_tensors="pt",
+        )
+        tokens, ends = [], []
+        for (text, magnet_start), ids, mask, offsets in zip(
+            expressions, enc["input_ids"].tolist(), enc["attention_mask"].tolist(), enc["offset_mapping"].tolist()
+        ):
+            n, first, stop = sum(mask), len(prefix), len(prefix) + len(text)
+            inside = [s < stop and e > first and i not in self._special_ids for i, (s, e) in zip(ids, offsets)][:n]
+            if not any(inside):
+                raise ExpressionError(f"the expression {text!r} gives no tokens of its own")
+            head, last = inside.index(True), n - inside[::-1].index(True)
+            if head < template.drop:
+                raise ConfigError(
+                    f"drop is {template.drop} tokens but the template's prefix is {head} tokens with this tokenizer: "
+                    "the drop would cut into the expression", field="template")
+            keep = slice(template.drop, n)
+            tokens.append(_expression_words(
+                text, self.tokenizer.convert_ids_to_tokens(ids[keep]), [(s - first, e - first) for s, e in offsets[keep]],
+                [not flag for flag in inside[keep]], magnet_start))
+            ends.append(last)
+        return _Batch(enc["input_ids"], enc["attention_mask"], tokens, ends)
+
+    def count_tokens(self, text: str) -> int:
+        return sum(not t.special for t in self._batch([(text, None)]).tokens[0])
+
+    def tokenize(self, expressions: list[tuple[str, int | None]]) -> list[list[TokenInfo]]:
+        return self._batch(expressions).tokens
+
+    @torch.inference_mode()
+    def encode(self, expressions: list[tuple[str, int | None]], device: torch.device, dtype: torch.dtype,
+               magnet_vectors: MagnetVectors | None = None) -> EncodedExpressions:
+        batch = self._batch(expressions)
+        table = self.encoder.get_input_embeddings()
+        inputs, mask, tokens = table(batch.ids.to(self.encoder.device)), batch.mask.to(self.encoder.device), batch.tokens
+        vectors = magnet_vectors(table.weight) if magnet_vectors is not None else None
+        if vectors is not None:
+            at = [end - self.template.drop for end in batch.ends]
+            inputs, mask = insert_rows(inputs, mask, batch.ends, vectors.to(inputs))
+            magnets = [TokenInfo(f"<vector {j}>", "", special=False, magnet=True) for j in range(vectors.shape[0])]
+            tokens = [row[:i] + magnets + row[i:] for row, i in zip(tokens, at)]
+        out = self.encoder(inputs_embeds=inputs, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        hidden = torch.cat([out.hidden_states[layer] for layer in self.template.hidden_layers], dim=-1)
+        length = max(len(row) for row in tokens)
+        keep = slice(self.template.drop, self.template.drop + length)
+        padding = TokenInfo(self.tokenizer.pad_token or "", "", special=True, magnet=False)
+        return EncodedExpressions(
+            embeds=hidden[:, keep].to(device, dtype),
+            valid=mask[:, keep].bool().cpu(),
+            tokens=[row + [padding] * (length - len(row)) for row in tokens],
+        )
+
+
+def insert_rows(inputs: torch.Tensor, mask: torch.Tensor, at: list[int], rows: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Insert the same M rows [M, D] into each sequence of inputs [K, S, D] before index at[k]
+    (the rest moves right); returns [K, S + M, D] inputs and their [K, S + M] mask."""
+    k, length, dim = inputs.shape
+    m = rows.shape[0]
+    out = inputs.new_zeros(k, length + m, dim)
+    out_mask = mask.new_zeros(k, length + m)
+    for row, i in enumerate(at):
+        out[row, :i], out[row, i : i + m], out[row, i + m :] = inputs[row, :i], rows, inputs[row, i:]
+        out_mask[row, :i], out_mask[row, i : i + m], out_mask[row, i + m :] = mask[row, :i], 1, mask[row, i:]
+    return out, out_mask
