@@ -17,7 +17,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 from refam.errors import ConfigError
 from refam.extractors.branch import BranchProcessor, install, joint_branch
 from refam.extractors.capture import BranchLayout
-from refam.extractors.template import DiTExtractor, Latent
+from refam.extractors.template import DiTExtractor, Latent, resize_to, vae_latent
 from refam.text.t5 import T5Reader
 
 CHECKPOINT_LAYOUT = (
@@ -126,19 +126,11 @@ class FluxExtractor(DiTExtractor):
 
     def image_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) the image is resized to: multiples of 16 (VAE factor 8 x 2x2 packing)."""
-        multiple = self.pipe.vae_scale_factor * 2
-        if not self.keep_aspect:
-            return self.resolution, self.resolution
-        scale = (self.resolution**2 / (width * height)) ** 0.5
-        return (max(multiple, round(height * scale / multiple) * multiple), max(multiple, round(width * scale / multiple) * multiple))
+        return resize_to(width, height, self.resolution, self.keep_aspect, self.pipe.vae_scale_factor * 2)
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
-        height, width = self.image_size(*image.size)
-        pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
-        vae = self.pipe.vae
-        latent = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
-        latent = (latent - vae.config.shift_factor) * vae.config.scaling_factor
+        latent = vae_latent(self.pipe, image, *self.image_size(*image.size), self.device)
         _, channels, lh, lw = latent.shape
         return Latent(self.pipe._pack_latents(latent, 1, channels, lh, lw).to(self.dtype), (1, lh // 2, lw // 2))
 

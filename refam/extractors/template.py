@@ -56,6 +56,25 @@ class Latent:
         return math.prod(self.grid)
 
 
+def resize_to(width: int, height: int, resolution: int, keep_aspect: bool, multiple: int) -> tuple[int, int]:
+    """(height, width) an image is resized to: resolution x resolution (ConceptAttention's
+    convention), or about resolution^2 pixels at its aspect ratio with `keep_aspect`, in multiples
+    of `multiple` (the VAE's factor times the patch size)."""
+    if not keep_aspect:
+        return resolution, resolution
+    scale = (resolution**2 / (width * height)) ** 0.5
+    return (max(multiple, round(height * scale / multiple) * multiple), max(multiple, round(width * scale / multiple) * multiple))
+
+
+def vae_latent(pipe, image: Image.Image, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """An image's clean latent [1, C, h, w] normalised as image-to-image pipelines do,
+    (z - shift_factor) * scaling_factor, from the distribution's mode (a sample would add noise)."""
+    pixels = pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+    vae = pipe.vae
+    latent = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode()
+    return (latent - vae.config.shift_factor) * vae.config.scaling_factor
+
+
 class DiTExtractor(PipelineExtractor):
     """A diffusers DiT observed through the expression branch (see the module docstring).
 
