@@ -1,0 +1,138 @@
+"""Stable Diffusion 3 / 3.5 (diffusers `StableDiffusion3Pipeline`) on the template: joint attention, T5 expressions.
+
+Sigma convention: the transformer is told timestep 1000 sigma, unscaled (the pipeline passes the
+scheduler's timesteps), in float32 (bfloat16 would make 750 into 752), and predicts eps - x0, as
+FLUX does. The scheduler shifts statically (shift 3.0: sigma -> 3 sigma / (1 + 2 sigma)), which
+`NoiseAt(shift=True)` applies.
+
+The joint sequence is [image | caption | expressions]: the processor puts image tokens first, and
+the branch goes after the caption, so the main stream is a prefix view. The MMDiT gives text
+tokens no position (image tokens get a fixed sin-cos table at patch embedding), so the branch's
+tokens need none. The caption is 77 CLIP rows (CLIP-L and CLIP-G side by side, zero-padded to T5's
+width) then T5 rows, with no mask: the padding is attended. The branch reads expressions with T5
+only (`text_encoder_3`): one word-aligned tokenization, full width, the reader FLUX uses; the CLIP
+rows would add a second, causal tokenization of every word (docs/backbones.md). SD3.5-medium's
+dual-attention blocks add an image-only `attn2`, which never sees text; the branch rides in `attn`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+from refam.errors import ConfigError
+from refam.extractors.branch import BranchProcessor, install, joint_branch
+from refam.extractors.capture import BranchLayout
+from refam.extractors.template import DiTExtractor, Latent, resize_to, vae_latent
+from refam.text.t5 import T5Reader
+
+CHECKPOINT_LAYOUT = (
+    "the folder of a Stable Diffusion 3 checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
+    "text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/, text_encoder_3/, tokenizer_3/, scheduler/) "
+    "or a hub id such as stabilityai/stable-diffusion-3.5-large")
+
+
+class SD3BranchProcessor(BranchProcessor):
+    """`JointAttnProcessor2_0` in a block's `attn` with the branch after the caption."""
+
+    stock_class = JointAttnProcessor2_0
+
+    def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, **_):
+        def heads(x, norm=None):  # [B, S, H, D], normed per head as the stock processor norms
+            x = x.unflatten(-1, (attn.heads, -1))
+            return x if norm is None else norm(x)
+
+        query = torch.cat([heads(attn.to_q(hidden_states), attn.norm_q),
+                           heads(attn.add_q_proj(encoder_hidden_states), attn.norm_added_q)], dim=1)
+        key = torch.cat([heads(attn.to_k(hidden_states), attn.norm_k),
+                         heads(attn.add_k_proj(encoder_hidden_states), attn.norm_added_k)], dim=1)
+        value = torch.cat([heads(attn.to_v(hidden_states)), heads(attn.add_v_proj(encoder_hidden_states))], dim=1)
+
+        def main_attention(q, k, v):  # the stock call: SDPA on [B, H, S, D], no mask (SD3 has none)
+            q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False).transpose(1, 2)
+
+        out = joint_branch(capture, self.block_index, query, key, value, ("image", "caption", "branch"), main_attention)
+        out = out.flatten(2, 3).to(query.dtype)
+        num_image = hidden_states.shape[1]
+        image_out = attn.to_out[1](attn.to_out[0](out[:, :num_image]))
+        text_out = out[:, num_image:]  # the last block (context_pre_only) drops it unprojected, as the stock one
+        return image_out, text_out if attn.context_pre_only else attn.to_add_out(text_out)
+
+
+@dataclass
+class SD3Caption:
+    embeds: torch.Tensor  # [1, 77 + caption_max_tokens, D]: CLIP rows (zero-padded to T5's width), then T5 rows
+    pooled: torch.Tensor  # [1, P]: CLIP-L's and CLIP-G's pooled vectors
+
+
+class SD3Extractor(DiTExtractor):
+    """Cross-attention maps of referring expressions from an SD3 / SD3.5 MMDiT (timestep 1000 sigma).
+
+    Args (besides `DiTExtractor`'s; SD3.5-large has 38 blocks, SD3.5-medium 24, blocks 0-12 with dual attention):
+        resolution: the image is resized to resolution x resolution, or to about resolution^2 pixels
+            at its aspect ratio with `keep_aspect` (at most `pos_embed_max_size` x 16 pixels a side).
+        caption_max_tokens: T5 length of the denoising prompt (the pipeline's default 256). The
+            padding is attended, so this changes the velocity itself.
+    """
+
+    checkpoint_layout = CHECKPOINT_LAYOUT
+
+    def __init__(self, pretrained: str, resolution: int = 1024, keep_aspect: bool = False, caption_max_tokens: int = 256,
+                 **settings) -> None:
+        super().__init__(pretrained, **settings)
+        if resolution <= 0 or resolution % 16:
+            raise ConfigError(f"must be a positive multiple of 16, got {resolution}", field="resolution")
+        if not 0 < caption_max_tokens <= 512:  # the pipeline's limit
+            raise ConfigError(f"must be in 1..512, got {caption_max_tokens}", field="caption_max_tokens")
+        self.resolution, self.keep_aspect, self.caption_max_tokens = resolution, keep_aspect, caption_max_tokens
+
+    def backbone_settings(self) -> dict:
+        return {"resolution": self.resolution, "keep_aspect": self.keep_aspect, "caption_max_tokens": self.caption_max_tokens}
+
+    def pipeline_class(self) -> type:
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline
+
+    def install_branch(self, pipe) -> list[SD3BranchProcessor]:
+        return install(list(pipe.transformer.transformer_blocks), SD3BranchProcessor, attribute="attn")
+
+    def placement_modules(self, pipe):
+        return [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3], pipe.transformer, [pipe.vae]
+
+    def expression_reader(self) -> T5Reader:
+        return T5Reader(self.pipe.tokenizer_3, self.pipe.text_encoder_3, self.expression_max_tokens)
+
+    @torch.inference_mode()
+    def encode_caption(self, caption: str) -> SD3Caption:
+        self.placement.enter("text")
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=caption, prompt_2=None, prompt_3=None, device=self.placement.text_device,
+            do_classifier_free_guidance=False, max_sequence_length=self.caption_max_tokens,
+        )
+        return SD3Caption(embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype))
+
+    @torch.inference_mode()
+    def encode_image(self, image) -> Latent:
+        multiple = self.pipe.vae_scale_factor * self.pipe.patch_size
+        latent = vae_latent(self.pipe, image, *resize_to(*image.size, self.resolution, self.keep_aspect, multiple), self.device)
+        _, _, lh, lw = latent.shape  # the transformer patchifies [1, C, h, w] itself, row-major
+        return Latent(latent.to(self.dtype), (1, lh // self.pipe.patch_size, lw // self.pipe.patch_size))
+
+    def timestep(self, sigma: float) -> float:
+        return 1000.0 * sigma
+
+    def denoise(self, x_t, sigma, grid, condition: SD3Caption, branch):
+        text = condition.embeds if branch is None else torch.cat([condition.embeds, branch.to(condition.embeds.dtype)], dim=1)
+        return self.pipe.transformer(
+            hidden_states=x_t, encoder_hidden_states=text, pooled_projections=condition.pooled, return_dict=False,
+            timestep=torch.full((1,), self.timestep(sigma), device=self.device, dtype=torch.float32),
+        )[0]
+
+    def branch_layout(self, encoded, condition: SD3Caption) -> BranchLayout:
+        return BranchLayout(caption_len=condition.embeds.shape[1], key_valid=encoded.valid,
+                            key_order=("image", "caption", "branch"))
