@@ -1,0 +1,111 @@
+"""The backbone contract: what every extractor on the template must satisfy, and what it needs to know.
+
+A backbone is described by a `ContractEntry` (refam's own are in tests/extractors/contract/
+entry_<name>.py, one file each; `load_entries` finds them). Everything an entry says about the
+STOCK model (how its pipeline calls the transformer, how block 0's queries and keys come out of the
+stock modules and the stock RoPE) is written from the diffusers pipeline and processor, never from
+refam's extractor, so the contract catches the extractor disagreeing with the model it observes.
+The invariants (DESIGN.md, "The expression branch") are checked by tests/extractors/contract/
+test_contract.py with the helpers here; a new backbone's author runs the same suite on theirs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+
+class StopForward(Exception):
+    """Raised by a pre-hook once it has what it needs: the rest of the forward is not run."""
+
+
+def block_inputs(module: torch.nn.Module, run: Callable[[], Any]) -> dict:
+    """The keyword (and positional, as "args") inputs `module` receives during `run()`, which stops there."""
+    seen: dict = {}
+
+    def hook(_module, args, kwargs):
+        seen.update(kwargs, args=args)
+        raise StopForward
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    return seen
+
+
+@dataclass(frozen=True)
+class ContractEntry:
+    """A backbone under the contract.
+
+    Args:
+        name: short id (pytest ids).
+        extractor_class, pipeline_class: the refam extractor and the stock diffusers pipeline.
+        save: (folder, depth) -> the folder of a tiny random pipeline of the real classes with
+            `depth` blocks of each kind.
+        settings: extractor keyword arguments for the tiny model (float32, tiny sizes).
+        image_size: (width, height) of the test image; its token grid must not be square.
+        stock_velocity: (stock pipe, x_t, sigma, grid, caption) -> the transformer's output as the
+            stock pipeline calls it at noise level sigma (its ids, masks, timestep unit).
+        block0_vectors: (stock pipe, x_t, sigma, grid, caption, expression embeds [1, L, D]) ->
+            (image queries [N, H, D], expression keys [L, H, D]) of block 0 after its norms and
+            the stock RoPE, the expression read as a caption's tokens of the same length are read.
+        positions_off: (transformer, monkeypatch) -> None: switch every positional encoding off
+            (RoPE to the identity, absolute embeddings to zero), for the planted-cell check.
+        patch: (frames, rows, cols) of VAE latent cells per token.
+        depth_observations: blocks observed per forward as a function of depth.
+    """
+
+    name: str
+    extractor_class: type
+    pipeline_class: type
+    save: Callable[[Path, int], Path]
+    settings: dict
+    image_size: tuple[int, int]
+    stock_velocity: Callable[..., torch.Tensor]
+    block0_vectors: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    positions_off: Callable[[Any, Any], None]
+    patch: tuple[int, int, int] = (1, 2, 2)
+    depth_observations: Callable[[int], int] = field(default=lambda depth: depth)
+
+
+def load_entries(folder: Path) -> list[ContractEntry]:
+    """The `ENTRY` of every entry_<name>.py in `folder`."""
+    entries = []
+    for path in sorted(Path(folder).glob("entry_*.py")):
+        spec = importlib.util.spec_from_file_location(f"refam_contract_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        entries.append(module.ENTRY)
+    return entries
+
+
+def noised_latent(extractor, image, sigma: float, sample_id: str):
+    """(latent, x_t): the image's clean latent and the state `NoiseAt(sigma)` observes for this
+    sample, recomputed here from its definition, x_t = (1 - sigma) x0 + sigma eps."""
+    from refam.extractors.trajectory import standard_noise
+
+    latent = extractor.encode_image(image)
+    noise = standard_noise(latent.x0, extractor.generator(sample_id)).to(latent.x0.dtype)
+    return latent, (1.0 - sigma) * latent.x0 + sigma * noise
+
+
+def recomputed_scores(entry: ContractEntry, stock, extractor, image, caption: str, expression: tuple[str, int | None],
+                      sigma: float, sample_id: str) -> torch.Tensor:
+    """Block 0's map of one expression [L, N], mean over heads of q . k / sqrt(d), recomputed from
+    the stock pipeline's modules (`entry.block0_vectors`) at the state the extractor observes."""
+    latent, x_t = noised_latent(extractor, image, sigma, sample_id)
+    encoded = extractor.encode_expressions([expression])
+    with torch.no_grad():
+        query, key = entry.block0_vectors(stock, x_t, sigma, latent.grid, caption, encoded.embeds)
+    heads, dim = query.shape[1], query.shape[2]
+    return torch.einsum("nhd,lhd->ln", query.float(), key.float()) * dim**-0.5 / heads

@@ -1,0 +1,70 @@
+"""FLUX.1 under the contract: the stock `FluxPipeline.__call__` and `FluxAttnProcessor`."""
+
+import torch
+from diffusers import FluxPipeline
+from diffusers.models.embeddings import apply_rotary_emb
+
+from refam.extractors.flux import FluxExtractor
+from refam.testing.contract import ContractEntry, block_inputs
+from refam.testing.tiny_flux import save_tiny_flux
+
+
+def _call(pipe, x_t, sigma, grid, text, pooled):
+    # FluxPipeline.__call__: timestep / 1000 of sigma * 1000, zero text ids, image ids (0, row, col)
+    return pipe.transformer(
+        hidden_states=x_t, encoder_hidden_states=text, pooled_projections=pooled,
+        timestep=torch.full((1,), sigma), guidance=torch.full((1,), 3.5),
+        img_ids=pipe._prepare_latent_image_ids(1, grid[1], grid[2], "cpu", torch.float32),
+        txt_ids=torch.zeros(text.shape[1], 3), return_dict=False,
+    )[0]
+
+
+def _caption(pipe, caption):
+    embeds, pooled, _ = pipe.encode_prompt(prompt=caption, prompt_2=caption, max_sequence_length=16)
+    return embeds, pooled
+
+
+def stock_velocity(pipe, x_t, sigma, grid, caption):
+    return _call(pipe, x_t, sigma, grid, *_caption(pipe, caption))
+
+
+def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
+    embeds, pooled = _caption(pipe, caption)
+    attn = pipe.transformer.transformer_blocks[0].attn
+    image = block_inputs(attn, lambda: _call(pipe, x_t, sigma, grid, embeds, pooled))
+    text = block_inputs(attn, lambda: _call(pipe, x_t, sigma, grid, expression, pooled))  # the expression as the caption
+    n, length = x_t.shape[1], expression.shape[1]
+    cos, sin = image["image_rotary_emb"]
+    query = attn.norm_q(attn.to_q(image["hidden_states"]).unflatten(-1, (attn.heads, -1)))
+    query = apply_rotary_emb(query, (cos[-n:], sin[-n:]), sequence_dim=1)
+    cos, sin = text["image_rotary_emb"]
+    key = attn.norm_added_k(attn.add_k_proj(text["encoder_hidden_states"]).unflatten(-1, (attn.heads, -1)))
+    key = apply_rotary_emb(key, (cos[:length], sin[:length]), sequence_dim=1)
+    return query[0], key[0]
+
+
+class _NoRope(torch.nn.Module):
+    def __init__(self, head_dim):
+        super().__init__()
+        self.head_dim = head_dim
+
+    def forward(self, ids):
+        return torch.ones(ids.shape[0], self.head_dim), torch.zeros(ids.shape[0], self.head_dim)
+
+
+def positions_off(transformer, monkeypatch):
+    monkeypatch.setattr(transformer, "pos_embed", _NoRope(transformer.config.attention_head_dim))
+
+
+ENTRY = ContractEntry(
+    name="flux",
+    extractor_class=FluxExtractor,
+    pipeline_class=FluxPipeline,
+    save=lambda folder, depth: save_tiny_flux(folder, double_blocks=depth, single_blocks=depth),
+    settings=dict(torch_dtype="float32", resolution=96, keep_aspect=True, caption_max_tokens=16),
+    image_size=(120, 70),
+    stock_velocity=stock_velocity,
+    block0_vectors=block0_vectors,
+    positions_off=positions_off,
+    depth_observations=lambda depth: 2 * depth,
+)

@@ -1,0 +1,59 @@
+"""Mochi 1 under the contract: the stock `MochiPipeline.__call__` and `MochiAttnProcessor2_0`."""
+
+import torch
+from diffusers import MochiPipeline
+
+from refam.extractors.mochi import MochiExtractor
+from refam.testing.contract import ContractEntry, block_inputs
+from refam.testing.tiny_mochi import save_tiny_mochi
+
+
+def _call(pipe, x_t, sigma, text, mask):
+    # MochiPipeline.__call__: timestep t = 1000 (1 - sigma) (invert_sigmas), in the latents' dtype
+    return pipe.transformer(hidden_states=x_t, encoder_hidden_states=text, encoder_attention_mask=mask,
+                            timestep=torch.full((1,), 1000.0 * (1.0 - sigma)), return_dict=False)[0]
+
+
+def _caption(pipe, caption):
+    embeds, mask, _, _ = pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, max_sequence_length=16)
+    return embeds, mask
+
+
+def stock_velocity(pipe, x_t, sigma, grid, caption):
+    return _call(pipe, x_t, sigma, *_caption(pipe, caption))
+
+
+def _rope(x, cos, sin):
+    # MochiAttnProcessor2_0's rotation of interleaved (even, odd) pairs
+    even, odd = x[..., 0::2].float(), x[..., 1::2].float()
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).to(x.dtype)
+
+
+def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
+    embeds, mask = _caption(pipe, caption)
+    attn = pipe.transformer.transformer_blocks[0].attn1
+    # text tokens have no RoPE; the expression's tokens ride after the caption as masked text (the
+    # caption pooler and the modulation see the caption only), so read them from the same call
+    text = torch.cat([embeds, expression], dim=1)
+    seen = block_inputs(attn, lambda: _call(pipe, x_t, sigma, text, torch.cat([mask, mask.new_zeros(1, expression.shape[1])], 1)))
+    query = attn.norm_q(attn.to_q(seen["hidden_states"]).unflatten(2, (attn.heads, -1)))
+    query = _rope(query, *seen["image_rotary_emb"])
+    key = attn.norm_added_k(attn.add_k_proj(seen["encoder_hidden_states"]).unflatten(2, (attn.heads, -1)))
+    return query[0], key[0, embeds.shape[1]:]
+
+
+def positions_off(transformer, monkeypatch):
+    monkeypatch.setattr(transformer.pos_frequencies, "data", torch.zeros_like(transformer.pos_frequencies))
+
+
+ENTRY = ContractEntry(
+    name="mochi",
+    extractor_class=MochiExtractor,
+    pipeline_class=MochiPipeline,
+    save=lambda folder, depth: save_tiny_mochi(folder, layers=depth),
+    settings=dict(torch_dtype="float32", height=48, width=80, clip_frames=7, caption_max_tokens=16),
+    image_size=(100, 60),
+    stock_velocity=stock_velocity,
+    block0_vectors=block0_vectors,
+    positions_off=positions_off,
+)

@@ -1,0 +1,64 @@
+"""Qwen-Image under the contract: the stock `QwenImagePipeline.__call__` and `QwenDoubleStreamAttnProcessor2_0`."""
+
+import torch
+from diffusers import QwenImagePipeline
+from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+from refam.extractors.qwenimage import QwenImageExtractor
+from refam.testing.contract import ContractEntry, block_inputs
+from refam.testing.tiny_qwenimage import save_tiny_qwenimage
+
+
+def _call(pipe, x_t, sigma, grid, text, mask):
+    # QwenImagePipeline.__call__: timestep / 1000 of the scheduler's 1000 sigma, the caption's mask,
+    # img_shapes [(1, rows, cols)] per item
+    return pipe.transformer(
+        hidden_states=x_t, timestep=torch.full((1,), sigma), encoder_hidden_states=text,
+        encoder_hidden_states_mask=mask, img_shapes=[[grid]], return_dict=False,
+    )[0]
+
+
+def stock_velocity(pipe, x_t, sigma, grid, caption):
+    return _call(pipe, x_t, sigma, grid, *pipe.encode_prompt(caption, max_sequence_length=32))
+
+
+def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
+    attn = pipe.transformer.transformer_blocks[0].attn
+    image = block_inputs(attn, lambda: stock_velocity(pipe, x_t, sigma, grid, caption))
+    text = block_inputs(attn, lambda: _call(pipe, x_t, sigma, grid, expression, None))  # the expression as the caption
+    head_dim = attn.inner_dim // attn.heads
+    query = attn.norm_q(attn.to_q(image["hidden_states"]).unflatten(-1, (-1, head_dim)))
+    query = apply_rotary_emb_qwen(query, image["image_rotary_emb"][0], use_real=False)
+    key = attn.norm_added_k(attn.add_k_proj(text["encoder_hidden_states"]).unflatten(-1, (-1, head_dim)))
+    key = apply_rotary_emb_qwen(key, text["image_rotary_emb"][1], use_real=False)
+    return query[0], key[0]
+
+
+class _NoRope(torch.nn.Module):
+    """The identity rotation (complex ones) for every image and text token."""
+
+    def __init__(self, head_dim):
+        super().__init__()
+        self.half = head_dim // 2
+
+    def forward(self, video_fhw, device=None, max_txt_seq_len=None):
+        frames, rows, cols = video_fhw[0][0]
+        ones = lambda n: torch.ones(n, self.half, dtype=torch.complex64, device=device)  # noqa: E731
+        return ones(frames * rows * cols), ones(int(max_txt_seq_len))
+
+
+def positions_off(transformer, monkeypatch):
+    monkeypatch.setattr(transformer, "pos_embed", _NoRope(transformer.config.attention_head_dim))
+
+
+ENTRY = ContractEntry(
+    name="qwenimage",
+    extractor_class=QwenImageExtractor,
+    pipeline_class=QwenImagePipeline,
+    save=lambda folder, depth: save_tiny_qwenimage(folder, layers=depth),
+    settings=dict(torch_dtype="float32", resolution=96, keep_aspect=True, caption_max_tokens=32),
+    image_size=(120, 70),  # a 5 x 8 token grid: odd rows, so MSRoPE's centred rows are uneven
+    stock_velocity=stock_velocity,
+    block0_vectors=block0_vectors,
+    positions_off=positions_off,
+)

@@ -1,0 +1,160 @@
+"""The expression branch's contract (DESIGN.md, "The expression branch"), on every backbone.
+
+Each backbone is a tiny random model of its real diffusers classes (tests/extractors/contract/
+entry_<name>.py). The claims: the branch leaves the velocity exactly the stock model's; K
+expressions in one forward give the maps of K separate forwards; the maps are what the stock
+modules and the stock RoPE give (recomputed independently, on a non-square grid, RoPE on); a
+planted latent cell lands on its row, column and pixel; the capture does not grow with depth.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from refam.aggregators.magnets import AppendMagnets
+from refam.extractors.trajectory import NoiseAt
+from refam.prompts.point import argmax_points
+from refam.testing.contract import load_entries, noised_latent, recomputed_scores
+
+ENTRIES = load_entries(Path(__file__).parent)
+MAGNETS = AppendMagnets()
+EXPRESSIONS = ["the red dog on the left", "a man", "the small blue car near the tree"]
+CAPTION = "a dog and a man"
+SIGMA = 0.6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many tiny forwards on a shared 2-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=ENTRIES, ids=[entry.name for entry in ENTRIES])
+def backbone(request, tmp_path_factory):
+    entry = request.param
+    return entry, entry.save(tmp_path_factory.mktemp(entry.name) / "pipe", 2)
+
+
+def _extractor(entry, folder, **overrides):
+    extractor = entry.extractor_class(str(folder), **{**entry.settings, **overrides})
+    extractor.setup(torch.device("cpu"))
+    return extractor
+
+
+def _stock(entry, folder):
+    return entry.pipeline_class.from_pretrained(str(folder), dtype=torch.float32)
+
+
+def _image(entry, seed=0):
+    width, height = entry.image_size
+    pixels = torch.rand(height, width, 3, generator=torch.Generator().manual_seed(seed))
+    return Image.fromarray((pixels * 255).to(torch.uint8).numpy())
+
+
+def test_velocity_is_the_stock_models_bit_for_bit(backbone):
+    entry, folder = backbone
+    extractor = _extractor(entry, folder)
+    latent, x_t = noised_latent(extractor, _image(entry), SIGMA, "velocity")
+    encoded = extractor.encode_expressions([MAGNETS.augment(e) for e in EXPRESSIONS])
+    condition = extractor.encode_caption(CAPTION)
+    capture = extractor.new_capture(encoded, condition, latent.grid)
+    with_branch = extractor.forward(x_t, SIGMA, latent.grid, condition, encoded, capture)
+    with torch.no_grad():  # as the stock pipeline's __call__ runs
+        stock = entry.stock_velocity(_stock(entry, folder), x_t, SIGMA, latent.grid, CAPTION)
+    assert capture.observations == extractor.num_blocks
+    assert capture.scores.abs().sum() > 0
+    assert torch.equal(with_branch, stock), f"max difference {(with_branch - stock).abs().max():.3g}"
+
+
+def _representations(entry):
+    return ["cross_attention"] + (["attention_output"] if entry.extractor_class.attention_kind == "joint" else [])
+
+
+@pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
+def test_k_expressions_together_give_the_maps_each_gives_alone(backbone, softmax_stage):
+    entry, folder = backbone
+    image = _image(entry)
+    for representation in _representations(entry):
+        extractor = _extractor(entry, folder, softmax_stage=softmax_stage, representation=representation)
+        together = extractor.extract(image, CAPTION, [MAGNETS.augment(e) for e in EXPRESSIONS], "k")
+        for k, expression in enumerate(EXPRESSIONS):
+            alone = extractor.extract(image, CAPTION, [MAGNETS.augment(expression)], "k")
+            length = alone.valid.shape[1]
+            assert together.valid[k, :length].equal(alone.valid[0]) and not together.valid[k, length:].any()
+            torch.testing.assert_close(together.scores[k, :length], alone.scores[0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(together.text_mass[k, :length], alone.text_mass[0], rtol=1e-4, atol=1e-6)
+            assert [t.piece for t in together.tokens[k][:length]] == [t.piece for t in alone.tokens[0]]
+
+
+def test_maps_are_the_stock_modules_with_the_stock_rope_on_a_non_square_grid(backbone):
+    entry, folder = backbone
+    extractor = _extractor(entry, folder, blocks=[0], trajectory=NoiseAt(SIGMA))
+    stock = _stock(entry, folder)
+    image = _image(entry, seed=1)
+    for expression in EXPRESSIONS[:2]:
+        augmented = MAGNETS.augment(expression)
+        maps = extractor.extract(image, CAPTION, [augmented], "recompute")
+        assert maps.scores.shape[-2] != maps.scores.shape[-1], "the test needs a non-square token grid"
+        expected = recomputed_scores(entry, stock, extractor, image, CAPTION, augmented, SIGMA, "recompute")
+        torch.testing.assert_close(maps.scores[0].flatten(1), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_planted_latent_cell_lands_on_its_row_column_and_pixel(backbone, monkeypatch):
+    """A latent uniform but for one token's cells: with positional encodings off every other image
+    token stays identical through all blocks (permutation symmetry), so exactly one cell of each
+    token map differs: the planted one, on a non-square grid, and its point is the cell's pixel."""
+    entry, folder = backbone
+    extractor = _extractor(entry, folder, trajectory=NoiseAt(0.0))
+    entry.positions_off(extractor.pipe.transformer, monkeypatch)
+    image = _image(entry)
+    vae, real_encode = extractor.pipe.vae, extractor.pipe.vae.encode
+    shapes = []
+
+    def recording_encode(*args, **kwargs):
+        encoded = real_encode(*args, **kwargs)
+        shapes.append(encoded.latent_dist.mode().shape)  # the VAE's latent for this image
+        return encoded
+
+    monkeypatch.setattr(vae, "encode", recording_encode)
+    frames, rows, cols = extractor.encode_image(image).grid
+    assert rows != cols
+    row, col = 1, cols - 2
+    pt, ph, pw = entry.patch
+    planted = torch.zeros(shapes[0])
+    planted[..., row * ph : (row + 1) * ph, col * pw : (col + 1) * pw] = 3.0
+
+    class _Encoded:
+        latent_dist = type("D", (), {"mode": staticmethod(lambda *a, **k: planted), "sample": staticmethod(lambda *a, **k: planted)})
+
+    monkeypatch.setattr(vae, "encode", lambda *a, **k: _Encoded)
+    maps = extractor.extract(image, "", [MAGNETS.augment("the red dog")], "planted")
+    assert maps.scores.shape[-2:] == (rows, cols)
+    width, height = image.size
+    for t in range(int(maps.valid[0].sum())):
+        grid = maps.scores[0, t]
+        difference = (grid - grid[rows - 1, 0]).abs()
+        differs = difference > 1e-5 * grid.abs().max()
+        assert differs.sum() == 1 and differs[row, col], f"token {t}: cells {differs.nonzero().tolist()} differ"
+        x, y = argmax_points(difference[None], height, width)[0].tolist()
+        assert col * width / cols <= x < (col + 1) * width / cols and row * height / rows <= y < (row + 1) * height / rows
+
+
+def test_capture_memory_does_not_grow_with_depth(backbone, tmp_path):
+    entry, _ = backbone
+    sizes = []
+    for depth in (1, 3):
+        extractor = _extractor(entry, entry.save(tmp_path / f"depth-{depth}", depth))
+        latent, x_t = noised_latent(extractor, _image(entry), SIGMA, "memory")
+        encoded = extractor.encode_expressions([MAGNETS.augment(e) for e in EXPRESSIONS])
+        condition = extractor.encode_caption(CAPTION)
+        capture = extractor.new_capture(encoded, condition, latent.grid)
+        before = (capture.scores.data_ptr(), capture.text_mass.data_ptr())
+        extractor.forward(x_t, SIGMA, latent.grid, condition, encoded, capture)
+        assert (capture.scores.data_ptr(), capture.text_mass.data_ptr()) == before  # accumulated in place
+        assert capture.observations == entry.depth_observations(depth)
+        sizes.append(sum(t.numel() * t.element_size() for t in vars(capture).values() if isinstance(t, torch.Tensor)))
+    assert sizes[0] == sizes[1]

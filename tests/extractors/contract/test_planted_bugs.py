@@ -1,0 +1,76 @@
+"""The contract catches the bugs that slipped past the per-backbone tests it replaced: FLUX's image
+ids with rows and columns swapped, and the expression tokens given a RoPE position the caption's
+tokens do not get. Each is planted in a FluxExtractor subclass; the contract's checks must fail."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from refam.aggregators.magnets import AppendMagnets
+from refam.extractors.flux import FluxExtractor
+from refam.extractors.trajectory import NoiseAt
+from refam.testing.contract import load_entries, noised_latent, recomputed_scores
+
+FLUX = next(entry for entry in load_entries(Path(__file__).parent) if entry.name == "flux")
+EXPRESSION = AppendMagnets().augment("the red dog on the left")
+
+
+class SwappedImageIds(FluxExtractor):
+    def denoise(self, x_t, sigma, grid, condition, branch):
+        ids = self.pipe._prepare_latent_image_ids(1, grid[1], grid[2], self.device, self.dtype)
+        swapped = ids[:, [0, 2, 1]]  # (0, column, row) instead of (0, row, column)
+        text = condition.embeds if branch is None else torch.cat([branch, condition.embeds], dim=1)
+        return self.pipe.transformer(
+            hidden_states=x_t, encoder_hidden_states=text, pooled_projections=condition.pooled,
+            timestep=torch.full((1,), sigma), img_ids=swapped, txt_ids=torch.zeros(text.shape[1], 3),
+            guidance=condition.guidance, return_dict=False,
+        )[0]
+
+
+class ExpressionTokensOffPosition(FluxExtractor):
+    def denoise(self, x_t, sigma, grid, condition, branch):
+        text = condition.embeds if branch is None else torch.cat([branch, condition.embeds], dim=1)
+        txt_ids = torch.zeros(text.shape[1], 3)
+        if branch is not None:  # the branch's tokens numbered along an axis the caption's are not
+            txt_ids[: branch.shape[1], 2] = torch.arange(branch.shape[1], dtype=torch.float32)
+        return self.pipe.transformer(
+            hidden_states=x_t, encoder_hidden_states=text, pooled_projections=condition.pooled,
+            timestep=torch.full((1,), sigma), img_ids=self.pipe._prepare_latent_image_ids(1, grid[1], grid[2], "cpu", self.dtype),
+            txt_ids=txt_ids, guidance=condition.guidance, return_dict=False,
+        )[0]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return FLUX.save(tmp_path_factory.mktemp("flux-bugs") / "pipe", 2)
+
+
+def _gap(extractor_class, folder) -> float:
+    extractor = extractor_class(str(folder), **{**FLUX.settings, "blocks": [0], "trajectory": NoiseAt(0.6)})
+    extractor.setup(torch.device("cpu"))
+    stock = FLUX.pipeline_class.from_pretrained(str(folder), dtype=torch.float32)
+    image = Image.new("RGB", FLUX.image_size, (30, 120, 200))
+    image.paste((220, 40, 40), (10, 5, 50, 35))
+    maps = extractor.extract(image, "a dog", [EXPRESSION], "bug")
+    expected = recomputed_scores(FLUX, stock, extractor, image, "a dog", EXPRESSION, 0.6, "bug")
+    return float((maps.scores[0].flatten(1) - expected).abs().max() / expected.abs().max())
+
+
+def test_the_correct_extractor_passes(folder):
+    assert _gap(FluxExtractor, folder) < 1e-5
+
+
+@pytest.mark.parametrize("planted", [SwappedImageIds, ExpressionTokensOffPosition], ids=["swapped-image-ids", "expression-rope"])
+def test_a_planted_bug_fails_the_recomputation(folder, planted):
+    assert _gap(planted, folder) > 1e-2
+
+
+def test_swapped_image_ids_also_change_the_velocity(folder):
+    extractor = SwappedImageIds(str(folder), **FLUX.settings)
+    extractor.setup(torch.device("cpu"))
+    latent, x_t = noised_latent(extractor, Image.new("RGB", FLUX.image_size), 0.6, "bug")
+    with torch.no_grad():
+        stock = FLUX.stock_velocity(FLUX.pipeline_class.from_pretrained(str(folder), dtype=torch.float32), x_t, 0.6, latent.grid, "a dog")
+    assert not torch.allclose(extractor.forward(x_t, 0.6, latent.grid, extractor.encode_caption("a dog")), stock, atol=1e-4)
