@@ -1,0 +1,152 @@
+"""Qwen-Image (diffusers `QwenImagePipeline`) on the template: joint attention, Qwen2.5-VL expressions.
+
+Sigma convention: the transformer is told sigma itself (the pipeline passes the scheduler's
+timestep / 1000; the model embeds 1000 sigma) and predicts eps - x0, as FLUX does. The scheduler
+shifts dynamically and exponentially (mu from the image tokens, base 0.5 at 256 to max 0.9 at 8192),
+which `NoiseAt(shift=True)` applies without the schedule-wide `shift_terminal` stretch, which a single
+noise level does not have (0.75 -> 0.857 at 1024 x 1024).
+
+The joint sequence is [expressions | caption | image]: the branch goes first in the text stream, so
+the main stream's [caption | image] is a view of it. MSRoPE gives text token j the position
+max(rows // 2, cols // 2) + j on every axis after the image's centred grid; the processor rotates
+each expression's token j and the caption's token j alike (the stock model would number the branch
+after the caption). Expressions are read by the pipeline's own Qwen2.5-VL, in its prompt template,
+with its 34-token system prefix dropped (`refam.text.decoder`).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0, apply_rotary_emb_qwen
+
+from refam.errors import CheckpointError, ConfigError
+from refam.extractors.branch import BranchProcessor, install, joint_branch
+from refam.extractors.capture import BranchLayout
+from refam.extractors.template import DiTExtractor, Latent, resize_to
+from refam.text.decoder import DecoderReader, PromptTemplate
+
+CHECKPOINT_LAYOUT = (
+    "the folder of a Qwen-Image checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
+    "text_encoder/, tokenizer/, scheduler/) or a hub id such as Qwen/Qwen-Image")
+
+
+class QwenImageBranchProcessor(BranchProcessor):
+    """`QwenDoubleStreamAttnProcessor2_0` with the branch first in the text stream."""
+
+    stock_class = QwenDoubleStreamAttnProcessor2_0
+
+    def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, encoder_hidden_states_mask,
+                    attention_mask, image_rotary_emb):
+        if encoder_hidden_states_mask is not None or attention_mask is not None:
+            raise ValueError("the expression branch does not support a mask on the caption")
+        head_dim = attn.inner_dim // attn.heads
+
+        def heads(x, norm=None):  # [B, S, H, D], normed per head as the stock processor norms
+            x = x.unflatten(-1, (-1, head_dim))
+            return x if norm is None else norm(x)
+
+        layout = capture.layout
+        image_freqs, text_freqs = image_rotary_emb
+        # expression token j and caption token j get the same position (text_freqs[j])
+        text_freqs = torch.cat([text_freqs[: layout.expression_len].repeat(layout.num_expressions, 1),
+                                text_freqs[: layout.caption_len]])
+        text, image = encoder_hidden_states, hidden_states
+        query = torch.cat([apply_rotary_emb_qwen(heads(attn.add_q_proj(text), attn.norm_added_q), text_freqs, use_real=False),
+                           apply_rotary_emb_qwen(heads(attn.to_q(image), attn.norm_q), image_freqs, use_real=False)], dim=1)
+        key = torch.cat([apply_rotary_emb_qwen(heads(attn.add_k_proj(text), attn.norm_added_k), text_freqs, use_real=False),
+                         apply_rotary_emb_qwen(heads(attn.to_k(image), attn.norm_k), image_freqs, use_real=False)], dim=1)
+        value = torch.cat([heads(attn.add_v_proj(text)), heads(attn.to_v(image))], dim=1)
+
+        def main_attention(q, k, v):  # the stock call (no mask: one caption's embeddings have none)
+            return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                         backend=self.stock._attention_backend, parallel_config=self.stock._parallel_config)
+
+        out = joint_branch(capture, self.block_index, query, key, value, ("branch", "caption", "image"), main_attention)
+        out = out.flatten(2, 3).to(query.dtype)
+        text_out, image_out = out[:, : text.shape[1]], out[:, text.shape[1] :]
+        image_out = attn.to_out[0](image_out.contiguous())
+        if len(attn.to_out) > 1:
+            image_out = attn.to_out[1](image_out)  # dropout
+        return image_out, attn.to_add_out(text_out.contiguous())
+
+
+class QwenImageExtractor(DiTExtractor):
+    """Cross-attention maps of referring expressions from Qwen-Image's MMDiT (60 double-stream blocks).
+
+    Args (besides `DiTExtractor`'s):
+        resolution: the image is resized to resolution x resolution (ConceptAttention's
+            convention), or to about resolution^2 pixels at its aspect ratio with `keep_aspect`.
+        caption_max_tokens: the caption's longest embedding after the template's prefix (the
+            pipeline's call: 512).
+    """
+
+    checkpoint_layout = CHECKPOINT_LAYOUT
+
+    def __init__(self, pretrained: str, resolution: int = 1024, keep_aspect: bool = False, caption_max_tokens: int = 512,
+                 **settings) -> None:
+        super().__init__(pretrained, **settings)
+        if resolution % 16:
+            raise ConfigError(f"must be a multiple of 16, got {resolution}", field="resolution")
+        self.resolution, self.keep_aspect, self.caption_max_tokens = resolution, keep_aspect, caption_max_tokens
+
+    def backbone_settings(self) -> dict:
+        return {"resolution": self.resolution, "keep_aspect": self.keep_aspect, "caption_max_tokens": self.caption_max_tokens}
+
+    def pipeline_class(self) -> type:
+        from diffusers import QwenImagePipeline
+
+        return QwenImagePipeline
+
+    def check_pipeline(self, pipe) -> None:
+        config = pipe.transformer.config
+        variant = [name for name in ("guidance_embeds", "zero_cond_t", "use_additional_t_cond", "use_layer3d_rope")
+                   if config.get(name, False)]
+        if variant:
+            raise CheckpointError(f"the transformer sets {', '.join(variant)} (an edit, layered or distilled variant); "
+                                  "this extractor observes Qwen-Image's text-to-image transformer", field="pretrained")
+
+    def install_branch(self, pipe) -> list[QwenImageBranchProcessor]:
+        return install(list(pipe.transformer.transformer_blocks), QwenImageBranchProcessor)
+
+    def placement_modules(self, pipe):
+        return [pipe.text_encoder], pipe.transformer, [pipe.vae]
+
+    def expression_reader(self) -> DecoderReader:
+        template = PromptTemplate(self.pipe.prompt_template_encode, drop=self.pipe.prompt_template_encode_start_idx)
+        return DecoderReader(self.pipe.tokenizer, self.pipe.text_encoder, template, self.expression_max_tokens)
+
+    @torch.inference_mode()
+    def encode_caption(self, caption: str) -> torch.Tensor:
+        """The caption's embeddings [1, Lc, D] as the pipeline makes them (one prompt: no mask)."""
+        self.placement.enter("text")
+        embeds, _ = self.pipe.encode_prompt(caption, device=self.placement.text_device,
+                                            max_sequence_length=self.caption_max_tokens)
+        return embeds.to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def encode_image(self, image) -> Latent:
+        """As QwenImageImg2ImgPipeline: a one-frame VAE latent, (z - mean) / std per channel, packed 2x2
+        (the distribution's mode: a sample would add noise)."""
+        height, width = resize_to(*image.size, self.resolution, self.keep_aspect, self.pipe.vae_scale_factor * 2)
+        pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+        vae = self.pipe.vae
+        latent = vae.encode(pixels[:, :, None].to(self.device, vae.dtype)).latent_dist.mode()[:, :, 0]
+        mean, std = (torch.tensor(v, device=latent.device, dtype=latent.dtype).view(1, -1, 1, 1)
+                     for v in (vae.config.latents_mean, vae.config.latents_std))
+        latent = (latent - mean) / std
+        _, channels, lh, lw = latent.shape
+        return Latent(self.pipe._pack_latents(latent, 1, channels, lh, lw).to(self.dtype), (1, lh // 2, lw // 2))
+
+    def timestep(self, sigma: float) -> float:
+        return sigma  # the pipeline passes timestep / 1000; the model embeds 1000 sigma
+
+    def denoise(self, x_t, sigma, grid, condition: torch.Tensor, branch):
+        text = condition if branch is None else torch.cat([branch.to(condition.dtype), condition], dim=1)
+        return self.pipe.transformer(
+            hidden_states=x_t, encoder_hidden_states=text, encoder_hidden_states_mask=None, img_shapes=[[grid]],
+            timestep=torch.full((1,), self.timestep(sigma), device=self.device, dtype=self.dtype), return_dict=False,
+        )[0]
+
+    def branch_layout(self, encoded, condition: torch.Tensor) -> BranchLayout:
+        return BranchLayout(caption_len=condition.shape[1], key_valid=encoded.valid)
