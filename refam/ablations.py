@@ -106,7 +106,7 @@ def _magnet_rows() -> tuple[Row, ...]:
 
 
 def _trajectory_rows() -> tuple[Row, ...]:
-    noise = {"class_path": "refam.extractors.trajectory.NoiseAt", "init_args": {"timestep": 750}}
+    noise = {"class_path": "refam.extractors.trajectory.NoiseAt", "init_args": {"sigma": 0.75}}
     return (Row("refam", ("REFAM",), _model(extractor={"init_args": {"trajectory": noise}})),
             Row("refam-inversion", ("REFAM + Inversion",),
                 _model(extractor={"init_args": {"trajectory": copy.deepcopy(INVERSION)}})))
@@ -147,7 +147,9 @@ TABLES: dict[int, Table] = {t.number: t for t in (
 READINGS: dict[str, tuple[tuple[str, ...], Row]] = {
     # "timestep 990" read in FLUX's convention (sigma = 0.99, nearly pure noise) instead of Mochi's
     "video-sigma-0.99": (("configs/davis.yaml",), Row("video-sigma-0.99", ("sigma 0.99",),
-                                                      _model(extractor={"init_args": {"sigma": 0.99}}))),
+                                                      _model(extractor={"init_args": {"trajectory": {
+                                                          "class_path": "refam.extractors.trajectory.NoiseAt",
+                                                          "init_args": {"sigma": 0.99}}}}))),
 }
 
 

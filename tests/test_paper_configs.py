@@ -21,7 +21,7 @@ def test_config_has_the_paper_settings(name):
     assert result.returncode == 0, result.stderr[-2000:]
     config = yaml.safe_load(result.stdout)
     extractor = config["model"]["extractor"]["init_args"]
-    assert extractor["trajectory"]["init_args"] == {"timestep": 750.0, "shift": False}
+    assert extractor["trajectory"]["init_args"] == {"sigma": 0.75, "shift": False}
     assert extractor["blocks"] is None  # all blocks
     assert extractor["pretrained"] == "checkpoints/FLUX.1-dev"
     assert config["model"]["magnets"]["init_args"]["magnets"] == ["_", "with", "to", "and", "pink"]
@@ -72,7 +72,7 @@ def test_video_config_has_the_paper_settings(name, reader, splits):
     config = yaml.safe_load(result.stdout)
     extractor = config["model"]["extractor"]
     assert extractor["class_path"] == "refam.extractors.mochi.MochiExtractor"
-    assert extractor["init_args"]["sigma"] == 0.01  # "timestep 990" in Mochi's convention
+    assert extractor["init_args"]["trajectory"]["init_args"]["sigma"] == 0.01  # "timestep 990" in Mochi's convention
     assert extractor["init_args"]["blocks"] is None and extractor["init_args"]["windows"] == "first"
     assert config["model"]["magnets"]["init_args"]["magnets"] == ["_", "with", "to", "and", "pink"]
     assert config["model"]["segmenter"]["class_path"] == "refam.segmenters.sam2_video.SAM2VideoSegmenter"
