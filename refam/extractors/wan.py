@@ -1,0 +1,156 @@
+"""Wan 2.1 / 2.2 text-to-video (diffusers `WanPipeline`) on the template: cross-attention, UMT5 expressions, video.
+
+Sigma convention: the transformer is told timestep 1000 sigma (FLUX's unit; the UniPC scheduler has
+flow sigmas with a static `flow_shift`, 3 in the Diffusers configs) and predicts eps - x0.
+
+Video tokens attend to themselves in each block's `attn1` (RoPE over frame, row, column) and to the
+caption's UMT5 states in `attn2` (no RoPE, no mask: the caption is zero-padded to 512 keys). The
+branch rides after the caption, [caption | expressions], so the per-token `text_embedder` projects
+expressions as it projects captions; each `attn2` processor strips them, runs the stock attention on
+the caption and scores video queries against their keys from the same `to_k` / `norm_k`
+(`cross_branch`). Wan 2.2 A14B's two experts both carry the branch (block i of either is block i);
+a forward runs the one WanPipeline runs at that sigma (`transformer` while 1000 sigma >= boundary).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
+
+from refam.errors import CheckpointError, ConfigError
+from refam.extractors.branch import BranchProcessor, cross_branch, install
+from refam.extractors.capture import BranchLayout
+from refam.extractors.template import Latent, VideoExtractor
+from refam.extractors.trajectory import scheduler_shift
+from refam.text.t5 import T5Reader
+
+CHECKPOINT_LAYOUT = (
+    "the folder of a Wan text-to-video checkpoint in the diffusers layout (model_index.json, transformer/ [and "
+    "transformer_2/], vae/, text_encoder/, tokenizer/, scheduler/) or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+
+
+def experts(pipe) -> list:
+    return [t for t in (pipe.transformer, pipe.transformer_2) if t is not None]
+
+
+class WanBranchProcessor(BranchProcessor):
+    """`WanAttnProcessor` of a block's `attn2` with the expressions' keys after the caption's."""
+
+    stock_class = WanAttnProcessor
+
+    def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb):
+        text, expressions = encoder_hidden_states.split_with_sizes(
+            (encoder_hidden_states.shape[1] - capture.layout.branch_len, capture.layout.branch_len), dim=1)
+        query, key, value = _get_qkv_projections(attn, hidden_states, text)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        branch_key = attn.norm_k(attn.to_k(expressions))
+        query, key, value, branch_key = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value, branch_key))
+
+        def main_attention(q, k, v):
+            return dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                         backend=self.stock._attention_backend, parallel_config=None)
+
+        out = cross_branch(capture, self.block_index, query, key, value, branch_key, main_attention)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
+
+
+class WanExtractor(VideoExtractor):
+    """Cross-attention maps of referring expressions from Wan's transformer, per latent frame.
+
+    Args (besides `VideoExtractor`'s; Wan 2.1 1.3B has 30 blocks, 14B 40; native 480 x 832, clips of 4k + 1 frames):
+        caption_max_tokens: UMT5 length of the denoising prompt (Wan: 512, zero-padded, unmasked).
+        vae_tiling: encode frames in spatial tiles (diffusers `enable_tiling`), to save memory.
+    """
+
+    attention_kind = "cross"
+    checkpoint_layout = CHECKPOINT_LAYOUT
+    temporal_compression = 4  # AutoencoderKLWan: temperal_downsample (False, True, True)
+
+    def __init__(self, pretrained: str, height: int = 480, width: int = 832, clip_frames: int = 21, windows: str = "first",
+                 caption_max_tokens: int = 512, vae_tiling: bool = False, **settings) -> None:
+        super().__init__(pretrained, height, width, clip_frames, windows, **settings)
+        self.caption_max_tokens, self.vae_tiling = caption_max_tokens, vae_tiling
+
+    def backbone_settings(self) -> dict:
+        return {"caption_max_tokens": self.caption_max_tokens, "vae_tiling": self.vae_tiling}
+
+    def pipeline_class(self) -> type:
+        from diffusers import WanPipeline
+
+        return WanPipeline
+
+    def check_pipeline(self, pipe) -> None:
+        if pipe.transformer is None or (pipe.config.boundary_ratio is not None and pipe.transformer_2 is None):
+            raise CheckpointError("the Wan checkpoint lacks the transformer its boundary_ratio needs", field="pretrained")
+        if any(t.config.in_channels != pipe.vae.config.z_dim for t in experts(pipe)):
+            raise CheckpointError("an image-to-video Wan checkpoint: use a text-to-video one", field="pretrained")
+        multiple = pipe.vae_scale_factor_spatial * pipe.transformer.config.patch_size[1]
+        for name in ("height", "width"):
+            if getattr(self, name) % multiple:
+                raise ConfigError(f"must be a multiple of {multiple} for this checkpoint, got {getattr(self, name)}", field=name)
+        if self.vae_tiling:
+            pipe.vae.enable_tiling()
+
+    def install_branch(self, pipe) -> list[WanBranchProcessor]:
+        return [p for t in experts(pipe) for p in install(list(t.blocks), WanBranchProcessor, attribute="attn2")]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.pipe.transformer.blocks)  # per expert: Wan 2.2's two number theirs alike
+
+    def placement_modules(self, pipe):
+        denoisers = experts(pipe)
+        return [pipe.text_encoder], denoisers[0] if len(denoisers) == 1 else torch.nn.ModuleList(denoisers), [pipe.vae]
+
+    def noise_shift(self, num_image_tokens: int):
+        config = dict(self.pipe.scheduler.config)
+        if config.get("use_flow_sigmas"):  # UniPC's static flow shift
+            config = {"shift": config.get("flow_shift", 1.0)}
+        return scheduler_shift(config, num_image_tokens)
+
+    def expression_reader(self) -> T5Reader:
+        return T5Reader(self.pipe.tokenizer, self.pipe.text_encoder, self.expression_max_tokens)
+
+    @torch.inference_mode()
+    def encode_caption(self, caption: str) -> torch.Tensor:
+        """UMT5's last layer, cut after EOS and zero-padded to `caption_max_tokens`: [1, Lc, D]."""
+        self.placement.enter("text")
+        embeds, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False,
+                                            max_sequence_length=self.caption_max_tokens, device=self.placement.text_device)
+        return embeds.to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def encode_clip(self, frames) -> Latent:
+        """The inverse of WanPipeline's decode normalisation: (z - latents_mean) / latents_std per channel."""
+        pixels = self.pipe.video_processor.preprocess_video([f.convert("RGB") for f in frames], height=self.height, width=self.width)
+        vae = self.pipe.vae
+        latent = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
+        mean, std = (torch.tensor(v, device=latent.device, dtype=latent.dtype).view(1, -1, 1, 1, 1)
+                     for v in (vae.config.latents_mean, vae.config.latents_std))
+        latent = (latent - mean) * (1.0 / std)
+        _, _, frames_, lh, lw = latent.shape
+        _, ph, pw = self.pipe.transformer.config.patch_size
+        return Latent(latent.to(self.dtype), (frames_, lh // ph, lw // pw))
+
+    def timestep(self, sigma: float) -> float:
+        return 1000.0 * sigma
+
+    def expert(self, sigma: float):
+        """The transformer WanPipeline runs at this noise level (Wan 2.2: high- or low-noise expert)."""
+        ratio = self.pipe.config.boundary_ratio
+        if ratio is None or self.timestep(sigma) >= ratio * self.pipe.scheduler.config.num_train_timesteps:
+            return self.pipe.transformer
+        return self.pipe.transformer_2
+
+    def denoise(self, x_t, sigma, grid, condition: torch.Tensor, branch):
+        text = condition if branch is None else torch.cat([condition, branch.to(condition.dtype)], dim=1)
+        # Wan 2.2 TI2V-5B's pipeline tells every token its timestep
+        shape = (1, math.prod(grid)) if self.pipe.config.expand_timesteps else (1,)
+        timestep = torch.full(shape, self.timestep(sigma), device=self.device, dtype=torch.float32)
+        return self.expert(sigma)(hidden_states=x_t, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+
+    def branch_layout(self, encoded, condition: torch.Tensor) -> BranchLayout:
+        return BranchLayout(caption_len=condition.shape[1], key_valid=encoded.valid, key_order=("caption", "branch"))
