@@ -52,11 +52,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from refam.aggregators.base import SoftmaxMeanAggregator
-    from refam.api import _module_from_config
+    from refam.api import pipeline_from_config
     from refam.data.manifest import ManifestDataset
     from refam.extractors.cache import MapCache
 
-    module = _module_from_config(args.config)
+    module = pipeline_from_config(args.config)
     module.extractor.setup(torch.device("cpu"))
     module.segmenter.setup(torch.device("cpu"))
     dataset = ManifestDataset(str(args.manifest))

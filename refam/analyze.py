@@ -26,20 +26,20 @@ from pathlib import Path
 
 import torch
 
-from refam.errors import ConfigError, RefamError
+from refam.errors import ConfigError, RefamError, error_line
 
 
 def block_entropies(model, image, caption: str, expression: str) -> list[dict]:
     """Mean and minimum normalised spatial entropy of the kept tokens' maps, block by block."""
-    module, extractor = model.module, model.module.extractor
-    text, magnet_start = module.magnets.augment(expression)
+    pipeline, extractor = model.pipeline, model.pipeline.extractor
+    text, magnet_start = pipeline.magnets.augment(expression)
     saved = extractor.blocks
     rows = []
     try:
         for block in range(extractor.num_blocks):
             extractor.blocks = [block]
-            maps = extractor.extract(image, caption, [(text, magnet_start)], "image", magnet_vectors=module.magnets.vectors)
-            kept = torch.tensor(module.magnets.keep(maps.tokens[0], expression)) & maps.valid[0]
+            maps = extractor.extract(image, caption, [(text, magnet_start)], "image", magnet_vectors=pipeline.magnets.vectors)
+            kept = torch.tensor(pipeline.magnets.keep(maps.tokens[0], expression)) & maps.valid[0]
             scores = maps.scores[0][kept].flatten(1)  # [kept tokens, patches]
             if maps.kind == "logits":
                 spatial = scores.softmax(dim=1)
@@ -52,12 +52,12 @@ def block_entropies(model, image, caption: str, expression: str) -> list[dict]:
     return rows
 
 
-def _without_magnets(module):
+def _without_magnets(pipeline):
     from refam.aggregators.magnets import AppendMagnets
 
-    return AppendMagnets([], filter_stop_words=getattr(module.magnets, "filter_stop_words", True),
-                         stop_words=getattr(module.magnets, "stop_words", None),
-                         noun_phrase=getattr(module.magnets, "noun_phrase", None))
+    return AppendMagnets([], filter_stop_words=getattr(pipeline.magnets, "filter_stop_words", True),
+                         stop_words=getattr(pipeline.magnets, "stop_words", None),
+                         noun_phrase=getattr(pipeline.magnets, "noun_phrase", None))
 
 
 def text_attention_rows(prediction, factor: float) -> list[dict]:
@@ -69,15 +69,15 @@ def text_attention_rows(prediction, factor: float) -> list[dict]:
 
 
 def analyze(model, image, expression: str, caption: str = "") -> dict:
-    module = model.module
+    pipeline = model.pipeline
     with_magnets = model.segment(image, [expression], caption=caption)[0]
-    saved = module.magnets
-    module.magnets = _without_magnets(module)
+    saved = pipeline.magnets
+    pipeline.magnets = _without_magnets(pipeline)
     try:
         without_magnets = model.segment(image, [expression], caption=caption)[0]
     finally:
-        module.magnets = saved
-    factor = getattr(module.aggregator, "gas_factor", 10.0)
+        pipeline.magnets = saved
+    factor = getattr(pipeline.aggregator, "gas_factor", 10.0)
     return {
         "expression": expression,
         "caption": caption,
@@ -191,6 +191,6 @@ def main(argv: list[str] | None = None) -> None:
         model = RefAM.load(args.config or args.model, device=args.device)
         write_analysis(analyze(model, image, args.expression, args.caption), image, args.output)
     except RefamError as err:
-        print(f"refam: error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         sys.exit(2)
     print(f"{args.output}: token_maps.png, text_attention.png, block_entropy.png, analysis.json")

@@ -6,7 +6,8 @@
     results[0].mask, results[0].point, results[0].heatmap, results[0].token_maps
 
 `RefAM.load` takes nothing (the embedded default), a config YAML (its `model:` section, exactly as
-`refam test` reads it) or a diffusers FLUX folder.
+`refam test` reads it) or a diffusers FLUX folder. `RefAM.pipeline` is the `RefAMPipeline` that
+`refam test` runs per sample.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from PIL import Image
 
 from refam.data.images import check_size, read_rgb, to_rgb
 from refam.embedded import DEFAULT_CONFIG  # noqa: F401 (shipped in the package: works from any folder)
-from refam.errors import ConfigError, DataError, MissingInputError, user_error
-from refam.module import RefAMModule
+from refam.errors import ConfigError, DataError, MissingInputError, RefamError, place, user_error
+from refam.inference import RefAMPipeline
 from refam.types import Expression, Prediction, Sample
+
+SECTIONS = {"model": RefAMPipeline}  # a config's sections that RefAM.load reads
 
 
 def _model_section(config: Path) -> dict:
@@ -45,13 +48,13 @@ def _model_section_file(path: Path) -> dict:
         raise ConfigError(f"cannot read the model part {path}: {err}") from err
 
 
-def _module_from_config(config: Path) -> RefAMModule:
+def pipeline_from_config(config: Path) -> RefAMPipeline:
     from jsonargparse import ArgumentParser
 
-    from refam.cli import parser_error_line  # also registers the component modules by name, as the CLI does
+    from refam.components import parser_error_line  # also registers the component modules by name, as the CLI does
 
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(RefAMModule, "model")
+    parser.add_class_arguments(RefAMPipeline, "model")  # the `model:` section's keys, as RefAMModule takes them
     try:
         parsed = parser.parse_object({"model": _model_section(config)})
     except Exception as err:  # jsonargparse reports the offending key in its message
@@ -63,17 +66,18 @@ def _module_from_config(config: Path) -> RefAMModule:
         found = user_error(err)
         if found is None:
             raise
+        place(found, SECTIONS, parsed.as_dict())
         raise found from found.__cause__  # the error itself, as if raised here, with its own cause
 
 
-def _module_from_folder(folder: Path, segmenter=None) -> RefAMModule:
+def pipeline_from_folder(folder: Path, segmenter=None) -> RefAMPipeline:
     from refam.extractors.flux import FluxExtractor
     from refam.segmenters.floodfill import FloodFillSegmenter
     from refam.shapes.model import extractor_settings
 
     # a refam-shapes folder (it has a training record) runs as it was trained; others as FLUX.1
     settings = extractor_settings(folder) if (folder / "training.json").exists() else {"torch_dtype": "float32"}
-    return RefAMModule(extractor=FluxExtractor(str(folder), **settings), segmenter=segmenter or FloodFillSegmenter())
+    return RefAMPipeline(extractor=FluxExtractor(str(folder), **settings), segmenter=segmenter or FloodFillSegmenter())
 
 
 def add_model_arguments(parser) -> None:
@@ -103,11 +107,15 @@ def as_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
 class RefAM:
     """A loaded REFAM pipeline (extractor, magnets, aggregator, segmenter) on one device."""
 
-    def __init__(self, module: RefAMModule, device: str | torch.device = "cpu") -> None:
-        self.module = module
+    def __init__(self, pipeline: RefAMPipeline, device: str | torch.device = "cpu", configured: bool = False) -> None:
+        """`configured`: the pipeline was built from a config's `model:` section, so an error while
+        loading its weights names the config key."""
+        self.pipeline = pipeline
         self.device = torch.device(device)
-        module.extractor.setup(self.device)
-        module.segmenter.setup(self.device)
+        try:
+            pipeline.setup(self.device)
+        except RefamError as err:
+            raise place(err, SECTIONS) if configured else err
 
     @classmethod
     def load(cls, source: str | Path | None = None, device: str | torch.device = "cpu", segmenter=None) -> "RefAM":
@@ -118,14 +126,14 @@ class RefAM:
             if not (path / "model_index.json").exists():
                 raise ConfigError(f"{path} is a folder but not a diffusers pipeline (no model_index.json); "
                                   "give a FLUX folder or a config YAML")
-            return cls(_module_from_folder(path, segmenter), device)
+            return cls(pipeline_from_folder(path, segmenter), device)
         if path.suffix in (".yaml", ".yml", ".json"):  # JSON is YAML: `refam serve`'s run records load back
             if not path.exists():
                 raise ConfigError(f"config file not found: {path}")
-            module = _module_from_config(path)
+            pipeline = pipeline_from_config(path)
             if segmenter is not None:
-                module.segmenter = segmenter
-            return cls(module, device)
+                pipeline.segmenter = segmenter
+            return cls(pipeline, device, configured=segmenter is None)
         raise ConfigError(f"cannot load {path}: give a config YAML or a diffusers FLUX folder")
 
     @torch.no_grad()
@@ -135,12 +143,12 @@ class RefAM:
         token grid, the tokens kept and dropped, global attention sinks, and per-token maps.
 
         Raises `ExpressionError` naming the expression for one that cannot run (empty, too long)."""
-        from refam.extractors.base import ExpressionError
+        from refam.errors import ExpressionError
 
         texts = [expressions] if isinstance(expressions, str) else list(expressions)
         sample = Sample("image", as_image(image),
                         [Expression(text, str(i)) for i, text in enumerate(texts)], caption=caption)
-        result = self.module.segment_sample(sample, keep_token_maps=True)
+        result = self.pipeline.segment_sample(sample, keep_token_maps=True)
         if result.skipped:
             raise ExpressionError("; ".join(result.skipped))
         by_id = {p.expression_id: p for p in result.predictions}

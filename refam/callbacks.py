@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO, Any
 
 import lightning as L
@@ -106,9 +107,13 @@ class ResultStore(L.Callback):
     sample back instead of running it (no DiT forward, no segmenter) and feeds the stored numbers to
     the metrics, so its final scores equal an uninterrupted run's exactly.
 
+    The store is given to the module (`RefAMModule(result_store=...)`; `refam test` passes its
+    `--results` store), which looks each sample up (`lookup`) and queues the record of each sample
+    it scored (`queue`); the store writes them when the batch ends and reports at the end of the run.
+
     A record holds what produced it: the config's fingerprint (`config_fingerprints`), the
     identity of the weights and model files the settings name and of the code's version
-    (`RefAMModule.numbers_identity`), and the sample's inputs (`refam.identity.sample_identity`:
+    (`RefAMPipeline.numbers_identity`), and the sample's inputs (`refam.identity.sample_identity`:
     pixels, caption, expression ids and texts, ground-truth masks). A record made with other
     settings, weights or code is never reused (said once per dataset); nor is one of a sample whose
     inputs changed since (said per sample): the sample is recomputed and its file replaced. Each
@@ -128,6 +133,8 @@ class ResultStore(L.Callback):
         self._root: Path | None = None
         self._warned: set[str] = set()
         self.numbers: str | None = None  # digest of the module's numbers_identity(), set in setup
+        # (dataloader index, dataset, record) of the samples scored in the current batch, written at its end
+        self._pending: list[tuple[int, str, dict]] = []
 
     def root(self, trainer: L.Trainer) -> Path:
         if self.folder:
@@ -141,14 +148,10 @@ class ResultStore(L.Callback):
         self._warned.clear()
         identity = getattr(pl_module, "numbers_identity", None)
         self.numbers = digest(identity()) if callable(identity) else None
-        pl_module.result_store = self
+        self._pending.clear()
         if self.resume and self.fingerprints is None:
             rank_zero_info("refam: results: no config fingerprint (not run through `refam test`); "
                            "stored results are written but not reused")
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        if getattr(pl_module, "result_store", None) is self:
-            pl_module.result_store = None
 
     def fingerprint(self, dataloader_idx: int) -> str | None:
         if self.fingerprints is None or dataloader_idx >= len(self.fingerprints):
@@ -159,9 +162,11 @@ class ResultStore(L.Callback):
         assert self._root is not None, "ResultStore.setup has not run"
         return self._root / dataset.replace(os.sep, "-") / f"{_stem(sample_id)}.json"
 
-    def lookup(self, dataloader_idx: int, dataset: str, sample_id: str, inputs: str | None) -> dict | None:
+    def lookup(self, dataloader_idx: int, dataset: str, sample_id: str, inputs: str | None,
+               accept: Callable[[dict], bool] | None = None) -> dict | None:
         """The stored record of a sample when it was made from the same `inputs`
-        (`refam.identity.sample_identity`) with the same settings, weights and code, else None."""
+        (`refam.identity.sample_identity`) with the same settings, weights and code, else None;
+        also None where `accept(record)` is false (a record that lacks what the scores now need)."""
         fingerprint = self.fingerprint(dataloader_idx)
         if not self.resume or fingerprint is None or inputs is None:
             return None
@@ -191,8 +196,14 @@ class ResultStore(L.Callback):
             log.warning("refam: results: sample %s of %s changed since its result was stored (its image, caption, "
                         "expressions or ground-truth masks differ); recomputing it", sample_id, dataset)
             return None
+        if accept is not None and not accept(record):
+            return None
         self.reused += 1
         return record
+
+    def queue(self, dataloader_idx: int, dataset: str, record: dict) -> None:
+        """A sample scored now: its record is written when the batch ends (`save`)."""
+        self._pending.append((dataloader_idx, dataset, record))
 
     def save(self, dataloader_idx: int, dataset: str, record: dict) -> None:
         from refam.visualize import write_atomic
@@ -205,15 +216,14 @@ class ResultStore(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         # the module queues the records of the samples it scored in this batch (never the reused ones)
-        pending = getattr(pl_module, "pending_records", None) or []
         masks = next((c for c in trainer.callbacks if isinstance(c, MaskWriter) and c.save), None)
-        for index, dataset, record in pending:
+        for index, dataset, record in self._pending:
             if masks is not None and not record.get("video"):
                 folder = masks._root(trainer) / MaskWriter._dataset(pl_module, index) / _stem(record["sample_id"])
                 for expression in record["expressions"]:
                     expression["mask"] = str(folder / f"{_stem(expression['expression_id'])}.png")
             self.save(index, dataset, record)
-        pending.clear()
+        self._pending.clear()
 
     def on_test_end(self, trainer, pl_module) -> None:
         where = self._root
@@ -264,10 +274,9 @@ class MaskWriter(BasePredictionWriter):
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
         self._folder = Path(self.folder or Path(trainer.log_dir or trainer.default_root_dir) / "masks")
-        if self.save and hasattr(pl_module, "video_mask_sinks") and self._write_video_mask not in pl_module.video_mask_sinks:
-            pl_module.video_mask_sinks.append(self._write_video_mask)
 
-    def _write_video_mask(self, dataloader_idx: int, video, expression, index: int, mask) -> None:
+    def write_video_mask(self, dataloader_idx: int, video, expression, index: int, mask) -> None:
+        """One video mask, as the segmenter makes it (RefAMModule hands each to the writers that save)."""
         from refam.visualize import mask_image, save_png
 
         pl_module = self._trainer.lightning_module
@@ -330,7 +339,7 @@ class MaskWriter(BasePredictionWriter):
         images = {item.sample_id: item.image for item in batch if hasattr(item, "image")}
         videos = {item.sample_id: item for item in batch if hasattr(item, "frames")}
         for result in prediction or []:
-            if result.sample_id in videos:  # video masks were written frame by frame (_write_video_mask)
+            if result.sample_id in videos:  # video masks were written frame by frame (write_video_mask)
                 self._write_davis_palettes(root, Path(f"{root}-davis"), videos[result.sample_id])
                 continue
             folder = root / result.sample_id.replace(os.sep, "-")

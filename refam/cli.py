@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
-# Imported so that configs can name components by class name as well as by full import path.
-import refam.aggregators.base  # noqa: F401
-import refam.aggregators.magnets  # noqa: F401
-import refam.aggregators.spatial  # noqa: F401
-import refam.data  # noqa: F401
-import refam.extractors.flux  # noqa: F401
-import refam.extractors.trajectory  # noqa: F401
-import refam.segmenters  # noqa: F401
 from refam.callbacks import ExpressionRecords, MaskWriter, ResultStore, config_fingerprints
+from refam.components import parser_error_line
 from refam.data.datamodule import RefAMDataModule
-from refam.errors import user_error
+from refam.errors import error_line, place, user_error
 from refam.module import RefAMModule
+
+# the config's sections that refam's classes fill, as errors name their keys
+SECTIONS = {"model": RefAMModule, "data": RefAMDataModule, "results": ResultStore, "masks": MaskWriter,
+            "records": ExpressionRecords}
 
 TRAINER_DEFAULTS = {
     # the datamodule shards without padding; Lightning's DistributedSampler would duplicate samples
@@ -35,15 +31,25 @@ class RefAMCLI(LightningCLI):
         parser.add_lightning_class_args(ExpressionRecords, "records")
         # --masks.save true [--masks.overlay true] [--masks.folder DIR]
         parser.add_lightning_class_args(MaskWriter, "masks")
-        # resumable evaluation: --results.folder DIR (default <logger save_dir>/results), --results.resume false
+        # resumable evaluation: --results.folder DIR (default <logger save_dir>/results), --results.resume false;
+        # the module is given the store (a link target is no config key, so no fingerprint holds it)
         parser.add_lightning_class_args(ResultStore, "results")
+        parser.link_arguments("results", "model.result_store", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # a component's own error: say where the config holds it
+            found = user_error(err)
+            if found is not None:
+                config = self.config[self.subcommand] if self.subcommand else self.config
+                place(found, SECTIONS, config.as_dict())
+            raise
 
     def after_instantiate_classes(self) -> None:
         # a stored result is reused only by a run of the same model and data settings
         config = self.config[self.subcommand] if self.subcommand else self.config
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, ResultStore):
-                callback.fingerprints = config_fingerprints(config.as_dict())
+        self.model.result_store.fingerprints = config_fingerprints(config.as_dict())
 
 
 def run_cli(args: list[str] | None = None) -> RefAMCLI:
@@ -51,56 +57,23 @@ def run_cli(args: list[str] | None = None) -> RefAMCLI:
     # "Seed set to 0" comes before the components are built, so a config error would not be the
     # only line printed; the seed is in the run's saved config.yaml
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    return RefAMCLI(
-        RefAMModule,
-        RefAMDataModule,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        # a bad key or value raises ArgumentError (main prints its one useful line) instead of
-        # printing the whole usage before it
-        parser_kwargs={"exit_on_error": False},
-        args=args,
-    )
-
-
-_STRUCTURE = re.compile(r"(Parser key|Problem with given class_path|Does not validate|Subtypes:|Errors:|Given value)")
-# alternatives jsonargparse also tried (a file path, a list, another base class): rarely the point
-_WEAK = re.compile(r"(Expected a path but|Expected a <class 'list'>|Import path .* does not correspond to a subclass)")
-
-
-def parser_error_line(message: str, subcommand: str = "test") -> str:
-    """jsonargparse's error as one line naming the full key. A rejected `class_path` value is
-    reported as a tree (key, class, nested key, one branch per candidate type); the first specific
-    reason in it is the useful line."""
-    help_hint = f"run `refam {subcommand} --help` for the accepted keys"
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    if not lines:
-        return f"invalid arguments; {help_hint}"
-    top = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0])
-    if top is None:
-        generic = ("does not accept", "unrecognized arguments", "invalid choice")
-        return lines[0] + (f"; {help_hint}" if any(g in lines[0] for g in generic) else "")
-    candidates = []
-    owner = nested = None
-    for line in [top.group(2)] + lines[1:]:
-        text = line.lstrip("- ").strip()
-        if (match := re.match(r"Problem with given class_path '([^']+)'", text)):
-            owner, nested = match.group(1), None
-        elif (match := re.match(r'Parser key "([^"]+)"', text)):
-            nested = match.group(1)
-        elif text and not _STRUCTURE.match(text):
-            candidates.append((owner, nested, text))
-    if not candidates:
-        return f"{lines[0]} {help_hint}"
-    owner, nested, reason = next((c for c in candidates if not _WEAK.match(c[2])), candidates[0])
-    key = top.group(1) + (f".init_args.{nested}" if nested else "")
-    if (option := re.match(r"Option '([^']+)' is not accepted", reason)):
-        where = f" ({owner} has no such argument)" if owner else ""
-        return f"unknown key {key}.init_args.{option.group(1)}{where}; check its spelling, or {help_hint}"
-    if owner and not nested:
-        return f"{key}: class_path '{owner}': {reason}"
-    return f"{key}: {reason}"
+    try:
+        return RefAMCLI(
+            RefAMModule,
+            RefAMDataModule,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            # a bad key or value raises ArgumentError (main prints its one useful line) instead of
+            # printing the whole usage before it
+            parser_kwargs={"exit_on_error": False},
+            args=args,
+        )
+    except Exception as err:  # raised while testing (a checkpoint loaded in setup): say where the config holds it
+        found = user_error(err)
+        if found is not None:
+            place(found, SECTIONS)
+        raise
 
 
 def main(args: list[str] | None = None) -> None:
@@ -147,7 +120,7 @@ def main(args: list[str] | None = None) -> None:
         if found is None:
             raise
         # The message names the culprit and the fix; a traceback would only bury it.
-        print("refam: error: " + " ".join(str(found).splitlines()), file=sys.stderr)
+        print(error_line(found), file=sys.stderr)
         sys.exit(2)
 
 

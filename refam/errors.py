@@ -35,8 +35,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from contextvars import ContextVar
 from collections.abc import Mapping
 from typing import Any
+
+
+# the last RefamError raised while jsonargparse built a class (`build`), for `user_error`
+_last_built: ContextVar[RefamError | None] = ContextVar("refam_last_built_error", default=None)
 
 
 class RefamError(Exception):
@@ -108,7 +113,10 @@ class ExpressionError(RefamError, ValueError):
 
 def user_error(err: BaseException) -> RefamError | None:
     """The RefamError behind `err`, if any. jsonargparse re-raises an error raised while it builds
-    a component (a dataset, a segmenter) as a ValueError caused by it, so the chain is searched."""
+    a component (a dataset, a segmenter) as a ValueError caused by it, so the chain is searched; for
+    a value of a union type (`Dataset | list[Dataset]`) its ValueError is caused by the first
+    alternative's error only and quotes the others, so the last error `build` saw is taken when the
+    message quotes it."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
@@ -116,7 +124,15 @@ def user_error(err: BaseException) -> RefamError | None:
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
+    built = _last_built.get()
+    if built is not None and isinstance(err, ValueError) and built.message in " ".join(str(err).split()):
+        return built
     return None
+
+
+def error_line(err: BaseException) -> str:
+    """A user error as the one line a front door prints."""
+    return "refam: error: " + " ".join(str(err).splitlines())
 
 
 def build(class_type: type, *args: Any, **kwargs: Any) -> Any:
@@ -127,6 +143,7 @@ def build(class_type: type, *args: Any, **kwargs: Any) -> Any:
     except RefamError as err:
         if err.built is None:
             err.built = (class_type, dict(kwargs))
+        _last_built.set(err)
         raise
 
 

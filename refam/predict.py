@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from refam.errors import ConfigError, MissingInputError, RefamError
+from refam.errors import ConfigError, MissingInputError, RefamError, error_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -66,8 +66,8 @@ def check_writable(folder: Path) -> None:
 def has_video_pipeline(model) -> bool:
     from refam.segmenters.video_base import VideoSegmenter
 
-    module = model.module
-    return isinstance(module.segmenter, VideoSegmenter) and hasattr(module.extractor, "extract_video")
+    pipeline = model.pipeline
+    return isinstance(pipeline.segmenter, VideoSegmenter) and hasattr(pipeline.extractor, "extract_video")
 
 
 def track_video(model, video: Path, texts: list[str], caption: str, output: Path, key_frames: dict | None = None) -> int:
@@ -99,7 +99,7 @@ def track_video(model, video: Path, texts: list[str], caption: str, output: Path
             picture.thumbnail((320, 320))
             thumbnails[k][index] = picture
 
-        result = model.module.segment_video(sample, on_mask, keep_token_maps=key_frames is not None)
+        result = model.pipeline.segment_video(sample, on_mask, keep_token_maps=key_frames is not None)
         if result.skipped:
             raise ConfigError("; ".join(result.skipped))
         for prediction in result.predictions:
@@ -194,7 +194,7 @@ def check_expressions(model, texts: list[str]) -> None:
     for text in texts:
         if not text.strip():
             raise ConfigError("an --expression is empty: give the words that name the object")
-        model.module.extractor.validate_expression(model.module.magnets.augment(text)[0])
+        model.pipeline.check_expression(text)
 
 
 def run(args) -> int:
@@ -248,6 +248,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = run(args)
     except RefamError as err:
-        print(f"refam: error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         sys.exit(2)
     sys.exit(code)

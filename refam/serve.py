@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from refam.errors import ConfigError, RefamError
+from refam.errors import ConfigError, RefamError, error_line, user_error
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MANIFEST = REPO_ROOT / "assets" / "shapes-demo" / "manifest.jsonl"
@@ -45,11 +45,6 @@ SPATIAL_BIASES = {  # the choices the page offers, as config entries
 }
 AS_CONFIGURED = "as configured"
 NO_IMAGE = "no image: upload an image or a video, or click a demo scene"
-
-
-def error_line(err: BaseException) -> str:
-    """The CLI's one line for a user error."""
-    return "refam: error: " + " ".join(str(err).splitlines())
 
 
 @dataclass
@@ -137,17 +132,17 @@ class Session:
 
     def __init__(self, model, section: dict, max_frames: int = 150, workdir: Path | None = None) -> None:
         self.model = model
-        self.module = model.module
+        self.pipeline = model.pipeline
         self.section = copy.deepcopy(section)
         self.max_frames = max_frames
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="refam-serve-"))
         self.lock = threading.Lock()  # the queue runs one request at a time; this covers direct callers
         self._built: dict[tuple[str, str], object] = {}
         self._runs = 0
-        module, extractor = self.module, self.module.extractor
+        pipeline, extractor = self.pipeline, self.pipeline.extractor
         # the loaded components stand for the section's own entries: unchanged settings rebuild nothing
-        self._originals = {"magnets": module.magnets, "aggregator": module.aggregator,
-                           "spatial_bias": list(module.spatial_bias),
+        self._originals = {"magnets": pipeline.magnets, "aggregator": pipeline.aggregator,
+                           "spatial_bias": list(pipeline.spatial_bias),
                            "trajectory": getattr(extractor, "trajectory", None),
                            "blocks": getattr(extractor, "blocks", None), "sigma": getattr(extractor, "sigma", None)}
         for kind, spec in self._specs(self.section).items():
@@ -157,7 +152,7 @@ class Session:
     # ------------------------------------------------------------ settings <-> model section
     @property
     def num_blocks(self) -> int | None:
-        return getattr(self.module.extractor, "num_blocks", None)
+        return getattr(self.pipeline.extractor, "num_blocks", None)
 
     @property
     def noise_kind(self) -> str | None:
@@ -256,12 +251,20 @@ class Session:
                      "spatial_bias": SpatialBias | list[SpatialBias] | None, "trajectory": Trajectory | None}
             parser = ArgumentParser(exit_on_error=False)
             parser.add_argument(f"--{kind}", type=types[kind], default=None)
+            # where the entry sits in the `model:` section, as its errors name it
+            where = ("extractor", "trajectory") if kind == "trajectory" else (kind,)
             try:
                 parsed = parser.parse_object({kind: copy.deepcopy(spec)})  # (it would convert the section in place)
                 value = getattr(parser.instantiate(parsed), kind)
             except Exception as err:
+                found = user_error(err)
+                if found is not None and found.field is not None:  # the component's own error, at its key
+                    found.at("model", *where)
+                    if found is err:
+                        raise
+                    raise found from err
                 reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-                raise ConfigError(f"model.{kind}: {reason}") from err
+                raise ConfigError(f"model.{'.init_args.'.join(where)}: {reason}") from err
         self._built[key] = value
         return value
 
@@ -272,15 +275,15 @@ class Session:
         from refam.aggregators.spatial import SpatialBias
         from refam.extractors.base import select_blocks
 
-        module, extractor = self.module, self.module.extractor
+        pipeline, extractor = self.pipeline, self.pipeline.extractor
         specs = self._specs(section)
         built = {kind: self._build(kind, spec) for kind, spec in specs.items()}
         if self.num_blocks is not None:
             select_blocks(self.num_blocks, built["blocks"])  # a bad selection is a ConfigError now, not mid-run
-        module.magnets = built["magnets"] or AppendMagnets()
-        module.aggregator = built["aggregator"] or SoftmaxMeanAggregator()
+        pipeline.magnets = built["magnets"] or AppendMagnets()
+        pipeline.aggregator = built["aggregator"] or SoftmaxMeanAggregator()
         bias = built["spatial_bias"]
-        module.spatial_bias = [bias] if isinstance(bias, SpatialBias) else list(bias or [])
+        pipeline.spatial_bias = [bias] if isinstance(bias, SpatialBias) else list(bias or [])
         if hasattr(extractor, "blocks"):
             extractor.blocks = built["blocks"]
         if self._originals["trajectory"] is not None:
@@ -326,7 +329,7 @@ class Session:
         from refam.visualize import write_atomic
 
         rows = {}
-        factor = getattr(self.module.aggregator, "gas_factor", 10.0)
+        factor = getattr(self.pipeline.aggregator, "gas_factor", 10.0)
         for k, (text, caption, prediction) in enumerate(zip(texts, captions, run.predictions)):
             if prediction.token_maps is None or not prediction.tokens:
                 continue

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from refam.aggregators.point import upsample
+from refam.prompts.point import upsample
 
 
 # The palette of DAVIS 2017 annotation PNGs: the PASCAL VOC colours for ids 0-21 (191 where VOC

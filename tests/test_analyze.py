@@ -42,16 +42,16 @@ def test_magnet_runs_differ_only_by_the_magnets(model, scene):
 
 
 def test_block_entropy_is_normalised_and_restores_the_block_choice(model, scene):
-    before = model.module.extractor.blocks
+    before = model.pipeline.extractor.blocks
     rows = block_entropies(model, scene.image, scene.caption(), "the orange square")
-    assert model.module.extractor.blocks == before
-    assert [r["block"] for r in rows] == list(range(model.module.extractor.num_blocks))
+    assert model.pipeline.extractor.blocks == before
+    assert [r["block"] for r in rows] == list(range(model.pipeline.extractor.num_blocks))
     assert all(0.0 <= r["min"] <= r["mean"] <= 1.0 for r in rows)
 
 
 def test_entropy_of_a_planted_map(model, scene, monkeypatch):
     """One hot patch gives entropy 0, a flat map gives 1."""
-    extractor = model.module.extractor
+    extractor = model.pipeline.extractor
     extract = type(extractor).extract
 
     def planted(self, *args, **kwargs):

@@ -151,7 +151,7 @@ def test_help_and_print_config():
 def test_demo_config_scores_the_embedded_model_as_the_evaluator_does(tmp_path):
     """`make demo`'s config through the CLI prints what `refam.shapes.evaluate` computes in-process."""
     from refam.data.manifest import ManifestDataset
-    from refam.shapes.evaluate import MAGNET_ROWS, build_module, evaluate, expression_kinds
+    from refam.shapes.evaluate import MAGNET_ROWS, build_pipeline, evaluate, expression_kinds
 
     manifest = ROOT / "assets/shapes-demo/manifest.jsonl"
     result = subprocess.run([REFAM, "test", "--config", str(ROOT / "configs/demo.yaml"),
@@ -159,7 +159,7 @@ def test_demo_config_scores_the_embedded_model_as_the_evaluator_does(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = logged_metrics(tmp_path / "logs")
-    expected = evaluate(build_module(str(REFAM_SHAPES), MAGNET_ROWS["magnets + stop-word filter (paper)"]),
+    expected = evaluate(build_pipeline(str(REFAM_SHAPES), MAGNET_ROWS["magnets + stop-word filter (paper)"]),
                         ManifestDataset(str(manifest)), expression_kinds(manifest))
     assert float(metrics["shapes-demo/expressions"]) == expected["expressions"] == 297
     for name in ("PA", "mIoU", "oIoU"):

@@ -15,7 +15,7 @@ import torch
 from refam.aggregators.base import SoftmaxMeanAggregator
 from refam.aggregators.magnets import AppendMagnets, RandomVectorMagnets
 from refam.aggregators.spatial import SpatialBias
-from refam.api import DEFAULT_CONFIG, _module_from_config
+from refam.api import DEFAULT_CONFIG, pipeline_from_config
 from refam.data.manifest import ManifestDataset
 from refam.embedded import REFAM_SHAPES, resolve_embedded
 from refam.extractors.cache import MapCache, cache_key, model_identity
@@ -36,7 +36,7 @@ class LeftRamp(SpatialBias):
 
 @pytest.fixture(scope="module")
 def module():
-    module = _module_from_config(DEFAULT_CONFIG)
+    module = pipeline_from_config(DEFAULT_CONFIG)
     module.extractor.setup(torch.device("cpu"))
     module.segmenter.setup(torch.device("cpu"))
     return module
@@ -345,16 +345,16 @@ def test_yaml_map_cache_setting(tmp_path):
     document["model"]["map_cache"] = str(tmp_path / "maps")
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(document))
-    module = _module_from_config(config)
+    module = pipeline_from_config(config)
     assert isinstance(module.map_cache, MapCache) and module.map_cache.folder == tmp_path / "maps"
-    assert _module_from_config(DEFAULT_CONFIG).map_cache is None
+    assert pipeline_from_config(DEFAULT_CONFIG).map_cache is None
 
 
 def test_segment_video_reads_a_warm_cache(tmp_path):
     from PIL import Image as PILImage
 
     from refam.extractors.base import Extractor
-    from refam.module import RefAMModule
+    from refam.inference import RefAMPipeline
     from refam.segmenters.video_base import VideoSegmenter
     from refam.types import VideoExpression, VideoSample
 
@@ -392,9 +392,9 @@ def test_segment_video_reads_a_warm_cache(tmp_path):
                 yield index, mask
 
     cache = str(tmp_path / "maps")
-    first = RefAMModule(Planted(), Still(), map_cache=cache).segment_video(clip)
-    second = RefAMModule(Planted(), Still(), key_frame="confident", map_cache=cache).segment_video(clip)
-    fresh = RefAMModule(Planted(), Still(), key_frame="confident").segment_video(clip)
+    first = RefAMPipeline(Planted(), Still(), map_cache=cache).segment_video(clip)
+    second = RefAMPipeline(Planted(), Still(), key_frame="confident", map_cache=cache).segment_video(clip)
+    fresh = RefAMPipeline(Planted(), Still(), key_frame="confident").segment_video(clip)
     assert len(calls) == 2  # the cold run and the uncached one; the key-frame change read the cache
     assert [(p.frame, p.point) for p in second.predictions] == [(p.frame, p.point) for p in fresh.predictions]
     assert [p.frame for p in second.predictions] != [p.frame for p in first.predictions]

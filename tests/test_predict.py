@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refam.aggregators.point import argmax_points
+from refam.prompts.point import argmax_points
 from refam.shapes.scenes import make_scene
 from refam.visualize import STAR_FILL
 

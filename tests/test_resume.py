@@ -128,14 +128,14 @@ def test_stored_result_of_other_weights_or_code_is_not_reused(tmp_path, caplog, 
     assert store.lookup(0, "d", "7", "x") is None
     assert "weights, model files or code version" in caplog.text
 
-    from refam.module import RefAMModule
+    from refam.inference import RefAMPipeline
 
-    class Bare:  # the components' files and the code's version, as the module reports them
+    class Bare:  # the components' files and the code's version, as the pipeline reports them
         extractor, segmenter, magnets, aggregator, spatial_bias = object(), object(), object(), object(), []
 
-    before = RefAMModule.numbers_identity(Bare())
+    before = RefAMPipeline.numbers_identity(Bare())
     monkeypatch.setattr(refam.identity, "RESULTS_VERSION", refam.identity.RESULTS_VERSION + 1)
-    assert RefAMModule.numbers_identity(Bare()) != before
+    assert RefAMPipeline.numbers_identity(Bare()) != before
 
 
 def test_stored_result_of_a_changed_sample_is_not_reused(tmp_path, caplog):

@@ -71,7 +71,7 @@ def test_the_page_shows_the_apis_masks_points_and_tokens(session):
 
 
 def test_magnets_off_changes_the_kept_tokens_without_reloading_the_model(session):
-    extractor, transformer = session.module.extractor, session.module.extractor.pipe.transformer
+    extractor, transformer = session.pipeline.extractor, session.pipeline.extractor.pipe.transformer
     on = page(session, SCENE, "the black square", CAPTION)
     off = page(session, SCENE, "the black square", CAPTION, replace(session.defaults, magnets=False))
     assert "`pink`" in on["summary"] and "`pink`" not in off["summary"]  # the magnets are gone from the tokens
@@ -81,7 +81,7 @@ def test_magnets_off_changes_the_kept_tokens_without_reloading_the_model(session
     assert run_on["kept_tokens"] == run_off["kept_tokens"] == ["▁black", "▁square"]
     assert run_on["point"] != run_off["point"] or not np.array_equal(
         read_mask(on["downloads"][0]), read_mask(off["downloads"][0]))  # the maps changed, so the answer did
-    assert session.module.extractor is extractor and session.module.extractor.pipe.transformer is transformer
+    assert session.pipeline.extractor is extractor and session.pipeline.extractor.pipe.transformer is transformer
     again = page(session, SCENE, "the black square", CAPTION)  # back on: the same answer as before
     assert again["summary"].split("\n\n")[0] == on["summary"].split("\n\n")[0]
     # the stop-word filter: "the" is kept once it is off
@@ -97,10 +97,10 @@ def test_settings_reach_the_components_and_the_run_json_loads_back_as_a_config(s
                        first_block=1, last_block=2, noise=500.0, spatial_bias="direction")
     shown = page(session, SCENE, "the black square\nthe object on the left", CAPTION, settings)
     assert shown["status"] == ""
-    module = session.module
-    assert module.magnets.magnets == ["_", "with", "and"] and module.magnets.filter_stop_words is False
-    assert module.aggregator.gas == "drop" and module.extractor.blocks == [1, 2]
-    assert module.extractor.trajectory.timestep == 500.0 and isinstance(module.spatial_bias[0], DirectionPrior)
+    pipeline = session.pipeline
+    assert pipeline.magnets.magnets == ["_", "with", "and"] and pipeline.magnets.filter_stop_words is False
+    assert pipeline.aggregator.gas == "drop" and pipeline.extractor.blocks == [1, 2]
+    assert pipeline.extractor.trajectory.timestep == 500.0 and isinstance(pipeline.spatial_bias[0], DirectionPrior)
     record = json.loads(Path(shown["downloads"][-1]).read_text())
     assert record["run"]["settings"]["gas"] == "drop" and record["run"]["caption"] == CAPTION
     config = tmp_path / "run.json"

@@ -1,16 +1,19 @@
 """The module's video path with planted maps and a scripted segmenter: key frame, point, streaming scores."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from refam.aggregators.keyframe import frames_of_latent, key_frames
+from refam.prompts.keyframe import frames_of_latent, key_frames
 from refam.aggregators.magnets import AppendMagnets
 from refam.extractors.base import Extractor
-from refam.metrics import VideoReferringScores
 from refam.metrics.jf import contour_accuracy, region_similarity
+from refam.inference import RefAMPipeline
 from refam.module import RefAMModule
+from refam.scoring import DatasetScores
 from refam.segmenters.video_base import VideoSegmenter
 from refam.types import TokenInfo, TokenMaps, VideoExpression, VideoSample, VideoTruth
 
@@ -99,9 +102,9 @@ def test_video_point_prompts_the_key_frame_and_every_mask_is_scored_as_it_comes(
     # expression 0: a weak hot cell on latent 0 at (row 1, col 2), a stronger one on latent 1 at (2, 4)
     extractor = PlantedVideoExtractor({0: [(0, 1, 2, 3.0), (1, 2, 4, 6.0)], 1: [(0, 1, 2, 6.0)]})
     tracker = ScriptedTracker()
-    module = RefAMModule(extractor=extractor, segmenter=tracker, magnets=AppendMagnets(), key_frame=mode)
+    pipeline = RefAMPipeline(extractor=extractor, segmenter=tracker, magnets=AppendMagnets(), key_frame=mode)
     seen = []
-    result = module.segment_video(video, lambda e, i, m: seen.append((e.expression_id, i)))
+    result = pipeline.segment_video(video, lambda e, i, m: seen.append((e.expression_id, i)))
     key = 0 if mode == "first" else 4  # latent 1 covers frames 1..6: the middle one is frame 4
     assert [p.frame for p in result.predictions] == [key, 0]
     cell_w, cell_h = SIZE[0] / COLS, SIZE[1] / ROWS
@@ -117,10 +120,10 @@ def test_video_point_prompts_the_key_frame_and_every_mask_is_scored_as_it_comes(
 def test_video_scores_equal_the_official_definitions_frame_by_frame(video):
     extractor = PlantedVideoExtractor({0: [(0, 1, 2, 6.0)], 1: [(0, 0, 0, 6.0)]})
     module = RefAMModule(extractor=extractor, segmenter=ScriptedTracker(), magnets=AppendMagnets())
-    scores = VideoReferringScores()
-    module.video_mask_sinks = []
-    result = module._test_video(video, scores, 0)
-    values = scores.compute()
+    scores = DatasetScores(SimpleNamespace(is_video=True), "clip")
+    result, record = module.measure(video, scores)
+    scores.add(record)
+    values = scores.referring.compute()
     assert int(values["expressions"]) == 2
     # recompute: the scripted masks against the square, annotated frames only, mean per track then over tracks
     truth, expected_j, expected_f = SquareTruth(), [], []
@@ -142,9 +145,9 @@ def test_a_video_needs_a_video_segmenter(video):
     from refam.errors import ConfigError
     from refam.segmenters.floodfill import FloodFillSegmenter
 
-    module = RefAMModule(extractor=PlantedVideoExtractor({}), segmenter=FloodFillSegmenter())
-    with pytest.raises(ConfigError, match="model.segmenter"):
-        module.segment_video(video)
+    pipeline = RefAMPipeline(extractor=PlantedVideoExtractor({}), segmenter=FloodFillSegmenter())
+    with pytest.raises(ConfigError, match="^segmenter: FloodFillSegmenter segments images"):
+        pipeline.segment_video(video)
 
 
 def test_refam_test_on_ref_davis_scores_streams_masks_and_writes_submission_layouts(tmp_path):
@@ -186,9 +189,9 @@ def test_refam_test_on_ref_davis_scores_streams_masks_and_writes_submission_layo
 def test_expressions_prompting_the_same_point_share_one_track(video):
     extractor = PlantedVideoExtractor({0: [(0, 1, 2, 6.0)], 1: [(0, 1, 2, 6.0)]})  # the same cell
     tracker = ScriptedTracker()
-    module = RefAMModule(extractor=extractor, segmenter=tracker, magnets=AppendMagnets())
+    pipeline = RefAMPipeline(extractor=extractor, segmenter=tracker, magnets=AppendMagnets())
     seen = []
-    result = module.segment_video(video, lambda e, i, m: seen.append((e.expression_id, i, m.sum())))
+    result = pipeline.segment_video(video, lambda e, i, m: seen.append((e.expression_id, i, m.sum())))
     assert len(tracker.calls) == 1
     for expression in ("e0", "e1"):
         assert sorted(i for e, i, _ in seen if e == expression) == list(range(FRAMES))
@@ -221,10 +224,10 @@ def _ref_davis_run(tmp_path, protocol="unsupervised", store=None):
         write_ref_davis(root)
     dataset = RefDAVIS17(str(root), protocol=protocol)
     extractor = PlantedVideoExtractor({k: [cell] for k, cell in RUN_CELLS.items()})
-    module = RefAMModule(extractor=extractor, segmenter=ScriptedTracker(), magnets=AppendMagnets())
+    module = RefAMModule(extractor=extractor, segmenter=ScriptedTracker(), magnets=AppendMagnets(), result_store=store)
     writer = MaskWriter(save=True, folder=str(tmp_path / "masks"))
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        callbacks=[writer] + ([store] if store is not None else []), use_distributed_sampler=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, callbacks=[writer],
+                        use_distributed_sampler=False)
     trainer.test(module, datamodule=RefAMDataModule(dataset))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return dataset, metrics, tmp_path / "masks" / f"{dataset.name.replace('/', '-')}-davis", root
@@ -275,5 +278,5 @@ def test_ref_davis_protocol_is_checked(tmp_path):
     from refam.errors import ConfigError
     from refam.testing.video_fixtures import write_ref_davis
 
-    with pytest.raises(ConfigError, match=r"data\.datasets\.init_args\.protocol must be 'unsupervised'"):
+    with pytest.raises(ConfigError, match=r"^protocol: must be 'unsupervised'"):
         RefDAVIS17(str(write_ref_davis(tmp_path / "davis")), protocol="official")

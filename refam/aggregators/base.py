@@ -57,7 +57,7 @@ class SoftmaxMeanAggregator(Aggregator):
 
     def __init__(self, gas_factor: float = 10.0, gas: str = "report") -> None:
         if gas not in GAS_HANDLING:
-            raise ConfigError(f"model.aggregator.init_args.gas must be one of {list(GAS_HANDLING)}, got {gas!r}")
+            raise ConfigError(f"must be one of {list(GAS_HANDLING)}, got {gas!r}", field="gas")
         self.gas_factor = gas_factor
         self.gas = gas
 
@@ -69,9 +69,9 @@ class SoftmaxMeanAggregator(Aggregator):
         if self.gas == "redirect":
             if maps.kind != "logits":
                 raise ConfigError(
-                    "model.aggregator.init_args.gas: 'redirect' moves logit mass before the softmax across tokens, "
-                    "but the extractor gives per-head probabilities (softmax_stage 'per_head'): use "
-                    "softmax_stage 'after_mean' or gas 'drop'"
+                    "'redirect' moves logit mass before the softmax across tokens, but the extractor gives "
+                    "per-head probabilities (softmax_stage 'per_head'): use softmax_stage 'after_mean' or gas 'drop'",
+                    field="gas",
                 )
             scores = redirect_sinks(scores, valid, sinks & kept, magnet_mask(maps.tokens, valid.shape[1]))
         per_token = valid.view(valid.shape + (1,) * (scores.dim() - 2))  # [K, T, 1, ...]

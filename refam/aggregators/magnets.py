@@ -106,7 +106,7 @@ class RandomStopWordMagnets(AppendMagnets):
         pool = sorted(frozenset(w.lower() for w in stop_words) if stop_words is not None else PAPER_STOP_WORDS)
         words = [w for w in pool if w.isalpha()]  # punctuation would merge into the expression's last word
         if not 0 < count <= len(words):
-            raise ConfigError(f"model.magnets.init_args.count must be between 1 and {len(words)}, got {count}")
+            raise ConfigError(f"must be between 1 and {len(words)}, got {count}", field="count")
         self.seed = seed
         super().__init__(random.Random(seed).sample(words, count), filter_stop_words, stop_words, noun_phrase)
 
@@ -133,7 +133,7 @@ class RandomVectorMagnets(AppendMagnets):
         noun_phrase: ExpressionParser | None = None,
     ) -> None:
         if count < 1:
-            raise ConfigError(f"model.magnets.init_args.count must be at least 1, got {count}")
+            raise ConfigError(f"must be at least 1, got {count}", field="count")
         self.count = count
         self.seed = seed
         super().__init__([], filter_stop_words, stop_words, noun_phrase)

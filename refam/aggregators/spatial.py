@@ -149,7 +149,7 @@ class RelationPrior(SpatialBias):
 
     def __call__(self, heatmaps: torch.Tensor, expressions: list[str], context: BiasContext | None = None) -> torch.Tensor:
         if context is None:
-            raise ValueError("RelationPrior needs the per-token maps (a BiasContext); RefAMModule passes them")
+            raise ValueError("RelationPrior needs the per-token maps (a BiasContext); RefAMPipeline passes them")
         out = heatmaps.clone()
         for k, text in enumerate(expressions):
             relation = self.parser.relation(text)

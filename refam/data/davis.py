@@ -63,7 +63,6 @@ from torch.utils.data import Dataset
 from refam.data.video_common import (
     ANNOTATION_SUFFIX,
     FRAME_SUFFIX,
-    KEY,
     PaletteTruth,
     frame_paths,
     load_captions,
@@ -137,7 +136,7 @@ class RefDAVIS17(Dataset):
     published protocol) or "per_expression".
     """
 
-    is_video = True  # scored with J&F (RefAMModule)
+    is_video = True  # scored with J&F (refam.scoring)
     ignores_void = True  # 255 pixels leave J and F, as in the official unsupervised evaluation
 
     def __init__(
@@ -149,15 +148,16 @@ class RefDAVIS17(Dataset):
         protocol: str = "unsupervised",
     ) -> None:
         if protocol not in PROTOCOLS:
-            raise ConfigError(f"{KEY}.protocol must be 'unsupervised' (the published Ref-DAVIS17 figure: DAVIS 2017 "
-                              "unsupervised evaluation per annotator run, runs averaged) or 'per_expression' "
-                              f"(each expression's track alone), got {protocol!r}")
+            raise ConfigError("must be 'unsupervised' (the published Ref-DAVIS17 figure: DAVIS 2017 unsupervised "
+                              "evaluation per annotator run, runs averaged) or 'per_expression' (each expression's "
+                              f"track alone), got {protocol!r}", field="protocol")
         self.protocol = protocol
         if split not in SPLITS:
-            raise ConfigError(f"{KEY}.split must be one of {sorted(SPLITS)}, got {split!r}")
+            raise ConfigError(f"must be one of {sorted(SPLITS)}, got {split!r}", field="split")
         if annotator is not None and (isinstance(annotator, bool) or annotator not in range(len(ANNOTATOR_SETS))):
-            raise ConfigError(f"{KEY}.annotator must be null (all four expression sets) or 0..3 "
-                              f"({', '.join(f'{i}: {s}' for i, s in enumerate(ANNOTATOR_SETS))}), got {annotator!r}")
+            raise ConfigError("must be null (all four expression sets) or 0..3 "
+                              f"({', '.join(f'{i}: {s}' for i, s in enumerate(ANNOTATOR_SETS))}), got {annotator!r}",
+                              field="annotator")
         self.root = Path(root)
         self.split = "valid" if split == "val" else split
         self.annotator = annotator
@@ -174,7 +174,7 @@ class RefDAVIS17(Dataset):
             raise MissingInputError(
                 f"no Ref-DAVIS17 found under {self.root}: expected {meta_path.relative_to(self.root)} (ReferFormer's "
                 "layout, written by its tools/data/convert_davis_to_ytvos.py) or davis_text_annotations/ next to DAVIS/ "
-                f"(the original release). Check {KEY}.root (and .split)"
+                "(the original release); check it and split", field="root"
             )
         if annotator is not None:
             videos = [
@@ -183,8 +183,8 @@ class RefDAVIS17(Dataset):
         # A video without expressions is no sample (as a RefCOCO image no ref points at).
         self._videos = [v for v in videos if v.expressions]
         if not self._videos:
-            raise DataError(f"Ref-DAVIS17 under {self.root} has no expressions in split '{self.split}'. "
-                            f"Check {KEY}.root and .split")
+            raise DataError(f"Ref-DAVIS17 under {self.root} has no expressions in split '{self.split}'; "
+                            "check it and split", field="root")
         self._captions = load_captions(captions_file)
 
     def _read_converted(self, meta_path: Path) -> list[_Video]:
@@ -259,7 +259,7 @@ class RefDAVIS17(Dataset):
             return BadSample(entry.video, reason)
         if not annotations_dir.is_dir():
             return BadSample(entry.video, f"annotation folder of video '{entry.video}' not found: {annotations_dir}. "
-                                          f"Check {KEY}.root, or restore the folder")
+                                          "Check the dataset's root, or restore the folder")
         return VideoSample(
             sample_id=entry.video,
             frames=paths,

@@ -25,8 +25,6 @@ from refam.types import BadSample, Expression, Sample
 from refam.data.images import read_rgb
 from refam.errors import DataError, MissingInputError
 
-_KEY = "data.datasets.init_args"
-
 
 def _read_records(path: Path) -> list[tuple[str, Any]]:
     """(where, record) pairs, `where` being "line N" (JSONL) or "record N" (JSON list), 1-based."""
@@ -36,7 +34,7 @@ def _read_records(path: Path) -> list[tuple[str, Any]]:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); "
                         "save the manifest as UTF-8") from e
     except OSError as e:
-        raise MissingInputError(f"cannot read manifest {path}: {e.strerror or e}. Check {_KEY}.path") from e
+        raise MissingInputError(f"cannot read manifest {path}: {e.strerror or e}", field="path") from e
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
@@ -72,7 +70,7 @@ class ManifestDataset(Dataset):
     def __init__(self, path: str, name: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise MissingInputError(f"manifest not found: {self.path}. Check {_KEY}.path")
+            raise MissingInputError(f"manifest not found: {self.path}", field="path")
         self._name = name or self.path.stem
         self._samples = [self._parse(where, record) for where, record in _read_records(self.path)]
         if not self._samples:

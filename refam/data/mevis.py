@@ -35,7 +35,6 @@ from torch.utils.data import Dataset
 
 from refam.data.refcoco import decode_segmentation
 from refam.data.video_common import (
-    KEY,
     frame_paths,
     load_captions,
     load_json,
@@ -122,7 +121,7 @@ def _ids(value: Any, what: str, where: str) -> list[Any] | None:
 class MeViS(Dataset):
     """MeViS: one item per video with all its expressions (see the module docstring)."""
 
-    is_video = True  # scored with J&F (RefAMModule)
+    is_video = True  # scored with J&F (refam.scoring)
     submission_root = ''  # the server's zip layout (MaskWriter)
 
     def __init__(self, root: str, split: str = "valid_u", captions_file: str | None = None) -> None:
@@ -131,7 +130,7 @@ class MeViS(Dataset):
         require(self.root, "root", "MeViS root")
         split_dir = self.root / split
         require(split_dir, "root", f"MeViS split folder '{split}'",
-                f" (and .split; the release has {', '.join(('valid_u', 'valid', 'train'))})")
+                f" (with split; the release has {', '.join(('valid_u', 'valid', 'train'))})")
         meta_path = split_dir / "meta_expressions.json"
         meta = load_meta_expressions(meta_path, "root")
         require(split_dir / "JPEGImages", "root", "MeViS frame folder")
@@ -162,7 +161,7 @@ class MeViS(Dataset):
             order = sorted(range(len(frames)), key=lambda i: frames[i])
             self._videos.append(_Video(video, tuple(frames[i] for i in order), tuple(order), tuple(expressions)))
         if not self._videos:
-            raise DataError(f"{meta_path} lists no video with expressions. Check {KEY}.root and .split")
+            raise DataError(f"{meta_path} lists no video with expressions; check it and split", field="root")
 
         # Only the RLEs this split's expressions use; decoded per frame when asked for.
         self._rles: dict[str, list[Any]] | None = None

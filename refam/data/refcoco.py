@@ -25,11 +25,10 @@ from torch.utils.data import Dataset
 
 from refam.types import BadSample, Expression, Sample
 from refam.data.images import read_rgb
-from refam.errors import DataError, MissingInputError
+from refam.errors import ConfigError, DataError, MissingInputError
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 CAPTION_CHOICES = ("first", "none")
-_KEY = "data.datasets.init_args"
 
 
 class UnreadablePickleError(DataError, pickle.UnpicklingError):
@@ -132,9 +131,11 @@ class _Ref:
     sentences: tuple[tuple[int, str], ...]  # (sent_id, sent), by sent_id
 
 
-def _require(path: Path, key: str, what: str) -> None:
+def _require(path: Path, field: str, what: str, made_with: str = "") -> None:
+    """`made_with`: the other settings the path is made of, named in the message."""
     if not path.exists():
-        raise MissingInputError(f"{what} not found: {path}. Check {_KEY}.{key}")
+        raise MissingInputError(f"{what} not found: {path}" + (f" (made with {made_with})" if made_with else ""),
+                                field=field)
 
 
 def _parse_refs(raw: Any, path: Path, split: str) -> tuple[list[dict], list[str]]:
@@ -158,15 +159,16 @@ def _parse_refs(raw: Any, path: Path, split: str) -> tuple[list[dict], list[str]
     return chosen, sorted(splits)
 
 
-def _load_json(path: Path, key: str) -> dict:
-    """A COCO-style JSON object; a broken file is one DataError naming it and the key that chose it."""
+def _load_json(path: Path, field: str) -> dict:
+    """A COCO-style JSON object; a broken file is one DataError naming it and the setting that chose it."""
     try:
         with open(path, encoding="utf-8") as f:
             document = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is not valid UTF-8 JSON ({e}); restore the original file or fix {_KEY}.{key}") from e
+        raise DataError(f"{path} is not valid UTF-8 JSON ({e}); restore the original file or name another",
+                        field=field) from e
     if not isinstance(document, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(document).__name__}; fix {_KEY}.{key}")
+        raise DataError(f"{path}: expected a JSON object, got {type(document).__name__}", field=field)
     return document
 
 
@@ -200,26 +202,24 @@ class RefCOCODataset(Dataset):
         self.split = split
         if split_by is None:
             if dataset not in DEFAULT_SPLIT_BY:
-                raise DataError(
-                    f"no default split_by for dataset '{dataset}' (known: {sorted(DEFAULT_SPLIT_BY)}); "
-                    f"set {_KEY}.split_by"
-                )
+                raise ConfigError(f"no default for dataset '{dataset}' (known: {sorted(DEFAULT_SPLIT_BY)}); set it",
+                                  field="split_by")
             split_by = DEFAULT_SPLIT_BY[dataset]
         self.split_by = split_by
         if caption_choice not in CAPTION_CHOICES:
-            raise DataError(f"{_KEY}.caption_choice must be one of {CAPTION_CHOICES}, got '{caption_choice}'")
+            raise ConfigError(f"must be one of {CAPTION_CHOICES}, got '{caption_choice}'", field="caption_choice")
 
         _require(self.data_root, "data_root", "REFER data root")
         refs_path = self.data_root / dataset / f"refs({split_by}).p"
-        _require(refs_path, "data_root (and .dataset, .split_by)", "REFER refs file")
+        _require(refs_path, "data_root", "REFER refs file", "dataset and split_by")
         instances_path = self.data_root / dataset / "instances.json"
-        _require(instances_path, "data_root (and .dataset)", "REFER instances.json")
+        _require(instances_path, "data_root", "REFER instances.json", "dataset")
         self.image_dir = Path(image_dir) if image_dir else self.data_root / "images/mscoco/images/train2014"
         _require(self.image_dir, "image_dir", "COCO image folder")
 
         refs, splits = _parse_refs(load_untrusted_pickle(refs_path), refs_path, split)
         if not refs:
-            raise DataError(f"{refs_path} has no refs in split '{split}'; {_KEY}.split must be one of {splits}")
+            raise DataError(f"{refs_path} has no refs in split '{split}'; it must be one of {splits}", field="split")
 
         by_image: dict[int, list[_Ref]] = defaultdict(list)
         for ref in refs:
@@ -260,8 +260,8 @@ class RefCOCODataset(Dataset):
         path = self.image_dir / info["file_name"]
         image = read_rgb(path)
         if isinstance(image, str):
-            return BadSample(sample_id, f"{image}. Check {_KEY}.image_dir points at the COCO train2014 images, "
-                                        "or restore the file")
+            return BadSample(sample_id, f"{image}. Check that the dataset's image_dir points at the COCO train2014 "
+                                        "images, or restore the file")
         height, width = int(info["height"]), int(info["width"])
         if image.size != (width, height):
             return BadSample(sample_id, f"image {path} is {image.size[0]}x{image.size[1]} but instances.json "

@@ -47,7 +47,6 @@ from refam.data.imagenet_seg_classes import SIMPLIFIED_NAMES
 from refam.errors import ConfigError, DataError, MissingInputError
 from refam.types import BadSample, Expression, Sample
 
-_KEY = "data.datasets.init_args"
 DEFAULT_CAPTION = "a {name}"
 MAT_NAME = "gtsegs_ijcv.mat"
 VOID = 255
@@ -70,7 +69,7 @@ def _check_protocol(protocol: str) -> None:
     from refam.metrics.saliency import VARIANTS
 
     if protocol not in VARIANTS:
-        raise ConfigError(f"{_KEY}.protocol must be one of {list(VARIANTS)}, got {protocol!r}")
+        raise ConfigError(f"must be one of {list(VARIANTS)}, got {protocol!r}", field="protocol")
 
 
 def _check_caption(template: str) -> str:
@@ -78,8 +77,8 @@ def _check_caption(template: str) -> str:
         template.format(name="x")
     except (KeyError, IndexError, ValueError) as e:
         raise ConfigError(
-            f"{_KEY}.caption must be a template with only {{name}} in it (e.g. \"a {{name}}\") or \"\", "
-            f"got {template!r} ({type(e).__name__}: {e})"
+            f"must be a template with only {{name}} in it (e.g. \"a {{name}}\") or \"\", "
+            f"got {template!r} ({type(e).__name__}: {e})", field="caption"
         ) from e
     return template
 
@@ -119,7 +118,7 @@ def read_mask(file: Any, index: int) -> np.ndarray:
 
 def _words_file_lookup(path: Path) -> dict[str, str]:
     if not path.is_file():
-        raise MissingInputError(f"synset words file not found: {path}. Check {_KEY}.synset_words")
+        raise MissingInputError(f"synset words file not found: {path}", field="synset_words")
     lemmas = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         parts = line.strip().split(maxsplit=1)
@@ -131,7 +130,7 @@ def _words_file_lookup(path: Path) -> dict[str, str]:
 
 
 def _nltk_lookup() -> Callable[[str], str | None]:
-    hint = (f"set {_KEY}.synset_words to ImageNet's words.txt, or install WordNet for nltk: "
+    hint = ("set it to ImageNet's words.txt, or install WordNet for nltk: "
             "pip install nltk && python -m nltk.downloader wordnet")
     try:
         from nltk.corpus import wordnet
@@ -139,9 +138,10 @@ def _nltk_lookup() -> Callable[[str], str | None]:
 
         wordnet.ensure_loaded()
     except ImportError as e:
-        raise MissingInputError(f"ImageNet-Segmentation names its images by WordNet synset; {hint}") from e
+        raise MissingInputError(f"ImageNet-Segmentation names its images by WordNet synset; {hint}",
+                                field="synset_words") from e
     except LookupError as e:
-        raise MissingInputError(f"nltk's WordNet data is not installed; {hint}") from e
+        raise MissingInputError(f"nltk's WordNet data is not installed; {hint}", field="synset_words") from e
 
     def lookup(wnid: str) -> str | None:
         try:
@@ -179,10 +179,10 @@ class ImageNetSegmentation(Dataset):
         if not mat.is_file():
             raise MissingInputError(
                 f"ImageNet-Segmentation file not found: {mat}. Download {MAT_NAME} (Guillaumin et al. 2014, "
-                f"the file Chefer et al. 2021 evaluate on) and point {_KEY}.path at it or its folder"
+                "the file Chefer et al. 2021 evaluate on) and point this at it or its folder", field="path"
             )
         if names not in ("simplified", "wordnet"):
-            raise ConfigError(f"{_KEY}.names must be 'simplified' or 'wordnet', got {names!r}")
+            raise ConfigError(f"must be 'simplified' or 'wordnet', got {names!r}", field="names")
         self.path = mat
         self.caption = _check_caption(caption)
         self.names = names
@@ -275,7 +275,7 @@ def _voc_root(root: Path) -> Path:
             return candidate
     raise MissingInputError(
         f"no VOC2012 folder (with ImageSets/Segmentation, JPEGImages, SegmentationClass) at "
-        f"{', '.join(str(c) for c in candidates)}. Point {_KEY}.root at VOCdevkit/VOC2012"
+        f"{', '.join(str(c) for c in candidates)}. Point this at VOCdevkit/VOC2012", field="root"
     )
 
 
@@ -321,12 +321,12 @@ class PascalVOCSingleClass(Dataset):
         self.caption = _check_caption(caption)
         names = tuple(class_names) if class_names is not None else CONCEPTATTENTION_VOC_NAMES
         if len(names) != 21:
-            raise ConfigError(f"{_KEY}.class_names must list 21 names (background first), got {len(names)}")
+            raise ConfigError(f"must list 21 names (background first), got {len(names)}", field="class_names")
         self.class_names = names
         split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not split_file.is_file():
             known = sorted(p.stem for p in split_file.parent.glob("*.txt"))
-            raise MissingInputError(f"split file not found: {split_file}. {_KEY}.split must be one of {known}")
+            raise MissingInputError(f"split file not found: {split_file}; must be one of {known}", field="split")
         ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
 
         # per kept item: (image id, class index) or (image id, why it cannot be judged)
@@ -372,7 +372,7 @@ class PascalVOCSingleClass(Dataset):
         image_path = self.root / "JPEGImages" / f"{image_id}.jpg"
         image = read_rgb(image_path)
         if isinstance(image, str):
-            return BadSample(image_id, f"{image}. Check {_KEY}.root points at VOC2012")
+            return BadSample(image_id, f"{image}. Check that the dataset's root points at VOC2012")
         if labels.shape != (image.height, image.width):
             return BadSample(image_id, f"{mask_path} is {labels.shape[1]}x{labels.shape[0]} but {image_path} is "
                                        f"{image.width}x{image.height}")

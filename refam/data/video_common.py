@@ -23,20 +23,19 @@ from PIL import Image
 from refam.errors import DataError, MissingInputError
 from refam.types import VideoExpression, VideoTruth
 
-KEY = "data.datasets.init_args"
 FRAME_SUFFIX = ".jpg"
 ANNOTATION_SUFFIX = ".png"
 VOID = 255  # DAVIS palette index of pixels that belong to no object
 
 
-def require(path: Path, key: str, what: str, hint: str = "") -> None:
-    """Raise MissingInputError naming the config key when `path` does not exist."""
+def require(path: Path, field: str, what: str, hint: str = "") -> None:
+    """Raise MissingInputError naming the dataset's setting `field` when `path` does not exist."""
     if not path.exists():
-        raise MissingInputError(f"{what} not found: {path}. Check {KEY}.{key}{hint}")
+        raise MissingInputError(f"{what} not found: {path}{hint}", field=field)
 
 
-def load_json(path: Path, key: str, what: str) -> Any:
-    require(path, key, what)
+def load_json(path: Path, field: str, what: str) -> Any:
+    require(path, field, what)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -46,10 +45,10 @@ def load_json(path: Path, key: str, what: str) -> Any:
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
 
 
-def load_meta_expressions(path: Path, key: str) -> dict[str, dict[str, Any]]:
+def load_meta_expressions(path: Path, field: str) -> dict[str, dict[str, Any]]:
     """The `videos` dict of a meta_expressions.json, checked: every video has `expressions`
     (exp_id -> {"exp": str, ...}) and `frames` (a list of frame names)."""
-    raw = load_json(path, key, "meta_expressions.json")
+    raw = load_json(path, field, "meta_expressions.json")
     videos = raw.get("videos") if isinstance(raw, dict) else None
     if not isinstance(videos, dict):
         raise DataError(f"{path}: expected an object with a \"videos\" object (the Ref-YouTube-VOS meta_expressions format)")
@@ -74,8 +73,8 @@ def load_captions(captions_file: str | None) -> dict[str, str]:
     path = Path(captions_file)
     raw = load_json(path, "captions_file", "captions file")
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
-        raise DataError(f"{path}: a captions file is a JSON object {{\"<video id>\": \"<caption>\"}} of strings. "
-                        f"Fix the file or unset {KEY}.captions_file")
+        raise DataError(f"{path}: a captions file is a JSON object {{\"<video id>\": \"<caption>\"}} of strings; "
+                        "fix the file or unset this", field="captions_file")
     return {k: " ".join(v.split()) for k, v in raw.items()}
 
 
@@ -83,11 +82,11 @@ def frame_paths(folder: Path, names: list[str], suffix: str = FRAME_SUFFIX) -> l
     return [str(folder / f"{name}{suffix}") for name in names]
 
 
-def missing_frames(video: str, folder: Path, paths: list[str], key: str = "root") -> str | None:
+def missing_frames(video: str, folder: Path, paths: list[str], field: str = "root") -> str | None:
     """Why the video's frames cannot be read (for a BadSample), or None when every file exists.
     Only checks that files exist: no frame is opened."""
     if not folder.is_dir():
-        return f"frame folder of video '{video}' not found: {folder}. Check {KEY}.{key}, or restore the folder"
+        return f"frame folder of video '{video}' not found: {folder}. Check the dataset's {field}, or restore the folder"
     if not paths:
         return f"video '{video}' lists no frames"
     missing = [p for p in paths if not Path(p).is_file()]

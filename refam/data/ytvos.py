@@ -33,7 +33,6 @@ from torch.utils.data import Dataset
 
 from refam.data.video_common import (
     ANNOTATION_SUFFIX,
-    KEY,
     PaletteTruth,
     frame_paths,
     load_captions,
@@ -55,7 +54,7 @@ class _Video:
 class RefYouTubeVOS(Dataset):
     """Ref-YouTube-VOS: one item per video with all its expressions (see the module docstring)."""
 
-    is_video = True  # scored with J&F (RefAMModule)
+    is_video = True  # scored with J&F (refam.scoring)
     submission_root = 'Annotations'  # the server's zip layout (MaskWriter)
 
     def __init__(
@@ -70,9 +69,9 @@ class RefYouTubeVOS(Dataset):
         require(self.root, "root", "Ref-YouTube-VOS root")
         meta_path = self.root / "meta_expressions" / split / "meta_expressions.json"
         require(meta_path, "root", "Ref-YouTube-VOS meta_expressions.json",
-                " (and .split; the release puts it in <root>/meta_expressions/<split>/)")
+                " (with split; the release puts it in <root>/meta_expressions/<split>/)")
         require(self.root / split / "JPEGImages", "root", "Ref-YouTube-VOS frame folder",
-                " (and .split; the release puts the frames in <root>/<split>/JPEGImages)")
+                " (with split; the release puts the frames in <root>/<split>/JPEGImages)")
         meta = load_meta_expressions(meta_path, "root")
 
         if split == "valid" and exclude_test_videos:
@@ -85,7 +84,7 @@ class RefYouTubeVOS(Dataset):
                     f"{test_path} not found, so the competition's test videos cannot be told apart from the valid "
                     "ones in meta_expressions/valid (507 videos, 202 of them valid); those without frames on disk "
                     "will be reported as bad samples. Add that file from the release, or set "
-                    f"{KEY}.exclude_test_videos: false to silence this",
+                    "the dataset's exclude_test_videos: false to silence this",
                     stacklevel=2,
                 )
 
@@ -103,7 +102,7 @@ class RefYouTubeVOS(Dataset):
             if expressions:
                 self._videos.append(_Video(video, tuple(sorted(entry["frames"])), tuple(expressions)))
         if not self._videos:
-            raise DataError(f"{meta_path} lists no video with expressions. Check {KEY}.root and .split")
+            raise DataError(f"{meta_path} lists no video with expressions; check it and split", field="root")
         self._captions = load_captions(captions_file)
 
     @property

@@ -20,7 +20,7 @@ class FloodFillSegmenter(Segmenter):
 
     def __init__(self, tolerance: int = 24) -> None:
         if not 0 <= tolerance <= 255:
-            raise ConfigError(f"model.segmenter.init_args.tolerance must be in [0, 255], got {tolerance}")
+            raise ConfigError(f"must be in [0, 255], got {tolerance}", field="tolerance")
         self.tolerance = tolerance
 
     def segment(self, image: np.ndarray, points: np.ndarray, heatmaps: torch.Tensor) -> np.ndarray:

@@ -17,8 +17,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Where the setting lives in a LightningCLI config, so errors point at the line to edit.
-_CHECKPOINT_KEY = "model.segmenter.init_args.checkpoint"
+
+
+def checked_weights(checkpoint: str | None, model_id: str | None, allow_random_weights: bool,
+                    image_size: int | None) -> str | None:
+    """The SAM2 weights and input size settings checked (the image and video segmenters take the
+    same): the checkpoint path, user-expanded. Checked when the segmenter is built rather than in
+    setup, so a typo fails before the DiT spends minutes loading."""
+    if checkpoint is not None and model_id is not None:
+        raise ConfigError("give a checkpoint or a model_id, not both", field="checkpoint")
+    if checkpoint is None and model_id is None and not allow_random_weights:
+        raise ConfigError("give a SAM2 checkpoint path (e.g. sam2.1_hiera_large.pt), or set model_id to a hub id, "
+                          "or set allow_random_weights: true for smoke tests", field="checkpoint")
+    if checkpoint is not None:
+        checkpoint = os.path.expanduser(checkpoint)
+        if not os.path.isfile(checkpoint):
+            raise MissingInputError(f"SAM2 checkpoint not found: {checkpoint}; download it from the SAM2 release "
+                                    "(sam2.1_hiera_large.pt, see README) or set this key to your copy", field="checkpoint")
+    if image_size is not None and (image_size <= 0 or image_size % 32):
+        raise ConfigError(f"must be a positive multiple of 32 (Hiera's total stride), got {image_size}", field="image_size")
+    return checkpoint
 
 
 class SAM2PointSegmenter(Segmenter):
@@ -53,23 +71,7 @@ class SAM2PointSegmenter(Segmenter):
         allow_random_weights: bool = False,
         init_seed: int = 0,
     ) -> None:
-        if checkpoint is not None and model_id is not None:
-            raise ConfigError(f"{_CHECKPOINT_KEY} and model_id are both set; give one of them")
-        if checkpoint is None and model_id is None and not allow_random_weights:
-            raise ConfigError(
-                f"{_CHECKPOINT_KEY}: give a SAM2 checkpoint path (e.g. sam2.1_hiera_large.pt), or set "
-                "model_id to a hub id, or set allow_random_weights: true for smoke tests"
-            )
-        if checkpoint is not None:
-            checkpoint = os.path.expanduser(checkpoint)
-            # Checked here rather than in setup so a typo fails before the DiT spends minutes loading.
-            if not os.path.isfile(checkpoint):
-                raise MissingInputError(
-                    f"{_CHECKPOINT_KEY}: SAM2 checkpoint not found: {checkpoint}; download it from the SAM2 "
-                    "release (sam2.1_hiera_large.pt, see README) or set this key to your copy"
-                )
-        if image_size is not None and (image_size <= 0 or image_size % 32):
-            raise ConfigError(f"image_size must be a positive multiple of 32 (Hiera's total stride), got {image_size}")
+        checkpoint = checked_weights(checkpoint, model_id, allow_random_weights, image_size)
         self.config = config
         self.checkpoint = checkpoint
         self.model_id = model_id
@@ -106,9 +108,8 @@ class SAM2PointSegmenter(Segmenter):
         else:
             log.warning(
                 "SAM2 is built with RANDOM weights (allow_random_weights=true, seed %d): masks are "
-                "meaningless; set %s for real runs",
+                "meaningless; set the segmenter's checkpoint for real runs",
                 self.init_seed,
-                _CHECKPOINT_KEY,
             )
             # build_sam2 instantiates on the CPU before moving to `device`, so only the CPU
             # generator needs forking; the caller's RNG stream is left as it was.

@@ -23,16 +23,13 @@ import torch
 from PIL import Image
 
 from refam.errors import CheckpointError, ConfigError, DataError, MissingInputError
+from refam.segmenters.sam2 import checked_weights
 from refam.segmenters.video_base import FramePath, VideoSegmenter, check_track_inputs
 
 if TYPE_CHECKING:
     from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 log = logging.getLogger(__name__)
-
-# Where the settings live in a LightningCLI config, so errors point at the line to edit.
-_KEY = "model.segmenter.init_args"
-_CHECKPOINT_KEY = f"{_KEY}.checkpoint"
 
 # sam2's `load_video_frames` defaults (ImageNet statistics).
 IMG_MEAN = (0.485, 0.456, 0.406)
@@ -70,7 +67,7 @@ class LazyFrameStore:
         img_std: tuple[float, float, float] = IMG_STD,
     ) -> None:
         if cache_size < 1:
-            raise ConfigError(f"{_KEY}.frame_cache_size must be at least 1, got {cache_size}")
+            raise ConfigError(f"must be at least 1, got {cache_size}", field="cache_size")
         self.paths = [os.fspath(p) for p in paths]
         if not self.paths:
             raise ConfigError("a video needs at least one frame")
@@ -237,29 +234,11 @@ class SAM2VideoSegmenter(VideoSegmenter):
         fill_hole_area: int | None = None,
         mask_threshold: float = 0.0,
     ) -> None:
-        if checkpoint is not None and model_id is not None:
-            raise ConfigError(f"{_CHECKPOINT_KEY} and {_KEY}.model_id are both set; give one of them")
-        if checkpoint is None and model_id is None and not allow_random_weights:
-            raise ConfigError(
-                f"{_CHECKPOINT_KEY}: give a SAM2 checkpoint path (e.g. sam2.1_hiera_large.pt), or set "
-                f"{_KEY}.model_id to a hub id, or set {_KEY}.allow_random_weights: true for smoke tests"
-            )
-        if checkpoint is not None:
-            checkpoint = os.path.expanduser(checkpoint)
-            # Checked here rather than in setup so a typo fails before the DiT spends minutes loading.
-            if not os.path.isfile(checkpoint):
-                raise MissingInputError(
-                    f"{_CHECKPOINT_KEY}: SAM2 checkpoint not found: {checkpoint}; download it from the SAM2 "
-                    "release (sam2.1_hiera_large.pt, see README) or set this key to your copy"
-                )
-        if image_size is not None and (image_size <= 0 or image_size % 32):
-            raise ConfigError(
-                f"{_KEY}.image_size must be a positive multiple of 32 (Hiera's total stride), got {image_size}"
-            )
+        checkpoint = checked_weights(checkpoint, model_id, allow_random_weights, image_size)
         if frame_cache_size < 1:
-            raise ConfigError(f"{_KEY}.frame_cache_size must be at least 1, got {frame_cache_size}")
+            raise ConfigError(f"must be at least 1, got {frame_cache_size}", field="frame_cache_size")
         if fill_hole_area is not None and fill_hole_area < 0:
-            raise ConfigError(f"{_KEY}.fill_hole_area must be >= 0 (or null for sam2's default), got {fill_hole_area}")
+            raise ConfigError(f"must be >= 0 (or null for sam2's default), got {fill_hole_area}", field="fill_hole_area")
         self.config = config
         self.checkpoint = checkpoint
         self.model_id = model_id
@@ -304,15 +283,15 @@ class SAM2VideoSegmenter(VideoSegmenter):
                 except (RuntimeError, KeyError, pickle.UnpicklingError) as err:
                     # sam2 logs the missing/unexpected keys and raises a bare RuntimeError.
                     raise CheckpointError(
-                        f"{_CHECKPOINT_KEY}: {self.checkpoint} does not load into {self.config} "
-                        f"({type(err).__name__}: {err or 'missing or unexpected keys, logged above'})"
+                        f"{self.checkpoint} does not load into {self.config} "
+                        f"({type(err).__name__}: {err or 'missing or unexpected keys, logged above'})",
+                        field="checkpoint",
                     ) from err
             else:
                 log.warning(
                     "SAM2 video predictor is built with RANDOM weights (allow_random_weights=true, seed %d): "
-                    "masks are meaningless; set %s for real runs",
+                    "masks are meaningless; set the segmenter's checkpoint for real runs",
                     self.init_seed,
-                    _CHECKPOINT_KEY,
                 )
                 # build_sam2_video_predictor instantiates on the CPU before moving to `device`, so
                 # only the CPU generator needs forking; the caller's RNG stream is left as it was.
@@ -322,7 +301,7 @@ class SAM2VideoSegmenter(VideoSegmenter):
                         self.config, None, device=str(device), hydra_overrides_extra=overrides
                     )
         except MissingConfigException as err:
-            raise ConfigError(f"{_KEY}.config: no SAM2 config {self.config!r} in the installed sam2 package") from err
+            raise ConfigError(f"no SAM2 config {self.config!r} in the installed sam2 package", field="config") from err
         # `apply_postprocessing` forces fill_hole_area=8 over any hydra override; the filling
         # needs sam2's CUDA extension and only warns (every frame) without it.
         predictor.fill_hole_area = self.fill_hole_area if self.fill_hole_area is not None else (

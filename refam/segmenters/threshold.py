@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from refam.errors import ConfigError
 from refam.segmenters.base import Segmenter, check_segment_inputs
 
 # 8-connectivity: diagonal neighbours join a component, so a thin diagonal blob stays whole.
@@ -28,7 +29,7 @@ class HeatmapThresholdSegmenter(Segmenter):
 
     def __init__(self, threshold: float = 0.5, connected_to_point: bool = True) -> None:
         if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1] (heatmaps are min-max normalised), got {threshold}")
+            raise ConfigError(f"must be in [0, 1] (heatmaps are min-max normalised), got {threshold}", field="threshold")
         self.threshold = threshold
         self.connected_to_point = connected_to_point
 

@@ -1,5 +1,5 @@
 """Does a model look at the image? Three checks on scenes a user would draw (`refam.shapes.varied`),
-each run through `RefAMModule.segment_sample` with no caption, as the default `refam predict` runs:
+each run through `RefAMPipeline.segment_sample` with no caption, as the default `refam predict` runs:
 
 - `named_shape_scores`: "the <colour> <shape>" on every shape whose colour and shape are unique in
   its scene: point accuracy and mean mask IoU, at the scenes' drawn sizes or at a given one;
@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from refam.inference import RefAMPipeline
 from refam.metrics import point_hit
 from refam.metrics.iou import intersection_union
-from refam.module import RefAMModule
 from refam.shapes.scenes import Scene
 from refam.shapes.varied import Layout, fits, render_layout, varied_layout
 from refam.types import Expression, Sample
@@ -39,10 +39,10 @@ def named_expressions(scene: Scene) -> list[tuple[str, int]]:
     return [(f"the {c} {s}", i) for i, (c, s) in enumerate(keys) if keys.count((c, s)) == 1]
 
 
-def _run(module: RefAMModule, scene: Scene, expressions: list[tuple[str, int]], sample_id: str):
+def _run(pipeline: RefAMPipeline, scene: Scene, expressions: list[tuple[str, int]], sample_id: str):
     sample = Sample(sample_id, scene.image, [Expression(text, f"{sample_id}-{k}", scene.objects[i].mask)
                                              for k, (text, i) in enumerate(expressions)])
-    return module.segment_sample(sample).predictions
+    return pipeline.segment_sample(sample).predictions
 
 
 def _iou(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -51,13 +51,13 @@ def _iou(prediction: np.ndarray, truth: np.ndarray) -> float:
     return inter / union if union else 0.0
 
 
-def named_shape_scores(module: RefAMModule, scenes: int, split: str = "test", width: int | None = None,
+def named_shape_scores(pipeline: RefAMPipeline, scenes: int, split: str = "test", width: int | None = None,
                        height: int | None = None, first: int = 0) -> NamedShapeScores:
     hits, ious = [], []
     for index in range(first, first + scenes):
         scene = render_layout(varied_layout(split, index, width, height))
         expressions = named_expressions(scene)
-        for prediction, (_, target) in zip(_run(module, scene, expressions, f"drawn-{index}"), expressions):
+        for prediction, (_, target) in zip(_run(pipeline, scene, expressions, f"drawn-{index}"), expressions):
             mask = scene.objects[target].mask
             hits.append(point_hit(prediction.point, torch.from_numpy(mask)))
             ious.append(_iou(prediction.mask, mask))
@@ -83,7 +83,7 @@ class FollowScores:
     pairs: int
 
 
-def follow_rate(module: RefAMModule, pairs: int, split: str = "test", size: int = 128, seed: int = 0) -> FollowScores:
+def follow_rate(pipeline: RefAMPipeline, pairs: int, split: str = "test", size: int = 128, seed: int = 0) -> FollowScores:
     """One named shape moved (at least a third of the image away), all else the same: does the point
     move with it? A model that reads only the words gives the same point in both images."""
     rng = np.random.default_rng(seed)
@@ -102,7 +102,7 @@ def follow_rate(module: RefAMModule, pairs: int, split: str = "test", size: int 
             continue
         points, hits = [], []
         for version, drawn in (("a", scene), ("b", render_layout(other))):
-            (prediction,) = _run(module, drawn, [(text, target)], f"follow-{index}-{version}")
+            (prediction,) = _run(pipeline, drawn, [(text, target)], f"follow-{index}-{version}")
             points.append(np.asarray(prediction.point))
             hits.append(point_hit(prediction.point, torch.from_numpy(drawn.objects[target].mask)))
         shift = np.subtract(other.shapes[target][3:5], layout.shapes[target][3:5])
@@ -112,7 +112,7 @@ def follow_rate(module: RefAMModule, pairs: int, split: str = "test", size: int 
     return FollowScores(moved_with / pairs, on_target / pairs, pairs)
 
 
-def cross_scene_correlation(module: RefAMModule, text: str, scenes: int, split: str = "test", size: int = 128) -> float:
+def cross_scene_correlation(pipeline: RefAMPipeline, text: str, scenes: int, split: str = "test", size: int = 128) -> float:
     """Mean pairwise Pearson correlation of `text`'s heatmaps over `scenes` scenes that each hold
     the shape it names (one of a kind) at a place of their own."""
     maps = []
@@ -122,7 +122,7 @@ def cross_scene_correlation(module: RefAMModule, text: str, scenes: int, split: 
         scene = render_layout(varied_layout(split, 80_000 + index, size, size))
         targets = [i for t, i in named_expressions(scene) if t == text]
         if targets:
-            (prediction,) = _run(module, scene, [(text, targets[0])], f"corr-{index}")
+            (prediction,) = _run(pipeline, scene, [(text, targets[0])], f"corr-{index}")
             maps.append(prediction.heatmap.flatten().double())
     stacked = torch.stack(maps)
     centred = stacked - stacked.mean(dim=1, keepdim=True)

@@ -1,13 +1,13 @@
 """Score refam-shapes on a shapes set under several settings; prints markdown tables.
 
     python -m refam.shapes.evaluate [--model refam/embedded/refam-shapes] [--manifest assets/shapes-demo/manifest.jsonl]
-    python -m refam.shapes.evaluate --timesteps 500 900
+    python -m refam.shapes.evaluate --sigmas 0.5 0.9
 
 The paper's ablation tables run on the demo set through `refam ablate --table N --base configs/demo.yaml`;
-this script keeps the magnet x stop-word-filter grid and the timestep scan of docs/refam-shapes.md.
+this script keeps the magnet x stop-word-filter grid and the noise-level scan of docs/refam-shapes.md.
 
-Each row runs the same `RefAMModule.segment_sample` as `refam test`, with only the magnet strategy
-(or the timestep) changed, so rows differ by exactly that setting.
+Each row runs the same `RefAMPipeline.segment_sample` as `refam test`, with only the magnet strategy
+(or the noise level) changed, so rows differ by exactly that setting.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from refam.data.manifest import ManifestDataset
 from refam.embedded import REFAM_SHAPES
 from refam.extractors.flux import FluxExtractor
 from refam.extractors.trajectory import NoiseAt
+from refam.inference import RefAMPipeline
 from refam.metrics import ReferringScores, point_hit
-from refam.module import RefAMModule
 from refam.segmenters.floodfill import FloodFillSegmenter
 from refam.shapes.model import extractor_settings
 
@@ -40,25 +40,25 @@ MAGNET_ROWS: dict[str, MagnetStrategy] = {
 }
 
 
-def build_module(model: str, magnets: MagnetStrategy, timestep: float = 750.0,
-                 pooled_prompt: str | None = None, spatial_bias: SpatialBias | None = None,
-                 keep_aspect: bool = False) -> RefAMModule:
-    extractor = FluxExtractor(model, trajectory=NoiseAt(timestep), keep_aspect=keep_aspect,
+def build_pipeline(model: str, magnets: MagnetStrategy, sigma: float = 0.75,
+                   pooled_prompt: str | None = None, spatial_bias: SpatialBias | None = None,
+                   keep_aspect: bool = False) -> RefAMPipeline:
+    extractor = FluxExtractor(model, trajectory=NoiseAt(sigma), keep_aspect=keep_aspect,
                               **extractor_settings(model, pooled_prompt))
-    module = RefAMModule(extractor=extractor, segmenter=FloodFillSegmenter(), magnets=magnets,
-                         spatial_bias=spatial_bias)
-    extractor.setup(torch.device("cpu"))
-    return module
+    pipeline = RefAMPipeline(extractor=extractor, segmenter=FloodFillSegmenter(), magnets=magnets,
+                             spatial_bias=spatial_bias)
+    pipeline.setup("cpu")
+    return pipeline
 
 
-def evaluate(module: RefAMModule, dataset: ManifestDataset, kinds: dict[str, str]) -> dict:
+def evaluate(pipeline: RefAMPipeline, dataset: ManifestDataset, kinds: dict[str, str]) -> dict:
     scores = ReferringScores()
     hits_by_kind: dict[str, list[bool]] = defaultdict(list)
     areas = []
     for index in range(len(dataset)):
         sample = dataset[index]
         truth = {e.expression_id: e.mask for e in sample.expressions}
-        for prediction in module.segment_sample(sample).predictions:
+        for prediction in pipeline.segment_sample(sample).predictions:
             target = torch.from_numpy(truth[prediction.expression_id])
             scores.update(torch.from_numpy(prediction.mask), prediction.point, target)
             hits_by_kind[kinds.get(prediction.expression_id, "?")].append(point_hit(prediction.point, target))
@@ -82,18 +82,18 @@ def print_drawn_checks(model: str, scenes: int) -> None:
     correlation (refam.shapes.drawn), with the paper's magnets."""
     from refam.shapes.drawn import cross_scene_correlation, follow_rate, named_shape_scores
 
-    module = build_module(model, MAGNET_ROWS["magnets + stop-word filter (paper)"])
+    pipeline = build_pipeline(model, MAGNET_ROWS["magnets + stop-word filter (paper)"])
     print(f"Scenes a user would draw ({scenes} held-out varied scenes, no caption)\n")
     print("| check | value | expressions |\n| --- | --- | --- |")
     for label, size in (("128 x 128", 128), ("drawn sizes and aspects", None)):
-        named = named_shape_scores(module, scenes, width=size, height=size)
+        named = named_shape_scores(pipeline, scenes, width=size, height=size)
         print(f"| the <colour> <shape>, {label}: PA | {100 * named.point_accuracy:.1f} | {named.expressions} |")
         print(f"| the <colour> <shape>, {label}: mean mask IoU | {named.mean_iou:.3f} | {named.expressions} |")
-    follow = follow_rate(module, scenes)
+    follow = follow_rate(pipeline, scenes)
     print(f"| a moved shape: the point moved with it | {100 * follow.moved_with:.1f} | {follow.pairs} pairs |")
     print(f"| a moved shape: the point on it before and after | {100 * follow.on_target_both:.1f} | {follow.pairs} pairs |")
     for text in CORRELATION_EXPRESSIONS:
-        print(f"| cross-scene heatmap correlation, {text} (8 scenes) | {cross_scene_correlation(module, text, 8):.3f} | 8 |")
+        print(f"| cross-scene heatmap correlation, {text} (8 scenes) | {cross_scene_correlation(pipeline, text, 8):.3f} | 8 |")
     print()
 
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REFAM_SHAPES))
     parser.add_argument("--manifest", type=Path, default=Path("assets/shapes-demo/manifest.jsonl"))
-    parser.add_argument("--timesteps", type=float, nargs="*", default=[], help="also score the paper row at these timesteps")
+    parser.add_argument("--sigmas", type=float, nargs="*", default=[], help="also score the paper row at these noise levels")
     parser.add_argument("--drawn", type=int, default=0,
                         help="also run the checks on N scenes a user would draw (refam.shapes.drawn), no caption")
     args = parser.parse_args(argv)
@@ -115,11 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = {}
     for name, magnets in MAGNET_ROWS.items():
         start = time.time()
-        rows[name] = evaluate(build_module(args.model, magnets), dataset, kinds)
+        rows[name] = evaluate(build_pipeline(args.model, magnets), dataset, kinds)
         rows[name]["seconds"] = time.time() - start
-    for timestep in args.timesteps:
-        rows[f"paper setting at timestep {timestep:g}"] = evaluate(
-            build_module(args.model, MAGNET_ROWS["magnets + stop-word filter (paper)"], timestep), dataset, kinds)
+    for sigma in args.sigmas:
+        rows[f"paper setting at sigma {sigma:g}"] = evaluate(
+            build_pipeline(args.model, MAGNET_ROWS["magnets + stop-word filter (paper)"], sigma), dataset, kinds)
     print(f"{len(kinds)} expressions; chance PA (mean target area) {next(iter(rows.values()))['chance']:.1f}\n")
     print("| setting | PA | mIoU | oIoU |\n| --- | --- | --- | --- |")
     for name, v in rows.items():

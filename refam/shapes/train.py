@@ -198,12 +198,12 @@ class GroundingMonitor(L.Callback):
         if not self.every or step % self.every:
             return
         from refam.data.manifest import ManifestDataset
-        from refam.shapes.evaluate import MAGNET_ROWS, build_module, evaluate, expression_kinds
+        from refam.shapes.evaluate import MAGNET_ROWS, build_pipeline, evaluate, expression_kinds
 
         self.pipe.save_pretrained(self.folder, safe_serialization=True)
-        module = build_module(str(self.folder), MAGNET_ROWS["magnets + stop-word filter (paper)"],
-                              pooled_prompt=self.pooled_prompt)
-        result = evaluate(module, ManifestDataset(str(self.manifest)), expression_kinds(self.manifest))
+        pipeline = build_pipeline(str(self.folder), MAGNET_ROWS["magnets + stop-word filter (paper)"],
+                                  pooled_prompt=self.pooled_prompt)
+        result = evaluate(pipeline, ManifestDataset(str(self.manifest)), expression_kinds(self.manifest))
         self.history.append([step, round(result["PA"], 2)])
         pl_module.log("shapes/PA", result["PA"])
         print(f"step {step}: PA {result['PA']:.1f} on {result['expressions']} held-out expressions", flush=True)

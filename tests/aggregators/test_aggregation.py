@@ -5,7 +5,7 @@ import torch
 
 from refam.aggregators.base import SoftmaxMeanAggregator, normalise
 from refam.aggregators.gas import detect_sinks, sink_category
-from refam.aggregators.point import argmax_points, upsample
+from refam.prompts.point import argmax_points, upsample
 from refam.types import TokenInfo, TokenMaps
 
 
@@ -127,7 +127,7 @@ def test_redirect_leaves_expressions_without_sinks_unchanged_and_needs_logits():
 
     with pytest.raises(ConfigError, match="softmax_stage"):
         SoftmaxMeanAggregator(gas="redirect")(_maps(scores.softmax(1), kind="probs"), keep)
-    with pytest.raises(ConfigError, match="model.aggregator.init_args.gas"):
+    with pytest.raises(ConfigError, match="^gas: must be one of"):
         SoftmaxMeanAggregator(gas="suppress")
 
 

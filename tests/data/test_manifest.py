@@ -132,5 +132,5 @@ def test_invalid_json_and_duplicate_ids_and_record_numbers(folder):
     path.write_text(json.dumps([RECORDS[1], {"image": 5, "expressions": ["x"]}]))
     with pytest.raises(ValueError, match=r'dup.json: record 2: field "image"'):
         ManifestDataset(str(path))
-    with pytest.raises(FileNotFoundError, match="data.datasets.init_args.path"):
+    with pytest.raises(FileNotFoundError, match="^path: manifest not found"):
         ManifestDataset(str(folder / "absent.jsonl"))

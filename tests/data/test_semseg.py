@@ -338,7 +338,7 @@ def test_refam_test_scores_semseg_heatmaps_with_each_datasets_protocol(tmp_path,
             sample = dataset[index]
             if not hasattr(sample, "expressions"):
                 continue  # a BadSample: skipped by the run too
-            for prediction, expression in zip(model.module.segment_sample(sample).predictions, sample.expressions):
+            for prediction, expression in zip(model.pipeline.segment_sample(sample).predictions, sample.expressions):
                 metric.update(prediction.heatmap, expression.mask, getattr(expression, "void", None))
         expected = metric.compute()
         for name in ("Acc", "mIoU", "mAP"):

@@ -24,7 +24,7 @@ from refam.testing.video_fixtures import (
 )
 from refam.types import BadSample, VideoSample
 
-KEY = "data.datasets.init_args"
+# a reader names its own field first; a front door (refam test) names it as data.datasets.init_args.<field>
 
 
 @pytest.fixture
@@ -111,9 +111,9 @@ def test_davis_annotator_keeps_one_expression_set_and_names_its_row(davis_root):
     assert dataset.name == "ref_davis17_anno2/valid"
     sample = items(dataset)["dogs-scale"]
     assert [(e.expression_id, e.object_ids, e.annotator) for e in sample.expressions] == [("2", [1], 2), ("6", [2], 2)]
-    with pytest.raises(ConfigError, match=rf"{KEY}\.annotator"):
+    with pytest.raises(ConfigError, match=r"^annotator: "):
         RefDAVIS17(str(davis_root), annotator=4)
-    with pytest.raises(ConfigError, match=rf"{KEY}\.split"):
+    with pytest.raises(ConfigError, match=r"^split: "):
         RefDAVIS17(str(davis_root), split="test-dev")
 
 
@@ -266,7 +266,7 @@ def test_mevis_unlabelled_and_inconsistent_splits(mevis_root):
     assert isinstance(bad, BadSample) and "anno_id 11" in bad.reason
 
     (mevis_root / "valid_u/mask_dict.json").unlink()
-    with pytest.raises(MissingInputError, match=rf"mask_dict\.json.*{KEY}\.root"):
+    with pytest.raises(MissingInputError, match=r"^root: .*mask_dict\.json"):
         MeViS(str(mevis_root))
 
 
@@ -298,20 +298,20 @@ def test_captions_come_from_the_file_and_missing_videos_get_the_empty_prompt(tmp
     assert all(s.caption == "" for k, s in with_captions.items() if k != video and isinstance(s, VideoSample))
     assert items(cls(str(root)))[video].caption == ""
 
-    with pytest.raises(MissingInputError, match=rf"{KEY}\.captions_file"):
+    with pytest.raises(MissingInputError, match=r"^captions_file: "):
         cls(str(root), captions_file=str(tmp_path / "nope.json"))
     captions.write_text(json.dumps([video]))
-    with pytest.raises(DataError, match=rf"captions\.json.*{KEY}\.captions_file"):
+    with pytest.raises(DataError, match=r"^captions_file: .*captions\.json"):
         cls(str(root), captions_file=str(captions))
 
 
 @pytest.mark.parametrize("reader", list(READERS))
 def test_wrong_roots_name_the_config_key(tmp_path, reader):
     cls = READERS[reader][0]
-    with pytest.raises(MissingInputError, match=rf"{KEY}\.root"):
+    with pytest.raises(MissingInputError, match=r"^root: "):
         cls(str(tmp_path / "does-not-exist"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MissingInputError, match=rf"{KEY}\.root") as error:
+    with pytest.raises(MissingInputError, match=r"^root: ") as error:
         cls(str(tmp_path / "empty"))
     assert str(tmp_path / "empty") in str(error.value)
 

@@ -260,7 +260,7 @@ def test_bad_settings_name_the_setting(kwargs, name):
 
 
 def test_configured_from_yaml(tmp_path):
-    from refam.api import _module_from_config
+    from refam.api import pipeline_from_config
 
     from refam.embedded import DEFAULT_MODEL_SECTION
 
@@ -274,10 +274,10 @@ def test_configured_from_yaml(tmp_path):
                     "inversion_schedule: reversed}\n")
     config = tmp_path / "rf.yaml"
     config.write_text(demo.replace(noise_at, rf_inversion))
-    trajectory = _module_from_config(config).extractor.trajectory
+    trajectory = pipeline_from_config(config).extractor.trajectory
     assert isinstance(trajectory, RFInversion)
     assert (trajectory.steps, trajectory.gamma, trajectory.eta, trajectory.eta_stop) == (12, 0.3, 0.9, 0.5)
     assert trajectory.observe == [0, 5] and trajectory.inversion_schedule == "reversed" and trajectory.shift
     config.write_text(demo.replace(noise_at, rf_inversion.replace("gamma: 0.3", "gamma: 1.5")))
     with pytest.raises(ValueError, match=r"RFInversion\.gamma must be in \[0, 1\], got 1.5"):
-        _module_from_config(config)
+        pipeline_from_config(config)

@@ -7,7 +7,7 @@ import torch
 from refam.segmenters import SAM2PointSegmenter, Segmenter
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
-KEY = "model.segmenter.init_args.checkpoint"
+KEY = "^checkpoint: "  # the segmenter's own field; a front door names the full key
 H, W = 120, 160
 POINTS = np.array([[20.0, 30.0], [140.0, 100.0]])
 

@@ -20,7 +20,7 @@ from refam.segmenters.sam2_video import LazyFrameStore, memory_window
 torch.set_num_threads(1)
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
-KEY = "model.segmenter.init_args.checkpoint"
+KEY = "^checkpoint: "  # the segmenter's own field; a front door names the full key
 H, W = 48, 64  # not square, not the model's size: masks must come back at this size
 N = 5
 POINT = (40.0, 20.0)  # (x, y)

@@ -2,7 +2,7 @@
 classic bugs break it.
 
 All scenes are held out (split seeds disjoint from training and from the demo set) and run through
-the same `RefAMModule.segment_sample` as `refam test` and `refam predict`:
+the same `RefAMPipeline.segment_sample` as `refam test` and `refam predict`:
 
 - scenes a user would draw (`refam.shapes.varied`: any background, size and aspect ratio), with
   no caption, as the default `refam predict` runs: "the <colour> <shape>" must hit its shape, the
@@ -19,7 +19,7 @@ from refam.embedded import REFAM_SHAPES
 from refam.extractors.flux import FluxExtractor
 from refam.shapes.dataset import write_shapes_set
 from refam.shapes.drawn import cross_scene_correlation, follow_rate, named_shape_scores
-from refam.shapes.evaluate import CORRELATION_EXPRESSIONS, MAGNET_ROWS, build_module, evaluate, expression_kinds
+from refam.shapes.evaluate import CORRELATION_EXPRESSIONS, MAGNET_ROWS, build_pipeline, evaluate, expression_kinds
 from refam.shapes.varied import render_layout, varied_layout
 from refam.types import Expression, Sample
 
@@ -53,7 +53,7 @@ def position_pa(result: dict) -> float:
 
 
 def score(held_out) -> dict:
-    module = build_module(str(MODEL), MAGNET_ROWS["magnets + stop-word filter (paper)"])
+    module = build_pipeline(str(MODEL), MAGNET_ROWS["magnets + stop-word filter (paper)"])
     return evaluate(module, *held_out)
 
 
@@ -128,7 +128,7 @@ def wide_scenes():
 
 
 def score_wide(wide_scenes) -> float:
-    module = build_module(str(MODEL), MAGNET_ROWS["magnets + stop-word filter (paper)"], keep_aspect=True)
+    module = build_pipeline(str(MODEL), MAGNET_ROWS["magnets + stop-word filter (paper)"], keep_aspect=True)
     return position_pa(evaluate(module, *wide_scenes))
 
 
@@ -161,7 +161,7 @@ CORRELATION_CEILING = 0.35  # v1: 0.56-0.89 per expression; this model: about 0.
 
 @pytest.fixture(scope="module")
 def drawn_module():
-    return build_module(str(MODEL), MAGNET_ROWS["magnets + stop-word filter (paper)"])
+    return build_pipeline(str(MODEL), MAGNET_ROWS["magnets + stop-word filter (paper)"])
 
 
 @pytest.mark.slow

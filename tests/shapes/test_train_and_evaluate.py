@@ -8,7 +8,7 @@ import torch
 from refam.data.manifest import ManifestDataset
 from refam.extractors.flux import FluxExtractor
 from refam.shapes.dataset import write_shapes_set
-from refam.shapes.evaluate import MAGNET_ROWS, build_module, evaluate, expression_kinds
+from refam.shapes.evaluate import MAGNET_ROWS, build_pipeline, evaluate, expression_kinds
 from refam.shapes.train import main as train_shapes
 
 
@@ -67,7 +67,7 @@ def test_resume_continues_from_a_saved_model(trained):
 def test_evaluation_scores_every_expression(trained, tmp_path):
     manifest = write_shapes_set(tmp_path / "set", "test", scenes=3, per_scene=3)
     kinds = expression_kinds(manifest)
-    module = build_module(str(trained / "model"), MAGNET_ROWS["magnets + stop-word filter (paper)"])
+    module = build_pipeline(str(trained / "model"), MAGNET_ROWS["magnets + stop-word filter (paper)"])
     assert module.extractor.pooled_prompt == "empty"  # read from the model's training record
     result = evaluate(module, ManifestDataset(str(manifest)), kinds)
     assert sum(n for _, n in result["PA by kind"].values()) == len(kinds) == result["expressions"]

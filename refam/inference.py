@@ -1,0 +1,259 @@
+"""RefAMPipeline: one sample's journey of DESIGN.md (expression branch maps -> heatmap -> point ->
+mask), for an image or a video; the one piece that `refam test` (RefAMModule), the Python API,
+`refam predict`, `analyze` and `serve` run. It holds no scores: scoring is `refam.scoring`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from refam.aggregators.base import Aggregation, Aggregator, SoftmaxMeanAggregator
+from refam.aggregators.gas import sink_category
+from refam.aggregators.magnets import AppendMagnets, MagnetStrategy
+from refam.aggregators.spatial import BiasContext, SpatialBias
+from refam.errors import ConfigError, ExpressionError, RefamError
+from refam.extractors.base import Extractor
+from refam.extractors.cache import MapCache
+from refam.identity import code_version, weights_identity
+from refam.prompts.keyframe import KEY_FRAMES, key_frames
+from refam.prompts.point import argmax_points, upsample
+from refam.segmenters.base import Segmenter
+from refam.segmenters.video_base import VideoSegmenter
+from refam.types import Expression, Prediction, Sample, TokenMaps, VideoExpression, VideoSample
+
+TEXT_CONDITIONS = ("caption", "empty")
+# receives each video mask as the segmenter makes it: (expression, frame index, mask)
+MaskSink = Callable[[VideoExpression, int, np.ndarray], None]
+
+
+@dataclass
+class SampleResult:
+    sample_id: str
+    predictions: list[Prediction] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one message per expression that could not be run
+
+
+def token_report(maps: TokenMaps, aggregation: Aggregation, k: int) -> dict:
+    """Which of expression k's tokens were kept, dropped (real tokens only) and sinks, with categories."""
+    tokens = maps.tokens[k]
+    real = [t for t, v in zip(tokens, maps.valid[k].tolist()) if v]
+    kept, sinks = aggregation.kept[k].tolist(), aggregation.sinks[k].tolist()
+    return {
+        "kept_tokens": [t.piece for t, keep in zip(tokens, kept) if keep],
+        "dropped_tokens": [t.piece for t, keep in zip(real, kept) if not keep],
+        "sinks": [t.piece for t, sink in zip(tokens, sinks) if sink],
+        "sink_categories": [sink_category(t) for t, sink in zip(tokens, sinks) if sink],
+    }
+
+
+def _attach_token_maps(prediction: Prediction, maps: TokenMaps, aggregation: Aggregation, k: int,
+                       latent: int | None = None) -> None:
+    """Each real token's map (of latent frame `latent` for a video), for the pictures and analysis."""
+    valid = maps.valid[k]
+    probabilities = aggregation.probabilities[k] if latent is None else aggregation.probabilities[k, :, latent]
+    prediction.tokens = [t.piece for t, v in zip(maps.tokens[k], valid.tolist()) if v]
+    prediction.token_maps = probabilities[valid].clone()
+    prediction.text_mass = maps.text_mass[k][valid].tolist()
+    prediction.token_kept = aggregation.kept[k][valid].tolist()
+    prediction.token_sink = aggregation.sinks[k][valid].tolist()
+
+
+class RefAMPipeline:
+    """Zero-shot referring segmentation: expression branch maps -> heatmap -> point -> mask.
+
+    Args:
+        extractor: the DiT observed through the expression branch (e.g. FluxExtractor).
+        segmenter: point (and heatmap) -> mask (e.g. SAM2PointSegmenter); a VideoSegmenter for videos.
+        magnets: appended attention magnets and token filtering; default the paper's.
+        aggregator: token maps -> heatmap; default the paper's softmax-across-tokens mean.
+        spatial_bias: optional positional priors from the expression's words, applied in order
+            (e.g. DirectionPrior, then RelationPrior: HybridGL's absolute and relative cues).
+        text_condition: what the denoising stream is conditioned on: "caption" (the sample's
+            caption; empty where it has none) or "empty" (always the empty prompt; Table 9).
+        key_frame: videos: the frame the point prompts: "first" (the paper) or "confident" (the
+            frame whose heatmap peaks highest; the segmenter then tracks forward and backward).
+        map_cache: a folder where the extractor's token maps are stored per sample
+            (`refam.extractors.cache.MapCache`), keyed by everything that changes them; a run that
+            changes only the aggregation, spatial bias or segmenter then skips the DiT. None: no cache.
+    """
+
+    def __init__(
+        self,
+        extractor: Extractor,
+        segmenter: Segmenter | VideoSegmenter,
+        magnets: MagnetStrategy | None = None,
+        aggregator: Aggregator | None = None,
+        spatial_bias: SpatialBias | list[SpatialBias] | None = None,
+        text_condition: str = "caption",
+        key_frame: str = "first",
+        map_cache: str | None = None,
+    ) -> None:
+        if key_frame not in KEY_FRAMES:
+            raise ConfigError(f"must be one of {list(KEY_FRAMES)}, got {key_frame!r}", field="key_frame")
+        if text_condition not in TEXT_CONDITIONS:
+            raise ConfigError(f"must be one of {list(TEXT_CONDITIONS)}, got {text_condition!r}", field="text_condition")
+        self.extractor = extractor
+        self.segmenter = segmenter
+        self.magnets = magnets if magnets is not None else AppendMagnets()
+        self.aggregator = aggregator if aggregator is not None else SoftmaxMeanAggregator()
+        self.spatial_bias = [spatial_bias] if isinstance(spatial_bias, SpatialBias) else list(spatial_bias or [])
+        self.text_condition = text_condition
+        self.key_frame = key_frame
+        self.map_cache = MapCache(map_cache) if map_cache else None
+
+    def setup(self, device: torch.device | str) -> None:
+        """Load the weights onto `device`; an error names the component it came from."""
+        for name in ("extractor", "segmenter"):
+            with self._calling(name):
+                getattr(self, name).setup(torch.device(device))
+
+    @contextmanager
+    def _calling(self, name: str) -> Iterator[None]:
+        """Mark a user error raised by the component given as argument `name` as that component's."""
+        try:
+            yield
+        except RefamError as err:
+            raise err.within(name)
+
+    def _bias_argument(self, index: int) -> str:
+        # a list of one is written as the single value it holds, as refam.errors.place names it
+        return "spatial_bias" if len(self.spatial_bias) == 1 else f"spatial_bias[{index}]"
+
+    def numbers_identity(self) -> dict:
+        """What changes this pipeline's numbers besides its config's text: the content of the files
+        its components' settings name (weights, model configs) and the code's version. The result
+        store keys every record by it."""
+        return {"weights": weights_identity(self.extractor, self.segmenter, self.magnets, self.aggregator,
+                                            *self.spatial_bias),
+                "code": code_version()}
+
+    # ------------------------------------------------------------ expressions
+    def check_expression(self, text: str) -> tuple[str, int]:
+        """The expression with magnets as the extractor reads it, and where the magnets start;
+        raises ExpressionError for one that cannot run (empty, too long for the text encoder)."""
+        if not text.strip():
+            raise ExpressionError("the expression is empty")
+        augmented = self.magnets.augment(text)
+        self.extractor.validate_expression(augmented[0])
+        return augmented
+
+    def _runnable(self, sample: Sample | VideoSample, result: SampleResult) -> tuple[list, list]:
+        """The expressions the extractor can encode, with magnets; the others are reported in `result`."""
+        runnable, augmented = [], []
+        for expression in sample.expressions:
+            try:
+                augmented.append(self.check_expression(expression.text))
+            except ExpressionError as err:
+                result.skipped.append(f"{sample.source or sample.sample_id} expression {expression.expression_id!r}: {err}")
+                continue
+            runnable.append(expression)
+        return runnable, augmented
+
+    def _keep(self, maps: TokenMaps, runnable: list[Expression] | list[VideoExpression]) -> torch.Tensor:
+        return torch.tensor([self.magnets.keep(tokens, e.text) for tokens, e in zip(maps.tokens, runnable)],
+                            dtype=torch.bool)
+
+    def _caption(self, sample: Sample | VideoSample) -> str:
+        return sample.caption if self.text_condition == "caption" else ""
+
+    # ------------------------------------------------------------ images
+    def segment_sample(self, sample: Sample, keep_token_maps: bool = False) -> SampleResult:
+        """Run every expression of one image; an expression that cannot run is reported, not fatal.
+
+        `keep_token_maps` also returns each real token's map (for visualisation and analysis)."""
+        result = SampleResult(sample.sample_id)
+        runnable, augmented = self._runnable(sample, result)
+        if not runnable:
+            return result
+        caption = self._caption(sample)
+
+        def extract() -> TokenMaps:
+            return self.extractor.extract(sample.image, caption, augmented, sample.sample_id,
+                                          magnet_vectors=self.magnets.vectors)
+
+        with self._calling("extractor"):
+            maps = extract() if self.map_cache is None else self.map_cache.extract(
+                self.extractor, extract, sample.sample_id, sample.image, caption, augmented, self.magnets)
+        with self._calling("aggregator"):
+            aggregation = self.aggregator(maps, self._keep(maps, runnable))
+        context = BiasContext(aggregation.probabilities, maps.tokens)
+        for index, bias in enumerate(self.spatial_bias):
+            with self._calling(self._bias_argument(index)):
+                aggregation.heatmaps = bias(aggregation.heatmaps, [e.text for e in runnable], context)
+        width, height = sample.image.size
+        points = argmax_points(aggregation.heatmaps, height, width)
+        with self._calling("segmenter"):
+            masks = self.segmenter.segment(np.array(sample.image.convert("RGB")), points.numpy(),
+                                           upsample(aggregation.heatmaps, height, width))
+        for k, expression in enumerate(runnable):
+            prediction = Prediction(expression_id=expression.expression_id, mask=masks[k],
+                                    point=(float(points[k, 0]), float(points[k, 1])),
+                                    heatmap=aggregation.heatmaps[k], **token_report(maps, aggregation, k))
+            if keep_token_maps:
+                _attach_token_maps(prediction, maps, aggregation, k)
+            result.predictions.append(prediction)
+        return result
+
+    # ------------------------------------------------------------ videos
+    def segment_video(self, video: VideoSample, on_mask: MaskSink | None = None,
+                      keep_token_maps: bool = False) -> SampleResult:
+        """Run every expression of one video: the DiT sees the clip once for all expressions; each
+        expression's point prompts its key frame and the video segmenter tracks it through the video.
+
+        Masks are not kept: `on_mask(expression, frame index, mask)` receives each as it is made, so
+        scoring and writing stream frame by frame. Each prediction holds the key frame's mask.
+        `keep_token_maps` also returns each real token's map on the key frame (for the pictures)."""
+        result = SampleResult(video.sample_id)
+        runnable, augmented = self._runnable(video, result)
+        if not runnable:
+            return result
+        if not isinstance(self.segmenter, VideoSegmenter):
+            raise ConfigError(f"{type(self.segmenter).__name__} segments images; a video dataset needs a "
+                              "VideoSegmenter such as refam.segmenters.sam2_video.SAM2VideoSegmenter", field="segmenter")
+        extract_video = getattr(self.extractor, "extract_video", None)
+        if extract_video is None:
+            raise ConfigError(f"{type(self.extractor).__name__} has no video path (extract_video); a video dataset "
+                              "needs a video backbone such as refam.extractors.mochi.MochiExtractor", field="extractor")
+        caption = self._caption(video)
+
+        def extract() -> TokenMaps:
+            return extract_video(video.images, caption, augmented, video.sample_id, magnet_vectors=self.magnets.vectors)
+
+        with self._calling("extractor"):
+            maps = extract() if self.map_cache is None else self.map_cache.extract(
+                self.extractor, extract, video.sample_id, video.frames, caption, augmented, self.magnets)
+        with self._calling("aggregator"):
+            aggregation = self.aggregator(maps, self._keep(maps, runnable))  # heatmaps [K, F_lat, h, w]
+        frame_to_latent = maps.frame_to_latent or [0] * len(video.frames)
+        prompts = key_frames(aggregation.heatmaps, frame_to_latent, self.key_frame)
+        tracks: dict[tuple[int, float, float], list[int]] = {}  # one segmenter run per distinct prompt
+        for k, expression in enumerate(runnable):
+            frame, latent = prompts[k], frame_to_latent[prompts[k]]
+            heat = aggregation.heatmaps[k, latent][None]
+            context = BiasContext(aggregation.probabilities[k : k + 1, :, latent], [maps.tokens[k]])
+            for index, bias in enumerate(self.spatial_bias):
+                with self._calling(self._bias_argument(index)):
+                    heat = bias(heat, [expression.text], context)
+            width, height = video.frame(frame).size
+            x, y = argmax_points(heat, height, width)[0].tolist()
+            tracks.setdefault((frame, x, y), []).append(k)
+            prediction = Prediction(expression_id=expression.expression_id, mask=None, point=(x, y), heatmap=heat[0],
+                                    frame=frame, **token_report(maps, aggregation, k))
+            if keep_token_maps:  # the key frame's, as segment_sample's for an image
+                _attach_token_maps(prediction, maps, aggregation, k, latent)
+            result.predictions.append(prediction)
+        # expressions prompting the same point on the same frame share a track (the segmenter is
+        # deterministic), each still receiving every mask
+        for (frame, x, y), members in tracks.items():
+            for index, mask in self.segmenter.track(video.frames, frame, (x, y)):
+                for k in members:
+                    if index == frame:
+                        result.predictions[k].mask = mask
+                    if on_mask is not None:
+                        on_mask(runnable[k], index, mask)
+        return result
