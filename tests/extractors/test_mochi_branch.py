@@ -1,6 +1,8 @@
-"""The expression branch on Mochi (DESIGN.md, "The expression branch"), on a tiny MochiPipeline:
-3 blocks (the last `context_pre_only`), text stream narrower than the video stream, random RoPE,
-the real causal AutoencoderKLMochi (8x space, 6x time)."""
+"""Mochi's own claims about the expression branch, on a tiny MochiPipeline: 3 blocks (the last
+`context_pre_only`), text stream narrower than the video stream, random RoPE, the real causal
+AutoencoderKLMochi (8x space, 6x time). The invariants every backbone keeps (the velocity is the
+stock model's, K together = alone, block-0 maps recomputed from the stock modules and RoPE, a
+planted cell on one frame, capture memory flat with depth) are tests/extractors/contract/."""
 
 import pytest
 import torch
@@ -8,23 +10,15 @@ from PIL import Image
 
 from refam.aggregators.magnets import AppendMagnets
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.base import sample_seed
-from refam.extractors.mochi import (
-    FrameSequence,
-    MochiExtractor,
-    frame_maps,
-    frame_to_latent,
-    mochi_timestep,
-    plan_clips,
-    sigma_of_mochi_timestep,
-)
-from refam.extractors.mochi_capture import MochiBranchProcessor, apply_mochi_rope
-from refam.extractors.trajectory import standard_noise
+from refam.extractors.mochi import MochiExtractor
+from refam.extractors.trajectory import NoiseAt, RFInversion, standard_noise
+from refam.extractors.video import FrameSequence, frame_maps, frame_to_latent, plan_clips
 from refam.testing.tiny_mochi import save_tiny_mochi
 
 MAGNETS = AppendMagnets()
 EXPRESSIONS = ["the red dog on the left", "a man", "the small blue car near the tree"]
 HEIGHT, WIDTH = 48, 80  # a 3 x 5 token grid per latent frame
+C = MochiExtractor.temporal_compression  # 6
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,70 +64,29 @@ class _CountingFrames(FrameSequence):
 
 
 def _state(extractor, caption="a dog and a man", expressions=EXPRESSIONS, frames=7):
-    x0 = extractor.encode_clip(_video(frames))
-    x_t = extractor.noised(x0, torch.Generator().manual_seed(0))
+    latent = extractor.encode_clip(_video(frames))
+    x_t = 0.99 * latent.x0 + 0.01 * standard_noise(latent.x0, torch.Generator().manual_seed(0))
     encoded = extractor.encode_expressions([MAGNETS.augment(e) for e in expressions])
-    return x_t, extractor.encode_caption(caption), encoded
+    return latent.grid, x_t, extractor.encode_caption(caption), encoded
 
 
-# ------------------------------------------------------------------ invariant 1: invisible branch
+# ------------------------------------------------------------------ the branch as caption padding
 
 
-@pytest.mark.parametrize("caption", ["a dog and a man", ""])
 @pytest.mark.parametrize("force_zeros", [False, True])
-def test_branch_is_invisible_to_the_denoising_stream(tiny_mochi_dir, tmp_path, caption, force_zeros):
-    """force_zeros_for_empty_prompt: an empty caption has no valid token at all."""
+def test_branch_changes_nothing_with_an_empty_caption(tiny_mochi_dir, tmp_path, force_zeros):
+    """An empty caption is padding Mochi masks out; with force_zeros_for_empty_prompt it has no
+    valid token at all, so the main stream is the video alone: the branch still leaves the
+    velocity bit for bit as it is without the branch."""
     folder = save_tiny_mochi(tmp_path / "m", force_zeros_for_empty_prompt=True) if force_zeros else tiny_mochi_dir
     extractor = _extractor(folder)
-    x_t, condition, encoded = _state(extractor, caption)
-    plain = extractor.forward(x_t, extractor.sigma, condition)
-    capture = extractor.new_capture(encoded, condition.embeds.shape[1], x_t.shape[2] * 3 * 5)
-    before = (capture.scores.data_ptr(), capture.text_mass.data_ptr())
-    with_branch = extractor.forward(x_t, extractor.sigma, condition, encoded, capture)
-    assert capture.observations == extractor.num_blocks == 3
-    assert (capture.scores.data_ptr(), capture.text_mass.data_ptr()) == before  # accumulated in place
-    assert capture.scores.abs().sum() > 0
-    torch.testing.assert_close(with_branch, plain, rtol=1e-5, atol=1e-6)
-
-
-def test_without_capture_the_processor_is_the_stock_one(mochi):
-    from diffusers.models.attention_processor import MochiAttnProcessor2_0
-
-    x_t, condition, _ = _state(mochi)
-    ours = mochi.forward(x_t, 0.3, condition)
-    blocks = mochi.pipe.transformer.transformer_blocks
-    assert all(isinstance(b.attn1.processor, MochiBranchProcessor) for b in blocks)
-    try:
-        for block in blocks:
-            block.attn1.processor = MochiAttnProcessor2_0()
-        stock = mochi.forward(x_t, 0.3, condition)
-    finally:
-        for block, processor in zip(blocks, mochi.processors):
-            block.attn1.processor = processor
-    assert ours.equal(stock)
-
-
-# ------------------------------------------------------------------ invariant 2: K in one forward
-
-
-@pytest.mark.parametrize("representation", ["cross_attention", "attention_output"])
-@pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
-def test_k_expressions_in_one_forward_equal_k_separate_forwards(tiny_mochi_dir, softmax_stage, representation):
-    extractor = _extractor(tiny_mochi_dir, softmax_stage=softmax_stage, representation=representation)
-    frames = _video(7, seed=3)
-    together = extractor.extract_video(frames, "a scene", [MAGNETS.augment(e) for e in EXPRESSIONS], "video-1")
-    assert together.kind == ("logits" if softmax_stage == "after_mean" else "probs")
-    for k, expression in enumerate(EXPRESSIONS):
-        alone = extractor.extract_video(frames, "a scene", [MAGNETS.augment(expression)], "video-1")
-        length = alone.valid.shape[1]
-        assert together.valid[k, :length].equal(alone.valid[0])
-        assert not together.valid[k, length:].any()
-        torch.testing.assert_close(together.scores[k, :length], alone.scores[0], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(together.text_mass[k, :length], alone.text_mass[0], rtol=1e-4, atol=1e-6)
-        assert [t.piece for t in together.tokens[k][:length]] == [t.piece for t in alone.tokens[0]]
-
-
-# ------------------------------------------------------------------ the branch follows the text stream
+    grid, x_t, condition, encoded = _state(extractor, caption="")
+    assert int(condition.mask.sum()) == (0 if force_zeros else 1)  # T5's EOS, or nothing
+    plain = extractor.forward(x_t, 0.01, grid, condition)
+    capture = extractor.new_capture(encoded, condition, grid)
+    with_branch = extractor.forward(x_t, 0.01, grid, condition, encoded, capture)
+    assert capture.observations == extractor.num_blocks == 3 and capture.scores.abs().sum() > 0
+    assert torch.equal(with_branch, plain), f"max difference {(with_branch - plain).abs().max():.3g}"
 
 
 def test_expression_tokens_ride_the_text_stream_exactly_as_caption_tokens(mochi):
@@ -142,7 +95,7 @@ def test_expression_tokens_ride_the_text_stream_exactly_as_caption_tokens(mochi)
     caption_proj, norm1_context modulation, add_q/k/v, norm_added_q/k and the context FF/residuals
     are all applied to them."""
     text = "the red dog on the left"
-    x_t, condition, _ = _state(mochi, caption=text)
+    grid, x_t, condition, _ = _state(mochi, caption=text)
     encoded = mochi.encode_expressions([(text, None)])  # no magnets: the very caption
     n = int(condition.mask.sum())
     assert n == encoded.valid.shape[1] == int(encoded.valid.sum())
@@ -153,8 +106,8 @@ def test_expression_tokens_ride_the_text_stream_exactly_as_caption_tokens(mochi)
         for block in mochi.pipe.transformer.transformer_blocks[:-1]  # the last block leaves the text as it is
     ]
     try:
-        capture = mochi.new_capture(encoded, caption_len, x_t.shape[2] * 15)
-        mochi.forward(x_t, mochi.sigma, condition, encoded, capture)
+        capture = mochi.new_capture(encoded, condition, grid)
+        mochi.forward(x_t, mochi.trajectory.sigma, grid, condition, encoded, capture)
     finally:
         for hook in hooks:
             hook.remove()
@@ -163,56 +116,21 @@ def test_expression_tokens_ride_the_text_stream_exactly_as_caption_tokens(mochi)
         torch.testing.assert_close(text_states[0, caption_len : caption_len + n], text_states[0, :n], rtol=1e-5, atol=1e-5)
 
 
-def test_first_block_scores_are_video_query_times_expression_key(tiny_mochi_dir):
-    """Block 0 recomputed by hand from the model's modules: video query after norm_q and RoPE,
-    expression key after caption_proj, norm1_context, add_k_proj and norm_added_k (no RoPE);
-    q . k / sqrt(d), mean over heads, in the frame-major (frame, row, column) layout."""
-    extractor = _extractor(tiny_mochi_dir, blocks=[0])
-    frames = _video(7, seed=5)
-    expression = MAGNETS.augment("the small blue car")
-    maps = extractor.extract_video(frames, "a car", [expression], "s-0")
-    transformer = extractor.pipe.transformer
-    block = transformer.transformer_blocks[0]
-    attn = block.attn1
-    with torch.no_grad():
-        x0 = extractor.encode_clip(frames)
-        x_t = extractor.noised(x0, torch.Generator("cpu").manual_seed(sample_seed(extractor.seed, "s-0")))
-        condition = extractor.encode_caption("a car")
-        encoded = extractor.encode_expressions([expression])
-        timestep = torch.full((1,), mochi_timestep(extractor.sigma))
-        temb, _ = transformer.time_embed(timestep, condition.embeds, condition.mask, hidden_dtype=x_t.dtype)
-        expr = transformer.time_embed.caption_proj(encoded.embeds)  # [1, L, text width]
-        expr = block.norm1_context(expr, temb)[0]
-        key = attn.norm_added_k(attn.add_k_proj(expr).unflatten(2, (attn.heads, -1)))[0]  # [L, H, D]
-        _, _, latents, lh, lw = x_t.shape
-        video = transformer.patch_embed(x_t.permute(0, 2, 1, 3, 4).flatten(0, 1)).unflatten(0, (1, -1)).flatten(1, 2)
-        video = block.norm1(video, temb)[0]
-        query = attn.norm_q(attn.to_q(video).unflatten(2, (attn.heads, -1)))
-        rope = transformer.rope(transformer.pos_frequencies, latents, lh // 2, lw // 2, dtype=torch.float32)
-        query = apply_mochi_rope(query, *rope)[0]  # [N, H, D]
-        expected = torch.einsum("nhd,lhd->lnh", query, key).mean(dim=-1) / query.shape[-1] ** 0.5  # [L, N]
-    assert maps.scores.shape == (1, key.shape[0], latents, lh // 2, lw // 2)
-    torch.testing.assert_close(maps.scores[0], expected.reshape(-1, latents, lh // 2, lw // 2), rtol=1e-4, atol=1e-5)
-
-
 def test_text_mass_is_a_share_of_attention(mochi):
     maps = mochi.extract_video(_video(7), "", [MAGNETS.augment("a man")], "s")
     mass = maps.text_mass[0][maps.valid[0]]
     assert (mass > 0).all() and mass.sum() < 1.0  # the rest of each query's attention went to the video
 
 
-# ------------------------------------------------------------------ invariant 3: the layout
-
-
-def test_planted_latent_cell_lands_at_its_frame_row_and_column(tiny_mochi_dir, monkeypatch):
-    """A latent that is uniform except for one 2x2 cell of one latent frame: with RoPE switched off
-    (zero frequencies) every other video token stays identical through all blocks, so exactly one
-    cell of each token's [F_lat, h, w] map differs, and it must be the planted (frame, row, column)
-    of a non-square grid: catches transposed grids and a wrong frame-major order."""
-    extractor = _extractor(tiny_mochi_dir, sigma=0.0)
+def test_video_maps_are_frame_major(tiny_mochi_dir, monkeypatch):
+    """The contract plants a cell in one frame; here a latent uniform but for one 2x2 cell of latent
+    frame 1 of 2: with RoPE off (zero frequencies) every other video token stays identical through
+    all blocks, so exactly one cell of each token's [F_lat, h, w] map differs, the planted (frame,
+    row, column) of a 2 x 3 x 5 grid, where every wrong order of the three axes moves it."""
+    extractor = _extractor(tiny_mochi_dir, trajectory=NoiseAt(0.0))
     transformer = extractor.pipe.transformer
     monkeypatch.setattr(transformer.pos_frequencies, "data", torch.zeros_like(transformer.pos_frequencies))
-    latents, rows, cols = 2, HEIGHT // 16, WIDTH // 16  # 2 x 3 x 5: every wrong order changes the cell
+    latents, rows, cols = 2, HEIGHT // 16, WIDTH // 16
     planted = (1, rows - 1, 1)
     latent = torch.zeros(1, 12, latents, 2 * rows, 2 * cols)
     f, r, c = planted
@@ -235,23 +153,24 @@ def test_planted_latent_cell_lands_at_its_frame_row_and_column(tiny_mochi_dir, m
 
 
 def test_frame_to_latent_mapping():
-    assert frame_to_latent(1, 25) == [0]
-    assert frame_to_latent(7, 25) == [0, 1, 1, 1, 1, 1, 1]
-    assert frame_to_latent(13, 25) == [0] + [1] * 6 + [2] * 6
-    assert frame_to_latent(13, 7, "first") == [0] + [1] * 6  # frames 7..12 not encoded
-    assert frame_to_latent(13, 7, "all") == [0] + [1] * 6 + [2] + [3] * 5  # a 6-frame clip padded to 7
-    assert frame_to_latent(8, 7, "all") == [0] + [1] * 6 + [2]  # a 1-frame clip needs no padding
-    assert [(c.start, c.stop, c.length, c.latent_start) for c in plan_clips(9, 7, "all")] == [(0, 7, 7, 0), (7, 9, 7, 2)]
-    assert [(c.start, c.stop, c.length) for c in plan_clips(10, 25)] == [(0, 10, 13)]
+    assert frame_to_latent(1, 25, "first", C) == [0]
+    assert frame_to_latent(7, 25, "first", C) == [0, 1, 1, 1, 1, 1, 1]
+    assert frame_to_latent(13, 25, "first", C) == [0] + [1] * 6 + [2] * 6
+    assert frame_to_latent(13, 7, "first", C) == [0] + [1] * 6  # frames 7..12 not encoded
+    assert frame_to_latent(13, 7, "all", C) == [0] + [1] * 6 + [2] + [3] * 5  # a 6-frame clip padded to 7
+    assert frame_to_latent(8, 7, "all", C) == [0] + [1] * 6 + [2]  # a 1-frame clip needs no padding
+    assert [(c.start, c.stop, c.length, c.latent_start) for c in plan_clips(9, 7, "all", C)] == [(0, 7, 7, 0), (7, 9, 7, 2)]
+    assert [(c.start, c.stop, c.length) for c in plan_clips(10, 25, "first", C)] == [(0, 10, 13)]
     with pytest.raises(ValueError, match="6k \\+ 1"):
-        plan_clips(10, 8)
+        plan_clips(10, 8, "first", C)
 
 
 def test_the_mapping_is_the_vae_causal_compression(mochi):
     """Changing pixel frame f of a 13-frame clip changes latent frame_to_latent[f] and no earlier one."""
     vae = mochi.pipe.vae
+    assert vae.temporal_compression_ratio == C
     pixels = torch.rand(1, 3, 13, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    mapping = frame_to_latent(13, 13)
+    mapping = frame_to_latent(13, 13, "first", C)
     with torch.no_grad():
         base = vae.encode(pixels).latent_dist.mode()
         for f in (0, 1, 6, 7, 12):
@@ -265,16 +184,20 @@ def test_the_mapping_is_the_vae_causal_compression(mochi):
 # ------------------------------------------------------------------ the noise level
 
 
-def test_sigma_reading_and_the_timestep_mochi_is_told(mochi, monkeypatch):
+def test_sigma_reading_the_timestep_mochi_is_told_and_the_sign_of_its_output(mochi, monkeypatch):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    assert mochi.sigma == 0.01  # the paper's "timestep 990" in Mochi's convention
-    assert mochi_timestep(0.01) == pytest.approx(990.0) and sigma_of_mochi_timestep(990.0) == pytest.approx(0.01)
+    assert mochi.trajectory.sigma == 0.01 and not mochi.trajectory.shift  # the paper's "timestep 990", Mochi's convention
+    assert mochi.timestep(0.01) == pytest.approx(990.0) and mochi.timestep(0.75) == pytest.approx(250.0)
     # Mochi's scheduler (invert_sigmas) gives the transformer 1000 (1 - sigma) for noise level sigma
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(mochi.pipe.scheduler.config)
     assert scheduler.config.invert_sigmas
-    scheduler.set_timesteps(sigmas=[0.01, 0.75], device="cpu")
-    assert scheduler.timesteps.tolist() == pytest.approx([mochi_timestep(0.01), mochi_timestep(0.75)])
+    scheduler.set_timesteps(sigmas=[0.5, 0.25], device="cpu")
+    assert scheduler.timesteps.tolist() == pytest.approx([mochi.timestep(0.5), mochi.timestep(0.25)])
+    # and steps with the output as x0 - eps: an Euler step in sigma with velocity_sign * output = eps - x0
+    x, out = torch.randn(4, generator=torch.Generator().manual_seed(0)), torch.randn(4, generator=torch.Generator().manual_seed(1))
+    stepped = scheduler.step(out, scheduler.timesteps[0], x, return_dict=False)[0]
+    torch.testing.assert_close(stepped, x + (0.25 - 0.5) * (mochi.velocity_sign * out))
 
     seen = {}
     forward = mochi.pipe.transformer.forward
@@ -286,31 +209,48 @@ def test_sigma_reading_and_the_timestep_mochi_is_told(mochi, monkeypatch):
     monkeypatch.setattr(mochi.pipe.transformer, "forward", spy)
     frames = _video(7, seed=9)
     mochi.extract_video(frames, "a dog", [MAGNETS.augment("a dog")], "sigma")
-    x0 = mochi.encode_clip(frames)
-    eps = standard_noise(x0, torch.Generator("cpu").manual_seed(sample_seed(mochi.seed, "sigma")))
+    x0 = mochi.encode_clip(frames).x0
+    eps = standard_noise(x0, mochi.generator("sigma"))
     torch.testing.assert_close(seen["hidden_states"], 0.99 * x0 + 0.01 * eps)
     assert seen["timestep"].dtype == torch.float32 and seen["timestep"].tolist() == [990.0]
+
+
+@pytest.mark.parametrize("trajectory", [lambda shift: RFInversion(steps=2, shift=shift), lambda shift: NoiseAt(0.01, shift=shift)],
+                         ids=["rf-inversion", "noise-at"])
+def test_a_noise_shift_is_refused_at_setup_naming_mochi_and_shift(tiny_mochi_dir, trajectory):
+    """Mochi's pipeline schedules without a shift: a trajectory asking for one is a one-line
+    ConfigError at setup, on the trajectory's `shift`, naming the backbone; without it, it runs."""
+    extractor = MochiExtractor(str(tiny_mochi_dir), torch_dtype="float32", height=HEIGHT, width=WIDTH, clip_frames=7,
+                               caption_max_tokens=16, trajectory=trajectory(shift=True))
+    with pytest.raises(ConfigError, match=r"^trajectory\.shift: MochiExtractor .*shift: false$") as raised:
+        extractor.setup(torch.device("cpu"))
+    assert raised.value.field == "shift" and "\n" not in str(raised.value)
+    assert extractor.pipe is None  # nothing half set up
+    extractor = _extractor(tiny_mochi_dir, trajectory=trajectory(shift=False))
+    maps = extractor.extract_video(_video(7), "a dog", [MAGNETS.augment("a dog")], "shift")
+    assert torch.isfinite(maps.scores).all() and maps.scores.abs().sum() > 0
 
 
 # ------------------------------------------------------------------ loading and settings
 
 
-def test_missing_folder_raises_checkpoint_error_naming_the_key(tmp_path):
-    with pytest.raises(CheckpointError, match="model.extractor.init_args.pretrained"):
+def test_missing_folder_raises_checkpoint_error_naming_the_field(tmp_path):
+    with pytest.raises(CheckpointError, match="^pretrained: "):
         MochiExtractor(str(tmp_path / "no-such-folder")).setup(torch.device("cpu"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="model.extractor.init_args.pretrained"):
+    with pytest.raises(CheckpointError, match="^pretrained: .*MochiPipeline"):
         MochiExtractor(str(tmp_path / "empty"), local_files_only=True).setup(torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
-    "settings, key",
+    "settings, field",
     [({"clip_frames": 8}, "clip_frames"), ({"height": 40}, "height"), ({"windows": "middle"}, "windows"),
-     ({"sigma": 1.5}, "sigma"), ({"softmax_stage": "x"}, "softmax_stage")],
+     ({"softmax_stage": "x"}, "softmax_stage")],
 )
-def test_bad_settings_name_their_key(settings, key):
-    with pytest.raises(ConfigError, match=f"init_args.{key}"):
+def test_bad_settings_name_their_field(settings, field):
+    with pytest.raises(ConfigError, match=f"^{field}: ") as raised:
         MochiExtractor("unused", **settings)
+    assert raised.value.field == field
 
 
 # ------------------------------------------------------------------ extract_video end to end
@@ -347,7 +287,7 @@ def test_windows_all_covers_every_frame_of_a_14_frame_video(tiny_mochi_dir):
     assert maps.scores.shape[2] == 4
     # each clip is encoded and observed on its own, in order: at sigma 0 (no noise draw), the
     # clips' maps are those of two videos made of their frames
-    clean = _extractor(tiny_mochi_dir, windows="all", sigma=0.0)
+    clean = _extractor(tiny_mochi_dir, windows="all", trajectory=NoiseAt(0.0))
     video = _video(14, seed=2)
     whole = clean.extract_video(video, "", [MAGNETS.augment("a dog")], "long")
     for latents, part in ((slice(0, 2), video[:7]), (slice(2, 4), video[7:])):
