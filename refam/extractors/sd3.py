@@ -1,18 +1,16 @@
 """Stable Diffusion 3 / 3.5 (diffusers `StableDiffusion3Pipeline`) on the template: joint attention, T5 expressions.
 
-Sigma convention: the transformer is told timestep 1000 sigma, unscaled (the pipeline passes the
-scheduler's timesteps), in float32 (bfloat16 would make 750 into 752), and predicts eps - x0, as
-FLUX does. The scheduler shifts statically (shift 3.0: sigma -> 3 sigma / (1 + 2 sigma)), which
-`NoiseAt(shift=True)` applies.
+Sigma convention: the transformer is told timestep 1000 sigma, unscaled, as the pipeline passes the
+scheduler's timesteps (in float32: bfloat16 would make 750 into 752), and predicts eps - x0, as
+FLUX. The scheduler's shift is static (3.0: sigma -> 3 sigma / (1 + 2 sigma)), for `shift=True`.
 
-The joint sequence is [image | caption | expressions]: the processor puts image tokens first, and
-the branch goes after the caption, so the main stream is a prefix view. The MMDiT gives text
-tokens no position (image tokens get a fixed sin-cos table at patch embedding), so the branch's
-tokens need none. The caption is 77 CLIP rows (CLIP-L and CLIP-G side by side, zero-padded to T5's
-width) then T5 rows, with no mask: the padding is attended. The branch reads expressions with T5
-only (`text_encoder_3`): one word-aligned tokenization, full width, the reader FLUX uses; the CLIP
-rows would add a second, causal tokenization of every word (docs/backbones.md). SD3.5-medium's
-dual-attention blocks add an image-only `attn2`, which never sees text; the branch rides in `attn`.
+The joint sequence is [image | caption | expressions]: the stock processor puts the image first,
+so the main stream is a prefix view. Text tokens have no position in the MMDiT (image tokens get a
+sin-cos table at patch embedding). The caption is 77 CLIP rows (CLIP-L and CLIP-G side by side,
+zero-padded to T5's width) then T5 rows, unmasked. The branch reads expressions with T5 only:
+word-aligned, full width, FLUX's reader; CLIP would add a second, causal tokenization of each word.
+SD3.5-medium's dual-attention blocks add an image-only `attn2` that never sees text: the branch
+rides in `attn`.
 """
 
 from __future__ import annotations
