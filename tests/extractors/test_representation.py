@@ -1,6 +1,8 @@
 """The "attention output" representation space (ConceptAttention; the paper's Table 8) against the
 default cross-attention space, on a tiny FLUX (2 double blocks, numbered 0-1, then 2 single, 2-3)."""
 
+import math
+
 import pytest
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
@@ -19,17 +21,17 @@ DOUBLE_BLOCK, SINGLE_BLOCK = 1, 3
 
 def _inputs(extractor, expressions=EXPRESSIONS, caption="a dog and a man"):
     image = Image.new("RGB", (96, 80), (40, 90, 160))
-    x0, rows, cols = extractor.encode_image(image)
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    x_t = 0.25 * x0 + 0.75 * noise
+    latent = extractor.encode_image(image)
+    noise = torch.randn(latent.x0.shape, generator=torch.Generator().manual_seed(0))
+    x_t = 0.25 * latent.x0 + 0.75 * noise
     encoded = extractor.encode_expressions([MAGNETS.augment(e) for e in expressions])
-    return x_t, (rows, cols), extractor.encode_caption(caption), encoded
+    return x_t, latent.grid, extractor.encode_caption(caption), encoded
 
 
 def _capture(condition, encoded, grid, blocks, representation, softmax_stage="after_mean"):
     return AttentionCapture(
         BranchLayout(caption_len=condition.embeds.shape[1], key_valid=encoded.valid),
-        num_image_tokens=grid[0] * grid[1],
+        num_image_tokens=math.prod(grid),
         selected_blocks=set(blocks),
         softmax_stage=softmax_stage,
         representation=representation,
@@ -93,7 +95,7 @@ def test_branch_is_invisible_to_the_denoising_stream_in_attention_output_mode(ti
     with_branch = tiny_extractor.forward(x_t, 0.75, grid, condition, encoded, capture)
     assert capture.observations == tiny_extractor.num_blocks
     assert capture.scores.abs().sum() > 0
-    torch.testing.assert_close(with_branch, plain, rtol=1e-5, atol=1e-6)
+    assert torch.equal(with_branch, plain), f"max difference {(with_branch - plain).abs().max():.3g}"
 
 
 def test_per_head_attention_output_maps_are_distributions_over_the_real_tokens(tiny_flux_dir):
@@ -111,7 +113,7 @@ def test_per_head_attention_output_maps_are_distributions_over_the_real_tokens(t
 def test_extractor_passes_the_representation_to_its_capture(tiny_flux_dir):
     extractor = _extractor(tiny_flux_dir, representation="attention_output")
     _, grid, condition, encoded = _inputs(extractor)
-    assert extractor.new_capture(encoded, condition.embeds.shape[1], grid).representation == "attention_output"
+    assert extractor.new_capture(encoded, condition, grid).representation == "attention_output"
 
 
 @pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
@@ -127,8 +129,9 @@ def test_attention_output_capture_accumulates_in_place(tiny_extractor, softmax_s
 
 
 def test_a_bad_representation_is_a_config_error(tiny_flux_dir):
-    with pytest.raises(ConfigError, match=r"model\.extractor\.init_args\.representation.*cross_attention.*attention_output"):
+    with pytest.raises(ConfigError, match=r"^representation: .*cross_attention.*attention_output") as raised:
         FluxExtractor(str(tiny_flux_dir), representation="concept_attention")
+    assert raised.value.field == "representation"
     layout = BranchLayout(caption_len=1, key_valid=torch.ones(1, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="representation"):
         AttentionCapture(layout, 4, {0}, representation="output")
@@ -220,7 +223,7 @@ def test_scores_equal_an_independent_recomputation(tiny_extractor, block, repres
     scores, _ = capture.result()
     with torch.inference_mode():
         reference = _reference_scores(
-            attn, record, condition.embeds.shape[1], encoded.valid, grid[0] * grid[1], representation
+            attn, record, condition.embeds.shape[1], encoded.valid, math.prod(grid), representation
         )
     valid = encoded.valid[:, :, None].expand_as(scores)
     assert reference[valid].abs().max() > 1e-3
