@@ -161,10 +161,11 @@ def _qwen3_encoder(tokenizer, width: int, layers: int):
 
 def build_tiny_flux2(
     seed: int = 0, variant: str = "dev", width: int = 32, heads: int = 2, double_blocks: int = 1,
-    single_blocks: int = 2, text_width: int = 16, latent_channels: int = 4,
+    single_blocks: int = 2, text_width: int = 16, latent_channels: int = 4, text_depth: int | None = None,
 ):
     """A randomly initialised FLUX.2 pipeline ("dev" or "klein") with the real component classes,
-    deterministic by seed."""
+    deterministic by seed. `text_depth`: the LLM's layers (default dev 32, klein 28, so that the
+    pipelines' default stacked layers exist; fewer make a faster model for the layers given)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
     from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 
@@ -177,9 +178,9 @@ def build_tiny_flux2(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if variant == "dev":
-            text_encoder = _mistral_encoder(len(tokenizer.tokenizer), text_width, layers=32)
+            text_encoder = _mistral_encoder(len(tokenizer.tokenizer), text_width, layers=text_depth or 32)
         else:
-            text_encoder = _qwen3_encoder(tokenizer, text_width, layers=28)
+            text_encoder = _qwen3_encoder(tokenizer, text_width, layers=text_depth or 28)
         transformer = Flux2Transformer2DModel(
             patch_size=1, in_channels=4 * latent_channels, num_layers=double_blocks,
             num_single_layers=single_blocks, attention_head_dim=head_dim, num_attention_heads=heads,

@@ -1,0 +1,84 @@
+"""FLUX.2 [dev] under the contract: the stock `Flux2Pipeline.__call__`, `Flux2AttnProcessor` (double
+blocks) and `Flux2ParallelSelfAttnProcessor` (single blocks); Mistral 3 prompts, left-padded.
+`entry("klein")` is FLUX.2 [klein] (`Flux2KleinPipeline`: Qwen3 prompts, right-padded, no guidance),
+the ENTRY of entry_flux2_klein.py."""
+
+import torch
+from diffusers import Flux2KleinPipeline, Flux2Pipeline
+from diffusers.models.embeddings import apply_rotary_emb
+
+from refam.extractors.flux2 import Flux2Extractor
+from refam.testing.contract import ContractEntry, block_inputs
+from refam.testing.tiny_flux2 import save_tiny_flux2
+
+CAPTION_TOKENS = 64  # the tiny template (dev: BOS, system prompt, [INST] [/INST]) and an expression fit
+LAYERS = (1, 2, 3)  # stacked hidden layers of a 4-layer LLM (the real 40-layer Mistral: (10, 20, 30))
+
+
+def _call(pipe, x_t, sigma, grid, text, txt_ids):
+    # Flux2Pipeline / Flux2KleinPipeline.__call__: timestep / 1000 of the scheduler's 1000 sigma,
+    # guidance 4.0 in float32 (dev) or None (klein), image ids (0, row, col, 0), text ids
+    # (0, 0, 0, l) over the whole padded prompt, no mask
+    guidance = torch.full((1,), 4.0, dtype=torch.float32) if pipe.transformer.config.guidance_embeds else None
+    return pipe.transformer(
+        hidden_states=x_t, encoder_hidden_states=text, timestep=torch.full((1,), sigma), guidance=guidance,
+        txt_ids=txt_ids, img_ids=pipe._prepare_latent_ids(torch.zeros(1, 1, grid[1], grid[2])), return_dict=False,
+    )[0]
+
+
+def stock_velocity(pipe, x_t, sigma, grid, caption):
+    embeds, txt_ids = pipe.encode_prompt(caption, max_sequence_length=CAPTION_TOKENS, text_encoder_out_layers=LAYERS)
+    return _call(pipe, x_t, sigma, grid, embeds, txt_ids)
+
+
+def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
+    attn = pipe.transformer.transformer_blocks[0].attn
+    image = block_inputs(attn, lambda: stock_velocity(pipe, x_t, sigma, grid, caption))
+    # the expression as the caption, padded as the pipeline's tokenizer pads: dev on the left (its L
+    # tokens end the prompt), klein on the right (they start it)
+    length, padding = expression.shape[1], expression.new_zeros(1, CAPTION_TOKENS - expression.shape[1], expression.shape[2])
+    left = isinstance(pipe, Flux2Pipeline)
+    prompt = torch.cat([padding, expression] if left else [expression, padding], dim=1)
+    rows = slice(CAPTION_TOKENS - length, CAPTION_TOKENS) if left else slice(0, length)
+    text = block_inputs(attn, lambda: _call(pipe, x_t, sigma, grid, prompt, pipe._prepare_text_ids(prompt)))
+    n = x_t.shape[1]
+    cos, sin = image["image_rotary_emb"]
+    query = attn.norm_q(attn.to_q(image["hidden_states"]).unflatten(-1, (-1, attn.head_dim)))
+    query = apply_rotary_emb(query, (cos[-n:], sin[-n:]), sequence_dim=1)
+    cos, sin = text["image_rotary_emb"]
+    key = attn.norm_added_k(attn.add_k_proj(text["encoder_hidden_states"][:, rows]).unflatten(-1, (-1, attn.head_dim)))
+    key = apply_rotary_emb(key, (cos[rows], sin[rows]), sequence_dim=1)
+    return query[0], key[0]
+
+
+class _NoRope(torch.nn.Module):
+    def __init__(self, head_dim):
+        super().__init__()
+        self.head_dim = head_dim
+
+    def forward(self, ids):
+        return torch.ones(ids.shape[0], self.head_dim), torch.zeros(ids.shape[0], self.head_dim)
+
+
+def positions_off(transformer, monkeypatch):
+    monkeypatch.setattr(transformer, "pos_embed", _NoRope(transformer.config.attention_head_dim))
+
+
+def entry(variant: str) -> ContractEntry:
+    return ContractEntry(
+        name="flux2" if variant == "dev" else "flux2-klein",
+        extractor_class=Flux2Extractor,
+        pipeline_class=Flux2Pipeline if variant == "dev" else Flux2KleinPipeline,
+        save=lambda folder, depth: save_tiny_flux2(folder, variant=variant, double_blocks=depth, single_blocks=depth,
+                                                   text_depth=4),
+        settings=dict(torch_dtype="float32", resolution=96, keep_aspect=True, caption_max_tokens=CAPTION_TOKENS,
+                      text_layers=list(LAYERS)),
+        image_size=(120, 70),
+        stock_velocity=stock_velocity,
+        block0_vectors=block0_vectors,
+        positions_off=positions_off,
+        depth_observations=lambda depth: 2 * depth,
+    )
+
+
+ENTRY = entry("dev")
