@@ -127,9 +127,10 @@ def test_extract_enters_text_then_denoise(tiny_flux_dir, monkeypatch):
     assert phases.index("denoise") > max(i for i, p in enumerate(phases) if p == "text")
 
 
-def test_a_bad_offload_mode_is_a_config_error_naming_the_key(tiny_flux_dir):
-    with pytest.raises(ConfigError, match=r"model\.extractor\.init_args\.offload.*'none'.*'group'"):
+def test_a_bad_offload_mode_is_a_config_error_naming_the_field(tiny_flux_dir):
+    with pytest.raises(ConfigError, match=r"^offload: .*'none'.*'group'") as raised:
         FluxExtractor(str(tiny_flux_dir), offload="cpu")
+    assert raised.value.field == "offload"
 
 
 def test_a_pipeline_given_in_memory_extracts_like_the_folder_and_is_never_cached(tiny_flux_dir, reference):

@@ -33,9 +33,10 @@ def test_training_capture_equals_the_extractors_capture_per_scene(tiny_extractor
     images = [Image.new("RGB", (96, 80), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]
     condition = extractor.encode_caption("a dog and a man")
     latents = [extractor.encode_image(image) for image in images]
-    grid = latents[0][1:]
-    x_t = torch.cat([0.25 * x0 + 0.75 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(i))
-                     for i, (x0, _, _) in enumerate(latents)])
+    grid = latents[0].grid
+    assert latents[1].grid == grid  # both resized to the extractor's square frame
+    x_t = torch.cat([0.25 * latent.x0 + 0.75 * torch.randn(latent.x0.shape, generator=torch.Generator().manual_seed(i))
+                     for i, latent in enumerate(latents)])
     with torch.no_grad():
         embeds, valid, kept = term.encode(drawn, torch.device("cpu"))
         text = torch.cat([embeds.flatten(1, 2), condition.embeds.expand(2, -1, -1)], dim=1)
@@ -46,7 +47,7 @@ def test_training_capture_equals_the_extractors_capture_per_scene(tiny_extractor
         try:
             velocity = transformer(hidden_states=x_t, encoder_hidden_states=text,
                                    pooled_projections=condition.pooled.expand(2, -1), timestep=torch.full((2,), 0.75),
-                                   img_ids=extractor.pipe._prepare_latent_image_ids(1, *grid, "cpu", torch.float32),
+                                   img_ids=extractor.pipe._prepare_latent_image_ids(1, *grid[1:], "cpu", torch.float32),
                                    txt_ids=torch.zeros(text.shape[1], 3), return_dict=False,
                                    guidance=None if condition.guidance is None else condition.guidance.expand(2))[0]
         finally:
@@ -56,7 +57,7 @@ def test_training_capture_equals_the_extractors_capture_per_scene(tiny_extractor
     assert kept[0, 1].sum() == 1  # "a man" without magnets keeps "man"
     for b, row in enumerate(drawn):
         single = extractor.encode_expressions([(e.text, e.magnet_start) for e, _ in row])
-        alone = extractor.new_capture(single, condition.embeds.shape[1], grid)
+        alone = extractor.new_capture(single, condition, grid)
         plain = extractor.forward(x_t[b : b + 1], 0.75, grid, condition)
         extractor.forward(x_t[b : b + 1], 0.75, grid, condition, single, alone)
         scores, _ = alone.result()  # [K, L, N]
