@@ -17,7 +17,7 @@ from refam.aggregators.gas import sink_category
 from refam.aggregators.magnets import AppendMagnets, MagnetStrategy
 from refam.aggregators.spatial import BiasContext, SpatialBias
 from refam.errors import ConfigError, ExpressionError, RefamError
-from refam.extractors.base import Extractor
+from refam.extractors.base import Extractor, VideoExtractor
 from refam.extractors.cache import MapCache
 from refam.identity import code_version, weights_identity
 from refam.prompts.keyframe import KEY_FRAMES, key_frames
@@ -215,14 +215,13 @@ class RefAMPipeline:
         if not isinstance(self.segmenter, VideoSegmenter):
             raise ConfigError(f"{type(self.segmenter).__name__} segments images; a video dataset needs a "
                               "VideoSegmenter such as refam.segmenters.sam2_video.SAM2VideoSegmenter", field="segmenter")
-        extract_video = getattr(self.extractor, "extract_video", None)
-        if extract_video is None:
-            raise ConfigError(f"{type(self.extractor).__name__} has no video path (extract_video); a video dataset "
+        if not isinstance(self.extractor, VideoExtractor):
+            raise ConfigError(f"{type(self.extractor).__name__} reads images only; a video dataset "
                               "needs a video backbone such as refam.extractors.mochi.MochiExtractor", field="extractor")
         caption = self._caption(video)
 
         def extract() -> TokenMaps:
-            return extract_video(video.images, caption, augmented, video.sample_id, magnet_vectors=self.magnets.vectors)
+            return self.extractor.extract_video(video.images, caption, augmented, video.sample_id, magnet_vectors=self.magnets.vectors)
 
         with self._calling("extractor"):
             maps = extract() if self.map_cache is None else self.map_cache.extract(

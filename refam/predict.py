@@ -64,10 +64,11 @@ def check_writable(folder: Path) -> None:
 
 
 def has_video_pipeline(model) -> bool:
+    from refam.extractors.base import VideoExtractor
     from refam.segmenters.video_base import VideoSegmenter
 
     pipeline = model.pipeline
-    return isinstance(pipeline.segmenter, VideoSegmenter) and hasattr(pipeline.extractor, "extract_video")
+    return isinstance(pipeline.segmenter, VideoSegmenter) and isinstance(pipeline.extractor, VideoExtractor)
 
 
 def track_video(model, video: Path, texts: list[str], caption: str, output: Path, key_frames: dict | None = None) -> int:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from refam.prompts.keyframe import frames_of_latent, key_frames
 from refam.aggregators.magnets import AppendMagnets
-from refam.extractors.base import Extractor
+from refam.extractors.base import VideoExtractor
 from refam.metrics.jf import contour_accuracy, region_similarity
 from refam.inference import RefAMPipeline
 from refam.module import RefAMModule
@@ -21,7 +21,7 @@ FRAMES, ROWS, COLS, SIZE = 7, 4, 6, (48, 32)  # 7 frames -> latents 0 (frame 0) 
 FRAME_TO_LATENT = [0, 1, 1, 1, 1, 1, 1]
 
 
-class PlantedVideoExtractor(Extractor):
+class PlantedVideoExtractor(VideoExtractor):
     """Token maps with one hot cell per expression and latent frame, as a video backbone returns them."""
 
     def __init__(self, hot: dict[int, list[tuple[int, int, int, float]]]) -> None:

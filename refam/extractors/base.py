@@ -84,6 +84,22 @@ class Extractor(abc.ABC):
         (`MagnetStrategy.vectors`)."""
 
 
+class VideoExtractor(Extractor):
+    """An extractor that also reads videos: token maps over latent frames (`TokenMaps.frame_to_latent`)."""
+
+    @abc.abstractmethod
+    def extract_video(
+        self,
+        frames,
+        caption: str,
+        expressions: list[tuple[str, int | None]],
+        sample_id: str,
+        magnet_vectors: MagnetVectors | None = None,
+    ) -> TokenMaps:
+        """Scores [K, T, F_lat, h, w] of K expressions over a video, with `frame_to_latent`; `frames`
+        is a sequence of PIL images (read lazily if it is lazy) or a `VideoSample`."""
+
+
 def sample_seed(seed: int, sample_id: str) -> int:
     """A per-sample noise seed that does not depend on which process or in which order it runs."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:8], "little") & (2**63 - 1)

@@ -22,7 +22,7 @@ from diffusers.models.attention_processor import MochiAttnProcessor2_0
 from refam.errors import CheckpointError
 from refam.extractors.branch import BranchProcessor, install, joint_branch
 from refam.extractors.capture import BranchLayout
-from refam.extractors.template import Latent, VideoExtractor
+from refam.extractors.template import Latent, VideoDiTExtractor
 from refam.text.t5 import T5Reader
 
 CHECKPOINT_LAYOUT = (
@@ -81,10 +81,10 @@ class MochiCaption:
     mask: torch.Tensor  # [1, Lc] bool (Mochi removes the padding in attention)
 
 
-class MochiExtractor(VideoExtractor):
+class MochiExtractor(VideoDiTExtractor):
     """Cross-attention maps of referring expressions from Mochi's transformer, per latent frame.
 
-    Args (besides `VideoExtractor`'s; Mochi 1 has 48 blocks; native 480 x 848, clips of 6k + 1 frames):
+    Args (besides `VideoDiTExtractor`'s; Mochi 1 has 48 blocks; native 480 x 848, clips of 6k + 1 frames):
         variant: weight file variant to load (e.g. "bf16" for genmo/mochi-1-preview).
         caption_max_tokens: T5 length of the denoising prompt (Mochi: 256, padding masked).
         vae_tiling: encode frames in spatial tiles (diffusers `enable_tiling`), to save memory.

@@ -4,7 +4,7 @@
 backbone's `ExpressionReader`), encode the caption, encode the image into a latent and its token
 grid, walk the trajectory (`refam.extractors.trajectory`, in sigma, with velocities eps - x0),
 observe each state with one forward while the branch processors capture, and return `TokenMaps`.
-`VideoExtractor` does the same per clip of frames. A backbone writes only what differs:
+`VideoDiTExtractor` does the same per clip of frames. A backbone writes only what differs:
 
 - `pipeline_class`, `placement_modules` (what lives where, for `offload`) and `install_branch`
   (its `BranchProcessor` on every block; the kernels in `refam.extractors.branch` do the rest);
@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from refam.errors import ConfigError
-from refam.extractors.base import sample_seed, select_blocks
+from refam.extractors.base import VideoExtractor, sample_seed, select_blocks
 from refam.extractors.branch import BranchProcessor
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
 from refam.extractors.pipeline import PipelineExtractor
@@ -298,7 +298,7 @@ class DiTExtractor(PipelineExtractor):
         return "logits" if self.softmax_stage == "after_mean" else "probs"
 
 
-class VideoExtractor(DiTExtractor):
+class VideoDiTExtractor(DiTExtractor, VideoExtractor):
     """A video DiT: the template per clip of frames, maps [K, T, F_lat, h, w] with `frame_to_latent`.
 
     Each pass encodes one clip of `clip_frames` (= c k + 1, c the VAE's `temporal_compression`)

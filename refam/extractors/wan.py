@@ -23,7 +23,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get
 from refam.errors import CheckpointError, ConfigError
 from refam.extractors.branch import BranchProcessor, cross_branch, install
 from refam.extractors.capture import BranchLayout
-from refam.extractors.template import Latent, VideoExtractor
+from refam.extractors.template import Latent, VideoDiTExtractor
 from refam.extractors.trajectory import scheduler_shift
 from refam.text.t5 import T5Reader
 
@@ -57,10 +57,10 @@ class WanBranchProcessor(BranchProcessor):
         return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
 
 
-class WanExtractor(VideoExtractor):
+class WanExtractor(VideoDiTExtractor):
     """Cross-attention maps of referring expressions from Wan's transformer, per latent frame.
 
-    Args (besides `VideoExtractor`'s; Wan 2.1 1.3B has 30 blocks, 14B 40; native 480 x 832, clips of 4k + 1 frames):
+    Args (besides `VideoDiTExtractor`'s; Wan 2.1 1.3B has 30 blocks, 14B 40; native 480 x 832, clips of 4k + 1 frames):
         caption_max_tokens: UMT5 length of the denoising prompt (Wan: 512, zero-padded, unmasked).
         vae_tiling: encode frames in spatial tiles (diffusers `enable_tiling`), to save memory.
     """
