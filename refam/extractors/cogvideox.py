@@ -6,10 +6,10 @@ t the state is sqrt(ab) x0 + sqrt(1 - ab) eps (ab: its scheduler's SNR-shifted, 
 (1 - sigma) x0 + sigma eps, is r times the VP state of the same signal-to-noise ratio
 (sqrt(ab) = (1 - sigma) / r, sqrt(1 - ab) = sigma / r, r = |(1 - sigma, sigma)|): the model is
 told the timestep of that ab (interpolated between its integer ones) and its v becomes eps - x0
-(a flow Euler step is then a DDIM step). Levels below timestep 0's (2b 0.048, 5b 0.028) were never
-trained: NoiseAt refuses them; an ODE's clean end is told timestep 0, as in DDIM inversion. Its
-shift is its pipeline's ("trailing") schedule, fraction f -> timestep 1000 f - 1: the paper's
-"timestep 750" in CogVideoX's own unit is NoiseAt(0.75, shift=True) (sigma 0.905 on 2b, 0.844 on 5b).
+(a flow Euler step is then a DDIM step). Levels below timestep 0's (2b 0.048, 5b 0.028: the least
+noise it was trained at) are told timestep 0, as DDIM inversion starts. Its shift is its
+pipeline's ("trailing") schedule, fraction f -> timestep 1000 f - 1: the paper's "timestep 750" in
+CogVideoX's own unit is NoiseAt(0.75, shift=True) (sigma 0.905 on 2b, 0.844 on 5b).
 
 The joint sequence is [expressions | caption | video]: one set of projections and norms for all
 tokens, no mask (caption padding is attended), RoPE (5b, 1.5) on video tokens only. 2b adds
@@ -30,8 +30,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from refam.errors import CheckpointError, ConfigError
 from refam.extractors.branch import BranchProcessor, install, joint_branch
 from refam.extractors.capture import BranchLayout
-from refam.extractors.template import Latent, VideoExtractor
-from refam.extractors.trajectory import NoiseAt
+from refam.extractors.template import Latent, VideoDiTExtractor
 from refam.text.t5 import T5Reader
 
 CHECKPOINT_LAYOUT = (
@@ -84,10 +83,10 @@ class BranchSkipsPositions:
             return torch.cat([branch, out], dim=1)
 
 
-class CogVideoXExtractor(VideoExtractor):
+class CogVideoXExtractor(VideoDiTExtractor):
     """Cross-attention maps of referring expressions from CogVideoX 1.0 (2b: 30 blocks, 5b: 42), per latent frame.
 
-    Args (besides `VideoExtractor`'s; native 480 x 720, 49 frames, clips of 4k + 1):
+    Args (besides `VideoDiTExtractor`'s; native 480 x 720, 49 frames, clips of 4k + 1):
         caption_max_tokens: T5 length of the denoising prompt (226, padding attended; 2b needs exactly
             its `max_text_seq_length`).
     """
@@ -121,12 +120,6 @@ class CogVideoXExtractor(VideoExtractor):
                               "length", field="caption_max_tokens")
         ab = pipe.scheduler.alphas_cumprod.double()
         self.sigmas = ((1 - ab).sqrt() / (ab.sqrt() + (1 - ab).sqrt())).numpy()  # rises with the timestep, 1 at 999
-
-    def check_trajectory(self, trajectory) -> None:
-        super().check_trajectory(trajectory)
-        if isinstance(trajectory, NoiseAt) and not trajectory.shift and trajectory.sigma < self.sigmas[0]:
-            raise ConfigError(f"{type(self).__name__}'s least noise level is {self.sigmas[0]:.3f} (timestep 0); "
-                              f"observe at sigma >= {self.sigmas[0]:.3f}", field="sigma").within("trajectory")
 
     def noise_shift(self, num_image_tokens: int):
         steps = len(self.sigmas)
@@ -162,7 +155,7 @@ class CogVideoXExtractor(VideoExtractor):
         return Latent(latent.to(self.dtype), (frames_ // (self.temporal_patch or 1), lh // 2, lw // 2))
 
     def timestep(self, sigma: float) -> float:
-        return float(np.interp(sigma, self.sigmas, np.arange(len(self.sigmas))))  # timestep 0 below its level
+        return float(np.interp(sigma, self.sigmas, np.arange(len(self.sigmas))))  # 0 below timestep 0's level
 
     def denoise(self, x_t, sigma, grid, condition: torch.Tensor, branch):
         """The flow velocity eps - x0 at the flow state x_t: CogVideoX's v at the VP state x_t / r, converted."""
