@@ -144,7 +144,7 @@ def test_help_and_print_config():
     printed = subprocess.run([REFAM, "test", "--config", "configs/smoke.yaml", "--print_config"],
                              capture_output=True, text=True, cwd=ROOT)
     assert printed.returncode == 0, printed.stderr[-2000:]
-    assert "refam.extractors.flux.FluxExtractor" in printed.stdout and "timestep: 750" in printed.stdout
+    assert "refam.extractors.flux.FluxExtractor" in printed.stdout and "sigma: 0.75" in printed.stdout
 
 
 @pytest.mark.slow

@@ -111,7 +111,7 @@ def test_rerun_changing_only_aggregation_bias_or_segmenter_skips_the_dit(counted
 
 
 @pytest.mark.parametrize("change", ["seed", "caption", "magnet words", "magnet vectors", "vector seed", "blocks",
-                                    "timestep", "trajectory", "model path", "expressions"])
+                                    "noise level", "trajectory", "model path", "expressions"])
 def test_what_changes_the_maps_misses(counted, samples, tmp_path, change):
     module, calls = counted
     sample = samples[0]
@@ -136,8 +136,8 @@ def test_what_changes_the_maps_misses(counted, samples, tmp_path, change):
         module.magnets = RandomVectorMagnets(count=4, seed=1)
     elif change == "blocks":
         extractor.blocks = [0, 1]
-    elif change == "timestep":
-        extractor.trajectory = NoiseAt(timestep=500)
+    elif change == "noise level":
+        extractor.trajectory = NoiseAt(sigma=0.5)
     elif change == "trajectory":
         extractor.trajectory = RFInversion(steps=2)
     elif change == "model path":
