@@ -149,6 +149,7 @@ class BranchProcessor(abc.ABC):
     one's, so the attention module passes it exactly what it passes the stock processor."""
 
     stock_class: type
+    refused_arguments: tuple[str, ...] = ("attention_mask",)  # stock arguments the branch cannot honour when set
 
     def __init__(self, block_index: int) -> None:
         self.block_index = block_index
@@ -168,6 +169,9 @@ class BranchProcessor(abc.ABC):
             bound.apply_defaults()
             arguments = dict(bound.arguments)
             del arguments[next(iter(signature.parameters))]  # the stock processor's `self`
+            refused = [name for name in self.refused_arguments if arguments.get(name) is not None]
+            if refused:
+                raise ValueError(f"the expression branch does not support {', '.join(refused)} on the main stream")
             return self.with_branch(self.capture, **arguments)
 
         __call__.__signature__ = signature

@@ -17,8 +17,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 from refam.errors import ConfigError
 from refam.extractors.branch import BranchProcessor, install, joint_branch
 from refam.extractors.capture import BranchLayout
-from refam.extractors.template import DiTExtractor, Latent, resize_to, vae_latent
-from refam.text.t5 import T5Reader
+from refam.extractors.template import ImageDiTExtractor, Latent, vae_latent
 
 CHECKPOINT_LAYOUT = (
     "the folder of a FLUX.1 checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
@@ -31,8 +30,6 @@ class FluxBranchProcessor(BranchProcessor):
     stock_class = FluxAttnProcessor
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
-        if attention_mask is not None:
-            raise ValueError("the expression branch does not support an attention mask on the main stream")
         query, key, value, e_query, e_key, e_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
         key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
@@ -70,13 +67,11 @@ class CaptionCondition:
     guidance: torch.Tensor | None
 
 
-class FluxExtractor(DiTExtractor):
+class FluxExtractor(ImageDiTExtractor):
     """Cross-attention maps of referring expressions from a FLUX.1 transformer (sigma = its timestep).
 
-    Args (besides `DiTExtractor`'s; FLUX.1 has 19 double + 38 single blocks, counted in that order):
-        resolution: the image is resized to resolution x resolution (ConceptAttention's
-            convention), or to about resolution^2 pixels at its aspect ratio with `keep_aspect`.
-        caption_max_tokens: T5 length of the denoising prompt (FLUX.1-dev 512, schnell 256).
+    Args (besides `ImageDiTExtractor`'s; FLUX.1 has 19 double + 38 single blocks, counted in that order;
+    caption_max_tokens: FLUX.1-dev 512, schnell 256):
         pooled_prompt: what CLIP's pooled vector encodes: "caption" (FLUX's pipeline) or "empty"
             (for models trained with an empty CLIP prompt, such as refam-shapes).
         guidance_scale: guidance embedding of guidance-distilled models (FLUX.1-dev); ignored otherwise.
@@ -84,19 +79,16 @@ class FluxExtractor(DiTExtractor):
 
     checkpoint_layout = CHECKPOINT_LAYOUT
 
-    def __init__(self, pretrained: str, resolution: int = 1024, keep_aspect: bool = False, caption_max_tokens: int = 512,
-                 pooled_prompt: str = "caption", guidance_scale: float = 3.5, **settings) -> None:
+    reader_components = ("tokenizer_2", "text_encoder_2")  # T5
+
+    def __init__(self, pretrained: str, pooled_prompt: str = "caption", guidance_scale: float = 3.5, **settings) -> None:
         super().__init__(pretrained, **settings)
         if pooled_prompt not in ("caption", "empty"):
             raise ConfigError(f"must be 'caption' or 'empty', got {pooled_prompt!r}", field="pooled_prompt")
-        if resolution % 16:
-            raise ConfigError(f"must be a multiple of 16, got {resolution}", field="resolution")
-        self.resolution, self.keep_aspect = resolution, keep_aspect
-        self.caption_max_tokens, self.pooled_prompt, self.guidance_scale = caption_max_tokens, pooled_prompt, guidance_scale
+        self.pooled_prompt, self.guidance_scale = pooled_prompt, guidance_scale
 
     def backbone_settings(self) -> dict:
-        return {"resolution": self.resolution, "keep_aspect": self.keep_aspect, "caption_max_tokens": self.caption_max_tokens,
-                "pooled_prompt": self.pooled_prompt, "guidance_scale": self.guidance_scale}
+        return {"pooled_prompt": self.pooled_prompt, "guidance_scale": self.guidance_scale}
 
     def pipeline_class(self) -> type:
         from diffusers import FluxPipeline
@@ -109,24 +101,14 @@ class FluxExtractor(DiTExtractor):
     def placement_modules(self, pipe):
         return [pipe.text_encoder, pipe.text_encoder_2], pipe.transformer, [pipe.vae]
 
-    def expression_reader(self) -> T5Reader:
-        return T5Reader(self.pipe.tokenizer_2, self.pipe.text_encoder_2, self.expression_max_tokens)
-
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> CaptionCondition:
-        self.placement.enter("text")
-        embeds, pooled, _ = self.pipe.encode_prompt(
-            prompt=caption if self.pooled_prompt == "caption" else "", prompt_2=caption,
-            device=self.placement.text_device, max_sequence_length=self.caption_max_tokens,
-        )
+        embeds, pooled, _ = self.prompt(prompt=caption if self.pooled_prompt == "caption" else "", prompt_2=caption,
+                                        max_sequence_length=self.caption_max_tokens)
         guidance = None
         if self.pipe.transformer.config.guidance_embeds:
             guidance = torch.full((1,), self.guidance_scale, device=self.device, dtype=torch.float32)
         return CaptionCondition(embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype), guidance)
-
-    def image_size(self, width: int, height: int) -> tuple[int, int]:
-        """(height, width) the image is resized to: multiples of 16 (VAE factor 8 x 2x2 packing)."""
-        return resize_to(width, height, self.resolution, self.keep_aspect, self.pipe.vae_scale_factor * 2)
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:

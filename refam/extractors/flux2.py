@@ -29,7 +29,7 @@ from diffusers.models.transformers.transformer_flux2 import (
 from refam.errors import CheckpointError, ConfigError, ExpressionError
 from refam.extractors.branch import BranchProcessor, install, joint_branch
 from refam.extractors.capture import BranchLayout
-from refam.extractors.template import DiTExtractor, Latent, resize_to
+from refam.extractors.template import ImageDiTExtractor, Latent
 from refam.text.decoder import DecoderReader, PromptTemplate
 
 CHECKPOINT_LAYOUT = (
@@ -60,6 +60,7 @@ class Flux2BranchProcessor(BranchProcessor):
     """`Flux2AttnProcessor` (double blocks) with the branch first in the text stream."""
 
     stock_class = Flux2AttnProcessor
+    refused_arguments = ()  # a mask goes to the main stream's attention, as in the stock call
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
         q, k, v, e_q, e_k, e_v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
@@ -75,6 +76,7 @@ class Flux2SingleBranchProcessor(BranchProcessor):
     """`Flux2ParallelSelfAttnProcessor` (single blocks: one fused q, k, v and MLP projection, one fused output)."""
 
     stock_class = Flux2ParallelSelfAttnProcessor
+    refused_arguments = ()
 
     def with_branch(self, capture, attn, hidden_states, attention_mask, image_rotary_emb):
         projected = attn.to_qkv_mlp_proj(hidden_states)
@@ -94,15 +96,13 @@ class CaptionCondition:
     guidance: torch.Tensor | None  # dev's guidance embedding; klein has none
 
 
-class Flux2Extractor(DiTExtractor):
+class Flux2Extractor(ImageDiTExtractor):
     """Cross-attention maps of referring expressions from FLUX.2 (dev: 8 double + 48 single blocks;
     klein-4B: 5 + 20; counted double blocks first). The variant is the checkpoint's pipeline class;
     the observed forward is the conditional one (klein-base's pipeline would add CFG's unconditional).
 
-    Args (besides `DiTExtractor`'s):
-        resolution, keep_aspect: the image is resized to resolution x resolution, or to about
-            resolution^2 pixels at its aspect ratio.
-        caption_max_tokens: the caption's padded length, template included (the pipelines' 512).
+    Args (besides `ImageDiTExtractor`'s; caption_max_tokens is the caption's padded length, template
+    included, the pipelines' 512):
         guidance_scale: dev's guidance embedding (its pipeline's default 4.0); klein has none.
         shift_steps: the schedule length FLUX.2's noise-level shift assumes (`NoiseAt(shift=True)`).
         text_layers: the LLM hidden layers stacked into the text embeddings, for the caption and
@@ -111,21 +111,16 @@ class Flux2Extractor(DiTExtractor):
 
     checkpoint_layout = CHECKPOINT_LAYOUT
 
-    def __init__(self, pretrained: str, resolution: int = 1024, keep_aspect: bool = False, caption_max_tokens: int = 512,
-                 guidance_scale: float = 4.0, shift_steps: int = 50, text_layers: list[int] | None = None,
-                 **settings) -> None:
+    def __init__(self, pretrained: str, guidance_scale: float = 4.0, shift_steps: int = 50,
+                 text_layers: list[int] | None = None, **settings) -> None:
         super().__init__(pretrained, **settings)
-        if resolution % 16:
-            raise ConfigError(f"must be a multiple of 16, got {resolution}", field="resolution")
         if shift_steps < 1:
             raise ConfigError(f"must be a number of steps >= 1, got {shift_steps}", field="shift_steps")
-        self.resolution, self.keep_aspect, self.caption_max_tokens = resolution, keep_aspect, caption_max_tokens
         self.guidance_scale, self.shift_steps = guidance_scale, shift_steps
         self.text_layers = None if text_layers is None else [int(layer) for layer in text_layers]
 
     def backbone_settings(self) -> dict:
-        return {"resolution": self.resolution, "keep_aspect": self.keep_aspect, "caption_max_tokens": self.caption_max_tokens,
-                "guidance_scale": self.guidance_scale, "shift_steps": self.shift_steps, "text_layers": self.text_layers}
+        return {"guidance_scale": self.guidance_scale, "shift_steps": self.shift_steps, "text_layers": self.text_layers}
 
     def pipeline_class(self) -> type:
         from diffusers import DiffusionPipeline
@@ -171,10 +166,8 @@ class Flux2Extractor(DiTExtractor):
 
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> CaptionCondition:
-        self.placement.enter("text")
-        embeds, ids = self.pipe.encode_prompt(caption, device=self.placement.text_device,
-                                              max_sequence_length=self.caption_max_tokens,
-                                              text_encoder_out_layers=self.stacked_layers)
+        embeds, ids = self.prompt(caption, max_sequence_length=self.caption_max_tokens,
+                                  text_encoder_out_layers=self.stacked_layers)
         guidance = None
         if self.pipe.transformer.config.guidance_embeds:
             guidance = torch.full((1,), self.guidance_scale, device=self.device, dtype=torch.float32)
@@ -184,7 +177,7 @@ class Flux2Extractor(DiTExtractor):
     def encode_image(self, image) -> Latent:
         """As the pipeline encodes a reference image: the VAE's mode, 2x2 patchified, normalised by
         the VAE's batch-norm statistics, packed row-major."""
-        height, width = resize_to(*image.size, self.resolution, self.keep_aspect, self.pipe.vae_scale_factor * 2)
+        height, width = self.image_size(*image.size)
         pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
         latent = self.pipe._encode_vae_image(pixels.to(self.device, self.pipe.vae.dtype), generator=None)
         return Latent(self.pipe._pack_latents(latent).to(self.dtype), (1, latent.shape[2], latent.shape[3]))

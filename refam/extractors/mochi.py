@@ -23,7 +23,6 @@ from refam.errors import CheckpointError
 from refam.extractors.branch import BranchProcessor, install, joint_branch
 from refam.extractors.capture import BranchLayout
 from refam.extractors.template import Latent, VideoDiTExtractor
-from refam.text.t5 import T5Reader
 
 CHECKPOINT_LAYOUT = (
     "the folder of a Mochi checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
@@ -42,6 +41,7 @@ class MochiBranchProcessor(BranchProcessor):
     """`MochiAttnProcessor2_0` with the branch after the caption: [video | caption | expressions]."""
 
     stock_class = MochiAttnProcessor2_0
+    refused_arguments = ()  # the caption's mask: padding removed from the main stream as the stock processor does
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
         caption_len = capture.layout.caption_len
@@ -87,7 +87,6 @@ class MochiExtractor(VideoDiTExtractor):
     Args (besides `VideoDiTExtractor`'s; Mochi 1 has 48 blocks; native 480 x 848, clips of 6k + 1 frames):
         variant: weight file variant to load (e.g. "bf16" for genmo/mochi-1-preview).
         caption_max_tokens: T5 length of the denoising prompt (Mochi: 256, padding masked).
-        vae_tiling: encode frames in spatial tiles (diffusers `enable_tiling`), to save memory.
     """
 
     checkpoint_layout = CHECKPOINT_LAYOUT
@@ -95,14 +94,14 @@ class MochiExtractor(VideoDiTExtractor):
     velocity_sign = -1
     temporal_compression = 6  # AutoencoderKLMochi: temporal_expansions (1, 2, 3)
 
-    def __init__(self, pretrained: str, height: int = 480, width: int = 848, clip_frames: int = 25, windows: str = "first",
-                 variant: str | None = None, caption_max_tokens: int = 256, vae_tiling: bool = False, **settings) -> None:
-        super().__init__(pretrained, height, width, clip_frames, windows, **settings)
-        self.variant, self.caption_max_tokens, self.vae_tiling = variant, caption_max_tokens, vae_tiling
+    def __init__(self, pretrained: str, height: int = 480, width: int = 848, clip_frames: int = 25, caption_max_tokens: int = 256,
+                 variant: str | None = None, **settings) -> None:
+        super().__init__(pretrained, height=height, width=width, clip_frames=clip_frames,
+                         caption_max_tokens=caption_max_tokens, **settings)
+        self.variant = variant
 
     def backbone_settings(self) -> dict:
-        # tiled VAE encoding differs at the tile seams
-        return {"variant": self.variant, "caption_max_tokens": self.caption_max_tokens, "vae_tiling": self.vae_tiling}
+        return {"variant": self.variant}
 
     def pipeline_class(self) -> type:
         from diffusers import MochiPipeline
@@ -116,8 +115,6 @@ class MochiExtractor(VideoDiTExtractor):
         if pipe.vae.temporal_compression_ratio != self.temporal_compression:
             raise CheckpointError(f"the VAE compresses time by {pipe.vae.temporal_compression_ratio}, not "
                                   f"{self.temporal_compression} as Mochi's does", field="pretrained")
-        if self.vae_tiling:
-            pipe.vae.enable_tiling()
 
     def install_branch(self, pipe) -> list[MochiBranchProcessor]:
         return install(list(pipe.transformer.transformer_blocks), MochiBranchProcessor, attribute="attn1")
@@ -128,14 +125,10 @@ class MochiExtractor(VideoDiTExtractor):
     def noise_shift(self, num_image_tokens: int):
         return None  # Mochi's pipeline schedules with linear_quadratic_schedule, not a shift
 
-    def expression_reader(self) -> T5Reader:
-        return T5Reader(self.pipe.tokenizer, self.pipe.text_encoder, self.expression_max_tokens)
-
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> MochiCaption:
-        self.placement.enter("text")
-        embeds, mask, _, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False,
-                                                     max_sequence_length=self.caption_max_tokens, device=self.placement.text_device)
+        embeds, mask, _, _ = self.prompt(prompt=caption, do_classifier_free_guidance=False,
+                                         max_sequence_length=self.caption_max_tokens)
         return MochiCaption(embeds=embeds.to(self.device, self.dtype), mask=mask.to(self.device).bool())
 
     @torch.inference_mode()

@@ -20,10 +20,10 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0, apply_rotary_emb_qwen
 
-from refam.errors import CheckpointError, ConfigError
+from refam.errors import CheckpointError
 from refam.extractors.branch import BranchProcessor, install, joint_branch
 from refam.extractors.capture import BranchLayout
-from refam.extractors.template import DiTExtractor, Latent, resize_to
+from refam.extractors.template import ImageDiTExtractor, Latent
 from refam.text.decoder import DecoderReader, PromptTemplate
 
 CHECKPOINT_LAYOUT = (
@@ -35,11 +35,10 @@ class QwenImageBranchProcessor(BranchProcessor):
     """`QwenDoubleStreamAttnProcessor2_0` with the branch first in the text stream."""
 
     stock_class = QwenDoubleStreamAttnProcessor2_0
+    refused_arguments = ("encoder_hidden_states_mask", "attention_mask")
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, encoder_hidden_states_mask,
                     attention_mask, image_rotary_emb):
-        if encoder_hidden_states_mask is not None or attention_mask is not None:
-            raise ValueError("the expression branch does not support a mask on the caption")
         head_dim = attn.inner_dim // attn.heads
 
         def heads(x, norm=None):  # [B, S, H, D], normed per head as the stock processor norms
@@ -71,27 +70,14 @@ class QwenImageBranchProcessor(BranchProcessor):
         return image_out, attn.to_add_out(text_out.contiguous())
 
 
-class QwenImageExtractor(DiTExtractor):
+class QwenImageExtractor(ImageDiTExtractor):
     """Cross-attention maps of referring expressions from Qwen-Image's MMDiT (60 double-stream blocks).
 
-    Args (besides `DiTExtractor`'s):
-        resolution: the image is resized to resolution x resolution (ConceptAttention's
-            convention), or to about resolution^2 pixels at its aspect ratio with `keep_aspect`.
-        caption_max_tokens: the caption's longest embedding after the template's prefix (the
-            pipeline's call: 512).
+    `ImageDiTExtractor`'s settings; caption_max_tokens counts the caption's embedding after the
+    template's prefix (the pipeline's call: 512).
     """
 
     checkpoint_layout = CHECKPOINT_LAYOUT
-
-    def __init__(self, pretrained: str, resolution: int = 1024, keep_aspect: bool = False, caption_max_tokens: int = 512,
-                 **settings) -> None:
-        super().__init__(pretrained, **settings)
-        if resolution % 16:
-            raise ConfigError(f"must be a multiple of 16, got {resolution}", field="resolution")
-        self.resolution, self.keep_aspect, self.caption_max_tokens = resolution, keep_aspect, caption_max_tokens
-
-    def backbone_settings(self) -> dict:
-        return {"resolution": self.resolution, "keep_aspect": self.keep_aspect, "caption_max_tokens": self.caption_max_tokens}
 
     def pipeline_class(self) -> type:
         from diffusers import QwenImagePipeline
@@ -119,16 +105,14 @@ class QwenImageExtractor(DiTExtractor):
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> torch.Tensor:
         """The caption's embeddings [1, Lc, D] as the pipeline makes them (one prompt: no mask)."""
-        self.placement.enter("text")
-        embeds, _ = self.pipe.encode_prompt(caption, device=self.placement.text_device,
-                                            max_sequence_length=self.caption_max_tokens)
+        embeds, _ = self.prompt(caption, max_sequence_length=self.caption_max_tokens)
         return embeds.to(self.device, self.dtype)
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
         """As QwenImageImg2ImgPipeline: a one-frame VAE latent, (z - mean) / std per channel, packed 2x2
         (the distribution's mode: a sample would add noise)."""
-        height, width = resize_to(*image.size, self.resolution, self.keep_aspect, self.pipe.vae_scale_factor * 2)
+        height, width = self.image_size(*image.size)
         pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
         vae = self.pipe.vae
         latent = vae.encode(pixels[:, :, None].to(self.device, vae.dtype)).latent_dist.mode()[:, :, 0]

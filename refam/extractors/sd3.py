@@ -24,8 +24,7 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 from refam.errors import ConfigError
 from refam.extractors.branch import BranchProcessor, install, joint_branch
 from refam.extractors.capture import BranchLayout
-from refam.extractors.template import DiTExtractor, Latent, resize_to, vae_latent
-from refam.text.t5 import T5Reader
+from refam.extractors.template import ImageDiTExtractor, Latent, vae_latent
 
 CHECKPOINT_LAYOUT = (
     "the folder of a Stable Diffusion 3 checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
@@ -67,10 +66,10 @@ class SD3Caption:
     pooled: torch.Tensor  # [1, P]: CLIP-L's and CLIP-G's pooled vectors
 
 
-class SD3Extractor(DiTExtractor):
+class SD3Extractor(ImageDiTExtractor):
     """Cross-attention maps of referring expressions from an SD3 / SD3.5 MMDiT (timestep 1000 sigma).
 
-    Args (besides `DiTExtractor`'s; SD3.5-large has 38 blocks, SD3.5-medium 24, blocks 0-12 with dual attention):
+    Args (besides `ImageDiTExtractor`'s; SD3.5-large has 38 blocks, SD3.5-medium 24, blocks 0-12 with dual attention):
         resolution: the image is resized to resolution x resolution, or to about resolution^2 pixels
             at its aspect ratio with `keep_aspect` (at most `pos_embed_max_size` x 16 pixels a side).
         caption_max_tokens: T5 length of the denoising prompt (the pipeline's default 256). The
@@ -79,17 +78,12 @@ class SD3Extractor(DiTExtractor):
 
     checkpoint_layout = CHECKPOINT_LAYOUT
 
-    def __init__(self, pretrained: str, resolution: int = 1024, keep_aspect: bool = False, caption_max_tokens: int = 256,
-                 **settings) -> None:
-        super().__init__(pretrained, **settings)
-        if resolution <= 0 or resolution % 16:
-            raise ConfigError(f"must be a positive multiple of 16, got {resolution}", field="resolution")
-        if not 0 < caption_max_tokens <= 512:  # the pipeline's limit
-            raise ConfigError(f"must be in 1..512, got {caption_max_tokens}", field="caption_max_tokens")
-        self.resolution, self.keep_aspect, self.caption_max_tokens = resolution, keep_aspect, caption_max_tokens
+    reader_components = ("tokenizer_3", "text_encoder_3")  # T5
 
-    def backbone_settings(self) -> dict:
-        return {"resolution": self.resolution, "keep_aspect": self.keep_aspect, "caption_max_tokens": self.caption_max_tokens}
+    def __init__(self, pretrained: str, caption_max_tokens: int = 256, **settings) -> None:
+        super().__init__(pretrained, caption_max_tokens=caption_max_tokens, **settings)
+        if caption_max_tokens > 512:  # the pipeline's limit
+            raise ConfigError(f"must be in 1..512, got {caption_max_tokens}", field="caption_max_tokens")
 
     def pipeline_class(self) -> type:
         from diffusers import StableDiffusion3Pipeline
@@ -102,22 +96,15 @@ class SD3Extractor(DiTExtractor):
     def placement_modules(self, pipe):
         return [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3], pipe.transformer, [pipe.vae]
 
-    def expression_reader(self) -> T5Reader:
-        return T5Reader(self.pipe.tokenizer_3, self.pipe.text_encoder_3, self.expression_max_tokens)
-
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> SD3Caption:
-        self.placement.enter("text")
-        embeds, _, pooled, _ = self.pipe.encode_prompt(
-            prompt=caption, prompt_2=None, prompt_3=None, device=self.placement.text_device,
-            do_classifier_free_guidance=False, max_sequence_length=self.caption_max_tokens,
-        )
+        embeds, _, pooled, _ = self.prompt(prompt=caption, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False,
+                                           max_sequence_length=self.caption_max_tokens)
         return SD3Caption(embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype))
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
-        multiple = self.pipe.vae_scale_factor * self.pipe.patch_size
-        latent = vae_latent(self.pipe, image, *resize_to(*image.size, self.resolution, self.keep_aspect, multiple), self.device)
+        latent = vae_latent(self.pipe, image, *self.image_size(*image.size), self.device)
         _, _, lh, lw = latent.shape  # the transformer patchifies [1, C, h, w] itself, row-major
         return Latent(latent.to(self.dtype), (1, lh // self.pipe.patch_size, lw // self.pipe.patch_size))
 

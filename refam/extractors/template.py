@@ -38,6 +38,7 @@ from refam.extractors.pipeline import PipelineExtractor
 from refam.extractors.trajectory import NoiseAt, Shift, Trajectory, TrajectoryContext, drive, scheduler_shift
 from refam.extractors.video import FRAME_WINDOWS, as_frames, plan_clips
 from refam.text.reader import EncodedExpressions, ExpressionReader
+from refam.text.t5 import T5Reader
 from refam.types import MagnetVectors, TokenInfo, TokenMaps
 
 
@@ -90,6 +91,8 @@ class DiTExtractor(PipelineExtractor):
         representation: "cross_attention" (image query . expression key / sqrt(d), after the
             block's norms and RoPE, mean over heads) or "attention_output" (ConceptAttention's
             output space; joint-attention backbones only).
+        caption_max_tokens: the denoising prompt's length in the text encoder's tokens, as the
+            backbone's pipeline pads or cuts it (each backbone's default is its pipeline's).
         expression_max_tokens: longest expression (with magnets) accepted, in the reader's tokens.
         seed: base seed of the noise; each sample's noise derives from (seed, sample id).
         offload: where the modules live (`refam.extractors.offload`).
@@ -108,12 +111,15 @@ class DiTExtractor(PipelineExtractor):
         blocks: list[int] | float | None = None,
         softmax_stage: str = "after_mean",
         representation: str = "cross_attention",
+        caption_max_tokens: int = 512,
         expression_max_tokens: int = 128,
         seed: int = 0,
         offload: str = "none",
         local_files_only: bool = False,
     ) -> None:
         super().__init__(pretrained, torch_dtype, offload, local_files_only)
+        if caption_max_tokens < 1:
+            raise ConfigError(f"must be a positive token count, got {caption_max_tokens}", field="caption_max_tokens")
         if softmax_stage not in SOFTMAX_STAGES:
             raise ConfigError(f"must be one of {list(SOFTMAX_STAGES)}, got {softmax_stage!r}", field="softmax_stage")
         if representation not in REPRESENTATIONS:
@@ -126,6 +132,7 @@ class DiTExtractor(PipelineExtractor):
         self.blocks = blocks
         self.softmax_stage = softmax_stage
         self.representation = representation
+        self.caption_max_tokens = caption_max_tokens
         self.expression_max_tokens = expression_max_tokens
         self.seed = seed
         self.processors: list[BranchProcessor] = []
@@ -135,9 +142,13 @@ class DiTExtractor(PipelineExtractor):
     def install_branch(self, pipe) -> list[BranchProcessor]:
         """Put a `BranchProcessor` on every block of `pipe`'s denoiser, numbered in block order."""
 
-    @abc.abstractmethod
+    reader_components: ClassVar[tuple[str, str]] = ("tokenizer", "text_encoder")
+
     def expression_reader(self) -> ExpressionReader:
-        """The tokenizer and text encoder the branch reads expressions with."""
+        """The tokenizer and text encoder the branch reads expressions with: by default an
+        encoder-only model (T5, UMT5) named by `reader_components` in the pipeline."""
+        tokenizer, encoder = (getattr(self.pipe, name) for name in self.reader_components)
+        return T5Reader(tokenizer, encoder, self.expression_max_tokens)
 
     @abc.abstractmethod
     def encode_caption(self, caption: str):
@@ -204,9 +215,15 @@ class DiTExtractor(PipelineExtractor):
             "blocks": self.blocks,
             "softmax_stage": self.softmax_stage,
             "representation": self.representation,
+            "caption_max_tokens": self.caption_max_tokens,
             "expression_max_tokens": self.expression_max_tokens,
             **self.backbone_settings(),
         }
+
+    def prompt(self, *args, **kwargs):
+        """The pipeline's own `encode_prompt(*args, **kwargs)`, run where the text encoders live."""
+        self.placement.enter("text")
+        return self.pipe.encode_prompt(*args, device=self.placement.text_device, **kwargs)
 
     def tokenize(self, text: str, magnet_start: int | None) -> list[TokenInfo]:
         return self.expression_reader().tokenize([(text, magnet_start)])[0]
@@ -298,6 +315,30 @@ class DiTExtractor(PipelineExtractor):
         return "logits" if self.softmax_stage == "after_mean" else "probs"
 
 
+class ImageDiTExtractor(DiTExtractor):
+    """An image DiT: images resized to `resolution` x `resolution` (ConceptAttention's convention), or
+    to about resolution^2 pixels at their aspect ratio with `keep_aspect`, in multiples of the VAE's
+    factor times `patch_size`.
+
+    Args (besides DiTExtractor's): resolution, keep_aspect.
+    """
+
+    patch_size: ClassVar[int] = 2
+
+    def __init__(self, pretrained: str, resolution: int = 1024, keep_aspect: bool = False, **settings) -> None:
+        super().__init__(pretrained, **settings)
+        if resolution <= 0 or resolution % 16:
+            raise ConfigError(f"must be a positive multiple of 16, got {resolution}", field="resolution")
+        self.resolution, self.keep_aspect = resolution, keep_aspect
+
+    def map_settings(self) -> dict:
+        return {**super().map_settings(), "resolution": self.resolution, "keep_aspect": self.keep_aspect}
+
+    def image_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) an image of this size is resized to."""
+        return resize_to(width, height, self.resolution, self.keep_aspect, self.pipe.vae_scale_factor * self.patch_size)
+
+
 class VideoDiTExtractor(DiTExtractor, VideoExtractor):
     """A video DiT: the template per clip of frames, maps [K, T, F_lat, h, w] with `frame_to_latent`.
 
@@ -308,13 +349,14 @@ class VideoDiTExtractor(DiTExtractor, VideoExtractor):
     c k + 1 frames that hold it. An image is a one-frame video.
 
     Args (besides DiTExtractor's): height, width (pixels every frame is resized to), clip_frames,
-    windows.
+    windows, vae_tiling (encode frames in spatial tiles, diffusers `enable_tiling`, to save memory).
     """
 
     temporal_compression: ClassVar[int]
     spatial_multiple: ClassVar[int] = 16  # the VAE's factor times the patch size
 
-    def __init__(self, pretrained: str, height: int, width: int, clip_frames: int, windows: str = "first", **settings) -> None:
+    def __init__(self, pretrained: str, height: int, width: int, clip_frames: int, windows: str = "first",
+                 vae_tiling: bool = False, **settings) -> None:
         super().__init__(pretrained, **settings)
         for name, value in (("height", height), ("width", width)):
             if value <= 0 or value % self.spatial_multiple:
@@ -326,6 +368,7 @@ class VideoDiTExtractor(DiTExtractor, VideoExtractor):
         if windows not in FRAME_WINDOWS:
             raise ConfigError(f"must be one of {list(FRAME_WINDOWS)}, got {windows!r}", field="windows")
         self.height, self.width, self.clip_frames, self.windows = height, width, clip_frames, windows
+        self.vae_tiling = vae_tiling
 
     @abc.abstractmethod
     def encode_clip(self, frames: list[Image.Image]) -> Latent:
@@ -335,8 +378,13 @@ class VideoDiTExtractor(DiTExtractor, VideoExtractor):
         return self.encode_clip([image])
 
     def map_settings(self) -> dict:
-        return {**super().map_settings(), "height": self.height, "width": self.width,
-                "clip_frames": self.clip_frames, "windows": self.windows}
+        return {**super().map_settings(), "height": self.height, "width": self.width, "clip_frames": self.clip_frames,
+                "windows": self.windows, "vae_tiling": self.vae_tiling}  # tiled VAE encoding differs at the tile seams
+
+    def prepare(self, pipe) -> None:
+        if self.vae_tiling:
+            pipe.vae.enable_tiling()
+        super().prepare(pipe)
 
     @torch.inference_mode()
     def extract_video(self, frames: Sequence[Image.Image], caption: str, expressions: list[tuple[str, int | None]],

@@ -25,7 +25,6 @@ from refam.extractors.branch import BranchProcessor, cross_branch, install
 from refam.extractors.capture import BranchLayout
 from refam.extractors.template import Latent, VideoDiTExtractor
 from refam.extractors.trajectory import scheduler_shift
-from refam.text.t5 import T5Reader
 
 CHECKPOINT_LAYOUT = (
     "the folder of a Wan text-to-video checkpoint in the diffusers layout (model_index.json, transformer/ [and "
@@ -40,6 +39,7 @@ class WanBranchProcessor(BranchProcessor):
     """`WanAttnProcessor` of a block's `attn2` with the expressions' keys after the caption's."""
 
     stock_class = WanAttnProcessor
+    refused_arguments = ()  # a mask goes to the caption's attention, as in the stock call
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb):
         text, expressions = encoder_hidden_states.split_with_sizes(
@@ -62,20 +62,14 @@ class WanExtractor(VideoDiTExtractor):
 
     Args (besides `VideoDiTExtractor`'s; Wan 2.1 1.3B has 30 blocks, 14B 40; native 480 x 832, clips of 4k + 1 frames):
         caption_max_tokens: UMT5 length of the denoising prompt (Wan: 512, zero-padded, unmasked).
-        vae_tiling: encode frames in spatial tiles (diffusers `enable_tiling`), to save memory.
     """
 
     attention_kind = "cross"
     checkpoint_layout = CHECKPOINT_LAYOUT
     temporal_compression = 4  # AutoencoderKLWan: temperal_downsample (False, True, True)
 
-    def __init__(self, pretrained: str, height: int = 480, width: int = 832, clip_frames: int = 21, windows: str = "first",
-                 caption_max_tokens: int = 512, vae_tiling: bool = False, **settings) -> None:
-        super().__init__(pretrained, height, width, clip_frames, windows, **settings)
-        self.caption_max_tokens, self.vae_tiling = caption_max_tokens, vae_tiling
-
-    def backbone_settings(self) -> dict:
-        return {"caption_max_tokens": self.caption_max_tokens, "vae_tiling": self.vae_tiling}
+    def __init__(self, pretrained: str, height: int = 480, width: int = 832, clip_frames: int = 21, **settings) -> None:
+        super().__init__(pretrained, height=height, width=width, clip_frames=clip_frames, **settings)
 
     def pipeline_class(self) -> type:
         from diffusers import WanPipeline
@@ -91,8 +85,6 @@ class WanExtractor(VideoDiTExtractor):
         for name in ("height", "width"):
             if getattr(self, name) % multiple:
                 raise ConfigError(f"must be a multiple of {multiple} for this checkpoint, got {getattr(self, name)}", field=name)
-        if self.vae_tiling:
-            pipe.vae.enable_tiling()
 
     def install_branch(self, pipe) -> list[WanBranchProcessor]:
         return [p for t in experts(pipe) for p in install(list(t.blocks), WanBranchProcessor, attribute="attn2")]
@@ -111,15 +103,10 @@ class WanExtractor(VideoDiTExtractor):
             config = {"shift": config.get("flow_shift", 1.0)}
         return scheduler_shift(config, num_image_tokens)
 
-    def expression_reader(self) -> T5Reader:
-        return T5Reader(self.pipe.tokenizer, self.pipe.text_encoder, self.expression_max_tokens)
-
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> torch.Tensor:
         """UMT5's last layer, cut after EOS and zero-padded to `caption_max_tokens`: [1, Lc, D]."""
-        self.placement.enter("text")
-        embeds, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False,
-                                            max_sequence_length=self.caption_max_tokens, device=self.placement.text_device)
+        embeds, _ = self.prompt(prompt=caption, do_classifier_free_guidance=False, max_sequence_length=self.caption_max_tokens)
         return embeds.to(self.device, self.dtype)
 
     @torch.inference_mode()
