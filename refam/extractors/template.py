@@ -129,12 +129,8 @@ class DiTExtractor(PipelineExtractor):
                 f"{type(self).__name__} is a cross-attention model; its expression tokens have no queries, so no "
                 "attention output: use 'cross_attention'", field="representation")
         self.trajectory = trajectory if trajectory is not None else NoiseAt(self.default_sigma)
-        self.blocks = blocks
-        self.softmax_stage = softmax_stage
-        self.representation = representation
-        self.caption_max_tokens = caption_max_tokens
-        self.expression_max_tokens = expression_max_tokens
-        self.seed = seed
+        self.blocks, self.softmax_stage, self.representation = blocks, softmax_stage, representation
+        self.caption_max_tokens, self.expression_max_tokens, self.seed = caption_max_tokens, expression_max_tokens, seed
         self.processors: list[BranchProcessor] = []
 
     # ---------------------------------------------------------------- what a backbone says
