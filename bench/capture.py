@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import statistics
 import sys
 import threading
@@ -89,12 +90,12 @@ def setup(folder: str, resolution: int, pooled_prompt: str, caption_tokens: int 
     else:
         extractor.setup(torch.device("cpu"))
     image = Image.new("RGB", (resolution, resolution), (90, 140, 200))
-    x0, rows, cols = extractor.encode_image(image)
-    x_t = 0.25 * x0 + 0.75 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    latent = extractor.encode_image(image)
+    x_t = 0.25 * latent.x0 + 0.75 * torch.randn(latent.x0.shape, generator=torch.Generator().manual_seed(0))
     condition = extractor.encode_caption("a red circle and a blue square")
     magnets = AppendMagnets()
     encoded = {k: extractor.encode_expressions([magnets.augment(e) for e in EXPRESSIONS[:k]]) for k in (1, 8)}
-    return extractor, x_t, (rows, cols), condition, encoded
+    return extractor, x_t, latent.grid, condition, encoded
 
 
 def measure(folder: str, resolution: int, pooled_prompt: str, repeats: int, caption_tokens: int = 32) -> dict:
@@ -107,7 +108,7 @@ def measure(folder: str, resolution: int, pooled_prompt: str, repeats: int, capt
 
     def branch(k: int):
         def run():
-            capture = extractor.new_capture(encoded[k], condition.embeds.shape[1], grid)
+            capture = extractor.new_capture(encoded[k], condition, grid)
             extractor.forward(x_t, 0.75, grid, condition, encoded[k], capture)
             capture.result()
         return run
@@ -133,7 +134,7 @@ def measure(folder: str, resolution: int, pooled_prompt: str, repeats: int, capt
     median = {name: statistics.median(values) for name, values in times.items()}
     (plain_before, plain_peak), (k1_before, k1_peak) = memory["plain"], memory["k1"]
     return {
-        "tokens": grid[0] * grid[1],
+        "tokens": math.prod(grid),
         "blocks": extractor.num_blocks,
         "plain_ms": 1000 * median["plain"],
         "k1_ms": 1000 * median["k1"],
