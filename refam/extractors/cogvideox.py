@@ -31,12 +31,6 @@ from refam.errors import CheckpointError, ConfigError
 from refam.extractors.branch import BranchProcessor, install, joint_branch
 from refam.extractors.capture import BranchLayout
 from refam.extractors.template import Latent, VideoDiTExtractor
-from refam.text.t5 import T5Reader
-
-CHECKPOINT_LAYOUT = (
-    "the folder of a CogVideoX text-to-video checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
-    "text_encoder/, tokenizer/, scheduler/) or a hub id such as THUDM/CogVideoX-5b")
-
 
 class CogVideoXBranchProcessor(BranchProcessor):
     """`CogVideoXAttnProcessor2_0` with the branch first in the text stream."""
@@ -44,8 +38,6 @@ class CogVideoXBranchProcessor(BranchProcessor):
     stock_class = CogVideoXAttnProcessor2_0
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
-        if attention_mask is not None:
-            raise ValueError("the expression branch does not support an attention mask on the main stream")
         text_len = encoder_hidden_states.shape[1]
         joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         query, key, value = (proj(joint).unflatten(2, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
@@ -91,17 +83,16 @@ class CogVideoXExtractor(VideoDiTExtractor):
             its `max_text_seq_length`).
     """
 
-    checkpoint_layout = CHECKPOINT_LAYOUT
+    checkpoint_layout = (
+        "the folder of a CogVideoX text-to-video checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
+        "text_encoder/, tokenizer/, scheduler/) or a hub id such as THUDM/CogVideoX-5b")
     temporal_compression = 4  # AutoencoderKLCogVideoX
     temporal_patch = None  # 1.5 groups 2 latent frames per token
 
     def __init__(self, pretrained: str, height: int = 480, width: int = 720, clip_frames: int = 49,
-                 windows: str = "first", caption_max_tokens: int = 226, **settings) -> None:
-        super().__init__(pretrained, height, width, clip_frames, windows, **settings)
-        self.caption_max_tokens = caption_max_tokens
-
-    def backbone_settings(self) -> dict:
-        return {"caption_max_tokens": self.caption_max_tokens}
+                 caption_max_tokens: int = 226, **settings) -> None:
+        super().__init__(pretrained, height=height, width=width, clip_frames=clip_frames,
+                         caption_max_tokens=caption_max_tokens, **settings)
 
     def pipeline_class(self) -> type:
         from diffusers import CogVideoXPipeline
@@ -131,16 +122,6 @@ class CogVideoXExtractor(VideoDiTExtractor):
 
     def placement_modules(self, pipe):
         return [pipe.text_encoder], pipe.transformer, [pipe.vae]
-
-    def expression_reader(self) -> T5Reader:
-        return T5Reader(self.pipe.tokenizer, self.pipe.text_encoder, self.expression_max_tokens)
-
-    @torch.inference_mode()
-    def encode_caption(self, caption: str) -> torch.Tensor:
-        self.placement.enter("text")
-        embeds, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False,
-                                            max_sequence_length=self.caption_max_tokens, device=self.placement.text_device)
-        return embeds.to(self.device, self.dtype)
 
     @torch.inference_mode()
     def encode_clip(self, frames) -> Latent:

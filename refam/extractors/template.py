@@ -146,9 +146,13 @@ class DiTExtractor(PipelineExtractor):
         tokenizer, encoder = (getattr(self.pipe, name) for name in self.reader_components)
         return T5Reader(tokenizer, encoder, self.expression_max_tokens)
 
-    @abc.abstractmethod
+    @torch.inference_mode()
     def encode_caption(self, caption: str):
-        """What the denoising stream is conditioned on (any object `denoise` and `branch_layout` read)."""
+        """What the denoising stream is conditioned on (any object `denoise` and `branch_layout`
+        read); by default the first output of the pipeline's `encode_prompt`, [1, Lc, D], for
+        pipelines with one text encoder and no pooled vector (Wan, CogVideoX)."""
+        embeds = self.prompt(prompt=caption, do_classifier_free_guidance=False, max_sequence_length=self.caption_max_tokens)[0]
+        return embeds.to(self.device, self.dtype)
 
     @abc.abstractmethod
     def encode_image(self, image: Image.Image) -> Latent:

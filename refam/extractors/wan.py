@@ -104,12 +104,6 @@ class WanExtractor(VideoDiTExtractor):
         return scheduler_shift(config, num_image_tokens)
 
     @torch.inference_mode()
-    def encode_caption(self, caption: str) -> torch.Tensor:
-        """UMT5's last layer, cut after EOS and zero-padded to `caption_max_tokens`: [1, Lc, D]."""
-        embeds, _ = self.prompt(prompt=caption, do_classifier_free_guidance=False, max_sequence_length=self.caption_max_tokens)
-        return embeds.to(self.device, self.dtype)
-
-    @torch.inference_mode()
     def encode_clip(self, frames) -> Latent:
         """The inverse of WanPipeline's decode normalisation: (z - latents_mean) / latents_std per channel."""
         pixels = self.pipe.video_processor.preprocess_video([f.convert("RGB") for f in frames], height=self.height, width=self.width)
