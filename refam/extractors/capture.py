@@ -132,14 +132,23 @@ class AttentionCapture:
         else:
             self._add_attention_output(img_vectors, expr_vectors)
         if text_probs is None:
-            logits = torch.einsum("nhd,klhd->hnkl", img_vectors.float(), expr_vectors.float()) * img_vectors.shape[-1] ** -0.5
-            share = logits.masked_fill(~self._key_valid, float("-inf")).softmax(dim=-1).nan_to_num_(0.0)
-            self.text_mass.add_(share.mean(dim=(0, 1)))
+            self.text_mass.add_(self._image_share(img_vectors, expr_vectors))
         else:
             # mean over heads and the expression's real queries of the mass each of its tokens receives
             mass = (text_probs * self._query_weight).sum(dim=(0, 1))
             self.text_mass.add_(mass.view_as(self.text_mass), alpha=1 / text_probs.shape[0])
         self.observations += 1
+
+    def _image_share(self, q_img: torch.Tensor, k_expr: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """[K, L]: the mean over heads and image queries of each query's softmax over the expression's
+        real tokens, in chunks of image queries (a [H, N, K, L] tensor would be ~300 MB per block at
+        Wan 14B's 32,760 tokens)."""
+        heads, head_dim = q_img.shape[1], q_img.shape[2]
+        share = torch.zeros_like(self.text_mass)
+        for part in q_img.split(chunk):
+            logits = torch.einsum("nhd,klhd->hnkl", part.float(), k_expr.float()) * head_dim**-0.5
+            share += logits.masked_fill(~self._key_valid, float("-inf")).softmax(dim=-1).nan_to_num_(0.0).sum(dim=(0, 1))
+        return share / (heads * q_img.shape[0])
 
     def _add_cross_attention(self, q_img: torch.Tensor, k_expr: torch.Tensor) -> None:
         """q_img [N, H, D], k_expr [K, L, H, D]: mean over heads of q . k / sqrt(d)."""
