@@ -313,7 +313,7 @@ def test_configured_from_yaml(tmp_path):
 
     # the embedded pipeline's model section, as a config's `model:`
     demo = "model:\n" + "".join(f"  {line}\n" for line in DEFAULT_MODEL_SECTION.read_text().splitlines())
-    noise_at = re.search(r"        class_path: refam\.extractors\.trajectory\.NoiseAt\n        init_args: \{[^}]*\}\n", demo)
+    noise_at = re.search(r"        class_path: refam\.extractors\.trajectory\.NoiseAt\n        init_args: \{[^}]*\}.*\n", demo)
     assert noise_at, demo
     noise_at = noise_at.group(0)
     rf_inversion = ("        class_path: refam.extractors.trajectory.RFInversion\n"
