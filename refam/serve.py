@@ -9,7 +9,7 @@ upload an image (or click a demo scene), type one expression per line and an opt
 see for each expression the mask over the image with the point, the heatmap over the image with a
 colour bar, each token's map with kept, dropped and sink tokens marked, and `refam analyze`'s
 text-attention chart. The settings a researcher flips (magnets, stop-word filter, GAS handling, block
-range, timestep, spatial bias) rebuild only the light components: the weights are loaded once. A
+range, noise level, spatial bias) rebuild only the light components: the weights are loaded once. A
 video gives the key frame's maps and the tracked masks as a playable clip. The masks and a JSON of
 the run (its `model:` section with the settings applied, points and tokens) are offered for download;
 the JSON loads back as a config. Requests are queued: one runs at a time on the model.
@@ -57,7 +57,7 @@ class Settings:
     gas: str | None = "report"  # global attention sinks: report, drop or redirect
     first_block: int | None = None  # the blocks whose maps are averaged, first to last
     last_block: int | None = None
-    noise: float | None = None  # FLUX: NoiseAt's timestep; Mochi: sigma
+    noise: float | None = None  # the noise level sigma of a NoiseAt trajectory (every backbone)
     spatial_bias: str = "none"
 
 
@@ -144,7 +144,7 @@ class Session:
         self._originals = {"magnets": pipeline.magnets, "aggregator": pipeline.aggregator,
                            "spatial_bias": list(pipeline.spatial_bias),
                            "trajectory": getattr(extractor, "trajectory", None),
-                           "blocks": getattr(extractor, "blocks", None), "sigma": getattr(extractor, "sigma", None)}
+                           "blocks": getattr(extractor, "blocks", None)}
         for kind, spec in self._specs(self.section).items():
             self._built[(kind, json.dumps(spec, sort_keys=True))] = self._originals[kind]
         self.defaults = self._defaults()
@@ -155,13 +155,11 @@ class Session:
         return getattr(self.pipeline.extractor, "num_blocks", None)
 
     @property
-    def noise_kind(self) -> str | None:
-        """"timestep" (a NoiseAt trajectory), "sigma" (an extractor with a noise level) or None."""
+    def observes_one_noise_level(self) -> bool:
+        """Whether the extractor observes one state, `NoiseAt(sigma)`: then sigma is a setting."""
         from refam.extractors.trajectory import NoiseAt
 
-        if isinstance(self._originals["trajectory"], NoiseAt):
-            return "timestep"
-        return "sigma" if self._originals["sigma"] is not None else None
+        return isinstance(self._originals["trajectory"], NoiseAt)
 
     def _defaults(self) -> Settings:
         from refam.aggregators.magnets import MagnetStrategy
@@ -175,11 +173,7 @@ class Session:
 
             chosen = sorted(select_blocks(self.num_blocks, self._originals["blocks"]))
             first, last = chosen[0], chosen[-1]
-        noise = None
-        if self.noise_kind == "timestep":
-            noise = float(self._originals["trajectory"].timestep)
-        elif self.noise_kind == "sigma":
-            noise = float(self._originals["sigma"])
+        noise = float(self._originals["trajectory"].sigma) if self.observes_one_noise_level else None
         bias = [type(b).__name__ for b in self._originals["spatial_bias"]]
         named = {"none": [], "direction": ["DirectionPrior"], "direction + relation": ["DirectionPrior", "RelationPrior"]}
         spatial = next((name for name, classes in named.items() if classes == bias), AS_CONFIGURED)
@@ -211,13 +205,10 @@ class Session:
             if first > last:
                 raise ConfigError(f"blocks: the first block ({first}) comes after the last ({last})")
             extractor_args["blocks"] = None if (first, last) == (0, self.num_blocks - 1) else list(range(first, last + 1))
-        if settings.noise is not None and settings.noise != default.noise:
-            if self.noise_kind == "timestep":
-                trajectory = copy.deepcopy(extractor_args.get("trajectory") or {"class_path": "refam.extractors.trajectory.NoiseAt"})
-                trajectory.setdefault("init_args", {})["timestep"] = float(settings.noise)
-                extractor_args["trajectory"] = trajectory
-            elif self.noise_kind == "sigma":
-                extractor_args["sigma"] = float(settings.noise)
+        if settings.noise is not None and settings.noise != default.noise and self.observes_one_noise_level:
+            trajectory = copy.deepcopy(extractor_args.get("trajectory") or {"class_path": "refam.extractors.trajectory.NoiseAt"})
+            trajectory.setdefault("init_args", {})["sigma"] = float(settings.noise)
+            extractor_args["trajectory"] = trajectory
         if settings.spatial_bias != default.spatial_bias and settings.spatial_bias != AS_CONFIGURED:
             if settings.spatial_bias not in SPATIAL_BIASES:
                 raise ConfigError(f"spatial bias must be one of {list(SPATIAL_BIASES)}, got {settings.spatial_bias!r}")
@@ -230,14 +221,14 @@ class Session:
         extractor_args = (section.get("extractor") or {}).get("init_args") or {}
         return {"magnets": section.get("magnets"), "aggregator": section.get("aggregator"),
                 "spatial_bias": section.get("spatial_bias"), "trajectory": extractor_args.get("trajectory"),
-                "blocks": extractor_args.get("blocks"), "sigma": extractor_args.get("sigma")}
+                "blocks": extractor_args.get("blocks")}
 
     def _build(self, kind: str, spec):
         """A light component from its config entry, as `refam test` would build it (cached)."""
         key = (kind, json.dumps(spec, sort_keys=True))
         if key in self._built:
             return self._built[key]
-        if kind in ("blocks", "sigma"):
+        if kind == "blocks":
             value = spec
         else:
             from jsonargparse import ArgumentParser
@@ -288,8 +279,6 @@ class Session:
             extractor.blocks = built["blocks"]
         if self._originals["trajectory"] is not None:
             extractor.trajectory = built["trajectory"] or self._originals["trajectory"]
-        if self._originals["sigma"] is not None and built["sigma"] is not None:
-            extractor.sigma = float(built["sigma"])
 
     # ------------------------------------------------------------ running
     def _folder(self) -> Path:
@@ -546,12 +535,9 @@ def build_app(session: Session):
                     last_block = gr.Slider(0, max(last, 1), value=default.last_block if default.last_block is not None else last,
                                            step=1, label="last block", visible=session.num_blocks is not None,
                                            elem_id="refam-last-block")
-                    if session.noise_kind == "sigma":
-                        noise = gr.Slider(0.0, 1.0, value=default.noise, step=0.01, label="noise level (sigma)",
-                                          elem_id="refam-noise")
-                    else:
-                        noise = gr.Slider(1, 1000, value=default.noise or 750, step=1, label="timestep (sigma x 1000)",
-                                          visible=session.noise_kind == "timestep", elem_id="refam-noise")
+                    noise = gr.Slider(0.0, 1.0, value=default.noise if default.noise is not None else 0.75, step=0.01,
+                                      label="noise level (sigma)", visible=session.observes_one_noise_level,
+                                      elem_id="refam-noise")
                     choices = list(SPATIAL_BIASES) + ([AS_CONFIGURED] if default.spatial_bias == AS_CONFIGURED else [])
                     spatial = gr.Radio(choices, value=default.spatial_bias, label="spatial bias (HybridGL priors)",
                                        elem_id="refam-spatial")

@@ -94,13 +94,13 @@ def test_settings_reach_the_components_and_the_run_json_loads_back_as_a_config(s
     from refam.aggregators.spatial import DirectionPrior
 
     settings = replace(session.defaults, magnets=True, magnet_words="_ with and", stop_words=False, gas="drop",
-                       first_block=1, last_block=2, noise=500.0, spatial_bias="direction")
+                       first_block=1, last_block=2, noise=0.5, spatial_bias="direction")
     shown = page(session, SCENE, "the black square\nthe object on the left", CAPTION, settings)
     assert shown["status"] == ""
     pipeline = session.pipeline
     assert pipeline.magnets.magnets == ["_", "with", "and"] and pipeline.magnets.filter_stop_words is False
     assert pipeline.aggregator.gas == "drop" and pipeline.extractor.blocks == [1, 2]
-    assert pipeline.extractor.trajectory.timestep == 500.0 and isinstance(pipeline.spatial_bias[0], DirectionPrior)
+    assert pipeline.extractor.trajectory.sigma == 0.5 and isinstance(pipeline.spatial_bias[0], DirectionPrior)
     record = json.loads(Path(shown["downloads"][-1]).read_text())
     assert record["run"]["settings"]["gas"] == "drop" and record["run"]["caption"] == CAPTION
     config = tmp_path / "run.json"
