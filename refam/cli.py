@@ -31,9 +31,10 @@ class RefAMCLI(LightningCLI):
         parser.add_lightning_class_args(ExpressionRecords, "records")
         # --masks.save true [--masks.overlay true] [--masks.folder DIR]
         parser.add_lightning_class_args(MaskWriter, "masks")
-        # resumable evaluation: --results.folder DIR (default <logger save_dir>/results), --results.resume false;
-        # the module is given the store (a link target is no config key, so no fingerprint holds it)
-        parser.add_lightning_class_args(ResultStore, "results")
+        # resumable evaluation: --results.folder DIR (default <logger save_dir>/results), --results.resume false.
+        # The module is given the store (a link target is no config key, so no fingerprint holds it) and
+        # hands it to the trainer (configure_callbacks), so it is not a trainer callback of its own here.
+        parser.add_class_arguments(ResultStore, "results", sub_configs=True)
         parser.link_arguments("results", "model.result_store", apply_on="instantiate")
 
     def instantiate_classes(self) -> None:

@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from refam.prompts.keyframe import frames_of_latent, key_frames
 from refam.aggregators.magnets import AppendMagnets
 from refam.extractors.base import VideoExtractor
 from refam.metrics.jf import contour_accuracy, region_similarity
@@ -83,18 +82,6 @@ def video(tmp_path):
         frames.append(str(path))
     return VideoSample("clip", frames, [VideoExpression("the cat", "e0", [1]), VideoExpression("a cat", "e1", [1])],
                        truth=SquareTruth())
-
-
-def test_key_frames_first_and_confident():
-    heat = torch.zeros(2, 3, 2, 2)
-    heat[0, 2, 1, 1] = 1.0
-    heat[1, 0, 0, 0] = 1.0
-    mapping = [0, 1, 1, 1, 2, 2, 2]
-    assert frames_of_latent(mapping, 2) == [4, 5, 6]
-    assert key_frames(heat, mapping, "first") == [0, 0]
-    assert key_frames(heat, mapping, "confident") == [5, 0]  # the middle frame of latent 2's frames
-    with pytest.raises(ValueError, match="key frame"):
-        key_frames(heat, mapping, "best")
 
 
 @pytest.mark.parametrize("mode", ["first", "confident"])

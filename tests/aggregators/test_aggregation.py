@@ -1,11 +1,10 @@
-"""Softmax across tokens per patch, filtering, GAS detection, and the point in image pixels."""
+"""Softmax across tokens per patch, filtering, GAS detection."""
 
 import pytest
 import torch
 
 from refam.aggregators.base import SoftmaxMeanAggregator, normalise
 from refam.aggregators.gas import detect_sinks, sink_category
-from refam.prompts.point import argmax_points, upsample
 from refam.types import TokenInfo, TokenMaps
 
 
@@ -136,28 +135,6 @@ def test_sink_categories():
     assert sink_category(TokenInfo("</s>", "", True, False)) == "stop word"
     assert sink_category(TokenInfo("▁red", "red", False, False)) == "colour"
     assert sink_category(TokenInfo("▁dog", "dog", False, False)) == "other"
-
-
-@pytest.mark.parametrize("height,width", [(100, 200), (75, 50), (64, 64)])
-def test_planted_cell_maps_to_the_right_image_pixel(height, width):
-    rows, cols = 4, 8
-    for r, c in [(0, 0), (1, 6), (3, 7)]:
-        grid = torch.zeros(1, rows, cols)
-        grid[0, r, c] = 1.0
-        x, y = argmax_points(grid, height, width)[0].tolist()
-        assert (x, y) == pytest.approx(((c + 0.5) * width / cols, (r + 0.5) * height / rows))
-        # the upsampled map the segmenter sees peaks there too (to within the half pixel by which an
-        # even-sized cell's centre misses a pixel centre: 0.5 / cell size per axis)
-        image_map = upsample(grid, height, width)[0]
-        tolerance = 1.0 / min(height / rows, width / cols)
-        assert image_map[int(y), int(x)] >= image_map.max() - tolerance
-
-
-def test_points_are_x_then_y():
-    grid = torch.zeros(1, 10, 30)
-    grid[0, 2, 25] = 1.0
-    assert argmax_points(grid, 10, 30)[0].tolist() == [25.5, 2.5]
-    assert argmax_points(grid, 20, 300)[0].tolist() == [255.0, 5.0]
 
 
 def test_video_maps_aggregate_frame_by_frame_with_one_normalisation_per_expression():
