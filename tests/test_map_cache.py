@@ -353,7 +353,7 @@ def test_yaml_map_cache_setting(tmp_path):
 def test_segment_video_reads_a_warm_cache(tmp_path):
     from PIL import Image as PILImage
 
-    from refam.extractors.base import Extractor
+    from refam.extractors.base import VideoExtractor
     from refam.inference import RefAMPipeline
     from refam.segmenters.video_base import VideoSegmenter
     from refam.types import VideoExpression, VideoSample
@@ -365,7 +365,7 @@ def test_segment_video_reads_a_warm_cache(tmp_path):
     clip = VideoSample("clip", frames, [VideoExpression("the cat", "e0", [1]), VideoExpression("a cat", "e1", [1])])
     calls = []
 
-    class Planted(Extractor):
+    class Planted(VideoExtractor):
         """Expression 0: a weak hot cell on latent 0, a stronger one on latent 1; expression 1: latent 0."""
 
         def cache_key_settings(self):
