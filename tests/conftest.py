@@ -1,9 +1,14 @@
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from refam.testing.tiny_flux import save_tiny_flux
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +23,37 @@ def tiny_extractor(tiny_flux_dir):
     extractor = FluxExtractor(str(tiny_flux_dir), torch_dtype="float32", resolution=128, caption_max_tokens=16)
     extractor.setup(torch.device("cpu"))
     return extractor
+
+
+@pytest.fixture
+def refam_here(capfd, monkeypatch):
+    """`refam ARGS` run in this process through the console script's `main`, for tests of what a
+    command prints and writes where a separate process is not what is tested: a new process
+    spends about 12 CPU seconds importing torch and Lightning before it reads its first argument.
+    Each front door keeps at least one test that runs the real console script.
+
+    Returns what `subprocess.run(..., capture_output=True, text=True)` would: the exit code and
+    everything written to stdout and stderr. Warnings logged without a handler reach stderr as
+    in a fresh process (there Python's last-resort handler prints them; here pytest's own
+    handlers on the root logger would take them)."""
+    from refam.cli import main
+
+    def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        last_resort = logging.StreamHandler(sys.stderr)
+        last_resort.setLevel(logging.WARNING)
+        logging.getLogger().addHandler(last_resort)
+        capfd.readouterr()
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+            if isinstance(exit.code, str):  # sys.exit("message") prints it, as the interpreter would
+                print(exit.code, file=sys.stderr)
+        finally:
+            logging.getLogger().removeHandler(last_resort)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["refam", *args], code, out, err)
+
+    return run

@@ -1,7 +1,9 @@
-"""`refam predict` and the Python API on the embedded refam-shapes model: outputs checked for content."""
+"""`refam predict` and the Python API on the embedded refam-shapes model: outputs checked for content.
+
+The first test runs the real console script; the others run the same `main` in this process
+(`refam_here`), which skips a new process's imports."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REFAM = str(Path(sys.executable).parent / "refam")
 
 
-def predict(*args: str) -> subprocess.CompletedProcess:
+def predict_in_a_new_process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([REFAM, "predict", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -45,8 +47,8 @@ def star_centre(image: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_predict_writes_mask_overlay_heatmap_and_record(tmp_path, scene_file, model):
-    result = predict("--image", str(scene_file), "--expression", "the orange square", "--expression", "the square",
-                     "--output", str(tmp_path / "out"))
+    result = predict_in_a_new_process("--image", str(scene_file), "--expression", "the orange square",
+                                      "--expression", "the square", "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "out" / "scene"
     record = json.loads((folder / "0-the-orange-square.json").read_text())
@@ -88,15 +90,13 @@ def test_api_returns_masks_points_heatmaps_and_token_maps(scene_file, model):
     assert np.allclose(((mean - mean.min()) / span).numpy(), first.heatmap.numpy(), atol=1e-5)
 
 
-@pytest.mark.slow
-def test_readme_example_runs():
+def test_readme_example_runs(monkeypatch, capsys):
     readme = (ROOT / "README.md").read_text()
     (example,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[:1]
     assert len(example.strip().splitlines()) <= 6
-    result = subprocess.run([sys.executable, "-c", example], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "point" in result.stdout
+    monkeypatch.chdir(ROOT)  # its paths are relative to the checkout, as for a reader there
+    exec(compile(example, "README.md", "exec"), {"__name__": "__main__"})
+    assert "point" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, culprit", [
@@ -106,33 +106,36 @@ def test_readme_example_runs():
     (["--image", "{scene}"], "--expression"),
     (["--image", "{scene}", "--expression", "the dog", "--model", "{tmp}"], "model_index.json"),
 ])
-def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(tmp_path, scene_file, args, culprit):
+def test_bad_input_is_one_line_naming_the_culprit_and_writes_nothing(tmp_path, scene_file, refam_here, args, culprit):
     args = [a.format(scene=scene_file, tmp=tmp_path) for a in args]
-    result = predict(*args, "--output", str(tmp_path / "out"))
+    result = refam_here("predict", *args, "--output", str(tmp_path / "out"))
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("refam: error:") and culprit in message
     assert not list((tmp_path / "out").rglob("*.png"))
 
 
-def test_unreadable_image_and_unwritable_output(tmp_path, scene_file):
+def test_unreadable_image_and_unwritable_output(tmp_path, scene_file, refam_here):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    result = predict("--image", str(broken), "--expression", "the square", "--output", str(tmp_path / "out"))
+    result = refam_here("predict", "--image", str(broken), "--expression", "the square",
+                        "--output", str(tmp_path / "out"))
     assert result.returncode == 2 and "cannot read image" in result.stderr and str(broken) in result.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = predict("--image", str(scene_file), "--expression", "the square", "--output", str(blocker / "out"))
+    result = refam_here("predict", "--image", str(scene_file), "--expression", "the square",
+                        "--output", str(blocker / "out"))
     assert result.returncode == 2 and "is not writable" in result.stderr and "--output" in result.stderr
 
 
 @pytest.mark.slow
-def test_a_folder_with_one_bad_image_keeps_the_others(tmp_path, scene_file):
+def test_a_folder_with_one_bad_image_keeps_the_others(tmp_path, scene_file, refam_here):
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "a.png").write_bytes(scene_file.read_bytes())
     (folder / "b.png").write_bytes(b"broken")
-    result = predict("--image", str(folder), "--expression", "the square", "--output", str(tmp_path / "out"))
+    result = refam_here("predict", "--image", str(folder), "--expression", "the square",
+                        "--output", str(tmp_path / "out"))
     assert result.returncode == 1
     assert "b.png" in result.stderr and "1 of 2 images" in result.stderr
     assert (tmp_path / "out/a/0-the-square_mask.png").exists()
@@ -153,7 +156,7 @@ def moving_clip(folder: Path, frames: int = 4) -> list[Image.Image]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("as_file", [False, True], ids=["frame-folder", "video-file"])
-def test_video_gives_a_mask_per_frame_and_an_overlay_gif(tmp_path, model, as_file):
+def test_video_gives_a_mask_per_frame_and_an_overlay_gif(tmp_path, model, refam_here, as_file):
     import cv2
 
     frames = moving_clip(tmp_path / "clip")
@@ -164,7 +167,8 @@ def test_video_gives_a_mask_per_frame_and_an_overlay_gif(tmp_path, model, as_fil
         for frame in frames:
             writer.write(np.asarray(frame)[:, :, ::-1])
         writer.release()
-    result = predict("--video", str(source), "--expression", "the red circle", "--output", str(tmp_path / "out"))
+    result = refam_here("predict", "--video", str(source), "--expression", "the red circle",
+                        "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "out" / "clip"
     record = json.loads((folder / "0-the-red-circle.json").read_text())
@@ -179,24 +183,26 @@ def test_video_gives_a_mask_per_frame_and_an_overlay_gif(tmp_path, model, as_fil
         assert gif.n_frames == 4
 
 
-def test_unreadable_video_is_one_line(tmp_path):
+def test_unreadable_video_is_one_line(tmp_path, refam_here):
     broken = tmp_path / "clip.mp4"
     broken.write_bytes(b"not a video")
-    result = predict("--video", str(broken), "--expression", "the square", "--output", str(tmp_path / "out"))
+    result = refam_here("predict", "--video", str(broken), "--expression", "the square",
+                        "--output", str(tmp_path / "out"))
     assert result.returncode == 2 and "cannot read video" in result.stderr and str(broken) in result.stderr
-    result = predict("--video", str(tmp_path / "nope.mp4"), "--expression", "the square", "--output", str(tmp_path / "o"))
+    result = refam_here("predict", "--video", str(tmp_path / "nope.mp4"), "--expression", "the square",
+                        "--output", str(tmp_path / "o"))
     assert result.returncode == 2 and "--video" in result.stderr and "nope.mp4" in result.stderr
 
 
-def test_config_with_missing_weights_names_the_key(tmp_path, scene_file):
+def test_config_with_missing_weights_names_the_key(tmp_path, scene_file, refam_here):
     config = tmp_path / "mine.yaml"
     from refam.embedded import DEFAULT_MODEL_SECTION
 
     section = DEFAULT_MODEL_SECTION.read_text()
     config.write_text("model:\n" + "".join(f"  {line}\n" for line in
                       section.replace("pretrained: embedded:refam-shapes", f"pretrained: {tmp_path / 'no-weights'}").splitlines()))
-    result = predict("--config", str(config), "--image", str(scene_file), "--expression", "the square",
-                     "--output", str(tmp_path / "out"))
+    result = refam_here("predict", "--config", str(config), "--image", str(scene_file), "--expression", "the square",
+                        "--output", str(tmp_path / "out"))
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
     assert "model.extractor.init_args.pretrained" in message and "no-weights" in message
@@ -204,11 +210,11 @@ def test_config_with_missing_weights_names_the_key(tmp_path, scene_file):
 
 
 @pytest.mark.slow
-def test_manifest_gives_each_image_its_own_expressions_and_caption(tmp_path, model):
+def test_manifest_gives_each_image_its_own_expressions_and_caption(tmp_path, model, refam_here):
     from refam.shapes.dataset import write_shapes_set
 
     manifest = write_shapes_set(tmp_path / "set", "test", scenes=2, per_scene=2)
-    result = predict("--manifest", str(manifest), "--output", str(tmp_path / "out"))
+    result = refam_here("predict", "--manifest", str(manifest), "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
     for line in manifest.read_text().splitlines():
         record = json.loads(line)
