@@ -1,5 +1,5 @@
 """What the attention-map cache saves: the demo evaluation (`refam test --config configs/demo.yaml`:
-refam-shapes, 60 images, 297 expressions) run in process, `RefAMModule.segment_sample` over the
+refam-shapes, 60 images, 297 expressions) run in process, `RefAMPipeline.segment_sample` over the
 manifest, with a cold cache, then again with a warm cache where only the aggregation changes.
 
     python bench/map_cache.py                # CPU, one torch thread
