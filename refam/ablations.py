@@ -237,7 +237,7 @@ def write_configs(folder: Path) -> list[Path]:
 def run_row(config: dict, path: Path, extra: list[str], records: Path | None = None) -> dict[str, float]:
     """One `refam test` on the merged config; returns the logged metrics ("<dataset>/<metric>").
     `records`: where the per-expression records go (see `ExpressionRecords`)."""
-    from refam.cli import run_cli
+    from refam.lightning_cli import run_cli
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))

@@ -1,0 +1,77 @@
+"""The LightningCLI behind `refam test` (and the other Lightning subcommands): one run of a config.
+
+The `refam` command (`refam.cli`) dispatches to it; `refam ablate` runs it once per table row.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lightning.pytorch.cli import LightningCLI
+
+from refam.callbacks import ExpressionRecords, MaskWriter, ResultStore, config_fingerprints
+from refam.data.datamodule import RefAMDataModule
+from refam.errors import place, user_error
+from refam.module import RefAMModule
+
+# the config's sections that refam's classes fill, as errors name their keys
+SECTIONS = {"model": RefAMModule, "data": RefAMDataModule, "results": ResultStore, "masks": MaskWriter,
+            "records": ExpressionRecords}
+
+TRAINER_DEFAULTS = {
+    # the datamodule shards without padding; Lightning's DistributedSampler would duplicate samples
+    "use_distributed_sampler": False,
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "outputs"}},
+}
+
+
+class RefAMCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # always on, configurable as --records.folder
+        parser.add_lightning_class_args(ExpressionRecords, "records")
+        # --masks.save true [--masks.overlay true] [--masks.folder DIR]
+        parser.add_lightning_class_args(MaskWriter, "masks")
+        # resumable evaluation: --results.folder DIR (default <logger save_dir>/results), --results.resume false.
+        # The module is given the store (a link target is no config key, so no fingerprint holds it) and
+        # hands it to the trainer (configure_callbacks), so it is not a trainer callback of its own here.
+        parser.add_class_arguments(ResultStore, "results", sub_configs=True)
+        parser.link_arguments("results", "model.result_store", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # a component's own error: say where the config holds it
+            found = user_error(err)
+            if found is not None:
+                config = self.config[self.subcommand] if self.subcommand else self.config
+                place(found, SECTIONS, config.as_dict())
+            raise
+
+    def after_instantiate_classes(self) -> None:
+        # a stored result is reused only by a run of the same model and data settings
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self.model.result_store.fingerprints = config_fingerprints(config.as_dict())
+
+
+def run_cli(args: list[str] | None = None) -> RefAMCLI:
+    """One LightningCLI run (`refam test ...`); returns the CLI, whose trainer holds the metrics."""
+    # "Seed set to 0" comes before the components are built, so a config error would not be the
+    # only line printed; the seed is in the run's saved config.yaml
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    try:
+        return RefAMCLI(
+            RefAMModule,
+            RefAMDataModule,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            # a bad key or value raises ArgumentError (main prints its one useful line) instead of
+            # printing the whole usage before it
+            parser_kwargs={"exit_on_error": False},
+            args=args,
+        )
+    except Exception as err:  # raised while testing (a checkpoint loaded in setup): say where the config holds it
+        found = user_error(err)
+        if found is not None:
+            place(found, SECTIONS)
+        raise
