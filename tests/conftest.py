@@ -33,13 +33,20 @@ def refam_here(capfd, monkeypatch):
     Each front door keeps at least one test that runs the real console script.
 
     Returns what `subprocess.run(..., capture_output=True, text=True)` would: the exit code and
-    everything written to stdout and stderr. Warnings logged without a handler reach stderr as
-    in a fresh process (there Python's last-resort handler prints them; here pytest's own
-    handlers on the root logger would take them)."""
+    everything written to stdout and stderr. Logging reaches stderr as in a fresh process: the
+    console handlers that libraries (Lightning) made at import write to this test's stderr, not
+    to the stream of the test that imported them, and warnings of loggers without a handler are
+    printed (there by Python's last-resort handler; here pytest's handlers on the root logger
+    would take them)."""
     from refam.cli import main
 
     def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         monkeypatch.chdir(cwd)
+        consoles = [h for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+                    for h in getattr(logger, "handlers", []) if type(h) is logging.StreamHandler]
+        streams = [h.stream for h in consoles]
+        for handler in consoles:  # not setStream: it flushes the old stream, which may be closed
+            handler.stream = sys.stderr
         last_resort = logging.StreamHandler(sys.stderr)
         last_resort.setLevel(logging.WARNING)
         logging.getLogger().addHandler(last_resort)
@@ -53,6 +60,8 @@ def refam_here(capfd, monkeypatch):
                 print(exit.code, file=sys.stderr)
         finally:
             logging.getLogger().removeHandler(last_resort)
+            for handler, stream in zip(consoles, streams):
+                handler.stream = stream
         out, err = capfd.readouterr()
         return subprocess.CompletedProcess(["refam", *args], code, out, err)
 

@@ -1,8 +1,8 @@
-"""The paper's configs parse with the paper's settings and load real checkpoints by path."""
+"""The paper's configs parse with the paper's settings and load real checkpoints by path.
+
+`refam test` runs in this process (`refam_here`); test_cli.py runs the console script itself."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,14 +10,12 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-REFAM = str(Path(sys.executable).parent / "refam")
 SPLITS = {"refcoco": ["val", "testA", "testB"], "refcoco+": ["val", "testA", "testB"], "refcocog": ["val", "test"]}
 
 
 @pytest.mark.parametrize("name", sorted(SPLITS))
-def test_config_has_the_paper_settings(name):
-    result = subprocess.run([REFAM, "test", "--config", f"configs/{name}.yaml", "--print_config"],
-                            cwd=ROOT, capture_output=True, text=True)
+def test_config_has_the_paper_settings(name, refam_here):
+    result = refam_here("test", "--config", f"configs/{name}.yaml", "--print_config")
     assert result.returncode == 0, result.stderr[-2000:]
     config = yaml.safe_load(result.stdout)
     extractor = config["model"]["extractor"]["init_args"]
@@ -34,7 +32,7 @@ def test_config_has_the_paper_settings(name):
     assert config["trainer"]["use_distributed_sampler"] is False
 
 
-def test_paper_config_loads_checkpoints_by_path(tmp_path):
+def test_paper_config_loads_checkpoints_by_path(tmp_path, refam_here):
     """configs/refcoco.yaml run as is, only pointed at a tiny FLUX folder and a SAM2 .pt on disk."""
     from refam.segmenters.sam2 import SAM2PointSegmenter
 
@@ -45,8 +43,8 @@ def test_paper_config_loads_checkpoints_by_path(tmp_path):
     smoke = ROOT / "assets/smoke/refer"
     dataset = {"class_path": "refam.data.refcoco.RefCOCODataset",
                "init_args": {"data_root": str(smoke), "split": "val", "captions_file": str(smoke / "captions_train2014.json")}}
-    result = subprocess.run([
-        REFAM, "test", "--config", "configs/refcoco.yaml",
+    result = refam_here(
+        "test", "--config", "configs/refcoco.yaml",
         "--model.extractor.init_args.pretrained", str(ROOT / "assets/smoke/tiny-flux"),
         "--model.extractor.init_args.torch_dtype", "float32",
         "--model.extractor.init_args.resolution", "256",
@@ -56,7 +54,7 @@ def test_paper_config_loads_checkpoints_by_path(tmp_path):
         "--model.segmenter.init_args.image_size", "256",
         "--data.datasets", json.dumps(dataset), "--data.num_workers", "0",
         "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
-    ], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RANDOM weights" not in result.stderr  # the checkpoint was loaded, not a random init
     assert "refcoco/val" in result.stdout + result.stderr
@@ -65,9 +63,8 @@ def test_paper_config_loads_checkpoints_by_path(tmp_path):
 @pytest.mark.parametrize("name, reader, splits", [
     ("davis", "RefDAVIS17", ["valid"]), ("ytvos", "RefYouTubeVOS", ["valid"]), ("mevis", "MeViS", ["valid_u", "valid"]),
 ])
-def test_video_config_has_the_paper_settings(name, reader, splits):
-    result = subprocess.run([REFAM, "test", "--config", f"configs/{name}.yaml", "--print_config"],
-                            cwd=ROOT, capture_output=True, text=True)
+def test_video_config_has_the_paper_settings(name, reader, splits, refam_here):
+    result = refam_here("test", "--config", f"configs/{name}.yaml", "--print_config")
     assert result.returncode == 0, result.stderr[-2000:]
     config = yaml.safe_load(result.stdout)
     extractor = config["model"]["extractor"]
