@@ -1,4 +1,7 @@
-"""`refam test` end to end: smoke config, DDP equals one process, bad input is reported and skipped."""
+"""`refam test` end to end: smoke config, DDP equals one process, bad input is reported and skipped.
+
+The smoke, DDP and demo runs use the real console script; the checks of what a run reports on bad
+input run its `main` in this process (`smoke_here`), which skips a new process's imports."""
 
 import csv
 import json
@@ -20,6 +23,12 @@ REFAM = str(Path(sys.executable).parent / "refam")
 def run_refam(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([REFAM, "test", "--config", str(ROOT / "configs/smoke.yaml"), *args],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def smoke_here(refam_here):
+    """`run_refam` in this process (conftest's `refam_here`)."""
+    return lambda *args: refam_here("test", "--config", str(ROOT / "configs/smoke.yaml"), *args)
 
 
 def logged_metrics(save_dir: Path) -> dict[str, str]:
@@ -90,14 +99,14 @@ def test_ddp_with_splits_smaller_than_the_world_equals_one_process(tmp_path):
     assert masks[1] and masks[2] == masks[1] and masks[3] == masks[1]
 
 
-def test_missing_image_is_reported_and_skipped(tmp_path):
+def test_missing_image_is_reported_and_skipped(tmp_path, smoke_here):
     data_root = write_refer_fixture(tmp_path / "refer", n_images=3)
     dataset = RefCOCODataset(str(data_root), split="val")
     survivors = sum(len(dataset[i].expressions) for i in range(len(dataset)) if dataset[i].sample_id != "100")
     assert survivors > 0
     missing = next((data_root / "images/mscoco/images/train2014").glob("*000000000100.jpg"))
     missing.unlink()
-    result = run_refam(*smoke_args(tmp_path, data_root))
+    result = smoke_here(*smoke_args(tmp_path, data_root))
     assert result.returncode == 0, result.stderr[-3000:]
     assert missing.name in result.stderr
     assert "skipped 1 sample(s)" in result.stdout + result.stderr
@@ -106,43 +115,42 @@ def test_missing_image_is_reported_and_skipped(tmp_path):
     assert float(metrics["refcoco/val/expressions"]) == survivors  # the other val image still counts
 
 
-def test_empty_expression_is_reported_and_skipped(tmp_path):
+def test_empty_expression_is_reported_and_skipped(tmp_path, smoke_here):
     image = tmp_path / "scene.jpg"
     shutil.copy(next((ROOT / "assets/smoke/refer/images/mscoco/images/train2014").glob("*100.jpg")), image)
     manifest = tmp_path / "mine.jsonl"
     manifest.write_text(json.dumps({"image": "scene.jpg", "expressions": [
         {"text": "the red box", "id": "good"}, {"text": "  ", "id": "blank"}]}) + "\n")
     dataset = {"class_path": "refam.data.manifest.ManifestDataset", "init_args": {"path": str(manifest)}}
-    result = run_refam(*smoke_args(tmp_path), "--data.datasets", json.dumps(dataset))
+    result = smoke_here(*smoke_args(tmp_path), "--data.datasets", json.dumps(dataset))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'blank': the expression is empty" in result.stderr
     metrics = logged_metrics(tmp_path / "logs")
     assert float(metrics["mine/skipped_expressions"]) == 1
 
 
-def test_unreadable_checkpoint_folder_names_the_key(tmp_path):
+def test_unreadable_checkpoint_folder_names_the_key(tmp_path, smoke_here):
     broken = tmp_path / "flux"
     broken.mkdir()
     (broken / "model_index.json").write_text("{not json")
-    result = run_refam(*smoke_args(tmp_path), "--model.extractor.init_args.pretrained", str(broken))
+    result = smoke_here(*smoke_args(tmp_path), "--model.extractor.init_args.pretrained", str(broken))
     assert result.returncode != 0
     assert "model.extractor.init_args.pretrained" in result.stderr and str(broken) in result.stderr
     assert "Traceback" not in result.stderr
-    missing = run_refam(*smoke_args(tmp_path), "--model.extractor.init_args.pretrained", str(tmp_path / "nowhere"))
+    missing = smoke_here(*smoke_args(tmp_path), "--model.extractor.init_args.pretrained", str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "is not a folder" in missing.stderr
 
 
-def test_unknown_class_path_names_the_key(tmp_path):
-    result = run_refam(*smoke_args(tmp_path), "--model.segmenter.class_path", "refam.segmenters.NoSuchSegmenter")
+def test_unknown_class_path_names_the_key(tmp_path, smoke_here):
+    result = smoke_here(*smoke_args(tmp_path), "--model.segmenter.class_path", "refam.segmenters.NoSuchSegmenter")
     assert result.returncode != 0
     assert "segmenter" in result.stderr and "NoSuchSegmenter" in result.stderr
 
 
-def test_help_and_print_config():
-    help_text = subprocess.run([REFAM, "test", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+def test_help_and_print_config(refam_here):
+    help_text = refam_here("test", "--help").stdout
     assert "--model.extractor" in help_text and "--data.datasets" in help_text
-    printed = subprocess.run([REFAM, "test", "--config", "configs/smoke.yaml", "--print_config"],
-                             capture_output=True, text=True, cwd=ROOT)
+    printed = refam_here("test", "--config", "configs/smoke.yaml", "--print_config")
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert "refam.extractors.flux.FluxExtractor" in printed.stdout and "sigma: 0.75" in printed.stdout
 
