@@ -1,4 +1,7 @@
-"""`refam test --config configs/smoke-video.yaml`: the video path through the CLI, offline."""
+"""`refam test --config configs/smoke-video.yaml`: the video path through the CLI, offline.
+
+One single-process run (`smoke_video`, the real console script) is checked for what it writes and
+is the reference the DDP runs must equal."""
 
 import csv
 import os
@@ -26,11 +29,19 @@ def metrics(save_dir: Path) -> dict[str, float]:
     return {k: float(v) for row in rows for k, v in row.items() if v}
 
 
-@pytest.mark.slow
-def test_smoke_video_scores_every_expression_and_writes_what_the_official_evaluation_reads(tmp_path):
-    result = run("test", "--config", "configs/smoke-video.yaml", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
-                 "--masks.save", "true", "--masks.folder", str(tmp_path / "masks"))
+@pytest.fixture(scope="module")
+def smoke_video(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One process, masks saved: (the finished run, its folder with logs/ and masks/)."""
+    folder = tmp_path_factory.mktemp("smoke-video")
+    result = run("test", "--config", "configs/smoke-video.yaml", "--trainer.logger.init_args.save_dir",
+                 str(folder / "logs"), "--masks.save", "true", "--masks.folder", str(folder / "masks"))
     assert result.returncode == 0, result.stderr[-3000:]
+    return result, folder
+
+
+@pytest.mark.slow
+def test_smoke_video_scores_every_expression_and_writes_what_the_official_evaluation_reads(smoke_video):
+    result, tmp_path = smoke_video
     assert "J&F" in result.stdout and "ref_davis17/valid" in result.stdout
     values = metrics(tmp_path / "logs")
     assert values["ref_davis17/valid/expressions"] == 24  # 3 clips x 2 objects x 4 annotator slots
@@ -55,13 +66,12 @@ def test_smoke_video_scores_every_expression_and_writes_what_the_official_evalua
 
 
 @pytest.mark.slow
-def test_video_ddp_on_two_and_three_processes_equals_one(tmp_path):
+def test_video_ddp_on_two_and_three_processes_equals_one(tmp_path, smoke_video):
     """3 videos on 2 and 3 processes: a video is never split, none is counted twice or lost."""
-    results = {}
-    for devices in (1, 2, 3):
-        extra = ["--trainer.devices", str(devices)] + (["--trainer.strategy", "ddp"] if devices > 1 else [])
-        result = run("test", "--config", "configs/smoke-video.yaml",
-                     "--trainer.logger.init_args.save_dir", str(tmp_path / f"d{devices}"), *extra)
+    results = {1: metrics(smoke_video[1] / "logs")}
+    for devices in (2, 3):
+        result = run("test", "--config", "configs/smoke-video.yaml", "--trainer.devices", str(devices),
+                     "--trainer.strategy", "ddp", "--trainer.logger.init_args.save_dir", str(tmp_path / f"d{devices}"))
         assert result.returncode == 0, result.stderr[-3000:]
         results[devices] = metrics(tmp_path / f"d{devices}")
     assert results[1]["ref_davis17/valid/expressions"] == 24
@@ -70,12 +80,12 @@ def test_video_ddp_on_two_and_three_processes_equals_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_video_with_a_video_config_tracks_from_the_key_frame(tmp_path):
+def test_predict_video_with_a_video_config_tracks_from_the_key_frame(tmp_path, refam_here):
     import json
 
     frames = DATA / "valid/JPEGImages/shapes-demo-0000"
-    result = run("predict", "--config", "configs/smoke-video.yaml", "--video", str(frames),
-                 "--expression", "the red circle", "--expression", "the object on the left", "--output", str(tmp_path))
+    result = refam_here("predict", "--config", "configs/smoke-video.yaml", "--video", str(frames), "--expression",
+                        "the red circle", "--expression", "the object on the left", "--output", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / frames.name
     for stem in ("0-the-red-circle", "1-the-object-on-the-left"):
