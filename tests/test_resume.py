@@ -185,13 +185,13 @@ def _reused(output: str) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
+def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path, refam_here):
+    """The run killed is a process of its own; the uninterrupted and the resumed run need none (`refam_here`)."""
     data_root = write_refer_fixture(tmp_path / "refer", n_images=11)
     command = [REFAM, "test", "--config", str(ROOT / "configs/smoke.yaml")]
 
     started = time.perf_counter()
-    full = subprocess.run([*command, *smoke_args(tmp_path / "a", data_root)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    full = refam_here(*command[1:], *smoke_args(tmp_path / "a", data_root))
     full_seconds = time.perf_counter() - started
     assert full.returncode == 0, full.stderr[-3000:]
     samples = _reused(full.stdout)[0]
@@ -216,8 +216,7 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
         mtimes[path.name] = path.stat().st_mtime_ns
 
     started = time.perf_counter()
-    resumed = subprocess.run([*command, *smoke_args(tmp_path / "b", data_root)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
+    resumed = refam_here(*command[1:], *smoke_args(tmp_path / "b", data_root))
     resumed_seconds = time.perf_counter() - started
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _reused(resumed.stdout) == (samples - len(stored), len(stored))
@@ -245,17 +244,16 @@ def _demo_manifest(folder, records: int = 2):
     return manifest
 
 
-def _demo_run(manifest, logs, results):
+def _demo_run(refam_here, manifest, logs, results):
     dataset = {"class_path": "refam.data.manifest.ManifestDataset", "init_args": {"path": str(manifest), "name": "mine"}}
-    result = subprocess.run([REFAM, "test", "--config", str(ROOT / "configs/demo.yaml"), "--data.datasets",
-                             json.dumps(dataset), "--trainer.logger.init_args.save_dir", str(logs),
-                             "--results.folder", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = refam_here("test", "--config", str(ROOT / "configs/demo.yaml"), "--data.datasets", json.dumps(dataset),
+                        "--trainer.logger.init_args.save_dir", str(logs), "--results.folder", str(results))
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 @pytest.mark.slow
-def test_rerun_after_editing_a_sample_recomputes_it(tmp_path):
+def test_rerun_after_editing_a_sample_recomputes_it(tmp_path, refam_here):
     """Issue point 5: a manifest's expression text and mask edited (same ids) between two runs into
     the same results folder: the edited sample is recomputed, with a warning naming it, and the
     metrics are those of a fresh run on the edited data."""
@@ -263,7 +261,7 @@ def test_rerun_after_editing_a_sample_recomputes_it(tmp_path):
     data.mkdir()
     manifest = _demo_manifest(data)
     results = tmp_path / "results"
-    _demo_run(manifest, tmp_path / "first", results)
+    _demo_run(refam_here, manifest, tmp_path / "first", results)
 
     lines = manifest.read_text().splitlines()
     record = json.loads(lines[0])
@@ -273,8 +271,8 @@ def test_rerun_after_editing_a_sample_recomputes_it(tmp_path):
     lines[0] = json.dumps(record)
     manifest.write_text("\n".join(lines) + "\n")
 
-    rerun = _demo_run(manifest, tmp_path / "second", results)
-    fresh = _demo_run(manifest, tmp_path / "fresh", tmp_path / "fresh-results")
+    rerun = _demo_run(refam_here, manifest, tmp_path / "second", results)
+    fresh = _demo_run(refam_here, manifest, tmp_path / "fresh", tmp_path / "fresh-results")
     assert _reused(rerun.stdout) == (1, 1)
     assert f"sample {record['id']} of mine changed since its result was stored" in rerun.stderr + rerun.stdout
     assert logged_metrics(tmp_path / "second") == logged_metrics(tmp_path / "fresh")
