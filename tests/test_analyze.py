@@ -67,7 +67,7 @@ def test_entropy_of_a_planted_map(model, scene, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_writes_the_three_figures_and_the_numbers(tmp_path, scene):
+def test_cli_writes_the_three_figures_and_the_numbers(tmp_path, scene, refam_here):
     image = tmp_path / "scene.png"
     scene.image.save(image)
     result = subprocess.run([REFAM, "analyze", "--image", str(image), "--expression", "the orange square",
@@ -79,6 +79,6 @@ def test_cli_writes_the_three_figures_and_the_numbers(tmp_path, scene):
             assert figure.format == "PNG" and figure.width > 200 and figure.height > 100
     numbers = json.loads((tmp_path / "out/analysis.json").read_text())
     assert len(numbers["block_entropy"]) == 4 and "▁pink" in numbers["runs"]["with magnets"]["tokens"]
-    bad = subprocess.run([REFAM, "analyze", "--image", str(tmp_path / "missing.png"), "--expression", "x",
-                          "--output", str(tmp_path / "out2")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    bad = refam_here("analyze", "--image", str(tmp_path / "missing.png"), "--expression", "x",
+                     "--output", str(tmp_path / "out2"))  # in this process: the one above was the console script
     assert bad.returncode == 2 and "missing.png" in bad.stderr and not (tmp_path / "out2").exists()
