@@ -2,8 +2,6 @@
 background (and said), tiny images warned about, images over the pixel limit refused in one line."""
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +13,6 @@ from refam.api import as_image
 from refam.data.images import BACKGROUND, MAX_PIXELS_ENV, read_rgb
 from refam.errors import MissingInputError
 
-ROOT = Path(__file__).resolve().parents[2]
-REFAM = str(Path(sys.executable).parent / "refam")
 
 
 @pytest.fixture(autouse=True)
@@ -90,12 +86,12 @@ def test_an_image_over_the_pixel_limit_is_refused_naming_file_and_setting(tmp_pa
     assert "not a positive number" in read_rgb(path)
 
 
-def test_predict_refuses_an_image_over_the_limit_in_one_line(tmp_path):
+def test_predict_refuses_an_image_over_the_limit_in_one_line(tmp_path, refam_here, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("RGB", (40, 30)).save(path)
-    env = {**__import__("os").environ, MAX_PIXELS_ENV: "1000"}
-    result = subprocess.run([REFAM, "predict", "--image", str(path), "--expression", "the square", "--output",
-                             str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1000")
+    result = refam_here("predict", "--image", str(path), "--expression", "the square",
+                        "--output", str(tmp_path / "out"))
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("refam")]  # not the loaders' progress bars
     assert len(lines) == 1 and lines[0].startswith("refam: error:") and MAX_PIXELS_ENV in lines[0], result.stderr

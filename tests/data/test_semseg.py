@@ -297,13 +297,13 @@ def test_voc_sample_scores_with_its_void(voc):
 
 
 @pytest.mark.slow
-def test_refam_test_scores_semseg_heatmaps_with_each_datasets_protocol(tmp_path, mat, words, voc, monkeypatch):
+def test_refam_test_scores_semseg_heatmaps_with_each_datasets_protocol(tmp_path, mat, words, voc, monkeypatch,
+                                                                        refam_here):
     """configs/semseg.yaml, pointed at the fixtures and the embedded model, logs the saliency scores
-    that SaliencyScores gives on the heatmaps the module predicts, with each dataset's protocol."""
+    that SaliencyScores gives on the heatmaps the module predicts, with each dataset's protocol.
+    `refam test` runs in this process (`refam_here`)."""
     import csv
     import json
-    import subprocess
-    import sys
 
     from refam.api import RefAM
 
@@ -314,16 +314,15 @@ def test_refam_test_scores_semseg_heatmaps_with_each_datasets_protocol(tmp_path,
         {"class_path": "refam.data.semseg.PascalVOCSingleClass",
          "init_args": {"root": str(voc), "protocol": "conceptattention-voc"}},
     ]
-    refam = str(Path(sys.executable).parent / "refam")
-    result = subprocess.run([
-        refam, "test", "--config", "configs/semseg.yaml",
+    result = refam_here(
+        "test", "--config", "configs/semseg.yaml",
         "--model.extractor.init_args.pretrained", "embedded:refam-shapes",
         "--model.extractor.init_args.torch_dtype", "float32", "--model.extractor.init_args.resolution", "128",
         "--model.extractor.init_args.caption_max_tokens", "32", "--model.extractor.init_args.pooled_prompt", "empty",
         "--model.segmenter", '{"class_path": "refam.segmenters.floodfill.FloodFillSegmenter"}',
         "--data.datasets", json.dumps(datasets), "--data.num_workers", "0",
-        "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
-    ], cwd=root, capture_output=True, text=True, timeout=600)
+        "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics_file = next((tmp_path / "logs").rglob("metrics.csv"))
     logged = {k: float(v) for row in csv.DictReader(metrics_file.open()) for k, v in row.items() if v}
