@@ -1,7 +1,8 @@
 """`refam test` end to end: smoke config, DDP equals one process, bad input is reported and skipped.
 
-The smoke, DDP and demo runs use the real console script; the checks of what a run reports on bad
-input run its `main` in this process (`smoke_here`), which skips a new process's imports."""
+The smoke and DDP runs use the real console script; the one-process references, the demo run and
+the checks of what a run reports on bad input run its `main` in this process (`smoke_here`,
+`refam_here`), which skips a new process's imports."""
 
 import csv
 import json
@@ -71,7 +72,7 @@ def test_smoke_config_runs_and_reports_metrics(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_with_splits_smaller_than_the_world_equals_one_process(tmp_path):
+def test_ddp_with_splits_smaller_than_the_world_equals_one_process(tmp_path, smoke_here):
     """The smoke config's testA has one image and val two: on 2 processes one rank has no testA
     sample, on 3 one rank has no sample at all, and no split divides evenly over 3 (a padding
     sampler would count a sample twice). Each rank without a sample runs zero steps of that split
@@ -83,7 +84,8 @@ def test_ddp_with_splits_smaller_than_the_world_equals_one_process(tmp_path):
     for devices in (1, 2, 3):
         out = tmp_path / f"d{devices}"
         extra = ["--trainer.devices", str(devices)] + (["--trainer.strategy", "ddp"] if devices > 1 else [])
-        result = run_refam(*smoke_args(out), *extra, "--masks.save", "true")
+        run = run_refam if devices > 1 else smoke_here  # the one-process reference needs no process of its own
+        result = run(*smoke_args(out), *extra, "--masks.save", "true")
         assert result.returncode == 0, result.stderr[-3000:]
         results[devices] = logged_metrics(out / "logs")
         records[devices] = sorted(
@@ -156,15 +158,14 @@ def test_help_and_print_config(refam_here):
 
 
 @pytest.mark.slow
-def test_demo_config_scores_the_embedded_model_as_the_evaluator_does(tmp_path):
+def test_demo_config_scores_the_embedded_model_as_the_evaluator_does(tmp_path, refam_here):
     """`make demo`'s config through the CLI prints what `refam.shapes.evaluate` computes in-process."""
     from refam.data.manifest import ManifestDataset
     from refam.shapes.evaluate import MAGNET_ROWS, build_pipeline, evaluate, expression_kinds
 
     manifest = ROOT / "assets/shapes-demo/manifest.jsonl"
-    result = subprocess.run([REFAM, "test", "--config", str(ROOT / "configs/demo.yaml"),
-                             "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--masks.save", "true"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = refam_here("test", "--config", str(ROOT / "configs/demo.yaml"),
+                        "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--masks.save", "true")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = logged_metrics(tmp_path / "logs")
     expected = evaluate(build_pipeline(str(REFAM_SHAPES), MAGNET_ROWS["magnets + stop-word filter (paper)"]),
