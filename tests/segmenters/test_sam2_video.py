@@ -1,4 +1,4 @@
-"""SAM2VideoSegmenter on a tiny random-weight SAM2 (hiera-t config at 256 px, CPU).
+"""SAM2VideoSegmenter on a tiny random-weight SAM2 (hiera-t config at 128 px, CPU).
 
 The claims: one mask per frame at the frames' size, forward from frame 0 and both ways from a later
 frame, frames streamed from disk through a small LRU, the same logits as sam2's own loader, and
@@ -22,12 +22,13 @@ torch.set_num_threads(1)
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 KEY = "^checkpoint: "  # the segmenter's own field; a front door names the full key
 H, W = 48, 64  # not square, not the model's size: masks must come back at this size
+SIZE = 128  # SAM2's input size: the smallest multiple of 32 above the frames (the image encoder is most of the time)
 N = 5
 POINT = (40.0, 20.0)  # (x, y)
 
 
 def tiny(**kwargs) -> SAM2VideoSegmenter:
-    seg = SAM2VideoSegmenter(config=CONFIG, image_size=256, allow_random_weights=True, **kwargs)
+    seg = SAM2VideoSegmenter(config=CONFIG, image_size=SIZE, allow_random_weights=True, **kwargs)
     seg.setup(torch.device("cpu"))
     return seg
 
@@ -88,7 +89,7 @@ def test_prompting_frame_0_tracks_forward_one_mask_per_frame_in_order(seg, frame
     assert [index for index, _ in results] == list(range(N))
     for _, mask in results:
         assert mask.shape == (H, W) and mask.dtype == np.bool_
-    assert seg.predictor.image_size == 256
+    assert seg.predictor.image_size == SIZE
     assert seg.predictor.fill_hole_area == 0  # no CUDA extension here
 
 
@@ -124,9 +125,9 @@ def test_frames_are_read_on_demand_and_only_the_lru_is_held(frames, cache_size):
 def test_lazy_store_holds_what_sam2s_loader_holds(seg, frames):
     from sam2.utils.misc import load_video_frames
 
-    images, height, width = load_video_frames(str(frames[0].parent), 256, offload_video_to_cpu=True,
+    images, height, width = load_video_frames(str(frames[0].parent), SIZE, offload_video_to_cpu=True,
                                               compute_device=torch.device("cpu"))
-    store = LazyFrameStore(frames, 256, cache_size=1)
+    store = LazyFrameStore(frames, SIZE, cache_size=1)
     assert (store.video_height, store.video_width) == (height, width) == (H, W)
     assert len(store) == len(images) == N
     for i in range(N):
@@ -215,7 +216,7 @@ def test_pruning_changes_no_logit_and_bounds_the_state(tmp_path, monkeypatch):
 def test_checkpoint_is_loaded_from_disk(seg, frames, tmp_path):
     path = tmp_path / "sam2_tiny.pt"
     torch.save({"model": seg.predictor.state_dict()}, path)
-    loaded = SAM2VideoSegmenter(config=CONFIG, checkpoint=str(path), image_size=256, init_seed=99)
+    loaded = SAM2VideoSegmenter(config=CONFIG, checkpoint=str(path), image_size=SIZE, init_seed=99)
     loaded.setup(torch.device("cpu"))
     ours, theirs = seg.predictor.state_dict(), loaded.predictor.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -226,7 +227,7 @@ def test_checkpoint_is_loaded_from_disk(seg, frames, tmp_path):
 def test_checkpoint_that_does_not_fit_names_the_key(tmp_path):
     path = tmp_path / "wrong.pt"
     torch.save({"model": {"not_a_sam2_weight": torch.zeros(1)}}, path)
-    seg = SAM2VideoSegmenter(config=CONFIG, checkpoint=str(path), image_size=256)
+    seg = SAM2VideoSegmenter(config=CONFIG, checkpoint=str(path), image_size=SIZE)
     with pytest.raises(CheckpointError, match=KEY):
         seg.setup(torch.device("cpu"))
 
