@@ -1,4 +1,5 @@
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,37 @@ import torch
 from refam.testing.tiny_flux import save_tiny_flux
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject's addopts): the whole suite (`make test`, plain `pytest`, `-m ...`)
+    runs on one pytest-xdist worker per CPU, each test file on one worker (`--dist loadfile`, so
+    a module's shared fixture runs once); a run of chosen files or of `-k` runs in this process
+    as before (so does `-n 0`). PYTEST_XDIST_AUTO_NUM_WORKERS sets the number, as in pytest-xdist."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS and not config.option.keyword
+    cpus = len(os.sched_getaffinity(0))
+    return cpus if whole_suite and cpus > 1 else 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    workers = getattr(config.option, "numprocesses", None)
+    if isinstance(workers, int) and workers > 1:
+        # the workers share the CPUs: torch's default of one thread per CPU in each would oversubscribe
+        # them (the processes the tests start, DDP ranks included, inherit this too)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Workers take whole files in collection order (--no-loadscope-reorder): files with
+        # end-to-end (slow) tests go first, so that no long file starts last while the other
+        # workers have nothing left. The order within a file is kept.
+        slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="session")
