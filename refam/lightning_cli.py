@@ -12,10 +12,12 @@ from lightning.pytorch.cli import LightningCLI
 from refam.callbacks import ExpressionRecords, MaskWriter, ResultStore, config_fingerprints
 from refam.data.datamodule import RefAMDataModule
 from refam.errors import place, user_error
+from refam.inference import RefAMPipeline
 from refam.module import RefAMModule
 
-# the config's sections that refam's classes fill, as errors name their keys
-SECTIONS = {"model": RefAMModule, "data": RefAMDataModule, "results": ResultStore, "masks": MaskWriter,
+# the config's sections and the class whose arguments are their keys, as errors name them (the
+# module's `model:` keys are its pipeline's)
+SECTIONS = {"model": RefAMPipeline, "data": RefAMDataModule, "results": ResultStore, "masks": MaskWriter,
             "records": ExpressionRecords}
 
 TRAINER_DEFAULTS = {

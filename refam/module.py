@@ -16,17 +16,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from refam.aggregators.base import Aggregator
-from refam.aggregators.magnets import MagnetStrategy
-from refam.aggregators.spatial import SpatialBias
 from refam.callbacks import MaskWriter, ResultStore
-from refam.extractors.base import Extractor
 from refam.identity import sample_identity
 from refam.inference import RefAMPipeline, SampleResult
 from refam.metrics import VideoReferringScores
 from refam.scoring import DatasetScores, result_from_record, results_table
-from refam.segmenters.base import Segmenter
-from refam.segmenters.video_base import VideoSegmenter
 from refam.types import BadSample, Sample, VideoSample
 
 log = logging.getLogger(__name__)
@@ -40,22 +34,9 @@ class RefAMModule(L.LightningModule):
             the same settings (resumable evaluation); `refam test` passes its `--results` store.
     """
 
-    def __init__(
-        self,
-        extractor: Extractor,
-        segmenter: Segmenter | VideoSegmenter,
-        magnets: MagnetStrategy | None = None,
-        aggregator: Aggregator | None = None,
-        spatial_bias: SpatialBias | list[SpatialBias] | None = None,
-        text_condition: str = "caption",
-        key_frame: str = "first",
-        map_cache: str | None = None,
-        result_store: ResultStore | None = None,
-    ) -> None:
+    def __init__(self, result_store: ResultStore | None = None, **pipeline) -> None:
         super().__init__()
-        self.pipeline = RefAMPipeline(extractor, segmenter, magnets=magnets, aggregator=aggregator,
-                                      spatial_bias=spatial_bias, text_condition=text_condition, key_frame=key_frame,
-                                      map_cache=map_cache)
+        self.pipeline = RefAMPipeline(**pipeline)
         self.result_store = result_store
         self.datasets = torch.nn.ModuleList()  # one DatasetScores per test dataset, set when testing starts
         self._mask_writers: list[MaskWriter] = []

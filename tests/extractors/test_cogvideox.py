@@ -15,13 +15,6 @@ from refam.testing.tiny_cogvideox import save_tiny_cogvideox
 HEIGHT, WIDTH = 48, 80  # a 3 x 5 token grid per latent frame
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):

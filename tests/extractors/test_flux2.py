@@ -16,13 +16,6 @@ from refam.testing.tiny_flux2 import build_tiny_flux2
 SETTINGS = dict(torch_dtype="float32", resolution=96, keep_aspect=True, caption_max_tokens=64, text_layers=[1, 2, 3])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module", params=["dev", "klein"])
 def extractor(request):

@@ -21,14 +21,6 @@ HEIGHT, WIDTH = 48, 80  # a 3 x 5 token grid per latent frame
 C = MochiExtractor.temporal_compression  # 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many tiny forwards on a shared machine: one intra-op thread (see test_rf_inversion.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny_mochi_dir(tmp_path_factory):

@@ -2,7 +2,6 @@
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,16 +14,6 @@ from refam.errors import ConfigError
 from refam.extractors.trajectory import NoiseAt, RFInversion, TrajectoryContext, drive, standard_noise
 
 MAGNETS = AppendMagnets()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run hundreds of tiny forwards; one intra-op thread is as fast on an idle machine
-    and avoids the 100x slowdown of spinning OpenMP threads on a shared, busy one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -13,13 +13,6 @@ from refam.testing.tiny_cogvideox import VARIANTS, build_tiny_cogvideox, save_ti
 HEIGHT, WIDTH = 48, 80  # 6 x 10 latents: a 3 x 5 token grid, off the 4 x 6 base grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def loaded(request, tmp_path_factory):

@@ -11,13 +11,6 @@ from refam.testing.tiny_flux2 import build_tiny_flux2, save_tiny_flux2
 ROWS, COLS = 4, 6  # a non-square token grid: latent [4 C, 4, 6] after the 2x2 patchify
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module", params=["dev", "klein"])
 def pipe(request, tmp_path_factory):

@@ -15,13 +15,6 @@ from refam.testing.tiny_sd3 import CLIP_WIDTHS, T5_WIDTH, build_tiny_sd3, save_t
 CAPTION_T5_TOKENS = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):

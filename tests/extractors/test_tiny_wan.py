@@ -10,13 +10,6 @@ from refam.testing.tiny_wan import build_tiny_wan, save_tiny_wan
 FRAMES, ROWS, COLS = 2, 4, 6  # a non-square token grid: latent [16, 2, 8, 12]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):

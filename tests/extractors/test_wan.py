@@ -14,13 +14,6 @@ from refam.testing.tiny_wan import build_tiny_wan, save_tiny_wan
 SETTINGS = dict(torch_dtype="float32", height=48, width=80, clip_frames=5, caption_max_tokens=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def wan22(tmp_path_factory):

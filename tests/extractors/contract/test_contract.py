@@ -25,13 +25,6 @@ CAPTION = "a dog and a man"
 SIGMA = 0.6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny forwards on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module", params=ENTRIES, ids=[entry.name for entry in ENTRIES])
 def backbone(request, tmp_path_factory):
