@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import build_tokenizers
+from refam.testing.tiny_flux import build_tokenizers, tiny_t5
 
 VARIANTS = ("2b", "5b", "1.5")
 # what the real checkpoints' scheduler and VAE configs say (notes-cogvideox.md, e.)
@@ -53,7 +53,6 @@ def build_tiny_cogvideox(
     a 4 x 6 token grid at 64 x 96 pixels. `max_text_seq_length` is the caption length the pipeline
     pads to (226, as the real pipeline's `max_sequence_length`)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
-    from transformers import T5Config, T5EncoderModel
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -62,12 +61,7 @@ def build_tiny_cogvideox(
     temporal_patch = {"patch_size_t": 2, "patch_bias": False} if variant == "1.5" else {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        t5 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                relative_attention_num_buckets=8, pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
-            )
-        )
+        t5 = tiny_t5(t5_tok)
         transformer = CogVideoXTransformer3DModel(
             num_attention_heads=heads, attention_head_dim=head_dim, in_channels=16, out_channels=16,
             time_embed_dim=32, text_embed_dim=32, num_layers=layers, sample_height=latent_height,

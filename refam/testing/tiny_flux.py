@@ -50,20 +50,25 @@ def build_tokenizers(words: list[str] | None = None, clip_max_length: int = 77):
     return clip, t5
 
 
+def tiny_t5(tokenizer):
+    """A two-layer T5 encoder over `tokenizer`'s vocabulary, drawn from torch's current random state."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    ))
+
+
 def build_tiny_flux(seed: int = 0, width: int = 32, heads: int = 2, double_blocks: int = 2, single_blocks: int = 2):
     """A randomly initialised FluxPipeline with the real component classes, deterministic by seed."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     clip_tok, t5_tok = build_tokenizers()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        t5 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                relative_attention_num_buckets=8, pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
-            )
-        )
+        t5 = tiny_t5(t5_tok)
         clip = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

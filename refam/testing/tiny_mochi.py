@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import build_tokenizers
+from refam.testing.tiny_flux import build_tokenizers, tiny_t5
 
 
 def build_tiny_mochi(
@@ -31,17 +31,11 @@ def build_tiny_mochi(
 ):
     """A randomly initialised MochiPipeline with the real component classes, deterministic by seed."""
     from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
-    from transformers import T5Config, T5EncoderModel
 
     _, t5_tok = build_tokenizers()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        t5 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                relative_attention_num_buckets=8, pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
-            )
-        )
+        t5 = tiny_t5(t5_tok)
         transformer = MochiTransformer3DModel(
             patch_size=2, num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
             pooled_projection_dim=text_width, in_channels=12, text_embed_dim=32, time_embed_dim=32,
