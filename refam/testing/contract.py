@@ -43,6 +43,22 @@ def block_inputs(module: torch.nn.Module, run: Callable[[], Any]) -> dict:
     return seen
 
 
+class _IdentityRope(torch.nn.Module):
+    """A `pos_embed` giving every position the identity rotation (cos 1, sin 0)."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ones(ids.shape[0], self.head_dim), torch.zeros(ids.shape[0], self.head_dim)
+
+
+def rope_off(transformer, monkeypatch) -> None:
+    """`positions_off` for FLUX-style transformers, whose `pos_embed(ids)` returns (cos, sin)."""
+    monkeypatch.setattr(transformer, "pos_embed", _IdentityRope(transformer.config.attention_head_dim))
+
+
 @dataclass(frozen=True)
 class ContractEntry:
     """A backbone under the contract.

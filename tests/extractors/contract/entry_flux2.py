@@ -8,7 +8,7 @@ from diffusers import Flux2KleinPipeline, Flux2Pipeline
 from diffusers.models.embeddings import apply_rotary_emb
 
 from refam.extractors.flux2 import Flux2Extractor
-from refam.testing.contract import ContractEntry, block_inputs
+from refam.testing.contract import ContractEntry, block_inputs, rope_off
 from refam.testing.tiny_flux2 import save_tiny_flux2
 
 CAPTION_TOKENS = 64  # the tiny template (dev: BOS, system prompt, [INST] [/INST]) and an expression fit
@@ -51,19 +51,6 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     return query[0], key[0]
 
 
-class _NoRope(torch.nn.Module):
-    def __init__(self, head_dim):
-        super().__init__()
-        self.head_dim = head_dim
-
-    def forward(self, ids):
-        return torch.ones(ids.shape[0], self.head_dim), torch.zeros(ids.shape[0], self.head_dim)
-
-
-def positions_off(transformer, monkeypatch):
-    monkeypatch.setattr(transformer, "pos_embed", _NoRope(transformer.config.attention_head_dim))
-
-
 def entry(variant: str) -> ContractEntry:
     return ContractEntry(
         name="flux2" if variant == "dev" else "flux2-klein",
@@ -76,7 +63,7 @@ def entry(variant: str) -> ContractEntry:
         image_size=(120, 70),
         stock_velocity=stock_velocity,
         block0_vectors=block0_vectors,
-        positions_off=positions_off,
+        positions_off=rope_off,
         depth_observations=lambda depth: 2 * depth,
     )
 
