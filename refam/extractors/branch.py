@@ -33,6 +33,33 @@ from refam.extractors.capture import AttentionCapture
 MainAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def split_heads(attn, x: torch.Tensor, norm: torch.nn.Module | None = None) -> torch.Tensor:
+    """[B, S, H D] -> [B, S, H, D] for `attn`'s heads, normed per head where the stock processor
+    applies a QK norm."""
+    x = x.unflatten(-1, (attn.heads, -1))
+    return x if norm is None else norm(x)
+
+
+def dispatched(processor: BranchProcessor, attn_mask: torch.Tensor | None = None, parallel: bool = True) -> MainAttention:
+    """The stock processors' `dispatch_attention_fn` call, on the backend the stock processor is
+    set to (`parallel`: with its context-parallel config, as self-attention calls pass it)."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    stock = processor.stock
+
+    def main_attention(q, k, v):
+        return dispatch_attention_fn(q, k, v, attn_mask=attn_mask, backend=stock._attention_backend,
+                                     parallel_config=stock._parallel_config if parallel else None)
+
+    return main_attention
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The stock call of processors that run torch's SDPA on contiguous [B, H, S, D], with no mask."""
+    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+
+
 def branch_attention(
     q_e: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,49 +10,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from refam.errors import ConfigError
-from refam.extractors.branch import BranchProcessor, install, joint_branch
-from refam.extractors.capture import BranchLayout
+from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, split_heads
 from refam.extractors.template import ImageDiTExtractor, Latent, vae_latent
 
-CHECKPOINT_LAYOUT = (
-    "the folder of a FLUX.1 checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
-    "text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/, scheduler/) or a hub id such as black-forest-labs/FLUX.1-dev")
+
+def flux_joint(processor: BranchProcessor, capture, query, key, value, attention_mask, image_rotary_emb) -> torch.Tensor:
+    """What FLUX.1's and FLUX.2's processors share: RoPE on the whole [B, S, H, D] sequence
+    [branch | caption | image], then the joint kernel with the stock attention call; heads flattened."""
+    if image_rotary_emb is not None:
+        query, key = (apply_rotary_emb(x, image_rotary_emb, sequence_dim=1) for x in (query, key))
+    out = joint_branch(capture, processor.block_index, query, key, value, ("branch", "caption", "image"),
+                       dispatched(processor, attention_mask))
+    return out.flatten(2, 3).to(query.dtype)
 
 
 class FluxBranchProcessor(BranchProcessor):
-    """`FluxAttnProcessor` (double and single blocks) with the branch first in the text stream."""
+    """`FluxAttnProcessor` (FLUX.1's double and single blocks; FLUX.2's double blocks with its own
+    stock class) with the branch first in the text stream."""
 
     stock_class = FluxAttnProcessor
+    refused_arguments = ()  # a mask goes to the main stream's attention, as in the stock call
+    contiguous_outputs = True  # FLUX.1's stock processor projects contiguous copies, FLUX.2's the views
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
-        query, key, value, e_query, e_key, e_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
-        value = value.unflatten(-1, (-1, attn.head_dim))
+        q, k, v, e_q, e_k, e_v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query, key, value = split_heads(attn, q, attn.norm_q), split_heads(attn, k, attn.norm_k), split_heads(attn, v)
         if attn.added_kv_proj_dim is not None:  # double block: the text stream has its own projections
-            query = torch.cat([attn.norm_added_q(e_query.unflatten(-1, (-1, attn.head_dim))), query], dim=1)
-            key = torch.cat([attn.norm_added_k(e_key.unflatten(-1, (-1, attn.head_dim))), key], dim=1)
-            value = torch.cat([e_value.unflatten(-1, (-1, attn.head_dim)), value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
-        def main_attention(q, k, v):
-            return dispatch_attention_fn(q, k, v, attn_mask=None, backend=self.stock._attention_backend,
-                                         parallel_config=self.stock._parallel_config)
-
-        out = joint_branch(capture, self.block_index, query, key, value, ("branch", "caption", "image"), main_attention)
-        out = out.flatten(2, 3)
+            query = torch.cat([split_heads(attn, e_q, attn.norm_added_q), query], dim=1)
+            key = torch.cat([split_heads(attn, e_k, attn.norm_added_k), key], dim=1)
+            value = torch.cat([split_heads(attn, e_v), value], dim=1)
+        out = flux_joint(self, capture, query, key, value, attention_mask, image_rotary_emb)
         if encoder_hidden_states is None:  # single-stream block: no output projection here
             return out
-        text_len = encoder_hidden_states.shape[1]
-        image_out = attn.to_out[1](attn.to_out[0](out[:, text_len:].contiguous()))
-        return image_out, attn.to_add_out(out[:, :text_len].contiguous())
+        text_out, image_out = out.split_with_sizes((encoder_hidden_states.shape[1], hidden_states.shape[1]), dim=1)
+        if self.contiguous_outputs:
+            text_out, image_out = text_out.contiguous(), image_out.contiguous()
+        return attn.to_out[1](attn.to_out[0](image_out)), attn.to_add_out(text_out)
 
 
 def install_flux_branch(transformer) -> list[FluxBranchProcessor]:
@@ -77,8 +74,11 @@ class FluxExtractor(ImageDiTExtractor):
         guidance_scale: guidance embedding of guidance-distilled models (FLUX.1-dev); ignored otherwise.
     """
 
-    checkpoint_layout = CHECKPOINT_LAYOUT
-
+    pipeline = "FluxPipeline"
+    checkpoint_layout = (
+        "the folder of a FLUX.1 checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
+        "text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/, scheduler/) or a hub id such as black-forest-labs/FLUX.1-dev"
+    )
     reader_components = ("tokenizer_2", "text_encoder_2")  # T5
 
     def __init__(self, pretrained: str, pooled_prompt: str = "caption", guidance_scale: float = 3.5, **settings) -> None:
@@ -90,25 +90,15 @@ class FluxExtractor(ImageDiTExtractor):
     def backbone_settings(self) -> dict:
         return {"pooled_prompt": self.pooled_prompt, "guidance_scale": self.guidance_scale}
 
-    def pipeline_class(self) -> type:
-        from diffusers import FluxPipeline
-
-        return FluxPipeline
-
     def install_branch(self, pipe) -> list[FluxBranchProcessor]:
         return install_flux_branch(pipe.transformer)
-
-    def placement_modules(self, pipe):
-        return [pipe.text_encoder, pipe.text_encoder_2], pipe.transformer, [pipe.vae]
 
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> CaptionCondition:
         embeds, pooled, _ = self.prompt(prompt=caption if self.pooled_prompt == "caption" else "", prompt_2=caption,
                                         max_sequence_length=self.caption_max_tokens)
-        guidance = None
-        if self.pipe.transformer.config.guidance_embeds:
-            guidance = torch.full((1,), self.guidance_scale, device=self.device, dtype=torch.float32)
-        return CaptionCondition(embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype), guidance)
+        return CaptionCondition(embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype),
+                                self.guidance(self.guidance_scale))
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
@@ -120,14 +110,11 @@ class FluxExtractor(ImageDiTExtractor):
         return sigma  # FluxTransformer2DModel multiplies by 1000 itself
 
     def denoise(self, x_t, sigma, grid, condition: CaptionCondition, branch):
-        text = condition.embeds if branch is None else torch.cat([branch.to(condition.embeds.dtype), condition.embeds], dim=1)
+        text = self.join_text(condition.embeds, branch)
         return self.pipe.transformer(
             hidden_states=x_t, encoder_hidden_states=text, pooled_projections=condition.pooled,
-            timestep=torch.full((1,), self.timestep(sigma), device=self.device, dtype=self.dtype),
+            timestep=self.timestep_tensor(sigma, self.dtype),
             img_ids=self.pipe._prepare_latent_image_ids(1, grid[1], grid[2], self.device, self.dtype),
             txt_ids=torch.zeros(text.shape[1], 3, device=self.device, dtype=self.dtype),
             guidance=condition.guidance, return_dict=False,
         )[0]
-
-    def branch_layout(self, encoded, condition: CaptionCondition) -> BranchLayout:
-        return BranchLayout(caption_len=condition.embeds.shape[1], key_valid=encoded.valid)

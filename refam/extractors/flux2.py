@@ -21,55 +21,20 @@ import math
 from dataclasses import dataclass
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux2 import (
-    Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor, _get_qkv_projections)
+from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 
 from refam.errors import CheckpointError, ConfigError, ExpressionError
-from refam.extractors.branch import BranchProcessor, install, joint_branch
-from refam.extractors.capture import BranchLayout
+from refam.extractors.branch import BranchProcessor, install, split_heads
+from refam.extractors.flux import FluxBranchProcessor, flux_joint
 from refam.extractors.template import ImageDiTExtractor, Latent
 from refam.text.decoder import DecoderReader, PromptTemplate
 
-CHECKPOINT_LAYOUT = (
-    "the folder of a FLUX.2 checkpoint in the diffusers layout (model_index.json naming Flux2Pipeline or "
-    "Flux2KleinPipeline, transformer/, vae/, text_encoder/, tokenizer/, scheduler/) or a hub id such as "
-    "black-forest-labs/FLUX.2-dev or black-forest-labs/FLUX.2-klein-4B")
 
-
-def _heads(attn, x: torch.Tensor, norm=None) -> torch.Tensor:
-    x = x.unflatten(-1, (-1, attn.head_dim))
-    return x if norm is None else norm(x)
-
-
-def _branch(processor, capture, query, key, value, attention_mask, image_rotary_emb) -> torch.Tensor:
-    """RoPE on the whole [B, S, H, D] sequence, then the joint kernel with the stock attention call."""
-    if image_rotary_emb is not None:
-        query, key = (apply_rotary_emb(x, image_rotary_emb, sequence_dim=1) for x in (query, key))
-
-    def main_attention(q, k, v):
-        return dispatch_attention_fn(q, k, v, attn_mask=attention_mask, backend=processor.stock._attention_backend,
-                                     parallel_config=processor.stock._parallel_config)
-
-    out = joint_branch(capture, processor.block_index, query, key, value, ("branch", "caption", "image"), main_attention)
-    return out.flatten(2, 3).to(query.dtype)
-
-
-class Flux2BranchProcessor(BranchProcessor):
-    """`Flux2AttnProcessor` (double blocks) with the branch first in the text stream."""
+class Flux2BranchProcessor(FluxBranchProcessor):
+    """`Flux2AttnProcessor` (double blocks): FLUX.1's computation, output views projected as they are."""
 
     stock_class = Flux2AttnProcessor
-    refused_arguments = ()  # a mask goes to the main stream's attention, as in the stock call
-
-    def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
-        q, k, v, e_q, e_k, e_v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query = torch.cat([_heads(attn, e_q, attn.norm_added_q), _heads(attn, q, attn.norm_q)], dim=1)
-        key = torch.cat([_heads(attn, e_k, attn.norm_added_k), _heads(attn, k, attn.norm_k)], dim=1)
-        value = torch.cat([_heads(attn, e_v), _heads(attn, v)], dim=1)
-        out = _branch(self, capture, query, key, value, attention_mask, image_rotary_emb)
-        text_len = encoder_hidden_states.shape[1]
-        return attn.to_out[1](attn.to_out[0](out[:, text_len:])), attn.to_add_out(out[:, :text_len])
+    contiguous_outputs = False
 
 
 class Flux2SingleBranchProcessor(BranchProcessor):
@@ -84,8 +49,8 @@ class Flux2SingleBranchProcessor(BranchProcessor):
         qkv_width = projected.shape[-1] * qkv_dim // (qkv_dim + mlp_dim)  # the stock split
         qkv, mlp = torch.split(projected, [qkv_width, projected.shape[-1] - qkv_width], dim=-1)
         q, k, v = qkv.chunk(3, dim=-1)
-        query, key, value = _heads(attn, q, attn.norm_q), _heads(attn, k, attn.norm_k), _heads(attn, v)
-        out = _branch(self, capture, query, key, value, attention_mask, image_rotary_emb)
+        query, key, value = split_heads(attn, q, attn.norm_q), split_heads(attn, k, attn.norm_k), split_heads(attn, v)
+        out = flux_joint(self, capture, query, key, value, attention_mask, image_rotary_emb)
         return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
 
 
@@ -109,7 +74,12 @@ class Flux2Extractor(ImageDiTExtractor):
             the expressions alike; None: the pipeline's default (dev (10, 20, 30), klein (9, 18, 27)).
     """
 
-    checkpoint_layout = CHECKPOINT_LAYOUT
+    pipeline = "DiffusionPipeline"  # its model_index.json names Flux2Pipeline (dev) or Flux2KleinPipeline
+    checkpoint_layout = (
+        "the folder of a FLUX.2 checkpoint in the diffusers layout (model_index.json naming Flux2Pipeline or "
+        "Flux2KleinPipeline, transformer/, vae/, text_encoder/, tokenizer/, scheduler/) or a hub id such as "
+        "black-forest-labs/FLUX.2-dev or black-forest-labs/FLUX.2-klein-4B"
+    )
 
     def __init__(self, pretrained: str, guidance_scale: float = 4.0, shift_steps: int = 50,
                  text_layers: list[int] | None = None, **settings) -> None:
@@ -122,22 +92,14 @@ class Flux2Extractor(ImageDiTExtractor):
     def backbone_settings(self) -> dict:
         return {"guidance_scale": self.guidance_scale, "shift_steps": self.shift_steps, "text_layers": self.text_layers}
 
-    def pipeline_class(self) -> type:
-        from diffusers import DiffusionPipeline
-
-        return DiffusionPipeline  # its model_index.json names Flux2Pipeline (dev) or Flux2KleinPipeline
-
     def check_pipeline(self, pipe) -> None:
         if type(pipe).__name__ not in ("Flux2Pipeline", "Flux2KleinPipeline"):
-            raise CheckpointError(f"is a {type(pipe).__name__}; give {CHECKPOINT_LAYOUT}", field="pretrained")
+            raise CheckpointError(f"is a {type(pipe).__name__}; give {self.checkpoint_layout}", field="pretrained")
 
     def install_branch(self, pipe) -> list[BranchProcessor]:
         doubles, singles = pipe.transformer.transformer_blocks, pipe.transformer.single_transformer_blocks
         return (install(list(doubles), Flux2BranchProcessor)
                 + install(list(singles), lambda index: Flux2SingleBranchProcessor(len(doubles) + index)))
-
-    def placement_modules(self, pipe):
-        return [pipe.text_encoder], pipe.transformer, [pipe.vae]
 
     @property
     def is_dev(self) -> bool:
@@ -168,10 +130,7 @@ class Flux2Extractor(ImageDiTExtractor):
     def encode_caption(self, caption: str) -> CaptionCondition:
         embeds, ids = self.prompt(caption, max_sequence_length=self.caption_max_tokens,
                                   text_encoder_out_layers=self.stacked_layers)
-        guidance = None
-        if self.pipe.transformer.config.guidance_embeds:
-            guidance = torch.full((1,), self.guidance_scale, device=self.device, dtype=torch.float32)
-        return CaptionCondition(embeds.to(self.device, self.dtype), ids[0].to(self.device), guidance)
+        return CaptionCondition(embeds.to(self.device, self.dtype), ids[0].to(self.device), self.guidance(self.guidance_scale))
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
@@ -206,14 +165,10 @@ class Flux2Extractor(ImageDiTExtractor):
         return torch.stack([torch.zeros_like(position)] * 3 + [position], dim=-1).flatten(0, 1).to(self.device)
 
     def denoise(self, x_t, sigma, grid, condition: CaptionCondition, branch):
-        text, ids = condition.embeds, condition.ids
+        ids = condition.ids
         if branch is not None:  # `forward` has set the branch's layout on the processors
-            text = torch.cat([branch.to(text.dtype), text], dim=1)
             ids = torch.cat([self.branch_ids(self.processors[0].capture.layout.key_valid), ids])
-        timestep = torch.full((1,), self.timestep(sigma), device=self.device, dtype=self.dtype)
         img_ids = self.pipe._prepare_latent_ids(torch.empty(1, 1, *grid[1:])).to(self.device)  # (0, row, col, 0)
-        return self.pipe.transformer(hidden_states=x_t, encoder_hidden_states=text, timestep=timestep, img_ids=img_ids,
-                                     txt_ids=ids, guidance=condition.guidance, return_dict=False)[0]
-
-    def branch_layout(self, encoded, condition: CaptionCondition) -> BranchLayout:
-        return BranchLayout(caption_len=condition.embeds.shape[1], key_valid=encoded.valid)
+        return self.pipe.transformer(hidden_states=x_t, encoder_hidden_states=self.join_text(condition.embeds, branch),
+                                     timestep=self.timestep_tensor(sigma, self.dtype), img_ids=img_ids, txt_ids=ids,
+                                     guidance=condition.guidance, return_dict=False)[0]

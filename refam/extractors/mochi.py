@@ -20,13 +20,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import MochiAttnProcessor2_0
 
 from refam.errors import CheckpointError
-from refam.extractors.branch import BranchProcessor, install, joint_branch
-from refam.extractors.capture import BranchLayout
-from refam.extractors.template import Latent, VideoDiTExtractor
-
-CHECKPOINT_LAYOUT = (
-    "the folder of a Mochi checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
-    "text_encoder/, tokenizer/, scheduler/) or a hub id such as genmo/mochi-1-preview")
+from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, split_heads
+from refam.extractors.template import Latent, VideoDiTExtractor, channel_stats
 
 
 def apply_mochi_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -48,26 +43,24 @@ class MochiBranchProcessor(BranchProcessor):
         if encoder_hidden_states.shape[1] != caption_len + capture.layout.branch_len:
             raise ValueError(f"the text sequence has {encoder_hidden_states.shape[1]} tokens; the branch layout expects "
                              f"{caption_len} caption + {capture.layout.branch_len} expression tokens")
-        query = attn.norm_q(attn.to_q(hidden_states).unflatten(2, (attn.heads, -1)))
-        key = attn.norm_k(attn.to_k(hidden_states).unflatten(2, (attn.heads, -1)))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        query = split_heads(attn, attn.to_q(hidden_states), attn.norm_q)
+        key = split_heads(attn, attn.to_k(hidden_states), attn.norm_k)
         if image_rotary_emb is not None:  # video tokens only
             query, key = apply_mochi_rope(query, *image_rotary_emb), apply_mochi_rope(key, *image_rotary_emb)
         text = encoder_hidden_states
-        query = torch.cat([query, attn.norm_added_q(attn.add_q_proj(text).unflatten(2, (attn.heads, -1)))], dim=1)
-        key = torch.cat([key, attn.norm_added_k(attn.add_k_proj(text).unflatten(2, (attn.heads, -1)))], dim=1)
-        value = torch.cat([value, attn.add_v_proj(text).unflatten(2, (attn.heads, -1))], dim=1)
+        query = torch.cat([query, split_heads(attn, attn.add_q_proj(text), attn.norm_added_q)], dim=1)
+        key = torch.cat([key, split_heads(attn, attn.add_k_proj(text), attn.norm_added_k)], dim=1)
+        value = torch.cat([split_heads(attn, attn.to_v(hidden_states)), split_heads(attn, attn.add_v_proj(text))], dim=1)
         num_video = hidden_states.shape[1]
 
-        def main_attention(q, k, v):
-            """The stock attention over [video; valid caption tokens] per item, removed rows zero at the end."""
+        def main_attention(q, k, v):  # the stock call: per item over [video | real caption tokens], the rest zero
             outputs = []
             for idx in range(q.shape[0]):
-                valid = num_video + torch.nonzero(attention_mask[idx, :caption_len].flatten(), as_tuple=False).flatten()
-                keep = torch.cat([torch.arange(num_video, device=valid.device), valid])
-                out = F.scaled_dot_product_attention(*(t[idx : idx + 1, keep].transpose(1, 2).contiguous() for t in (q, k, v)))
-                outputs.append(F.pad(out, (0, 0, 0, q.shape[1] - out.shape[2])))
-            return torch.cat(outputs, dim=0).transpose(1, 2)
+                caption = num_video + attention_mask[idx, :caption_len].flatten().nonzero().flatten()
+                keep = torch.cat([torch.arange(num_video, device=caption.device), caption])
+                out = sdpa(*(t[idx : idx + 1, keep] for t in (q, k, v)))
+                outputs.append(F.pad(out, (0, 0, 0, 0, 0, q.shape[1] - out.shape[1])))
+            return torch.cat(outputs, dim=0)
 
         out = joint_branch(capture, self.block_index, query, key, value, ("image", "caption", "branch"), main_attention)
         video_out, text_out = out.flatten(2, 3).split_with_sizes((num_video, out.shape[1] - num_video), dim=1)
@@ -85,31 +78,24 @@ class MochiExtractor(VideoDiTExtractor):
     """Cross-attention maps of referring expressions from Mochi's transformer, per latent frame.
 
     Args (besides `VideoDiTExtractor`'s; Mochi 1 has 48 blocks; native 480 x 848, clips of 6k + 1 frames):
-        variant: weight file variant to load (e.g. "bf16" for genmo/mochi-1-preview).
         caption_max_tokens: T5 length of the denoising prompt (Mochi: 256, padding masked).
     """
 
-    checkpoint_layout = CHECKPOINT_LAYOUT
+    pipeline = "MochiPipeline"
+    key_order = ("image", "branch")  # the main stream's keys hold no expression; the caption is never seen
+    branch_first = False
+    checkpoint_layout = (
+        "the folder of a Mochi checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
+        "text_encoder/, tokenizer/, scheduler/) or a hub id such as genmo/mochi-1-preview"
+    )
     default_sigma = 0.01  # the paper's "timestep 990" in Mochi's own convention
     velocity_sign = -1
     temporal_compression = 6  # AutoencoderKLMochi: temporal_expansions (1, 2, 3)
 
-    def __init__(self, pretrained: str, height: int = 480, width: int = 848, clip_frames: int = 25, caption_max_tokens: int = 256,
-                 variant: str | None = None, **settings) -> None:
+    def __init__(self, pretrained: str, height: int = 480, width: int = 848, clip_frames: int = 25,
+                 caption_max_tokens: int = 256, **settings) -> None:
         super().__init__(pretrained, height=height, width=width, clip_frames=clip_frames,
                          caption_max_tokens=caption_max_tokens, **settings)
-        self.variant = variant
-
-    def backbone_settings(self) -> dict:
-        return {"variant": self.variant}
-
-    def pipeline_class(self) -> type:
-        from diffusers import MochiPipeline
-
-        return MochiPipeline
-
-    def load_kwargs(self) -> dict:
-        return {"variant": self.variant}
 
     def check_pipeline(self, pipe) -> None:
         if pipe.vae.temporal_compression_ratio != self.temporal_compression:
@@ -118,9 +104,6 @@ class MochiExtractor(VideoDiTExtractor):
 
     def install_branch(self, pipe) -> list[MochiBranchProcessor]:
         return install(list(pipe.transformer.transformer_blocks), MochiBranchProcessor, attribute="attn1")
-
-    def placement_modules(self, pipe):
-        return [pipe.text_encoder], pipe.transformer, [pipe.vae]
 
     def noise_shift(self, num_image_tokens: int):
         return None  # Mochi's pipeline schedules with linear_quadratic_schedule, not a shift
@@ -134,14 +117,10 @@ class MochiExtractor(VideoDiTExtractor):
     @torch.inference_mode()
     def encode_clip(self, frames) -> Latent:
         """The inverse of MochiPipeline's decode normalisation: (z - mean) * scaling_factor / std."""
-        processor = self.pipe.video_processor
-        pixels = torch.stack([processor.preprocess(f.convert("RGB"), height=self.height, width=self.width)[0] for f in frames], dim=1)[None]
-        vae = self.pipe.vae
-        latent = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
-        config = vae.config
+        latent = self.pipe.vae.encode(self.clip_pixels(frames)).latent_dist.mode()
+        config = self.pipe.vae.config
         if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
-            mean, std = (torch.tensor(v, device=latent.device, dtype=latent.dtype).view(1, -1, 1, 1, 1)
-                         for v in (config.latents_mean, config.latents_std))
+            mean, std = channel_stats(config, latent)
             latent = (latent - mean) * config.scaling_factor / std
         else:
             latent = latent * config.scaling_factor
@@ -149,17 +128,13 @@ class MochiExtractor(VideoDiTExtractor):
         return Latent(latent.to(self.dtype), (frames_, lh // 2, lw // 2))
 
     def timestep(self, sigma: float) -> float:
-        return 1000.0 * (1.0 - sigma)  # told in float32: 990 stays 990 (bfloat16 would make it 992)
+        return 1000.0 * (1.0 - sigma)
 
     def denoise(self, x_t, sigma, grid, condition: MochiCaption, branch):
-        text, mask = condition.embeds, condition.mask
+        mask = condition.mask
         if branch is not None:  # padding to everything but the branch
-            text = torch.cat([text, branch.to(text.dtype)], dim=1)
             mask = torch.cat([mask, mask.new_zeros(1, branch.shape[1])], dim=1)
         return self.pipe.transformer(
-            hidden_states=x_t, encoder_hidden_states=text, encoder_attention_mask=mask, return_dict=False,
-            timestep=torch.full((1,), self.timestep(sigma), device=self.device, dtype=torch.float32),
+            hidden_states=x_t, encoder_hidden_states=self.join_text(condition.embeds, branch), encoder_attention_mask=mask,
+            timestep=self.timestep_tensor(sigma), return_dict=False,  # float32: 990 stays 990 (bfloat16 makes it 992)
         )[0]
-
-    def branch_layout(self, encoded, condition: MochiCaption) -> BranchLayout:
-        return BranchLayout(caption_len=condition.embeds.shape[1], key_valid=encoded.valid, key_order=("image", "branch"))

@@ -17,18 +17,12 @@ with its 34-token system prefix dropped (`refam.text.decoder`).
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0, apply_rotary_emb_qwen
 
 from refam.errors import CheckpointError
-from refam.extractors.branch import BranchProcessor, install, joint_branch
-from refam.extractors.capture import BranchLayout
-from refam.extractors.template import ImageDiTExtractor, Latent
+from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, split_heads
+from refam.extractors.template import ImageDiTExtractor, Latent, channel_stats
 from refam.text.decoder import DecoderReader, PromptTemplate
-
-CHECKPOINT_LAYOUT = (
-    "the folder of a Qwen-Image checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
-    "text_encoder/, tokenizer/, scheduler/) or a hub id such as Qwen/Qwen-Image")
 
 
 class QwenImageBranchProcessor(BranchProcessor):
@@ -39,29 +33,23 @@ class QwenImageBranchProcessor(BranchProcessor):
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, encoder_hidden_states_mask,
                     attention_mask, image_rotary_emb):
-        head_dim = attn.inner_dim // attn.heads
-
-        def heads(x, norm=None):  # [B, S, H, D], normed per head as the stock processor norms
-            x = x.unflatten(-1, (-1, head_dim))
-            return x if norm is None else norm(x)
-
         layout = capture.layout
         image_freqs, text_freqs = image_rotary_emb
         # expression token j and caption token j get the same position (text_freqs[j])
         text_freqs = torch.cat([text_freqs[: layout.expression_len].repeat(layout.num_expressions, 1),
                                 text_freqs[: layout.caption_len]])
         text, image = encoder_hidden_states, hidden_states
-        query = torch.cat([apply_rotary_emb_qwen(heads(attn.add_q_proj(text), attn.norm_added_q), text_freqs, use_real=False),
-                           apply_rotary_emb_qwen(heads(attn.to_q(image), attn.norm_q), image_freqs, use_real=False)], dim=1)
-        key = torch.cat([apply_rotary_emb_qwen(heads(attn.add_k_proj(text), attn.norm_added_k), text_freqs, use_real=False),
-                         apply_rotary_emb_qwen(heads(attn.to_k(image), attn.norm_k), image_freqs, use_real=False)], dim=1)
-        value = torch.cat([heads(attn.add_v_proj(text)), heads(attn.to_v(image))], dim=1)
 
-        def main_attention(q, k, v):  # the stock call (no mask: one caption's embeddings have none)
-            return dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
-                                         backend=self.stock._attention_backend, parallel_config=self.stock._parallel_config)
+        def rotated(projection, norm, x, freqs):
+            return apply_rotary_emb_qwen(split_heads(attn, projection(x), norm), freqs, use_real=False)
 
-        out = joint_branch(capture, self.block_index, query, key, value, ("branch", "caption", "image"), main_attention)
+        query = torch.cat([rotated(attn.add_q_proj, attn.norm_added_q, text, text_freqs),
+                           rotated(attn.to_q, attn.norm_q, image, image_freqs)], dim=1)
+        key = torch.cat([rotated(attn.add_k_proj, attn.norm_added_k, text, text_freqs),
+                         rotated(attn.to_k, attn.norm_k, image, image_freqs)], dim=1)
+        value = torch.cat([split_heads(attn, attn.add_v_proj(text)), split_heads(attn, attn.to_v(image))], dim=1)
+        # the stock call, with no mask: one caption's embeddings have none
+        out = joint_branch(capture, self.block_index, query, key, value, ("branch", "caption", "image"), dispatched(self))
         out = out.flatten(2, 3).to(query.dtype)
         text_out, image_out = out[:, : text.shape[1]], out[:, text.shape[1] :]
         image_out = attn.to_out[0](image_out.contiguous())
@@ -77,12 +65,11 @@ class QwenImageExtractor(ImageDiTExtractor):
     template's prefix (the pipeline's call: 512).
     """
 
-    checkpoint_layout = CHECKPOINT_LAYOUT
-
-    def pipeline_class(self) -> type:
-        from diffusers import QwenImagePipeline
-
-        return QwenImagePipeline
+    pipeline = "QwenImagePipeline"
+    checkpoint_layout = (
+        "the folder of a Qwen-Image checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
+        "text_encoder/, tokenizer/, scheduler/) or a hub id such as Qwen/Qwen-Image"
+    )
 
     def check_pipeline(self, pipe) -> None:
         config = pipe.transformer.config
@@ -94,9 +81,6 @@ class QwenImageExtractor(ImageDiTExtractor):
 
     def install_branch(self, pipe) -> list[QwenImageBranchProcessor]:
         return install(list(pipe.transformer.transformer_blocks), QwenImageBranchProcessor)
-
-    def placement_modules(self, pipe):
-        return [pipe.text_encoder], pipe.transformer, [pipe.vae]
 
     def expression_reader(self) -> DecoderReader:
         template = PromptTemplate(self.pipe.prompt_template_encode, drop=self.pipe.prompt_template_encode_start_idx)
@@ -116,8 +100,7 @@ class QwenImageExtractor(ImageDiTExtractor):
         pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
         vae = self.pipe.vae
         latent = vae.encode(pixels[:, :, None].to(self.device, vae.dtype)).latent_dist.mode()[:, :, 0]
-        mean, std = (torch.tensor(v, device=latent.device, dtype=latent.dtype).view(1, -1, 1, 1)
-                     for v in (vae.config.latents_mean, vae.config.latents_std))
+        mean, std = channel_stats(vae.config, latent)
         latent = (latent - mean) / std
         _, channels, lh, lw = latent.shape
         return Latent(self.pipe._pack_latents(latent, 1, channels, lh, lw).to(self.dtype), (1, lh // 2, lw // 2))
@@ -126,11 +109,7 @@ class QwenImageExtractor(ImageDiTExtractor):
         return sigma  # the pipeline passes timestep / 1000; the model embeds 1000 sigma
 
     def denoise(self, x_t, sigma, grid, condition: torch.Tensor, branch):
-        text = condition if branch is None else torch.cat([branch.to(condition.dtype), condition], dim=1)
         return self.pipe.transformer(
-            hidden_states=x_t, encoder_hidden_states=text, encoder_hidden_states_mask=None, img_shapes=[[grid]],
-            timestep=torch.full((1,), self.timestep(sigma), device=self.device, dtype=self.dtype), return_dict=False,
+            hidden_states=x_t, encoder_hidden_states=self.join_text(condition, branch), encoder_hidden_states_mask=None,
+            img_shapes=[[grid]], timestep=self.timestep_tensor(sigma, self.dtype), return_dict=False,
         )[0]
-
-    def branch_layout(self, encoded, condition: torch.Tensor) -> BranchLayout:
-        return BranchLayout(caption_len=condition.shape[1], key_valid=encoded.valid)

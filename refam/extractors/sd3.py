@@ -18,18 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
 from refam.errors import ConfigError
-from refam.extractors.branch import BranchProcessor, install, joint_branch
-from refam.extractors.capture import BranchLayout
+from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, split_heads
 from refam.extractors.template import ImageDiTExtractor, Latent, vae_latent
-
-CHECKPOINT_LAYOUT = (
-    "the folder of a Stable Diffusion 3 checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
-    "text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/, text_encoder_3/, tokenizer_3/, scheduler/) "
-    "or a hub id such as stabilityai/stable-diffusion-3.5-large")
 
 
 class SD3BranchProcessor(BranchProcessor):
@@ -38,21 +31,14 @@ class SD3BranchProcessor(BranchProcessor):
     stock_class = JointAttnProcessor2_0
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, **_):
-        def heads(x, norm=None):  # [B, S, H, D], normed per head as the stock processor norms
-            x = x.unflatten(-1, (attn.heads, -1))
-            return x if norm is None else norm(x)
-
-        query = torch.cat([heads(attn.to_q(hidden_states), attn.norm_q),
-                           heads(attn.add_q_proj(encoder_hidden_states), attn.norm_added_q)], dim=1)
-        key = torch.cat([heads(attn.to_k(hidden_states), attn.norm_k),
-                         heads(attn.add_k_proj(encoder_hidden_states), attn.norm_added_k)], dim=1)
-        value = torch.cat([heads(attn.to_v(hidden_states)), heads(attn.add_v_proj(encoder_hidden_states))], dim=1)
-
-        def main_attention(q, k, v):  # the stock call: SDPA on [B, H, S, D], no mask (SD3 has none)
-            q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False).transpose(1, 2)
-
-        out = joint_branch(capture, self.block_index, query, key, value, ("image", "caption", "branch"), main_attention)
+        image, text = hidden_states, encoder_hidden_states
+        query = torch.cat([split_heads(attn, attn.to_q(image), attn.norm_q),
+                           split_heads(attn, attn.add_q_proj(text), attn.norm_added_q)], dim=1)
+        key = torch.cat([split_heads(attn, attn.to_k(image), attn.norm_k),
+                         split_heads(attn, attn.add_k_proj(text), attn.norm_added_k)], dim=1)
+        value = torch.cat([split_heads(attn, attn.to_v(image)), split_heads(attn, attn.add_v_proj(text))], dim=1)
+        # the stock call is SDPA with no mask (SD3 has none)
+        out = joint_branch(capture, self.block_index, query, key, value, ("image", "caption", "branch"), sdpa)
         out = out.flatten(2, 3).to(query.dtype)
         num_image = hidden_states.shape[1]
         image_out = attn.to_out[1](attn.to_out[0](out[:, :num_image]))
@@ -76,8 +62,14 @@ class SD3Extractor(ImageDiTExtractor):
             padding is attended, so this changes the velocity itself.
     """
 
-    checkpoint_layout = CHECKPOINT_LAYOUT
-
+    pipeline = "StableDiffusion3Pipeline"
+    key_order = ("image", "caption", "branch")
+    branch_first = False
+    checkpoint_layout = (
+        "the folder of a Stable Diffusion 3 checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
+        "text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/, text_encoder_3/, tokenizer_3/, scheduler/) "
+        "or a hub id such as stabilityai/stable-diffusion-3.5-large"
+    )
     reader_components = ("tokenizer_3", "text_encoder_3")  # T5
 
     def __init__(self, pretrained: str, caption_max_tokens: int = 256, **settings) -> None:
@@ -85,16 +77,8 @@ class SD3Extractor(ImageDiTExtractor):
         if caption_max_tokens > 512:  # the pipeline's limit
             raise ConfigError(f"must be in 1..512, got {caption_max_tokens}", field="caption_max_tokens")
 
-    def pipeline_class(self) -> type:
-        from diffusers import StableDiffusion3Pipeline
-
-        return StableDiffusion3Pipeline
-
     def install_branch(self, pipe) -> list[SD3BranchProcessor]:
         return install(list(pipe.transformer.transformer_blocks), SD3BranchProcessor, attribute="attn")
-
-    def placement_modules(self, pipe):
-        return [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3], pipe.transformer, [pipe.vae]
 
     @torch.inference_mode()
     def encode_caption(self, caption: str) -> SD3Caption:
@@ -112,12 +96,7 @@ class SD3Extractor(ImageDiTExtractor):
         return 1000.0 * sigma
 
     def denoise(self, x_t, sigma, grid, condition: SD3Caption, branch):
-        text = condition.embeds if branch is None else torch.cat([condition.embeds, branch.to(condition.embeds.dtype)], dim=1)
         return self.pipe.transformer(
-            hidden_states=x_t, encoder_hidden_states=text, pooled_projections=condition.pooled, return_dict=False,
-            timestep=torch.full((1,), self.timestep(sigma), device=self.device, dtype=torch.float32),
+            hidden_states=x_t, encoder_hidden_states=self.join_text(condition.embeds, branch),
+            pooled_projections=condition.pooled, timestep=self.timestep_tensor(sigma), return_dict=False,
         )[0]
-
-    def branch_layout(self, encoded, condition: SD3Caption) -> BranchLayout:
-        return BranchLayout(caption_len=condition.embeds.shape[1], key_valid=encoded.valid,
-                            key_order=("image", "caption", "branch"))

@@ -6,14 +6,20 @@ grid, walk the trajectory (`refam.extractors.trajectory`, in sigma, with velocit
 observe each state with one forward while the branch processors capture, and return `TokenMaps`.
 `VideoDiTExtractor` does the same per clip of frames. A backbone writes only what differs:
 
-- `pipeline_class`, `placement_modules` (what lives where, for `offload`) and `install_branch`
-  (its `BranchProcessor` on every block; the kernels in `refam.extractors.branch` do the rest);
+- `pipeline` (its diffusers pipeline class, by name) and `install_branch` (its `BranchProcessor`
+  on every block; the kernels in `refam.extractors.branch` do the rest);
 - `expression_reader` (its tokenizer and text encoder), `encode_caption`, `encode_image`
   (or `encode_clip`) -> `Latent`;
 - `timestep(sigma)`, the unit its denoiser is told, and `velocity_sign`, the sign of its output;
-- `denoise`, one call of its transformer with the branch's embeddings joined to the text;
-- `branch_layout`, where the branch sits among the keys its processors hand the kernel;
+- `denoise`, one call of its transformer with the branch's embeddings joined to the text
+  (`join_text`);
+- `key_order` and `branch_first`, where the branch sits among the keys its processors hand the
+  kernel and in the text stream;
 - `backbone_settings`, its settings that change the maps (for the map cache's key).
+
+Defaults cover what most pipelines share: `placement_modules` (every `text_encoder*`, the
+`transformer`, the `vae`), `encode_caption` (the pipeline's own `encode_prompt`), `branch_layout`
+(the caption's length from its embeddings).
 
 Units: every config speaks sigma, the noise level of x_t = (1 - sigma) x0 + sigma eps.
 """
@@ -67,6 +73,14 @@ def resize_to(width: int, height: int, resolution: int, keep_aspect: bool, multi
     return (max(multiple, round(height * scale / multiple) * multiple), max(multiple, round(width * scale / multiple) * multiple))
 
 
+def channel_stats(config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A VAE config's per-channel `latents_mean` and `latents_std`, shaped to broadcast over a
+    latent like `like` [B, C, ...]."""
+    shape = (1, -1) + (1,) * (like.dim() - 2)
+    return tuple(torch.tensor(v, device=like.device, dtype=like.dtype).view(shape)
+                 for v in (config.latents_mean, config.latents_std))
+
+
 def vae_latent(pipe, image: Image.Image, height: int, width: int, device: torch.device) -> torch.Tensor:
     """An image's clean latent [1, C, h, w] normalised as image-to-image pipelines do,
     (z - shift_factor) * scaling_factor, from the distribution's mode (a sample would add noise)."""
@@ -97,11 +111,18 @@ class DiTExtractor(PipelineExtractor):
         seed: base seed of the noise; each sample's noise derives from (seed, sample id).
         offload: where the modules live (`refam.extractors.offload`).
         local_files_only: never contact a hub, even for a hub id.
+        variant: the weight files' variant to load (diffusers `variant`, e.g. "bf16" for
+            genmo/mochi-1-preview, "fp16" for checkpoints that ship one); None: the plain files.
     """
 
+    pipeline: ClassVar[str]  # the diffusers pipeline class `pretrained` loads with, e.g. "FluxPipeline"
     attention_kind: ClassVar[str] = "joint"  # or "cross": which kernel its processors use
     default_sigma: ClassVar[float] = 0.75  # the paper's FLUX "timestep 750"
     velocity_sign: ClassVar[int] = 1  # +1: the denoiser predicts eps - x0; -1: x0 - eps
+    # the segments of the keys its processors hand the kernel (`BranchLayout.key_order`), and whether
+    # the branch's tokens go before the caption's in the text stream (FLUX) or after (SD3, Mochi, Wan)
+    key_order: ClassVar[tuple[str, ...]] = ("branch", "caption", "image")
+    branch_first: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -116,8 +137,10 @@ class DiTExtractor(PipelineExtractor):
         seed: int = 0,
         offload: str = "none",
         local_files_only: bool = False,
+        variant: str | None = None,
     ) -> None:
         super().__init__(pretrained, torch_dtype, offload, local_files_only)
+        self.variant = variant
         if caption_max_tokens < 1:
             raise ConfigError(f"must be a positive token count, got {caption_max_tokens}", field="caption_max_tokens")
         if softmax_stage not in SOFTMAX_STAGES:
@@ -134,6 +157,20 @@ class DiTExtractor(PipelineExtractor):
         self.processors: list[BranchProcessor] = []
 
     # ---------------------------------------------------------------- what a backbone says
+    def pipeline_class(self) -> type:
+        import diffusers
+
+        return getattr(diffusers, self.pipeline)
+
+    def load_kwargs(self) -> dict:
+        return {} if self.variant is None else {"variant": self.variant}
+
+    def placement_modules(self, pipe):
+        """(every `text_encoder*` component, the `transformer`, [the `vae`]) for `offload`."""
+        encoders = [module for name, module in sorted(pipe.components.items())
+                    if name.startswith("text_encoder") and module is not None]
+        return encoders, pipe.transformer, [pipe.vae]
+
     @abc.abstractmethod
     def install_branch(self, pipe) -> list[BranchProcessor]:
         """Put a `BranchProcessor` on every block of `pipe`'s denoiser, numbered in block order."""
@@ -168,9 +205,28 @@ class DiTExtractor(PipelineExtractor):
         """One transformer call as the stock pipeline makes it, its raw output; `branch` [1, K L, D]
         (the expressions' embeddings, or None) joins the text stream where the processors expect it."""
 
-    @abc.abstractmethod
+    def join_text(self, text: torch.Tensor, branch: torch.Tensor | None) -> torch.Tensor:
+        """The text stream [1, Lc, D] with the branch joined before or after it (`branch_first`)."""
+        if branch is None:
+            return text
+        return torch.cat([branch.to(text.dtype), text] if self.branch_first else [text, branch.to(text.dtype)], dim=1)
+
+    def timestep_tensor(self, sigma: float, dtype: torch.dtype = torch.float32, shape: tuple[int, ...] = (1,)) -> torch.Tensor:
+        """`timestep(sigma)` as the pipeline hands it to its transformer."""
+        return torch.full(shape, self.timestep(sigma), device=self.device, dtype=dtype)
+
+    def guidance(self, scale: float) -> torch.Tensor | None:
+        """The guidance scale guidance-distilled transformers embed (FLUX.1-dev, FLUX.2-dev,
+        HunyuanVideo), as their pipelines pass it; None for a transformer without that embedding."""
+        if not self.pipe.transformer.config.get("guidance_embeds", False):
+            return None
+        return torch.full((1,), scale, device=self.device, dtype=torch.float32)
+
     def branch_layout(self, encoded: EncodedExpressions, condition) -> BranchLayout:
-        """How many caption tokens the processors see and the order of the branch's keys."""
+        """How many caption tokens the processors see (by default the length of the condition's
+        `embeds`, or of the condition itself, [1, Lc, D]) and the order of the branch's keys."""
+        caption = getattr(condition, "embeds", condition)
+        return BranchLayout(caption_len=caption.shape[1], key_valid=encoded.valid, key_order=self.key_order)
 
     def backbone_settings(self) -> dict:
         """This backbone's own settings that change its maps, for the map cache's key."""
@@ -217,6 +273,7 @@ class DiTExtractor(PipelineExtractor):
             "representation": self.representation,
             "caption_max_tokens": self.caption_max_tokens,
             "expression_max_tokens": self.expression_max_tokens,
+            "variant": self.variant,
             **self.backbone_settings(),
         }
 
@@ -373,6 +430,13 @@ class VideoDiTExtractor(DiTExtractor, VideoExtractor):
     @abc.abstractmethod
     def encode_clip(self, frames: list[Image.Image]) -> Latent:
         """The clean latent of c k + 1 frames and its token grid (latent frames, rows, cols)."""
+
+    def clip_pixels(self, frames: list[Image.Image]) -> torch.Tensor:
+        """[1, C, F, H, W] frames resized and scaled as the pipeline's `video_processor` does, on the
+        device in the VAE's dtype."""
+        processor = self.pipe.video_processor
+        pixels = [processor.preprocess(f.convert("RGB"), height=self.height, width=self.width)[0] for f in frames]
+        return torch.stack(pixels, dim=1)[None].to(self.device, self.pipe.vae.dtype)
 
     def encode_image(self, image: Image.Image) -> Latent:
         return self.encode_clip([image])

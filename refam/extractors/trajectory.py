@@ -99,9 +99,12 @@ def flux_time_shift(sigma: float, image_seq_len: int, scheduler_config: dict) ->
 
 
 def scheduler_shift(scheduler_config: dict, image_seq_len: int) -> Shift:
-    """The shift a `FlowMatchEulerDiscreteScheduler` config applies at this many image tokens: the
-    resolution-dependent one (`use_dynamic_shifting`, FLUX's `calculate_shift`) or its static
-    `shift` s: sigma -> s sigma / (1 + (s - 1) sigma)."""
+    """The shift a flow scheduler's config applies at this many image tokens: the resolution-dependent
+    one (`use_dynamic_shifting`, FLUX's `calculate_shift`) or its static shift s (`shift` of
+    `FlowMatchEulerDiscreteScheduler`, `flow_shift` of UniPC or DPM-Solver with `use_flow_sigmas`,
+    as Wan's): sigma -> s sigma / (1 + (s - 1) sigma)."""
+    if scheduler_config.get("use_flow_sigmas"):
+        scheduler_config = {"shift": scheduler_config.get("flow_shift", 1.0)}
     if scheduler_config.get("use_dynamic_shifting", False):
         return lambda sigma: flux_time_shift(sigma, image_seq_len, scheduler_config) if 0.0 < sigma < 1.0 else sigma
     static = float(scheduler_config.get("shift", 1.0))

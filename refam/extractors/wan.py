@@ -17,18 +17,11 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.branch import BranchProcessor, cross_branch, install
-from refam.extractors.capture import BranchLayout
-from refam.extractors.template import Latent, VideoDiTExtractor
-from refam.extractors.trajectory import scheduler_shift
-
-CHECKPOINT_LAYOUT = (
-    "the folder of a Wan text-to-video checkpoint in the diffusers layout (model_index.json, transformer/ [and "
-    "transformer_2/], vae/, text_encoder/, tokenizer/, scheduler/) or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+from refam.extractors.branch import BranchProcessor, cross_branch, dispatched, install, split_heads
+from refam.extractors.template import Latent, VideoDiTExtractor, channel_stats
 
 
 def experts(pipe) -> list:
@@ -47,12 +40,9 @@ class WanBranchProcessor(BranchProcessor):
         query, key, value = _get_qkv_projections(attn, hidden_states, text)
         query, key = attn.norm_q(query), attn.norm_k(key)
         branch_key = attn.norm_k(attn.to_k(expressions))
-        query, key, value, branch_key = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value, branch_key))
-
-        def main_attention(q, k, v):
-            return dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self.stock._attention_backend, parallel_config=None)
-
+        query, key, value, branch_key = (split_heads(attn, t) for t in (query, key, value, branch_key))
+        # the stock cross-attention call: the caption's mask, no context-parallel config
+        main_attention = dispatched(self, attention_mask, parallel=False)
         out = cross_branch(capture, self.block_index, query, key, value, branch_key, main_attention)
         return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
 
@@ -64,17 +54,18 @@ class WanExtractor(VideoDiTExtractor):
         caption_max_tokens: UMT5 length of the denoising prompt (Wan: 512, zero-padded, unmasked).
     """
 
+    pipeline = "WanPipeline"
     attention_kind = "cross"
-    checkpoint_layout = CHECKPOINT_LAYOUT
+    key_order = ("caption", "branch")
+    branch_first = False
+    checkpoint_layout = (
+        "the folder of a Wan text-to-video checkpoint in the diffusers layout (model_index.json, transformer/ [and "
+        "transformer_2/], vae/, text_encoder/, tokenizer/, scheduler/) or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    )
     temporal_compression = 4  # AutoencoderKLWan: temperal_downsample (False, True, True)
 
     def __init__(self, pretrained: str, height: int = 480, width: int = 832, clip_frames: int = 21, **settings) -> None:
         super().__init__(pretrained, height=height, width=width, clip_frames=clip_frames, **settings)
-
-    def pipeline_class(self) -> type:
-        from diffusers import WanPipeline
-
-        return WanPipeline
 
     def check_pipeline(self, pipe) -> None:
         if pipe.transformer is None or (pipe.config.boundary_ratio is not None and pipe.transformer_2 is None):
@@ -97,20 +88,12 @@ class WanExtractor(VideoDiTExtractor):
         denoisers = experts(pipe)
         return [pipe.text_encoder], denoisers[0] if len(denoisers) == 1 else torch.nn.ModuleList(denoisers), [pipe.vae]
 
-    def noise_shift(self, num_image_tokens: int):
-        config = dict(self.pipe.scheduler.config)
-        if config.get("use_flow_sigmas"):  # UniPC's static flow shift
-            config = {"shift": config.get("flow_shift", 1.0)}
-        return scheduler_shift(config, num_image_tokens)
-
     @torch.inference_mode()
     def encode_clip(self, frames) -> Latent:
         """The inverse of WanPipeline's decode normalisation: (z - latents_mean) / latents_std per channel."""
-        pixels = self.pipe.video_processor.preprocess_video([f.convert("RGB") for f in frames], height=self.height, width=self.width)
         vae = self.pipe.vae
-        latent = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
-        mean, std = (torch.tensor(v, device=latent.device, dtype=latent.dtype).view(1, -1, 1, 1, 1)
-                     for v in (vae.config.latents_mean, vae.config.latents_std))
+        latent = vae.encode(self.clip_pixels(frames)).latent_dist.mode()
+        mean, std = channel_stats(vae.config, latent)
         latent = (latent - mean) * (1.0 / std)
         _, _, frames_, lh, lw = latent.shape
         _, ph, pw = self.pipe.transformer.config.patch_size
@@ -127,11 +110,7 @@ class WanExtractor(VideoDiTExtractor):
         return self.pipe.transformer_2
 
     def denoise(self, x_t, sigma, grid, condition: torch.Tensor, branch):
-        text = condition if branch is None else torch.cat([condition, branch.to(condition.dtype)], dim=1)
         # Wan 2.2 TI2V-5B's pipeline tells every token its timestep
-        shape = (1, math.prod(grid)) if self.pipe.config.expand_timesteps else (1,)
-        timestep = torch.full(shape, self.timestep(sigma), device=self.device, dtype=torch.float32)
-        return self.expert(sigma)(hidden_states=x_t, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
-
-    def branch_layout(self, encoded, condition: torch.Tensor) -> BranchLayout:
-        return BranchLayout(caption_len=condition.shape[1], key_valid=encoded.valid, key_order=("caption", "branch"))
+        timestep = self.timestep_tensor(sigma, shape=(1, math.prod(grid)) if self.pipe.config.expand_timesteps else (1,))
+        return self.expert(sigma)(hidden_states=x_t, timestep=timestep, encoder_hidden_states=self.join_text(condition, branch),
+                                  return_dict=False)[0]

@@ -41,7 +41,7 @@ def test_a_flow_euler_step_is_the_pipelines_ddim_step(folders):
     extractor = _extractor(folders["5b"])
     pipe = extractor.pipe
     t, t_next = 519, 499
-    sigma, sigma_next = (float(extractor.sigmas[i]) for i in (t, t_next))
+    sigma, sigma_next = (float(extractor.vp.sigmas[i]) for i in (t, t_next))
     assert extractor.timestep(sigma) == pytest.approx(t)
     caption = extractor.encode_caption("a red dog")
     x_flow = torch.randn(1, 2, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(0))
@@ -62,7 +62,7 @@ def test_levels_below_timestep_0_are_told_timestep_0(folders):
     (the clean end of an ODE, or the clean latent) is told timestep 0, as DDIM inversion starts."""
     for variant, least in (("5b", 0.0283), ("2b", 0.0481)):
         extractor = _extractor(folders[variant], caption_max_tokens=226 if variant == "2b" else 16, trajectory=NoiseAt(0.0))
-        assert extractor.sigmas[0] == pytest.approx(least, abs=1e-4) and extractor.sigmas[-1] == 1.0
+        assert extractor.vp.sigmas[0] == pytest.approx(least, abs=1e-4) and extractor.vp.sigmas[-1] == 1.0
         assert extractor.timestep(0.0) == extractor.timestep(least / 2) == 0.0
         assert extractor.timestep(1.0) == 999.0
 

@@ -74,3 +74,21 @@ def test_the_backbone_config_builds_the_real_checkpoints_extractor():
     assert isinstance(extractor, SD3Extractor) and extractor.pretrained == "stabilityai/stable-diffusion-3.5-large"
     assert (extractor.trajectory.sigma, extractor.trajectory.shift) == (0.75, False)
     assert (extractor.resolution, extractor.caption_max_tokens, extractor.blocks) == (1024, 256, None)
+
+
+def test_the_templates_defaults_place_all_three_text_encoders_and_join_the_branch_after_the_caption(folder):
+    extractor = _extractor(folder)
+    pipe = extractor.pipe
+    encoders, denoiser, resident = extractor.placement_modules(pipe)
+    assert encoders == [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3]
+    assert denoiser is pipe.transformer and resident == [pipe.vae]
+    text, branch = torch.zeros(1, 3, 4), torch.ones(1, 2, 4, dtype=torch.float64)
+    joined = extractor.join_text(text, branch)
+    assert joined.dtype == text.dtype and joined[0, :, 0].tolist() == [0, 0, 0, 1, 1]  # [caption | expressions]
+    assert extractor.join_text(text, None) is text
+
+
+def test_a_weights_variant_is_loaded_and_keyed(folder):
+    extractor = SD3Extractor(str(folder), variant="fp16", **SETTINGS)
+    assert extractor.load_kwargs() == {"variant": "fp16"} and extractor.map_settings()["variant"] == "fp16"
+    assert SD3Extractor(str(folder), **SETTINGS).load_kwargs() == {}
