@@ -9,6 +9,8 @@ import logging
 
 from lightning.pytorch.cli import LightningCLI
 
+# configs name components by class name, and a component's error names its config key (`build`)
+import refam.components  # noqa: F401
 from refam.callbacks import ExpressionRecords, MaskWriter, ResultStore, config_fingerprints
 from refam.data.datamodule import RefAMDataModule
 from refam.errors import place, user_error

@@ -135,3 +135,23 @@ def test_api_load_raises_the_components_own_error(tmp_path):
     with pytest.raises(ConfigError) as info:
         RefAM.load(config)
     assert "\n" not in str(info.value) and "model.segmenter.init_args.checkpointt" in str(info.value)
+
+
+def test_run_cli_names_the_full_key_without_the_caller_importing_the_components(tmp_path):
+    """`refam.ablations.run_row` and other Python callers reach `run_cli` without `refam.cli`: the
+    module itself makes a component's error name its key. A fresh interpreter, since this one has
+    imported every component module already."""
+    flood = json.dumps({"class_path": "refam.segmenters.floodfill.FloodFillSegmenter", "init_args": {"tolerance": 300}})
+    script = (
+        "import sys\n"
+        "from refam.errors import user_error\n"
+        "from refam.lightning_cli import run_cli\n"
+        "try:\n"
+        f"    run_cli(['test', '--config', {SMOKE!r}, '--model.segmenter', {flood!r}, '--trainer.logger', 'false'])\n"
+        "except Exception as err:\n"
+        "    print(user_error(err))\n"
+        "assert 'refam.cli' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "model.segmenter.init_args.tolerance: must be in [0, 255], got 300"
