@@ -21,7 +21,8 @@ from PIL import Image
 
 from refam.data.images import check_size, read_rgb, to_rgb
 from refam.embedded import DEFAULT_CONFIG  # noqa: F401 (shipped in the package: works from any folder)
-from refam.errors import ConfigError, DataError, MissingInputError, RefamError, place, user_error
+from refam.errors import (ConfigError, DataError, MissingInputError, RefamError, forget_built_errors, place,
+                          user_error)
 from refam.inference import RefAMPipeline
 from refam.types import Expression, Prediction, Sample
 
@@ -59,6 +60,7 @@ def pipeline_from_config(config: Path) -> RefAMPipeline:
         parsed = parser.parse_object({"model": _model_section(config)})
     except Exception as err:  # jsonargparse reports the offending key in its message
         raise ConfigError(f"{config}: {parser_error_line(str(err))}") from err
+    forget_built_errors()
     try:
         return parser.instantiate(parsed).model
     except Exception as err:

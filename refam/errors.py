@@ -116,7 +116,8 @@ def user_error(err: BaseException) -> RefamError | None:
     a component (a dataset, a segmenter) as a ValueError caused by it, so the chain is searched; for
     a value of a union type (`Dataset | list[Dataset]`) its ValueError is caused by the first
     alternative's error only and quotes the others, so the last error `build` saw is taken when the
-    message quotes it."""
+    message quotes it. That error is read once: a caller that goes on raising should raise the
+    error returned."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
@@ -124,10 +125,19 @@ def user_error(err: BaseException) -> RefamError | None:
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
+    # read once: a later, unrelated ValueError quoting the same words is not this error again
     built = _last_built.get()
+    _last_built.set(None)
     if built is not None and isinstance(err, ValueError) and built.message in " ".join(str(err).split()):
         return built
     return None
+
+
+def forget_built_errors() -> None:
+    """Call before jsonargparse builds classes: `user_error` then sees only what `build` records
+    during this instantiation, not an error of an earlier one that no one reported (a union's
+    alternative that failed before another fitted)."""
+    _last_built.set(None)
 
 
 def error_line(err: BaseException) -> str:

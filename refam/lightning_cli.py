@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LightningCLI
 import refam.components  # noqa: F401
 from refam.callbacks import ExpressionRecords, MaskWriter, ResultStore, config_fingerprints
 from refam.data.datamodule import RefAMDataModule
-from refam.errors import place, user_error
+from refam.errors import forget_built_errors, place, user_error
 from refam.inference import RefAMPipeline
 from refam.module import RefAMModule
 
@@ -42,14 +42,16 @@ class RefAMCLI(LightningCLI):
         parser.link_arguments("results", "model.result_store", apply_on="instantiate")
 
     def instantiate_classes(self) -> None:
+        forget_built_errors()
         try:
             super().instantiate_classes()
         except Exception as err:  # a component's own error: say where the config holds it
             found = user_error(err)
-            if found is not None:
-                config = self.config[self.subcommand] if self.subcommand else self.config
-                place(found, SECTIONS, config.as_dict())
-            raise
+            if found is None:
+                raise
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            place(found, SECTIONS, config.as_dict())
+            raise found from found.__cause__  # the error itself, as if raised here, with its own cause
 
     def after_instantiate_classes(self) -> None:
         # a stored result is reused only by a run of the same model and data settings

@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from refam.errors import ConfigError, RefamError, error_line, user_error
+from refam.errors import ConfigError, RefamError, error_line, forget_built_errors, user_error
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MANIFEST = REPO_ROOT / "assets" / "shapes-demo" / "manifest.jsonl"
@@ -244,6 +244,7 @@ class Session:
             parser.add_argument(f"--{kind}", type=types[kind], default=None)
             # where the entry sits in the `model:` section, as its errors name it
             where = ("extractor", "trajectory") if kind == "trajectory" else (kind,)
+            forget_built_errors()
             try:
                 parsed = parser.parse_object({kind: copy.deepcopy(spec)})  # (it would convert the section in place)
                 value = getattr(parser.instantiate(parsed), kind)

@@ -155,3 +155,24 @@ def test_run_cli_names_the_full_key_without_the_caller_importing_the_components(
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "model.segmenter.init_args.tolerance: must be in [0, 255], got 300"
+
+
+def test_a_reported_or_earlier_error_is_not_taken_for_a_later_failure():
+    """A long-lived process (`refam serve`, repeated `RefAM.load`) builds components many times: an
+    error `build` recorded is the cause of one failure only, never of a later unrelated one that
+    happens to quote the same words."""
+    from refam.errors import ConfigError, build, forget_built_errors, user_error
+    from refam.segmenters.floodfill import FloodFillSegmenter
+
+    with pytest.raises(ConfigError) as first:
+        build(FloodFillSegmenter, tolerance=300)
+    # jsonargparse's union error quotes an alternative's error without chaining it
+    union = ValueError(f"Does not validate against any of the types:\n  - {first.value.message}")
+    assert user_error(union) is first.value
+    later = ValueError(f"an unrelated failure: {first.value.message}")
+    assert user_error(later) is None  # reported once, then forgotten
+
+    with pytest.raises(ConfigError):  # recorded by an instantiation that recovered (another alternative fitted)
+        build(FloodFillSegmenter, tolerance=300)
+    forget_built_errors()  # the next instantiation starts
+    assert user_error(later) is None
