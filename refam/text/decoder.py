@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from refam.errors import ConfigError, ExpressionError
-from refam.text.reader import EncodedExpressions, ExpressionReader
+from refam.text.reader import EncodedExpressions, ExpressionReader, insert_rows, insert_tokens, vector_magnet_tokens
 from refam.text.tokens import tokens_to_words, word_spans
 from refam.types import MagnetVectors, TokenInfo
 
@@ -153,10 +153,9 @@ class DecoderReader(ExpressionReader):
         inputs, mask, tokens = table(batch.ids.to(self.encoder.device)), batch.mask.to(self.encoder.device), batch.tokens
         vectors = magnet_vectors(table.weight) if magnet_vectors is not None else None
         if vectors is not None:
-            at = [end - self.template.drop for end in batch.ends]
             inputs, mask = insert_rows(inputs, mask, batch.ends, vectors.to(inputs))
-            magnets = [TokenInfo(f"<vector {j}>", "", special=False, magnet=True) for j in range(vectors.shape[0])]
-            tokens = [row[:i] + magnets + row[i:] for row, i in zip(tokens, at)]
+            tokens = insert_tokens(tokens, [end - self.template.drop for end in batch.ends],
+                                   vector_magnet_tokens(vectors.shape[0]))
         out = self.encoder(inputs_embeds=inputs, attention_mask=mask, output_hidden_states=True, use_cache=False)
         hidden = torch.cat([out.hidden_states[layer] for layer in self.template.hidden_layers], dim=-1)
         length = max(len(row) for row in tokens)
@@ -168,16 +167,3 @@ class DecoderReader(ExpressionReader):
             tokens=[row + [padding] * (length - len(row)) for row in tokens],
         )
 
-
-def insert_rows(inputs: torch.Tensor, mask: torch.Tensor, at: list[int], rows: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Insert the same M rows [M, D] into each sequence of inputs [K, S, D] before index at[k]
-    (the rest moves right); returns [K, S + M, D] inputs and their [K, S + M] mask."""
-    k, length, dim = inputs.shape
-    m = rows.shape[0]
-    out = inputs.new_zeros(k, length + m, dim)
-    out_mask = mask.new_zeros(k, length + m)
-    for row, i in enumerate(at):
-        out[row, :i], out[row, i : i + m], out[row, i + m :] = inputs[row, :i], rows, inputs[row, i:]
-        out_mask[row, :i], out_mask[row, i : i + m], out_mask[row, i + m :] = mask[row, :i], 1, mask[row, i:]
-    return out, out_mask

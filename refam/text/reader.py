@@ -58,3 +58,28 @@ class ExpressionReader(abc.ABC):
                 f"the expression has {n} tokens with magnets; the limit is {self.max_tokens} "
                 f"(the extractor's {self.limit_name}): shorten it or raise the limit"
             )
+
+
+def insert_rows(inputs: torch.Tensor, mask: torch.Tensor, at: list[int], rows: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Insert the same M rows [M, D] into each sequence of inputs [K, S, D] before index at[k]
+    (the rest moves right); returns [K, S + M, D] inputs and their [K, S + M] mask."""
+    k, length, dim = inputs.shape
+    m = rows.shape[0]
+    out = inputs.new_zeros(k, length + m, dim)
+    out_mask = mask.new_zeros(k, length + m)
+    for row, i in enumerate(at):
+        out[row, :i], out[row, i : i + m], out[row, i + m :] = inputs[row, :i], rows, inputs[row, i:]
+        out_mask[row, :i], out_mask[row, i : i + m], out_mask[row, i + m :] = mask[row, :i], 1, mask[row, i:]
+    return out, out_mask
+
+
+def vector_magnet_tokens(m: int) -> list[TokenInfo]:
+    """How M vector magnets are described among the tokens: no word, flagged as magnets (so the
+    aggregator drops them as it drops magnet words)."""
+    return [TokenInfo(f"<vector {j}>", "", special=False, magnet=True) for j in range(m)]
+
+
+def insert_tokens(tokens: list[list[TokenInfo]], at: list[int], inserted: list[TokenInfo]) -> list[list[TokenInfo]]:
+    """Each row of tokens with `inserted` before index at[k], as `insert_rows` does to the inputs."""
+    return [row[:i] + inserted + row[i:] for row, i in zip(tokens, at)]

@@ -11,30 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from refam.text.reader import EncodedExpressions, ExpressionReader
+from refam.text.reader import EncodedExpressions, ExpressionReader, insert_rows, insert_tokens, vector_magnet_tokens
 from refam.text.tokens import tokens_to_words
 from refam.types import MagnetVectors, TokenInfo
-
-
-def insert_before_eos(
-    inputs: torch.Tensor, mask: torch.Tensor, tokens: list[list[TokenInfo]], vectors: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, list[list[TokenInfo]]]:
-    """Append M vector magnets to each expression's input embeddings [K, L, D] where appended words
-    would go: after its last word, before its EOS. Returns [K, L + M, D] inputs, mask and tokens."""
-    k, length, dim = inputs.shape
-    m = vectors.shape[0]
-    out = inputs.new_zeros(k, length + m, dim)
-    out_mask = mask.new_zeros(k, length + m)
-    out_tokens = []
-    for row in range(k):
-        n = int(mask[row].sum())  # real tokens, the last being EOS
-        out[row, : n - 1] = inputs[row, : n - 1]
-        out[row, n - 1 : n - 1 + m] = vectors
-        out[row, n - 1 + m :] = inputs[row, n - 1 :]
-        out_mask[row, : n + m] = 1
-        magnets = [TokenInfo(f"<vector {j}>", "", special=False, magnet=True) for j in range(m)]
-        out_tokens.append(tokens[row][: n - 1] + magnets + tokens[row][n - 1 :])
-    return out, out_mask, out_tokens
 
 
 class T5Reader(ExpressionReader):
@@ -56,8 +35,8 @@ class T5Reader(ExpressionReader):
     def tokenize_batch(self, expressions: list[tuple[str, int | None]]):
         """One batch tokenization: ids and mask (padded to the longest), each token's word."""
         texts = [text for text, _ in expressions]
-        enc = self.tokenizer(texts, padding="longest", return_tensors="pt", return_offsets_mapping=True,
-                             return_special_tokens_mask=True)
+        enc = self.tokenizer(texts, padding="longest", padding_side="right", return_tensors="pt",
+                             return_offsets_mapping=True, return_special_tokens_mask=True)
         tokens = [
             tokens_to_words(text, self.tokenizer.convert_ids_to_tokens(ids), offsets.tolist(), special.bool().tolist(), start)
             for (text, start), ids, offsets, special in zip(
@@ -79,6 +58,8 @@ class T5Reader(ExpressionReader):
         inputs = table(ids)
         vectors = magnet_vectors(table.weight) if magnet_vectors is not None else None
         if vectors is not None:
-            inputs, mask, tokens = insert_before_eos(inputs, mask, tokens, vectors.to(inputs))
+            at = [int(n) - 1 for n in mask.sum(dim=1)]  # each row's EOS: the last real token, padding on the right
+            inputs, mask = insert_rows(inputs, mask, at, vectors.to(inputs))
+            tokens = insert_tokens(tokens, at, vector_magnet_tokens(vectors.shape[0]))
         embeds = self.encoder(inputs_embeds=inputs, attention_mask=mask)[0].to(device, dtype)
         return EncodedExpressions(embeds=embeds, valid=mask.bool().cpu(), tokens=tokens)
