@@ -21,8 +21,8 @@ from PIL import Image
 
 from refam.data.images import check_size, read_rgb, to_rgb
 from refam.embedded import DEFAULT_CONFIG  # noqa: F401 (shipped in the package: works from any folder)
-from refam.errors import (ConfigError, DataError, MissingInputError, RefamError, forget_built_errors, place,
-                          user_error)
+from refam.errors import (ConfigError, DataError, MissingInputError, RefamError, forget_built_errors,
+                          parser_error_line, place, user_error)
 from refam.inference import RefAMPipeline
 from refam.types import Expression, Prediction, Sample
 
@@ -52,7 +52,7 @@ def _model_section_file(path: Path) -> dict:
 def pipeline_from_config(config: Path) -> RefAMPipeline:
     from jsonargparse import ArgumentParser
 
-    from refam.components import parser_error_line  # also registers the component modules by name, as the CLI does
+    import refam.components  # noqa: F401 (configs name components by class name; errors name their key)
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(RefAMPipeline, "model")  # the `model:` section's keys, as RefAMModule takes them

@@ -7,8 +7,7 @@ import sys
 
 from jsonargparse import ArgumentError
 
-from refam.components import parser_error_line
-from refam.errors import error_line, user_error
+from refam.errors import error_line, parser_error_line, user_error
 from refam.lightning_cli import run_cli
 
 
@@ -49,7 +48,7 @@ def main(args: list[str] | None = None) -> None:
         run_cli(args)
     except ArgumentError as err:  # a key or value the parser rejects: its one useful line, no usage
         subcommand = next((a for a in argv if not a.startswith("-")), "test")
-        print(f"refam: error: {parser_error_line(str(err), subcommand)}", file=sys.stderr)
+        print(error_line(parser_error_line(str(err), subcommand)), file=sys.stderr)
         sys.exit(2)
     except Exception as err:
         found = user_error(err)

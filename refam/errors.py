@@ -28,13 +28,16 @@ How a front door finds the component: jsonargparse builds every class through `b
 (refam.components registers it as an instantiator), which records on a RefamError the class it was
 building and its arguments; `place` then finds that class's `class_path` in the parsed config.
 jsonargparse's own error names no key (it re-raises the component's error, or wraps it in a
-ValueError whose text lists union alternatives), so the key cannot be read from it.
+ValueError whose text lists union alternatives), so the key cannot be read from it. The parser's
+errors before anything is built (a key it does not know, a value of the wrong type) do name the
+key, in a tree of lines that `parser_error_line` makes one.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from contextvars import ContextVar
 from collections.abc import Mapping
 from typing import Any
@@ -140,9 +143,48 @@ def forget_built_errors() -> None:
     _last_built.set(None)
 
 
-def error_line(err: BaseException) -> str:
-    """A user error as the one line a front door prints."""
+def error_line(err: BaseException | str) -> str:
+    """A user error (or a reason already made one line, `parser_error_line`) as the line a front door prints."""
     return "refam: error: " + " ".join(str(err).splitlines())
+
+
+_STRUCTURE = re.compile(r"(Parser key|Problem with given class_path|Does not validate|Subtypes:|Errors:|Given value)")
+# alternatives jsonargparse also tried (a file path, a list, another base class): rarely the point
+_WEAK = re.compile(r"(Expected a path but|Expected a <class 'list'>|Import path .* does not correspond to a subclass)")
+
+
+def parser_error_line(message: str, subcommand: str = "test") -> str:
+    """jsonargparse's error as one line naming the full key. A rejected `class_path` value is
+    reported as a tree (key, class, nested key, one branch per candidate type); the first specific
+    reason in it is the useful line."""
+    help_hint = f"run `refam {subcommand} --help` for the accepted keys"
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return f"invalid arguments; {help_hint}"
+    top = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0])
+    if top is None:
+        generic = ("does not accept", "unrecognized arguments", "invalid choice")
+        return lines[0] + (f"; {help_hint}" if any(g in lines[0] for g in generic) else "")
+    candidates = []
+    owner = nested = None
+    for line in [top.group(2)] + lines[1:]:
+        text = line.lstrip("- ").strip()
+        if (match := re.match(r"Problem with given class_path '([^']+)'", text)):
+            owner, nested = match.group(1), None
+        elif (match := re.match(r'Parser key "([^"]+)"', text)):
+            nested = match.group(1)
+        elif text and not _STRUCTURE.match(text):
+            candidates.append((owner, nested, text))
+    if not candidates:
+        return f"{lines[0]} {help_hint}"
+    owner, nested, reason = next((c for c in candidates if not _WEAK.match(c[2])), candidates[0])
+    key = top.group(1) + (f".init_args.{nested}" if nested else "")
+    if (option := re.match(r"Option '([^']+)' is not accepted", reason)):
+        where = f" ({owner} has no such argument)" if owner else ""
+        return f"unknown key {key}.init_args.{option.group(1)}{where}; check its spelling, or {help_hint}"
+    if owner and not nested:
+        return f"{key}: class_path '{owner}': {reason}"
+    return f"{key}: {reason}"
 
 
 def build(class_type: type, *args: Any, **kwargs: Any) -> Any:

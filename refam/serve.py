@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> None:
         print(error_line(err), file=sys.stderr)
         sys.exit(2)
     except OSError as err:  # the port is taken, the address is not this machine's
-        print(f"refam: error: cannot serve on {args.host}:{args.port}: {err}; choose another --port or --host",
+        print(error_line(f"cannot serve on {args.host}:{args.port}: {err}; choose another --port or --host"),
               file=sys.stderr)
         sys.exit(2)
     print(f"refam serve: {app.local_url} (Ctrl+C stops)", flush=True)
