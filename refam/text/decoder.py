@@ -80,8 +80,9 @@ def _expression_words(text: str, pieces: list[str], spans: list[tuple[int, int]]
                       magnet_start: int | None) -> list[TokenInfo]:
     """`tokens_to_words` on trimmed spans; an empty span (a bare space piece) takes the word after it."""
     spans = [_trimmed(text, start, end) for start, end in spans]
-    word_at = {start: text[start:end].lower() for start, end in word_spans(text)}
-    infos = tokens_to_words(text, pieces, spans, special, magnet_start)
+    words = word_spans(text)
+    word_at = {start: text[start:end].lower() for start, end in words}
+    infos = tokens_to_words(text, pieces, spans, special, magnet_start, words)
     return [replace(t, word=word_at.get(t.start, "")) if not t.special and t.start == t.end else t for t in infos]
 
 
@@ -157,12 +158,12 @@ class DecoderReader(ExpressionReader):
             tokens = insert_tokens(tokens, [end - self.template.drop for end in batch.ends],
                                    vector_magnet_tokens(vectors.shape[0]))
         out = self.encoder(inputs_embeds=inputs, attention_mask=mask, output_hidden_states=True, use_cache=False)
-        hidden = torch.cat([out.hidden_states[layer] for layer in self.template.hidden_layers], dim=-1)
         length = max(len(row) for row in tokens)
         keep = slice(self.template.drop, self.template.drop + length)
+        hidden = torch.cat([out.hidden_states[layer][:, keep] for layer in self.template.hidden_layers], dim=-1)
         padding = TokenInfo(self.tokenizer.pad_token or "", "", special=True, magnet=False)
         return EncodedExpressions(
-            embeds=hidden[:, keep].to(device, dtype),
+            embeds=hidden.to(device, dtype),
             valid=mask[:, keep].bool().cpu(),
             tokens=[row + [padding] * (length - len(row)) for row in tokens],
         )

@@ -26,12 +26,14 @@ def tokens_to_words(
     offsets: list[tuple[int, int]],
     special: list[bool],
     magnet_start: int | None,
+    words: list[tuple[int, int]] | None = None,
 ) -> list[TokenInfo]:
     """Describe each token: its word (lower-cased), whether it is special, whether it is a magnet.
 
     `magnet_start` is the character index where the appended magnets begin (None: no magnets).
+    `words`: `word_spans(text)`, for a caller that has them already.
     """
-    spans = word_spans(text)
+    spans = word_spans(text) if words is None else words
     infos = []
     for piece, (start, end), is_special in zip(pieces, offsets, special):
         if is_special:
