@@ -66,7 +66,7 @@ def branch_attention(
     """The expression branch's attention, shared by every backbone.
 
     q_e [B, H, K L, D]: the K expressions' queries (L each, right-padded); key, value [B, H, S, D]:
-    the keys in `BranchLayout.key_order`; key_bias [K L, S] (`AttentionCapture.key_bias`) 0 where a
+    the whole joint sequence, in `BranchLayout.key_order`; key_bias [K L, S] (`AttentionCapture.key_bias`) 0 where a
     query may look and -inf where not, so each expression sees its own real tokens and the image,
     never the caption or another expression. One scaled, biased matmul (baddbmm), one float32
     softmax, one matmul. Returns the output [B, H, K L, D] and the probabilities [B, H, K L, S].
@@ -96,14 +96,6 @@ def _segments(capture: AttentionCapture, sequence: tuple[str, ...], total: int) 
     return spans
 
 
-def _pieces(tensor: torch.Tensor, spans: dict[str, slice], names: tuple[str, ...]) -> torch.Tensor:
-    """The segments `names` of a [B, S, ...] tensor, in that order (a view when they are contiguous in it)."""
-    parts = [spans[name] for name in names]
-    if all(a.stop == b.start for a, b in zip(parts, parts[1:])):
-        return tensor[:, parts[0].start : parts[-1].stop]
-    return torch.cat([tensor[:, part] for part in parts], dim=1)
-
-
 def joint_branch(
     capture: AttentionCapture,
     block_index: int,
@@ -116,31 +108,35 @@ def joint_branch(
     """One joint-attention block with the branch riding along.
 
     query, key, value [B, S, H, D]: the whole joint sequence after the block's norms and RoPE, its
-    segments ("branch", "caption", "image") in `sequence` order; the main stream is `sequence`
-    without the branch, and `main_attention` runs the stock attention on it. The branch's keys are
-    the segments of `capture.layout.key_order`. Returns the joint output [B, S, H, D] in `sequence`
-    order (the branch's rows are its attention output; the main stream's are `main_attention`'s)."""
+    segments ("branch", "caption", "image") in `sequence` order, the branch first or last; the main
+    stream is the rest, and `main_attention` runs the stock attention on it. The branch's queries
+    score the whole sequence (`capture.key_bias` hides the caption and the other expressions), so
+    its keys are views, never copies. Returns the joint output [B, S, H, D] in `sequence` order (the
+    branch's rows are its attention output; the main stream's are `main_attention`'s)."""
     layout = capture.layout
+    if layout.key_order != sequence or (sequence[0] != "branch" and sequence[-1] != "branch"):
+        raise ValueError(f"the block's sequence {sequence} must put the branch first or last and match the "
+                         f"capture's key order {layout.key_order} (the extractor's `branch_first`)")
     spans = _segments(capture, sequence, query.shape[1])
-    main_names = tuple(name for name in sequence if name != "branch")
-    main_out = main_attention(*(_pieces(t, spans, main_names) for t in (query, key, value)))
-    branch_keys = _pieces(key, spans, layout.key_order).transpose(1, 2)
-    branch_values = _pieces(value, spans, layout.key_order).transpose(1, 2)
-    branch_out, probs = branch_attention(query[:, spans["branch"]].transpose(1, 2), branch_keys, branch_values, capture.key_bias)
+    branch = spans["branch"]
+    main = slice(branch.stop, None) if branch.start == 0 else slice(0, branch.start)
+    main_out = main_attention(query[:, main], key[:, main], value[:, main])
+    branch_out, probs = branch_attention(query[:, branch].transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                         capture.key_bias)
     branch_out = branch_out.transpose(1, 2)  # [B, K L, H, D]
 
-    main_spans = _segments(capture, main_names, main_out.shape[1])
     if block_index in capture.selected_blocks:
-        key_spans = _segments(capture, layout.key_order, branch_keys.shape[2])
+        image = spans["image"]
+        image_in_main = slice(image.start - main.start, image.stop - main.start)
         shape = (layout.num_expressions, layout.expression_len)
         for item in range(query.shape[0]):
             if capture.representation == "cross_attention":
-                image_vectors, expression_vectors = query[item, spans["image"]], key[item, spans["branch"]]
+                image_vectors, expression_vectors = query[item, image], key[item, branch]
             else:  # both before the output projection, from this same block call
-                image_vectors, expression_vectors = main_out[item, main_spans["image"]], branch_out[item]
-            capture.add(image_vectors, expression_vectors.unflatten(0, shape), probs[item, :, :, key_spans["branch"]])
+                image_vectors, expression_vectors = main_out[item, image_in_main], branch_out[item]
+            capture.add(image_vectors, expression_vectors.unflatten(0, shape), probs[item, :, :, branch])
 
-    return torch.cat([branch_out if name == "branch" else main_out[:, main_spans[name]] for name in sequence], dim=1)
+    return torch.cat([branch_out, main_out] if branch.start == 0 else [main_out, branch_out], dim=1)
 
 
 def cross_branch(

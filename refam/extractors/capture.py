@@ -41,7 +41,8 @@ class BranchLayout:
     """Where the expression tokens sit, and the order of the keys the branch's queries are
     multiplied with: `key_order` names its segments, "branch" (the K L expression tokens; a query
     sees only its own expression's real tokens), "caption" (never seen) and "image" (all seen).
-    FLUX hands the branch the whole joint sequence [branch | caption | image]; Mochi [video | branch]."""
+    Joint-attention kernels hand the branch the whole joint sequence in this order: [branch |
+    caption | image] (FLUX) or [image | caption | branch] (SD3, Mochi)."""
 
     caption_len: int
     key_valid: torch.Tensor  # [K, L] bool: real tokens of each expression (False = padding)
@@ -127,42 +128,43 @@ class AttentionCapture:
         tokens (zero outside each expression's own block), or None where the expressions have no
         queries (cross-attention backbones): then each token's mass is the share of the image
         queries' attention, softmaxed over the expression's real tokens, it draws."""
+        probs = None  # [N, K, L] each image query's softmax over each expression's tokens, where computed
         if self.representation == "cross_attention":
-            self._add_cross_attention(img_vectors, expr_vectors)
+            probs = self._add_cross_attention(img_vectors, expr_vectors)
         else:
             self._add_attention_output(img_vectors, expr_vectors)
         if text_probs is None:
-            self.text_mass.add_(self._image_share(img_vectors, expr_vectors))
+            probs = self._token_probs(img_vectors, expr_vectors) if probs is None else probs
+            self.text_mass.add_(probs.mean(dim=0))
         else:
             # mean over heads and the expression's real queries of the mass each of its tokens receives
             mass = (text_probs * self._query_weight).sum(dim=(0, 1))
             self.text_mass.add_(mass.view_as(self.text_mass), alpha=1 / text_probs.shape[0])
         self.observations += 1
 
-    def _image_share(self, q_img: torch.Tensor, k_expr: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """[K, L]: the mean over heads and image queries of each query's softmax over the expression's
-        real tokens, in chunks of image queries (a [H, N, K, L] tensor would be ~300 MB per block at
-        Wan 14B's 32,760 tokens)."""
-        heads, head_dim = q_img.shape[1], q_img.shape[2]
-        share = torch.zeros_like(self.text_mass)
+    def _token_probs(self, q_img: torch.Tensor, k_expr: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """[N, K, L]: the mean over heads of each image query's softmax over each expression's real
+        tokens (a fully padded row gives zeros), in chunks of image queries: a whole [H, N, K, L]
+        tensor would be ~300 MB per block at Wan 14B's 32,760 tokens."""
+        scale = q_img.shape[2] ** -0.5
+        parts = []
         for part in q_img.split(chunk):
-            logits = torch.einsum("nhd,klhd->hnkl", part.float(), k_expr.float()) * head_dim**-0.5
-            share += logits.masked_fill(~self._key_valid, float("-inf")).softmax(dim=-1).nan_to_num_(0.0).sum(dim=(0, 1))
-        return share / (heads * q_img.shape[0])
+            logits = torch.einsum("nhd,klhd->hnkl", part.float(), k_expr.float()) * scale
+            parts.append(logits.masked_fill(~self._key_valid, float("-inf")).softmax(dim=-1).nan_to_num_(0.0).mean(dim=0))
+        return torch.cat(parts)
 
-    def _add_cross_attention(self, q_img: torch.Tensor, k_expr: torch.Tensor) -> None:
-        """q_img [N, H, D], k_expr [K, L, H, D]: mean over heads of q . k / sqrt(d)."""
+    def _add_cross_attention(self, q_img: torch.Tensor, k_expr: torch.Tensor) -> torch.Tensor | None:
+        """q_img [N, H, D], k_expr [K, L, H, D]: mean over heads of q . k / sqrt(d) ("after_mean"), or of
+        the per-head softmax over the expression's tokens ("per_head", returned for the text mass)."""
         heads, head_dim = q_img.shape[1], q_img.shape[2]
-        scale = head_dim**-0.5
         if self.softmax_stage == "after_mean":
             # mean over heads of per-head dot products = dot product of the head-concatenated vectors / H
             logits = q_img.flatten(1).float() @ k_expr.flatten(2).flatten(0, 1).float().T
-            self.scores.add_(logits.view_as(self.scores), alpha=scale / heads)
-        else:
-            logits = torch.einsum("nhd,klhd->hnkl", q_img.float(), k_expr.float()) * scale
-            logits = logits.masked_fill(~self._key_valid, float("-inf"))
-            probs = logits.softmax(dim=-1).nan_to_num_(0.0)  # a fully padded row has no tokens
-            self.scores.add_(probs.mean(dim=0))
+            self.scores.add_(logits.view_as(self.scores), alpha=head_dim**-0.5 / heads)
+            return None
+        probs = self._token_probs(q_img, k_expr)
+        self.scores.add_(probs)
+        return probs
 
     def _add_attention_output(self, o_img: torch.Tensor, o_expr: torch.Tensor) -> None:
         """o_img [N, H, D], o_expr [K, L, H, D]: ConceptAttention's output-space score, the dot

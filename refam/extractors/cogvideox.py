@@ -113,13 +113,13 @@ class CogVideoXExtractor(VideoDiTExtractor):
     def timestep(self, sigma: float) -> float:
         return self.vp.timestep(sigma)
 
-    def denoise(self, x_t, sigma, grid, condition: torch.Tensor, branch):
+    def denoise(self, x_t, sigma, grid, condition: torch.Tensor, expressions):
         """The flow velocity eps - x0 at the flow state x_t: CogVideoX's v at the matching VP state, converted."""
-        x, text = self.vp.state(x_t, sigma), self.join_text(condition, branch)
+        x, text = self.vp.state(x_t, sigma), self.join_text(condition, expressions)
         rope = None  # the pipeline's own RoPE for this grid (5b, 1.5); 2b adds its positions in patch_embed
         if self.pipe.transformer.config.use_rotary_positional_embeddings:
             rope = self.pipe._prepare_rotary_positional_embeddings(grid[1] * 16, grid[2] * 16, x.shape[1], self.device)
-        self.embed_hooks.branch_len = 0 if branch is None else branch.shape[1]
+        self.embed_hooks.branch_len = 0 if expressions is None else expressions.valid.numel()
         try:
             v = self.pipe.transformer(
                 hidden_states=x, encoder_hidden_states=text, image_rotary_emb=rope, timestep=self.timestep_tensor(sigma),

@@ -109,8 +109,8 @@ class FluxExtractor(ImageDiTExtractor):
     def timestep(self, sigma: float) -> float:
         return sigma  # FluxTransformer2DModel multiplies by 1000 itself
 
-    def denoise(self, x_t, sigma, grid, condition: CaptionCondition, branch):
-        text = self.join_text(condition.embeds, branch)
+    def denoise(self, x_t, sigma, grid, condition: CaptionCondition, expressions):
+        text = self.join_text(condition.embeds, expressions)
         return self.pipe.transformer(
             hidden_states=x_t, encoder_hidden_states=text, pooled_projections=condition.pooled,
             timestep=self.timestep_tensor(sigma, self.dtype),

@@ -159,16 +159,16 @@ class Flux2Extractor(ImageDiTExtractor):
 
     def branch_ids(self, valid: torch.Tensor) -> torch.Tensor:
         """[K L, 4] RoPE ids of the branch: expression token j at the l its caption would give it."""
-        counts, length = valid.sum(dim=1, keepdim=True), valid.shape[1]
+        counts, length = valid.sum(dim=1, keepdim=True).cpu(), valid.shape[1]
         offset = self.caption_max_tokens - counts if self.llm_tokenizer.padding_side == "left" else torch.zeros_like(counts)
         position = torch.arange(length) + offset
         return torch.stack([torch.zeros_like(position)] * 3 + [position], dim=-1).flatten(0, 1).to(self.device)
 
-    def denoise(self, x_t, sigma, grid, condition: CaptionCondition, branch):
+    def denoise(self, x_t, sigma, grid, condition: CaptionCondition, expressions):
         ids = condition.ids
-        if branch is not None:  # `forward` has set the branch's layout on the processors
-            ids = torch.cat([self.branch_ids(self.processors[0].capture.layout.key_valid), ids])
+        if expressions is not None:
+            ids = torch.cat([self.branch_ids(expressions.valid), ids])
         img_ids = self.pipe._prepare_latent_ids(torch.empty(1, 1, *grid[1:])).to(self.device)  # (0, row, col, 0)
-        return self.pipe.transformer(hidden_states=x_t, encoder_hidden_states=self.join_text(condition.embeds, branch),
+        return self.pipe.transformer(hidden_states=x_t, encoder_hidden_states=self.join_text(condition.embeds, expressions),
                                      timestep=self.timestep_tensor(sigma, self.dtype), img_ids=img_ids, txt_ids=ids,
                                      guidance=condition.guidance, return_dict=False)[0]

@@ -82,7 +82,6 @@ class MochiExtractor(VideoDiTExtractor):
     """
 
     pipeline = "MochiPipeline"
-    key_order = ("image", "branch")  # the main stream's keys hold no expression; the caption is never seen
     branch_first = False
     checkpoint_layout = (
         "the folder of a Mochi checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
@@ -130,11 +129,11 @@ class MochiExtractor(VideoDiTExtractor):
     def timestep(self, sigma: float) -> float:
         return 1000.0 * (1.0 - sigma)
 
-    def denoise(self, x_t, sigma, grid, condition: MochiCaption, branch):
+    def denoise(self, x_t, sigma, grid, condition: MochiCaption, expressions):
         mask = condition.mask
-        if branch is not None:  # padding to everything but the branch
-            mask = torch.cat([mask, mask.new_zeros(1, branch.shape[1])], dim=1)
+        if expressions is not None:  # padding to everything but the branch
+            mask = torch.cat([mask, mask.new_zeros(1, expressions.valid.numel())], dim=1)
         return self.pipe.transformer(
-            hidden_states=x_t, encoder_hidden_states=self.join_text(condition.embeds, branch), encoder_attention_mask=mask,
+            hidden_states=x_t, encoder_hidden_states=self.join_text(condition.embeds, expressions), encoder_attention_mask=mask,
             timestep=self.timestep_tensor(sigma), return_dict=False,  # float32: 990 stays 990 (bfloat16 makes it 992)
         )[0]

@@ -108,8 +108,8 @@ class QwenImageExtractor(ImageDiTExtractor):
     def timestep(self, sigma: float) -> float:
         return sigma  # the pipeline passes timestep / 1000; the model embeds 1000 sigma
 
-    def denoise(self, x_t, sigma, grid, condition: torch.Tensor, branch):
+    def denoise(self, x_t, sigma, grid, condition: torch.Tensor, expressions):
         return self.pipe.transformer(
-            hidden_states=x_t, encoder_hidden_states=self.join_text(condition, branch), encoder_hidden_states_mask=None,
+            hidden_states=x_t, encoder_hidden_states=self.join_text(condition, expressions), encoder_hidden_states_mask=None,
             img_shapes=[[grid]], timestep=self.timestep_tensor(sigma, self.dtype), return_dict=False,
         )[0]

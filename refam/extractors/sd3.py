@@ -63,7 +63,6 @@ class SD3Extractor(ImageDiTExtractor):
     """
 
     pipeline = "StableDiffusion3Pipeline"
-    key_order = ("image", "caption", "branch")
     branch_first = False
     checkpoint_layout = (
         "the folder of a Stable Diffusion 3 checkpoint in the diffusers layout (model_index.json, transformer/, vae/, "
@@ -95,8 +94,8 @@ class SD3Extractor(ImageDiTExtractor):
     def timestep(self, sigma: float) -> float:
         return 1000.0 * sigma
 
-    def denoise(self, x_t, sigma, grid, condition: SD3Caption, branch):
+    def denoise(self, x_t, sigma, grid, condition: SD3Caption, expressions):
         return self.pipe.transformer(
-            hidden_states=x_t, encoder_hidden_states=self.join_text(condition.embeds, branch),
+            hidden_states=x_t, encoder_hidden_states=self.join_text(condition.embeds, expressions),
             pooled_projections=condition.pooled, timestep=self.timestep_tensor(sigma), return_dict=False,
         )[0]

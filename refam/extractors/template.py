@@ -13,8 +13,8 @@ observe each state with one forward while the branch processors capture, and ret
 - `timestep(sigma)`, the unit its denoiser is told, and `velocity_sign`, the sign of its output;
 - `denoise`, one call of its transformer with the branch's embeddings joined to the text
   (`join_text`);
-- `key_order` and `branch_first`, where the branch sits among the keys its processors hand the
-  kernel and in the text stream;
+- `branch_first`, whether the branch's tokens go before the caption's in the text stream or
+  after, as its processors hand the joint sequence to the kernel;
 - `backbone_settings`, its settings that change the maps (for the map cache's key).
 
 Defaults cover what most pipelines share: `placement_modules` (every `text_encoder*`, the
@@ -119,9 +119,9 @@ class DiTExtractor(PipelineExtractor):
     attention_kind: ClassVar[str] = "joint"  # or "cross": which kernel its processors use
     default_sigma: ClassVar[float] = 0.75  # the paper's FLUX "timestep 750"
     velocity_sign: ClassVar[int] = 1  # +1: the denoiser predicts eps - x0; -1: x0 - eps
-    # the segments of the keys its processors hand the kernel (`BranchLayout.key_order`), and whether
-    # the branch's tokens go before the caption's in the text stream (FLUX) or after (SD3, Mochi, Wan)
-    key_order: ClassVar[tuple[str, ...]] = ("branch", "caption", "image")
+    # whether the branch's tokens go before the caption's in the text stream, so that the joint sequence
+    # is [branch | caption | image] (FLUX, Qwen-Image, CogVideoX), or after: [image | caption | branch]
+    # (SD3, Mochi; Wan's cross-attention keys are [caption | branch])
     branch_first: ClassVar[bool] = True
 
     def __init__(
@@ -155,6 +155,7 @@ class DiTExtractor(PipelineExtractor):
         self.blocks, self.softmax_stage, self.representation = blocks, softmax_stage, representation
         self.caption_max_tokens, self.expression_max_tokens, self.seed = caption_max_tokens, expression_max_tokens, seed
         self.processors: list[BranchProcessor] = []
+        self.reader: ExpressionReader | None = None
 
     # ---------------------------------------------------------------- what a backbone says
     def pipeline_class(self) -> type:
@@ -201,15 +202,17 @@ class DiTExtractor(PipelineExtractor):
 
     @abc.abstractmethod
     def denoise(self, x_t: torch.Tensor, sigma: float, grid: tuple[int, int, int], condition,
-                branch: torch.Tensor | None) -> torch.Tensor:
-        """One transformer call as the stock pipeline makes it, its raw output; `branch` [1, K L, D]
-        (the expressions' embeddings, or None) joins the text stream where the processors expect it."""
+                expressions: EncodedExpressions | None) -> torch.Tensor:
+        """One transformer call as the stock pipeline makes it, its raw output; the expressions'
+        embeddings (or None) join the text stream where the processors expect them (`join_text`)."""
 
-    def join_text(self, text: torch.Tensor, branch: torch.Tensor | None) -> torch.Tensor:
-        """The text stream [1, Lc, D] with the branch joined before or after it (`branch_first`)."""
-        if branch is None:
+    def join_text(self, text: torch.Tensor, expressions: EncodedExpressions | None) -> torch.Tensor:
+        """The text stream [1, Lc, D] with the K expressions' tokens [1, K L, D] joined before or after it
+        (`branch_first`)."""
+        if expressions is None:
             return text
-        return torch.cat([branch.to(text.dtype), text] if self.branch_first else [text, branch.to(text.dtype)], dim=1)
+        branch = expressions.embeds.reshape(1, -1, expressions.embeds.shape[-1]).to(text.dtype)
+        return torch.cat([branch, text] if self.branch_first else [text, branch], dim=1)
 
     def timestep_tensor(self, sigma: float, dtype: torch.dtype = torch.float32, shape: tuple[int, ...] = (1,)) -> torch.Tensor:
         """`timestep(sigma)` as the pipeline hands it to its transformer."""
@@ -224,9 +227,10 @@ class DiTExtractor(PipelineExtractor):
 
     def branch_layout(self, encoded: EncodedExpressions, condition) -> BranchLayout:
         """How many caption tokens the processors see (by default the length of the condition's
-        `embeds`, or of the condition itself, [1, Lc, D]) and the order of the branch's keys."""
+        `embeds`, or of the condition itself, [1, Lc, D]) and the joint sequence's order (`branch_first`)."""
         caption = getattr(condition, "embeds", condition)
-        return BranchLayout(caption_len=caption.shape[1], key_valid=encoded.valid, key_order=self.key_order)
+        order = ("branch", "caption", "image") if self.branch_first else ("image", "caption", "branch")
+        return BranchLayout(caption_len=caption.shape[1], key_valid=encoded.valid, key_order=order)
 
     def backbone_settings(self) -> dict:
         """This backbone's own settings that change its maps, for the map cache's key."""
@@ -257,6 +261,7 @@ class DiTExtractor(PipelineExtractor):
             self.pipe = None
             raise
         self.processors = self.install_branch(pipe)
+        self.reader = self.expression_reader()  # once per pipeline: FLUX.2's renders a chat template
 
     @property
     def num_blocks(self) -> int:
@@ -283,17 +288,17 @@ class DiTExtractor(PipelineExtractor):
         return self.pipe.encode_prompt(*args, device=self.placement.text_device, **kwargs)
 
     def tokenize(self, text: str, magnet_start: int | None) -> list[TokenInfo]:
-        return self.expression_reader().tokenize([(text, magnet_start)])[0]
+        return self.reader.tokenize([(text, magnet_start)])[0]
 
     def validate_expression(self, text: str) -> None:
-        self.expression_reader().validate(text)
+        self.reader.validate(text)
 
     def encode_expressions(
         self, expressions: list[tuple[str, int | None]], magnet_vectors: MagnetVectors | None = None
     ) -> EncodedExpressions:
         """K expressions in one batch of the reader; callers validate first (the module does, per expression)."""
         self.placement.enter("text")
-        return self.expression_reader().encode(expressions, self.device, self.dtype, magnet_vectors)
+        return self.reader.encode(expressions, self.device, self.dtype, magnet_vectors)
 
     @contextmanager
     def capturing(self, capture: AttentionCapture | None):
@@ -309,12 +314,9 @@ class DiTExtractor(PipelineExtractor):
     def forward(self, x_t: torch.Tensor, sigma: float, grid: tuple[int, int, int], condition,
                 expressions: EncodedExpressions | None = None, capture: AttentionCapture | None = None) -> torch.Tensor:
         """The denoiser's raw output at noise level sigma; with `expressions` and `capture` the branch rides along."""
-        branch = None
-        if expressions is not None:
-            branch = expressions.embeds.reshape(1, -1, expressions.embeds.shape[-1])
         self.placement.enter("denoise")
         with self.capturing(capture):
-            return self.denoise(x_t, sigma, grid, condition, branch)
+            return self.denoise(x_t, sigma, grid, condition, expressions)
 
     def new_capture(self, expressions: EncodedExpressions, condition, grid: tuple[int, int, int]) -> AttentionCapture:
         return AttentionCapture(

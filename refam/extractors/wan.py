@@ -56,7 +56,6 @@ class WanExtractor(VideoDiTExtractor):
 
     pipeline = "WanPipeline"
     attention_kind = "cross"
-    key_order = ("caption", "branch")
     branch_first = False
     checkpoint_layout = (
         "the folder of a Wan text-to-video checkpoint in the diffusers layout (model_index.json, transformer/ [and "
@@ -109,8 +108,8 @@ class WanExtractor(VideoDiTExtractor):
             return self.pipe.transformer
         return self.pipe.transformer_2
 
-    def denoise(self, x_t, sigma, grid, condition: torch.Tensor, branch):
+    def denoise(self, x_t, sigma, grid, condition: torch.Tensor, expressions):
         # Wan 2.2 TI2V-5B's pipeline tells every token its timestep
         timestep = self.timestep_tensor(sigma, shape=(1, math.prod(grid)) if self.pipe.config.expand_timesteps else (1,))
-        return self.expert(sigma)(hidden_states=x_t, timestep=timestep, encoder_hidden_states=self.join_text(condition, branch),
+        return self.expert(sigma)(hidden_states=x_t, timestep=timestep, encoder_hidden_states=self.join_text(condition, expressions),
                                   return_dict=False)[0]

@@ -14,6 +14,7 @@ from PIL import Image
 from refam.errors import ConfigError
 from refam.extractors.sd3 import SD3BranchProcessor, SD3Extractor
 from refam.testing.tiny_sd3 import save_tiny_sd3
+from refam.text.reader import EncodedExpressions
 
 SETTINGS = dict(resolution=64, keep_aspect=True, caption_max_tokens=16)
 
@@ -82,9 +83,11 @@ def test_the_templates_defaults_place_all_three_text_encoders_and_join_the_branc
     encoders, denoiser, resident = extractor.placement_modules(pipe)
     assert encoders == [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3]
     assert denoiser is pipe.transformer and resident == [pipe.vae]
-    text, branch = torch.zeros(1, 3, 4), torch.ones(1, 2, 4, dtype=torch.float64)
-    joined = extractor.join_text(text, branch)
-    assert joined.dtype == text.dtype and joined[0, :, 0].tolist() == [0, 0, 0, 1, 1]  # [caption | expressions]
+    text = torch.zeros(1, 3, 4)
+    embeds = torch.tensor([1.0, 2.0], dtype=torch.float64)[:, None, None].expand(2, 1, 4)  # K = 2 expressions of 1 token
+    expressions = EncodedExpressions(embeds, torch.ones(2, 1, dtype=torch.bool), [[], []])
+    joined = extractor.join_text(text, expressions)
+    assert joined.dtype == text.dtype and joined[0, :, 0].tolist() == [0, 0, 0, 1, 2]  # [caption | expressions]
     assert extractor.join_text(text, None) is text
 
 

@@ -1,6 +1,8 @@
 """The contract catches the bugs that slipped past the per-backbone tests it replaced: FLUX's image
 ids with rows and columns swapped, and the expression tokens given a RoPE position the caption's
-tokens do not get. Each is planted in a FluxExtractor subclass; the contract's checks must fail."""
+tokens do not get (each planted in a FluxExtractor subclass), and a clean latent normalised wrongly
+(SD3's without the VAE's scaling_factor, which every check reading the extractor's own latent on both
+sides passes). The contract's checks must fail."""
 
 from pathlib import Path
 
@@ -10,18 +12,21 @@ from PIL import Image
 
 from refam.aggregators.magnets import AppendMagnets
 from refam.extractors.flux import FluxExtractor
+from refam.extractors.sd3 import SD3Extractor
+from refam.extractors.template import Latent
 from refam.extractors.trajectory import NoiseAt
-from refam.testing.contract import load_entries, noised_latent, recomputed_scores
+from refam.testing.contract import clean_latents, load_entries, noised_latent, recomputed_scores
 
-FLUX = next(entry for entry in load_entries(Path(__file__).parent) if entry.name == "flux")
+ENTRIES = {entry.name: entry for entry in load_entries(Path(__file__).parent)}
+FLUX, SD3 = ENTRIES["flux"], ENTRIES["sd3"]
 EXPRESSION = AppendMagnets().augment("the red dog on the left")
 
 
 class SwappedImageIds(FluxExtractor):
-    def denoise(self, x_t, sigma, grid, condition, branch):
+    def denoise(self, x_t, sigma, grid, condition, expressions):
         ids = self.pipe._prepare_latent_image_ids(1, grid[1], grid[2], self.device, self.dtype)
         swapped = ids[:, [0, 2, 1]]  # (0, column, row) instead of (0, row, column)
-        text = condition.embeds if branch is None else torch.cat([branch, condition.embeds], dim=1)
+        text = self.join_text(condition.embeds, expressions)
         return self.pipe.transformer(
             hidden_states=x_t, encoder_hidden_states=text, pooled_projections=condition.pooled,
             timestep=torch.full((1,), sigma), img_ids=swapped, txt_ids=torch.zeros(text.shape[1], 3),
@@ -30,11 +35,12 @@ class SwappedImageIds(FluxExtractor):
 
 
 class ExpressionTokensOffPosition(FluxExtractor):
-    def denoise(self, x_t, sigma, grid, condition, branch):
-        text = condition.embeds if branch is None else torch.cat([branch, condition.embeds], dim=1)
+    def denoise(self, x_t, sigma, grid, condition, expressions):
+        text = self.join_text(condition.embeds, expressions)
         txt_ids = torch.zeros(text.shape[1], 3)
-        if branch is not None:  # the branch's tokens numbered along an axis the caption's are not
-            txt_ids[: branch.shape[1], 2] = torch.arange(branch.shape[1], dtype=torch.float32)
+        if expressions is not None:  # the branch's tokens numbered along an axis the caption's are not
+            branch_len = expressions.valid.numel()
+            txt_ids[:branch_len, 2] = torch.arange(branch_len, dtype=torch.float32)
         return self.pipe.transformer(
             hidden_states=x_t, encoder_hidden_states=text, pooled_projections=condition.pooled,
             timestep=torch.full((1,), sigma), img_ids=self.pipe._prepare_latent_image_ids(1, grid[1], grid[2], "cpu", self.dtype),
@@ -74,3 +80,27 @@ def test_swapped_image_ids_also_change_the_velocity(folder):
     with torch.no_grad():
         stock = FLUX.stock_velocity(FLUX.pipeline_class.from_pretrained(str(folder), dtype=torch.float32), x_t, 0.6, latent.grid, "a dog")
     assert not torch.allclose(extractor.forward(x_t, 0.6, latent.grid, extractor.encode_caption("a dog")), stock, atol=1e-4)
+
+
+class UnscaledLatent(SD3Extractor):
+    @torch.inference_mode()
+    def encode_image(self, image):
+        height, width = self.image_size(*image.size)
+        pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+        latent = self.pipe.vae.encode(pixels).latent_dist.mode() - self.pipe.vae.config.shift_factor  # no scaling_factor
+        return Latent(latent, (1, latent.shape[2] // 2, latent.shape[3] // 2))
+
+
+@pytest.fixture(scope="module")
+def sd3_folder(tmp_path_factory):
+    return SD3.save(tmp_path_factory.mktemp("sd3-bugs") / "pipe", 1)
+
+
+@pytest.mark.parametrize("extractor_class, passes", [(SD3Extractor, True), (UnscaledLatent, False)], ids=["sd3", "unscaled-latent"])
+def test_a_latent_without_the_vaes_scaling_fails_the_stock_latent_check(sd3_folder, extractor_class, passes):
+    folder = sd3_folder
+    extractor = extractor_class(str(folder), **SD3.settings)
+    extractor.setup(torch.device("cpu"))
+    stock = SD3.pipeline_class.from_pretrained(str(folder), dtype=torch.float32)
+    ours, expected = clean_latents(SD3, extractor, stock, Image.new("RGB", SD3.image_size, (30, 120, 200)))
+    assert torch.equal(ours, expected) == passes
