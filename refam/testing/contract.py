@@ -77,6 +77,12 @@ class ContractEntry:
             the stock RoPE, the expression read as a caption's tokens of the same length are read.
         positions_off: (transformer, monkeypatch) -> None: switch every positional encoding off
             (RoPE to the identity, absolute embeddings to zero), for the planted-cell check.
+        stock_latent: (stock pipe, image, height, width) -> the image's clean latent in the layout
+            the stock transformer takes, as the family's stock image-conditioned pipeline makes it:
+            its image or video processor's pixels at height x width, the VAE's mode (as
+            `retrieve_latents(..., sample_mode="argmax")` takes it, where a pipeline samples), its
+            normalisation and its packing. Every other check takes the clean latent from the
+            extractor, so this is the one that sees the extractor's latent normalisation.
         patch: (frames, rows, cols) of VAE latent cells per token.
         depth_observations: blocks observed per forward as a function of depth.
     """
@@ -90,6 +96,7 @@ class ContractEntry:
     stock_velocity: Callable[..., torch.Tensor]
     block0_vectors: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     positions_off: Callable[[Any, Any], None]
+    stock_latent: Callable[..., torch.Tensor]
     patch: tuple[int, int, int] = (1, 2, 2)
     depth_observations: Callable[[int], int] = field(default=lambda depth: depth)
 
@@ -113,6 +120,19 @@ def noised_latent(extractor, image, sigma: float, sample_id: str):
     latent = extractor.encode_image(image)
     noise = standard_noise(latent.x0, extractor.generator(sample_id)).to(latent.x0.dtype)
     return latent, (1.0 - sigma) * latent.x0 + sigma * noise
+
+
+def clean_latents(entry: ContractEntry, extractor, stock, image) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the extractor's, the stock code's) clean latent of `image`, both at the size the extractor
+    resizes it to (a setting of refam's, not of the stock code's)."""
+    from refam.extractors.template import ImageDiTExtractor
+
+    if isinstance(extractor, ImageDiTExtractor):
+        height, width = extractor.image_size(*image.size)
+    else:
+        height, width = extractor.height, extractor.width
+    with torch.no_grad():
+        return extractor.encode_image(image).x0, entry.stock_latent(stock, image, height, width)
 
 
 def recomputed_scores(entry: ContractEntry, stock, extractor, image, caption: str, expression: tuple[str, int | None],

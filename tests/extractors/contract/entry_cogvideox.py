@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 from diffusers import CogVideoXPipeline
+from diffusers.pipelines.cogvideo.pipeline_cogvideox_video2video import retrieve_latents
 
 from refam.extractors.cogvideox import CogVideoX15Extractor, CogVideoXExtractor
 from refam.testing.contract import ContractEntry, block_inputs
@@ -38,6 +39,22 @@ def call(pipe, x, timestep, text, rope_size):
 
 def caption_embeds(pipe, caption, length):
     return pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, max_sequence_length=length)[0]
+
+
+def stock_latent(pipe, image, height, width):
+    # CogVideoXVideoToVideoPipeline.prepare_latents on a one-frame video [1, C, 1, H, W] from
+    # video_processor.preprocess: the VAE's latent (its mode where it samples) as [B, F, C, H, W], times
+    # vae_scaling_factor_image (the inverse of decode_latents; CogVideoXImageToVideoPipeline's
+    # invert_scale_latents concerns 1.5's image conditioning, not the text-to-video latent). 1.5
+    # (patch_size_t 2): CogVideoXImageToVideoPipeline.prepare_latents puts the first latent frame again
+    # in front of an odd count
+    pixels = pipe.video_processor.preprocess(image, height=height, width=width).unsqueeze(2)
+    latent = retrieve_latents(pipe.vae.encode(pixels), sample_mode="argmax").permute(0, 2, 1, 3, 4)
+    latent = pipe.vae_scaling_factor_image * latent
+    patch_t = pipe.transformer.config.patch_size_t
+    if patch_t is not None:
+        latent = torch.cat([latent[:, : latent.size(1) % patch_t], latent], dim=1)
+    return latent
 
 
 def entry(name, variant, caption_length):
@@ -74,6 +91,7 @@ def entry(name, variant, caption_length):
         stock_velocity=stock_velocity,
         block0_vectors=block0_vectors,
         positions_off=positions_off,
+        stock_latent=stock_latent,
         patch=(2 if variant == "1.5" else 1, 2, 2),
     )
 

@@ -3,6 +3,7 @@
 import torch
 from diffusers import FluxPipeline
 from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.pipelines.flux.pipeline_flux_img2img import FluxImg2ImgPipeline, retrieve_latents
 
 from refam.extractors.flux import FluxExtractor
 from refam.testing.contract import ContractEntry, block_inputs, rope_off
@@ -43,6 +44,15 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     return query[0], key[0]
 
 
+def stock_latent(pipe, image, height, width):
+    # FluxImg2ImgPipeline: image_processor.preprocess, _encode_vae_image ((z - shift_factor) *
+    # scaling_factor; the VAE's mode where it samples), _pack_latents (2 x 2 cells per token)
+    pixels = pipe.image_processor.preprocess(image, height=height, width=width)
+    latent = retrieve_latents(pipe.vae.encode(pixels), sample_mode="argmax")
+    latent = (latent - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+    return FluxImg2ImgPipeline._pack_latents(latent, 1, *latent.shape[1:])
+
+
 ENTRY = ContractEntry(
     name="flux",
     extractor_class=FluxExtractor,
@@ -53,5 +63,6 @@ ENTRY = ContractEntry(
     stock_velocity=stock_velocity,
     block0_vectors=block0_vectors,
     positions_off=rope_off,
+    stock_latent=stock_latent,
     depth_observations=lambda depth: 2 * depth,
 )

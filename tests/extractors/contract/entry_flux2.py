@@ -51,6 +51,14 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     return query[0], key[0]
 
 
+def stock_latent(pipe, image, height, width):
+    # Flux2Pipeline / Flux2KleinPipeline's reference image: image_processor.preprocess, their own
+    # _encode_vae_image (the VAE's mode, 2 x 2 patchified, normalised by the VAE's batch-norm
+    # statistics) and _pack_latents (row-major tokens)
+    pixels = pipe.image_processor.preprocess(image, height=height, width=width)
+    return pipe._pack_latents(pipe._encode_vae_image(pixels, generator=None))
+
+
 def entry(variant: str) -> ContractEntry:
     return ContractEntry(
         name="flux2" if variant == "dev" else "flux2-klein",
@@ -64,6 +72,7 @@ def entry(variant: str) -> ContractEntry:
         stock_velocity=stock_velocity,
         block0_vectors=block0_vectors,
         positions_off=rope_off,
+        stock_latent=stock_latent,
         depth_observations=lambda depth: 2 * depth,
     )
 

@@ -46,6 +46,17 @@ def positions_off(transformer, monkeypatch):
     monkeypatch.setattr(transformer.pos_frequencies, "data", torch.zeros_like(transformer.pos_frequencies))
 
 
+def stock_latent(pipe, image, height, width):
+    # No stock pipeline encodes into Mochi's latent space (MochiPipeline is text-to-video only): this
+    # inverts MochiPipeline.__call__'s decoding, latents * latents_std / scaling_factor + latents_mean,
+    # on the VAE's mode of a one-frame video [1, C, 1, H, W] from video_processor.preprocess
+    pixels = pipe.video_processor.preprocess(image, height=height, width=width).unsqueeze(2)
+    latent = pipe.vae.encode(pixels).latent_dist.mode()
+    config = pipe.vae.config
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1, 1).to(latent.dtype) for v in (config.latents_mean, config.latents_std))
+    return (latent - mean) * config.scaling_factor / std
+
+
 ENTRY = ContractEntry(
     name="mochi",
     extractor_class=MochiExtractor,
@@ -56,4 +67,5 @@ ENTRY = ContractEntry(
     stock_velocity=stock_velocity,
     block0_vectors=block0_vectors,
     positions_off=positions_off,
+    stock_latent=stock_latent,
 )

@@ -1,7 +1,7 @@
 """Qwen-Image under the contract: the stock `QwenImagePipeline.__call__` and `QwenDoubleStreamAttnProcessor2_0`."""
 
 import torch
-from diffusers import QwenImagePipeline
+from diffusers import QwenImageEditPipeline, QwenImagePipeline
 from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
 from refam.extractors.qwenimage import QwenImageExtractor
@@ -51,6 +51,16 @@ def positions_off(transformer, monkeypatch):
     monkeypatch.setattr(transformer, "pos_embed", _NoRope(transformer.config.attention_head_dim))
 
 
+def stock_latent(pipe, image, height, width):
+    # QwenImageEditPipeline (its image path, on this pipeline's components): a one-frame video
+    # [1, C, 1, H, W] from image_processor.preprocess, its own _encode_vae_image (the VAE's mode,
+    # (z - latents_mean) / latents_std per channel) and _pack_latents (2 x 2 cells per token)
+    edit = QwenImageEditPipeline(**pipe.components, processor=None)
+    pixels = edit.image_processor.preprocess(image, height=height, width=width).unsqueeze(2)
+    latent = edit._encode_vae_image(pixels, generator=None)
+    return edit._pack_latents(latent, 1, latent.shape[1], latent.shape[3], latent.shape[4])
+
+
 ENTRY = ContractEntry(
     name="qwenimage",
     extractor_class=QwenImageExtractor,
@@ -61,4 +71,5 @@ ENTRY = ContractEntry(
     stock_velocity=stock_velocity,
     block0_vectors=block0_vectors,
     positions_off=positions_off,
+    stock_latent=stock_latent,
 )

@@ -3,6 +3,7 @@
 
 import torch
 from diffusers import StableDiffusion3Pipeline
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img import retrieve_latents
 
 from refam.extractors.sd3 import SD3Extractor
 from refam.testing.contract import ContractEntry, block_inputs
@@ -39,6 +40,14 @@ def positions_off(transformer, monkeypatch):
     monkeypatch.setattr(transformer.pos_embed, "pos_embed", torch.zeros_like(transformer.pos_embed.pos_embed))
 
 
+def stock_latent(pipe, image, height, width):
+    # StableDiffusion3Img2ImgPipeline: image_processor.preprocess, prepare_latents' (z - shift_factor) *
+    # scaling_factor (the VAE's mode where it samples); the transformer patchifies [1, C, h, w] itself
+    pixels = pipe.image_processor.preprocess(image, height=height, width=width)
+    latent = retrieve_latents(pipe.vae.encode(pixels), sample_mode="argmax")
+    return (latent - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+
+
 ENTRY = ContractEntry(
     name="sd3",
     extractor_class=SD3Extractor,
@@ -50,5 +59,6 @@ ENTRY = ContractEntry(
     stock_velocity=stock_velocity,
     block0_vectors=block0_vectors,
     positions_off=positions_off,
+    stock_latent=stock_latent,
     depth_observations=lambda depth: 2 * depth + 1,
 )

@@ -1,7 +1,7 @@
 """Wan 2.1 under the contract: the stock `WanPipeline.__call__` and `WanAttnProcessor` of each block's attn2."""
 
 import torch
-from diffusers import WanPipeline
+from diffusers import WanImageToVideoPipeline, WanPipeline
 
 from refam.extractors.wan import WanExtractor
 from refam.testing.contract import ContractEntry, block_inputs
@@ -48,6 +48,19 @@ def positions_off(transformer, monkeypatch):
     monkeypatch.setattr(transformer, "rope", _NoRope(transformer.config.attention_head_dim))
 
 
+def stock_latent(pipe, image, height, width):
+    # WanImageToVideoPipeline.prepare_latents' condition for a one-frame video, its own code run on this
+    # pipeline (it reads the VAE, its scale factors and expand_timesteps): the VAE's mode of
+    # video_processor's pixels, (z - latents_mean) * (1 / latents_std) per channel, returned after
+    # vae_scale_factor_temporal channels of frame mask
+    pixels = pipe.video_processor.preprocess(image, height=height, width=width)
+    channels, spatial = pipe.vae.config.z_dim, pipe.vae_scale_factor_spatial
+    noise = torch.zeros(1, channels, 1, height // spatial, width // spatial)  # given, so no random draw
+    _, condition = WanImageToVideoPipeline.prepare_latents(pipe, pixels, 1, channels, height, width, num_frames=1,
+                                                           dtype=torch.float32, device="cpu", latents=noise)
+    return condition[:, pipe.vae_scale_factor_temporal :]
+
+
 ENTRY = ContractEntry(
     name="wan",
     extractor_class=WanExtractor,
@@ -58,4 +71,5 @@ ENTRY = ContractEntry(
     stock_velocity=stock_velocity,
     block0_vectors=block0_vectors,
     positions_off=positions_off,
+    stock_latent=stock_latent,
 )

@@ -16,7 +16,7 @@ from PIL import Image
 from refam.aggregators.magnets import AppendMagnets
 from refam.extractors.trajectory import NoiseAt
 from refam.prompts.point import argmax_points
-from refam.testing.contract import load_entries, noised_latent, recomputed_scores
+from refam.testing.contract import clean_latents, load_entries, noised_latent, recomputed_scores
 
 ENTRIES = load_entries(Path(__file__).parent)
 MAGNETS = AppendMagnets()
@@ -46,6 +46,16 @@ def _image(entry, seed=0):
     width, height = entry.image_size
     pixels = torch.rand(height, width, 3, generator=torch.Generator().manual_seed(seed))
     return Image.fromarray((pixels * 255).to(torch.uint8).numpy())
+
+
+def test_the_clean_latent_is_the_stock_pipelines(backbone):
+    """The clean latent every other check takes from the extractor is the one the family's stock
+    image-conditioned pipeline makes (pixels, VAE mode, normalisation, packing): a latent scaled
+    or shifted wrongly would pass the others, which see the same wrong latent on both sides."""
+    entry, folder = backbone
+    ours, stock = clean_latents(entry, _extractor(entry, folder), _stock(entry, folder), _image(entry))
+    assert ours.shape == stock.shape and ours.dtype == stock.dtype
+    assert torch.equal(ours, stock), f"max difference {(ours - stock).abs().max():.3g}"
 
 
 def test_velocity_is_the_stock_models_bit_for_bit(backbone):

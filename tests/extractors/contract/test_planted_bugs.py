@@ -98,9 +98,8 @@ def sd3_folder(tmp_path_factory):
 
 @pytest.mark.parametrize("extractor_class, passes", [(SD3Extractor, True), (UnscaledLatent, False)], ids=["sd3", "unscaled-latent"])
 def test_a_latent_without_the_vaes_scaling_fails_the_stock_latent_check(sd3_folder, extractor_class, passes):
-    folder = sd3_folder
-    extractor = extractor_class(str(folder), **SD3.settings)
+    extractor = extractor_class(str(sd3_folder), **SD3.settings)
     extractor.setup(torch.device("cpu"))
-    stock = SD3.pipeline_class.from_pretrained(str(folder), dtype=torch.float32)
+    stock = SD3.pipeline_class.from_pretrained(str(sd3_folder), dtype=torch.float32)
     ours, expected = clean_latents(SD3, extractor, stock, Image.new("RGB", SD3.image_size, (30, 120, 200)))
     assert torch.equal(ours, expected) == passes
