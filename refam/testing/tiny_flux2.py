@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_tokenizers import train_byte_level_bpe
+from refam.testing.tiny_tokenizers import build_qwen2_tokenizer, train_byte_level_bpe
 
 VARIANTS = ("dev", "klein")
 
@@ -69,13 +69,8 @@ MISTRAL_CHAT_TEMPLATE = (
     "{%- endfor %}"
 )
 
-# Qwen3's added tokens in their real order (ids 151643...); the tool, fill-in-the-middle and
-# thinking tokens are added but NOT special in the real tokenizer
-QWEN3_SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-)
+# Qwen3's added tokens after Qwen2.5-VL's special ones (the same, at the same ids 151643...): the
+# tool and thinking tokens, added but NOT special in the real tokenizer
 QWEN3_PLAIN_ADDED_TOKENS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
 
 # Qwen3's chat template, reduced to plain system/user/assistant turns and `enable_thinking`
@@ -116,15 +111,12 @@ def build_mistral_processor(system_message: str):
 
 
 def build_qwen3_tokenizer():
-    """A Qwen2Tokenizer as Qwen3's (pad <|endoftext|>, eos <|im_end|>, right padding, <think> not special)."""
+    """Qwen2.5-VL's tokenizer (`build_qwen2_tokenizer`: pad <|endoftext|>, eos <|im_end|>, right
+    padding), its chat roles one token each, with Qwen3's plain added tokens and chat template."""
     from tokenizers import AddedToken
-    from transformers import Qwen2Tokenizer
 
-    template = "user\nassistant\nsystem\n\n _ ; . , -"
-    tokenizer = train_byte_level_bpe(Qwen2Tokenizer(), [template], QWEN3_SPECIAL_TOKENS)
+    tokenizer = build_qwen2_tokenizer("user\nassistant\nsystem\n\n _ ; . , -")
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN3_PLAIN_ADDED_TOKENS])
-    tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
-    tokenizer.model_max_length = 131072
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
     return tokenizer
 
