@@ -31,7 +31,8 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from refam.errors import ConfigError, RefamError, error_line, forget_built_errors, user_error
+from refam.errors import (ConfigError, RefamError, error_line, forget_built_errors, parser_error_line, place,
+                          user_error)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MANIFEST = REPO_ROOT / "assets" / "shapes-demo" / "manifest.jsonl"
@@ -43,6 +44,9 @@ SPATIAL_BIASES = {  # the choices the page offers, as config entries
     "direction + relation": [{"class_path": "refam.aggregators.spatial.DirectionPrior"},
                              {"class_path": "refam.aggregators.spatial.RelationPrior"}],
 }
+# where the entry of each light component sits, as the config key its errors name
+ENTRY_KEYS = {"magnets": "model.magnets", "aggregator": "model.aggregator", "spatial_bias": "model.spatial_bias",
+              "trajectory": "model.extractor.init_args.trajectory"}
 AS_CONFIGURED = "as configured"
 NO_IMAGE = "no image: upload an image or a video, or click a demo scene"
 
@@ -224,7 +228,8 @@ class Session:
                 "blocks": extractor_args.get("blocks")}
 
     def _build(self, kind: str, spec):
-        """A light component from its config entry, as `refam test` would build it (cached)."""
+        """A light component from its config entry, as `refam test` would build it (cached); its
+        errors name the entry's key in the `model:` section, as `refam test`'s do."""
         key = (kind, json.dumps(spec, sort_keys=True))
         if key in self._built:
             return self._built[key]
@@ -233,30 +238,36 @@ class Session:
         else:
             from jsonargparse import ArgumentParser
 
+            import refam.components  # noqa: F401 (entries name components by class name; errors name their key)
             from refam.aggregators.base import Aggregator
             from refam.aggregators.magnets import MagnetStrategy
             from refam.aggregators.spatial import SpatialBias
             from refam.extractors.trajectory import Trajectory
+            from refam.inference import RefAMPipeline
 
             types = {"magnets": MagnetStrategy | None, "aggregator": Aggregator | None,
                      "spatial_bias": SpatialBias | list[SpatialBias] | None, "trajectory": Trajectory | None}
+            entry = ENTRY_KEYS[kind]
             parser = ArgumentParser(exit_on_error=False)
-            parser.add_argument(f"--{kind}", type=types[kind], default=None)
-            # where the entry sits in the `model:` section, as its errors name it
-            where = ("extractor", "trajectory") if kind == "trajectory" else (kind,)
+            parser.add_argument(f"--{entry}", type=types[kind], default=None)
+            document = copy.deepcopy(spec)  # (the parser would convert the section in place)
+            for name in reversed(entry.split(".")):
+                document = {name: document}
+            try:
+                parsed = parser.parse_object(document)
+            except Exception as err:  # a key or value the parser rejects: its one useful line
+                raise ConfigError(parser_error_line(str(err))) from err
             forget_built_errors()
             try:
-                parsed = parser.parse_object({kind: copy.deepcopy(spec)})  # (it would convert the section in place)
-                value = getattr(parser.instantiate(parsed), kind)
+                value = parser.instantiate(parsed)[entry]
             except Exception as err:
                 found = user_error(err)
-                if found is not None and found.field is not None:  # the component's own error, at its key
-                    found.at("model", *where)
-                    if found is err:
-                        raise
-                    raise found from err
-                reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-                raise ConfigError(f"model.{'.init_args.'.join(where)}: {reason}") from err
+                if found is None or found.field is None:
+                    reason = found or next((line.strip() for line in str(err).splitlines() if line.strip()),
+                                           type(err).__name__)
+                    raise ConfigError(f"{entry}: {reason}") from err
+                place(found, {"model": RefAMPipeline}, parsed.as_dict())  # the component's own error, at its key
+                raise found from found.__cause__
         self._built[key] = value
         return value
 

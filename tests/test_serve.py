@@ -150,6 +150,32 @@ def test_a_block_range_backwards_is_an_error_and_the_preview_reports_an_unreadab
     assert page_rerun(session, None, "", "", *values(session.defaults)) is None
 
 
+@pytest.mark.parametrize("entry, spec, line", [
+    ("magnets", {"class_path": "refam.aggregators.magnets.AppendMagnets", "init_args": {"magnetz": ["pink"]}},
+     "unknown key model.magnets.init_args.magnetz (refam.aggregators.magnets.AppendMagnets has no such argument)"),
+    ("magnets", {"class_path": "RandomStopWordMagnets", "init_args": {"count": 0}},
+     "model.magnets.init_args.count: must be between 1 and"),
+    ("trajectory", {"class_path": "NoiseAt", "init_args": {"sigma": 7}},
+     "model.extractor.init_args.trajectory.init_args.sigma: must be a noise level in [0, 1]"),
+], ids=["unknown key", "magnets' own error", "trajectory's own error"])
+def test_a_bad_entry_in_a_loaded_run_names_its_config_key_as_refam_test_does(session, entry, spec, line):
+    """A run JSON edited by hand and loaded back, as `refam test` would read its `model:` section."""
+    from refam.errors import ConfigError, error_line
+
+    section = json.loads(json.dumps(session.section))
+    if entry == "trajectory":
+        section["extractor"]["init_args"]["trajectory"] = spec
+    else:
+        section[entry] = spec
+    magnets = session.pipeline.magnets
+    with pytest.raises(ConfigError) as info:
+        session.apply(section)
+    shown = error_line(info.value)
+    assert line in shown and "\n" not in shown
+    assert session.pipeline.magnets is magnets  # nothing applied
+    assert page(session, SCENE, "the black square", CAPTION)["status"] == ""
+
+
 def write_clip(path: Path, frames: int) -> None:
     import cv2
 
