@@ -17,7 +17,6 @@ hidden layers the pipeline stacks concatenated (`refam.text.decoder`).
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +26,7 @@ from refam.errors import CheckpointError, ConfigError, ExpressionError
 from refam.extractors.branch import BranchProcessor, install, split_heads
 from refam.extractors.flux import FluxBranchProcessor, flux_joint
 from refam.extractors.template import ImageDiTExtractor, Latent
+from refam.extractors.trajectory import time_shift
 from refam.text.decoder import DecoderReader, PromptTemplate
 
 
@@ -147,8 +147,7 @@ class Flux2Extractor(ImageDiTExtractor):
     def noise_shift(self, num_image_tokens: int):
         from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 
-        exp_mu = math.exp(compute_empirical_mu(num_image_tokens, self.shift_steps))
-        return lambda sigma: exp_mu / (exp_mu + 1.0 / sigma - 1.0) if 0.0 < sigma < 1.0 else sigma
+        return time_shift(self.pipe.scheduler, compute_empirical_mu(num_image_tokens, self.shift_steps))
 
     def validate_expression(self, text: str) -> None:
         super().validate_expression(text)

@@ -41,7 +41,7 @@ from refam.extractors.base import VideoExtractor, sample_seed, select_blocks
 from refam.extractors.branch import BranchProcessor
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
 from refam.extractors.pipeline import PipelineExtractor
-from refam.extractors.trajectory import NoiseAt, Shift, Trajectory, TrajectoryContext, drive, scheduler_shift
+from refam.extractors.trajectory import NoiseAt, Shift, Trajectory, TrajectoryContext, drive, no_shift_error, scheduler_shift
 from refam.extractors.video import FRAME_WINDOWS, as_frames, plan_clips
 from refam.text.reader import EncodedExpressions, ExpressionReader
 from refam.text.t5 import T5Reader
@@ -243,13 +243,12 @@ class DiTExtractor(PipelineExtractor):
         """Refuse, by this backbone's name, a trajectory it cannot serve (ConfigError on the
         trajectory's field); by default one that shifts noise levels on a backbone with no shift."""
         if trajectory.shift and self.noise_shift(1) is None:
-            raise ConfigError(f"{type(self).__name__} has no noise-level shift to apply (its pipeline does not "
-                              "schedule with one); set shift: false", field="shift").within("trajectory")
+            raise no_shift_error(type(self).__name__).within("trajectory")
 
     def noise_shift(self, num_image_tokens: int) -> Shift | None:
         """The shift the backbone's pipeline applies to noise levels at this many image tokens (its
         scheduler's, by default); None when its pipeline schedules with none."""
-        return scheduler_shift(dict(self.pipe.scheduler.config), num_image_tokens)
+        return scheduler_shift(self.pipe.scheduler, num_image_tokens)
 
     # ---------------------------------------------------------------- the template
     def prepare(self, pipe) -> None:

@@ -9,7 +9,6 @@ ODE pays no second forward for the states it has observed.
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Literal
@@ -40,11 +39,16 @@ class TrajectoryContext:
 
     def shifted(self, sigma: float) -> float:
         """sigma through the backbone's shift; a trajectory's `shift` setting that this backbone
-        cannot serve is a ConfigError naming the backbone."""
+        cannot serve is a ConfigError naming the backbone (extractors refuse it at setup already)."""
         if self.shift is None:
-            raise ConfigError(f"{self.backbone} has no noise-level shift to apply (its pipeline does not schedule "
-                              "with one); set shift: false", field="shift")
+            raise no_shift_error(self.backbone)
         return self.shift(sigma)
+
+
+def no_shift_error(backbone: str) -> ConfigError:
+    """The refusal of `shift: true` on a backbone whose pipeline schedules with no shift."""
+    return ConfigError(f"{backbone} has no noise-level shift to apply (its pipeline does not schedule with one); "
+                       "set shift: false", field="shift")
 
 
 class Trajectory(abc.ABC):
@@ -81,33 +85,28 @@ def drive(states: States, observe: Velocity) -> object:
             return stop.value
 
 
-def flux_time_shift(sigma: float, image_seq_len: int, scheduler_config: dict) -> float:
-    """FLUX's resolution-dependent shift of a noise level (diffusers' `calculate_shift` + exponential
-    time shift, with the scheduler config's base/max shift and sequence lengths)."""
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-    mu = calculate_shift(
-        image_seq_len,
-        scheduler_config.get("base_image_seq_len", 256),
-        scheduler_config.get("max_image_seq_len", 4096),
-        scheduler_config.get("base_shift", 0.5),
-        scheduler_config.get("max_shift", 1.15),
-    )
-    if scheduler_config.get("time_shift_type", "exponential") == "linear":
-        return mu / (mu + (1.0 / sigma - 1.0))
-    return math.exp(mu) / (math.exp(mu) + (1.0 / sigma - 1.0))
+def time_shift(scheduler, mu: float) -> Shift:
+    """The shift a `FlowMatchEulerDiscreteScheduler` applies at `mu` (its own `time_shift`,
+    exponential or linear as its config says); the ends 0 and 1 stay where they are."""
+    return lambda sigma: float(scheduler.time_shift(mu, 1.0, sigma)) if 0.0 < sigma < 1.0 else sigma
 
 
-def scheduler_shift(scheduler_config: dict, image_seq_len: int) -> Shift:
-    """The shift a flow scheduler's config applies at this many image tokens: the resolution-dependent
-    one (`use_dynamic_shifting`, FLUX's `calculate_shift`) or its static shift s (`shift` of
-    `FlowMatchEulerDiscreteScheduler`, `flow_shift` of UniPC or DPM-Solver with `use_flow_sigmas`,
-    as Wan's): sigma -> s sigma / (1 + (s - 1) sigma)."""
-    if scheduler_config.get("use_flow_sigmas"):
-        scheduler_config = {"shift": scheduler_config.get("flow_shift", 1.0)}
-    if scheduler_config.get("use_dynamic_shifting", False):
-        return lambda sigma: flux_time_shift(sigma, image_seq_len, scheduler_config) if 0.0 < sigma < 1.0 else sigma
-    static = float(scheduler_config.get("shift", 1.0))
+def scheduler_shift(scheduler, image_seq_len: int) -> Shift:
+    """The shift a flow scheduler applies at this many image tokens: the resolution-dependent one
+    (`use_dynamic_shifting`: FLUX's `calculate_shift` of mu, then the scheduler's time shift) or its
+    static shift s (`shift` of `FlowMatchEulerDiscreteScheduler`, `flow_shift` of UniPC or
+    DPM-Solver with `use_flow_sigmas`, as Wan's): sigma -> s sigma / (1 + (s - 1) sigma)."""
+    config = scheduler.config
+    if config.get("use_flow_sigmas"):
+        static = float(config.get("flow_shift", 1.0))
+    elif config.get("use_dynamic_shifting", False):
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        return time_shift(scheduler, mu)
+    else:
+        static = float(config.get("shift", 1.0))
     return lambda sigma: static * sigma / (1.0 + (static - 1.0) * sigma)
 
 
