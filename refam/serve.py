@@ -30,6 +30,7 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import get_type_hints
 
 from refam.errors import (ConfigError, RefamError, error_line, forget_built_errors, parser_error_line, place,
                           user_error)
@@ -239,14 +240,11 @@ class Session:
             from jsonargparse import ArgumentParser
 
             import refam.components  # noqa: F401 (entries name components by class name; errors name their key)
-            from refam.aggregators.base import Aggregator
-            from refam.aggregators.magnets import MagnetStrategy
-            from refam.aggregators.spatial import SpatialBias
             from refam.extractors.trajectory import Trajectory
             from refam.inference import RefAMPipeline
 
-            types = {"magnets": MagnetStrategy | None, "aggregator": Aggregator | None,
-                     "spatial_bias": SpatialBias | list[SpatialBias] | None, "trajectory": Trajectory | None}
+            # the types `refam test` reads these entries as; the trajectory is the extractor's argument
+            types = {**get_type_hints(RefAMPipeline.__init__), "trajectory": Trajectory | None}
             entry = ENTRY_KEYS[kind]
             parser = ArgumentParser(exit_on_error=False)
             parser.add_argument(f"--{entry}", type=types[kind], default=None)
@@ -273,9 +271,6 @@ class Session:
 
     def apply(self, section: dict) -> None:
         """Set the light components the section names on the loaded pipeline (no weights reloaded)."""
-        from refam.aggregators.base import SoftmaxMeanAggregator
-        from refam.aggregators.magnets import AppendMagnets
-        from refam.aggregators.spatial import SpatialBias
         from refam.extractors.base import select_blocks
 
         pipeline, extractor = self.pipeline, self.pipeline.extractor
@@ -283,10 +278,7 @@ class Session:
         built = {kind: self._build(kind, spec) for kind, spec in specs.items()}
         if self.num_blocks is not None:
             select_blocks(self.num_blocks, built["blocks"])  # a bad selection is a ConfigError now, not mid-run
-        pipeline.magnets = built["magnets"] or AppendMagnets()
-        pipeline.aggregator = built["aggregator"] or SoftmaxMeanAggregator()
-        bias = built["spatial_bias"]
-        pipeline.spatial_bias = [bias] if isinstance(bias, SpatialBias) else list(bias or [])
+        pipeline.set_aggregation(built["magnets"], built["aggregator"], built["spatial_bias"])
         if hasattr(extractor, "blocks"):
             extractor.blocks = built["blocks"]
         if self._originals["trajectory"] is not None:
