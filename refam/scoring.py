@@ -18,6 +18,7 @@ from refam.errors import ConfigError
 from refam.inference import SampleResult
 from refam.metrics import ReferringScores, SaliencyScores, VideoReferringScores, intersection_union, point_hit
 from refam.metrics.davis import ObjectScore, RunPalettes, evaluate_runs
+from refam.metrics.iou import iou
 from refam.metrics.jf import TrackScores
 from refam.types import BadSample, Prediction, Sample, VideoExpression, VideoSample
 
@@ -151,7 +152,8 @@ class DatasetScores(torch.nn.Module):
                 continue
             target = torch.from_numpy(np.asarray(expression.mask, dtype=bool))
             intersection, union = intersection_union(torch.from_numpy(np.asarray(prediction.mask, dtype=bool)), target)
-            prediction.iou, prediction.point_hit = (intersection / union if union else 0.0), point_hit(prediction.point, target)
+            prediction.iou = iou(counts=(intersection, union))
+            prediction.point_hit = point_hit(prediction.point, target)
             entry.update(intersection=intersection, union=union, iou=prediction.iou, point_hit=prediction.point_hit)
             if self.saliency is not None:
                 void = getattr(expression, "void", None)

@@ -32,6 +32,14 @@ def intersection_union(pred: Tensor | np.ndarray, target: Tensor | np.ndarray) -
     return int((pred & target).sum().item()), int((pred | target).sum().item())
 
 
+def iou(pred: Tensor | np.ndarray | None = None, target: Tensor | np.ndarray | None = None, *,
+        counts: tuple[int, int] | None = None) -> float:
+    """Mask IoU |pred ∧ target| / |pred ∨ target| of two bool masks, or of `counts` = (intersection,
+    union) computed before; 0 when the union is empty (both masks empty), as mIoU counts it."""
+    inter, union = counts if counts is not None else intersection_union(pred, target)
+    return inter / union if union else 0.0
+
+
 class MeanIoU(Metric):
     """mIoU: the mean over expressions of I/U (IoU = 0 when U = 0), ×100."""
 
@@ -50,8 +58,7 @@ class MeanIoU(Metric):
     def update(self, pred: Tensor | np.ndarray | None = None, target: Tensor | np.ndarray | None = None, *,
                counts: tuple[int, int] | None = None) -> None:
         """One expression: its masks, or `counts` = (intersection, union) computed before (a stored result)."""
-        inter, union = counts if counts is not None else intersection_union(pred, target)
-        self.iou_sum += (inter / union) if union else 0.0
+        self.iou_sum += iou(pred, target, counts=counts)
         self.count += 1
 
     def compute(self) -> Tensor:

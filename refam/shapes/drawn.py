@@ -20,7 +20,7 @@ import torch
 
 from refam.inference import RefAMPipeline
 from refam.metrics import point_hit
-from refam.metrics.iou import intersection_union
+from refam.metrics.iou import iou
 from refam.shapes.scenes import Scene
 from refam.shapes.varied import Layout, fits, render_layout, varied_layout
 from refam.types import Expression, Sample
@@ -45,12 +45,6 @@ def _run(pipeline: RefAMPipeline, scene: Scene, expressions: list[tuple[str, int
     return pipeline.segment_sample(sample).predictions
 
 
-def _iou(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """IoU with the metrics' own counts and their convention (0 when the union is empty)."""
-    inter, union = intersection_union(prediction, truth)
-    return inter / union if union else 0.0
-
-
 def named_shape_scores(pipeline: RefAMPipeline, scenes: int, split: str = "test", width: int | None = None,
                        height: int | None = None, first: int = 0) -> NamedShapeScores:
     hits, ious = [], []
@@ -60,7 +54,7 @@ def named_shape_scores(pipeline: RefAMPipeline, scenes: int, split: str = "test"
         for prediction, (_, target) in zip(_run(pipeline, scene, expressions, f"drawn-{index}"), expressions):
             mask = scene.objects[target].mask
             hits.append(point_hit(prediction.point, torch.from_numpy(mask)))
-            ious.append(_iou(prediction.mask, mask))
+            ious.append(iou(prediction.mask, mask))
     return NamedShapeScores(float(np.mean(hits)), float(np.mean(ious)), len(hits))
 
 

@@ -6,6 +6,7 @@ import torch
 from torchmetrics.utilities.data import dim_zero_sum
 
 from refam.metrics import MeanIoU, OverallIoU, PointAccuracy, intersection_union
+from refam.metrics.iou import iou
 
 
 def masks(shape, *cells):
@@ -27,6 +28,13 @@ def test_intersection_union_counts_pixels():
     assert intersection_union(A_PRED, A_GT) == (2, 6)
     assert intersection_union(A_PRED.numpy(), A_GT.numpy()) == (2, 6)  # numpy masks from datasets work too
     assert intersection_union(EMPTY, EMPTY) == (0, 0)
+
+
+def test_iou_of_one_pair_is_what_miou_averages():
+    assert iou(A_PRED, A_GT) == pytest.approx(1 / 3)
+    assert iou(B_PRED.numpy(), B_GT.numpy()) == 1.0
+    assert iou(EMPTY, EMPTY) == 0.0  # both empty: 0, as mIoU counts it
+    assert iou(counts=(2, 6)) == pytest.approx(1 / 3) and iou(counts=(0, 0)) == 0.0  # from stored counts
 
 
 def test_miou_and_oiou_differ_as_hand_computed():
