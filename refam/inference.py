@@ -207,6 +207,12 @@ class RefAMPipeline:
         return result
 
     # ------------------------------------------------------------ videos
+    @property
+    def reads_video(self) -> bool:
+        """Whether this pipeline segments videos (`segment_video`): a video backbone, and a
+        segmenter that tracks through frames."""
+        return isinstance(self.extractor, VideoExtractor) and isinstance(self.segmenter, VideoSegmenter)
+
     def segment_video(self, video: VideoSample, on_mask: MaskSink | None = None,
                       keep_token_maps: bool = False) -> SampleResult:
         """Run every expression of one video: the DiT sees the clip once for all expressions; each
@@ -215,16 +221,17 @@ class RefAMPipeline:
         Masks are not kept: `on_mask(expression, frame index, mask)` receives each as it is made, so
         scoring and writing stream frame by frame. Each prediction holds the key frame's mask.
         `keep_token_maps` also returns each real token's map on the key frame (for the pictures)."""
+        if not self.reads_video:  # say which component cannot
+            if not isinstance(self.segmenter, VideoSegmenter):
+                raise ConfigError(f"{type(self.segmenter).__name__} segments images; a video dataset needs a "
+                                  "VideoSegmenter such as refam.segmenters.sam2_video.SAM2VideoSegmenter",
+                                  field="segmenter")
+            raise ConfigError(f"{type(self.extractor).__name__} reads images only; a video dataset "
+                              "needs a video backbone such as refam.extractors.mochi.MochiExtractor", field="extractor")
         result = SampleResult(video.sample_id)
         runnable, augmented = self._runnable(video, result)
         if not runnable:
             return result
-        if not isinstance(self.segmenter, VideoSegmenter):
-            raise ConfigError(f"{type(self.segmenter).__name__} segments images; a video dataset needs a "
-                              "VideoSegmenter such as refam.segmenters.sam2_video.SAM2VideoSegmenter", field="segmenter")
-        if not isinstance(self.extractor, VideoExtractor):
-            raise ConfigError(f"{type(self.extractor).__name__} reads images only; a video dataset "
-                              "needs a video backbone such as refam.extractors.mochi.MochiExtractor", field="extractor")
         caption = self._caption(video)
 
         def extract() -> TokenMaps:

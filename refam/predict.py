@@ -63,14 +63,6 @@ def check_writable(folder: Path) -> None:
         raise ConfigError(f"--output {folder} is not writable ({err.strerror or err}): choose another folder") from err
 
 
-def has_video_pipeline(model) -> bool:
-    from refam.extractors.base import VideoExtractor
-    from refam.segmenters.video_base import VideoSegmenter
-
-    pipeline = model.pipeline
-    return isinstance(pipeline.segmenter, VideoSegmenter) and isinstance(pipeline.extractor, VideoExtractor)
-
-
 def track_video(model, video: Path, texts: list[str], caption: str, output: Path, key_frames: dict | None = None) -> int:
     """The video pipeline: one DiT pass over the clip, a point on the key frame, tracked by the segmenter.
     `key_frames`, if given, receives {expression index: (key frame image, its prediction)}."""
@@ -127,7 +119,7 @@ def write_video_predictions(model, video: Path, texts: list[str], caption: str, 
     from refam.data.frames import iter_frames
     from refam.visualize import mask_image, overlay, save_json, save_png, write_atomic
 
-    if has_video_pipeline(model):
+    if model.pipeline.reads_video:
         return track_video(model, video, texts, caption, output, key_frames)
     folder = output / video.stem
     stems = [f"{k}-{slug(text)}" for k, text in enumerate(texts)]

@@ -336,9 +336,9 @@ class Session:
 
     def _run_image(self, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
         from refam.api import as_image
-        from refam.predict import has_video_pipeline, write_prediction
+        from refam.predict import write_prediction
 
-        if has_video_pipeline(self.model):
+        if self.pipeline.reads_video:
             raise ConfigError("this pipeline segments videos (its segmenter tracks through frames): upload a video")
         image = as_image(source)
         started = time.perf_counter()

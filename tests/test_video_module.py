@@ -133,8 +133,14 @@ def test_a_video_needs_a_video_segmenter(video):
     from refam.segmenters.floodfill import FloodFillSegmenter
 
     pipeline = RefAMPipeline(extractor=PlantedVideoExtractor({}), segmenter=FloodFillSegmenter())
+    assert not pipeline.reads_video
     with pytest.raises(ConfigError, match="^segmenter: FloodFillSegmenter segments images"):
         pipeline.segment_video(video)
+    # before any expression is read: a video none of whose expressions can run is no exception
+    video.expressions = [VideoExpression("   ", "empty", [1])]
+    with pytest.raises(ConfigError, match="^segmenter: FloodFillSegmenter segments images"):
+        pipeline.segment_video(video)
+    assert RefAMPipeline(extractor=PlantedVideoExtractor({}), segmenter=ScriptedTracker()).reads_video
 
 
 def test_refam_test_on_ref_davis_scores_streams_masks_and_writes_submission_layouts(tmp_path):
