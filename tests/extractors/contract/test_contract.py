@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from refam.aggregators.magnets import AppendMagnets
+from refam.extractors.template import VideoDiTExtractor
 from refam.extractors.trajectory import NoiseAt
 from refam.prompts.point import argmax_points
 from refam.testing.contract import clean_latents, load_entries, noised_latent, recomputed_scores
@@ -106,43 +107,54 @@ def test_maps_are_the_stock_modules_with_the_stock_rope_on_a_non_square_grid(bac
         torch.testing.assert_close(maps.scores[0].flatten(1), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_a_planted_latent_cell_lands_on_its_row_column_and_pixel(backbone, monkeypatch):
+def test_a_planted_latent_cell_lands_on_its_frame_row_column_and_pixel(backbone, monkeypatch):
     """A latent uniform but for one token's cells: with positional encodings off every other image
     token stays identical through all blocks (permutation symmetry), so exactly one cell of each
-    token map differs: the planted one, on a non-square grid, and its point is the cell's pixel."""
+    token map differs: the planted one, on a non-square grid, and its point is the cell's pixel. A
+    video backbone reads a clip, planted in its last latent frame: the clip's latent frames make
+    tokens of `patch[0]` frames each, and the planted frame lands on the last token frame."""
     entry, folder = backbone
     extractor = _extractor(entry, folder, trajectory=NoiseAt(0.0))
     entry.positions_off(extractor.pipe.transformer, monkeypatch)
     image = _image(entry)
+    video = [image] * extractor.clip_frames if isinstance(extractor, VideoDiTExtractor) else None
     vae, real_encode = extractor.pipe.vae, extractor.pipe.vae.encode
     shapes = []
 
     def recording_encode(*args, **kwargs):
         encoded = real_encode(*args, **kwargs)
-        shapes.append(encoded.latent_dist.mode().shape)  # the VAE's latent for this image
+        shapes.append(encoded.latent_dist.mode().shape)  # the VAE's latent for this image or clip
         return encoded
 
     monkeypatch.setattr(vae, "encode", recording_encode)
-    frames, rows, cols = extractor.encode_image(image).grid
+    frames, rows, cols = (extractor.encode_clip(video) if video else extractor.encode_image(image)).grid
     assert rows != cols
     row, col = 1, cols - 2
     pt, ph, pw = entry.patch
+    latent_frames = shapes[0][2] if video else 1  # a video VAE's latent is [1, C, F, h, w]
+    assert frames == -(-latent_frames // pt), f"{latent_frames} latent frames of {pt} per token made {frames} token frames"
     planted = torch.zeros(shapes[0])
-    planted[..., row * ph : (row + 1) * ph, col * pw : (col + 1) * pw] = 3.0
+    cells = (slice(row * ph, (row + 1) * ph), slice(col * pw, (col + 1) * pw))
+    planted[(slice(None), slice(None), -1, *cells) if video else (..., *cells)] = 3.0
 
     class _Encoded:
         latent_dist = type("D", (), {"mode": staticmethod(lambda *a, **k: planted), "sample": staticmethod(lambda *a, **k: planted)})
 
     monkeypatch.setattr(vae, "encode", lambda *a, **k: _Encoded)
-    maps = extractor.extract(image, "", [MAGNETS.augment("the red dog")], "planted")
-    assert maps.scores.shape[-2:] == (rows, cols)
+    expression = [MAGNETS.augment("the red dog")]
+    if video:
+        scores = extractor.extract_video(video, "", expression, "planted").scores[0]  # [T, F, h, w]
+    else:
+        maps = extractor.extract(image, "", expression, "planted")
+        scores = maps.scores[0, :, None]
+    assert scores.shape[-3:] == (frames, rows, cols)
     width, height = image.size
-    for t in range(int(maps.valid[0].sum())):
-        grid = maps.scores[0, t]
-        difference = (grid - grid[rows - 1, 0]).abs()
+    for t in range(scores.shape[0]):
+        grid = scores[t]
+        difference = (grid - grid[0, rows - 1, 0]).abs()
         differs = difference > 1e-5 * grid.abs().max()
-        assert differs.sum() == 1 and differs[row, col], f"token {t}: cells {differs.nonzero().tolist()} differ"
-        x, y = argmax_points(difference[None], height, width)[0].tolist()
+        assert differs.sum() == 1 and differs[frames - 1, row, col], f"token {t}: cells {differs.nonzero().tolist()} differ"
+        x, y = argmax_points(difference[frames - 1][None], height, width)[0].tolist()
         assert col * width / cols <= x < (col + 1) * width / cols and row * height / rows <= y < (row + 1) * height / rows
 
 
