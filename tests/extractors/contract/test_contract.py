@@ -158,9 +158,22 @@ def test_a_planted_latent_cell_lands_on_its_frame_row_column_and_pixel(backbone,
         assert col * width / cols <= x < (col + 1) * width / cols and row * height / rows <= y < (row + 1) * height / rows
 
 
+def _footprint(capture) -> dict:
+    """Each attribute of the capture: its type and size (a tensor's shape, a container's length)."""
+    def size(value):
+        if isinstance(value, torch.Tensor):
+            return tuple(value.shape)
+        return len(value) if isinstance(value, (list, tuple, dict, set)) else None
+
+    return {name: (type(value), size(value)) for name, value in vars(capture).items()}
+
+
 def test_capture_memory_does_not_grow_with_depth(backbone, tmp_path):
+    """Maps are accumulated in place: the forward adds no attribute to the capture, changes none's type,
+    grows no container and reallocates no accumulator, and a 3-block model's capture holds the same
+    tensors as a 1-block one's (only its set of selected block indices is longer)."""
     entry, _ = backbone
-    sizes = []
+    sizes, tensors = [], []
     for depth in (1, 3):
         extractor = _extractor(entry, entry.save(tmp_path / f"depth-{depth}", depth))
         latent, x_t = noised_latent(extractor, _image(entry), SIGMA, "memory")
@@ -168,8 +181,12 @@ def test_capture_memory_does_not_grow_with_depth(backbone, tmp_path):
         condition = extractor.encode_caption(CAPTION)
         capture = extractor.new_capture(encoded, condition, latent.grid)
         before = (capture.scores.data_ptr(), capture.text_mass.data_ptr())
+        allocated = _footprint(capture)
         extractor.forward(x_t, SIGMA, latent.grid, condition, encoded, capture)
         assert (capture.scores.data_ptr(), capture.text_mass.data_ptr()) == before  # accumulated in place
+        assert _footprint(capture) == allocated, "the forward added, retyped or grew the capture's attributes"
         assert capture.observations == entry.depth_observations(depth)
         sizes.append(sum(t.numel() * t.element_size() for t in vars(capture).values() if isinstance(t, torch.Tensor)))
+        tensors.append({name: size for name, (kind, size) in allocated.items() if issubclass(kind, torch.Tensor)})
     assert sizes[0] == sizes[1]
+    assert tensors[0] == tensors[1]
