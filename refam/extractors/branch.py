@@ -40,6 +40,17 @@ def split_heads(attn, x: torch.Tensor, norm: torch.nn.Module | None = None) -> t
     return x if norm is None else norm(x)
 
 
+def stream_qkv(attn, x: torch.Tensor, added: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v [B, S, H, D] of one stream of a joint-attention block, after its QK norm: the image
+    stream's `to_q/to_k/to_v` and `norm_q/norm_k`, or (`added`) the text stream's `add_q_proj/
+    add_k_proj/add_v_proj` and `norm_added_q/norm_added_k` (the branch's tokens are text rows)."""
+    if added:
+        q, k, v, norm_q, norm_k = attn.add_q_proj(x), attn.add_k_proj(x), attn.add_v_proj(x), attn.norm_added_q, attn.norm_added_k
+    else:
+        q, k, v, norm_q, norm_k = attn.to_q(x), attn.to_k(x), attn.to_v(x), attn.norm_q, attn.norm_k
+    return split_heads(attn, q, norm_q), split_heads(attn, k, norm_k), split_heads(attn, v)
+
+
 def dispatched(processor: BranchProcessor, attn_mask: torch.Tensor | None = None, parallel: bool = True) -> MainAttention:
     """The stock processors' `dispatch_attention_fn` call, on the backend the stock processor is
     set to (`parallel`: with its context-parallel config, as self-attention calls pass it)."""

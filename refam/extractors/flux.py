@@ -102,7 +102,7 @@ class FluxExtractor(ImageDiTExtractor):
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
-        latent = vae_latent(self.pipe, image, *self.image_size(*image.size), self.device)
+        latent = vae_latent(self.pipe, self.pixels(image))
         _, channels, lh, lw = latent.shape
         return Latent(self.pipe._pack_latents(latent, 1, channels, lh, lw).to(self.dtype), (1, lh // 2, lw // 2))
 

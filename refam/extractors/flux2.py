@@ -136,9 +136,7 @@ class Flux2Extractor(ImageDiTExtractor):
     def encode_image(self, image) -> Latent:
         """As the pipeline encodes a reference image: the VAE's mode, 2x2 patchified, normalised by
         the VAE's batch-norm statistics, packed row-major."""
-        height, width = self.image_size(*image.size)
-        pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
-        latent = self.pipe._encode_vae_image(pixels.to(self.device, self.pipe.vae.dtype), generator=None)
+        latent = self.pipe._encode_vae_image(self.pixels(image), generator=None)
         return Latent(self.pipe._pack_latents(latent).to(self.dtype), (1, latent.shape[2], latent.shape[3]))
 
     def timestep(self, sigma: float) -> float:

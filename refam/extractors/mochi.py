@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import MochiAttnProcessor2_0
 
 from refam.errors import CheckpointError
-from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, split_heads
+from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, stream_qkv
 from refam.extractors.template import Latent, VideoDiTExtractor, channel_stats
 
 
@@ -43,14 +43,11 @@ class MochiBranchProcessor(BranchProcessor):
         if encoder_hidden_states.shape[1] != caption_len + capture.layout.branch_len:
             raise ValueError(f"the text sequence has {encoder_hidden_states.shape[1]} tokens; the branch layout expects "
                              f"{caption_len} caption + {capture.layout.branch_len} expression tokens")
-        query = split_heads(attn, attn.to_q(hidden_states), attn.norm_q)
-        key = split_heads(attn, attn.to_k(hidden_states), attn.norm_k)
+        query, key, value = stream_qkv(attn, hidden_states)
         if image_rotary_emb is not None:  # video tokens only
             query, key = apply_mochi_rope(query, *image_rotary_emb), apply_mochi_rope(key, *image_rotary_emb)
-        text = encoder_hidden_states
-        query = torch.cat([query, split_heads(attn, attn.add_q_proj(text), attn.norm_added_q)], dim=1)
-        key = torch.cat([key, split_heads(attn, attn.add_k_proj(text), attn.norm_added_k)], dim=1)
-        value = torch.cat([split_heads(attn, attn.to_v(hidden_states)), split_heads(attn, attn.add_v_proj(text))], dim=1)
+        text = stream_qkv(attn, encoder_hidden_states, added=True)
+        query, key, value = (torch.cat(pair, dim=1) for pair in zip((query, key, value), text))
         num_video = hidden_states.shape[1]
 
         def main_attention(q, k, v):  # the stock call: per item over [video | real caption tokens], the rest zero

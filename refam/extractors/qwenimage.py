@@ -20,8 +20,8 @@ import torch
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0, apply_rotary_emb_qwen
 
 from refam.errors import CheckpointError
-from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, split_heads
-from refam.extractors.template import ImageDiTExtractor, Latent, channel_stats
+from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, stream_qkv
+from refam.extractors.template import ImageDiTExtractor, Latent, normalized
 from refam.text.decoder import DecoderReader, PromptTemplate
 
 
@@ -38,20 +38,17 @@ class QwenImageBranchProcessor(BranchProcessor):
         # expression token j and caption token j get the same position (text_freqs[j])
         text_freqs = torch.cat([text_freqs[: layout.expression_len].repeat(layout.num_expressions, 1),
                                 text_freqs[: layout.caption_len]])
-        text, image = encoder_hidden_states, hidden_states
-
-        def rotated(projection, norm, x, freqs):
-            return apply_rotary_emb_qwen(split_heads(attn, projection(x), norm), freqs, use_real=False)
-
-        query = torch.cat([rotated(attn.add_q_proj, attn.norm_added_q, text, text_freqs),
-                           rotated(attn.to_q, attn.norm_q, image, image_freqs)], dim=1)
-        key = torch.cat([rotated(attn.add_k_proj, attn.norm_added_k, text, text_freqs),
-                         rotated(attn.to_k, attn.norm_k, image, image_freqs)], dim=1)
-        value = torch.cat([split_heads(attn, attn.add_v_proj(text)), split_heads(attn, attn.to_v(image))], dim=1)
+        text_q, text_k, text_v = stream_qkv(attn, encoder_hidden_states, added=True)
+        image_q, image_k, image_v = stream_qkv(attn, hidden_states)
+        query, key = (torch.cat([apply_rotary_emb_qwen(t, text_freqs, use_real=False),
+                                 apply_rotary_emb_qwen(i, image_freqs, use_real=False)], dim=1)
+                      for t, i in ((text_q, image_q), (text_k, image_k)))
+        value = torch.cat([text_v, image_v], dim=1)
         # the stock call, with no mask: one caption's embeddings have none
         out = joint_branch(capture, self.block_index, query, key, value, ("branch", "caption", "image"), dispatched(self))
         out = out.flatten(2, 3).to(query.dtype)
-        text_out, image_out = out[:, : text.shape[1]], out[:, text.shape[1] :]
+        text_len = encoder_hidden_states.shape[1]
+        text_out, image_out = out[:, :text_len], out[:, text_len:]
         image_out = attn.to_out[0](image_out.contiguous())
         if len(attn.to_out) > 1:
             image_out = attn.to_out[1](image_out)  # dropout
@@ -96,12 +93,7 @@ class QwenImageExtractor(ImageDiTExtractor):
     def encode_image(self, image) -> Latent:
         """As QwenImageImg2ImgPipeline: a one-frame VAE latent, (z - mean) / std per channel, packed 2x2
         (the distribution's mode: a sample would add noise)."""
-        height, width = self.image_size(*image.size)
-        pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
-        vae = self.pipe.vae
-        latent = vae.encode(pixels[:, :, None].to(self.device, vae.dtype)).latent_dist.mode()[:, :, 0]
-        mean, std = channel_stats(vae.config, latent)
-        latent = (latent - mean) / std
+        latent = normalized(self.pipe.vae.encode(self.pixels(image)[:, :, None]).latent_dist.mode()[:, :, 0], self.pipe.vae.config)
         _, channels, lh, lw = latent.shape
         return Latent(self.pipe._pack_latents(latent, 1, channels, lh, lw).to(self.dtype), (1, lh // 2, lw // 2))
 

@@ -21,7 +21,7 @@ import torch
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
 from refam.errors import ConfigError
-from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, split_heads
+from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, stream_qkv
 from refam.extractors.template import ImageDiTExtractor, Latent, vae_latent
 
 
@@ -31,12 +31,8 @@ class SD3BranchProcessor(BranchProcessor):
     stock_class = JointAttnProcessor2_0
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, **_):
-        image, text = hidden_states, encoder_hidden_states
-        query = torch.cat([split_heads(attn, attn.to_q(image), attn.norm_q),
-                           split_heads(attn, attn.add_q_proj(text), attn.norm_added_q)], dim=1)
-        key = torch.cat([split_heads(attn, attn.to_k(image), attn.norm_k),
-                         split_heads(attn, attn.add_k_proj(text), attn.norm_added_k)], dim=1)
-        value = torch.cat([split_heads(attn, attn.to_v(image)), split_heads(attn, attn.add_v_proj(text))], dim=1)
+        image, text = stream_qkv(attn, hidden_states), stream_qkv(attn, encoder_hidden_states, added=True)
+        query, key, value = (torch.cat(pair, dim=1) for pair in zip(image, text))  # [image | caption | branch]
         # the stock call is SDPA with no mask (SD3 has none)
         out = joint_branch(capture, self.block_index, query, key, value, ("image", "caption", "branch"), sdpa)
         out = out.flatten(2, 3).to(query.dtype)
@@ -87,7 +83,7 @@ class SD3Extractor(ImageDiTExtractor):
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
-        latent = vae_latent(self.pipe, image, *self.image_size(*image.size), self.device)
+        latent = vae_latent(self.pipe, self.pixels(image))
         _, _, lh, lw = latent.shape  # the transformer patchifies [1, C, h, w] itself, row-major
         return Latent(latent.to(self.dtype), (1, lh // self.pipe.patch_size, lw // self.pipe.patch_size))
 

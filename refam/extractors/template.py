@@ -81,13 +81,20 @@ def channel_stats(config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
                  for v in (config.latents_mean, config.latents_std))
 
 
-def vae_latent(pipe, image: Image.Image, height: int, width: int, device: torch.device) -> torch.Tensor:
-    """An image's clean latent [1, C, h, w] normalised as image-to-image pipelines do,
-    (z - shift_factor) * scaling_factor, from the distribution's mode (a sample would add noise)."""
-    pixels = pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
-    vae = pipe.vae
-    latent = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode()
-    return (latent - vae.config.shift_factor) * vae.config.scaling_factor
+def normalized(latent: torch.Tensor, config) -> torch.Tensor:
+    """(z - latents_mean) / latents_std per channel, as the Wan and Qwen-Image image-conditioned
+    pipelines compute it: times the reciprocal, taken in float32 before the cast to z's dtype."""
+    shape = (1, -1) + (1,) * (latent.dim() - 2)
+    mean = torch.tensor(config.latents_mean).view(shape).to(latent.device, latent.dtype)
+    inverse_std = (1.0 / torch.tensor(config.latents_std)).view(shape).to(latent.device, latent.dtype)
+    return (latent - mean) * inverse_std
+
+
+def vae_latent(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """The clean latent [1, C, h, w] of preprocessed pixels, normalised as image-to-image pipelines
+    do, (z - shift_factor) * scaling_factor, from the distribution's mode (a sample would add noise)."""
+    latent = pipe.vae.encode(pixels).latent_dist.mode()
+    return (latent - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
 
 
 class DiTExtractor(PipelineExtractor):
@@ -396,6 +403,13 @@ class ImageDiTExtractor(DiTExtractor):
         """(height, width) an image of this size is resized to."""
         return resize_to(width, height, self.resolution, self.keep_aspect, self.pipe.vae_scale_factor * self.patch_size)
 
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """[1, 3, H, W]: the image resized (`image_size`) and scaled as the pipeline's `image_processor`
+        does, on the device in the VAE's dtype."""
+        height, width = self.image_size(*image.size)
+        pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
+        return pixels.to(self.device, self.pipe.vae.dtype)
+
 
 class VideoDiTExtractor(DiTExtractor, VideoExtractor):
     """A video DiT: the template per clip of frames, maps [K, T, F_lat, h, w] with `frame_to_latent`.
@@ -435,9 +449,8 @@ class VideoDiTExtractor(DiTExtractor, VideoExtractor):
     def clip_pixels(self, frames: list[Image.Image]) -> torch.Tensor:
         """[1, C, F, H, W] frames resized and scaled as the pipeline's `video_processor` does, on the
         device in the VAE's dtype."""
-        processor = self.pipe.video_processor
-        pixels = [processor.preprocess(f.convert("RGB"), height=self.height, width=self.width)[0] for f in frames]
-        return torch.stack(pixels, dim=1)[None].to(self.device, self.pipe.vae.dtype)
+        pixels = self.pipe.video_processor.preprocess_video([f.convert("RGB") for f in frames], height=self.height, width=self.width)
+        return pixels.to(self.device, self.pipe.vae.dtype)
 
     def encode_image(self, image: Image.Image) -> Latent:
         return self.encode_clip([image])

@@ -21,7 +21,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get
 
 from refam.errors import CheckpointError, ConfigError
 from refam.extractors.branch import BranchProcessor, cross_branch, dispatched, install, split_heads
-from refam.extractors.template import Latent, VideoDiTExtractor, channel_stats
+from refam.extractors.template import Latent, VideoDiTExtractor, normalized
 
 
 def experts(pipe) -> list:
@@ -90,10 +90,7 @@ class WanExtractor(VideoDiTExtractor):
     @torch.inference_mode()
     def encode_clip(self, frames) -> Latent:
         """The inverse of WanPipeline's decode normalisation: (z - latents_mean) / latents_std per channel."""
-        vae = self.pipe.vae
-        latent = vae.encode(self.clip_pixels(frames)).latent_dist.mode()
-        mean, std = channel_stats(vae.config, latent)
-        latent = (latent - mean) * (1.0 / std)
+        latent = normalized(self.pipe.vae.encode(self.clip_pixels(frames)).latent_dist.mode(), self.pipe.vae.config)
         _, _, frames_, lh, lw = latent.shape
         _, ph, pw = self.pipe.transformer.config.patch_size
         return Latent(latent.to(self.dtype), (frames_, lh // ph, lw // pw))
