@@ -50,14 +50,16 @@ def build_tokenizers(words: list[str] | None = None, clip_max_length: int = 77):
     return clip, t5
 
 
-def tiny_t5(tokenizer):
-    """A two-layer T5 encoder over `tokenizer`'s vocabulary, drawn from torch's current random state."""
+def tiny_t5(tokenizer, **overrides):
+    """A two-layer T5 encoder over `tokenizer`'s vocabulary, drawn from torch's current random state;
+    `overrides` replace `T5Config` fields (SD3.5's T5 v1.1: feed_forward_proj="gated-gelu")."""
     from transformers import T5Config, T5EncoderModel
 
-    return T5EncoderModel(T5Config(
+    config = dict(
         vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    ))
+    )
+    return T5EncoderModel(T5Config(**{**config, **overrides}))
 
 
 def build_tiny_flux(seed: int = 0, width: int = 32, heads: int = 2, double_blocks: int = 2, single_blocks: int = 2):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import build_tokenizers
+from refam.testing.tiny_flux import build_tokenizers, tiny_t5
 
 CLIP_WIDTHS = (8, 16)  # CLIP-L, CLIP-G stand-ins (768, 1280 in SD3.5): distinct, so a swap shows
 T5_WIDTH = 32  # joint_attention_dim (4096 in SD3.5), wider than the CLIPs' 24 together
@@ -55,8 +55,6 @@ def build_tiny_sd3(
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
-    from transformers import T5Config, T5EncoderModel
-
     clip_l_tok, t5_tok = build_tokenizers()
     clip_g_tok = copy.deepcopy(clip_l_tok)
     clip_g_tok.pad_token = "!"  # stabilityai's tokenizer_2 pads with "!" (OpenCLIP's id 0), tokenizer with EOS
@@ -64,13 +62,7 @@ def build_tiny_sd3(
         torch.manual_seed(seed)
         clip_l = _clip(clip_l_tok, CLIP_WIDTHS[0], "quick_gelu")
         clip_g = _clip(clip_g_tok, CLIP_WIDTHS[1], "gelu")
-        t5 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(t5_tok), d_model=T5_WIDTH, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-                pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
-            )
-        )
+        t5 = tiny_t5(t5_tok, d_model=T5_WIDTH, feed_forward_proj="gated-gelu")  # T5 v1.1, as SD3.5's
         transformer = SD3Transformer2DModel(
             sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=layers,
             attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=T5_WIDTH,
