@@ -6,7 +6,9 @@ AutoencoderKLCogVideoX, T5EncoderModel, CogVideoXDDIMScheduler); the word-level 
 `CogVideoXPipeline.from_pretrained` offline.
 
 `variant` picks which real checkpoint the tiny one mirrors, because they differ where the branch
-cares (notes: /work/runs/i/notes-cogvideox.md):
+cares (as diffusers' models/embeddings.py `CogVideoXPatchEmbed` and
+pipelines/cogvideo/pipeline_cogvideox.py `_prepare_rotary_positional_embeddings` read each
+checkpoint's transformer/config.json):
 
 - "2b": absolute 3D sin-cos positions added at the patch embedding, zeros for the text tokens, so
   the text sequence must be exactly `max_text_seq_length` long; scheduler `snr_shift_scale` 3.0,
@@ -31,7 +33,9 @@ import torch
 from refam.testing.tiny_flux import build_tokenizers, tiny_t5
 
 VARIANTS = ("2b", "5b", "1.5")
-# what the real checkpoints' scheduler and VAE configs say (notes-cogvideox.md, e.)
+# the real checkpoints' scheduler/scheduler_config.json and vae/config.json, as diffusers'
+# scripts/convert_cogvideox_to_diffusers.py writes them ("For CogVideoX-2B, snr_shift_scale is 3.0.
+# For 5B, it is 1.0"; scaling_factor 1.15258426 and 0.7); CogVideoX1.5-5B's taken as 5b's
 SNR_SHIFT_SCALE = {"2b": 3.0, "5b": 1.0, "1.5": 1.0}
 VAE_SCALING_FACTOR = {"2b": 1.15258426, "5b": 0.7, "1.5": 0.7}
 

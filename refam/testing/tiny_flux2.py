@@ -32,7 +32,8 @@ VARIANTS = ("dev", "klein")
 
 # black-forest-labs/FLUX.1-dev scheduler/scheduler_config.json, which diffusers'
 # scripts/convert_flux2_to_diffusers.py copies into FLUX.2-dev; Flux2Pipeline overrides the shift
-# with its own `compute_empirical_mu` (see docs in /work/runs/i/notes-flux2.md)
+# with its own `compute_empirical_mu` (diffusers pipelines/flux2/pipeline_flux2.py, after
+# black-forest-labs/flux2 src/flux2/sampling.py)
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
     base_image_seq_len=256, max_image_seq_len=4096,
