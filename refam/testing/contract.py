@@ -1,7 +1,7 @@
 """The backbone contract: what every extractor on the template must satisfy, and what it needs to know.
 
 A backbone is described by a `ContractEntry` (refam's own are in tests/extractors/contract/
-entry_<name>.py, one file each; `load_entries` finds them). Everything an entry says about the
+entry_<name>.py, one file per family, its variants beside it; `load_entries` finds them). Everything an entry says about the
 STOCK model (how its pipeline calls the transformer, how block 0's queries and keys come out of the
 stock modules and the stock RoPE) is written from the diffusers pipeline and processor, never from
 refam's extractor, so the contract catches the extractor disagreeing with the model it observes.
@@ -102,13 +102,16 @@ class ContractEntry:
 
 
 def load_entries(folder: Path) -> list[ContractEntry]:
-    """The `ENTRY` of every entry_<name>.py in `folder`."""
+    """The entries of every entry_<name>.py in `folder`, in file order: its `ENTRY`, or its `ENTRIES`
+    (a family's variants, which share its stock calls)."""
     entries = []
     for path in sorted(Path(folder).glob("entry_*.py")):
         spec = importlib.util.spec_from_file_location(f"refam_contract_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        entries.append(module.ENTRY)
+        if hasattr(module, "ENTRY") == hasattr(module, "ENTRIES"):
+            raise ValueError(f"{path.name} must define ENTRY (one backbone) or ENTRIES (a list of variants), not both or neither")
+        entries.extend(module.ENTRIES if hasattr(module, "ENTRIES") else [module.ENTRY])
     return entries
 
 

@@ -80,7 +80,7 @@ def test_the_shift_is_the_pipelines_trailing_schedule(folders):
 
 def test_2b_caption_length_is_fixed_by_its_position_table(folders):
     """2b adds a [226 caption | video] position table; the branch's tokens skip it (the contract
-    suite's entry_cogvideox_2b checks the maps and the velocity)."""
+    suite's cogvideox_2b entry checks the maps and the velocity)."""
     with pytest.raises(ConfigError, match="must be 226") as error:
         _extractor(folders["2b"])
     assert error.value.key == "caption_max_tokens"

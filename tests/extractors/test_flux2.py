@@ -1,4 +1,4 @@
-"""FLUX.2 specifics beyond the contract (tests/extractors/contract/entry_flux2*.py): the shift is the
+"""FLUX.2 specifics beyond the contract (tests/extractors/contract/entry_flux2.py): the shift is the
 pipeline's own, expressions are read in the chat template with clean words, the caption length
 bounds an expression with its template, other pipelines and bad settings are refused in one line."""
 

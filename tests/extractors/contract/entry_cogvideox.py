@@ -1,5 +1,8 @@
-"""CogVideoX-5b under the contract: the stock `CogVideoXPipeline.__call__` and `CogVideoXAttnProcessor2_0`
-(3D RoPE on the video tokens, fitted into the transformer's base grid).
+"""CogVideoX under the contract: the stock `CogVideoXPipeline.__call__` and `CogVideoXAttnProcessor2_0`,
+on three variants. 5b: 3D RoPE on the video tokens, fitted into the transformer's base grid. 1.5:
+tokens of 2 x 2 x 2 latent cells (an image's one latent frame is repeated in front), RoPE on integer
+rows and columns ("slice" grid). 2b: no RoPE, but a sin-cos position table added to [226 caption
+tokens (zeros) | video] in the patch embedding, which fixes the caption's length.
 
 CogVideoX is variance preserving with v-prediction: the flow state at sigma, (1 - sigma) x0 +
 sigma eps, is r times the VP state of the same signal-to-noise ratio, sqrt(ab) x0 + sqrt(1 - ab) eps
@@ -116,4 +119,4 @@ def positions_off(transformer, monkeypatch):
     monkeypatch.setattr(transformer.patch_embed, "use_positional_embeddings", False)
 
 
-ENTRY = entry("cogvideox", "5b", 16)
+ENTRIES = [entry("cogvideox", "5b", 16), entry("cogvideox_1_5", "1.5", 16), entry("cogvideox_2b", "2b", 226)]

@@ -1,7 +1,6 @@
 """FLUX.2 [dev] under the contract: the stock `Flux2Pipeline.__call__`, `Flux2AttnProcessor` (double
 blocks) and `Flux2ParallelSelfAttnProcessor` (single blocks); Mistral 3 prompts, left-padded.
-`entry("klein")` is FLUX.2 [klein] (`Flux2KleinPipeline`: Qwen3 prompts, right-padded, no guidance),
-the ENTRY of entry_flux2_klein.py."""
+FLUX.2 [klein] is `Flux2KleinPipeline`: Qwen3 prompts, right-padded, no guidance."""
 
 import torch
 from diffusers import Flux2KleinPipeline, Flux2Pipeline
@@ -77,4 +76,4 @@ def entry(variant: str) -> ContractEntry:
     )
 
 
-ENTRY = entry("dev")
+ENTRIES = [entry("dev"), entry("klein")]
