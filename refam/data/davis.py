@@ -60,6 +60,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from refam.data.files import require
 from refam.data.video_common import (
     ANNOTATION_SUFFIX,
     FRAME_SUFFIX,
@@ -68,7 +69,6 @@ from refam.data.video_common import (
     load_captions,
     load_meta_expressions,
     missing_frames,
-    require,
 )
 from refam.errors import ConfigError, DataError, MissingInputError
 from refam.metrics.davis import PROTOCOLS

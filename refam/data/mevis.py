@@ -34,13 +34,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from refam.data.refcoco import decode_segmentation
+from refam.data.files import load_json, require
 from refam.data.video_common import (
     frame_paths,
     load_captions,
-    load_json,
     load_meta_expressions,
     missing_frames,
-    require,
 )
 from refam.errors import DataError
 from refam.types import BadSample, VideoExpression, VideoSample, VideoTruth

@@ -11,7 +11,6 @@ runs one transformer forward per image (DESIGN.md, "One sample's journey").
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import warnings
 from collections import defaultdict
@@ -24,8 +23,9 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from refam.types import BadSample, Expression, Sample
+from refam.data.files import load_json, require
 from refam.data.images import read_rgb
-from refam.errors import ConfigError, DataError, MissingInputError
+from refam.errors import ConfigError, DataError
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 CAPTION_CHOICES = ("first", "none")
@@ -131,13 +131,6 @@ class _Ref:
     sentences: tuple[tuple[int, str], ...]  # (sent_id, sent), by sent_id
 
 
-def _require(path: Path, field: str, what: str, made_with: str = "") -> None:
-    """`made_with`: the other settings the path is made of, named in the message."""
-    if not path.exists():
-        raise MissingInputError(f"{what} not found: {path}" + (f" (made with {made_with})" if made_with else ""),
-                                field=field)
-
-
 def _parse_refs(raw: Any, path: Path, split: str) -> tuple[list[dict], list[str]]:
     """The refs of `split`, and every split name the file has (for the error message)."""
     if not isinstance(raw, list):
@@ -159,14 +152,9 @@ def _parse_refs(raw: Any, path: Path, split: str) -> tuple[list[dict], list[str]
     return chosen, sorted(splits)
 
 
-def _load_json(path: Path, field: str) -> dict:
-    """A COCO-style JSON object; a broken file is one DataError naming it and the setting that chose it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            document = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is not valid UTF-8 JSON ({e}); restore the original file or name another",
-                        field=field) from e
+def _json_object(path: Path, field: str, what: str) -> dict:
+    """A COCO-style JSON object (instances, captions)."""
+    document = load_json(path, field, what)
     if not isinstance(document, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(document).__name__}", field=field)
     return document
@@ -174,7 +162,7 @@ def _load_json(path: Path, field: str) -> dict:
 
 def _first_captions(path: Path, image_ids: set[int]) -> dict[int, str]:
     """Per image, the caption with the lowest annotation id: a fixed choice, so runs are repeatable."""
-    annotations = _load_json(path, "captions_file").get("annotations", [])
+    annotations = _json_object(path, "captions_file", "COCO captions file").get("annotations", [])
     best: dict[int, tuple[int, str]] = {}
     for ann in annotations:
         image_id = ann["image_id"]
@@ -209,13 +197,13 @@ class RefCOCODataset(Dataset):
         if caption_choice not in CAPTION_CHOICES:
             raise ConfigError(f"must be one of {CAPTION_CHOICES}, got '{caption_choice}'", field="caption_choice")
 
-        _require(self.data_root, "data_root", "REFER data root")
+        require(self.data_root, "data_root", "REFER data root")
         refs_path = self.data_root / dataset / f"refs({split_by}).p"
-        _require(refs_path, "data_root", "REFER refs file", "dataset and split_by")
+        require(refs_path, "data_root", "REFER refs file", " (made with dataset and split_by)")
         instances_path = self.data_root / dataset / "instances.json"
-        _require(instances_path, "data_root", "REFER instances.json", "dataset")
+        require(instances_path, "data_root", "REFER instances.json", " (made with dataset)")
         self.image_dir = Path(image_dir) if image_dir else self.data_root / "images/mscoco/images/train2014"
-        _require(self.image_dir, "image_dir", "COCO image folder")
+        require(self.image_dir, "image_dir", "COCO image folder")
 
         refs, splits = _parse_refs(load_untrusted_pickle(refs_path), refs_path, split)
         if not refs:
@@ -228,7 +216,7 @@ class RefCOCODataset(Dataset):
         self._items = [(image_id, sorted(by_image[image_id], key=lambda r: r.ref_id)) for image_id in sorted(by_image)]
 
         # Keep only what the split needs: instances.json is large and every loader worker copies it.
-        instances = _load_json(instances_path, "data_root")
+        instances = _json_object(instances_path, "data_root", "REFER instances.json")
         ann_ids = {r.ann_id for _, rs in self._items for r in rs}
         self._images = {img["id"]: img for img in instances.get("images", []) if img["id"] in by_image}
         self._segmentations = {
@@ -237,7 +225,7 @@ class RefCOCODataset(Dataset):
 
         self._captions: dict[int, str] = {}
         if captions_file is not None:
-            _require(Path(captions_file), "captions_file", "COCO captions file")
+            require(Path(captions_file), "captions_file", "COCO captions file")
             if caption_choice == "first":
                 self._captions = _first_captions(Path(captions_file), set(by_image))
 

@@ -13,36 +13,19 @@ Frames stay file paths; nothing here opens a frame.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from refam.errors import DataError, MissingInputError
+from refam.data.files import load_json
+from refam.errors import DataError
 from refam.types import VideoExpression, VideoTruth
 
 FRAME_SUFFIX = ".jpg"
 ANNOTATION_SUFFIX = ".png"
 VOID = 255  # DAVIS palette index of pixels that belong to no object
-
-
-def require(path: Path, field: str, what: str, hint: str = "") -> None:
-    """Raise MissingInputError naming the dataset's setting `field` when `path` does not exist."""
-    if not path.exists():
-        raise MissingInputError(f"{what} not found: {path}{hint}", field=field)
-
-
-def load_json(path: Path, field: str, what: str) -> Any:
-    require(path, field, what)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from e
 
 
 def load_meta_expressions(path: Path, field: str) -> dict[str, dict[str, Any]]:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from refam.data.files import require
 from refam.data.video_common import (
     ANNOTATION_SUFFIX,
     PaletteTruth,
@@ -38,7 +39,6 @@ from refam.data.video_common import (
     load_captions,
     load_meta_expressions,
     missing_frames,
-    require,
 )
 from refam.errors import DataError
 from refam.types import BadSample, VideoExpression, VideoSample

@@ -160,7 +160,17 @@ def test_construction_errors_name_the_path_and_config_key(root, tmp_path):
         RefCOCODataset(str(root), image_dir=str(tmp_path / "no_images"))
     with pytest.raises(ValueError, match="^split_by: "):
         RefCOCODataset(str(root), dataset="mycoco")
-    (root / "refcoco" / "instances.json").unlink()
+    instances = root / "refcoco" / "instances.json"
+    instances.write_bytes(b'{"images": [')
+    with pytest.raises(ValueError, match=r"^data_root: .*instances.json: invalid JSON at line 1.*restore the original"):
+        RefCOCODataset(str(root))
+    instances.write_bytes(b'{"images": ["caf\xe9"]}')  # latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"^data_root: .*instances.json: not UTF-8 text"):
+        RefCOCODataset(str(root))
+    instances.write_text("[]")
+    with pytest.raises(ValueError, match=r"^data_root: .*instances.json: expected a JSON object, got list"):
+        RefCOCODataset(str(root))
+    instances.unlink()
     with pytest.raises(FileNotFoundError, match="instances.json"):
         RefCOCODataset(str(root))
 

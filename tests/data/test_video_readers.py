@@ -325,5 +325,6 @@ def test_wrong_root_messages_say_what_layout_is_expected(tmp_path, ytvos_root, m
     with pytest.raises(MissingInputError, match=r"with split.*valid_u"):
         MeViS(str(mevis_root), split="val")
     (mevis_root / "valid_u/meta_expressions.json").write_text("{\"videos\": [")
-    with pytest.raises(DataError, match="meta_expressions.json: invalid JSON"):
+    with pytest.raises(DataError, match="meta_expressions.json: invalid JSON") as info:
         MeViS(str(mevis_root))
+    assert info.value.field == "root"  # the setting that chose the file, as the image readers name it
