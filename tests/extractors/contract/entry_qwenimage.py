@@ -1,8 +1,9 @@
 """Qwen-Image under the contract: the stock `QwenImagePipeline.__call__` and `QwenDoubleStreamAttnProcessor2_0`."""
 
 import torch
-from diffusers import QwenImageEditPipeline, QwenImagePipeline
+from diffusers import QwenImagePipeline
 from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img import retrieve_latents
 
 from refam.extractors.qwenimage import QwenImageExtractor
 from refam.testing.contract import ContractEntry, block_inputs
@@ -52,13 +53,16 @@ def positions_off(transformer, monkeypatch):
 
 
 def stock_latent(pipe, image, height, width):
-    # QwenImageEditPipeline (its image path, on this pipeline's components): a one-frame video
-    # [1, C, 1, H, W] from image_processor.preprocess, its own _encode_vae_image (the VAE's mode,
-    # (z - latents_mean) / latents_std per channel) and _pack_latents (2 x 2 cells per token)
-    edit = QwenImageEditPipeline(**pipe.components, processor=None)
-    pixels = edit.image_processor.preprocess(image, height=height, width=width).unsqueeze(2)
-    latent = edit._encode_vae_image(pixels, generator=None)
-    return edit._pack_latents(latent, 1, latent.shape[1], latent.shape[3], latent.shape[4])
+    # QwenImageImg2ImgPipeline: a one-frame video [1, C, 1, H, W] from image_processor.preprocess,
+    # _encode_vae_image's (z - latents_mean) * latents_std with latents_std = 1 / the config's (the
+    # VAE's mode where it samples; QwenImageEditPipeline takes the mode but divides by the std, an
+    # ulp away), _pack_latents (2 x 2 cells per token)
+    pixels = pipe.image_processor.preprocess(image, height=height, width=width).unsqueeze(2)
+    latent = retrieve_latents(pipe.vae.encode(pixels), sample_mode="argmax")
+    mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latent.dtype)
+    latents_std = 1.0 / torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1).to(latent.dtype)
+    latent = (latent - mean) * latents_std
+    return pipe._pack_latents(latent, 1, latent.shape[1], latent.shape[3], latent.shape[4])
 
 
 ENTRY = ContractEntry(
