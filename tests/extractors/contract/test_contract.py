@@ -3,8 +3,9 @@
 Each backbone is a tiny random model of its real diffusers classes (tests/extractors/contract/
 entry_<name>.py). The claims: the branch leaves the velocity exactly the stock model's; K
 expressions in one forward give the maps of K separate forwards; the maps are what the stock
-modules and the stock RoPE give (recomputed independently, on a non-square grid, RoPE on); a
-planted latent cell lands on its row, column and pixel; the capture does not grow with depth.
+modules and the stock RoPE give (recomputed independently, on a non-square grid, RoPE on); the
+clean latent is the stock image-conditioned pipeline's; a planted latent cell lands on its frame,
+row, column and pixel; the capture does not grow with depth or during a forward.
 """
 
 from pathlib import Path
