@@ -1,12 +1,10 @@
 """FLUX.2 specifics beyond the contract (tests/extractors/contract/entry_flux2.py): the shift is the
-pipeline's own, expressions are read in the chat template with clean words, the caption length
-bounds an expression with its template, other pipelines and bad settings are refused in one line."""
-
-from pathlib import Path
+pipeline's own, expressions are read in the chat template with clean words and encoded as the
+pipeline encodes a prompt, the caption length bounds an expression with its template, other
+pipelines and bad settings are refused in one line."""
 
 import pytest
 import torch
-import yaml
 
 from refam.aggregators.magnets import AppendMagnets
 from refam.errors import CheckpointError, ConfigError, ExpressionError
@@ -91,18 +89,3 @@ def test_a_bad_setting_is_one_line_naming_its_field(field, value):
     with pytest.raises(ConfigError) as error:
         Flux2Extractor("unused", **{**SETTINGS, field: value})
     assert error.value.field == field and "\n" not in str(error.value)
-
-
-def test_the_backbone_config_builds_the_real_checkpoints_extractor():
-    """configs/backbones/flux2.yaml's extractor section, parsed and built as `refam test` builds it (nothing loaded)."""
-    from jsonargparse import ArgumentParser
-
-    from refam.extractors.base import Extractor
-
-    section = yaml.safe_load((Path(__file__).parents[2] / "configs/backbones/flux2.yaml").read_text())
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(Extractor, "extractor")
-    extractor = parser.instantiate(parser.parse_object({"extractor": section["extractor"]})).extractor
-    assert isinstance(extractor, Flux2Extractor) and extractor.pretrained == "black-forest-labs/FLUX.2-dev"
-    assert (extractor.trajectory.sigma, extractor.trajectory.shift) == (0.75, False)
-    assert (extractor.resolution, extractor.caption_max_tokens, extractor.guidance_scale, extractor.text_layers) == (1024, 512, 4.0, None)

@@ -1,13 +1,10 @@
 """What is particular to SD3 / SD3.5 beyond the contract (tests/extractors/contract/entry_sd3.py):
 the branch stays out of the image-only `attn2` of dual-attention blocks, the timestep is 1000 sigma
-in float32 whatever the weights' dtype, the scheduler's shift is the static 3.0, bad settings are
-one line naming the field, and the backbone config builds the real checkpoint's extractor."""
-
-from pathlib import Path
+in float32 whatever the weights' dtype, the scheduler's shift is the static 3.0, and bad settings are
+one line naming the field (its config: tests/extractors/test_backbone_configs.py)."""
 
 import pytest
 import torch
-import yaml
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 from PIL import Image
 
@@ -60,21 +57,6 @@ def test_a_bad_setting_is_one_line_naming_its_field(field, value):
     with pytest.raises(ConfigError) as error:
         SD3Extractor("unused", **{**SETTINGS, field: value})
     assert error.value.field == field and "\n" not in str(error.value)
-
-
-def test_the_backbone_config_builds_the_real_checkpoints_extractor():
-    """configs/backbones/sd3.yaml's extractor section, parsed and built as `refam test` builds it (nothing loaded)."""
-    from jsonargparse import ArgumentParser
-
-    from refam.extractors.base import Extractor
-
-    section = yaml.safe_load((Path(__file__).parents[2] / "configs/backbones/sd3.yaml").read_text())
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(Extractor, "extractor")
-    extractor = parser.instantiate(parser.parse_object({"extractor": section["extractor"]})).extractor
-    assert isinstance(extractor, SD3Extractor) and extractor.pretrained == "stabilityai/stable-diffusion-3.5-large"
-    assert (extractor.trajectory.sigma, extractor.trajectory.shift) == (0.75, False)
-    assert (extractor.resolution, extractor.caption_max_tokens, extractor.blocks) == (1024, 256, None)
 
 
 def test_the_templates_defaults_place_all_three_text_encoders_and_join_the_branch_after_the_caption(folder):

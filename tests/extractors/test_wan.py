@@ -54,21 +54,3 @@ def test_an_image_to_video_checkpoint_is_refused():
     pipe.transformer = WanTransformer3DModel.from_config(config)
     with pytest.raises(CheckpointError, match="image-to-video"):
         WanExtractor("unused", **SETTINGS).use_pipeline(pipe, torch.device("cpu"))
-
-
-def test_the_backbone_config_builds_the_real_checkpoints_extractor():
-    """configs/backbones/wan.yaml's extractor section, parsed and built as `refam test` builds it (nothing loaded)."""
-    from pathlib import Path
-
-    import yaml
-    from jsonargparse import ArgumentParser
-
-    from refam.extractors.base import Extractor
-
-    section = yaml.safe_load((Path(__file__).parents[2] / "configs/backbones/wan.yaml").read_text())
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(Extractor, "extractor")
-    extractor = parser.instantiate(parser.parse_object({"extractor": section["extractor"]})).extractor
-    assert isinstance(extractor, WanExtractor) and extractor.pretrained == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    assert (extractor.trajectory.sigma, extractor.trajectory.shift) == (0.75, False)
-    assert (extractor.caption_max_tokens, extractor.height, extractor.width, extractor.clip_frames) == (512, 480, 832, 21)

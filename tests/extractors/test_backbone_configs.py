@@ -1,0 +1,46 @@
+"""Every backbone config (configs/backbones/*.yaml) builds the real checkpoint's extractor: its
+extractor section parsed and built as `refam test` builds it (nothing loaded), at the paper's
+noise level, with the checkpoint's hub id and its pipeline's own settings."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonargparse import ArgumentParser
+
+from refam.extractors.base import Extractor
+from refam.extractors.cogvideox import CogVideoXExtractor
+from refam.extractors.flux2 import Flux2Extractor
+from refam.extractors.qwenimage import QwenImageExtractor
+from refam.extractors.sd3 import SD3Extractor
+from refam.extractors.wan import WanExtractor
+
+BACKBONES = Path(__file__).parents[2] / "configs" / "backbones"
+
+# each config: (extractor class, hub id, settings it must give)
+EXPECTED = {
+    "cogvideox": (CogVideoXExtractor, "THUDM/CogVideoX-5b",
+                  dict(height=480, width=720, clip_frames=49, windows="first", caption_max_tokens=226)),
+    "flux2": (Flux2Extractor, "black-forest-labs/FLUX.2-dev",
+              dict(resolution=1024, caption_max_tokens=512, guidance_scale=4.0, text_layers=None)),
+    "qwenimage": (QwenImageExtractor, "Qwen/Qwen-Image",
+                  dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
+    "sd3": (SD3Extractor, "stabilityai/stable-diffusion-3.5-large", dict(resolution=1024, caption_max_tokens=256, blocks=None)),
+    "wan": (WanExtractor, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dict(caption_max_tokens=512, height=480, width=832, clip_frames=21)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in BACKBONES.glob("*.yaml")))
+def test_the_backbone_config_builds_the_real_checkpoints_extractor(name):
+    extractor_class, hub_id, settings = EXPECTED[name]
+    section = yaml.safe_load((BACKBONES / f"{name}.yaml").read_text())
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(Extractor, "extractor")
+    extractor = parser.instantiate(parser.parse_object({"extractor": section["extractor"]})).extractor
+    assert type(extractor) is extractor_class and extractor.pretrained == hub_id
+    assert (extractor.trajectory.sigma, extractor.trajectory.shift) == (0.75, False)
+    assert {field: getattr(extractor, field) for field in settings} == settings
+
+
+def test_every_backbone_config_is_checked():
+    assert sorted(EXPECTED) == sorted(path.stem for path in BACKBONES.glob("*.yaml"))
