@@ -51,8 +51,9 @@ def load_pipeline(pipeline_class, pretrained: str, layout: str, **kwargs):
 class Extractor(abc.ABC):
     """A DiT backbone observed through an expression branch.
 
-    Subclass this to add a backbone: load weights in `setup`, and make `extract` return the token
-    maps of all K expressions of one image from one pass over the model per observed state.
+    The interface the pipeline calls: `setup` loads weights, `extract` returns the token maps of all
+    K expressions of one image from one pass over the model per observed state. A diffusers DiT
+    fills in `refam.extractors.template.DiTExtractor` instead (docs/backbones.md).
     """
 
     def setup(self, device: torch.device) -> None:

@@ -91,6 +91,8 @@ class AttentionCapture:
       (cross_attention: per head and block, then the mean over heads; attention_output: per
       block, on the head-summed dot product, which is ConceptAttention's order), then the mean
       over blocks (kind "probs"). Padding tokens get exactly zero.
+
+    `dtype` is the branch's compute dtype, that of the `key_bias` the kernels add to its logits.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class AttentionCapture:
         softmax_stage: str = "after_mean",
         device: torch.device | str = "cpu",
         representation: str = "cross_attention",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if softmax_stage not in SOFTMAX_STAGES:
             raise ValueError(f"softmax_stage must be one of {SOFTMAX_STAGES}, got {softmax_stage!r}")
@@ -115,7 +118,7 @@ class AttentionCapture:
         self.text_mass = torch.zeros(k, length, dtype=torch.float32, device=device)
         self.observations = 0
         self._key_valid = layout.key_valid.to(device)
-        self.key_bias = layout.key_bias(num_image_tokens).to(device)
+        self.key_bias = layout.key_bias(num_image_tokens).to(device, dtype)  # in the branch's dtype: 0 and -inf are exact
         valid = self._key_valid.float()
         # weights of the real queries of each expression, broadcast over [H, K L(query), K L(key)]
         self._query_weight = (valid / valid.sum(dim=1, keepdim=True).clamp(min=1)).flatten()[None, :, None]

@@ -6,9 +6,9 @@ read in Mochi's convention is sigma = 0.01 (almost clean, the default), in FLUX'
 paper does not settle which (docs/backbones.md). The VAE compresses time by 6, causally.
 
 The branch rides as caption padding: the text stream is [caption | expressions] with an
-`encoder_attention_mask` False on every branch token, so the caption pooler, `caption_proj` and
-the per-token text layers treat them as the caption's tokens; only the joint attention (this
-module's processor) lets them look at the video. Text tokens get no RoPE; video tokens Mochi's.
+`encoder_attention_mask` False on every branch token: the caption pooler leaves them out, as it
+leaves out padding, `caption_proj` and the per-token text layers process them as every text token,
+and only the joint attention (this module's processor) lets them look at the video. Text tokens get no RoPE; video tokens Mochi's.
 """
 
 from __future__ import annotations

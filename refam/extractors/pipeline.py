@@ -1,4 +1,4 @@
-"""An extractor over a diffusers pipeline: what FLUX and Mochi share, and a new backbone inherits.
+"""An extractor over a diffusers pipeline: loading, placement and the map cache's key, under the template.
 
 The lifecycle: the pipeline comes from `pretrained` (a folder or hub id, `load_pipeline`) or is
 handed over in memory (`use_pipeline`); the subclass prepares it (its branch processors, checks of

@@ -42,7 +42,7 @@ from refam.extractors.branch import BranchProcessor
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
 from refam.extractors.pipeline import PipelineExtractor
 from refam.extractors.trajectory import NoiseAt, Shift, Trajectory, TrajectoryContext, drive, no_shift_error, scheduler_shift
-from refam.extractors.video import FRAME_WINDOWS, as_frames, plan_clips
+from refam.extractors.video import FRAME_WINDOWS, as_frames, latent_frames, plan_clips
 from refam.text.reader import EncodedExpressions, ExpressionReader
 from refam.text.t5 import T5Reader
 from refam.types import MagnetVectors, TokenInfo, TokenMaps
@@ -332,6 +332,7 @@ class DiTExtractor(PipelineExtractor):
             softmax_stage=self.softmax_stage,
             device=self.device,
             representation=self.representation,
+            dtype=self.dtype,
         )
 
     def observe(self, latent: Latent, condition, encoded: EncodedExpressions, generator: torch.Generator) -> AttentionCapture:
@@ -495,5 +496,5 @@ class VideoDiTExtractor(DiTExtractor, VideoExtractor):
             text_mass=(mass / observations).cpu(),
             tokens=encoded.tokens,
             kind=self.maps_kind,
-            frame_to_latent=[clip.latent_of(f) for clip in clips for f in range(clip.start, clip.stop)],
+            frame_to_latent=latent_frames(clips),
         )

@@ -56,7 +56,8 @@ class Trajectory(abc.ABC):
 
     @abc.abstractmethod
     def states(self, x0: torch.Tensor, generator: torch.Generator, context: TrajectoryContext) -> States:
-        """Yield the (x_t, sigma) states to observe; x0 is the packed clean latent [1, N, C].
+        """Yield the (x_t, sigma) states to observe; x0 is the clean latent in the layout the
+        backbone's denoiser takes (`refam.extractors.template.Latent.x0`).
 
         Protocol: the extractor observes each yielded state with one forward of the denoiser (the
         expression branch riding along) and sends that forward's output, the velocity v(x_t, sigma)

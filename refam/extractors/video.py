@@ -58,10 +58,15 @@ def plan_clips(num_frames: int, clip_frames: int, windows: str, temporal: int) -
     return clips
 
 
-def frame_to_latent(num_frames: int, clip_frames: int, windows: str, temporal: int) -> list[int]:
+def latent_frames(clips: list[Clip]) -> list[int]:
     """Latent frame of each encoded video frame: within a clip frame 0 -> 0, frames c j - c + 1 .. c j
     -> j (Mochi, c = 6: [0, 1, 1, 1, 1, 1, 1, 2, ...]), clips one after the other."""
-    return [clip.latent_of(f) for clip in plan_clips(num_frames, clip_frames, windows, temporal) for f in range(clip.start, clip.stop)]
+    return [clip.latent_of(f) for clip in clips for f in range(clip.start, clip.stop)]
+
+
+def frame_to_latent(num_frames: int, clip_frames: int, windows: str, temporal: int) -> list[int]:
+    """`latent_frames` of the clips a video of `num_frames` is encoded in."""
+    return latent_frames(plan_clips(num_frames, clip_frames, windows, temporal))
 
 
 class FrameSequence(Sequence):
