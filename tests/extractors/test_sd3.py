@@ -71,9 +71,3 @@ def test_the_templates_defaults_place_all_three_text_encoders_and_join_the_branc
     joined = extractor.join_text(text, expressions)
     assert joined.dtype == text.dtype and joined[0, :, 0].tolist() == [0, 0, 0, 1, 2]  # [caption | expressions]
     assert extractor.join_text(text, None) is text
-
-
-def test_a_weights_variant_is_loaded_and_keyed(folder):
-    extractor = SD3Extractor(str(folder), variant="fp16", **SETTINGS)
-    assert extractor.load_kwargs() == {"variant": "fp16"} and extractor.map_settings()["variant"] == "fp16"
-    assert SD3Extractor(str(folder), **SETTINGS).load_kwargs() == {}
