@@ -244,6 +244,7 @@ class RefAMPipeline:
             aggregation = self.aggregator(maps, self._keep(maps, runnable))  # heatmaps [K, F_lat, h, w]
         frame_to_latent = maps.frame_to_latent or [0] * len(video.frames)
         prompts = key_frames(aggregation.heatmaps, frame_to_latent, self.key_frame)
+        width, height = video.frame(0).size  # a video's frames share one size
         tracks: dict[tuple[int, float, float], list[int]] = {}  # one segmenter run per distinct prompt
         for k, expression in enumerate(runnable):
             frame, latent = prompts[k], frame_to_latent[prompts[k]]
@@ -252,7 +253,6 @@ class RefAMPipeline:
             for index, bias in enumerate(self.spatial_bias):
                 with self._calling(self._bias_argument(index)):
                     heat = bias(heat, [expression.text], context)
-            width, height = video.frame(frame).size
             x, y = argmax_points(heat, height, width)[0].tolist()
             tracks.setdefault((frame, x, y), []).append(k)
             prediction = Prediction(expression_id=expression.expression_id, mask=None, point=(x, y), heatmap=heat[0],
@@ -263,10 +263,16 @@ class RefAMPipeline:
         # expressions prompting the same point on the same frame share a track (the segmenter is
         # deterministic), each still receiving every mask
         for (frame, x, y), members in tracks.items():
-            for index, mask in self.segmenter.track(video.frames, frame, (x, y)):
+            for index, mask in self._track(video, frame, (x, y)):
                 for k in members:
                     if index == frame:
                         result.predictions[k].mask = mask
                     if on_mask is not None:
                         on_mask(runnable[k], index, mask)
         return result
+
+    def _track(self, video: VideoSample, frame: int, point: tuple[float, float]) -> Iterator[tuple[int, np.ndarray]]:
+        """The segmenter's masks from `point` on `frame`; its errors are marked as the segmenter's
+        (those of the caller's `on_mask` are not)."""
+        with self._calling("segmenter"):
+            yield from self.segmenter.track(video.frames, frame, point)

@@ -143,6 +143,26 @@ def test_a_video_needs_a_video_segmenter(video):
     assert RefAMPipeline(extractor=PlantedVideoExtractor({}), segmenter=ScriptedTracker()).reads_video
 
 
+def test_an_error_while_tracking_is_the_segmenters_and_the_frame_size_is_read_once(video, monkeypatch):
+    from refam.errors import ConfigError
+    from refam.types import VideoSample
+
+    class LostTracker(ScriptedTracker):
+        def track(self, frames, frame_index, point):
+            yield from super().track(frames, frame_index, point)
+            raise ConfigError("lost the object", field="threshold")
+
+    reads = []
+    original = VideoSample.frame
+    monkeypatch.setattr(VideoSample, "frame", lambda self, index: reads.append(index) or original(self, index))
+    pipeline = RefAMPipeline(extractor=PlantedVideoExtractor({0: [(0, 1, 2, 3.0)], 1: [(0, 2, 4, 6.0)]}),
+                             segmenter=LostTracker())
+    with pytest.raises(ConfigError) as info:
+        pipeline.segment_video(video)
+    assert info.value.key == "segmenter.threshold"  # a front door names model.segmenter.init_args.threshold
+    assert len(reads) == pipeline.extractor.frames_read + 1  # the size: not a decoded key frame per expression
+
+
 def test_refam_test_on_ref_davis_scores_streams_masks_and_writes_submission_layouts(tmp_path):
     """A Lightning test run on a Ref-DAVIS17 fixture: J&F logged, a bad video counted, every mask
     written frame by frame, DAVIS palettes per annotator set, and a zip."""
