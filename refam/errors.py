@@ -21,7 +21,7 @@ config, the front door fills in where the component sits (`place`) and the line 
   config path; the message does not repeat it. A sibling argument is named plainly
   ("set split_by"). An error about no single argument (a malformed data file) has no `field`.
 - Raise from `__init__` or from a method: either works. A component that calls into a component it
-  holds (the module calls `self.segmenter.setup()`) marks errors from it with `err.within(argument)`,
+  holds (RefAMPipeline calls `self.segmenter.setup()`) marks errors from it with `err.within(argument)`,
   the argument it received the inner component as, so the key reaches down to the inner field.
 
 How a front door finds the component: jsonargparse builds every class through `build`
@@ -204,7 +204,8 @@ def place(err: RefamError, sections: Mapping[str, type], config: Mapping[str, An
 
     Args:
         sections: the config's top-level sections and the class each builds, as the front door
-            declares them (`{"model": RefAMModule, "data": RefAMDataModule}`).
+            declares them (`{"model": RefAMPipeline, "data": RefAMDataModule}`; the `model:` keys
+            are the pipeline's arguments).
         config: the parsed config as a plain dict, where a component that jsonargparse built
             (recorded by `build`) is looked up by its `class_path`; without it only errors of the
             section classes themselves (and what they mark with `within`) are placed.

@@ -1,6 +1,8 @@
-"""RefAMPipeline: one sample's journey of DESIGN.md (expression branch maps -> heatmap -> point ->
-mask), for an image or a video; the one piece that `refam test` (RefAMModule), the Python API,
-`refam predict`, `analyze` and `serve` run. It holds no scores: scoring is `refam.scoring`'s.
+"""RefAMPipeline: one sample's journey, for an image or a video: the DiT's attention maps of the
+expression's tokens (magnets appended, read through the expression branch) -> the kept tokens' maps
+aggregated to a heatmap (spatial bias applied) -> its argmax point -> the segmenter's mask. It is
+the one piece that `refam test` (RefAMModule), the Python API, `refam predict`, `analyze` and
+`serve` run. It holds no scores: scoring is `refam.scoring`'s.
 """
 
 from __future__ import annotations
