@@ -48,9 +48,10 @@ class LazyFrameStore:
     bit-identical), on `device` unless `offload_video_to_cpu`. sam2 only indexes it and takes
     its `len` (`_get_image_feature`, `init_state`).
 
-    At most `cache_size` frames are held (least recently used evicted). `loads` lists the frames
-    read from disk in order and `max_held` the most frames ever held at once, so tests and
-    benchmarks can check the streaming.
+    At most `cache_size` frames are held (least recently used evicted; at least 1, as
+    SAM2VideoSegmenter checks its `frame_cache_size`). `loads` lists the frames read from disk in
+    order and `max_held` the most frames ever held at once, so tests and benchmarks can check the
+    streaming.
 
     All frames must have the size of frame 0 (sam2 resizes every mask to one video size); only
     frame 0's header is read up front, and a frame of another size is a `DataError` when read.
@@ -66,8 +67,6 @@ class LazyFrameStore:
         img_mean: tuple[float, float, float] = IMG_MEAN,
         img_std: tuple[float, float, float] = IMG_STD,
     ) -> None:
-        if cache_size < 1:
-            raise ConfigError(f"must be at least 1, got {cache_size}", field="cache_size")
         self.paths = [os.fspath(p) for p in paths]
         if not self.paths:
             raise ConfigError("a video needs at least one frame")
