@@ -93,7 +93,8 @@ class QwenImageExtractor(ImageDiTExtractor):
     def encode_image(self, image) -> Latent:
         """As QwenImageImg2ImgPipeline: a one-frame VAE latent, (z - mean) / std per channel, packed 2x2
         (the distribution's mode: a sample would add noise)."""
-        latent = normalized(self.pipe.vae.encode(self.pixels(image)[:, :, None]).latent_dist.mode()[:, :, 0], self.pipe.vae.config)
+        latent = self.pipe.vae.encode(self.pixels(image)[:, :, None]).latent_dist.mode()[:, :, 0]
+        latent = normalized(latent, self.pipe.vae.config)  # in the VAE's dtype, as the pipeline
         _, channels, lh, lw = latent.shape
         return Latent(self.pipe._pack_latents(latent, 1, channels, lh, lw).to(self.dtype), (1, lh // 2, lw // 2))
 

@@ -83,10 +83,10 @@ def channel_stats(config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 def normalized(latent: torch.Tensor, config) -> torch.Tensor:
     """(z - latents_mean) / latents_std per channel, as the Wan and Qwen-Image image-conditioned
-    pipelines compute it: times the reciprocal, taken in float32 before the cast to z's dtype."""
+    pipelines compute it, in z's dtype: the statistics cast to it, then times the reciprocal."""
     shape = (1, -1) + (1,) * (latent.dim() - 2)
     mean = torch.tensor(config.latents_mean).view(shape).to(latent.device, latent.dtype)
-    inverse_std = (1.0 / torch.tensor(config.latents_std)).view(shape).to(latent.device, latent.dtype)
+    inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(latent.device, latent.dtype)
     return (latent - mean) * inverse_std
 
 

@@ -89,8 +89,10 @@ class WanExtractor(VideoDiTExtractor):
 
     @torch.inference_mode()
     def encode_clip(self, frames) -> Latent:
-        """The inverse of WanPipeline's decode normalisation: (z - latents_mean) / latents_std per channel."""
-        latent = normalized(self.pipe.vae.encode(self.clip_pixels(frames)).latent_dist.mode(), self.pipe.vae.config)
+        """As WanImageToVideoPipeline conditions on a video: the VAE's mode, normalised per channel in
+        float32 (its prepare_latents runs in float32), the inverse of WanPipeline's decode."""
+        latent = self.pipe.vae.encode(self.clip_pixels(frames)).latent_dist.mode()
+        latent = normalized(latent.float(), self.pipe.vae.config)
         _, _, frames_, lh, lw = latent.shape
         _, ph, pw = self.pipe.transformer.config.patch_size
         return Latent(latent.to(self.dtype), (frames_, lh // ph, lw // pw))
