@@ -98,7 +98,6 @@ class CogVideoXExtractor(VideoDiTExtractor):
 
     def install_branch(self, pipe) -> list[CogVideoXBranchProcessor]:
         self.embed_hooks = BranchSkipsPositions(pipe.transformer.patch_embed)
-        self.ropes = {}
         return install(list(pipe.transformer.transformer_blocks), CogVideoXBranchProcessor, attribute="attn1")
 
     @torch.inference_mode()
@@ -114,20 +113,12 @@ class CogVideoXExtractor(VideoDiTExtractor):
     def timestep(self, sigma: float) -> float:
         return self.vp.timestep(sigma)
 
-    def rope(self, frames: int):
-        """The pipeline's own RoPE table at height x width for `frames` latent frames (5b, 1.5), built
-        once, as its call builds it once per video; None for 2b, which adds positions in patch_embed."""
-        if not self.pipe.transformer.config.use_rotary_positional_embeddings:
-            return None
-        key = (frames, self.device)
-        if key not in self.ropes:
-            self.ropes[key] = self.pipe._prepare_rotary_positional_embeddings(self.height, self.width, frames, self.device)
-        return self.ropes[key]
-
     def denoise(self, x_t, sigma, grid, condition: torch.Tensor, expressions):
         """The flow velocity eps - x0 at the flow state x_t: CogVideoX's v at the matching VP state, converted."""
         x, text = self.vp.state(x_t, sigma), self.join_text(condition, expressions)
-        rope = self.rope(x.shape[1])
+        rope = None  # the pipeline's own RoPE table for the clip (5b, 1.5); 2b adds its positions in patch_embed
+        if self.pipe.transformer.config.use_rotary_positional_embeddings:
+            rope = self.pipe._prepare_rotary_positional_embeddings(self.height, self.width, x.shape[1], self.device)
         self.embed_hooks.branch_len = 0 if expressions is None else expressions.valid.numel()
         try:
             v = self.pipe.transformer(
