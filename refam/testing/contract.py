@@ -5,7 +5,7 @@ entry_<name>.py, one file per family, its variants beside it; `load_entries` fin
 STOCK model (how its pipeline calls the transformer, how block 0's queries and keys come out of the
 stock modules and the stock RoPE) is written from the diffusers pipeline and processor, never from
 refam's extractor, so the contract catches the extractor disagreeing with the model it observes.
-The invariants (DESIGN.md, "The expression branch") are checked by tests/extractors/contract/
+The invariants (docs/backbones.md, "Two attention kinds, two kernels") are checked by tests/extractors/contract/
 test_contract.py with the helpers here; a new backbone's author runs the same suite on theirs.
 """
 

@@ -1,4 +1,4 @@
-"""The expression branch's contract (DESIGN.md, "The expression branch"), on every backbone.
+"""The expression branch's contract (docs/backbones.md, section 1 and Step 6), on every backbone.
 
 Each backbone is a tiny random model of its real diffusers classes (tests/extractors/contract/
 entry_<name>.py). The claims: the branch leaves the velocity exactly the stock model's; K
