@@ -160,7 +160,7 @@ def block_entropy_figure(rows: list[dict]) -> bytes:
 
 
 def write_analysis(result: dict, image, output: Path) -> None:
-    from refam.visualize import save_json, write_atomic
+    from refam.io.files import save_json, write_atomic
 
     predictions = result.pop("_predictions")
     write_atomic(output / "token_maps.png", token_maps_figure(image, predictions))

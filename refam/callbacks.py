@@ -14,12 +14,9 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from refam.identity import digest
+from refam.identity import RECORD_FORMAT, digest
 
 log = logging.getLogger(__name__)
-
-RECORD_FORMAT = 2  # 2: records hold the sample's inputs and the weights' and code's identity
-
 
 class ExpressionRecords(L.Callback):
     """One JSON line per expression: point, IoU, point hit, kept and dropped tokens, global
@@ -206,7 +203,7 @@ class ResultStore(L.Callback):
         self._pending.append((dataloader_idx, dataset, record))
 
     def save(self, dataloader_idx: int, dataset: str, record: dict) -> None:
-        from refam.visualize import write_atomic
+        from refam.io.files import write_atomic
 
         record = {"format": RECORD_FORMAT, "fingerprint": self.fingerprint(dataloader_idx), "numbers": self.numbers,
                   "dataset": dataset, **record}
@@ -277,7 +274,8 @@ class MaskWriter(BasePredictionWriter):
 
     def write_video_mask(self, dataloader_idx: int, video, expression, index: int, mask) -> None:
         """One video mask, as the segmenter makes it (RefAMModule hands each to the writers that save)."""
-        from refam.visualize import mask_image, save_png
+        from refam.visualize import mask_image
+        from refam.io.files import save_png
 
         pl_module = self._trainer.lightning_module
         folder = self._root(self._trainer) / self._dataset(pl_module, dataloader_idx) / video.sample_id
@@ -288,7 +286,8 @@ class MaskWriter(BasePredictionWriter):
         import numpy as np
         from PIL import Image
 
-        from refam.visualize import DAVIS_PALETTE, png_bytes, write_atomic
+        from refam.visualize import DAVIS_PALETTE
+        from refam.io.files import png_bytes, write_atomic
 
         sets: dict[int, list] = {}
         for expression in video.expressions:
@@ -333,7 +332,8 @@ class MaskWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
         if not self.save:
             return
-        from refam.visualize import mask_image, overlay, save_png
+        from refam.visualize import mask_image, overlay
+        from refam.io.files import save_png
 
         root = self._root(trainer) / self._dataset(pl_module, dataloader_idx)
         images = {item.sample_id: item.image for item in batch if hasattr(item, "image")}

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # holds both, so a MAPS_VERSION bump also recomputes results.
 MAPS_VERSION = 2  # 2: maps of the branch-first capture, whose rounding differs from 1's
 RESULTS_VERSION = 1
+RECORD_FORMAT = 2  # the result store's record layout; 2: records hold the sample's inputs and the weights' and code's identity
 
 
 def code_version() -> dict:
@@ -80,7 +81,7 @@ def _read_memo(path: Path | None) -> dict:
 def _remember(path: Path | None, name: str, entry: list) -> None:
     if path is None:
         return
-    from refam.visualize import write_atomic
+    from refam.io.files import write_atomic
 
     memo = _read_memo(path)
     memo[name] = entry

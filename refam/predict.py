@@ -25,18 +25,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import re
 import sys
 import tempfile
 from pathlib import Path
 
 from refam.errors import ConfigError, MissingInputError, RefamError, error_line
+from refam.io.names import slug
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-def slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "expression"
 
 
 def image_paths(arguments: list[Path]) -> list[Path]:
@@ -68,7 +64,8 @@ def track_video(model, video: Path, texts: list[str], caption: str, output: Path
     `key_frames`, if given, receives {expression index: (key frame image, its prediction)}."""
     from refam.data.frames import frame_files, iter_frames
     from refam.types import VideoExpression, VideoSample
-    from refam.visualize import mask_image, overlay, save_json, save_png, write_atomic
+    from refam.visualize import mask_image, overlay
+    from refam.io.files import save_json, save_png, write_atomic
 
     folder = output / video.stem
     stems = [f"{k}-{slug(text)}" for k, text in enumerate(texts)]
@@ -117,7 +114,8 @@ def write_video_predictions(model, video: Path, texts: list[str], caption: str, 
     `key_frames`, if given, receives {expression index: (key frame image, its prediction)} (the
     first frame where each frame is segmented on its own)."""
     from refam.data.frames import iter_frames
-    from refam.visualize import mask_image, overlay, save_json, save_png, write_atomic
+    from refam.visualize import mask_image, overlay
+    from refam.io.files import save_json, save_png, write_atomic
 
     if model.pipeline.reads_video:
         return track_video(model, video, texts, caption, output, key_frames)
@@ -164,7 +162,8 @@ def jobs_from_arguments(args) -> list[tuple[str, Path, list[str], str]]:
 
 
 def write_prediction(folder: Path, index: int, text: str, image, prediction) -> dict:
-    from refam.visualize import prediction_pictures, save_json, save_png
+    from refam.visualize import prediction_pictures
+    from refam.io.files import save_json, save_png
 
     stem = folder / f"{index}-{slug(text)}"
     record = {

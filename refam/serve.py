@@ -318,8 +318,8 @@ class Session:
         """`refam analyze`'s token maps (a row per expression, kept / dropped / sink marked) and its
         text-attention chart per expression, for the predictions that carry token maps."""
         from refam.analyze import text_attention_figure, text_attention_rows, token_maps_figure
-        from refam.predict import slug
-        from refam.visualize import write_atomic
+        from refam.io.names import slug
+        from refam.io.files import write_atomic
 
         rows = {}
         factor = getattr(self.pipeline.aggregator, "gas_factor", 10.0)
@@ -360,8 +360,10 @@ class Session:
         return run
 
     def _run_video(self, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
-        from refam.predict import slug, write_video_predictions
-        from refam.visualize import prediction_pictures, save_png
+        from refam.io.names import slug
+        from refam.predict import write_video_predictions
+        from refam.visualize import prediction_pictures
+        from refam.io.files import save_png
 
         if not source.exists():
             from refam.errors import MissingInputError
@@ -411,7 +413,7 @@ class Session:
 
     @staticmethod
     def _write_record(folder: Path, record: dict) -> str:
-        from refam.visualize import save_json
+        from refam.io.files import save_json
 
         path = folder / "run.json"
         save_json(record, path)

@@ -1,17 +1,11 @@
 """Pictures of a prediction: mask PNG, overlay (image + mask + argmax star), colour-mapped heatmap.
 
-Files are written atomically (a temporary file in the same folder, then a rename), so an
-interrupted run never leaves a half-written image behind.
+They are written with `refam.io.files` (atomically: an interrupted run never leaves half a file).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,52 +26,6 @@ DAVIS_PALETTE: list[int] = [v for rgb in _DAVIS_HEAD for v in rgb] + [v for i in
 
 MASK_COLOUR = (30, 144, 255)
 STAR_FILL, STAR_EDGE = (255, 215, 0), (0, 0, 0)
-
-
-def current_umask() -> int:
-    """The process's umask (read from /proc where there is one: setting it to read it back would
-    briefly change it for every thread)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename, so a reader
-    never sees half a file. The file gets the mode `open()` would give it (0666 less the umask),
-    not the temporary file's 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            os.fchmod(file.fileno(), 0o666 & ~current_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    write_atomic(path, png_bytes(image))
-
-
-def save_json(record: dict, path: Path) -> None:
-    write_atomic(path, (json.dumps(record, indent=1, ensure_ascii=False) + "\n").encode())
 
 
 def star_polygon(x: float, y: float, radius: float) -> list[tuple[float, float]]:

@@ -9,7 +9,7 @@ import torch
 from refam.callbacks import ResultStore
 from refam.extractors.cache import MapCache
 from refam.types import TokenInfo, TokenMaps
-from refam.visualize import current_umask, save_json, write_atomic
+from refam.io.files import current_umask, save_json, write_atomic
 
 
 @pytest.fixture

@@ -151,7 +151,7 @@ class MapCache:
     def save(self, path: Path, maps: TokenMaps, payload: dict | None = None) -> None:
         from safetensors.torch import save
 
-        from refam.visualize import write_atomic
+        from refam.io.files import write_atomic
 
         tensors = {
             "scores": maps.scores.detach().cpu().contiguous(),  # dtype kept: a hit equals a fresh run

@@ -1,0 +1,1 @@
+"""Reading and writing files: atomic writes (`files`), safe output names (`names`)."""
