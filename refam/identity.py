@@ -1,5 +1,5 @@
 """What produced a stored number: the identities the map cache and the result store key their
-records by, so that neither ever replays a record made by other data, weights or code.
+records by, so that neither ever replays a record made by other data, weights, libraries or code.
 
 One concept, one place:
 
@@ -7,23 +7,36 @@ One concept, one place:
   per version of the file: the digest is remembered, in this process and in a small memo file
   (`memo_path`), under the file's path, size, mtime, ctime and inode; a file rewritten or replaced
   changes its ctime (which no tool sets), so a remembered digest never outlives its content.
-- `path_identity` / `model_identity`: a checkpoint file or folder by content.
+- `path_identity` / `model_identity`: a checkpoint file or folder by content; a hub id by the
+  commit it resolves to (`hub_revision`), which is also the commit the extractor loads.
 - `image_identity`, `frames_identity`, `mask_identity`: a sample's pixels, frame files and masks.
 - `sample_identity`: one sample's inputs (image or frames, caption, each expression's fields:
   id, text, ground-truth and void masks, object ids; a video's ground truth).
-- `weights_identity`: the files that the components' settings name (checkpoints, model configs).
-- `MAPS_VERSION`, `RESULTS_VERSION`: the code's version of what changes the numbers.
+- `weights_identity`: the files and hub ids that the components' settings name (checkpoints,
+  model configs).
+- `code_identity`: the code a stage runs, computed, never bumped by hand: the sha256 of the source
+  of every refam module the stage's components are defined in and of every refam module those
+  import, transitively (read from the source's import statements, lazy imports included); a
+  component class defined outside refam adds its own source file. Editing a segmenter changes the
+  results' identity and not the maps'; editing an extractor changes both.
+- `library_versions`: the installed versions of the libraries that change numbers (torch and its
+  CUDA/cuDNN, diffusers, transformers, ..., sam2, spaCy and the spaCy pipeline in use).
+- `RECORD_FORMAT`, `MAPS_FORMAT`: the layouts of a stored record and of a cached maps file.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
+import inspect
 import json
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,19 +46,9 @@ from refam.embedded import EMBEDDED_PREFIX, resolve_embedded
 
 log = logging.getLogger(__name__)
 
-# Bump MAPS_VERSION with any change to the code that makes token maps (extractors, capture, text
-# encoding, trajectories): cached maps of the old code are then never read. Bump RESULTS_VERSION
-# with any change to what acts after the maps (aggregation, spatial biases, point, segmenters,
-# metrics, image reading): stored results of the old code are then recomputed. A stored result
-# holds both, so a MAPS_VERSION bump also recomputes results.
-MAPS_VERSION = 2  # 2: maps of the branch-first capture, whose rounding differs from 1's
-RESULTS_VERSION = 1
-RECORD_FORMAT = 2  # the result store's record layout; 2: records hold the sample's inputs and the weights' and code's identity
-
-
-def code_version() -> dict:
-    """The code versions a stored result is keyed by."""
-    return {"maps": MAPS_VERSION, "results": RESULTS_VERSION}
+# The layouts of what is stored (not the code's version: that is `code_identity`, computed).
+RECORD_FORMAT = 3  # the result store's record; 3: keyed by computed code identity and library versions
+MAPS_FORMAT = 2  # a cached maps file (refam.extractors.cache)
 
 
 def digest(payload: object) -> str:
@@ -130,18 +133,59 @@ def folder_identity(root: Path) -> dict[str, str]:
     return files
 
 
-def model_identity(pretrained: str) -> dict:
+def model_identity(pretrained: str, revision: str | None = None, offline: bool = False) -> dict:
     """What identifies a checkpoint: for a folder, where it is and every file's content; for a
-    file, its content; otherwise (a hub id) the id as given. `embedded:NAME` is the shipped folder."""
+    file, its content; otherwise (a hub id) the id and the commit it resolves to (`hub_revision`).
+    `embedded:NAME` is the shipped folder."""
     root = Path(resolve_embedded(pretrained))
     if root.is_dir():
         return {"folder": str(root.resolve()), "files": folder_identity(root)}
     if root.is_file():
         return {"file": str(root.resolve()), "sha256": file_digest(root)}
-    return {"hub_id": pretrained}
+    return {"hub_id": pretrained, "revision": hub_revision(pretrained, revision, offline)}
+
+
+@functools.lru_cache(maxsize=64)
+def hub_revision(repo_id: str, revision: str | None = None, offline: bool = False) -> str | None:
+    """The commit a hub id (at `revision`: a branch, tag or commit; default the main branch)
+    resolves to: the hub's answer when it can be reached (never asked when `offline` or
+    `HF_HUB_OFFLINE` is set), else the commit the local hub cache holds for it; None when neither
+    knows it (loading it would fail too). Remembered per process, so the identity a run keys its
+    records by and the commit its extractor loads (`pinned_revision`) agree even if the branch
+    moves on meanwhile."""
+    from huggingface_hub import constants
+
+    if not (offline or constants.HF_HUB_OFFLINE):
+        try:
+            from huggingface_hub import HfApi
+
+            info = HfApi().model_info(repo_id, revision=revision)
+            if info.sha:
+                return info.sha
+        except Exception as err:  # unreachable, gated, unknown: fall back to the cache
+            log.debug("hub revision of %s from the hub failed (%s); trying the local cache", repo_id, err)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True)).name
+    except Exception as err:
+        log.debug("hub revision of %s not in the local cache (%s)", repo_id, err)
+        return None
+
+
+def pinned_revision(pretrained: str, revision: str | None = None, offline: bool = False) -> str | None:
+    """The revision to load a hub id at, so that the weights loaded are those the identity names:
+    the resolved commit (for a folder or file: `revision` as given)."""
+    if os.path.exists(resolve_embedded(pretrained)):
+        return revision
+    return hub_revision(pretrained, revision, offline) or revision
 
 
 path_identity = model_identity  # a file or folder that a setting names
+
+
+# settings whose value, when it names no local file, is a hub id (diffusers' `pretrained`, SAM2's `model_id`)
+HUB_SETTINGS = ("pretrained", "model_id")
 
 
 def _names_a_path(value: object) -> bool:
@@ -155,7 +199,8 @@ def _names_a_path(value: object) -> bool:
 
 def weights_identity(*components: object) -> dict:
     """The content of every existing file or folder that a component's public settings name
-    (`pretrained`, a SAM2 `checkpoint` and `config`, ...): what a config's text cannot tell apart."""
+    (`pretrained`, a SAM2 `checkpoint` and `config`, ...), and the commit of every hub id they name
+    (`pretrained`, `model_id`): what a config's text cannot tell apart."""
     out: dict[str, object] = {}
     for index, component in enumerate(components):
         if component is None or not hasattr(component, "__dict__"):
@@ -167,9 +212,12 @@ def weights_identity(*components: object) -> dict:
             for position, item in enumerate(values):
                 if isinstance(item, str) and item.startswith(EMBEDDED_PREFIX):
                     item = resolve_embedded(item)  # a model shipped in the package is keyed by content too
+                key = f"{index}.{type(component).__name__}.{name}" + (f"[{position}]" if values is value else "")
                 if _names_a_path(item):
-                    key = f"{index}.{type(component).__name__}.{name}" + (f"[{position}]" if values is value else "")
                     out[key] = model_identity(os.fspath(item))
+                elif name in HUB_SETTINGS and isinstance(item, str) and item:
+                    out[key] = model_identity(item, getattr(component, "revision", None),
+                                              offline=bool(getattr(component, "local_files_only", False)))
     return out
 
 
@@ -251,3 +299,203 @@ def sample_identity(sample) -> str:
         payload["image"] = image_identity(sample.image)
     payload["expressions"] = [expression_identity(e) for e in sample.expressions]
     return digest(payload)
+
+
+# ------------------------------------------------------------------ code
+PACKAGE = "refam"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=1)
+def _module_files() -> dict[str, Path]:
+    """refam's modules by dotted name (a package by its `__init__.py`)."""
+    files = {}
+    for path in PACKAGE_ROOT.rglob("*.py"):
+        rel = path.relative_to(PACKAGE_ROOT)
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        parts = rel.with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        files[".".join((PACKAGE, *parts))] = path
+    return files
+
+
+def _imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The refam modules `name`'s source imports, anywhere in it (lazy imports in functions too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def add(dotted: str) -> None:
+        while dotted and dotted not in modules:  # `from refam.x import function`: the module is refam.x
+            dotted = dotted.rpartition(".")[0]
+        if dotted:
+            found.add(dotted)
+
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == PACKAGE:
+                    add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            if base.split(".")[0] != PACKAGE:
+                continue
+            for alias in node.names:
+                add(f"{base}.{alias.name}")
+    found.discard(name)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _import_graph() -> dict[str, tuple[str, frozenset[str]]]:
+    """Each refam module's source sha256 and the refam modules it imports."""
+    modules = _module_files()
+    return {name: (hashlib.sha256(path.read_bytes()).hexdigest(), frozenset(_imported_modules(name, path, modules)))
+            for name, path in modules.items()}
+
+
+def module_closure(roots: Iterable[str]) -> dict[str, str]:
+    """Every refam module reachable from `roots` through imports, with its source's sha256."""
+    graph = _import_graph()
+    seen: dict[str, str] = {}
+    stack = [r for r in roots if r in graph]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        source, imports = graph[name]
+        seen[name] = source
+        stack.extend(imports - seen.keys())
+    return dict(sorted(seen.items()))
+
+
+def _is_library(path: str) -> bool:
+    """A module installed with Python or pip (its version is in `library_versions`), not user code."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    real = os.path.realpath(path)
+    return "site-packages" in real or "dist-packages" in real or any(
+        real.startswith(os.path.join(p, "lib")) for p in prefixes)
+
+
+def component_modules(*components: object) -> tuple[set[str], dict[str, str]]:
+    """(refam modules, {outside source file: sha256}) defining the classes of `components` and of
+    the components they hold in public settings (a trajectory, a parser, a list of spatial biases),
+    through their class hierarchies. A class defined outside refam and outside any installed
+    library (a user's subclass) is keyed by its source file's content."""
+    refam_modules: set[str] = set()
+    outside: dict[str, str] = {}
+    seen: set[int] = set()
+
+    def visit(value: object, depth: int) -> None:
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item, depth)
+            return
+        if value is None or isinstance(value, (str, bytes, int, float, bool)) or id(value) in seen or depth > 3:
+            return
+        seen.add(id(value))
+        ours = False
+        for cls in type(value).__mro__:
+            module = cls.__module__ or ""
+            if module.split(".")[0] == PACKAGE:
+                refam_modules.add(module)
+                ours = True
+            elif module not in ("builtins", "abc"):
+                try:
+                    source = inspect.getsourcefile(cls)
+                except TypeError:
+                    source = None
+                if source and not _is_library(source) and os.path.isfile(source):
+                    outside[os.path.realpath(source)] = file_digest(source)
+                    ours = True
+        if ours and hasattr(value, "__dict__"):
+            for name, attribute in vars(value).items():
+                if not name.startswith("_"):
+                    visit(attribute, depth + 1)
+
+    for component in components:
+        visit(component, 0)
+    return refam_modules, dict(sorted(outside.items()))
+
+
+def code_identity(*components: object, modules: Iterable[str] = ()) -> str:
+    """The sha256 of the code a stage runs: the source of `modules` and of the modules defining
+    `components` (see `component_modules`), with every refam module they import, transitively."""
+    roots, outside = component_modules(*components)
+    return digest({"refam": module_closure({*roots, *modules}), "outside": outside})
+
+
+# ------------------------------------------------------------------ libraries
+# Distributions whose versions change a token map (maps) and, with those, a result (results).
+MAPS_LIBRARIES = ("torch", "diffusers", "transformers", "tokenizers", "sentencepiece", "safetensors",
+                  "accelerate", "numpy", "pillow", "einops")
+RESULTS_LIBRARIES = (*MAPS_LIBRARIES, "sam2", "pycocotools", "opencv-python-headless", "opencv-python", "scipy",
+                     "scikit-image", "torchvision", "spacy", "torchmetrics")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions(distributions: Iterable[str], spacy_models: Iterable[str] = ()) -> dict[str, str | None]:
+    """The installed version of each distribution (None: not installed), torch's CUDA and cuDNN
+    builds, and the version of each named spaCy pipeline (a package of that name)."""
+    versions = {name: _version(name) for name in distributions}
+    if "torch" in versions:
+        import torch
+
+        versions["torch.cuda"] = torch.version.cuda
+        versions["torch.cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None
+    for model in sorted(set(spacy_models)):
+        versions[f"spacy-model:{model}"] = _version(model) or _version(model.replace("_", "-"))
+    return versions
+
+
+def spacy_models(*components: object) -> list[str]:
+    """The spaCy pipelines the components' parsers name (their `spacy_model` setting), searched in
+    the components and the objects they hold."""
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def visit(value: object, depth: int) -> None:
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item, depth)
+            return
+        if depth > 3 or id(value) in seen or not hasattr(value, "__dict__") or \
+                (type(value).__module__ or "").split(".")[0] != PACKAGE:
+            return
+        seen.add(id(value))
+        for name, attribute in vars(value).items():
+            if name == "spacy_model" and isinstance(attribute, str):
+                found.append(attribute)
+            elif not name.startswith("_"):
+                visit(attribute, depth + 1)
+
+    for component in components:
+        visit(component, 0)
+    return found
+
+
+def describe_change(stored: object, current: object, prefix: str = "") -> str:
+    """Which parts of two identities (nested dicts) differ, for a warning: `libraries.torch
+    2.14.1 -> 2.15.0, code`; at most a few parts, each named by its path."""
+    if stored == current:
+        return ""
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        if isinstance(stored, (str, int, float, type(None))) and isinstance(current, (str, int, float, type(None))) \
+                and len(str(stored)) <= 24 and len(str(current)) <= 24:
+            return f"{prefix or 'value'} {stored} -> {current}"
+        return prefix or "value"
+    parts = [describe_change(stored.get(k), current.get(k), f"{prefix}.{k}" if prefix else str(k))
+             for k in sorted(set(stored) | set(current), key=str) if stored.get(k) != current.get(k)]
+    shown = ", ".join(parts[:4])
+    return shown + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")

@@ -21,7 +21,7 @@ from refam.aggregators.spatial import BiasContext, SpatialBias
 from refam.errors import ConfigError, ExpressionError, RefamError
 from refam.extractors.base import Extractor, VideoExtractor
 from refam.extractors.cache import MapCache
-from refam.identity import code_version, weights_identity
+from refam.identity import RESULTS_LIBRARIES, code_identity, library_versions, spacy_models, weights_identity
 from refam.prompts.keyframe import KEY_FRAMES, key_frames
 from refam.prompts.point import argmax_points, upsample
 from refam.segmenters.base import Segmenter
@@ -135,11 +135,13 @@ class RefAMPipeline:
 
     def numbers_identity(self) -> dict:
         """What changes this pipeline's numbers besides its config's text: the content of the files
-        its components' settings name (weights, model configs) and the code's version. The result
-        store keys every record by it."""
-        return {"weights": weights_identity(self.extractor, self.segmenter, self.magnets, self.aggregator,
-                                            *self.spatial_bias),
-                "code": code_version()}
+        and the commits of the hub ids its components' settings name (weights, model configs), the
+        code its components run (`refam.identity.code_identity`: computed from the sources) and the
+        versions of the libraries that change numbers. The result store keys every record by it."""
+        components = (self.extractor, self.segmenter, self.magnets, self.aggregator, *self.spatial_bias)
+        return {"weights": weights_identity(*components),
+                "code": code_identity(*components, modules=[__name__]),
+                "libraries": library_versions(RESULTS_LIBRARIES, spacy_models(*components))}
 
     # ------------------------------------------------------------ expressions
     def check_expression(self, text: str) -> tuple[str, int]:

@@ -178,7 +178,8 @@ def test_model_identity_follows_weights_and_configs_by_content(tmp_path):
     text = config.read_text()
     _rewrite_keeping_size_and_mtime(config, text.replace('"', "'", 1).encode())
     assert model_identity(str(copy)) != retrained
-    assert model_identity("black-forest-labs/FLUX.1-dev") == {"hub_id": "black-forest-labs/FLUX.1-dev"}
+    hub = model_identity("black-forest-labs/FLUX.1-dev")  # offline and not cached here: no commit known
+    assert hub == {"hub_id": "black-forest-labs/FLUX.1-dev", "revision": None}
 
 
 def test_swapped_weights_of_the_same_size_and_mtime_miss(counted, samples, tmp_path):
@@ -215,6 +216,40 @@ def test_changed_sample_misses_with_a_warning_naming_it(counted, samples, tmp_pa
     with caplog.at_level(logging.WARNING, logger="refam.extractors.cache"):
         module.segment_sample(edited)
     assert len(calls) == 3 and "changed" not in caplog.text
+
+
+@pytest.mark.parametrize("change", ["extractor code", "a code it imports", "library version"])
+def test_maps_of_other_code_or_libraries_miss_said_once(counted, samples, tmp_path, caplog, monkeypatch, change):
+    """Issue N point 1: maps are keyed by the code that makes them (computed from the sources) and the
+    library versions that change them; a segmenter's code is not part of the maps' key."""
+    import refam.identity as identity
+
+    module, calls = counted
+    module.map_cache = MapCache(tmp_path / "maps")
+    run(module, samples)
+    graph = dict(identity._import_graph())
+
+    def edited(name):
+        graph[name] = ("edited", graph[name][1])
+        monkeypatch.setattr(identity, "_import_graph", lambda: graph)
+
+    edited("refam.segmenters.floodfill")  # code after the maps: still a hit
+    module.map_cache = MapCache(tmp_path / "maps")  # a new process
+    run(module, samples)
+    assert len(calls) == 2
+    if change == "extractor code":
+        edited("refam.extractors.flux")
+    elif change == "a code it imports":
+        edited("refam.extractors.branch")
+    else:
+        real = identity._version
+        monkeypatch.setattr(identity, "_version", lambda name: "9.9" if name == "diffusers" else real(name))
+    module.map_cache = MapCache(tmp_path / "maps")
+    with caplog.at_level(logging.WARNING, logger="refam.extractors.cache"):
+        run(module, samples)
+    assert len(calls) == 4, "maps of other code or libraries were replayed"
+    said = [r.getMessage() for r in caplog.records if "other code or libraries" in r.getMessage()]
+    assert len(said) == 1 and ("diffusers" in said[0] if change == "library version" else "code" in said[0])
 
 
 def test_corrupt_cache_file_is_reported_and_recomputed(counted, samples, tmp_path, caplog):

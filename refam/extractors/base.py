@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from refam.errors import CheckpointError, ConfigError, ExpressionError
+from refam.identity import pinned_revision
 from refam.types import MagnetVectors, TokenMaps
 
 
@@ -39,6 +40,10 @@ def load_pipeline(pipeline_class, pretrained: str, layout: str, **kwargs):
     """`pipeline_class.from_pretrained(pretrained, **kwargs)` on a folder or hub id (see
     `resolve_pretrained`), a failure reported against the config key with what the folder must hold."""
     source = resolve_pretrained(pretrained, layout)
+    # a hub id loads at the commit the run's identity names (refam.identity.hub_revision)
+    revision = pinned_revision(pretrained, kwargs.pop("revision", None), kwargs.get("local_files_only", False))
+    if revision is not None:
+        kwargs["revision"] = revision
     try:
         return pipeline_class.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -5,7 +5,9 @@ One safetensors file per (sample, key) holds one extractor call's `TokenMaps`: t
 (`scores`, `valid`, `text_mass`) and, in the file's metadata, the tokens (JSON), `kind` and
 `frame_to_latent`. The key is the sha256 of everything that changes the maps (see `cache_key`):
 
-- the code's version of the maps (`refam.identity.MAPS_VERSION`);
+- the code that makes the maps (`refam.identity.code_identity` of the extractor and what it holds:
+  the sources of their modules and of every refam module those import) and the versions of the
+  libraries that change maps (`refam.identity.MAPS_LIBRARIES`: torch, diffusers, transformers, ...);
 - the extractor's `cache_key_settings()`: its class, the model's identity (a folder: where it is
   and every file's relative path with the sha256 of its content, `refam.identity.model_identity`;
   a hub id: the id), dtype, sizes, trajectory / noise level, seed, blocks, softmax stage,
@@ -43,12 +45,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from refam.identity import MAPS_VERSION, frames_identity, image_identity, model_identity  # noqa: F401 (re-exported)
+from refam.identity import (MAPS_FORMAT, MAPS_LIBRARIES, code_identity, describe_change, frames_identity, image_identity,
+                            library_versions, model_identity)  # noqa: F401 (model_identity re-exported)
 from refam.types import TokenInfo, TokenMaps
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = MAPS_VERSION  # the code's version of the maps (refam.identity: bump it there)
+FORMAT_VERSION = MAPS_FORMAT  # the layout of a maps file (refam.identity)
 
 
 # ------------------------------------------------------------------ identities
@@ -93,9 +96,11 @@ def cache_key(
     caption: str,
     expressions: list[tuple[str, int | None]],
     magnets=None,
+    code: dict | None = None,
 ) -> tuple[str, dict]:
     """(sha256 hex, the payload it hashes). `source`: an image (hashed by content) or a list of
-    frame paths (by path, size, mtime)."""
+    frame paths (each file's path and content sha256). `code`: the code and library identity of
+    the maps (`maps_code`)."""
     if isinstance(source, Image.Image):
         source_id = {"image": image_identity(source)}
     else:
@@ -108,9 +113,16 @@ def cache_key(
         "caption": caption,
         "expressions": [[text, start] for text, start in expressions],
         "magnet_vectors": magnet_vectors_identity(magnets),
+        **(code or {}),
     }
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest(), payload
+
+
+def maps_code(extractor) -> dict:
+    """What else makes an extractor's maps: its code (`code_identity` of the extractor and what
+    it holds, with this module) and the versions of the libraries that change maps."""
+    return {"code": code_identity(extractor, modules=[__name__]), "libraries": library_versions(MAPS_LIBRARIES)}
 
 
 # ------------------------------------------------------------------ storage
@@ -143,6 +155,8 @@ class MapCache:
         self.misses = 0
         self.corrupt = 0
         self._warned_uncacheable: set[str] = set()
+        self._warned_code = False
+        self._code: dict[int, dict] = {}  # maps_code per extractor (by id), computed once per process
 
     def path(self, sample_id: str, key: str) -> Path:
         return self.folder / f"{_safe_name(sample_id)}.{key[:32]}.safetensors"
@@ -214,8 +228,16 @@ class MapCache:
             if not isinstance(stored, dict) or any(stored.get(k) != payload.get(k) for k in same):
                 continue
             changed = [k for k in ("source", "caption", "expressions") if stored.get(k) != payload.get(k)]
-            log.warning("map cache: sample %s changed since its maps were stored (%s differ); recomputing it",
-                        sample_id, ", ".join(changed) or "inputs")
+            if changed:
+                log.warning("map cache: sample %s changed since its maps were stored (%s differ); recomputing it",
+                            sample_id, ", ".join(changed))
+                return
+            code = describe_change({k: stored.get(k) for k in ("code", "libraries")},
+                                   {k: payload.get(k) for k in ("code", "libraries")})
+            if code and not self._warned_code:  # the same for every sample: said once
+                self._warned_code = True
+                log.warning("map cache: maps in %s were made by other code or libraries (%s differ); recomputing "
+                            "them", self.folder, code)
             return
 
     # -------------------------------------------------------------- the call
@@ -238,7 +260,10 @@ class MapCache:
                 self._warned_uncacheable.add(name)
                 log.warning("map cache: %s does not describe its settings (cache_key_settings); its maps are not cached", name)
             return compute()
-        key, payload = cache_key(settings, sample_id, source, caption, expressions, magnets)
+        code = self._code.get(id(extractor))
+        if code is None:
+            code = self._code[id(extractor)] = maps_code(extractor)
+        key, payload = cache_key(settings, sample_id, source, caption, expressions, magnets, code)
         path = self.path(sample_id, key)
         if path.exists():
             try:
