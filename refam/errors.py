@@ -114,6 +114,13 @@ class ExpressionError(RefamError, ValueError):
     """An expression the extractor cannot encode (empty, too long); the sample's other expressions go on."""
 
 
+def require_words(text: str) -> None:
+    """The one check that an expression has words (the pipeline, every extractor and every text
+    reader make it, so a component called directly says the same)."""
+    if not text.strip():
+        raise ExpressionError("the expression is empty: give the words that name the object")
+
+
 def user_error(err: BaseException) -> RefamError | None:
     """The RefamError behind `err`, if any. jsonargparse re-raises an error raised while it builds
     a component (a dataset, a segmenter) as a ValueError caused by it, so the chain is searched; for

@@ -18,7 +18,7 @@ from refam.aggregators.base import Aggregation, Aggregator, SoftmaxMeanAggregato
 from refam.aggregators.gas import sink_category
 from refam.aggregators.magnets import AppendMagnets, MagnetStrategy
 from refam.aggregators.spatial import BiasContext, SpatialBias
-from refam.errors import ConfigError, ExpressionError, RefamError
+from refam.errors import ConfigError, ExpressionError, RefamError, require_words
 from refam.extractors.base import Extractor, VideoExtractor
 from refam.extractors.cache import MapCache
 from refam.identity import RESULTS_LIBRARIES, code_identity, library_versions, spacy_models, weights_identity
@@ -147,8 +147,7 @@ class RefAMPipeline:
     def check_expression(self, text: str) -> tuple[str, int]:
         """The expression with magnets as the extractor reads it, and where the magnets start;
         raises ExpressionError for one that cannot run (empty, too long for the text encoder)."""
-        if not text.strip():
-            raise ExpressionError("the expression is empty")
+        require_words(text)
         augmented = self.magnets.augment(text)
         self.extractor.validate_expression(augmented[0])
         return augmented

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from refam.aggregators.gas import detect_sinks
+from refam.config import Configurable
 from refam.errors import ConfigError
 from refam.types import TokenInfo, TokenMaps
 
@@ -20,7 +21,7 @@ class Aggregation:
     sinks: torch.Tensor  # [K, T] bool: global attention sinks found
 
 
-class Aggregator(abc.ABC):
+class Aggregator(Configurable, abc.ABC):
     @abc.abstractmethod
     def __call__(self, maps: TokenMaps, keep: torch.Tensor) -> Aggregation:
         """`keep` [K, T] is the magnet strategy's choice of tokens."""

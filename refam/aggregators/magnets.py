@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
+from refam.config import Configurable
 from refam.errors import ConfigError
 from refam.text.parsing import ExpressionParser
 from refam.types import TokenInfo
@@ -21,7 +22,7 @@ from refam.types import TokenInfo
 PAPER_MAGNETS = ("_", "with", "to", "and", "pink")
 
 
-class MagnetStrategy(abc.ABC):
+class MagnetStrategy(Configurable, abc.ABC):
     """Turns an expression into the text the branch encodes, and selects the tokens to keep."""
 
     @abc.abstractmethod

@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from refam.aggregators.base import normalise
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
+from refam.config import Configurable
 from refam.text.parsing import ExpressionParser
 from refam.types import TokenInfo
 
@@ -40,7 +41,7 @@ class BiasContext:
     tokens: list[list[TokenInfo]]  # per expression, the T tokens (character spans refer to its text)
 
 
-class SpatialBias(abc.ABC):
+class SpatialBias(Configurable, abc.ABC):
     @abc.abstractmethod
     def __call__(self, heatmaps: torch.Tensor, expressions: list[str], context: BiasContext | None = None) -> torch.Tensor:
         """[K, h, w] heatmaps of K expressions -> biased [K, h, w] heatmaps in [0, 1]."""

@@ -8,7 +8,8 @@ import os
 import torch
 from PIL import Image
 
-from refam.errors import CheckpointError, ConfigError, ExpressionError
+from refam.config import Configurable
+from refam.errors import CheckpointError, ConfigError, require_words
 from refam.identity import pinned_revision
 from refam.types import MagnetVectors, TokenMaps
 
@@ -53,7 +54,7 @@ def load_pipeline(pipeline_class, pretrained: str, layout: str, **kwargs):
         ) from err
 
 
-class Extractor(abc.ABC):
+class Extractor(Configurable, abc.ABC):
     """A DiT backbone observed through an expression branch.
 
     The interface the pipeline calls: `setup` loads weights, `extract` returns the token maps of all
@@ -72,8 +73,7 @@ class Extractor(abc.ABC):
 
     def validate_expression(self, text: str) -> None:
         """Raise `ExpressionError` for an expression (with magnets) this backbone cannot encode."""
-        if not text.strip():
-            raise ExpressionError("the expression is empty")
+        require_words(text)
 
     @abc.abstractmethod
     def extract(

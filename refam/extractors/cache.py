@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from refam.config import Configurable
 from refam.identity import (MAPS_FORMAT, MAPS_LIBRARIES, code_identity, describe_change, frames_identity, image_identity,
                             library_versions, model_identity)  # noqa: F401 (model_identity re-exported)
 from refam.types import TokenInfo, TokenMaps
@@ -71,7 +72,10 @@ def describe(obj) -> object:
     if isinstance(obj, dict):
         return {str(k): describe(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     cls = type(obj)
-    fields = {k: describe(v) for k, v in sorted(vars(obj).items()) if not k.startswith("_")} if hasattr(obj, "__dict__") else {}
+    if isinstance(obj, Configurable):  # a component: the arguments it was built with, as it now holds them
+        fields = {k: describe(v) for k, v in sorted(obj.settings().items())}
+    else:
+        fields = {k: describe(v) for k, v in sorted(vars(obj).items()) if not k.startswith("_")} if hasattr(obj, "__dict__") else {}
     return {"class": f"{cls.__module__}.{cls.__qualname__}", **fields}
 
 

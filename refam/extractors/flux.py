@@ -87,9 +87,6 @@ class FluxExtractor(ImageDiTExtractor):
             raise ConfigError(f"must be 'caption' or 'empty', got {pooled_prompt!r}", field="pooled_prompt")
         self.pooled_prompt, self.guidance_scale = pooled_prompt, guidance_scale
 
-    def backbone_settings(self) -> dict:
-        return {"pooled_prompt": self.pooled_prompt, "guidance_scale": self.guidance_scale}
-
     def install_branch(self, pipe) -> list[FluxBranchProcessor]:
         return install_flux_branch(pipe.transformer)
 

@@ -89,9 +89,6 @@ class Flux2Extractor(ImageDiTExtractor):
         self.guidance_scale, self.shift_steps = guidance_scale, shift_steps
         self.text_layers = None if text_layers is None else [int(layer) for layer in text_layers]
 
-    def backbone_settings(self) -> dict:
-        return {"guidance_scale": self.guidance_scale, "shift_steps": self.shift_steps, "text_layers": self.text_layers}
-
     def check_pipeline(self, pipe) -> None:
         if type(pipe).__name__ not in ("Flux2Pipeline", "Flux2KleinPipeline"):
             raise CheckpointError(f"is a {type(pipe).__name__}; give {self.checkpoint_layout}", field="pretrained")

@@ -3,8 +3,9 @@
 The lifecycle: the pipeline comes from `pretrained` (a folder or hub id, `load_pipeline`) or is
 handed over in memory (`use_pipeline`); the subclass prepares it (its branch processors, checks of
 the architecture); `offload` places its modules (`refam.extractors.offload.Placement`). The map
-cache's key starts from what every pipeline has (class, model files, dtype, device type, where the
-text encoders run) and adds the subclass's `map_settings()`.
+cache's key holds the class, the model's identity, the device type, where the text encoders run,
+and every other constructor argument the extractor was built with (`Configurable.settings`), so a
+backbone's new setting can never be left out of it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from refam.extractors.offload import Placement, check_offload
 
 class PipelineExtractor(Extractor):
     """Subclasses set `checkpoint_layout` (what `pretrained` must hold, for errors) and implement
-    `pipeline_class`, `prepare`, `placement_modules` and `map_settings`."""
+    `pipeline_class`, `prepare` and `placement_modules`."""
 
     checkpoint_layout: str = "the folder of a diffusers pipeline or a hub id"
 
@@ -53,10 +54,6 @@ class PipelineExtractor(Extractor):
     @abc.abstractmethod
     def placement_modules(self, pipe) -> tuple[list[nn.Module], nn.Module, list[nn.Module]]:
         """(text encoders, denoiser, modules that always stay on the device) for `offload`."""
-
-    @abc.abstractmethod
-    def map_settings(self) -> dict:
-        """This backbone's settings that change its maps, for the map cache's key."""
 
     # ---------------------------------------------------------------- lifecycle
     def setup(self, device: torch.device) -> None:
@@ -93,13 +90,12 @@ class PipelineExtractor(Extractor):
     def cache_key_settings(self) -> dict | None:
         if self.given_pipeline:
             return None
-        from refam.extractors.cache import model_identity
+        from refam.extractors.cache import describe, model_identity
 
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "model": model_identity(self.pretrained),
-            "dtype": str(self.dtype),
+            "model": model_identity(self.pretrained, offline=self.local_files_only),
             "device": self.device.type,  # maps differ by rounding across device types
-            "text_encoders_on_cpu": self.offload == "text_encoders",  # likewise
-            **self.map_settings(),
+            "text_encoders_on_cpu": self.offload == "text_encoders",  # likewise; the other modes give the same maps
+            "settings": describe(self.settings(leave_out=("pretrained", "offload", "local_files_only"))),
         }

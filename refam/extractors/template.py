@@ -14,8 +14,10 @@ observe each state with one forward while the branch processors capture, and ret
 - `denoise`, one call of its transformer with the branch's embeddings joined to the text
   (`join_text`);
 - `branch_first`, whether the branch's tokens go before the caption's in the text stream or
-  after, as its processors hand the joint sequence to the kernel;
-- `backbone_settings`, its settings that change the maps (for the map cache's key).
+  after, as its processors hand the joint sequence to the kernel.
+
+A backbone's constructor arguments are recorded when it is built (`refam.config.Configurable`), and
+the map cache's key holds them all: a new setting needs no listing anywhere.
 
 Defaults cover what most pipelines share: `placement_modules` (every `text_encoder*`, the
 `transformer`, the `vae`), `encode_caption` (the pipeline's own `encode_prompt`), `branch_layout`
@@ -75,19 +77,16 @@ def resize_to(width: int, height: int, resolution: int, keep_aspect: bool, multi
 
 def channel_stats(config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A VAE config's per-channel `latents_mean` and `latents_std`, shaped to broadcast over a
-    latent like `like` [B, C, ...]."""
+    latent like `like` [B, C, ...], made in float32 and cast to its dtype, as the pipelines do."""
     shape = (1, -1) + (1,) * (like.dim() - 2)
-    return tuple(torch.tensor(v, device=like.device, dtype=like.dtype).view(shape)
-                 for v in (config.latents_mean, config.latents_std))
+    return tuple(torch.tensor(v).view(shape).to(like.device, like.dtype) for v in (config.latents_mean, config.latents_std))
 
 
 def normalized(latent: torch.Tensor, config) -> torch.Tensor:
     """(z - latents_mean) / latents_std per channel, as the Wan and Qwen-Image image-conditioned
     pipelines compute it, in z's dtype: the statistics cast to it, then times the reciprocal."""
-    shape = (1, -1) + (1,) * (latent.dim() - 2)
-    mean = torch.tensor(config.latents_mean).view(shape).to(latent.device, latent.dtype)
-    inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(latent.device, latent.dtype)
-    return (latent - mean) * inverse_std
+    mean, std = channel_stats(config, latent)
+    return (latent - mean) * (1.0 / std)
 
 
 def vae_latent(pipe, pixels: torch.Tensor) -> torch.Tensor:
@@ -239,10 +238,6 @@ class DiTExtractor(PipelineExtractor):
         order = ("branch", "caption", "image") if self.branch_first else ("image", "caption", "branch")
         return BranchLayout(caption_len=caption.shape[1], key_valid=encoded.valid, key_order=order)
 
-    def backbone_settings(self) -> dict:
-        """This backbone's own settings that change its maps, for the map cache's key."""
-        return {}
-
     def check_pipeline(self, pipe) -> None:
         """Refuse a pipeline this backbone cannot observe (raise CheckpointError), before installing."""
 
@@ -272,21 +267,6 @@ class DiTExtractor(PipelineExtractor):
     @property
     def num_blocks(self) -> int:
         return len(self.processors)
-
-    def map_settings(self) -> dict:
-        from refam.extractors.cache import describe
-
-        return {
-            "trajectory": describe(self.trajectory),
-            "seed": self.seed,
-            "blocks": self.blocks,
-            "softmax_stage": self.softmax_stage,
-            "representation": self.representation,
-            "caption_max_tokens": self.caption_max_tokens,
-            "expression_max_tokens": self.expression_max_tokens,
-            "variant": self.variant,
-            **self.backbone_settings(),
-        }
 
     def prompt(self, *args, **kwargs):
         """The pipeline's own `encode_prompt(*args, **kwargs)`, run where the text encoders live."""
@@ -397,9 +377,6 @@ class ImageDiTExtractor(DiTExtractor):
             raise ConfigError(f"must be a positive multiple of 16, got {resolution}", field="resolution")
         self.resolution, self.keep_aspect = resolution, keep_aspect
 
-    def map_settings(self) -> dict:
-        return {**super().map_settings(), "resolution": self.resolution, "keep_aspect": self.keep_aspect}
-
     def image_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) an image of this size is resized to."""
         return resize_to(width, height, self.resolution, self.keep_aspect, self.pipe.vae_scale_factor * self.patch_size)
@@ -455,10 +432,6 @@ class VideoDiTExtractor(DiTExtractor, VideoExtractor):
 
     def encode_image(self, image: Image.Image) -> Latent:
         return self.encode_clip([image])
-
-    def map_settings(self) -> dict:
-        return {**super().map_settings(), "height": self.height, "width": self.width, "clip_frames": self.clip_frames,
-                "windows": self.windows, "vae_tiling": self.vae_tiling}  # tiled VAE encoding differs at the tile seams
 
     def prepare(self, pipe) -> None:
         if self.vae_tiling:

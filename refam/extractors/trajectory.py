@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from refam.config import Configurable
 from refam.errors import ConfigError
 
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
@@ -51,7 +52,7 @@ def no_shift_error(backbone: str) -> ConfigError:
                        "set shift: false", field="shift")
 
 
-class Trajectory(abc.ABC):
+class Trajectory(Configurable, abc.ABC):
     shift: bool = False  # applies the backbone's noise-level shift (`TrajectoryContext.shifted`)
 
     @abc.abstractmethod

@@ -1,4 +1,4 @@
-"""Region-overlap scores for referring segmentation (conventions: notes/reference-algorithms.md §3.3).
+"""Region-overlap scores for referring segmentation (conventions: docs/settings.md, Evaluation).
 
 One `update` is one (expression, prediction) pair. States are plain sums so that the
 multi-GPU result (states summed across ranks) equals the single-GPU result exactly.

@@ -7,8 +7,10 @@ import abc
 import numpy as np
 import torch
 
+from refam.config import Configurable
 
-class Segmenter(abc.ABC):
+
+class Segmenter(Configurable, abc.ABC):
     """Turns the argmax point of each expression's heatmap into a binary mask.
 
     Subclasses are chosen by `class_path` in the YAML config; heavy weights are loaded in

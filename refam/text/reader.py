@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from refam.errors import ExpressionError
+from refam.errors import ExpressionError, require_words
 from refam.types import MagnetVectors, TokenInfo
 
 
@@ -50,8 +50,7 @@ class ExpressionReader(abc.ABC):
 
     def validate(self, text: str) -> None:
         """Raise `ExpressionError` for an expression (with magnets) this reader cannot encode."""
-        if not text.strip():
-            raise ExpressionError("the expression is empty")
+        require_words(text)
         n = self.count_tokens(text)
         if n > self.max_tokens:
             raise ExpressionError(

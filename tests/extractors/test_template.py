@@ -44,8 +44,9 @@ def test_a_weights_variant_is_loaded_and_keyed(tmp_path):
         assert _same_weights(getattr(variant.pipe, name), getattr(fp16, name))
         assert _same_weights(getattr(default.pipe, name), getattr(plain, name))
 
-    assert variant.load_kwargs() == {"variant": "fp16"} and variant.map_settings()["variant"] == "fp16"
+    assert variant.load_kwargs() == {"variant": "fp16"} and variant.cache_key_settings()["settings"]["variant"] == "fp16"
     assert default.load_kwargs() == {}
     keys, other = variant.cache_key_settings(), default.cache_key_settings()
     assert keys["model"] == other["model"]  # one folder
-    assert {name for name in keys if keys[name] != other[name]} == {"variant"}
+    assert {name for name in keys if keys[name] != other[name]} == {"settings"}
+    assert {name for name in keys["settings"] if keys["settings"][name] != other["settings"][name]} == {"variant"}
