@@ -105,6 +105,7 @@ def open_rgb(path: Path | str) -> Image.Image:
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
         Image.MAX_IMAGE_PIXELS = limit  # Pillow's own bomb guard follows refam's setting
     with Image.open(path) as image:
+        refuse_animated(image, path)  # before any warning about its size: it is not read at all
         check_size(image, path)
         return to_rgb(image, path)
 

@@ -5,6 +5,7 @@ built in memory, saved in a format that keeps its mode and read back through the
 import io
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,9 +305,9 @@ def test_object_id_annotations_keep_ids_and_refuse_colour_or_jpeg(tmp_path):
 # ---------------------------------------------------------------- animated images
 
 
-def animation(path, fmt):
+def animation(path, fmt, size=(8, 6)):
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
-    frames = [Image.new("RGB", (8, 6), c) for c in colours]
+    frames = [Image.new("RGB", size, c) for c in colours]
     frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0,
                    **({"lossless": True} if fmt == "WEBP" else {}))
     return colours
@@ -374,3 +375,44 @@ def test_a_valid_pixel_limit_is_read(monkeypatch, value, limit):
     monkeypatch.setenv(MAX_PIXELS_ENV, value)
     assert max_pixels() == limit
     RefAMDataModule([]).setup("test")
+
+
+# ---------------------------------------------------------------- front doors
+
+
+def one_error_line(result):
+    lines = [line for line in result.stderr.splitlines() if line.startswith("refam")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("refam: error:"), result.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.slow  # the model runs on three frames (6 s)
+def test_predict_refuses_an_animated_image_and_reads_it_as_a_video(tmp_path, refam_here):
+    path = tmp_path / "clip.gif"
+    animation(path, "GIF", size=(32, 24))
+    line = one_error_line(refam_here("predict", "--image", str(path), "--expression", "the square",
+                                     "--output", str(tmp_path / "out")))
+    assert str(path) in line and "--video" in line
+    result = refam_here("predict", "--video", str(path), "--expression", "the square", "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out" / "clip").glob("*/*.png")) == ["00000.png", "00001.png", "00002.png"]
+
+
+@pytest.mark.parametrize("command", ["predict", "test"])
+def test_an_invalid_pixel_limit_is_one_line_at_each_front_door(tmp_path, refam_here, monkeypatch, command):
+    Image.new("RGB", (20, 20)).save(tmp_path / "photo.png")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"image": "photo.png", "expressions": [{"text": "x", "mask": "photo.png"}]}))
+    monkeypatch.setenv(MAX_PIXELS_ENV, "abc")
+    if command == "predict":
+        result = refam_here("predict", "--image", str(tmp_path / "photo.png"), "--expression", "the square",
+                            "--output", str(tmp_path / "out"))
+    else:
+        result = refam_here("test", "--config", "configs/demo.yaml", "--data.datasets.init_args.path", str(manifest),
+                            "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+                            cwd=Path(__file__).resolve().parents[2])
+    line = one_error_line(result)
+    assert MAX_PIXELS_ENV in line and "'abc'" in line
+    if command == "test":  # refused by the data module's setup: before the model loads, before any sample
+        assert "Loading" not in result.stderr and "Testing" not in result.stderr, result.stderr[-2000:]
