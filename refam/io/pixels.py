@@ -89,7 +89,15 @@ def viewed_size(image: Image.Image) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------ animated images
 
 
+# formats whose extra frames are no sequence: a camera's MPO JPEG holds previews or a second view
+# beside the primary image, a PSD its layers beside the composite; a viewer shows the first
+NOT_A_SEQUENCE = ("MPO", "PSD")
+
+
 def frame_count(image: Image.Image) -> int:
+    """How many frames a viewer plays: 1 for a still image (and for MPO / PSD files)."""
+    if image.format in NOT_A_SEQUENCE or not getattr(image, "is_animated", False):
+        return 1  # `is_animated` looks at most one frame ahead; `n_frames` may walk the whole file
     return int(getattr(image, "n_frames", 1) or 1)
 
 
@@ -127,6 +135,15 @@ def _declared_bits(image: Image.Image) -> int | None:
     return int(bits) if isinstance(bits, int) else None
 
 
+def _with_transparency(image: Image.Image, values: np.ndarray, gray: np.ndarray) -> Image.Image:
+    """The 8-bit gray image, with the source's transparent value (a 16-bit PNG's tRNS) as alpha."""
+    transparent = image.info.get("transparency")
+    if not isinstance(transparent, int):
+        return Image.fromarray(gray, mode="L")
+    alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([gray, alpha], axis=2), mode="LA")
+
+
 def eight_bit(image: Image.Image, source: object = "an image") -> Image.Image:
     """`image` in a mode of 8 bits per channel that Pillow converts to RGB / RGBA as a viewer shows
     it: 16- and 32-bit integer and float images mapped onto 0..255 (module docstring), premultiplied
@@ -136,14 +153,14 @@ def eight_bit(image: Image.Image, source: object = "an image") -> Image.Image:
         return image.convert(PREMULTIPLIED[mode])
     if mode in SIXTEEN_BIT_MODES:
         values = np.asarray(image)
-        return Image.fromarray((values.astype(np.uint16) >> 8).astype(np.uint8), mode="L")
+        return _with_transparency(image, values, (values.astype(np.uint16) >> 8).astype(np.uint8))
     if mode == "I":
         values = np.asarray(image)
         if values.size and values.min() < 0:
             return Image.fromarray(_scaled_by_range(values.astype(np.float64), source,
                                                     "is a 32-bit integer image with negative values"), mode="L")
         wide = _declared_bits(image) == 32 or (values.size and values.max() > 0xFFFF)
-        return Image.fromarray((values >> (23 if wide else 8)).astype(np.uint8), mode="L")
+        return _with_transparency(image, values, (values >> (23 if wide else 8)).astype(np.uint8))
     if mode == "F":
         values = np.asarray(image)
         finite = np.isfinite(values)

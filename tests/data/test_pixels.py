@@ -342,6 +342,25 @@ def test_gif_frames_are_composed_as_pillow_gives_them(tmp_path):
     assert tuple(np.asarray(frames[1])[3, 1]) == (0, 0, 255) and tuple(np.asarray(frames[1])[3, 6]) == (255, 0, 0)
 
 
+def test_a_camera_mpo_jpeg_is_its_primary_image_not_an_animation(tmp_path):
+    path = tmp_path / "camera.jpg"  # phones save previews beside the photo: Pillow opens it as MPO, 2 frames
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(path, format="MPO", save_all=True,
+                                                  append_images=[Image.new("RGB", (16, 12), (0, 0, 255))])
+    with Image.open(path) as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2
+    rgb = read_rgb(path)
+    assert not isinstance(rgb, str), rgb
+    assert rgb.size == (32, 24) and np.abs(np.asarray(rgb)[12, 16].astype(int) - (200, 30, 30)).max() <= 3
+
+
+def test_a_16bit_png_with_a_transparent_value_is_composited_like_others(tmp_path):
+    path = tmp_path / "t16.png"
+    Image.fromarray(np.array([[0, 0x1234, 0xFFFF]], dtype=np.uint16)).save(path, transparency=0x1234)
+    assert [tuple(p) for p in np.asarray(read_rgb(path))[0]] == [BLACK, WHITE, WHITE]
+    Image.fromarray(np.array([[0, 0x1234, 0xFFFF]], dtype=np.uint16)).save(path, transparency=0)
+    assert [tuple(p) for p in np.asarray(read_rgb(path))[0]] == [WHITE, (0x12,) * 3, WHITE]
+
+
 def test_a_one_frame_gif_is_an_image(tmp_path):
     path = tmp_path / "still.gif"
     Image.new("RGB", (8, 6), (255, 0, 0)).save(path)
