@@ -81,7 +81,8 @@ def oriented_array(array: np.ndarray, value: int) -> np.ndarray:
 
 
 def viewed_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) as shown, i.e. after EXIF orientation; reads the header only."""
+    """(width, height) as shown, i.e. after EXIF orientation. Reads the header only, except for a
+    PNG whose EXIF chunk follows its pixel data (Pillow decodes it to get there)."""
     width, height = image.size
     return (height, width) if orientation(image) in (5, 6, 7, 8) else (width, height)
 
