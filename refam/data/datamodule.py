@@ -18,6 +18,8 @@ import lightning as L
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from refam.data.images import max_pixels
+
 
 class UnpaddedShardSampler(Sampler[int]):
     """Rank r of W gets indices r, r+W, r+2W, ...: a partition of the dataset, no padding, no repeats.
@@ -67,6 +69,11 @@ class RefAMDataModule(L.LightningDataModule):
         # A split with fewer samples than processes gives some ranks an empty shard; Lightning
         # refuses such a loader unless told that running zero batches on a rank is intended.
         self.allow_zero_length_dataloader_with_multiple_devices = True
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check the environment's settings before any sample is read: an invalid `REFAM_MAX_PIXELS`
+        would otherwise make every image a skipped sample and the run score nothing."""
+        max_pixels()
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(

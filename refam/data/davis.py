@@ -269,6 +269,6 @@ class RefDAVIS17(Dataset):
             ],
             caption=self._captions.get(entry.video, ""),
             source=str(frames_dir),
-            truth=PaletteTruth(frame_paths(annotations_dir, names, ANNOTATION_SUFFIX)),
+            truth=PaletteTruth(frame_paths(annotations_dir, names, ANNOTATION_SUFFIX), frames=paths),
             frame_names=names,
         )

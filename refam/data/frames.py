@@ -1,4 +1,6 @@
-"""Video frames, one at a time, from a folder of images or a video file (OpenCV), never all in memory."""
+"""Video frames, one at a time, from a folder of images, an animated image file (GIF, APNG, WebP,
+multi-page TIFF: Pillow) or a video file (OpenCV), never all in memory. Frame images are read as
+every image is (`refam.data.images.to_rgb`: modes as a viewer shows them, EXIF orientation)."""
 
 from __future__ import annotations
 
@@ -6,10 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from refam.data.images import to_rgb
+from refam.data.images import check_size, to_rgb, viewed_rgb
 from refam.errors import MissingInputError
+from refam.io.pixels import frame_count
 
 FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -21,20 +24,41 @@ def frame_files(folder: Path) -> list[Path]:
     return files
 
 
+def animated_frames(path: Path) -> int:
+    """The number of frames of `path` when Pillow reads it as an image of several frames, else 0
+    (a video file, or an image of one frame). Reads the header only."""
+    try:
+        with Image.open(path) as image:
+            return frame_count(image) if frame_count(image) > 1 else 0
+    except (UnidentifiedImageError, OSError):
+        return 0
+
+
 def iter_frames(source: Path) -> Iterator[Image.Image]:
-    """RGB frames in order. `source` is a folder of frame images (sorted by name) or a video file."""
+    """RGB frames in order. `source` is a folder of frame images (sorted by name), an animated
+    image file (every frame, composed as Pillow's ImageSequence gives it) or a video file."""
     source = Path(source)
     if source.is_dir():
         for path in frame_files(source):
             try:
                 with Image.open(path) as frame:
                     rgb = to_rgb(frame, path)
-                yield rgb
             except OSError as err:
                 raise MissingInputError(f"cannot read frame {path}: {err}") from err
+            yield rgb
         return
     if not source.exists():
         raise MissingInputError(f"video not found: {source}")
+    if animated_frames(source):
+        with Image.open(source) as animation:
+            check_size(animation, source)
+            for index, frame in enumerate(ImageSequence.Iterator(animation)):
+                try:
+                    rgb = viewed_rgb(frame, f"{source} frame {index}")
+                except OSError as err:
+                    raise MissingInputError(f"cannot read frame {index} of {source}: {err}") from err
+                yield rgb
+        return
     import cv2
 
     capture = cv2.VideoCapture(str(source))
@@ -42,7 +66,8 @@ def iter_frames(source: Path) -> Iterator[Image.Image]:
         ok, frame = capture.read()
         if not ok:
             raise MissingInputError(f"cannot read video {source}: OpenCV decodes no frame from it "
-                                    "(give a video file OpenCV reads, e.g. MP4 or AVI, or a folder of frames)")
+                                    "(give a video file OpenCV reads, e.g. MP4 or AVI, an animated GIF, "
+                                    "or a folder of frames)")
         while ok:
             yield Image.fromarray(np.ascontiguousarray(frame[:, :, ::-1]))  # BGR -> RGB
             ok, frame = capture.read()

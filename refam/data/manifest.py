@@ -8,7 +8,10 @@ Each record (a JSON list item, or one line of JSONL):
                      {"text": "the kettle", "mask": "masks/kettle.png", "id": "kettle"}],
      "caption": "a kitchen counter"}        # optional
 
-Masks are PNGs at the image's size; any nonzero pixel belongs to the object.
+Masks are image files of the image's size (both compared upright, after EXIF orientation), read by
+`refam.io.pixels.binary_mask`: a cutout (an alpha channel that is not fully opaque) is its alpha
+>= 128; otherwise any nonzero pixel (palette index, gray value or RGB channel) belongs to the
+object; a JPEG mask is read at >= 128 with a warning. docs/settings.md, "Pixels", states the rules.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
 from refam.types import BadSample, Expression, Sample
 from refam.data.images import read_rgb
 from refam.errors import DataError, MissingInputError
+from refam.io.pixels import check_mask_size, read_mask_file
 
 
 def _read_records(path: Path) -> list[tuple[str, Any]]:
@@ -50,18 +53,6 @@ def _read_records(path: Path) -> list[tuple[str, Any]]:
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from e
     return records
-
-
-def _mask_from_png(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        # Palette PNGs (DAVIS style) hold indices, not colours: index 0 is background.
-        # Alpha is ignored: an opaque black pixel is background.
-        if im.mode in ("LA", "PA"):
-            im = im.getchannel(0)
-        elif im.mode == "RGBA":
-            im = im.convert("RGB")
-        array = np.asarray(im)
-    return array.any(axis=2) if array.ndim == 3 else array != 0
 
 
 class ManifestDataset(Dataset):
@@ -152,15 +143,15 @@ class ManifestDataset(Dataset):
             mask = None
             if mask_path is not None:
                 try:
-                    mask = _mask_from_png(mask_path)
+                    mask = read_mask_file(mask_path)
+                    check_mask_size(mask, image.size, mask_path, image_path)
                 except FileNotFoundError:
                     return BadSample(sample_id, f"mask file not found: {mask_path} ({self.path}, {where}, "
                                                 f"expression '{expression_id}'); fix the \"mask\" path or restore it")
+                except DataError as e:
+                    return BadSample(sample_id, f"{e} ({self.path}, {where})")
                 except (OSError, Image.DecompressionBombError) as e:
                     return BadSample(sample_id, f"cannot read mask {mask_path} ({self.path}, {where}): {e}")
-                if mask.shape != (image.height, image.width):
-                    return BadSample(sample_id, f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image "
-                                                f"{image_path} is {image.width}x{image.height} ({self.path}, {where})")
             expressions.append(Expression(text=text, expression_id=expression_id, mask=mask))
         return Sample(sample_id=sample_id, image=image, expressions=expressions, caption=caption,
                       source=f"{self.path}:{where}")

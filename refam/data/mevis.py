@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
 from refam.data.refcoco import decode_segmentation
 from refam.data.files import load_json, require
 from refam.data.video_common import (
     frame_paths,
+    frame_size,
     load_captions,
     load_meta_expressions,
     missing_frames,
@@ -80,8 +80,8 @@ class MeViSTruth(VideoTruth):
                     self._size = (int(rle["size"][0]), int(rle["size"][1]))
                     break
             else:
-                with Image.open(self._frames[0]) as image:  # reads the header only
-                    self._size = (image.height, image.width)
+                width, height = frame_size(self._frames[0])  # the header only; upright, as frames are read
+                self._size = (height, width)
         return self._size
 
     def identity(self) -> str:

@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 from refam.data.images import read_rgb
 from refam.data.imagenet_seg_classes import SIMPLIFIED_NAMES
 from refam.errors import ConfigError, DataError, MissingInputError
+from refam.io.pixels import check_mask_size, label_map
 from refam.types import BadSample, Expression, Sample
 
 DEFAULT_CAPTION = "a {name}"
@@ -280,10 +281,11 @@ def _voc_root(root: Path) -> Path:
 
 
 def _read_labels(path: Path) -> np.ndarray:
+    """VOC's class-index PNG (P, or L holding the same indices), upright: `refam.io.pixels.label_map`."""
     with Image.open(path) as image:
         if image.mode not in ("P", "L"):
             raise DataError(f"{path} is a {image.mode} image; expected VOC's palette (class index) PNG")
-        return np.asarray(image)
+        return label_map(image, path)
 
 
 def single_class(labels: np.ndarray, check_size: tuple[int, int] | None) -> int | None:
@@ -373,9 +375,10 @@ class PascalVOCSingleClass(Dataset):
         image = read_rgb(image_path)
         if isinstance(image, str):
             return BadSample(image_id, f"{image}. Check that the dataset's root points at VOC2012")
-        if labels.shape != (image.height, image.width):
-            return BadSample(image_id, f"{mask_path} is {labels.shape[1]}x{labels.shape[0]} but {image_path} is "
-                                       f"{image.width}x{image.height}")
+        try:
+            check_mask_size(labels, image.size, mask_path, image_path)
+        except DataError as e:
+            return BadSample(image_id, str(e))
         name = self.class_names[class_index]
         expression = SegmentationExpression(
             text=name, expression_id=image_id, mask=labels == class_index, void=labels == VOID

@@ -8,7 +8,7 @@ All three use the layout that Ref-YouTube-VOS introduced:
 
 (wjn922/ReferFormer datasets/ytvos.py, inference_ytvos.py; henghuiding/MeViS README "File Structure").
 One item is one video with all its expressions, so the extractor runs one transformer pass per video.
-Frames stay file paths; nothing here opens a frame.
+Frames stay file paths; nothing here decodes a frame (PaletteTruth reads frame headers for their size).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from PIL import Image
 
 from refam.data.files import load_json
 from refam.errors import DataError
+from refam.io.pixels import check_mask_size, read_mask_file, viewed_size
 from refam.types import VideoExpression, VideoTruth
 
 FRAME_SUFFIX = ".jpg"
@@ -80,14 +81,15 @@ def missing_frames(video: str, folder: Path, paths: list[str], field: str = "roo
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """A palette (DAVIS / YouTube-VOS style) or grayscale PNG as its integer labels [H, W]."""
+    """A palette (DAVIS / YouTube-VOS style) or grayscale PNG as its integer labels [H, W], upright
+    (EXIF orientation applied); the rule is `refam.io.pixels.label_map`."""
+    return read_mask_file(path, rule="labels")
+
+
+def frame_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) of a frame as shown (after EXIF orientation), from its header."""
     with Image.open(path) as image:
-        if image.mode in ("P", "L", "I", "I;16"):
-            return np.asarray(image)
-        if image.mode in ("PA", "LA"):
-            return np.asarray(image.getchannel(0))
-        raise DataError(f"{path}: annotation PNG has mode {image.mode}; expected palette (P) or grayscale (L) "
-                        "indices where each value is an object id")
+        return viewed_size(image)
 
 
 class PaletteTruth(VideoTruth):
@@ -95,11 +97,14 @@ class PaletteTruth(VideoTruth):
     value is its object id (0 background; DAVIS's 255 marks void and belongs to no object).
 
     A frame whose PNG is absent is unannotated (`mask` returns None). The last frame read is kept, so
-    asking for K expressions of one frame reads its PNG once.
+    asking for K expressions of one frame reads its PNG once. With `frames` (the video's frame files,
+    one per annotation path) each annotation read is checked against its frame's size: a mismatch
+    is a `DataError` naming both files and sizes.
     """
 
-    def __init__(self, annotation_paths: list[str]) -> None:
+    def __init__(self, annotation_paths: list[str], frames: list[str] | None = None) -> None:
         self.paths = list(annotation_paths)
+        self.frames = list(frames) if frames is not None else None
         self._cached: tuple[int, np.ndarray | None] | None = None
 
     def labels(self, frame_index: int) -> np.ndarray | None:
@@ -107,6 +112,8 @@ class PaletteTruth(VideoTruth):
             return self._cached[1]
         path = Path(self.paths[frame_index])
         labels = read_label_png(path) if path.is_file() else None
+        if labels is not None and self.frames is not None and frame_index < len(self.frames):
+            check_mask_size(labels, frame_size(self.frames[frame_index]), path, self.frames[frame_index])
         self._cached = (frame_index, labels)
         return labels
 

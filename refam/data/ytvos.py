@@ -132,6 +132,6 @@ class RefYouTubeVOS(Dataset):
             ],
             caption=self._captions.get(entry.video, ""),
             source=str(frames_dir),
-            truth=PaletteTruth(frame_paths(annotations_dir, names, ANNOTATION_SUFFIX)) if labelled else None,
+            truth=PaletteTruth(frame_paths(annotations_dir, names, ANNOTATION_SUFFIX), frames=paths) if labelled else None,
             frame_names=names,
         )

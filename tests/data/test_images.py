@@ -82,8 +82,6 @@ def test_an_image_over_the_pixel_limit_is_refused_naming_file_and_setting(tmp_pa
         as_image(path)
     monkeypatch.setenv(MAX_PIXELS_ENV, "1200")
     assert read_rgb(path).size == (40, 30)
-    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
-    assert "not a positive number" in read_rgb(path)
 
 
 def test_predict_refuses_an_image_over_the_limit_in_one_line(tmp_path, refam_here, monkeypatch):

@@ -144,9 +144,9 @@ def test_davis_reads_no_frame_until_asked_and_each_annotation_once(davis_root, o
     assert opens == []  # constructing the dataset and the sample opened nothing
     sample.frame(2)
     assert opens == [sample.frames[2]]
-    for expression in sample.expressions:  # eight expressions, one PNG read
+    for expression in sample.expressions:  # eight expressions, one PNG read (and its frame's header, for the size)
         sample.truth.mask(expression, 0)
-    assert opens[1:] == [sample.truth.paths[0]]
+    assert opens[1:] == [sample.truth.paths[0], sample.frames[0]]
 
 
 def test_davis_missing_video_folders_are_bad_samples_naming_them(davis_root):
