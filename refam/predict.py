@@ -32,7 +32,9 @@ expression's index and a readable slug of its words. Nothing is written outside 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -268,12 +270,29 @@ def plan_jobs(args) -> list[Job]:
     return jobs
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 sent to the null device: FFmpeg, inside OpenCV, prints its own complaint
+    about a file it cannot decode there (`moov atom not found`), before refam's one line says it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def check_video_readable(video: Path) -> None:
+    """Decode the first frame, so that a video that cannot be read is the run's error before the model loads."""
     from refam.data.frames import iter_frames
 
     frames = iter_frames(video)
     try:
-        next(frames)
+        with native_stderr_silenced():
+            next(frames)
     except StopIteration:
         raise MissingInputError(f"--video {video}: holds no frames") from None
     finally:
