@@ -104,10 +104,12 @@ def check_writable(folder: Path) -> None:
 
 
 def output_folder(output: Path, name: str) -> Path:
-    """`output / name`, refused in one line when it would lie outside `output` (a symbolic link there
-    pointing elsewhere); `name` is already a safe name."""
+    """`output / name` (as given, so that what is printed reads as the user wrote --output), refused
+    in one line when it would lie outside `output` (a symbolic link there pointing elsewhere); `name`
+    is already a safe name."""
     try:
-        return inside(output, name)
+        inside(output, name)
+        return Path(output) / name
     except ValueError as err:
         raise ConfigError(f"--output {output}: {name} is a link to a folder outside it; remove the link or "
                           "choose another --output") from err
