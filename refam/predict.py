@@ -6,33 +6,77 @@
     refam predict --config configs/refcoco.yaml --image photo.jpg --expression "..." --output out/
     refam predict --video clip.mp4 --expression "the dog" --output out/    # or a folder of frames
 
-Per image and expression, into `OUT/<image name>/`: `<k>-<expression>_mask.png` (0/255),
+Per image and expression, into `OUT/<name>/`: `<k>-<expression>_mask.png` (0/255),
 `_overlay.png` (image, mask tinted and outlined, the argmax point as a star), `_heatmap.png` (the
 heatmap over the image, star marked, with a colour bar) and `.json` (point, kept and dropped tokens,
 global attention sinks); the pictures of an image under 512 px are enlarged by a whole factor.
 Without --config or --model the embedded refam-shapes pipeline runs.
 
-A video (a file OpenCV reads, or a folder of frames) gives `OUT/<video>/<k>-<expression>/<frame>.png`
+A video (a file OpenCV reads, or a folder of frames) gives `OUT/<name>/<k>-<expression>/<frame>.png`
 masks, `<k>-<expression>_overlay.gif` and a `.json`. With a video pipeline (a config whose extractor
 has a video path and whose segmenter is a `VideoSegmenter`, e.g. configs/davis.yaml: Mochi + SAM2)
 the point is chosen once, on the key frame, and the segmenter tracks the object through the video;
 otherwise every frame is segmented on its own by the image pipeline. Frames are read one at a time
 (a video file is first decoded to JPEG frames in a temporary folder, frame by frame); only the GIF's
 thumbnails (at most 320 px) are kept until the end.
+
+Names (docs/settings.md, "Output names"): `<name>` is the image's or video's file stem (a frame
+folder's name), or a manifest record's `id`, kept when it is a safe file name and otherwise made
+safe with a hash of the original (`refam.io.names`). Names are handed out in the order given
+(the manifest's records, then the images, a folder's sorted by name, then the videos): the first
+keeps its name, a later input whose name is taken (ignoring case) gets `-2`, `-3`, ... appended. A
+file given twice (by the same or another path) is segmented once. `<k>-<expression>` is the
+expression's index and a readable slug of its words. Nothing is written outside --output.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import os
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from refam.errors import ConfigError, MissingInputError, RefamError, error_line
-from refam.io.names import slug
+from refam.io.names import NameRegistry, inside, safe_name, slug
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a writer wrote for one expression: the record (the content of its JSON file) and the
+    path of every file, by kind (an image's: mask, overlay, heatmap, record; a video's: masks, the
+    folder of per-frame masks, overlay, record)."""
+
+    record: dict
+    paths: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class WrittenVideo:
+    """What the video writer wrote: the video's folder, its number of frames, per expression what
+    was written and (frame, prediction) on the key frame (the first frame where each frame is
+    segmented on its own), the prediction carrying its token maps."""
+
+    folder: Path
+    frames: int
+    expressions: list[Written]
+    key_frames: list[tuple] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input of a run: `name` is its folder's name under --output."""
+
+    name: str
+    source: Path
+    texts: list[str]
+    caption: str
+    is_video: bool = False
 
 
 def image_paths(arguments: list[Path]) -> list[Path]:
@@ -59,16 +103,42 @@ def check_writable(folder: Path) -> None:
         raise ConfigError(f"--output {folder} is not writable ({err.strerror or err}): choose another folder") from err
 
 
-def track_video(model, video: Path, texts: list[str], caption: str, output: Path, key_frames: dict | None = None) -> int:
-    """The video pipeline: one DiT pass over the clip, a point on the key frame, tracked by the segmenter.
-    `key_frames`, if given, receives {expression index: (key frame image, its prediction)}."""
+def output_folder(output: Path, name: str) -> Path:
+    """`output / name` (as given, so that what is printed reads as the user wrote --output), refused
+    in one line when it would lie outside `output` (a symbolic link there pointing elsewhere); `name`
+    is already a safe name."""
+    try:
+        inside(output, name)
+        return Path(output) / name
+    except ValueError as err:
+        raise ConfigError(f"--output {output}: {name} is a link to a folder outside it; remove the link or "
+                          "choose another --output") from err
+
+
+def video_stem(video: Path) -> str:
+    return video.name if video.is_dir() else video.stem
+
+
+def expression_stems(texts: list[str]) -> list[str]:
+    """`<k>-<slug>`: unique by k, readable by the slug."""
+    return [f"{k}-{slug(text)}" for k, text in enumerate(texts)]
+
+
+def overlay_gif(frames: list) -> bytes:
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return gif.getvalue()
+
+
+def track_video(model, video: Path, texts: list[str], caption: str, folder: Path) -> WrittenVideo:
+    """The video pipeline: one DiT pass over the clip, a point on the key frame, tracked by the
+    segmenter; everything written into `folder`."""
     from refam.data.frames import frame_files, iter_frames
     from refam.types import VideoExpression, VideoSample
     from refam.visualize import mask_image, overlay
     from refam.io.files import save_json, save_png, write_atomic
 
-    folder = output / video.stem
-    stems = [f"{k}-{slug(text)}" for k, text in enumerate(texts)]
+    stems = expression_stems(texts)
     with tempfile.TemporaryDirectory(prefix="refam-frames-") as scratch:
         if video.is_dir():
             paths = [str(p) for p in frame_files(video)]
@@ -78,8 +148,8 @@ def track_video(model, video: Path, texts: list[str], caption: str, output: Path
                 path = Path(scratch) / f"{index:05d}.jpg"
                 frame.save(path, quality=95)
                 paths.append(str(path))
-        sample = VideoSample(video.stem, paths, [VideoExpression(t, str(k)) for k, t in enumerate(texts)], caption=caption,
-                             frame_names=[f"{i:05d}" for i in range(len(paths))])
+        sample = VideoSample(video_stem(video), paths, [VideoExpression(t, str(k)) for k, t in enumerate(texts)],
+                             caption=caption, frame_names=[f"{i:05d}" for i in range(len(paths))])
         thumbnails: dict[int, dict[int, object]] = {k: {} for k in range(len(texts))}
 
         def on_mask(expression, index, mask):
@@ -89,40 +159,50 @@ def track_video(model, video: Path, texts: list[str], caption: str, output: Path
             picture.thumbnail((320, 320))
             thumbnails[k][index] = picture
 
-        result = model.pipeline.segment_video(sample, on_mask, keep_token_maps=key_frames is not None)
+        result = model.pipeline.segment_video(sample, on_mask, keep_token_maps=True)
         if result.skipped:
             raise ConfigError("; ".join(result.skipped))
+        written: dict[int, Written] = {}
+        key_frames: dict[int, tuple] = {}
         for prediction in result.predictions:
             k = int(prediction.expression_id)
-            if key_frames is not None:
-                key_frames[k] = (sample.frame(prediction.frame), prediction)
-            frames = [thumbnails[k][i] for i in sorted(thumbnails[k])]
-            gif = io.BytesIO()
-            frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-            write_atomic(folder / f"{stems[k]}_overlay.gif", gif.getvalue())
-            save_json({"expression": texts[k], "key_frame": prediction.frame,
-                       "point": [round(v, 2) for v in prediction.point], "kept_tokens": prediction.kept_tokens,
-                       "dropped_tokens": prediction.dropped_tokens,
-                       "files": {"masks": f"{stems[k]}/", "overlay": f"{stems[k]}_overlay.gif"}},
-                      folder / f"{stems[k]}.json")
-        return len(paths)
+            key_frames[k] = (sample.frame(prediction.frame), prediction)
+            paths_k = video_paths(folder, stems[k])
+            write_atomic(paths_k["overlay"], overlay_gif([thumbnails[k][i] for i in sorted(thumbnails[k])]))
+            record = {"expression": texts[k], "key_frame": prediction.frame,
+                      "point": [round(v, 2) for v in prediction.point], "kept_tokens": prediction.kept_tokens,
+                      "dropped_tokens": prediction.dropped_tokens, "files": video_files(stems[k])}
+            save_json(record, paths_k["record"])
+            written[k] = Written(record, paths_k)
+        order = sorted(written)
+        return WrittenVideo(folder, len(paths), [written[k] for k in order], [key_frames[k] for k in order])
 
 
-def write_video_predictions(model, video: Path, texts: list[str], caption: str, output: Path,
-                            key_frames: dict | None = None) -> int:
-    """Per-frame masks, an overlay GIF and a record per expression; returns the number of frames.
-    `key_frames`, if given, receives {expression index: (key frame image, its prediction)} (the
-    first frame where each frame is segmented on its own)."""
+def video_files(stem: str) -> dict[str, str]:
+    """A video record's "files": paths relative to the video's folder."""
+    return {"masks": f"{stem}/", "overlay": f"{stem}_overlay.gif"}
+
+
+def video_paths(folder: Path, stem: str) -> dict[str, Path]:
+    return {"masks": folder / stem, "overlay": folder / f"{stem}_overlay.gif", "record": folder / f"{stem}.json"}
+
+
+def write_video_predictions(model, video: Path, texts: list[str], caption: str, output: Path, *,
+                            name: str | None = None) -> WrittenVideo:
+    """Per-frame masks, an overlay GIF and a record per expression, into `output/<name>/` (`name`:
+    default the video's file stem made safe); returns what was written, with each expression's key
+    frame and its prediction."""
     from refam.data.frames import iter_frames
     from refam.visualize import mask_image, overlay
     from refam.io.files import save_json, save_png, write_atomic
 
+    folder = output_folder(output, name or safe_name(video_stem(video)))
     if model.pipeline.reads_video:
-        return track_video(model, video, texts, caption, output, key_frames)
-    folder = output / video.stem
-    stems = [f"{k}-{slug(text)}" for k, text in enumerate(texts)]
+        return track_video(model, video, texts, caption, folder)
+    stems = expression_stems(texts)
     thumbnails: list[list] = [[] for _ in texts]
     records = [{"expression": text, "frames": []} for text in texts]
+    key_frames: list[tuple] = []
     frames = 0
     for index, frame in enumerate(iter_frames(video)):
         for k, prediction in enumerate(model.segment(frame, texts, caption=caption)):
@@ -134,38 +214,101 @@ def write_video_predictions(model, video: Path, texts: list[str], caption: str, 
                                          "mask_pixels": int(prediction.mask.sum())})
             if index == 0:
                 records[k].update(kept_tokens=prediction.kept_tokens, dropped_tokens=prediction.dropped_tokens)
-                if key_frames is not None:
-                    key_frames[k] = (frame, prediction)
+                key_frames.append((frame, prediction))
         frames = index + 1
+    written = []
     for k, stem in enumerate(stems):
-        gif = io.BytesIO()
-        thumbnails[k][0].save(gif, format="GIF", save_all=True, append_images=thumbnails[k][1:], duration=100, loop=0)
-        write_atomic(folder / f"{stem}_overlay.gif", gif.getvalue())
-        records[k]["files"] = {"masks": f"{stem}/", "overlay": f"{stem}_overlay.gif"}
-        save_json(records[k], folder / f"{stem}.json")
-    return frames
+        paths = video_paths(folder, stem)
+        write_atomic(paths["overlay"], overlay_gif(thumbnails[k]))
+        records[k]["files"] = video_files(stem)
+        save_json(records[k], paths["record"])
+        written.append(Written(records[k], paths))
+    return WrittenVideo(folder, frames, written, key_frames)
 
 
-def jobs_from_arguments(args) -> list[tuple[str, Path, list[str], str]]:
-    """(name, image path, expressions, caption) per image."""
+def check_texts(texts: list[str]) -> None:
+    """The one-line error for an empty expression; needs no model."""
+    for text in texts:
+        if not text.strip():
+            raise ConfigError("an --expression is empty: give the words that name the object")
+
+
+def check_expressions(model, texts: list[str]) -> None:
+    """The one-line error for an expression that cannot run (empty, too long for the text encoder)."""
+    check_texts(texts)
+    for text in texts:
+        model.pipeline.check_expression(text)
+
+
+def plan_jobs(args) -> list[Job]:
+    """Every input of the run with its folder's name, and every error the arguments alone reveal,
+    before any model loads: names are handed out in the order given (manifest records, images,
+    videos), each distinct from the others; a file given twice is one job."""
+    if args.manifest is not None and args.image:
+        raise ConfigError("give --manifest or --image, not both (a manifest lists its own images)")
+    if args.manifest is None and not args.image and not args.video:
+        raise ConfigError("give --image (files or folders) or --video with --expression, or --manifest")
+    if (args.image or args.video) and not args.expression:
+        raise ConfigError("give at least one --expression \"...\" to segment")
+    names, seen, jobs = NameRegistry(), set(), []
     if args.manifest is not None:
         from refam.data.manifest import ManifestDataset
 
-        dataset = ManifestDataset(str(args.manifest))
-        return [(sample_id, image, [text for _, text, _ in specs], caption)
-                for sample_id, image, specs, caption, _ in dataset.parsed_records()]
-    if not args.image and not args.video:
-        raise ConfigError("give --image (files or folders) or --video with --expression, or --manifest")
-    if not args.expression:
-        raise ConfigError("give at least one --expression \"...\" to segment")
-    return [(p.stem, p, list(args.expression), args.caption) for p in image_paths(args.image)]
+        for sample_id, image, specs, caption, _ in ManifestDataset(str(args.manifest)).parsed_records():
+            jobs.append(Job(names.name(("id", sample_id), sample_id), image, [text for _, text, _ in specs], caption))
+    for path in image_paths(args.image):
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            jobs.append(Job(names.name(path.resolve(), path.stem), path, list(args.expression), args.caption))
+    for video in args.video:
+        if not video.exists():
+            raise MissingInputError(f"--video {video}: no such file or folder")
+        if video.resolve() not in seen:
+            seen.add(video.resolve())
+            jobs.append(Job(names.name(video.resolve(), video_stem(video)), video, list(args.expression),
+                            args.caption, is_video=True))
+    for job in jobs:
+        check_texts(job.texts)
+    return jobs
 
 
-def write_prediction(folder: Path, index: int, text: str, image, prediction) -> dict:
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 sent to the null device: FFmpeg, inside OpenCV, prints its own complaint
+    about a file it cannot decode there (`moov atom not found`), before refam's one line says it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_video_readable(video: Path) -> None:
+    """Decode the first frame, so that a video that cannot be read is the run's error before the model loads."""
+    from refam.data.frames import iter_frames
+
+    frames = iter_frames(video)
+    try:
+        with native_stderr_silenced():
+            next(frames)
+    except StopIteration:
+        raise MissingInputError(f"--video {video}: holds no frames") from None
+    finally:
+        frames.close()
+
+
+def write_prediction(folder: Path, index: int, text: str, image, prediction) -> Written:
+    """The mask, overlay and heatmap PNGs and the JSON record of one expression, into `folder`, as
+    `<index>-<slug>_<kind>.png` and `<index>-<slug>.json`; returns what was written."""
     from refam.visualize import prediction_pictures
     from refam.io.files import save_json, save_png
 
-    stem = folder / f"{index}-{slug(text)}"
+    stem = f"{index}-{slug(text)}"
+    files = {kind: f"{stem}_{kind}.png" for kind in ("mask", "overlay", "heatmap")}
     record = {
         "expression": text,
         "point": [round(prediction.point[0], 2), round(prediction.point[1], 2)],
@@ -173,53 +316,49 @@ def write_prediction(folder: Path, index: int, text: str, image, prediction) -> 
         "dropped_tokens": prediction.dropped_tokens,
         "sinks": [{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)],
         "mask_pixels": int(prediction.mask.sum()),
-        "files": {kind: f"{stem.name}_{kind}.png" for kind in ("mask", "overlay", "heatmap")},
+        "files": files,
     }
+    paths = {kind: folder / file for kind, file in files.items()} | {"record": folder / f"{stem}.json"}
     for kind, picture in prediction_pictures(image, prediction).items():
-        save_png(picture, stem.with_name(f"{stem.name}_{kind}.png"))
-    save_json(record, stem.with_suffix(".json"))  # last: its presence means the expression is complete
-    return record
-
-
-def check_expressions(model, texts: list[str]) -> None:
-    """The one-line error for an expression that cannot run (empty, too long for the text encoder)."""
-    for text in texts:
-        if not text.strip():
-            raise ConfigError("an --expression is empty: give the words that name the object")
-        model.pipeline.check_expression(text)
+        save_png(picture, paths[kind])
+    save_json(record, paths["record"])  # last: its presence means the expression is complete
+    return Written(record, paths)
 
 
 def run(args) -> int:
     from refam.api import RefAM, as_image
 
-    jobs = jobs_from_arguments(args)
-    for video in args.video:
-        if not video.exists():
-            raise MissingInputError(f"--video {video}: no such file or folder")
+    jobs = plan_jobs(args)
     check_writable(args.output)
+    folders = [output_folder(args.output, job.name) for job in jobs]
+    images = [job for job in jobs if not job.is_video]
+    first_image = None
+    if len(images) == 1:  # a lone image that cannot be read is the run's error: say it before loading
+        first_image = as_image(images[0].source)
+    for job in jobs:
+        if job.is_video:
+            check_video_readable(job.source)
     model = RefAM.load(args.config or args.model, device=args.device)
-    for texts in [job[2] for job in jobs] + ([list(args.expression)] if args.video else []):
-        check_expressions(model, texts)  # every expression checked before anything is computed or written
+    for job in jobs:
+        check_expressions(model, job.texts)  # every expression checked before anything is computed or written
     failures = 0
-    for name, path, texts, caption in jobs:
+    for job, folder in zip(jobs, folders):
+        if job.is_video:
+            written = write_video_predictions(model, job.source, job.texts, job.caption, args.output, name=job.name)
+            print(f"{job.source}: {written.frames} frame(s) x {len(job.texts)} expression(s) -> {written.folder}")
+            continue
         try:
-            image = as_image(path)
+            image = first_image if first_image is not None else as_image(job.source)
         except MissingInputError as err:
-            if len(jobs) == 1:
-                raise
             print(f"refam: skipped: {err}", file=sys.stderr)
             failures += 1
             continue
-        predictions = model.segment(image, texts, caption=caption)
-        folder = args.output / name
-        for index, (text, prediction) in enumerate(zip(texts, predictions)):
+        predictions = model.segment(image, job.texts, caption=job.caption)
+        for index, (text, prediction) in enumerate(zip(job.texts, predictions)):
             write_prediction(folder, index, text, image, prediction)
-        print(f"{path}: {len(texts)} expression(s) -> {folder}")
-    for video in args.video:
-        frames = write_video_predictions(model, video, list(args.expression), args.caption, args.output)
-        print(f"{video}: {frames} frame(s) x {len(args.expression)} expression(s) -> {args.output / video.stem}")
+        print(f"{job.source}: {len(job.texts)} expression(s) -> {folder}")
     if failures:
-        print(f"refam: {failures} of {len(jobs)} images could not be read (see above)", file=sys.stderr)
+        print(f"refam: {failures} of {len(images)} images could not be read (see above)", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,238 @@ def test_manifest_gives_each_image_its_own_expressions_and_caption(tmp_path, mod
         for k, (text, prediction) in enumerate(zip(texts, expected)):
             written = json.loads((tmp_path / "out" / record["id"] / f"{k}-{text.replace(' ', '-')}.json").read_text())
             assert written["expression"] == text and written["point"] == pytest.approx(list(prediction.point))
+
+
+# ---- names: no two outputs share a path, nothing a user names writes outside --output ----
+
+def square_at(x: float, colour: str = "blue") -> Image.Image:
+    """A scene whose square's place tells the images apart."""
+    from refam.shapes.scenes import render
+
+    return render([("square", colour, "big", x, 64.0), ("circle", "red", "small", 64.0, 110.0)])[0]
+
+
+SCENES = {"left": square_at(30.0), "right": square_at(98.0), "green": square_at(64.0, "green")}
+
+
+SEGMENTED: dict = {}
+
+
+@pytest.fixture
+def segment_once(monkeypatch):
+    """`RefAM.segment` computed once per (pixels, expressions, caption) in this module: the tests of
+    names run many inputs of the same few scenes; what is written is still the real model's result."""
+    import hashlib
+
+    from refam.api import RefAM, as_image
+
+    real = RefAM.segment
+
+    def segment(self, image, expressions, caption=""):
+        pixels = as_image(image)
+        key = (hashlib.sha256(pixels.tobytes()).hexdigest(), pixels.size, tuple(expressions), caption)
+        if key not in SEGMENTED:
+            SEGMENTED[key] = real(self, pixels, expressions, caption)
+        return SEGMENTED[key]
+
+    monkeypatch.setattr(RefAM, "segment", segment)
+
+
+@pytest.fixture
+def expected_masks(model, segment_once):
+    """The mask of "the square" in each scene, as the API segments it."""
+    return {name: model.segment(image, ["the square"])[0].mask for name, image in SCENES.items()}
+
+
+def written_files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def check_sample_folder(folder: Path, texts: list[str]) -> None:
+    """Every file of the sample sits in its own folder: one record per expression, naming files beside it."""
+    records = sorted(folder.glob("*.json"))
+    assert [json.loads(r.read_text())["expression"] for r in records] == texts
+    named = set()
+    for path in records:
+        for file in json.loads(path.read_text())["files"].values():
+            assert (folder / file).resolve().parent == folder.resolve() and (folder / file).exists()
+            named.add((folder / file).resolve())
+    assert {p.resolve() for p in folder.iterdir()} == named | {r.resolve() for r in records}
+
+
+@pytest.mark.parametrize("images, folders", [
+    ({"a/photo.png": "left", "b/photo.png": "right"}, ["photo", "photo-2"]),  # same file name, other folders
+    ({"a/Photo.png": "left", "b/photo.png": "right"}, ["Photo", "photo-2"]),  # differs only in case
+    ({"a/photo.png": "left", "b/photo.bmp": "right"}, ["photo", "photo-2"]),  # same stem, other suffix
+    ({"a/photo.png": "left", "b/photo.png": "right", "c/photo.png": "green"}, ["photo", "photo-2", "photo-3"]),
+    ({"a/my photo.png": "left", "b/my-photo.png": "right"}, ["my-photo~*", "my-photo"]),  # made safe vs kept
+], ids=["two-folders", "case", "suffix", "three", "made-safe"])
+def test_images_of_one_name_get_one_folder_each_in_the_order_given(tmp_path, refam_here, expected_masks, images, folders):
+    arguments = []
+    for relative, scene in images.items():
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        SCENES[scene].save(tmp_path / relative)
+        arguments += ["--image", str(tmp_path / relative)]
+    out = tmp_path / "out"
+    result = refam_here("predict", *arguments, "--expression", "the square", "--output", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    made = sorted(p.name for p in out.iterdir())
+    assert len(made) == len(images) and all(p.is_dir() for p in out.iterdir())
+    for relative, scene, wanted in zip(images, images.values(), folders):
+        (folder,) = [out / name for name in made if Path(name).match(wanted)]
+        check_sample_folder(folder, ["the square"])
+        mask = np.asarray(Image.open(folder / "0-the-square_mask.png")) == 255
+        assert np.array_equal(mask, expected_masks[scene]), f"{relative} -> {folder.name} holds another image's mask"
+        assert f"{tmp_path / relative}: 1 expression(s) -> {folder}" in result.stdout
+
+
+@pytest.mark.parametrize("twice", [["a/photo.png", "a/photo.png"], ["a/photo.png", "a/../a/photo.png"], ["a", "a/photo.png"]],
+                         ids=["same-path", "other-spelling", "folder-and-file"])
+def test_an_image_given_twice_is_segmented_once(tmp_path, refam_here, segment_once, twice):
+    (tmp_path / "a").mkdir()
+    SCENES["left"].save(tmp_path / "a/photo.png")
+    arguments = [a for relative in twice for a in ("--image", str(tmp_path / relative))]
+    result = refam_here("predict", *arguments, "--expression", "the square", "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["photo"]
+    assert result.stdout.count("expression(s) ->") == 1
+
+
+@pytest.mark.parametrize("ids", [
+    ["../x", "../../x"],  # climbing out of --output
+    ["{tmp}/absolute", "/"],  # absolute paths
+    ["a/b", "a-b", "a b", "a\\b"],  # collide once made file-safe
+    ["A", "a"],  # differ only in case
+    [".", "..", "~"],
+    ["caf\u00e9", "cafe\u0301", "\u65e5\u672c"],  # unicode: composed and decomposed é differ as strings
+    ["x" * 300, "x" * 299 + "y"],  # cut to the limit
+], ids=["climb", "absolute", "separators", "case", "dots", "unicode", "long"])
+def test_manifest_ids_stay_inside_output_and_never_share_a_folder(tmp_path, refam_here, scene_file, segment_once, ids):
+    ids = [i.format(tmp=tmp_path) for i in ids]
+    texts = ["the square", "the circle"]
+    work = tmp_path / "work"
+    work.mkdir()
+    manifest = work / "mine.jsonl"
+    # expression ids are user-named too: they climb and collide as well
+    manifest.write_text("".join(json.dumps({"id": sample_id, "image": str(scene_file), "expressions": [
+        {"text": texts[0], "id": "../../e"}, {"text": texts[1], "id": f"{tmp_path}/e"}]}) + "\n" for sample_id in ids))
+    out = work / "out"
+    before = written_files(tmp_path)
+    result = refam_here("predict", "--manifest", str(manifest), "--output", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    new = written_files(tmp_path) - before
+    assert new and all(out.resolve() in p.resolve().parents for p in new), "a file was written outside --output"
+    folders = list(out.iterdir())  # a folder per record: two records in one folder would leave fewer
+    assert len(folders) == len(ids) and all(f.is_dir() for f in folders)
+    # distinct also where the file system folds case (macOS, Windows) or Unicode normalisation (macOS)
+    assert len({unicodedata.normalize("NFC", f.name).casefold() for f in folders}) == len(ids)
+    for folder in folders:
+        check_sample_folder(folder, texts)
+    assert result.stdout.count("expression(s) ->") == len(ids)
+
+
+def test_a_link_in_output_to_a_folder_outside_is_refused(tmp_path, scene_file, refam_here):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "scene").symlink_to(elsewhere)
+    result = refam_here("predict", "--image", str(scene_file), "--expression", "the square", "--output", str(out))
+    assert result.returncode == 2 and result.stderr.strip().startswith("refam: error:") and "link" in result.stderr
+    assert not list(elsewhere.iterdir())
+
+
+def frame_folder(folder: Path, scenes: list[str]) -> Path:
+    folder.mkdir(parents=True)
+    for t, scene in enumerate(scenes):
+        SCENES[scene].save(folder / f"{t:05d}.png")
+    return folder
+
+
+def test_videos_and_images_of_one_name_get_one_folder_each(tmp_path, refam_here, expected_masks):
+    first = frame_folder(tmp_path / "a" / "clip", ["left", "right"])
+    second = frame_folder(tmp_path / "b" / "clip", ["right", "green"])
+    image = tmp_path / "c" / "clip.png"
+    image.parent.mkdir()
+    SCENES["green"].save(image)
+    out = tmp_path / "out"
+    result = refam_here("predict", "--image", str(image), "--video", str(first), "--video", str(second),
+                        "--video", str(first), "--expression", "the square", "--output", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["clip", "clip-2", "clip-3"]  # the image first, then the videos
+    check_sample_folder(out / "clip", ["the square"])
+    for name, scenes in (("clip-2", ["left", "right"]), ("clip-3", ["right", "green"])):
+        folder = out / name
+        record = json.loads((folder / "0-the-square.json").read_text())
+        assert record["files"] == {"masks": "0-the-square/", "overlay": "0-the-square_overlay.gif"}
+        assert sorted(p.name for p in folder.iterdir()) == ["0-the-square", "0-the-square.json", "0-the-square_overlay.gif"]
+        for t, scene in enumerate(scenes):
+            mask = np.asarray(Image.open(folder / "0-the-square" / f"{t:05d}.png")) == 255
+            assert np.array_equal(mask, expected_masks[scene]), f"{name} frame {t} holds another video's mask"
+        assert len(list((folder / "0-the-square").iterdir())) == len(scenes)
+
+
+def test_writers_return_what_they_wrote(tmp_path, model, segment_once):
+    from refam.io.names import safe_name
+    from refam.predict import Written, write_prediction, write_video_predictions
+
+    image = SCENES["left"]
+    prediction = model.segment(image, ["the square"])[0]
+    written = write_prediction(tmp_path / "image", 0, "the square", image, prediction)
+    assert isinstance(written, Written) and set(written.paths) == {"mask", "overlay", "heatmap", "record"}
+    assert json.loads(written.paths["record"].read_text()) == written.record
+    assert all(path.exists() and path.parent == tmp_path / "image" for path in written.paths.values())
+    assert np.array_equal(np.asarray(Image.open(written.paths["mask"])) == 255, prediction.mask)
+
+    clip = frame_folder(tmp_path / "my clip", ["left", "right"])
+    video = write_video_predictions(model, clip, ["the square", "the circle"], "", tmp_path / "out")
+    assert video.folder == tmp_path / "out" / safe_name("my clip")  # the folder's name made safe
+    assert video.frames == 2
+    assert [w.record["expression"] for w in video.expressions] == ["the square", "the circle"]
+    for k, entry in enumerate(video.expressions):
+        assert json.loads(entry.paths["record"].read_text()) == entry.record
+        assert sorted(p.name for p in entry.paths["masks"].iterdir()) == ["00000.png", "00001.png"]
+        assert entry.paths["overlay"].exists() and entry.paths["record"].parent == video.folder
+        frame, key = video.key_frames[k]
+        assert frame.size == (128, 128) and key.tokens and key.token_maps is not None
+        assert entry.record["frames"][0]["point"] == [round(v, 2) for v in key.point]
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--image", "missing.png", "--expression", "the dog"], "--image missing.png"),
+    (["--image", "{tmp}/broken.png", "--expression", "the dog"], "cannot read image"),
+    (["--image", "{scene}", "--expression", "  "], "--expression is empty"),
+    (["--image", "{scene}"], "--expression"),
+    (["--video", "{tmp}/clips"], "--expression"),
+    (["--manifest", "{tmp}/none.jsonl"], "none.jsonl"),
+    (["--manifest", "{tmp}/bad.jsonl"], "line 1 is not valid JSON"),
+    (["--manifest", "{tmp}/latin1.jsonl"], "not UTF-8"),
+    (["--manifest", "{tmp}/lost.jsonl"], "lost.png"),
+    (["--manifest", "{tmp}/empty-text.jsonl"], "--expression is empty"),
+    (["--manifest", "{tmp}/bad.jsonl", "--image", "{scene}"], "--manifest or --image"),
+    (["--video", "{tmp}/broken.mp4", "--expression", "the dog"], "cannot read video"),
+    (["--video", "{tmp}/no-frames", "--expression", "the dog"], "holds no images"),
+    (["--image", "{scene}", "--expression", "the dog", "--output", "{tmp}/file/out"], "is not writable"),
+], ids=["missing-image", "broken-image", "empty-expression", "no-expression", "video-no-expression", "no-manifest",
+        "bad-json", "not-utf8", "manifest-image-missing", "manifest-empty-text", "manifest-and-image", "broken-video",
+        "empty-frame-folder", "unwritable-output"])
+def test_user_errors_are_one_line_before_the_model_loads(tmp_path, scene_file, refam_here, monkeypatch, args, culprit):
+    from refam.api import RefAM
+
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "no-frames").mkdir()
+    (tmp_path / "file").write_text("")
+    (tmp_path / "bad.jsonl").write_text("{nope\n")
+    (tmp_path / "latin1.jsonl").write_bytes('{"image": "caf\u00e9.png"}\n'.encode("latin-1"))
+    (tmp_path / "lost.jsonl").write_text(json.dumps({"image": "lost.png", "expressions": ["the dog"]}) + "\n")
+    (tmp_path / "empty-text.jsonl").write_text(json.dumps({"image": str(scene_file), "expressions": [" "]}) + "\n")
+    loads = []
+    monkeypatch.setattr(RefAM, "load", classmethod(lambda cls, *a, **k: loads.append(a) or pytest.fail("model loaded")))
+    args = [a.format(scene=scene_file, tmp=tmp_path) for a in args]
+    if "--output" not in args:
+        args += ["--output", str(tmp_path / "out")]
+    result = refam_here("predict", *args)
+    assert result.returncode == 2 and not loads
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refam: error:") and culprit in lines[0], result.stderr
+    assert not written_files(tmp_path / "out") if (tmp_path / "out").exists() else True

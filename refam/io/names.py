@@ -4,8 +4,9 @@ name, a sample or expression id, an expression's text).
 The rule, for every output refam writes:
 
 - A name that is already safe is kept as it is: letters, digits, `.`, `_` and `-`, at most
-  `MAX_LENGTH` characters, not starting with `.` or `-` (so the ids of official submission layouts,
-  Ref-YouTube-VOS's and MeViS's `<video>/<expression>/<frame>.png`, are written unchanged).
+  `MAX_LENGTH` characters, not starting with `.` or `-`, not ending with `.`, and not a name
+  Windows reserves for a device (`CON`, `nul.txt`, `COM1`, ...) (so the ids of official submission
+  layouts, Ref-YouTube-VOS's and MeViS's `<video>/<expression>/<frame>.png`, are written unchanged).
 - Any other name is made safe (each run of other characters becomes `-`, the result cut to fit)
   and gets `~` and 8 hex digits of the original's sha256 appended, so two names that differ
   only in what was replaced (`a/b`, `a-b`, `a b`) never share a file. `~` never occurs in a safe
@@ -27,12 +28,14 @@ from pathlib import Path
 MAX_LENGTH = 80
 _SAFE = re.compile(r"[A-Za-z0-9._-]+")
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+# Windows opens these devices whatever the extension (`nul.png`); a trailing `.` it drops (`a.` is `a`)
+_WINDOWS_DEVICE = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
 
 
 def is_safe(name: str) -> bool:
     """Whether `name` is kept unchanged as a file name (see the module docstring)."""
     return (bool(_SAFE.fullmatch(name)) and len(name) <= MAX_LENGTH and not name.startswith((".", "-"))
-            and name not in (".", ".."))
+            and not name.endswith(".") and not _WINDOWS_DEVICE.fullmatch(name))
 
 
 def short_hash(text: str) -> str:
@@ -47,13 +50,16 @@ def safe_name(name: object, limit: int = MAX_LENGTH) -> str:
         return text
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     body = _UNSAFE_RUN.sub("-", ascii_text).strip(".-")[: max(1, limit - 9)].rstrip(".-") or "_"
+    if _WINDOWS_DEVICE.fullmatch(body.split(".")[0]):  # `nul.x~...` would still open the device
+        body = f"_{body}"[: max(1, limit - 9)]
     return f"{body}~{short_hash(text)}"
 
 
 def slug(text: str, limit: int = 40) -> str:
     """A readable, lower-case stem for an expression's files (`the-dog-on-the-left`); not unique on
     its own: callers prefix it with the expression's index."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "expression"
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:limit].rstrip("-") or "expression"
 
 
 def inside(root: Path | str, *parts: str) -> Path:
