@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import torch
 from PIL import Image
 
 from refam.config import Configurable
+from refam.io.names import safe_name
 from refam.identity import (MAPS_FORMAT, MAPS_LIBRARIES, code_identity, describe_change, frames_identity, image_identity,
                             library_versions, model_identity)  # noqa: F401 (model_identity re-exported)
 from refam.types import TokenInfo, TokenMaps
@@ -144,10 +144,6 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _safe_name(sample_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", sample_id).strip("._")[:80] or "sample"
-
-
 class MapCache:
     """Token maps on disk, one safetensors file per (sample, key), in `folder`.
 
@@ -163,7 +159,7 @@ class MapCache:
         self._code: dict[int, dict] = {}  # maps_code per extractor (by id), computed once per process
 
     def path(self, sample_id: str, key: str) -> Path:
-        return self.folder / f"{_safe_name(sample_id)}.{key[:32]}.safetensors"
+        return self.folder / f"{safe_name(sample_id)}.{key[:32]}.safetensors"
 
     # -------------------------------------------------------------- files
     def save(self, path: Path, maps: TokenMaps, payload: dict | None = None) -> None:
@@ -221,7 +217,7 @@ class MapCache:
         from safetensors import safe_open
 
         same = ("format", "extractor", "magnet_vectors", "sample_id")
-        for other in sorted(self.folder.glob(f"{_safe_name(sample_id)}.*.safetensors"))[:16]:
+        for other in sorted(self.folder.glob(f"{safe_name(sample_id)}.*.safetensors"))[:16]:
             if other == path:
                 continue
             try:

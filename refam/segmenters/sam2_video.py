@@ -126,21 +126,26 @@ class LazyFrameStore:
             raise DataError(f"cannot read video frame {path}: {err}") from err
 
     def _header(self, index: int) -> tuple[int, int]:
+        from refam.io.pixels import viewed_size
+
         with self._open(index) as image:
-            return image.size
+            return viewed_size(image)  # upright, as the frame is read
 
     def _load(self, index: int) -> torch.Tensor:
+        from refam.data.images import to_rgb  # every frame as every image: modes, EXIF orientation, alpha
+
         path = self.paths[index]
         with self._open(index) as image:
-            if image.size != (self.video_width, self.video_height):
-                raise DataError(
-                    f"video frame {path} is {image.size[0]}x{image.size[1]} but frame 0 is "
-                    f"{self.video_width}x{self.video_height}; all frames of a video must have one size"
-                )
             try:
-                pixels = np.array(image.convert("RGB").resize((self.image_size, self.image_size)))
+                rgb = to_rgb(image, path)
             except OSError as err:
                 raise DataError(f"cannot decode video frame {path}: {err}") from err
+        if rgb.size != (self.video_width, self.video_height):
+            raise DataError(
+                f"video frame {path} is {rgb.size[0]}x{rgb.size[1]} but frame 0 is "
+                f"{self.video_width}x{self.video_height}; all frames of a video must have one size"
+            )
+        pixels = np.array(rgb.resize((self.image_size, self.image_size)))
         # As sam2: uint8 / 255.0 in float64, stored into a float32 buffer, then normalised.
         frame = torch.from_numpy(pixels / 255.0).permute(2, 0, 1).to(torch.float32)
         if not self.offload_video_to_cpu:
