@@ -30,7 +30,7 @@ from refam.extractors.trajectory import NoiseAt
 from refam.inference import RefAMPipeline
 from refam.metrics import ReferringScores, point_hit
 from refam.segmenters.floodfill import FloodFillSegmenter
-from refam.shapes.model import extractor_settings
+from refam.sections import shapes_settings
 
 MAGNET_ROWS: dict[str, MagnetStrategy] = {
     "magnets + stop-word filter (paper)": AppendMagnets(PAPER_MAGNETS, filter_stop_words=True),
@@ -44,7 +44,7 @@ def build_pipeline(model: str, magnets: MagnetStrategy, sigma: float = 0.75,
                    pooled_prompt: str | None = None, spatial_bias: SpatialBias | None = None,
                    keep_aspect: bool = False) -> RefAMPipeline:
     extractor = FluxExtractor(model, trajectory=NoiseAt(sigma), keep_aspect=keep_aspect,
-                              **extractor_settings(model, pooled_prompt))
+                              **shapes_settings(model, pooled_prompt))
     pipeline = RefAMPipeline(extractor=extractor, segmenter=FloodFillSegmenter(), magnets=magnets,
                              spatial_bias=spatial_bias)
     pipeline.setup("cpu")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from refam.aggregators.magnets import PAPER_MAGNETS
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
 from refam.shapes.scenes import COLOURS, SHAPES, SIZES
-from refam.testing.tiny_flux import build_tokenizers
+from refam.text.wordlevel import word_level_tokenizers
 
 CLIP_POSITIONS = 192
 EXTRA_WORDS = """object objects shape shapes thing left right top bottom middle centre center corner big large small
@@ -41,22 +39,13 @@ class ShapesModelConfig:
         return asdict(self)
 
 
-def extractor_settings(folder: str | Path, pooled_prompt: str | None = None) -> dict:
-    """FluxExtractor settings that run a refam-shapes folder as it was trained: 128 x 128 scenes,
-    its caption length, and what its CLIP saw (from `training.json`, unless given)."""
-    record_file = Path(folder) / "training.json"
-    record = json.loads(record_file.read_text()) if record_file.exists() else {}
-    return {"torch_dtype": "float32", "resolution": 128, "caption_max_tokens": record.get("caption_tokens", 32),
-            "pooled_prompt": pooled_prompt or record.get("pooled_prompt", "caption")}
-
-
 def build_components(config: ShapesModelConfig, seed: int = 0) -> dict:
     """Untrained FluxPipeline components (same classes as FLUX.1) for the shapes vocabulary."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     # character-level CLIP: long enough for a four-object caption with positions
-    clip_tok, t5_tok = build_tokenizers(shapes_vocabulary(), clip_max_length=CLIP_POSITIONS)
+    clip_tok, t5_tok = word_level_tokenizers(shapes_vocabulary(), clip_max_length=CLIP_POSITIONS)
     head_dim = config.width // config.heads
     spatial = (head_dim - config.rope_fixed_dims) // 2
     if config.rope_fixed_dims % 2 or spatial % 2 or spatial <= 0:

@@ -7,13 +7,13 @@ stand in for the real ones, so the folder loads through `FluxPipeline.from_pretr
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 import torch
 
 from refam.aggregators.magnets import PAPER_MAGNETS
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
+from refam.text.wordlevel import word_level_tokenizers
 
 DOMAIN_WORDS = """
 man woman person people boy girl child dog cat horse cow sheep bird elephant zebra giraffe bear car bus truck
@@ -32,22 +32,8 @@ def tiny_vocabulary() -> list[str]:
 
 
 def build_tokenizers(words: list[str] | None = None, clip_max_length: int = 77):
-    """A word-level T5 tokenizer over `words` (default: the tiny vocabulary) and a character-level
-    CLIP tokenizer; symbols stay single pieces, so "_" becomes a bare "▁" then "_" as in T5."""
-    from transformers import CLIPTokenizer, T5Tokenizer
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0)]
-    pieces += [(p, -5.0) for p in "_;.,-'!?"]
-    pieces += [("▁" + w, -1.0) for w in (words if words is not None else tiny_vocabulary())]
-    t5 = T5Tokenizer(vocab=pieces, extra_ids=0)
-
-    symbols = list(string.ascii_lowercase + string.digits + "_;.,-'!?")
-    clip_vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for s in symbols:
-        clip_vocab.setdefault(s, len(clip_vocab))
-        clip_vocab.setdefault(s + "</w>", len(clip_vocab))
-    clip = CLIPTokenizer(vocab=clip_vocab, merges=[], model_max_length=clip_max_length)
-    return clip, t5
+    """`word_level_tokenizers` over `words` (default: the tiny vocabulary)."""
+    return word_level_tokenizers(words if words is not None else tiny_vocabulary(), clip_max_length)
 
 
 def tiny_t5(tokenizer, **overrides):
