@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -58,19 +57,13 @@ def check_folder(folder: Path, key: str) -> None:
 
     if folder.exists() and not folder.is_dir():
         raise refuse("it is a file, not a folder")
+    probe = folder / ".refam-write-check"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".refam-probe.", suffix=".part")
-        try:
-            os.write(handle, b"refam")
-            os.fsync(handle)
-        finally:
-            os.close(handle)
-            os.unlink(probe)
-    except FileExistsError:
-        raise refuse("a part of the path is a file") from None
-    except NotADirectoryError:
-        raise refuse("a part of the path is a file") from None
+        files.write_atomic(probe, b"refam")  # what every output goes through: a full disk fails here too
+        probe.unlink()
+    except (FileExistsError, NotADirectoryError):
+        raise refuse("a part of the path is a file, not a folder") from None
     except OSError as err:
         raise refuse(err.strerror or str(err)) from err
 
