@@ -16,7 +16,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
