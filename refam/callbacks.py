@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -56,11 +57,11 @@ def check_folder(folder: Path, key: str) -> None:
 
     if folder.exists() and not folder.is_dir():
         raise refuse("it is a file, not a folder")
-    probe = folder / ".refam-write-check"
+    probe = folder / f".refam-write-check.{os.getpid()}"  # one per process: DDP ranks check at once
     try:
         folder.mkdir(parents=True, exist_ok=True)
         files.write_atomic(probe, b"refam")  # what every output goes through: a full disk fails here too
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise refuse("a part of the path is a file, not a folder") from None
     except OSError as err:
