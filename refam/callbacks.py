@@ -68,10 +68,11 @@ def check_folder(folder: Path, key: str) -> None:
         raise refuse(err.strerror or str(err)) from err
 
 
-def write_output(path: Path, data: bytes) -> None:
-    """`refam.io.files.write_atomic`, a full or read-only disk made one line naming the file."""
+def write_output(path: Path, data: bytes) -> Path:
+    """`refam.io.files.write_atomic`, a full or read-only disk made one line naming the file; returns the path."""
     try:
         files.write_atomic(path, data)
+        return path
     except OSError as err:
         if err.errno not in _OUTPUT_ERRNOS:
             raise
@@ -363,13 +364,13 @@ class MaskWriter(BasePredictionWriter):
             register(self)
 
     # ------------------------------------------------------------------ videos
-    def write_video_mask(self, dataloader_idx: int, video, expression, index: int, mask) -> None:
-        """One video mask, as the segmenter makes it or a replayed record holds it."""
+    def write_video_mask(self, dataloader_idx: int, video, expression, index: int, mask) -> Path:
+        """One video mask, as the segmenter makes it or a replayed record holds it; returns its file."""
         from refam.visualize import mask_image
 
         folder = self._root(self._trainer) / self._dataset(dataloader_idx) / safe_name(video.sample_id)
         path = folder / safe_name(expression.expression_id) / f"{safe_name(video.names[index])}.png"
-        write_output(path, files.png_bytes(mask_image(mask)))
+        return write_output(path, files.png_bytes(mask_image(mask)))
 
     def _write_davis_palettes(self, dataset_root: Path, davis_root: Path, video) -> None:
         """Merge a video's per-expression masks into one palette PNG per frame and annotator set."""
