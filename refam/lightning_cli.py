@@ -11,7 +11,9 @@ from lightning.pytorch.cli import LightningCLI
 
 # configs name components by class name, and a component's error names its config key (`build`)
 import refam.components  # noqa: F401
-from refam.callbacks import ExpressionRecords, MaskWriter, ResultStore, config_fingerprints
+from pathlib import Path
+
+from refam.callbacks import ExpressionRecords, MaskWriter, ResultStore, check_folder, config_fingerprints
 from refam.data.datamodule import RefAMDataModule
 from refam.errors import forget_built_errors, place, user_error
 from refam.inference import RefAMPipeline
@@ -37,12 +39,26 @@ class RefAMCLI(LightningCLI):
         parser.add_lightning_class_args(MaskWriter, "masks")
         # resumable evaluation: --results.folder DIR (default <logger save_dir>/results), --results.resume false.
         # The module is given the store (a link target is no config key, so no fingerprint holds it) and
-        # hands it to the trainer (configure_callbacks), so it is not a trainer callback of its own here.
+        # hands the trainer the callback that writes it (configure_callbacks).
         parser.add_class_arguments(ResultStore, "results", sub_configs=True)
         parser.link_arguments("results", "model.result_store", apply_on="instantiate")
 
+    def check_output_folders(self) -> None:
+        """Folders named on the command line or in the config are checked before anything is built
+        (the Trainer prints its device lines when built); default folders, under the log folder the
+        Trainer picks, are checked by the callbacks' `setup`, which still runs before the model loads."""
+        config = (self.config[self.subcommand] if self.subcommand else self.config).as_dict()
+        wanted = [("masks", bool((config.get("masks") or {}).get("save")))]
+        if self.subcommand in (None, "test"):
+            wanted += [("results", True), ("records", True)]
+        for section, used in wanted:
+            folder = (config.get(section) or {}).get("folder")
+            if used and folder:
+                check_folder(Path(folder), f"{section}.folder")
+
     def instantiate_classes(self) -> None:
         forget_built_errors()
+        self.check_output_folders()
         try:
             super().instantiate_classes()
         except Exception as err:  # a component's own error: say where the config holds it

@@ -11,19 +11,26 @@ to broadcast and each rank loads its own weights.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from refam.callbacks import MaskWriter, ResultStore
+from refam.callbacks import MaskWriter, ResultStore, ResultStoreCallback, dataset_folder
+from refam.errors import ConfigError, DataError
 from refam.identity import sample_identity
 from refam.inference import RefAMPipeline, SampleResult
 from refam.metrics import VideoReferringScores
-from refam.scoring import DatasetScores, result_from_record, results_table
+from refam.records import SampleRecord
+from refam.scoring import DatasetScores, results_table
 from refam.types import BadSample, Sample, VideoSample
 
 log = logging.getLogger(__name__)
+
+
+class NothingScoredError(DataError):
+    """A `refam test` run in which no sample of any dataset could be run."""
 
 
 class RefAMModule(L.LightningModule):
@@ -38,8 +45,10 @@ class RefAMModule(L.LightningModule):
         super().__init__()
         self.pipeline = RefAMPipeline(**pipeline)
         self.result_store = result_store
+        # writes the records this module queues, when each batch ends (handed to the trainer below)
+        self._store_callback = ResultStoreCallback(result_store) if result_store is not None else None
         self.datasets = torch.nn.ModuleList()  # one DatasetScores per test dataset, set when testing starts
-        self._mask_writers: list[MaskWriter] = []
+        self._mask_writers: list[MaskWriter] = []  # writers that save masks register in their setup
 
     @property
     def dataset_names(self) -> list[str]:
@@ -50,18 +59,28 @@ class RefAMModule(L.LightningModule):
         return self.pipeline.numbers_identity()
 
     def configure_callbacks(self) -> list[L.Callback]:
-        # the store writes each batch's records and reports at the end through its callback hooks
-        return [self.result_store] if self.result_store is not None else []
+        return [self._store_callback] if self._store_callback is not None else []
+
+    def add_mask_writer(self, writer: MaskWriter) -> None:
+        """A writer that saves masks (`MaskWriter.setup` calls this): video masks reach it frame by
+        frame as they are made, or replayed from the result store."""
+        if writer not in self._mask_writers:
+            self._mask_writers.append(writer)
+
+    def teardown(self, stage: str) -> None:
+        self._mask_writers = []  # a later run's writers register again
 
     # ------------------------------------------------------------ lifecycle
     def on_test_start(self) -> None:
-        self.pipeline.setup(self.device)
         datasets = getattr(self.trainer.datamodule, "datasets", None) or [None]
-        self.datasets = torch.nn.ModuleList(
-            DatasetScores(d, getattr(d, "name", None) or f"test{i}") for i, d in enumerate(datasets)
-        ).to(self.device)
-        # video masks go to the writers as they are made; masks are never gathered
-        self._mask_writers = [c for c in self.trainer.callbacks if isinstance(c, MaskWriter) and c.save]
+        names = [getattr(d, "name", None) or f"test{i}" for i, d in enumerate(datasets)]
+        folders = [dataset_folder(name) for name in names]
+        for index, folder in enumerate(folders):
+            if folder in folders[:index]:  # their records and masks would share files
+                raise ConfigError(f"datasets {names[folders.index(folder)]!r} and {names[index]!r} would share the "
+                                  f"output folder {folder!r}; give one of them another name", field="datasets")
+        self.pipeline.setup(self.device)
+        self.datasets = torch.nn.ModuleList(DatasetScores(d, name) for d, name in zip(datasets, names)).to(self.device)
 
     def on_predict_start(self) -> None:
         self.pipeline.setup(self.device)
@@ -79,18 +98,31 @@ class RefAMModule(L.LightningModule):
             inputs = sample_identity(item) if self.result_store is not None else None
             record = None if inputs is None else self.result_store.lookup(
                 dataloader_idx, dataset.name, item.sample_id, inputs, accept=dataset.can_replay)
-            if record is not None:  # finished by an earlier run of this config: no forward, same numbers
-                result = result_from_record(record)
+            if record is not None:  # finished by an earlier run of this config: no forward, same numbers and outputs
+                result = record.result()
+                self.replay_video_masks(item, record, dataloader_idx)
             else:
                 result, record = self.measure(item, dataset, dataloader_idx)
-                if self.result_store is not None:
-                    self.result_store.queue(dataloader_idx, dataset.name, {**record, "inputs": inputs})
+                if self._store_callback is not None:
+                    self._store_callback.queue(dataloader_idx, dataset.name, record.stamped(inputs=inputs))
             dataset.add(record)
             results.append(result)
         return results
 
+    def replay_video_masks(self, item: Sample | VideoSample, record: SampleRecord, dataloader_idx: int) -> None:
+        """A stored video's masks, frame by frame, to the writers, as the segmenter gave them."""
+        if not isinstance(item, VideoSample) or not self._mask_writers:
+            return
+        expressions = {e.expression_id: e for e in item.expressions}
+        for entry in record.expressions:
+            for index, mask in enumerate(entry.track or []):
+                if mask is not None:
+                    decoded = mask.decode()
+                    for writer in self._mask_writers:
+                        writer.write_video_mask(dataloader_idx, item, expressions[entry.expression_id], index, decoded)
+
     def measure(self, item: Sample | VideoSample, dataset: DatasetScores,
-                dataloader_idx: int = 0) -> tuple[SampleResult, dict]:
+                dataloader_idx: int = 0) -> tuple[SampleResult, SampleRecord]:
         """Run one sample through the pipeline and measure it against its ground truth: its result
         and its record. A video's masks are measured and written as the segmenter makes them."""
         if not isinstance(item, VideoSample):
@@ -109,6 +141,7 @@ class RefAMModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         # compute() gathers the summed states of every rank, so all ranks log the same global value
         # and no sample is counted twice (the sampler shards without padding).
+        self.refuse_if_nothing_ran()
         rows = []
         for dataset in self.datasets:
             name, values = dataset.name, dataset.referring.compute()
@@ -139,12 +172,41 @@ class RefAMModule(L.LightningModule):
                 if isinstance(dataset.referring, VideoReferringScores):
                     rank_zero_info(f"{dataset.name}: {dataset.referring.describe(values)}")
 
+    def refuse_if_nothing_ran(self) -> None:
+        """A run in which no sample of any dataset could be run is a failure, not a table of zeros."""
+        with warnings.catch_warnings():  # a process may have had no sample: its sum is simply zero
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            answered = [int(dataset.answered.compute()) for dataset in self.datasets]
+        if any(answered) or not self.datasets:
+            return
+        reasons = []
+        for dataset in self.datasets:
+            values = dataset.referring.compute()
+            samples, expressions = int(values["skipped_samples"]), int(values["skipped_expressions"])
+            if samples or expressions:
+                also = f" and {expressions} expression(s)" if expressions else ""
+                reasons.append(f"{dataset.name}: {samples} sample(s){also} skipped")
+            else:
+                reasons.append(f"{dataset.name}: no sample")
+            dataset.reset()
+        raise NothingScoredError(f"nothing was scored ({'; '.join(reasons)}); the warnings above name each sample "
+                                 "and why: fix the data (or the paths to it) and run again")
+
     # ------------------------------------------------------------ predicting
-    def predict_step(self, batch: list[Sample | BadSample], batch_idx: int, dataloader_idx: int = 0) -> list[SampleResult]:
+    def predict_step(self, batch: list[Sample | VideoSample | BadSample], batch_idx: int,
+                     dataloader_idx: int = 0) -> list[SampleResult]:
         results = []
         for item in batch:
             if isinstance(item, BadSample):
                 log.warning("skipped sample %s: %s", item.sample_id, item.reason)
                 continue
-            results.append(self.pipeline.segment_sample(item))
+            if isinstance(item, VideoSample):  # a pipeline that cannot track refuses in one line
+
+                def on_mask(expression, index, mask, video=item) -> None:
+                    for writer in self._mask_writers:
+                        writer.write_video_mask(dataloader_idx, video, expression, index, mask)
+
+                results.append(self.pipeline.segment_video(item, on_mask))
+            else:
+                results.append(self.pipeline.segment_sample(item))
         return results

@@ -2,9 +2,10 @@
 (per expression: pixel counts, point hit, saliency sums, per-frame J and F; per video: each
 annotator run's DAVIS scores), and a record fed to the metrics.
 
-The metrics are fed only from records, whether a record was measured now or read back from the
-result store (`refam.callbacks.ResultStore`), so a resumed run's sums equal an uninterrupted run's
-bit for bit: there is one scoring path, not a live one and a replayed one.
+The metrics are fed only from records (`refam.records.SampleRecord`), whether a record was
+measured now or read back from the result store (`refam.callbacks.ResultStore`), so a resumed run's
+sums equal an uninterrupted run's bit for bit: there is one scoring path, not a live one and a
+replayed one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 
 import numpy as np
 import torch
+from torchmetrics import SumMetric
 
 from refam.errors import ConfigError
 from refam.inference import SampleResult
@@ -20,7 +22,8 @@ from refam.metrics import ReferringScores, SaliencyScores, VideoReferringScores,
 from refam.metrics.davis import ObjectScore, RunPalettes, evaluate_runs
 from refam.metrics.iou import iou
 from refam.metrics.jf import TrackScores
-from refam.types import BadSample, Prediction, Sample, VideoExpression, VideoSample
+from refam.records import DavisObject, ExpressionRecord, Rle, SampleRecord
+from refam.types import BadSample, Sample, VideoExpression, VideoSample
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +37,6 @@ def results_table(rows: list[tuple[str, dict[str, torch.Tensor]]], metrics: tupl
         lines.append(f"{name:<{width}} " + " ".join(f"{float(v[m]):6.2f}" for m in metrics)
                      + f" {int(v['expressions']):12d} {skipped:8d}")
     return "\n".join(lines)
-
-
-def _entry(prediction: Prediction) -> dict:
-    """One expression's record; the scores are added where it has ground truth."""
-    return {
-        "expression_id": prediction.expression_id,
-        "point": [float(prediction.point[0]), float(prediction.point[1])],
-        "frame": prediction.frame,
-        "intersection": None, "union": None, "iou": None, "point_hit": None,
-        "kept_tokens": list(prediction.kept_tokens), "dropped_tokens": list(prediction.dropped_tokens),
-        "sinks": list(prediction.sinks), "sink_categories": list(prediction.sink_categories),
-    }
-
-
-def result_from_record(record: dict) -> SampleResult:
-    """A stored sample's result as `refam test` hands it to the writers: no masks or heatmaps."""
-    result = SampleResult(record["sample_id"], skipped=list(record.get("skipped", [])))
-    for entry in record["expressions"]:
-        result.predictions.append(Prediction(
-            expression_id=entry["expression_id"], mask=None, point=tuple(entry["point"]), heatmap=None,
-            kept_tokens=entry.get("kept_tokens", []), dropped_tokens=entry.get("dropped_tokens", []),
-            sinks=entry.get("sinks", []), sink_categories=entry.get("sink_categories", []),
-            iou=entry.get("iou"), point_hit=entry.get("point_hit"), frame=entry.get("frame"),
-        ))
-    return result
 
 
 class VideoMeasure:
@@ -77,8 +55,10 @@ class VideoMeasure:
                               f"{type(self.truth).__name__} does not give; set per_expression",
                               field="protocol").within("datasets")
         self.tracks: dict[str, TrackScores] = {}
+        self.masks: dict[str, dict[int, Rle]] = {}  # expression id -> frame -> mask, stored for replays
 
     def on_mask(self, expression: VideoExpression, index: int, mask: np.ndarray) -> None:
+        self.masks.setdefault(expression.expression_id, {})[index] = Rle.encode(mask)
         if self.palettes is not None:
             self.palettes.add(expression, index, mask)
         target = self.truth.mask(expression, index) if self.truth is not None else None
@@ -86,26 +66,28 @@ class VideoMeasure:
             void = self.truth.void(index) if self.use_void else None
             self.tracks.setdefault(expression.expression_id, TrackScores()).add_frame(mask, target, void, self.bound_th)
 
-    def record(self, result: SampleResult) -> dict:
+    def record(self, result: SampleResult) -> SampleRecord:
         """The video's record, once its masks are all in; sets each prediction's point hit."""
         expressions = {e.expression_id: e for e in self.video.expressions}
         entries = []
         for prediction in result.predictions:
-            entry = _entry(prediction)
             track = self.tracks.get(prediction.expression_id)
-            entry.update(j=track.j if track else None, f=track.f if track else None)
             target = (self.truth.mask(expressions[prediction.expression_id], prediction.frame)
                       if self.truth is not None else None)
             if target is not None:
                 prediction.point_hit = point_hit(prediction.point, torch.from_numpy(np.asarray(target, dtype=bool)))
-                entry["point_hit"] = prediction.point_hit
-            entries.append(entry)
-        record = {"sample_id": result.sample_id, "video": True, "skipped": list(result.skipped), "expressions": entries}
+            masks = self.masks.get(prediction.expression_id, {})
+            entries.append(ExpressionRecord.of(
+                prediction, point_hit=prediction.point_hit if target is not None else None, j=list(track.j) if track else None,
+                f=list(track.f) if track else None,
+                track=[masks.get(index) for index in range(len(self.video.frames))]))
+        runs = None
         if self.palettes is not None and self.truth is not None and self.palettes.runs:
-            runs = evaluate_runs(self.video.sample_id, self.video.names, self.labels, self.palettes)
-            record["davis_runs"] = {str(run): [{"object": o.object_id, "pred_id": o.pred_id, "j": o.scores.j,
-                                                "f": o.scores.f} for o in objects] for run, objects in runs.items()}
-        return record
+            scored = evaluate_runs(self.video.sample_id, self.video.names, self.labels, self.palettes)
+            runs = {str(run): [DavisObject(o.object_id, o.pred_id, list(o.scores.j), list(o.scores.f)) for o in objects]
+                    for run, objects in scored.items()}
+        return SampleRecord(result.sample_id, video=True, expressions=entries, skipped=list(result.skipped),
+                            davis_runs=runs)
 
 
 class DatasetScores(torch.nn.Module):
@@ -128,6 +110,8 @@ class DatasetScores(torch.nn.Module):
                           else ReferringScores())
         protocol = getattr(dataset, "saliency_protocol", None)
         self.saliency = SaliencyScores(variant=protocol) if protocol is not None else None
+        # expressions answered (scored or not: an unlabelled split has no scores), summed over processes
+        self.answered = SumMetric()
 
     @property
     def scores_runs(self) -> bool:
@@ -140,60 +124,68 @@ class DatasetScores(torch.nn.Module):
         self.referring.skipped_samples.update(1)
 
     # ------------------------------------------------------------ measuring
-    def measure_image(self, sample: Sample, result: SampleResult) -> dict:
+    def measure_image(self, sample: Sample, result: SampleResult) -> SampleRecord:
         """The sample's record; sets each prediction's IoU and point hit where it has a mask."""
         truth = {e.expression_id: e for e in sample.expressions}
         entries = []
         for prediction in result.predictions:
-            entry = _entry(prediction)
-            entries.append(entry)
             expression = truth[prediction.expression_id]
-            if expression.mask is None:
-                continue
-            target = torch.from_numpy(np.asarray(expression.mask, dtype=bool))
-            intersection, union = intersection_union(torch.from_numpy(np.asarray(prediction.mask, dtype=bool)), target)
-            prediction.iou = iou(counts=(intersection, union))
-            prediction.point_hit = point_hit(prediction.point, target)
-            entry.update(intersection=intersection, union=union, iou=prediction.iou, point_hit=prediction.point_hit)
-            if self.saliency is not None:
-                void = getattr(expression, "void", None)
-                entry["saliency"] = self.saliency.contribution(
-                    prediction.heatmap, target, None if void is None else torch.from_numpy(np.asarray(void, dtype=bool)))
-        return {"sample_id": result.sample_id, "video": False, "skipped": list(result.skipped), "expressions": entries}
+            scores: dict = {}
+            if expression.mask is not None:
+                target = torch.from_numpy(np.asarray(expression.mask, dtype=bool))
+                intersection, union = intersection_union(torch.from_numpy(np.asarray(prediction.mask, dtype=bool)),
+                                                         target)
+                prediction.iou = iou(counts=(intersection, union))
+                prediction.point_hit = point_hit(prediction.point, target)
+                scores = dict(intersection=intersection, union=union, iou=prediction.iou, point_hit=prediction.point_hit)
+                if self.saliency is not None:
+                    void = getattr(expression, "void", None)
+                    scores["saliency"] = self.saliency.contribution(
+                        prediction.heatmap, target, None if void is None else torch.from_numpy(np.asarray(void, dtype=bool)))
+            entries.append(ExpressionRecord.of(prediction, mask=Rle.encode(prediction.mask), **scores))
+        return SampleRecord(result.sample_id, video=False, expressions=entries, skipped=list(result.skipped))
 
     def measure_video(self, video: VideoSample) -> VideoMeasure:
         return VideoMeasure(video, self.referring, self.ignores_void, self.name)
 
     # ------------------------------------------------------------ scoring
-    def can_replay(self, record: dict) -> bool:
-        """Whether a stored record holds all this dataset's scores need. A video stored before the
-        annotator runs were scored in-run would leave the video out of the headline J&F."""
-        return not (record.get("video") and self.scores_runs and "davis_runs" not in record)
+    def can_replay(self, record: SampleRecord) -> bool:
+        """Whether a stored record holds all a fresh run gives: the masks (the writers need them) and
+        the scores (a video whose annotator runs were not scored would leave the video out of the
+        headline J&F)."""
+        if record.video:  # the masks of every frame, for the writers
+            return (all(e.track is not None for e in record.expressions)
+                    and not (self.scores_runs and record.davis_runs is None))
+        # each expression's mask, for the writers; on a saliency split each scored one's sums
+        return all(e.mask is not None and (self.saliency is None or e.intersection is None or e.saliency is not None)
+                   for e in record.expressions)
 
-    def add(self, record: dict) -> None:
+    def add(self, record: SampleRecord) -> None:
         """Feed one sample's record to the metrics (measured now or stored by an earlier run)."""
         scores = self.referring
-        for message in record.get("skipped", []):
+        for message in record.skipped:
             log.warning("skipped %s", message)
-        scores.skipped_expressions.update(len(record.get("skipped", [])))
-        for entry in record["expressions"]:
-            if record.get("video"):
-                if entry.get("j") is not None:
-                    scores.update_track(TrackScores(list(entry["j"]), list(entry["f"])))
-                if entry.get("point_hit") is not None:
-                    scores.pa.update(hit=entry["point_hit"])
+        scores.skipped_expressions.update(len(record.skipped))
+        self.answered.update(len(record.expressions))
+        for entry in record.expressions:
+            if record.video:
+                if entry.j is not None and entry.f is not None:
+                    scores.update_track(TrackScores(list(entry.j), list(entry.f)))
+                if entry.point_hit is not None:
+                    scores.pa.update(hit=entry.point_hit)
                 continue
-            if entry.get("intersection") is None:
+            if entry.intersection is None or entry.union is None or entry.point_hit is None:
                 continue
-            scores.update_counts(entry["intersection"], entry["union"], entry["point_hit"])
-            if self.saliency is not None:
-                self.saliency.update(counts=entry["saliency"])
+            scores.update_counts(entry.intersection, entry.union, entry.point_hit)
+            if self.saliency is not None and entry.saliency is not None:
+                self.saliency.update(counts=entry.saliency)
         if self.scores_runs:
-            for run, objects in record.get("davis_runs", {}).items():
-                scores.runs.update(int(run), [ObjectScore(record["sample_id"], o["object"], o["pred_id"],
-                                                          TrackScores(list(o["j"]), list(o["f"]))) for o in objects])
+            for run, objects in (record.davis_runs or {}).items():
+                scores.runs.update(int(run), [ObjectScore(record.sample_id, o.object, o.pred_id,
+                                                          TrackScores(list(o.j), list(o.f))) for o in objects])
 
     def reset(self) -> None:
         self.referring.reset()
+        self.answered.reset()
         if self.saliency is not None:
             self.saliency.reset()

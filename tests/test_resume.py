@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from refam.callbacks import ResultStore, config_fingerprints
+from refam.records import SampleRecord
 from refam.metrics import ReferringScores, SaliencyScores, VideoReferringScores
 from refam.metrics.jf import TrackScores
 from refam.metrics.point import point_hit
@@ -105,9 +106,9 @@ def test_stored_result_of_other_settings_is_not_reused(tmp_path, caplog):
     store = ResultStore()
     store.fingerprints = ["old"]
     store.setup(_Trainer(tmp_path), _Module(), "test")
-    store.save(0, "refcoco/val", {"sample_id": "7", "inputs": "x", "video": False, "skipped": [], "expressions": []})
+    store.put(0, "refcoco/val", SampleRecord("7", video=False, expressions=[], inputs="x"))
     assert (tmp_path / "results/refcoco-val/7.json").is_file()
-    assert store.lookup(0, "refcoco/val", "7", "x")["sample_id"] == "7"
+    assert store.lookup(0, "refcoco/val", "7", "x").sample_id == "7"
     store.fingerprints = ["new"]  # a changed model setting
     assert store.lookup(0, "refcoco/val", "7", "x") is None and store.lookup(0, "refcoco/val", "7", "x") is None
     assert sum("other settings" in r.message for r in caplog.records) == 1  # said once
@@ -121,7 +122,7 @@ def test_stored_result_of_other_weights_or_code_is_not_reused(tmp_path, caplog, 
     store = ResultStore()
     store.fingerprints = ["same config"]
     store.setup(_Trainer(tmp_path), _Module("w1"), "test")
-    store.save(0, "d", {"sample_id": "7", "inputs": "x", "video": False, "skipped": [], "expressions": []})
+    store.put(0, "d", SampleRecord("7", video=False, expressions=[], inputs="x"))
     store.setup(_Trainer(tmp_path), _Module("w1"), "test")
     assert store.lookup(0, "d", "7", "x") is not None
     store.setup(_Trainer(tmp_path), _Module("w2"), "test")  # other weights under the same config
@@ -145,8 +146,7 @@ def test_stored_result_of_a_changed_sample_is_not_reused(tmp_path, caplog):
     store.fingerprints = ["config"]
     store.setup(_Trainer(tmp_path), _Module(), "test")
     for sample_id in ("a", "b"):
-        store.save(0, "d", {"sample_id": sample_id, "inputs": f"{sample_id}-1", "video": False, "skipped": [],
-                            "expressions": []})
+        store.put(0, "d", SampleRecord(sample_id, video=False, expressions=[], inputs=f"{sample_id}-1"))
     assert store.lookup(0, "d", "a", "a-1") is not None
     assert store.lookup(0, "d", "a", "a-2") is None and store.lookup(0, "d", "b", "b-2") is None
     warnings = [r.getMessage() for r in caplog.records if "changed since" in r.getMessage()]

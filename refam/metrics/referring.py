@@ -5,12 +5,25 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torchmetrics import SumMetric
+from torchmetrics import Metric, MetricCollection, SumMetric
 
 from refam.metrics.davis import PROTOCOLS, RunScores
 from refam.metrics.iou import MeanIoU, OverallIoU, intersection_union
 from refam.metrics.jf import JandF, TrackScores
 from refam.metrics.point import PointAccuracy, point_hit
+
+
+def _collection(metrics: dict[str, Metric]) -> MetricCollection:
+    # each metric updated on its own; no shared states (compute groups would merge metrics whose
+    # states happen to agree after the first update, such as two counters both at 1)
+    return MetricCollection(metrics, compute_groups=False)
+
+
+def _computed(collection: MetricCollection) -> dict[str, torch.Tensor]:
+    with warnings.catch_warnings():
+        # a process may have had no sample of this dataset: its sums are simply zero
+        warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+        return collection.compute()
 
 
 class ReferringScores(torch.nn.Module):
@@ -21,10 +34,16 @@ class ReferringScores(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.miou, self.oiou, self.pa = MeanIoU(), OverallIoU(), PointAccuracy()
-        self.expressions = SumMetric()
-        self.skipped_samples = SumMetric()
-        self.skipped_expressions = SumMetric()
+        self.scores = _collection({"mIoU": MeanIoU(), "oIoU": OverallIoU(), "PA": PointAccuracy(),
+                                   "expressions": SumMetric(), "skipped_samples": SumMetric(),
+                                   "skipped_expressions": SumMetric()})
+
+    miou = property(lambda self: self.scores["mIoU"])
+    oiou = property(lambda self: self.scores["oIoU"])
+    pa = property(lambda self: self.scores["PA"])
+    expressions = property(lambda self: self.scores["expressions"])
+    skipped_samples = property(lambda self: self.scores["skipped_samples"])
+    skipped_expressions = property(lambda self: self.scores["skipped_expressions"])
 
     def update(self, mask: torch.Tensor, point: tuple[float, float], target: torch.Tensor) -> None:
         self.update_counts(*intersection_union(mask, target), point_hit(point, target))
@@ -38,21 +57,10 @@ class ReferringScores(torch.nn.Module):
         self.expressions.update(1)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        with warnings.catch_warnings():
-            # a process may have had no sample of this dataset: its sums are simply zero
-            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
-            return {
-                "mIoU": self.miou.compute(),
-                "oIoU": self.oiou.compute(),
-                "PA": self.pa.compute(),
-                "expressions": self.expressions.compute(),
-                "skipped_samples": self.skipped_samples.compute(),
-                "skipped_expressions": self.skipped_expressions.compute(),
-            }
+        return _computed(self.scores)
 
     def reset(self) -> None:
-        for metric in (self.miou, self.oiou, self.pa, self.expressions, self.skipped_samples, self.skipped_expressions):
-            metric.reset()
+        self.scores.reset()
 
 
 class VideoReferringScores(torch.nn.Module):
@@ -71,11 +79,14 @@ class VideoReferringScores(torch.nn.Module):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
         self.protocol = protocol
-        self.jf, self.pa = JandF(), PointAccuracy()
-        self.runs = RunScores()
-        self.expressions = SumMetric()
-        self.skipped_samples = SumMetric()
-        self.skipped_expressions = SumMetric()
+        self.jf, self.runs = JandF(), RunScores()  # each computes several figures (below)
+        self.counts = _collection({"PA": PointAccuracy(), "expressions": SumMetric(), "skipped_samples": SumMetric(),
+                                   "skipped_expressions": SumMetric()})
+
+    pa = property(lambda self: self.counts["PA"])
+    expressions = property(lambda self: self.counts["expressions"])
+    skipped_samples = property(lambda self: self.counts["skipped_samples"])
+    skipped_expressions = property(lambda self: self.counts["skipped_expressions"])
 
     def update_track(self, track: TrackScores) -> None:
         """One expression's finished track (per-frame J and F), computed now or stored before."""
@@ -86,15 +97,7 @@ class VideoReferringScores(torch.nn.Module):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
             jf = self.jf.compute()
-            values = {
-                "J&F": jf["J&F-Mean"],
-                "J": jf["J-Mean"],
-                "F": jf["F-Mean"],
-                "PA": self.pa.compute(),
-                "expressions": self.expressions.compute(),
-                "skipped_samples": self.skipped_samples.compute(),
-                "skipped_expressions": self.skipped_expressions.compute(),
-            }
+            values = {"J&F": jf["J&F-Mean"], "J": jf["J-Mean"], "F": jf["F-Mean"], **_computed(self.counts)}
             if self.protocol == "unsupervised":
                 runs = self.runs.compute()
                 values.update({"J&F_per_expression": values["J&F"], "J_per_expression": values["J"],
@@ -114,5 +117,5 @@ class VideoReferringScores(torch.nn.Module):
         return text
 
     def reset(self) -> None:
-        for metric in (self.jf, self.runs, self.pa, self.expressions, self.skipped_samples, self.skipped_expressions):
+        for metric in (self.jf, self.runs, self.counts):
             metric.reset()
