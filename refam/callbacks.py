@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from refam.errors import ConfigError, RefamError
-from refam.identity import RECORD_FORMAT, digest
+from refam.identity import RECORD_FORMAT, describe_change, numbers_key
 from refam.io import files
 from refam.io.names import safe_name
 from refam.records import OtherFormat, RecordError, SampleRecord
@@ -194,7 +194,7 @@ class ResultStore:
         self.fingerprints: list[str] | None = None
         self.reused = self.computed = 0
         self.root: Path | None = None
-        self.numbers: str | None = None  # digest of the module's numbers_identity(), set in setup
+        self.numbers: dict | None = None  # numbers_key of the module's numbers_identity(), set in setup
         self._warned: set[str] = set()
 
     def default_root(self, trainer: L.Trainer) -> Path:
@@ -209,7 +209,7 @@ class ResultStore:
         self.reused = self.computed = 0
         self._warned.clear()
         identity = getattr(module, "numbers_identity", None)
-        self.numbers = digest(identity()) if callable(identity) else None
+        self.numbers = numbers_key(identity()) if callable(identity) else None
         if self.resume and self.fingerprints is None:
             rank_zero_info("refam: results: no config fingerprint (not run through `refam test`); "
                            "stored results are written but not reused")
@@ -251,14 +251,14 @@ class ResultStore:
             self._warn_once(str(path), "refam: results: cannot replay %s (%s); recomputing sample %s",
                             path, err, sample_id)
             return None
-        differs = [what for what, same in (
-            ("settings", record.fingerprint == fingerprint),
-            ("weights, model files or code version", record.numbers == self.numbers),
-        ) if not same]
-        if differs:
-            self._warn_once(dataset, "refam: results: %s holds results computed with other %s (config fingerprint %s, "
-                            "now %s); recomputing and replacing them", path.parent, " and ".join(differs),
-                            record.fingerprint, fingerprint)
+        if record.fingerprint != fingerprint:
+            self._warn_once(dataset, "refam: results: %s holds results computed with other settings (config fingerprint "
+                            "%s, now %s); recomputing and replacing them", path.parent, record.fingerprint, fingerprint)
+            return None
+        if record.numbers != self.numbers:
+            self._warn_once(dataset, "refam: results: %s holds results computed with other weights, code or libraries "
+                            "(%s differ); recomputing and replacing them", path.parent,
+                            describe_change(record.numbers, self.numbers) or "their identity")
             return None
         if record.sample_id != str(sample_id) or record.dataset != dataset:
             return None

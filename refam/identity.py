@@ -485,6 +485,16 @@ def spacy_models(*components: object) -> list[str]:
     return found
 
 
+def numbers_key(identity: dict) -> dict:
+    """The compact form of a numbers identity (`RefAMPipeline.numbers_identity`) that every record
+    stores: each part kept where it is a text or a flat mapping of texts (the library versions, so a
+    warning can name the one that changed), else its digest (the weights' every file)."""
+    def flat(value: object) -> bool:
+        return isinstance(value, dict) and all(isinstance(v, (str, type(None))) for v in value.values())
+
+    return {str(k): v if v is None or isinstance(v, str) or flat(v) else digest(v) for k, v in identity.items()}
+
+
 def describe_change(stored: object, current: object, prefix: str = "") -> str:
     """Which parts of two identities (nested dicts) differ, for a warning: `libraries.torch
     2.14.1 -> 2.15.0, code`; at most a few parts, each named by its path."""

@@ -124,7 +124,8 @@ class ExpressionRecord:
 @dataclass(frozen=True)
 class SampleRecord:
     """One sample's record. `dataset`, `inputs` (`refam.identity.sample_identity`), `fingerprint`
-    (the config's, per dataset) and `numbers` (the weights' and code's identity) say what made it;
+    (the config's, per dataset) and `numbers` (`refam.identity.numbers_key`: the weights', code's and
+    libraries' identity) say what made it;
     the result store fills them in (`stamped`)."""
 
     sample_id: str
@@ -135,7 +136,7 @@ class SampleRecord:
     dataset: str | None = None
     inputs: str | None = None
     fingerprint: str | None = None
-    numbers: str | None = None
+    numbers: dict[str, str | dict[str, str | None] | None] | None = None
     format: int = RECORD_FORMAT
 
     def stamped(self, **provenance: Any) -> SampleRecord:

@@ -127,7 +127,7 @@ def test_stored_result_of_other_weights_or_code_is_not_reused(tmp_path, caplog, 
     assert store.lookup(0, "d", "7", "x") is not None
     store.setup(_Trainer(tmp_path), _Module("w2"), "test")  # other weights under the same config
     assert store.lookup(0, "d", "7", "x") is None
-    assert "weights, model files or code version" in caplog.text
+    assert "other weights, code or libraries (weights w1 -> w2 differ)" in caplog.text  # says what differs
 
     from refam.inference import RefAMPipeline
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from refam.callbacks import ResultStore
+from refam.records import SampleRecord
 from refam.extractors.cache import MapCache
 from refam.types import TokenInfo, TokenMaps
 from refam.io.files import current_umask, save_json, write_atomic
@@ -44,6 +45,6 @@ def test_written_files_follow_the_umask(tmp_path, umask, mask, expected):
 
     store = ResultStore()
     store.setup(Trainer(), type("Module", (), {})(), "test")
-    store.save(0, "d", {"sample_id": "s", "inputs": "x", "expressions": []})  # and the result store's
+    store.put(0, "d", SampleRecord("s", video=False, expressions=[], inputs="x"))  # and the result store's
     assert _mode(tmp_path / "results" / "d" / "s.json") == expected
     assert not [p for p in tmp_path.rglob("*.part")]
