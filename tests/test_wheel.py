@@ -1,12 +1,16 @@
 """Installed, not only checked out: a real wheel of refam carries the embedded model and its default
-pipeline, so `refam predict` without --config works from any folder."""
+pipeline, so `refam predict` without --config works from any folder, and declares ranges and extras,
+not pins (a `pip install` of it keeps the torch that is there)."""
 
 import shutil
 import subprocess
 import sys
+import zipfile
+from email.parser import Parser
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +23,14 @@ def test_a_built_wheel_predicts_from_an_empty_folder_with_the_embedded_model(tmp
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), str(source)], check=True)
     (wheel,) = (tmp_path / "dist").glob("refam-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = Parser().parsestr(archive.read(name).decode())
+    assert {"sam2", "serve", "semseg", "test"} <= set(metadata.get_all("Provides-Extra"))
+    requires = [Requirement(line) for line in metadata.get_all("Requires-Dist")]
+    assert not [str(r) for r in requires if any(spec.operator in ("==", "===") for spec in r.specifier)]
+    (torch,) = [r for r in requires if r.name == "torch"]
+    assert torch.specifier.contains("2.13.0") and torch.specifier.contains("2.14.1")  # the torches tested
     site = tmp_path / "site"  # the wheel alone; its dependencies are this environment's
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
                    check=True)
