@@ -90,8 +90,8 @@ def _check_caption(template: str) -> str:
 def _h5py() -> Any:
     try:
         import h5py
-    except ImportError as e:  # a declared dependency; only a hand-made environment lacks it
-        raise MissingInputError(f"reading {MAT_NAME} needs h5py: pip install h5py") from e
+    except ImportError as e:  # the semseg extra: a core install has no h5py
+        raise MissingInputError(f"reading {MAT_NAME} needs h5py: pip install 'refam[semseg]'") from e
     return h5py
 
 
