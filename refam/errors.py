@@ -190,8 +190,9 @@ def number(kind: type = int, *, at_least: float | None = None, above: float | No
            at_most: float | None = None) -> Callable[[str], Any]:
     """An argparse `type` that reads an int or a finite float within bounds, and otherwise says
     which values are accepted (argparse prefixes the flag: `argument --port: must be ...`)."""
-    bounds = [f">= {at_least:g}" if at_least is not None else "", f"> {above:g}" if above is not None else "",
-              f"<= {at_most:g}" if at_most is not None else ""]
+    shown = (lambda bound: str(int(bound))) if kind is int else (lambda bound: f"{bound:g}")
+    bounds = [f">= {shown(at_least)}" if at_least is not None else "", f"> {shown(above)}" if above is not None else "",
+              f"<= {shown(at_most)}" if at_most is not None else ""]
     accepted = f"{'an integer' if kind is int else 'a number'} {' and '.join(b for b in bounds if b)}".strip()
 
     def read(text: str) -> Any:
