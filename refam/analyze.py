@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from refam.errors import ArgumentParser, ConfigError, reports_user_errors
+from refam.errors import ArgumentParser, reports_user_errors
 
 
 def block_entropies(model, image, caption: str, expression: str) -> list[dict]:
@@ -190,12 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, required=True)
     add_model_arguments(parser)
     args = parser.parse_args(argv)
-    from refam.api import RefAM, as_image
+    from refam.api import RefAM, as_image, expression_texts
     from refam.predict import check_writable
 
-    for text in args.expression:
-        if not text.strip():
-            raise ConfigError("an --expression is empty: give the words that name the object")
+    expression_texts(args.expression)  # the API's check, before anything loads
     image = as_image(args.image)
     check_writable(args.output)
     model = RefAM.load(args.config or args.model, device=args.device)

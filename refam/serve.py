@@ -88,10 +88,9 @@ class Run:
 
 def expression_lines(text: str | None) -> list[str]:
     """One expression per line; blank lines are ignored, none at all is the CLI's empty-expression error."""
-    texts = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if not texts:
-        raise ConfigError("an --expression is empty: give the words that name the object")
-    return texts
+    from refam.api import expression_texts
+
+    return expression_texts([line.strip() for line in (text or "").splitlines() if line.strip()])
 
 
 def count_frames(video: Path) -> int:
