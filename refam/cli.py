@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "test": Subcommand("refam.cli:lightning_test",
                        "evaluate a config's model on its datasets: refam test --config configs/refcoco.yaml"),
     "predict": Subcommand("refam.cli:predict",
-                          "segment your images or videos by referring expressions: masks, overlays, heatmaps"),
+                          "segment images or videos by referring expressions (with --data: Lightning's predict)"),
     "serve": Subcommand("refam.serve:main", "see and correct a segmentation in the browser (a Gradio app)"),
     "score": Subcommand("refam.score:main", "J&F of prediction folders in the DAVIS layout, as the official evaluation"),
     "analyze": Subcommand("refam.analyze:main", "the paper's diagnostic figures for one image and its expressions"),

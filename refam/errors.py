@@ -1,9 +1,11 @@
 """Errors caused by the user's input or configuration, and where in a config they point.
 
-Each message says what is wrong and what to do; the front doors (`refam test`, `refam predict`,
-`refam serve`, `RefAM.load`) print it as one line and exit 2 instead of showing a traceback. They
-subclass the built-in error a caller would expect (ValueError, FileNotFoundError) so generic
-handlers keep working.
+Each message says what is wrong and what to do; every subcommand of `refam` prints it as one line,
+`refam: error: <message>`, and exits 2 instead of showing a traceback (`reports_user_errors` around
+its `main`, `exit_with`), and the Python API (`RefAM`) raises it. They subclass the built-in error a
+caller would expect (ValueError, FileNotFoundError) so generic handlers keep working. A subcommand's
+own arguments go through `ArgumentParser`, whose errors (an unknown flag, a missing value, a number
+out of the range `number` allows) are the same one line, without argparse's usage.
 
 A component does not know where it sits in a config (the same segmenter is `model.segmenter` in
 `refam test` and a keyword of `RefAM.load`), so it names only its own init argument:
