@@ -14,17 +14,15 @@ replaces the component; otherwise its `init_args` are merged key by key into the
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from refam.aggregators.magnets import PAPER_MAGNETS, PAPER_STOP_WORD_MAGNETS
-from refam.errors import ConfigError, RefamError
+from refam.errors import ArgumentParser, ConfigError, MissingInputError, parser_error_line, reports_user_errors
 
 PARSER = {"class_path": "refam.text.parsing.ExpressionParser"}
 SPATIAL_BIAS = [{"class_path": "refam.aggregators.spatial.DirectionPrior"},
@@ -166,15 +164,31 @@ def merge(base, override):
     return copy.deepcopy(override)
 
 
+def _read_yaml(path: Path, what: str) -> object:
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no such config file ({what}); give an existing config with --base")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        mark = getattr(err, "problem_mark", None)
+        reason = (f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}"  # type: ignore[union-attr]
+                  if mark is not None and getattr(err, "problem", None) else " ".join(str(err).split()))
+        raise ConfigError(f"{path}: not a readable YAML config ({what}): {reason}") from err
+
+
 def load_config(path: str | Path) -> dict:
     """A config with its `model: parts/x.yaml`-style includes read in (paths relative to the file)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file (the ablation's base); give one with --base")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = _read_yaml(path, "the ablation's base") or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections (model:, data:, trainer:), "
+                          f"not a {type(config).__name__}; give a config such as configs/demo.yaml as --base")
     for key, value in list(config.items()):
         if isinstance(value, str) and value.endswith((".yaml", ".yml")):
-            config[key] = yaml.safe_load((path.parent / value).read_text())
+            config[key] = _read_yaml(path.parent / value, f"the `{key}:` section of {path}")
+    data = config.get("data") or {}
+    if not isinstance(data, dict) or not isinstance(data.get("datasets", []), (list, dict)):
+        raise ConfigError(f"{path}: `data:` must be a mapping whose `datasets:` is a dataset or a list of them")
     return config
 
 
@@ -242,7 +256,16 @@ def run_row(config: dict, path: Path, extra: list[str], records: Path | None = N
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     where = ["--records.folder", str(records)] if records is not None else []
-    cli = run_cli(["test", "--config", str(path), *where, *extra])
+    import warnings
+
+    from jsonargparse import ArgumentError
+
+    try:
+        with warnings.catch_warnings():  # the arguments are the row's, not the command line's
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            cli = run_cli(["test", "--config", str(path), *where, *extra])
+    except ArgumentError as err:  # an option given after the table's: the parser's one useful line
+        raise ConfigError(parser_error_line(str(err), "ablate")) from err
     return {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
 
 
@@ -323,9 +346,16 @@ def format_table(table: Table, results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _writable_folder(folder: Path, flag: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{flag} {folder}: cannot create this folder ({err.strerror or err}); choose another") from err
+
+
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="refam ablate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="refam ablate", description=__doc__)
     parser.add_argument("--table", type=int, choices=sorted(TABLES), help="which of the paper's tables to run")
     parser.add_argument("--base", nargs="+", help="base config(s) instead of the table's benchmark")
     parser.add_argument("--rows", help="comma-separated row slugs (default: all)")
@@ -333,28 +363,28 @@ def main(argv: list[str] | None = None) -> None:
                         help="where row configs, logs and table.md go")
     parser.add_argument("--write-configs", type=Path, metavar="FOLDER", help="write one YAML per row of every table")
     args, extra = parser.parse_known_args(argv)
-    try:
-        if args.write_configs:
-            for path in write_configs(args.write_configs):
-                print(path)
-            return
-        if args.table is None:
-            parser.error("give --table N (or --write-configs FOLDER)")
-        table = TABLES[args.table]
-        rows = [table.row(s) for s in args.rows.split(",")] if args.rows else list(table.rows)
-        folder = args.output / f"table{table.number}"
-        results, by_kind = {}, {}
-        for row in rows:
-            save_dir = folder / row.slug
-            config = row_config(table, row, args.base, save_dir=str(save_dir))
-            results[row.slug] = run_row(config, folder / f"{row.slug}.yaml", extra, records=save_dir / "records")
-            kinds = expression_kinds(config)
-            if kinds:
-                by_kind[row.slug] = point_accuracy_by_kind(save_dir / "records", kinds)
-            print(f"table {table.number} row {row.slug}: {results[row.slug]}", flush=True)
-    except RefamError as err:
-        print(f"refam ablate: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    if args.write_configs:
+        _writable_folder(args.write_configs, "--write-configs")
+        for path in write_configs(args.write_configs):
+            print(path)
+        return
+    if args.table is None:
+        parser.error("give --table N (or --write-configs FOLDER)")
+    table = TABLES[args.table]
+    rows = [table.row(s.strip()) for s in args.rows.split(",")] if args.rows else list(table.rows)
+    join_bases(args.base or table.base)  # every base read and checked before the first row runs
+    _writable_folder(args.output, "--output")
+    folder = args.output / f"table{table.number}"
+    _writable_folder(folder, "--output")
+    results, by_kind = {}, {}
+    for row in rows:
+        save_dir = folder / row.slug
+        config = row_config(table, row, args.base, save_dir=str(save_dir))
+        results[row.slug] = run_row(config, folder / f"{row.slug}.yaml", extra, records=save_dir / "records")
+        kinds = expression_kinds(config)
+        if kinds:
+            by_kind[row.slug] = point_accuracy_by_kind(save_dir / "records", kinds)
+        print(f"table {table.number} row {row.slug}: {results[row.slug]}", flush=True)
     text = f"Table {table.number}: {table.title}\n\n{format_table(table, results)}\n"
     if by_kind:
         text += f"\nPA by expression kind\n\n{format_kinds(table, by_kind)}\n"

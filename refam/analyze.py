@@ -2,7 +2,8 @@
 
     refam analyze --image photo.jpg --expression "the dog on the left" --output figures/
 
-Writes into the output folder:
+Writes into the output folder (with several --expression, into one sub-folder `<k>-<expression>`
+per expression, k counting from 0):
 - `token_maps.png`: each token's map (each patch's distribution over the expression's tokens) with
   the paper's magnets appended (top row) and without them (bottom row), as in the appendix figures;
   the first column is the heatmap with its argmax star; dropped tokens are titled in grey, global
@@ -18,15 +19,13 @@ Writes into the output folder:
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-from refam.errors import ConfigError, RefamError, error_line
+from refam.errors import ArgumentParser, reports_user_errors
 
 
 def block_entropies(model, image, caption: str, expression: str) -> list[dict]:
@@ -169,28 +168,35 @@ def write_analysis(result: dict, image, output: Path) -> None:
     save_json(result, output / "analysis.json")
 
 
+def output_folders(output: Path, expressions: list[str]) -> list[Path]:
+    """Where each expression's analysis goes: the output folder itself for one expression, else a
+    sub-folder `<k>-<expression>` each (named as `refam predict` names its files)."""
+    from refam.io.names import slug
+
+    if len(expressions) == 1:
+        return [output]
+    return [output / f"{k}-{slug(text)}" for k, text in enumerate(expressions)]
+
+
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     from refam.api import add_model_arguments
 
-    parser = argparse.ArgumentParser(prog="refam analyze", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="refam analyze", description=__doc__)
     parser.add_argument("--image", type=Path, required=True)
-    parser.add_argument("--expression", required=True)
+    parser.add_argument("--expression", action="append", required=True,
+                        help="a referring expression (repeatable: one analysis each, in <output>/<k>-<expression>/)")
     parser.add_argument("--caption", default="")
     parser.add_argument("--output", type=Path, required=True)
     add_model_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        from refam.api import RefAM, as_image
-        from refam.predict import check_writable
+    from refam.api import RefAM, as_image, expression_texts
+    from refam.predict import check_writable
 
-        if not args.expression.strip():
-            raise ConfigError("--expression is empty: give the words that name the object")
-        image = as_image(args.image)
-        check_writable(args.output)
-        model = RefAM.load(args.config or args.model, device=args.device)
-        write_analysis(analyze(model, image, args.expression, args.caption), image, args.output)
-    except RefamError as err:
-        print(error_line(err), file=sys.stderr)
-        sys.exit(2)
-    print(f"{args.output}: token_maps.png, text_attention.png, block_entropy.png, analysis.json")
+    expression_texts(args.expression)  # the API's check, before anything loads
+    image = as_image(args.image)
+    check_writable(args.output)
+    model = RefAM.load(args.config or args.model, device=args.device)
+    for text, folder in zip(args.expression, output_folders(args.output, args.expression)):
+        write_analysis(analyze(model, image, text, args.caption), image, folder)
+        print(f"{folder}: token_maps.png, text_attention.png, block_entropy.png, analysis.json")

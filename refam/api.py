@@ -31,9 +31,12 @@ SECTIONS = {"model": RefAMPipeline}  # a config's sections that RefAM.load reads
 
 def _model_section(config: Path) -> dict:
     try:
-        document = yaml.safe_load(config.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read config {config}: {err}") from err
+        document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config {config}: {' '.join(str(err).split())}") from err
+    if not isinstance(document or {}, dict):
+        raise ConfigError(f"{config}: a config is a mapping of sections (model:, data:, ...), "
+                          f"not a {type(document).__name__}; give a config YAML such as configs/demo.yaml")
     section = (document or {}).get("model")
     if isinstance(section, str):  # `model: parts/x.yaml`, relative to the config, as jsonargparse reads it
         return _model_section_file(config.parent / section)
@@ -44,9 +47,27 @@ def _model_section(config: Path) -> dict:
 
 def _model_section_file(path: Path) -> dict:
     try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read the model part {path}: {err}") from err
+        section = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read the model part {path}: {' '.join(str(err).split())}") from err
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: the model part is a mapping (extractor:, segmenter:, ...), not a {type(section).__name__}")
+    return section
+
+
+EMPTY_EXPRESSION = "an --expression is empty: give the words that name the object"
+
+
+def expression_texts(expressions: str | list[str]) -> list[str]:
+    """The expressions as a list of texts, checked as every front door checks them (`ExpressionError`)."""
+    from refam.errors import ExpressionError
+
+    texts = [expressions] if isinstance(expressions, str) else expressions
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+        raise ExpressionError(f"expressions must be a string or a list of strings, got {expressions!r}")
+    if not texts or any(not text.strip() for text in texts):
+        raise ExpressionError(EMPTY_EXPRESSION)
+    return list(texts)
 
 
 def pipeline_from_config(config: Path) -> RefAMPipeline:
@@ -100,9 +121,11 @@ def as_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(f"an image array must be HxWx3 uint8, got {image.shape} {image.dtype}")
         return Image.fromarray(image)
+    if not isinstance(image, (str, Path)):
+        raise DataError(f"an image is a PIL image, an HxWx3 uint8 array or a file path, got {type(image).__name__}")
     image_or_reason = read_rgb(image)
     if isinstance(image_or_reason, str):  # the reader's one-line reason, as datasets report it
-        raise MissingInputError(image_or_reason)
+        raise (DataError if Path(image).exists() else MissingInputError)(image_or_reason)
     return image_or_reason
 
 
@@ -113,7 +136,10 @@ class RefAM:
         """`configured`: the pipeline was built from a config's `model:` section, so an error while
         loading its weights names the config key."""
         self.pipeline = pipeline
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ConfigError(f"--device {device}: not a device ({err}); give cpu, cuda or cuda:N") from err
         try:
             pipeline.setup(self.device)
         except RefamError as err:
@@ -130,12 +156,14 @@ class RefAM:
                                   "give a FLUX folder or a config YAML")
             return cls(pipeline_from_folder(path, segmenter), device)
         if path.suffix in (".yaml", ".yml", ".json"):  # JSON is YAML: `refam serve`'s run records load back
-            if not path.exists():
-                raise ConfigError(f"config file not found: {path}")
+            if not path.is_file():
+                raise MissingInputError(f"config file not found: {path}")
             pipeline = pipeline_from_config(path)
             if segmenter is not None:
                 pipeline.segmenter = segmenter
             return cls(pipeline, device, configured=segmenter is None)
+        if not path.exists():
+            raise MissingInputError(f"{path}: no such file or folder; give a config YAML or a diffusers FLUX folder")
         raise ConfigError(f"cannot load {path}: give a config YAML or a diffusers FLUX folder")
 
     @torch.no_grad()
@@ -147,7 +175,7 @@ class RefAM:
         Raises `ExpressionError` naming the expression for one that cannot run (empty, too long)."""
         from refam.errors import ExpressionError
 
-        texts = [expressions] if isinstance(expressions, str) else list(expressions)
+        texts = expression_texts(expressions)
         sample = Sample("image", as_image(image),
                         [Expression(text, str(i)) for i, text in enumerate(texts)], caption=caption)
         result = self.pipeline.segment_sample(sample, keep_token_maps=True)

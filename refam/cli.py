@@ -1,62 +1,96 @@
-"""The `refam` command: `refam test --config X.yaml` (and the other LightningCLI subcommands, run by
-`refam.lightning_cli`), and refam's own subcommands (predict, serve, score, analyze, ablate, train-shapes)."""
+"""The `refam` command: a table of subcommands, each a module's `main(argv)`.
+
+`refam test --config X.yaml` runs the LightningCLI (`refam.lightning_cli`); the others are refam's
+own (predict, serve, score, analyze, ablate, train-shapes). Every user error, whichever subcommand
+meets it, is one line `refam: error: ...` and exit code 2 (`refam.errors`).
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from dataclasses import dataclass
 
-from jsonargparse import ArgumentError
+from refam.errors import exit_with, parser_error_line, reports_user_errors
 
-from refam.errors import error_line, parser_error_line, user_error
-from refam.lightning_cli import run_cli
+
+@dataclass(frozen=True)
+class Subcommand:
+    target: str  # "module:function", called with the arguments after the subcommand's name
+    summary: str  # one line for `refam --help`
+
+    def run(self, argv: list[str]) -> None:
+        module, function = self.target.split(":")
+        reports_user_errors(getattr(importlib.import_module(module), function))(argv)
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "test": Subcommand("refam.cli:lightning_test",
+                       "evaluate a config's model on its datasets: refam test --config configs/refcoco.yaml"),
+    "predict": Subcommand("refam.cli:predict",
+                          "segment images or videos by referring expressions (with --data: Lightning's predict)"),
+    "serve": Subcommand("refam.serve:main", "see and correct a segmentation in the browser (a Gradio app)"),
+    "score": Subcommand("refam.score:main", "J&F of prediction folders in the DAVIS layout, as the official evaluation"),
+    "analyze": Subcommand("refam.analyze:main", "the paper's diagnostic figures for one image and its expressions"),
+    "ablate": Subcommand("refam.ablations:main", "run the paper's ablation tables as config overrides"),
+    "train-shapes": Subcommand("refam.shapes.train:main", "train the embedded refam-shapes model on CPU"),
+}
+# LightningCLI's training subcommands: refam has nothing to fit
+REFUSED = {name: f"'refam {name}' is not a refam command: refam evaluates zero-shot; to train the embedded model "
+                 "use 'refam train-shapes'" for name in ("fit", "validate")}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {command.summary}" for name, command in SUBCOMMANDS.items())
+    return ("usage: refam <command> [options]\n\nzero-shot referring segmentation with diffusion transformers\n\n"
+            f"commands:\n{rows}\n\n`refam <command> --help` lists a command's options.")
+
+
+def lightning_test(argv: list[str]) -> None:
+    run_lightning(["test", *argv])
+
+
+def predict(argv: list[str]) -> None:
+    """Image(s) and expression(s) in, pictures out (`refam.predict`); with --data or --trainer
+    options it is LightningCLI's `predict` over a datamodule."""
+    if any(a.startswith("--trainer") or a == "--data" or a.startswith("--data.") for a in argv):
+        run_lightning(["predict", *argv])
+        return
+    from refam.predict import main as predict_images
+
+    predict_images(argv)
+
+
+def run_lightning(argv: list[str]) -> None:
+    import warnings
+
+    from jsonargparse import ArgumentError
+
+    from refam.lightning_cli import run_cli
+
+    try:
+        with warnings.catch_warnings():
+            # the arguments are given explicitly, as this table hands them on (also those of sys.argv)
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            run_cli(argv)
+    except ArgumentError as err:  # a key or value the parser rejects: its one useful line, no usage
+        exit_with(parser_error_line(str(err), argv[0]))
 
 
 def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["train-shapes"]:
-        from refam.shapes.train import main as train_shapes
-
-        train_shapes(argv[1:])
+    argv = sys.argv[1:] if args is None else list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
         return
-    if argv[:1] == ["ablate"]:
-        from refam.ablations import main as ablate
-
-        ablate(argv[1:])
-        return
-    if argv[:1] == ["analyze"]:
-        from refam.analyze import main as analyze
-
-        analyze(argv[1:])
-        return
-    if argv[:1] == ["serve"]:
-        from refam.serve import main as serve
-
-        serve(argv[1:])
-        return
-    if argv[:1] == ["score"]:
-        from refam.score import main as score
-
-        score(argv[1:])
-        return
-    if argv[:1] == ["predict"] and not any(a.startswith("--trainer") or a == "--data" for a in argv):
-        # image(s) + expression(s) in, pictures out; LightningCLI's `predict` needs a datamodule
-        from refam.predict import main as predict
-
-        predict(argv[1:])
-        return
-    try:
-        run_cli(args)
-    except ArgumentError as err:  # a key or value the parser rejects: its one useful line, no usage
-        subcommand = next((a for a in argv if not a.startswith("-")), "test")
-        print(error_line(parser_error_line(str(err), subcommand)), file=sys.stderr)
-        sys.exit(2)
-    except Exception as err:
-        found = user_error(err)
-        if found is None:
-            raise
-        # The message names the culprit and the fix; a traceback would only bury it.
-        print(error_line(found), file=sys.stderr)
-        sys.exit(2)
+    name, rest = argv[0], argv[1:]
+    if name in REFUSED:
+        exit_with(REFUSED[name])
+    if name not in SUBCOMMANDS:
+        given = f"option {name!r} needs a command before it" if name.startswith("-") else \
+            f"'refam {name}' is not a refam command"
+        exit_with(f"{given}; the commands are {', '.join(SUBCOMMANDS)} (run `refam --help`)")
+    SUBCOMMANDS[name].run(rest)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Errors caused by the user's input or configuration, and where in a config they point.
 
-Each message says what is wrong and what to do; the front doors (`refam test`, `refam predict`,
-`refam serve`, `RefAM.load`) print it as one line and exit 2 instead of showing a traceback. They
-subclass the built-in error a caller would expect (ValueError, FileNotFoundError) so generic
-handlers keep working.
+Each message says what is wrong and what to do; every subcommand of `refam` prints it as one line,
+`refam: error: <message>`, and exits 2 instead of showing a traceback (`reports_user_errors` around
+its `main`, `exit_with`), and the Python API (`RefAM`) raises it. They subclass the built-in error a
+caller would expect (ValueError, FileNotFoundError) so generic handlers keep working. A subcommand's
+own arguments go through `ArgumentParser`, whose errors (an unknown flag, a missing value, a number
+out of the range `number` allows) are the same one line, without argparse's usage.
 
 A component does not know where it sits in a config (the same segmenter is `model.segmenter` in
 `refam test` and a keyword of `RefAM.load`), so it names only its own init argument:
@@ -35,12 +37,16 @@ key, in a tree of lines that `parser_error_line` makes one.
 
 from __future__ import annotations
 
+import argparse
+import functools
 import importlib
 import inspect
+import math
 import re
+import sys
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 
 # the last RefamError raised while jsonargparse built a class (`build`), for `user_error`
@@ -153,6 +159,63 @@ def forget_built_errors() -> None:
 def error_line(err: BaseException | str) -> str:
     """A user error (or a reason already made one line, `parser_error_line`) as the line a front door prints."""
     return "refam: error: " + " ".join(str(err).splitlines())
+
+
+def exit_with(err: BaseException | str) -> NoReturn:
+    """Print a user error as its one line on stderr and exit 2: what every front door does with one."""
+    print(error_line(err), file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def reports_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
+    """A subcommand's `main` that prints a user error (a RefamError, or an error caused by one) as
+    its one line and exits 2; any other error is a bug in refam and keeps its traceback."""
+    @functools.wraps(main)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except Exception as err:
+            found = user_error(err)
+            if found is None:
+                raise
+            exit_with(found)
+
+    return run
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for refam's subcommands: an argument it rejects (an unknown flag, a missing or
+    malformed value) is one line `refam: error: ...`, exit 2, instead of the usage and the error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        exit_with(f"{self.prog}: {message}; run `{self.prog} --help` for the options")
+
+
+def number(kind: type = int, *, at_least: float | None = None, above: float | None = None,
+           at_most: float | None = None) -> Callable[[str], Any]:
+    """An argparse `type` that reads an int or a finite float within bounds, and otherwise says
+    which values are accepted (argparse prefixes the flag: `argument --port: must be ...`)."""
+    shown = (lambda bound: str(int(bound))) if kind is int else (lambda bound: f"{bound:g}")
+    bounds = [f">= {shown(at_least)}" if at_least is not None else "", f"> {shown(above)}" if above is not None else "",
+              f"<= {shown(at_most)}" if at_most is not None else ""]
+    accepted = f"{'an integer' if kind is int else 'a number'} {' and '.join(b for b in bounds if b)}".strip()
+
+    def read(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}") from None
+        if (not math.isfinite(value) or (at_least is not None and value < at_least)
+                or (above is not None and value <= above) or (at_most is not None and value > at_most)):
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text}")
+        return value
+
+    read.__name__ = kind.__name__
+    return read
 
 
 _STRUCTURE = re.compile(r"(Parser key|Problem with given class_path|Does not validate|Subtypes:|Errors:|Given value)")

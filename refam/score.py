@@ -32,15 +32,13 @@ and then averaged: the figure Ref-DAVIS17 tables print.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from refam.errors import DataError, MissingInputError, RefamError
+from refam.errors import ArgumentParser, ConfigError, DataError, MissingInputError, number, reports_user_errors
 from refam.metrics.davis import (  # noqa: F401  (ObjectScore, TASKS, ...: part of this module's interface)
     COLUMNS,
     MAX_PROPOSALS,
@@ -189,43 +187,52 @@ def _write_csv(path: Path, runs: list[tuple[str, list[ObjectScore]]], summaries:
             out.writerow([run, "(all)", "", "", "", *(f"{summary[c]:.6f}" for c in COLUMNS)])
 
 
+def check_csv(path: Path) -> None:
+    """--csv names a file that can be written: not a folder, in a folder that exists."""
+    if path.is_dir():
+        raise ConfigError(f"--csv {path} is a folder; give a file name for the scores, e.g. {path / 'scores.csv'}")
+    if not path.parent.is_dir():
+        raise MissingInputError(f"--csv {path}: no folder {path.parent}; create it or write the scores elsewhere")
+
+
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="refam score", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="refam score", description=__doc__)
     parser.add_argument("--pred", type=Path, nargs="+", required=True, metavar="PRED_DIR",
                         help="prediction folder(s); several are scored separately and averaged")
     parser.add_argument("--gt", type=Path, required=True, metavar="GT_DIR", help="annotation folder")
     parser.add_argument("--task", choices=TASKS, default="unsupervised")
     parser.add_argument("--videos", type=Path, metavar="FILE", help="score only these videos (one name per line)")
-    parser.add_argument("--bound-th", type=float, default=0.008,
+    parser.add_argument("--bound-th", type=number(float, above=0), default=0.008,
                         help="F's match tolerance: a fraction of the image diagonal, or pixels when >= 1")
     parser.add_argument("--per-video", action="store_true", help="also print each video's scores")
     parser.add_argument("--csv", type=Path, help="write per-object and overall scores here")
     args = parser.parse_args(argv)
-    try:
-        videos = read_video_list(args.videos) if args.videos else None
-        # a list, not a dict: the same folder may be given twice
-        runs = [(str(p), score_folder(p, args.gt, args.task, videos, args.bound_th)) for p in args.pred]
-        summaries = [(run, summarize(objects, args.bound_th)) for run, objects in runs]
-        if args.per_video:
-            for run, objects in runs:
-                names = list(dict.fromkeys(o.video for o in objects))
-                rows = [(v, summarize([o for o in objects if o.video == v], args.bound_th),
-                         sum(o.video == v for o in objects)) for v in names]
-                print(_table(rows, f"video ({run})") + "\n")
-        rows = [(run, summary, len(objects)) for (run, objects), (_, summary) in zip(runs, summaries)]
-        if len(runs) > 1:
-            mean = mean_of_runs([s for _, s in summaries])
-            rows.append((f"mean of {len(runs)} runs", mean, round(np.mean([len(o) for _, o in runs]))))
-            summaries.append(("(mean)", mean))
-        print(_table(rows, f"predictions ({args.task})"))
-        if args.csv:
+    if args.csv:
+        check_csv(args.csv)  # before scoring: the scores are not lost to a bad path at the end
+    videos = read_video_list(args.videos) if args.videos else None
+    # a list, not a dict: the same folder may be given twice
+    runs = [(str(p), score_folder(p, args.gt, args.task, videos, args.bound_th)) for p in args.pred]
+    summaries = [(run, summarize(objects, args.bound_th)) for run, objects in runs]
+    if args.per_video:
+        for run, objects in runs:
+            names = list(dict.fromkeys(o.video for o in objects))
+            rows = [(v, summarize([o for o in objects if o.video == v], args.bound_th),
+                     sum(o.video == v for o in objects)) for v in names]
+            print(_table(rows, f"video ({run})") + "\n")
+    rows = [(run, summary, len(objects)) for (run, objects), (_, summary) in zip(runs, summaries)]
+    if len(runs) > 1:
+        mean = mean_of_runs([s for _, s in summaries])
+        rows.append((f"mean of {len(runs)} runs", mean, round(np.mean([len(o) for _, o in runs]))))
+        summaries.append(("(mean)", mean))
+    print(_table(rows, f"predictions ({args.task})"))
+    if args.csv:
+        try:
             _write_csv(args.csv, runs, summaries)
-            print(f"wrote {args.csv}")
-    except RefamError as err:
-        # The message names the file and the fix; a traceback would only bury it.
-        print(f"refam score: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        except OSError as err:
+            raise ConfigError(f"--csv {args.csv}: cannot write ({err.strerror or err}); the scores are printed above, "
+                              "choose another file") from err
+        print(f"wrote {args.csv}")
 
 
 if __name__ == "__main__":

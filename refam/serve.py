@@ -17,7 +17,6 @@ the JSON loads back as a config. Requests are queued: one runs at a time on the 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -32,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
-from refam.errors import (ConfigError, RefamError, error_line, forget_built_errors, parser_error_line, place,
-                          user_error)
+from refam.errors import (ArgumentParser, ConfigError, RefamError, error_line, forget_built_errors, number,
+                          parser_error_line, place, reports_user_errors, user_error)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MANIFEST = REPO_ROOT / "assets" / "shapes-demo" / "manifest.jsonl"
@@ -89,10 +88,9 @@ class Run:
 
 def expression_lines(text: str | None) -> list[str]:
     """One expression per line; blank lines are ignored, none at all is the CLI's empty-expression error."""
-    texts = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if not texts:
-        raise ConfigError("an --expression is empty: give the words that name the object")
-    return texts
+    from refam.api import expression_texts
+
+    return expression_texts([line.strip() for line in (text or "").splitlines() if line.strip()])
 
 
 def count_frames(video: Path) -> int:
@@ -588,40 +586,63 @@ def section_of(source: Path | None) -> dict:
     return _model_section(path)
 
 
+def check_port(host: str, port: int) -> None:
+    """The address can be listened on: refused now, in one line, rather than after the model loads."""
+    import socket
+
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ConfigError(f"--host {host}: not an address ({getattr(err, 'strerror', None) or err}); "
+                          "give this machine's name or address, e.g. 127.0.0.1 or 0.0.0.0") from err
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closed run's port is free
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ConfigError(f"cannot serve on {host}:{port}: {err.strerror or err}; "
+                              "choose another --port (or --host)") from err
+
+
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     from refam.api import add_model_arguments
 
-    parser = argparse.ArgumentParser(prog="refam serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="refam serve", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--max-frames", type=int, default=150, help="longest video the app takes, in frames")
+    parser.add_argument("--port", type=number(int, at_least=1, at_most=65535), default=7860)
+    parser.add_argument("--max-frames", type=number(int, at_least=1), default=150,
+                        help="longest video the app takes, in frames")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, no version check
-    try:
-        from refam.api import RefAM
+    check_port(args.host, args.port)
+    from refam.api import RefAM
 
-        source = args.config or args.model
-        model = RefAM.load(source, device=args.device)
-        session = Session(model, section_of(source), max_frames=args.max_frames)
+    source = args.config or args.model
+    model = RefAM.load(source, device=args.device)
+    section = section_of(source)
+    workdir = Path(tempfile.mkdtemp(prefix="refam-serve-"))
+    app = None
+    try:  # the working folder goes on every way out: a failed start, Ctrl+C, a stop by kill
+        session = Session(model, section, max_frames=args.max_frames, workdir=workdir)
         app = build_app(session)
         allowed = [str(DEMO_MANIFEST.parent)] if DEMO_MANIFEST.exists() else []
-        app.launch(server_name=args.host, server_port=args.port, share=False, quiet=True, prevent_thread_lock=True,
-                   show_error=False, ssr_mode=False, allowed_paths=allowed, footer_links=["api"])
-    except RefamError as err:
-        print(error_line(err), file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:  # the port is taken, the address is not this machine's
-        print(error_line(f"cannot serve on {args.host}:{args.port}: {err}; choose another --port or --host"),
-              file=sys.stderr)
-        sys.exit(2)
-    print(f"refam serve: {app.local_url} (Ctrl+C stops)", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop by kill also cleans up below
-    try:
-        app.block_thread()
-    except KeyboardInterrupt:
-        pass
+        try:
+            app.launch(server_name=args.host, server_port=args.port, share=False, quiet=True,
+                       prevent_thread_lock=True, show_error=False, ssr_mode=False, allowed_paths=allowed,
+                       footer_links=["api"])
+        except OSError as err:  # taken since the check above
+            raise ConfigError(f"cannot serve on {args.host}:{args.port}: {err}; choose another --port or --host") from err
+        print(f"refam serve: {app.local_url} (Ctrl+C stops)", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop by kill also cleans up below
+        try:
+            app.block_thread()
+        except KeyboardInterrupt:
+            pass
     finally:
-        app.close()
-        shutil.rmtree(session.workdir, ignore_errors=True)
+        try:
+            if app is not None:
+                app.close()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)

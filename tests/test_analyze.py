@@ -82,3 +82,27 @@ def test_cli_writes_the_three_figures_and_the_numbers(tmp_path, scene, refam_her
     bad = refam_here("analyze", "--image", str(tmp_path / "missing.png"), "--expression", "x",
                      "--output", str(tmp_path / "out2"))  # in this process: the one above was the console script
     assert bad.returncode == 2 and "missing.png" in bad.stderr and not (tmp_path / "out2").exists()
+
+
+
+def test_every_expression_given_is_analysed(tmp_path, refam_here, monkeypatch):
+    """Two --expression give two analyses, each of its own expression into its own folder (argparse
+    kept only the last). The model and the figures are stand-ins: what is checked is what main asks for."""
+    import refam.analyze
+    from refam.api import RefAM
+
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (64, 48), "white").save(image)
+    loaded = object()
+    asked = []
+    monkeypatch.setattr(RefAM, "load", classmethod(lambda cls, *args, **kwargs: loaded))
+    monkeypatch.setattr(refam.analyze, "analyze", lambda model, image, text, caption: {"model": model, "text": text})
+    monkeypatch.setattr(refam.analyze, "write_analysis", lambda result, image, folder: asked.append((result, folder)))
+    texts = ["the orange square", "the pink circle"]
+    result = refam_here("analyze", "--image", str(image), "--expression", texts[0], "--expression", texts[1],
+                        "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["text"] for r, _ in asked] == texts and all(r["model"] is loaded for r, _ in asked)
+    folders = [folder for _, folder in asked]
+    assert len(set(folders)) == 2 and all(f.parent == tmp_path / "out" for f in folders)
+    assert [f.name for f in folders] == ["0-the-orange-square", "1-the-pink-circle"]

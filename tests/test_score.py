@@ -323,4 +323,4 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, folders, capsys):
         main(["--pred", str(pred), "--gt", str(gt)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("refam score: error: ") and "cat/00001.png" in err and "\n" not in err
+    assert err.startswith("refam: error: ") and "cat/00001.png" in err and "\n" not in err

@@ -249,3 +249,37 @@ def test_requests_are_queued_one_at_a_time_on_the_model(session, monkeypatch):
     assert all(r is not None and r[0] == "" for r in results)
     (start_a, end_a), (start_b, end_b) = sorted(spans)
     assert start_b >= end_a  # never two runs on the model at once
+
+
+@pytest.mark.parametrize("failure", ["the app fails to start", "the port is taken after the check"])
+def test_a_failed_start_leaves_no_working_folder(failure, tmp_path, monkeypatch, refam_here):
+    """serve's working folder is removed on every way out, a start that fails included (the model,
+    its session and the app are stand-ins: what is checked is main's own cleanup)."""
+    import tempfile
+
+    import refam.serve
+    from refam.api import RefAM
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes the working folder
+    monkeypatch.setattr(RefAM, "load", classmethod(lambda cls, *args, **kwargs: object()))
+    monkeypatch.setattr(refam.serve, "section_of", lambda source: {})
+    made = []
+
+    class App:
+        def launch(self, **kwargs):
+            made.extend(tmp_path.glob("refam-serve-*"))
+            raise (RuntimeError("gradio broke") if failure == "the app fails to start" else OSError("address in use"))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(refam.serve, "Session", lambda model, section, max_frames, workdir: workdir)
+    monkeypatch.setattr(refam.serve, "build_app", lambda session: App())
+    if failure == "the app fails to start":
+        with pytest.raises(RuntimeError, match="gradio broke"):  # a bug, not the user's: its traceback stays
+            refam.serve.main(["--port", "7999"])
+    else:
+        result = refam_here("serve", "--port", "7999")
+        assert result.returncode == 2 and result.stderr.startswith("refam: error: cannot serve on 127.0.0.1:7999")
+    assert made and all(folder.parent == tmp_path for folder in made)  # it was made there ...
+    assert list(tmp_path.glob("refam-serve-*")) == []  # ... and is gone

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from refam.segmenters.base import Segmenter, check_segment_inputs
-from refam.errors import ConfigError, MissingInputError
+from refam.errors import CheckpointError, ConfigError, MissingInputError
 
 if TYPE_CHECKING:
     from sam2.sam2_image_predictor import SAM2ImagePredictor
@@ -20,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def checked_weights(checkpoint: str | None, model_id: str | None, allow_random_weights: bool,
-                    image_size: int | None) -> str | None:
+                    image_size: int | None, config: str | None = None) -> str | None:
     """The SAM2 weights and input size settings checked (the image and video segmenters take the
     same): the checkpoint path, user-expanded. Checked when the segmenter is built rather than in
     setup, so a typo fails before the DiT spends minutes loading."""
@@ -34,9 +39,104 @@ def checked_weights(checkpoint: str | None, model_id: str | None, allow_random_w
         if not os.path.isfile(checkpoint):
             raise MissingInputError(f"SAM2 checkpoint not found: {checkpoint}; download it from the SAM2 release "
                                     "(sam2.1_hiera_large.pt, see README) or set this key to your copy", field="checkpoint")
+        check_checkpoint(checkpoint, config)
     if image_size is not None and (image_size <= 0 or image_size % 32):
         raise ConfigError(f"must be a positive multiple of 32 (Hiera's total stride), got {image_size}", field="image_size")
     return checkpoint
+
+
+FIX_SIZE = ("give the checkpoint of the size `config` names (sam2.1_hiera_large.pt for configs/sam2.1/sam2.1_hiera_l.yaml, "
+            "sam2.1_hiera_small.pt for ..._s.yaml), or set config to the checkpoint's size")
+
+
+def _hiera_size(config: str) -> tuple[int, int] | None:
+    """(trunk width, trunk blocks) of the Hiera that a config in the installed sam2 package builds."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.find_spec("sam2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], config)
+    try:
+        with open(path, encoding="utf-8") as file:
+            trunk = yaml.safe_load(file)["model"]["image_encoder"]["trunk"]
+        return int(trunk["embed_dim"]), sum(int(n) for n in trunk["stages"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None  # not a file of the package (setup reports a missing config), or another layout
+
+
+def check_checkpoint(checkpoint: str, config: str | None) -> None:
+    """The checkpoint file read as far as telling whether it can load, when the segmenter is built
+    (before minutes of loading the DiT): a PyTorch file holding a 'model' state dict, of the Hiera
+    size `config` builds. Tensors are memory-mapped, not read, so this is quick for the large model
+    too; what it cannot tell, the load in `setup` reports (`checkpoint_errors`)."""
+    if not zipfile.is_zipfile(checkpoint):
+        raise CheckpointError(f"{checkpoint} is truncated or not a PyTorch checkpoint (no zip archive, as torch.save "
+                              "writes); download it again from the SAM2 release", field="checkpoint")
+    with checkpoint_errors(config or "the config", checkpoint):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["model"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{checkpoint} holds no 'model' state dict, as SAM2's release checkpoints do; "
+                              "give a SAM2 checkpoint (e.g. sam2.1_hiera_large.pt)", field="checkpoint")
+    expected = _hiera_size(config) if config else None
+    patch = state.get("image_encoder.trunk.patch_embed.proj.weight")
+    blocks = {int(m.group(1)) for key in state if (m := re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", key))}
+    if expected is None or patch is None or not blocks:
+        return
+    found = (int(patch.shape[0]), max(blocks) + 1)
+    if found != expected:
+        raise CheckpointError(f"{checkpoint} is a SAM2 whose image encoder has width {found[0]} and {found[1]} blocks, "
+                              f"but {config} builds width {expected[0]} and {expected[1]} blocks: a checkpoint of "
+                              f"another SAM2 size; {FIX_SIZE}", field="checkpoint")
+
+
+def _unfit_weights(message: str) -> str | None:
+    """torch's `load_state_dict` error (one line per kind, keys quoted), counted and shown by example."""
+    parts = []
+    for kind, label in (("Missing", "missing"), ("Unexpected", "unexpected")):
+        found = re.search(rf"{kind} key\(s\) in state_dict: (.*)", message)
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{len(keys)} weights {label} (e.g. {keys[0]})" if keys else f"weights {label}")
+    shapes = re.findall(r"size mismatch for ([^:]+): copying a param with shape (torch\.Size\(\[[^]]*\]\)) from "
+                        r"checkpoint, the shape in current model is (torch\.Size\(\[[^]]*\]\))", message)
+    if shapes:
+        name, theirs, ours = shapes[0]
+        parts.append(f"{len(shapes)} weights of another shape (e.g. {name}: {theirs[11:-1]} in the checkpoint, "
+                     f"{ours[11:-1]} in the model)")
+    return ", ".join(parts) or None
+
+
+@contextmanager
+def checkpoint_errors(config: str, checkpoint: str) -> Iterator[None]:
+    """sam2's build from `checkpoint`, with a file that is not a SAM2 checkpoint of `config`'s size
+    (truncated, not a PyTorch file, another model's) reported as one CheckpointError on `checkpoint`."""
+    from hydra.errors import MissingConfigException
+
+    try:
+        yield
+    except MissingConfigException as err:
+        raise ConfigError(f"no SAM2 config {config!r} in the installed sam2 package", field="config") from err
+    except (pickle.UnpicklingError, EOFError) as err:
+        raise CheckpointError(f"{checkpoint} is not a PyTorch checkpoint ({type(err).__name__}); download it "
+                              "again from the SAM2 release", field="checkpoint") from err
+    except (KeyError, TypeError) as err:  # sam2 reads torch.load(...)["model"]
+        raise CheckpointError(f"{checkpoint} holds no 'model' state dict, as SAM2's release checkpoints do; "
+                              "give a SAM2 checkpoint (e.g. sam2.1_hiera_large.pt)", field="checkpoint") from err
+    except RuntimeError as err:
+        message = str(err)
+        if "PytorchStreamReader" in message or "zip archive" in message:
+            raise CheckpointError(f"{checkpoint} is truncated or corrupt ({message.split('.')[0]}); download it "
+                                  "again from the SAM2 release", field="checkpoint") from err
+        unfit = _unfit_weights(message)
+        if unfit is None and message.strip():  # not the checkpoint's doing (a device error, ...)
+            raise
+        # sam2 itself raises a bare RuntimeError after logging the keys of a non-strict load
+        raise CheckpointError(f"{checkpoint} does not fit the model of {config}: "
+                              f"{unfit or 'missing or unexpected weights (logged above)'}; it may be a checkpoint "
+                              f"of another SAM2 size: {FIX_SIZE}", field="checkpoint") from err
 
 
 class SAM2PointSegmenter(Segmenter):
@@ -71,7 +171,7 @@ class SAM2PointSegmenter(Segmenter):
         allow_random_weights: bool = False,
         init_seed: int = 0,
     ) -> None:
-        checkpoint = checked_weights(checkpoint, model_id, allow_random_weights, image_size)
+        checkpoint = checked_weights(checkpoint, model_id, allow_random_weights, image_size, config)
         self.config = config
         self.checkpoint = checkpoint
         self.model_id = model_id
@@ -102,9 +202,9 @@ class SAM2PointSegmenter(Segmenter):
                 self.model_id, device=str(device), hydra_overrides_extra=overrides
             )
         elif self.checkpoint is not None:
-            predictor = SAM2ImagePredictor(
-                build_sam2(self.config, self.checkpoint, device=str(device), hydra_overrides_extra=overrides)
-            )
+            with checkpoint_errors(self.config, self.checkpoint):
+                model = build_sam2(self.config, self.checkpoint, device=str(device), hydra_overrides_extra=overrides)
+            predictor = SAM2ImagePredictor(model)
         else:
             log.warning(
                 "SAM2 is built with RANDOM weights (allow_random_weights=true, seed %d): masks are "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from refam.errors import CheckpointError, ConfigError, DataError, MissingInputError
-from refam.segmenters.sam2 import checked_weights
+from refam.errors import ConfigError, DataError, MissingInputError
+from refam.segmenters.sam2 import checked_weights, checkpoint_errors
 from refam.segmenters.video_base import FramePath, VideoSegmenter, check_track_inputs
 
 if TYPE_CHECKING:
@@ -238,7 +237,7 @@ class SAM2VideoSegmenter(VideoSegmenter):
         fill_hole_area: int | None = None,
         mask_threshold: float = 0.0,
     ) -> None:
-        checkpoint = checked_weights(checkpoint, model_id, allow_random_weights, image_size)
+        checkpoint = checked_weights(checkpoint, model_id, allow_random_weights, image_size, config)
         if frame_cache_size < 1:
             raise ConfigError(f"must be at least 1, got {frame_cache_size}", field="frame_cache_size")
         if fill_hole_area is not None and fill_hole_area < 0:
@@ -280,17 +279,10 @@ class SAM2VideoSegmenter(VideoSegmenter):
                     self.model_id, device=str(device), hydra_overrides_extra=overrides
                 )
             elif self.checkpoint is not None:
-                try:
+                with checkpoint_errors(self.config, self.checkpoint):
                     predictor = build_sam2_video_predictor(
                         self.config, self.checkpoint, device=str(device), hydra_overrides_extra=overrides
                     )
-                except (RuntimeError, KeyError, pickle.UnpicklingError) as err:
-                    # sam2 logs the missing/unexpected keys and raises a bare RuntimeError.
-                    raise CheckpointError(
-                        f"{self.checkpoint} does not load into {self.config} "
-                        f"({type(err).__name__}: {err or 'missing or unexpected keys, logged above'})",
-                        field="checkpoint",
-                    ) from err
             else:
                 log.warning(
                     "SAM2 video predictor is built with RANDOM weights (allow_random_weights=true, seed %d): "

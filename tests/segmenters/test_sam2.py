@@ -142,3 +142,50 @@ def test_bad_settings_are_rejected():
         SAM2PointSegmenter(checkpoint="a.pt", model_id="facebook/sam2.1-hiera-tiny")
     with pytest.raises(ValueError, match="image_size"):
         SAM2PointSegmenter(allow_random_weights=True, image_size=250)
+
+
+def _write_bad_checkpoint(kind: str, path, state: dict) -> str:
+    """A checkpoint file that does not load into CONFIG's model, of the given kind."""
+    import os
+
+    if kind == "truncated":
+        torch.save({"model": state}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "random bytes":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "no model dict":
+        torch.save({"weights": state}, path)
+    elif kind == "a list":
+        torch.save([1, 2, 3], path)
+    elif kind == "another size":  # the tiny model's weights read as SAM2-S (16 Hiera blocks, not 12)
+        torch.save({"model": state}, path)
+    elif kind == "weights missing":  # the right size, half its weights gone: only the load can tell
+        torch.save({"model": dict(list(state.items())[: len(state) // 2])}, path)
+    return {"another size": "configs/sam2.1/sam2.1_hiera_s.yaml"}.get(kind, CONFIG)
+
+
+BAD_CHECKPOINTS = {"truncated": "truncated", "random bytes": "not a PyTorch checkpoint",
+                   "no model dict": "no 'model' state dict", "a list": "no 'model' state dict",
+                   "another size": "12 blocks, but configs/sam2.1/sam2.1_hiera_s.yaml builds width 96 and 16 blocks",
+                   "weights missing": "weights missing (e.g. "}
+
+
+@pytest.mark.parametrize("kind", list(BAD_CHECKPOINTS))
+@pytest.mark.parametrize("segmenter", ["image", "video"])
+def test_a_checkpoint_that_cannot_load_is_one_checkpoint_error_naming_the_key(seg, kind, segmenter, tmp_path):
+    """A corrupt file or another model's checkpoint: one line on `checkpoint` saying what to do, not
+    torch's or sam2's tracebacks; what the file alone tells is told when the segmenter is built."""
+    from refam.errors import CheckpointError
+    from refam.segmenters import SAM2VideoSegmenter
+
+    path = tmp_path / "sam2.pt"
+    config = _write_bad_checkpoint(kind, path, seg.predictor.model.state_dict())
+    cls = SAM2PointSegmenter if segmenter == "image" else SAM2VideoSegmenter
+    with pytest.raises(CheckpointError, match=KEY) as info:
+        built = cls(config=config, checkpoint=str(path), image_size=256)
+        assert kind == "weights missing"  # the only kind that the file alone does not give away
+        built.setup(torch.device("cpu"))
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 600 and str(path) in message
+    assert BAD_CHECKPOINTS[kind] in message
+    assert "download" in message or "give" in message  # what to do

@@ -1,6 +1,7 @@
 """`refam train-shapes` writes a loadable FLUX folder with its training record; evaluation runs it."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,3 +73,27 @@ def test_evaluation_scores_every_expression(trained, tmp_path):
     result = evaluate(module, ManifestDataset(str(manifest)), kinds)
     assert sum(n for _, n in result["PA by kind"].values()) == len(kinds) == result["expressions"]
     assert 0.0 <= result["PA"] <= 100.0 and 0.0 < result["chance"] < 20.0
+
+
+def test_the_trained_model_goes_under_the_current_folder_never_into_the_package_unasked(tmp_path, monkeypatch):
+    """The default --output is a folder of the user's; the shipped model is written over only with
+    --overwrite-embedded, and no folder that already holds a model is."""
+    import refam
+    from refam.embedded import REFAM_SHAPES
+    from refam.errors import ConfigError
+    from refam.shapes.train import output_folder
+
+    package = Path(refam.__file__).resolve().parent
+    monkeypatch.chdir(tmp_path)
+    default = output_folder(None, overwrite_embedded=False)
+    assert default.resolve().is_relative_to(tmp_path.resolve()) and not default.resolve().is_relative_to(package)
+    for inside in (REFAM_SHAPES, package / "embedded", package / "mine"):
+        with pytest.raises(ConfigError, match="--overwrite-embedded"):
+            output_folder(inside, overwrite_embedded=False)
+    assert output_folder(None, overwrite_embedded=True) == REFAM_SHAPES
+    with pytest.raises(ConfigError, match="--overwrite-embedded"):
+        output_folder(tmp_path / "elsewhere", overwrite_embedded=True)  # two places named: which one?
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "model_index.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a trained model"):
+        output_folder(tmp_path / "done", overwrite_embedded=False)
