@@ -256,14 +256,10 @@ def run_row(config: dict, path: Path, extra: list[str], records: Path | None = N
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     where = ["--records.folder", str(records)] if records is not None else []
-    import warnings
-
     from jsonargparse import ArgumentError
 
     try:
-        with warnings.catch_warnings():  # the arguments are the row's, not the command line's
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            cli = run_cli(["test", "--config", str(path), *where, *extra])
+        cli = run_cli(["test", "--config", str(path), *where, *extra])
     except ArgumentError as err:  # an option given after the table's: the parser's one useful line
         raise ConfigError(parser_error_line(str(err), "ablate")) from err
     return {key: float(value) for key, value in cli.trainer.callback_metrics.items()}

@@ -6,7 +6,7 @@
     results[0].mask, results[0].point, results[0].heatmap, results[0].token_maps
 
 `RefAM.load` takes nothing (the embedded default), a config YAML (its `model:` section, exactly as
-`refam test` reads it) or a diffusers FLUX folder. `RefAM.pipeline` is the `RefAMPipeline` that
+`refam test` reads it) or a diffusers FLUX folder (`refam.sections`). `RefAM.pipeline` is the `RefAMPipeline` that
 `refam test` runs per sample.
 """
 
@@ -16,46 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
 from refam.data.images import check_size, read_rgb, to_rgb
 from refam.embedded import DEFAULT_CONFIG  # noqa: F401 (shipped in the package: works from any folder)
-from refam.errors import (ConfigError, DataError, MissingInputError, RefamError, forget_built_errors,
-                          parser_error_line, place, user_error)
+from refam.errors import ConfigError, DataError, MissingInputError, RefamError, place, require_words
+from refam.sections import build_pipeline, model_section
 from refam.inference import RefAMPipeline
 from refam.types import Expression, Prediction, Sample
 
 SECTIONS = {"model": RefAMPipeline}  # a config's sections that RefAM.load reads
-
-
-def _model_section(config: Path) -> dict:
-    try:
-        document = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read config {config}: {' '.join(str(err).split())}") from err
-    if not isinstance(document or {}, dict):
-        raise ConfigError(f"{config}: a config is a mapping of sections (model:, data:, ...), "
-                          f"not a {type(document).__name__}; give a config YAML such as configs/demo.yaml")
-    section = (document or {}).get("model")
-    if isinstance(section, str):  # `model: parts/x.yaml`, relative to the config, as jsonargparse reads it
-        return _model_section_file(config.parent / section)
-    if not isinstance(section, dict):
-        raise ConfigError(f"{config}: no `model:` section (extractor, segmenter, ...) to load")
-    return section
-
-
-def _model_section_file(path: Path) -> dict:
-    try:
-        section = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read the model part {path}: {' '.join(str(err).split())}") from err
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: the model part is a mapping (extractor:, segmenter:, ...), not a {type(section).__name__}")
-    return section
-
-
-EMPTY_EXPRESSION = "an --expression is empty: give the words that name the object"
 
 
 def expression_texts(expressions: str | list[str]) -> list[str]:
@@ -65,42 +35,9 @@ def expression_texts(expressions: str | list[str]) -> list[str]:
     texts = [expressions] if isinstance(expressions, str) else expressions
     if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
         raise ExpressionError(f"expressions must be a string or a list of strings, got {expressions!r}")
-    if not texts or any(not text.strip() for text in texts):
-        raise ExpressionError(EMPTY_EXPRESSION)
+    for text in texts or [""]:  # none at all is an empty one
+        require_words(text)
     return list(texts)
-
-
-def pipeline_from_config(config: Path) -> RefAMPipeline:
-    from jsonargparse import ArgumentParser
-
-    import refam.components  # noqa: F401 (configs name components by class name; errors name their key)
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(RefAMPipeline, "model")  # the `model:` section's keys, as RefAMModule takes them
-    try:
-        parsed = parser.parse_object({"model": _model_section(config)})
-    except Exception as err:  # jsonargparse reports the offending key in its message
-        raise ConfigError(f"{config}: {parser_error_line(str(err))}") from err
-    forget_built_errors()
-    try:
-        return parser.instantiate(parsed).model
-    except Exception as err:
-        # a component's own error (a missing checkpoint) reaches here wrapped by jsonargparse
-        found = user_error(err)
-        if found is None:
-            raise
-        place(found, SECTIONS, parsed.as_dict())
-        raise found from found.__cause__  # the error itself, as if raised here, with its own cause
-
-
-def pipeline_from_folder(folder: Path, segmenter=None) -> RefAMPipeline:
-    from refam.extractors.flux import FluxExtractor
-    from refam.segmenters.floodfill import FloodFillSegmenter
-    from refam.shapes.model import extractor_settings
-
-    # a refam-shapes folder (it has a training record) runs as it was trained; others as FLUX.1
-    settings = extractor_settings(folder) if (folder / "training.json").exists() else {"torch_dtype": "float32"}
-    return RefAMPipeline(extractor=FluxExtractor(str(folder), **settings), segmenter=segmenter or FloodFillSegmenter())
 
 
 def add_model_arguments(parser) -> None:
@@ -149,22 +86,10 @@ class RefAM:
     def load(cls, source: str | Path | None = None, device: str | torch.device = "cpu", segmenter=None) -> "RefAM":
         """`source`: None (the embedded refam-shapes demo pipeline), a config YAML, or a diffusers
         FLUX folder (run with `segmenter`, default the weightless flood fill)."""
-        path = DEFAULT_CONFIG if source is None else Path(source)
-        if path.is_dir():
-            if not (path / "model_index.json").exists():
-                raise ConfigError(f"{path} is a folder but not a diffusers pipeline (no model_index.json); "
-                                  "give a FLUX folder or a config YAML")
-            return cls(pipeline_from_folder(path, segmenter), device)
-        if path.suffix in (".yaml", ".yml", ".json"):  # JSON is YAML: `refam serve`'s run records load back
-            if not path.is_file():
-                raise MissingInputError(f"config file not found: {path}")
-            pipeline = pipeline_from_config(path)
-            if segmenter is not None:
-                pipeline.segmenter = segmenter
-            return cls(pipeline, device, configured=segmenter is None)
-        if not path.exists():
-            raise MissingInputError(f"{path}: no such file or folder; give a config YAML or a diffusers FLUX folder")
-        raise ConfigError(f"cannot load {path}: give a config YAML or a diffusers FLUX folder")
+        pipeline = build_pipeline(model_section(source), origin=str(source or DEFAULT_CONFIG))
+        if segmenter is not None:
+            pipeline.segmenter = segmenter
+        return cls(pipeline, device, configured=segmenter is None)
 
     @torch.no_grad()
     def segment(self, image: Image.Image | np.ndarray | str | Path, expressions: str | list[str],

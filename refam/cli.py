@@ -63,17 +63,12 @@ def predict(argv: list[str]) -> None:
 
 
 def run_lightning(argv: list[str]) -> None:
-    import warnings
-
     from jsonargparse import ArgumentError
 
     from refam.lightning_cli import run_cli
 
     try:
-        with warnings.catch_warnings():
-            # the arguments are given explicitly, as this table hands them on (also those of sys.argv)
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            run_cli(argv)
+        run_cli(argv)
     except ArgumentError as err:  # a key or value the parser rejects: its one useful line, no usage
         exit_with(parser_error_line(str(err), argv[0]))
 

@@ -124,7 +124,7 @@ def require_words(text: str) -> None:
     """The one check that an expression has words (the pipeline, every extractor and every text
     reader make it, so a component called directly says the same)."""
     if not text.strip():
-        raise ExpressionError("the expression is empty: give the words that name the object")
+        raise ExpressionError("an expression is empty: give the words that name the object")
 
 
 def user_error(err: BaseException) -> RefamError | None:

@@ -117,7 +117,7 @@ class RefAMPipeline:
 
     def setup(self, device: torch.device | str) -> None:
         """Load the weights onto `device`; an error names the component it came from."""
-        for name in ("extractor", "segmenter"):
+        for name in ("segmenter", "extractor"):  # the light one first: its errors come before the DiT's progress bars
             with self._calling(name):
                 getattr(self, name).setup(torch.device(device))
 

@@ -6,13 +6,13 @@ The `refam` command (`refam.cli`) dispatches to it; `refam ablate` runs it once 
 from __future__ import annotations
 
 import logging
+import warnings
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
 # configs name components by class name, and a component's error names its config key (`build`)
-import refam.components  # noqa: F401
-from pathlib import Path
-
+from refam.components import INSTANTIATORS
 from refam.callbacks import ExpressionRecords, MaskWriter, ResultStore, check_folder, config_fingerprints
 from refam.data.datamodule import RefAMDataModule
 from refam.errors import forget_built_errors, place, user_error
@@ -42,6 +42,13 @@ class RefAMCLI(LightningCLI):
         # hands the trainer the callback that writes it (configure_callbacks).
         parser.add_class_arguments(ResultStore, "results", sub_configs=True)
         parser.link_arguments("results", "model.result_store", apply_on="instantiate")
+
+    def _add_instantiators(self) -> None:
+        super()._add_instantiators()  # Lightning's, for the module and the datamodule, match first
+        with warnings.catch_warnings():  # the parser-scoped registration Lightning itself uses
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for instantiator, class_type, subclasses in INSTANTIATORS:
+                self.parser.add_instantiator(instantiator, class_type, subclasses=subclasses)
 
     def check_output_folders(self) -> None:
         """Folders named on the command line or in the config are checked before anything is built
@@ -81,17 +88,20 @@ def run_cli(args: list[str] | None = None) -> RefAMCLI:
     # only line printed; the seed is in the run's saved config.yaml
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:
-        return RefAMCLI(
-            RefAMModule,
-            RefAMDataModule,
-            trainer_defaults=TRAINER_DEFAULTS,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            # a bad key or value raises ArgumentError (main prints its one useful line) instead of
-            # printing the whole usage before it
-            parser_kwargs={"exit_on_error": False},
-            args=args,
-        )
+        with warnings.catch_warnings():
+            # `args` is how refam hands LightningCLI its arguments (the console script's and `refam ablate`'s)
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            return RefAMCLI(
+                RefAMModule,
+                RefAMDataModule,
+                trainer_defaults=TRAINER_DEFAULTS,
+                save_config_kwargs={"overwrite": True},
+                auto_configure_optimizers=False,
+                # a bad key or value raises ArgumentError (main prints its one useful line) instead of
+                # printing the whole usage before it
+                parser_kwargs={"exit_on_error": False},
+                args=args,
+            )
     except Exception as err:  # raised while testing (a checkpoint loaded in setup): say where the config holds it
         found = user_error(err)
         if found is not None:

@@ -31,7 +31,6 @@ expression's index and a readable slug of its words. Nothing is written outside 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
@@ -40,7 +39,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refam.errors import ConfigError, MissingInputError, RefamError, error_line
+from refam.errors import ArgumentParser, ConfigError, MissingInputError, RefamError, error_line, require_words
 from refam.io.names import NameRegistry, inside, safe_name, slug
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -229,8 +228,7 @@ def write_video_predictions(model, video: Path, texts: list[str], caption: str, 
 def check_texts(texts: list[str]) -> None:
     """The one-line error for an empty expression; needs no model."""
     for text in texts:
-        if not text.strip():
-            raise ConfigError("an --expression is empty: give the words that name the object")
+        require_words(text)
 
 
 def check_expressions(model, texts: list[str]) -> None:
@@ -365,8 +363,7 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> None:
     from refam.api import add_model_arguments
 
-    parser = argparse.ArgumentParser(prog="refam predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="refam predict", description=__doc__)
     parser.add_argument("--image", type=Path, action="append", default=[], help="an image file or a folder (repeatable)")
     parser.add_argument("--video", type=Path, action="append", default=[],
                         help="a video file or a folder of frames (repeatable)")

@@ -16,27 +16,29 @@ from pathlib import Path
 import yaml
 
 from refam.embedded import DEFAULT_CONFIG
-from refam.errors import ConfigError, build, forget_built_errors, parser_error_line, place, user_error
-
-# how the component classes are built: `build` records, on a refam error, the class it was building
-# and its arguments, so that `place` can name the config key (refam.errors)
-INSTANTIATORS = [(build, object, True)]
-
+from refam.errors import ConfigError, MissingInputError, forget_built_errors, parser_error_line, place, user_error
 
 def _read(path: Path, what: str) -> object:
     try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read {what} {path}: {err}") from err
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read {what} {path}: {' '.join(str(err).split())}") from err
 
 
 def config_section(config: Path) -> dict:
     """A config file's `model:` section (a mapping, or a file it names relative to the config, as
     jsonargparse reads `model: parts/x.yaml`)."""
     document = _read(config, "config")
-    section = document.get("model") if isinstance(document, dict) else None
-    if isinstance(section, str):
-        section = _read(config.parent / section, "the model part")
+    if not isinstance(document or {}, dict):
+        raise ConfigError(f"{config}: a config is a mapping of sections (model:, data:, ...), "
+                          f"not a {type(document).__name__}; give a config YAML such as configs/demo.yaml")
+    section = (document or {}).get("model")
+    if isinstance(section, str):  # `model: parts/x.yaml`, relative to the config, as jsonargparse reads it
+        part = config.parent / section
+        section = _read(part, "the model part")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{part}: the model part is a mapping (extractor:, segmenter:, ...), "
+                              f"not a {type(section).__name__}")
     if not isinstance(section, dict):
         raise ConfigError(f"{config}: no `model:` section (extractor, segmenter, ...) to load")
     return section
@@ -68,18 +70,25 @@ def model_section(source: str | Path | None) -> dict:
     path = DEFAULT_CONFIG if source is None else Path(source)
     if path.is_dir():
         return folder_section(path)
-    if path.suffix not in (".yaml", ".yml", ".json"):  # JSON is YAML: `refam serve`'s run records load back
-        raise ConfigError(f"cannot load {path}: give a config YAML or a diffusers FLUX folder")
+    if path.suffix in (".yaml", ".yml", ".json"):  # JSON is YAML: `refam serve`'s run records load back
+        if not path.is_file():
+            raise MissingInputError(f"config file not found: {path}")
+        return config_section(path)
     if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    return config_section(path)
+        raise MissingInputError(f"{path}: no such file or folder; give a config YAML or a diffusers FLUX folder")
+    raise ConfigError(f"cannot load {path}: give a config YAML or a diffusers FLUX folder")
+
+
+def pipeline_from_config(config: str | Path):
+    """The `RefAMPipeline` of a config file's `model:` section."""
+    return build_pipeline(config_section(Path(config)), origin=str(config))
 
 
 def build_pipeline(section: dict, origin: str = "the model section"):
     """A `RefAMPipeline` built from a `model:` section; an error names its config key."""
     from jsonargparse import ArgumentParser
 
-    import refam.components  # noqa: F401 (configs name components by class name)
+    from refam.components import INSTANTIATORS  # configs name components by class name
     from refam.inference import RefAMPipeline
 
     parser = ArgumentParser(exit_on_error=False)

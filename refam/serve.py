@@ -18,6 +18,7 @@ the JSON loads back as a config. Requests are queued: one runs at a time on the 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from typing import get_type_hints
 
 from refam.errors import (ArgumentParser, ConfigError, RefamError, error_line, forget_built_errors, number,
                           parser_error_line, place, reports_user_errors, user_error)
+from refam.sections import model_section
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MANIFEST = REPO_ROOT / "assets" / "shapes-demo" / "manifest.jsonl"
@@ -237,7 +239,7 @@ class Session:
         else:
             from jsonargparse import ArgumentParser
 
-            import refam.components  # noqa: F401 (entries name components by class name; errors name their key)
+            from refam.components import INSTANTIATORS  # entries name components by class name; errors their key
             from refam.extractors.trajectory import Trajectory
             from refam.inference import RefAMPipeline
 
@@ -255,7 +257,7 @@ class Session:
                 raise ConfigError(parser_error_line(str(err))) from err
             forget_built_errors()
             try:
-                value = parser.instantiate(parsed)[entry]
+                value = parser.instantiate(parsed, instantiators=INSTANTIATORS)[entry]
             except Exception as err:
                 found = user_error(err)
                 if found is None or found.field is None:
@@ -345,12 +347,11 @@ class Session:
         folder = self._folder()
         entries, run = [], Run(folder, {}, predictions)
         for index, (text, prediction) in enumerate(zip(texts, predictions)):
-            record = write_prediction(folder, index, text, image, prediction)  # refam predict's files
-            record["tokens"] = prediction.tokens
-            entries.append(record)
-            run.overlays.append((str(folder / record["files"]["overlay"]), f"{text}: mask and point"))
-            run.heatmaps.append((str(folder / record["files"]["heatmap"]), f"{text}: heatmap"))
-            run.downloads.append(str(folder / record["files"]["mask"]))
+            written = write_prediction(folder, index, text, image, prediction)  # refam predict's files
+            entries.append({**written.record, "tokens": prediction.tokens})
+            run.overlays.append((str(written.paths["overlay"]), f"{text}: mask and point"))
+            run.heatmaps.append((str(written.paths["heatmap"]), f"{text}: heatmap"))
+            run.downloads.append(str(written.paths["mask"]))
         self._figures(run, folder, image, texts, texts)
         run.record = self._record(source.name, caption, settings, section, entries)
         run.downloads.append(self._write_record(folder, run.record))
@@ -358,7 +359,6 @@ class Session:
         return run
 
     def _run_video(self, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
-        from refam.io.names import slug
         from refam.predict import write_video_predictions
         from refam.visualize import prediction_pictures
         from refam.io.files import save_png
@@ -372,32 +372,28 @@ class Session:
             raise ConfigError(f"--video {source.name}: {frames} frames, more than the {self.max_frames} this app "
                               "takes (refam serve --max-frames); cut the clip or run `refam predict --video`")
         folder = self._folder()
-        key_frames: dict = {}
         started = time.perf_counter()
-        count = write_video_predictions(self.model, source, texts, caption, folder, key_frames)
+        written = write_video_predictions(self.model, source, texts, caption, folder)
         seconds = time.perf_counter() - started
-        video_folder = folder / source.stem
-        run = Run(folder, {}, [key_frames[k][1] for k in range(len(texts))])
+        count, video_folder = written.frames, written.folder
+        run = Run(folder, {}, [prediction for _, prediction in written.key_frames])
         entries, captions = [], []
-        for k, text in enumerate(texts):
-            stem = f"{k}-{slug(text)}"
-            record = json.loads((video_folder / f"{stem}.json").read_text())
-            frame, prediction = key_frames[k]
+        for text, entry, (frame, prediction) in zip(texts, written.expressions, written.key_frames):
+            stem = entry.paths["record"].stem
             captions.append(f"{text} (key frame {prediction.frame or 0})")
             pictures = prediction_pictures(frame, prediction)
             for kind, pictured in (("overlay", run.overlays), ("heatmap", run.heatmaps)):
                 path = video_folder / f"{stem}_key_{kind}.png"
                 save_png(pictures[kind], path)
                 pictured.append((str(path), f"{captions[-1]}: {'mask and point' if kind == 'overlay' else kind}"))
-            run.clips.append((str(video_folder / f"{stem}_overlay.gif"), text))
-            record.update(point=[round(v, 2) for v in prediction.point], tokens=prediction.tokens,
-                          sinks=[{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)])
-            entries.append(record)
-        self._figures(run, video_folder, key_frames[0][0], texts, captions)
-        masks = folder / f"{source.stem}-masks.zip"  # <k>-<expression>/<frame>.png, as refam predict writes them
+            run.clips.append((str(entry.paths["overlay"]), text))
+            entries.append({**entry.record, "point": [round(v, 2) for v in prediction.point], "tokens": prediction.tokens,
+                            "sinks": [{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)]})
+        self._figures(run, video_folder, written.key_frames[0][0], texts, captions)
+        masks = folder / f"{video_folder.name}-masks.zip"  # <k>-<expression>/<frame>.png, as refam predict writes them
         with zipfile.ZipFile(masks, "w", zipfile.ZIP_DEFLATED) as bundle:
-            for k, text in enumerate(texts):
-                for path in sorted((video_folder / f"{k}-{slug(text)}").glob("*.png")):
+            for entry in written.expressions:
+                for path in sorted(entry.paths["masks"].glob("*.png")):
                     bundle.write(path, path.relative_to(video_folder).as_posix())
         run.downloads.append(str(masks))
         run.record = self._record(source.name, caption, settings, section, entries, frames=count)
@@ -571,21 +567,6 @@ def build_app(session: Session):
     return app
 
 
-def section_of(source: Path | None) -> dict:
-    """The `model:` section the app starts from (a config's, or one that names a FLUX folder)."""
-    from refam.api import DEFAULT_CONFIG, _model_section
-
-    path = DEFAULT_CONFIG if source is None else Path(source)
-    if path.is_dir():
-        from refam.shapes.model import extractor_settings
-
-        settings = extractor_settings(path) if (path / "training.json").exists() else {"torch_dtype": "float32"}
-        return {"extractor": {"class_path": "refam.extractors.flux.FluxExtractor",
-                              "init_args": {"pretrained": str(path), **settings}},
-                "segmenter": {"class_path": "refam.segmenters.floodfill.FloodFillSegmenter"}}
-    return _model_section(path)
-
-
 def check_port(host: str, port: int) -> None:
     """The address can be listened on: refused now, in one line, rather than after the model loads."""
     import socket
@@ -615,13 +596,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="longest video the app takes, in frames")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("gradio") is None:  # an extra; checked before the model loads
+        raise ConfigError("refam serve needs gradio: pip install 'refam[serve]'")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, no version check
     check_port(args.host, args.port)
     from refam.api import RefAM
 
     source = args.config or args.model
     model = RefAM.load(source, device=args.device)
-    section = section_of(source)
+    section = model_section(source)
     workdir = Path(tempfile.mkdtemp(prefix="refam-serve-"))
     app = None
     try:  # the working folder goes on every way out: a failed start, Ctrl+C, a stop by kill

@@ -126,7 +126,7 @@ def test_empty_expression_is_reported_and_skipped(tmp_path, smoke_here):
     dataset = {"class_path": "refam.data.manifest.ManifestDataset", "init_args": {"path": str(manifest)}}
     result = smoke_here(*smoke_args(tmp_path), "--data.datasets", json.dumps(dataset))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "'blank': the expression is empty" in result.stderr
+    assert "'blank': an expression is empty" in result.stderr
     metrics = logged_metrics(tmp_path / "logs")
     assert float(metrics["mine/skipped_expressions"]) == 1
 

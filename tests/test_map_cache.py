@@ -15,7 +15,8 @@ import torch
 from refam.aggregators.base import SoftmaxMeanAggregator
 from refam.aggregators.magnets import AppendMagnets, RandomVectorMagnets
 from refam.aggregators.spatial import SpatialBias
-from refam.api import DEFAULT_CONFIG, pipeline_from_config
+from refam.api import DEFAULT_CONFIG
+from refam.sections import pipeline_from_config
 from refam.data.manifest import ManifestDataset
 from refam.embedded import REFAM_SHAPES, resolve_embedded
 from refam.extractors.cache import MapCache, cache_key, model_identity

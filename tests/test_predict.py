@@ -102,7 +102,7 @@ def test_readme_example_runs(monkeypatch, capsys):
 
 @pytest.mark.parametrize("args, culprit", [
     (["--image", "missing.png", "--expression", "the dog"], "--image missing.png"),
-    (["--image", "{scene}", "--expression", "  "], "--expression is empty"),
+    (["--image", "{scene}", "--expression", "  "], "an expression is empty"),
     (["--image", "{scene}", "--expression", " ".join(["red"] * 200)], "the limit is 128"),
     (["--image", "{scene}"], "--expression"),
     (["--image", "{scene}", "--expression", "the dog", "--model", "{tmp}"], "model_index.json"),
@@ -423,14 +423,14 @@ def test_writers_return_what_they_wrote(tmp_path, model, segment_once):
 @pytest.mark.parametrize("args, culprit", [
     (["--image", "missing.png", "--expression", "the dog"], "--image missing.png"),
     (["--image", "{tmp}/broken.png", "--expression", "the dog"], "cannot read image"),
-    (["--image", "{scene}", "--expression", "  "], "--expression is empty"),
+    (["--image", "{scene}", "--expression", "  "], "an expression is empty"),
     (["--image", "{scene}"], "--expression"),
     (["--video", "{tmp}/clips"], "--expression"),
     (["--manifest", "{tmp}/none.jsonl"], "none.jsonl"),
     (["--manifest", "{tmp}/bad.jsonl"], "line 1 is not valid JSON"),
     (["--manifest", "{tmp}/latin1.jsonl"], "not UTF-8"),
     (["--manifest", "{tmp}/lost.jsonl"], "lost.png"),
-    (["--manifest", "{tmp}/empty-text.jsonl"], "--expression is empty"),
+    (["--manifest", "{tmp}/empty-text.jsonl"], "an expression is empty"),
     (["--manifest", "{tmp}/bad.jsonl", "--image", "{scene}"], "--manifest or --image"),
     (["--video", "{tmp}/broken.mp4", "--expression", "the dog"], "cannot read video"),
     (["--video", "{tmp}/no-frames", "--expression", "the dog"], "holds no images"),

@@ -15,7 +15,8 @@ from PIL import Image
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from refam.serve import CONTROLS, NO_IMAGE, OUTPUTS, Session, page_preview, page_rerun, page_run, section_of  # noqa: E402
+from refam.serve import CONTROLS, NO_IMAGE, OUTPUTS, Session, page_preview, page_rerun, page_run  # noqa: E402
+from refam.sections import model_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = str(ROOT / "assets/shapes-demo/images/demo-00005.png")
@@ -27,7 +28,7 @@ def session(tmp_path_factory):
     from refam import RefAM
 
     model = RefAM.load()
-    return Session(model, section_of(None), max_frames=20, workdir=tmp_path_factory.mktemp("serve"))
+    return Session(model, model_section(None), max_frames=20, workdir=tmp_path_factory.mktemp("serve"))
 
 
 def values(settings) -> list:
@@ -117,7 +118,7 @@ def test_settings_reach_the_components_and_the_run_json_loads_back_as_a_config(s
 
 @pytest.mark.parametrize("source, expressions, line", [
     (None, "the black square", f"refam: error: {NO_IMAGE}"),
-    (SCENE, "  \n ", "refam: error: an --expression is empty: give the words that name the object"),
+    (SCENE, "  \n ", "refam: error: an expression is empty: give the words that name the object"),
     (SCENE, " ".join(["red"] * 200), "the limit is 128"),
     ("{broken}", "the black square", "refam: error: cannot read image {broken}"),
     ("{long video}", "the black square", "frames, more than the 20 this app takes (refam serve --max-frames)"),
@@ -262,7 +263,7 @@ def test_a_failed_start_leaves_no_working_folder(failure, tmp_path, monkeypatch,
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes the working folder
     monkeypatch.setattr(RefAM, "load", classmethod(lambda cls, *args, **kwargs: object()))
-    monkeypatch.setattr(refam.serve, "section_of", lambda source: {})
+    monkeypatch.setattr(refam.serve, "model_section", lambda source: {})
     made = []
 
     class App:

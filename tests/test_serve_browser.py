@@ -155,7 +155,7 @@ def test_the_page_segments_an_upload_shows_the_apis_mask_and_survives_bad_input(
     box.send_keys("   ")
     one("#refam-run").click()
     wait.until(lambda d: status())
-    assert status() == "refam: error: an --expression is empty: give the words that name the object"
+    assert status() == "refam: error: an expression is empty: give the words that name the object"
     assert not browser.find_elements(By.CSS_SELECTOR, "#refam-pictures img")
     box.clear()
     box.send_keys("the black square")

@@ -110,7 +110,7 @@ CASES = {
     "analyze: missing image": (["analyze", "--image", "{tmp}/missing.png", "--expression", "x", "--output", "{tmp}/o"],
                                ["image file not found: {tmp}/missing.png"]),
     "analyze: empty expression": (["analyze", "--image", DEMO_IMAGE, "--expression", "the cat", "--expression", " ",
-                                   "--output", "{tmp}/o"], ["--expression is empty"]),
+                                   "--output", "{tmp}/o"], ["an expression is empty"]),
     "analyze: no expression": (["analyze", "--image", DEMO_IMAGE, "--output", "{tmp}/o"], ["--expression"]),
     "analyze: missing config": (["analyze", "--image", DEMO_IMAGE, "--expression", "x", "--output", "{tmp}/o",
                                  "--config", "{tmp}/missing.yaml"], ["config file not found"]),
@@ -242,9 +242,9 @@ def _api_case(name: str, tmp: Path):
                 ["--image", str(tmp / "broken.png"), "--expression", "the cat", "--output", str(tmp / "out")])
     if name == "empty expression":
         return (lambda: _unloaded_model().segment(DEMO_IMAGE, ["the cat", "  "]), ExpressionError,
-                "--expression is empty", [*image, "--expression", "  "])
+                "an expression is empty", [*image, "--expression", "  "])
     if name == "no expression":
-        return lambda: _unloaded_model().segment(DEMO_IMAGE, []), ExpressionError, "--expression is empty", None
+        return lambda: _unloaded_model().segment(DEMO_IMAGE, []), ExpressionError, "an expression is empty", None
     if name == "expression not text":
         return lambda: _unloaded_model().segment(DEMO_IMAGE, [3]), ExpressionError, "list of strings", None
     if name == "image of another type":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import pickle
@@ -29,6 +30,10 @@ def checked_weights(checkpoint: str | None, model_id: str | None, allow_random_w
     """The SAM2 weights and input size settings checked (the image and video segmenters take the
     same): the checkpoint path, user-expanded. Checked when the segmenter is built rather than in
     setup, so a typo fails before the DiT spends minutes loading."""
+    if importlib.util.find_spec("sam2") is None:  # an extra: said before the DiT spends minutes loading
+        raise ConfigError("the SAM2 segmenters need the sam2 package: install torch and a matching torchvision, "
+                          "then SAM2_BUILD_CUDA=0 pip install --no-build-isolation 'refam[sam2]'; or choose another "
+                          "segmenter")
     if checkpoint is not None and model_id is not None:
         raise ConfigError("give a checkpoint or a model_id, not both", field="checkpoint")
     if checkpoint is None and model_id is None and not allow_random_weights:

@@ -48,7 +48,7 @@ def test_left_raises_the_left_half_and_moves_the_argmax(parser):
 
 def test_noun_phrase_and_spatial_bias_are_chosen_in_yaml(tmp_path):
     from refam.aggregators.magnets import AppendMagnets
-    from refam.api import pipeline_from_config
+    from refam.sections import pipeline_from_config
 
     import yaml
 
@@ -151,7 +151,7 @@ def test_the_module_applies_a_list_of_biases_in_order(tmp_path):
     import yaml
 
     from refam.aggregators.spatial import DirectionPrior, RelationPrior
-    from refam.api import pipeline_from_config
+    from refam.sections import pipeline_from_config
 
     from refam.embedded import DEFAULT_MODEL_SECTION
 

@@ -296,7 +296,7 @@ def test_bad_settings_name_the_setting(kwargs, name):
 
 
 def test_configured_from_yaml(tmp_path):
-    from refam.api import pipeline_from_config
+    from refam.sections import pipeline_from_config
 
     from refam.embedded import DEFAULT_MODEL_SECTION
 
