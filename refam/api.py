@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from refam.data.images import check_size, read_rgb, to_rgb
+from refam.io.images import check_size, read_rgb, to_rgb
 from refam.embedded import DEFAULT_CONFIG  # noqa: F401 (shipped in the package: works from any folder)
 from refam.errors import ConfigError, DataError, MissingInputError, RefamError, place, require_words
 from refam.sections import build_pipeline, model_section
-from refam.inference import RefAMPipeline
+from refam.pipeline import RefAMPipeline
 from refam.types import Expression, Prediction, Sample
 
 SECTIONS = {"model": RefAMPipeline}  # a config's sections that RefAM.load reads

@@ -1,6 +1,6 @@
 """The `refam` command: a table of subcommands, each a module's `main(argv)`.
 
-`refam test --config X.yaml` runs the LightningCLI (`refam.lightning_cli`); the others are refam's
+`refam test --config X.yaml` runs the LightningCLI (`refam.evaluation.lightning_cli`); the others are refam's
 own (predict, serve, score, analyze, ablate, train-shapes). Every user error, whichever subcommand
 meets it, is one line `refam: error: ...` and exit code 2 (`refam.errors`).
 """
@@ -29,10 +29,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                        "evaluate a config's model on its datasets: refam test --config configs/refcoco.yaml"),
     "predict": Subcommand("refam.cli:predict",
                           "segment images or videos by referring expressions (with --data: Lightning's predict)"),
-    "serve": Subcommand("refam.serve:main", "see and correct a segmentation in the browser (a Gradio app)"),
-    "score": Subcommand("refam.score:main", "J&F of prediction folders in the DAVIS layout, as the official evaluation"),
-    "analyze": Subcommand("refam.analyze:main", "the paper's diagnostic figures for one image and its expressions"),
-    "ablate": Subcommand("refam.ablations:main", "run the paper's ablation tables as config overrides"),
+    "serve": Subcommand("refam.apps.serve:main", "see and correct a segmentation in the browser (a Gradio app)"),
+    "score": Subcommand("refam.evaluation.score:main", "J&F of prediction folders in the DAVIS layout, as the official evaluation"),
+    "analyze": Subcommand("refam.apps.analyze:main", "the paper's diagnostic figures for one image and its expressions"),
+    "ablate": Subcommand("refam.evaluation.ablations:main", "run the paper's ablation tables as config overrides"),
     "train-shapes": Subcommand("refam.shapes.train:main", "train the embedded refam-shapes model on CPU"),
 }
 # LightningCLI's training subcommands: refam has nothing to fit
@@ -52,12 +52,12 @@ def lightning_test(argv: list[str]) -> None:
 
 
 def predict(argv: list[str]) -> None:
-    """Image(s) and expression(s) in, pictures out (`refam.predict`); with --data or --trainer
+    """Image(s) and expression(s) in, pictures out (`refam.apps.predict`); with --data or --trainer
     options it is LightningCLI's `predict` over a datamodule."""
     if any(a.startswith("--trainer") or a == "--data" or a.startswith("--data.") for a in argv):
         run_lightning(["predict", *argv])
         return
-    from refam.predict import main as predict_images
+    from refam.apps.predict import main as predict_images
 
     predict_images(argv)
 
@@ -65,7 +65,7 @@ def predict(argv: list[str]) -> None:
 def run_lightning(argv: list[str]) -> None:
     from jsonargparse import ArgumentError
 
-    from refam.lightning_cli import run_cli
+    from refam.evaluation.lightning_cli import run_cli
 
     try:
         run_cli(argv)

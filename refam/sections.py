@@ -89,7 +89,7 @@ def build_pipeline(section: dict, origin: str = "the model section"):
     from jsonargparse import ArgumentParser
 
     from refam.components import INSTANTIATORS  # configs name components by class name
-    from refam.inference import RefAMPipeline
+    from refam.pipeline import RefAMPipeline
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(RefAMPipeline, "model")  # the `model:` section's keys, as RefAMModule takes them

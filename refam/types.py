@@ -136,7 +136,7 @@ class VideoSample:
 
     def frame(self, index: int) -> Image.Image:
         """Frame `index` as RGB, read from disk now."""
-        from refam.data.images import to_rgb  # transparency composited as every image's
+        from refam.io.images import to_rgb  # transparency composited as every image's
 
         with Image.open(self.frames[index]) as image:
             return to_rgb(image, self.frames[index])

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from refam.ablations import READINGS, TABLES, format_table, merge, reading_file_text, row_config, row_file_text
+from refam.evaluation.ablations import READINGS, TABLES, format_table, merge, reading_file_text, row_config, row_file_text
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "configs/ablations"
@@ -61,7 +61,7 @@ def model_parser():
     from jsonargparse import ArgumentParser
 
     import refam.cli  # noqa: F401  (registers the component modules, as the CLI does)
-    from refam.module import RefAMModule
+    from refam.evaluation.module import RefAMModule
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(RefAMModule, "model")
@@ -89,7 +89,7 @@ def test_grouped_rows_print_as_mean_and_spread_in_the_papers_layout():
 
 @pytest.mark.slow
 def test_ablate_runs_rows_on_the_demo_and_prints_them(tmp_path, capsys, monkeypatch):
-    from refam.ablations import main
+    from refam.evaluation.ablations import main
 
     monkeypatch.chdir(ROOT)
     main(["--table", "4", "--base", "configs/demo.yaml", "--rows", "am-no-np-no-sb,no-am-no-np-no-sb",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from refam.analyze import analyze, block_entropies
+from refam.apps.analyze import analyze, block_entropies
 from refam.shapes.scenes import make_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_cli_writes_the_three_figures_and_the_numbers(tmp_path, scene, refam_her
 def test_every_expression_given_is_analysed(tmp_path, refam_here, monkeypatch):
     """Two --expression give two analyses, each of its own expression into its own folder (argparse
     kept only the last). The model and the figures are stand-ins: what is checked is what main asks for."""
-    import refam.analyze
+    import refam.apps.analyze
     from refam.api import RefAM
 
     image = tmp_path / "scene.png"
@@ -96,8 +96,8 @@ def test_every_expression_given_is_analysed(tmp_path, refam_here, monkeypatch):
     loaded = object()
     asked = []
     monkeypatch.setattr(RefAM, "load", classmethod(lambda cls, *args, **kwargs: loaded))
-    monkeypatch.setattr(refam.analyze, "analyze", lambda model, image, text, caption: {"model": model, "text": text})
-    monkeypatch.setattr(refam.analyze, "write_analysis", lambda result, image, folder: asked.append((result, folder)))
+    monkeypatch.setattr(refam.apps.analyze, "analyze", lambda model, image, text, caption: {"model": model, "text": text})
+    monkeypatch.setattr(refam.apps.analyze, "write_analysis", lambda result, image, folder: asked.append((result, folder)))
     texts = ["the orange square", "the pink circle"]
     result = refam_here("analyze", "--image", str(image), "--expression", texts[0], "--expression", texts[1],
                         "--output", str(tmp_path / "out"))

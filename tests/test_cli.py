@@ -15,7 +15,7 @@ import pytest
 
 from refam.data.refcoco import RefCOCODataset
 from refam.embedded import REFAM_SHAPES
-from refam.testing.refer_fixture import write_refer_fixture
+from tests.fixtures.refer_fixture import write_refer_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 REFAM = str(Path(sys.executable).parent / "refam")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from refam.testing.refer_fixture import write_refer_fixture
+from tests.fixtures.refer_fixture import write_refer_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 REFAM = str(Path(sys.executable).parent / "refam")
@@ -138,14 +138,14 @@ def test_api_load_raises_the_components_own_error(tmp_path):
 
 
 def test_run_cli_names_the_full_key_without_the_caller_importing_the_components(tmp_path):
-    """`refam.ablations.run_row` and other Python callers reach `run_cli` without `refam.cli`: the
+    """`refam.evaluation.ablations.run_row` and other Python callers reach `run_cli` without `refam.cli`: the
     module itself makes a component's error name its key. A fresh interpreter, since this one has
     imported every component module already."""
     flood = json.dumps({"class_path": "refam.segmenters.floodfill.FloodFillSegmenter", "init_args": {"tolerance": 300}})
     script = (
         "import sys\n"
         "from refam.errors import user_error\n"
-        "from refam.lightning_cli import run_cli\n"
+        "from refam.evaluation.lightning_cli import run_cli\n"
         "try:\n"
         f"    run_cli(['test', '--config', {SMOKE!r}, '--model.segmenter', {flood!r}, '--trainer.logger', 'false'])\n"
         "except Exception as err:\n"

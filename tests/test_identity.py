@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import refam.identity as identity
+import refam.code_identity as identity
 from refam.extractors.base import load_pipeline
-from refam.identity import (code_identity, describe_change, library_versions, model_identity, module_closure,
-                            weights_identity)
+from refam.code_identity import code_identity, library_versions, module_closure
+from refam.identity import describe_change, hub_revision, model_identity, weights_identity
 from refam.segmenters.floodfill import FloodFillSegmenter
 from refam.segmenters.threshold import HeatmapThresholdSegmenter
 
@@ -88,7 +88,7 @@ def test_a_users_subclass_is_keyed_by_its_own_source(tmp_path, monkeypatch):
 
 
 def test_the_pipelines_numbers_identity_holds_code_libraries_and_weights(monkeypatch):
-    from refam.inference import RefAMPipeline
+    from refam.pipeline import RefAMPipeline
 
     class Bare:  # the components, as the pipeline holds them
         extractor, segmenter, magnets, aggregator, spatial_bias = object(), FloodFillSegmenter(), object(), object(), []
@@ -126,9 +126,9 @@ def hub_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # never ask the network in a test
-    identity.hub_revision.cache_clear()
+    hub_revision.cache_clear()
     yield tmp_path / "hub"
-    identity.hub_revision.cache_clear()
+    hub_revision.cache_clear()
 
 
 def test_a_hub_id_is_keyed_by_the_commit_it_resolves_to(hub_cache):
@@ -136,7 +136,7 @@ def test_a_hub_id_is_keyed_by_the_commit_it_resolves_to(hub_cache):
     _fake_hub_cache(hub_cache, "org/model", first)
     assert model_identity("org/model") == {"hub_id": "org/model", "revision": first}
     _fake_hub_cache(hub_cache, "org/model", second)  # the branch moved on and was fetched again
-    identity.hub_revision.cache_clear()  # a new process
+    hub_revision.cache_clear()  # a new process
     assert model_identity("org/model") == {"hub_id": "org/model", "revision": second}
     assert model_identity("org/unknown") == {"hub_id": "org/unknown", "revision": None}
 

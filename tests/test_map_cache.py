@@ -223,7 +223,7 @@ def test_changed_sample_misses_with_a_warning_naming_it(counted, samples, tmp_pa
 def test_maps_of_other_code_or_libraries_miss_said_once(counted, samples, tmp_path, caplog, monkeypatch, change):
     """Issue N point 1: maps are keyed by the code that makes them (computed from the sources) and the
     library versions that change them; a segmenter's code is not part of the maps' key."""
-    import refam.identity as identity
+    import refam.code_identity as identity
 
     module, calls = counted
     module.map_cache = MapCache(tmp_path / "maps")
@@ -390,7 +390,7 @@ def test_segment_video_reads_a_warm_cache(tmp_path):
     from PIL import Image as PILImage
 
     from refam.extractors.base import VideoExtractor
-    from refam.inference import RefAMPipeline
+    from refam.pipeline import RefAMPipeline
     from refam.segmenters.video_base import VideoSegmenter
     from refam.types import VideoExpression, VideoSample
 

@@ -396,7 +396,7 @@ def test_videos_and_images_of_one_name_get_one_folder_each(tmp_path, refam_here,
 
 def test_writers_return_what_they_wrote(tmp_path, model, segment_once):
     from refam.io.names import safe_name
-    from refam.predict import Written, write_prediction, write_video_predictions
+    from refam.apps.predict import Written, write_prediction, write_video_predictions
 
     image = SCENES["left"]
     prediction = model.segment(image, ["the square"])[0]

@@ -1,4 +1,4 @@
-"""One record format (refam.records): typed records that write and read back, masks as COCO RLE,
+"""One record format (refam.evaluation.records): typed records that write and read back, masks as COCO RLE,
 malformed or edited records recomputed with one warning, and file names that never collide."""
 
 import errno
@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refam.callbacks import MaskWriter, OutputError, ResultStore, ResultStoreCallback, check_folder
+from refam.evaluation.callbacks import MaskWriter, ResultStoreCallback
+from refam.evaluation.outputs import OutputError, check_folder
+from refam.evaluation.store import ResultStore
 from refam.errors import ConfigError
 from refam.identity import digest
-from refam.inference import SampleResult
-from refam.records import DavisObject, ExpressionRecord, RecordError, Rle, SampleRecord
+from refam.pipeline import SampleResult
+from refam.evaluation.records import DavisObject, ExpressionRecord, RecordError, Rle, SampleRecord
 from refam.types import Prediction
 
 
@@ -200,7 +202,7 @@ def _callbacks(tmp_path, folder):
     store = ResultStore(folder=str(folder))
     return {"results.folder": ResultStoreCallback(store),
             "masks.folder": MaskWriter(save=True, folder=str(folder)),
-            "records.folder": __import__("refam.callbacks", fromlist=["ExpressionRecords"]).ExpressionRecords(
+            "records.folder": __import__("refam.evaluation.callbacks", fromlist=["ExpressionRecords"]).ExpressionRecords(
                 folder=str(folder))}
 
 

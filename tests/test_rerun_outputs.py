@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 
 from refam.aggregators.magnets import AppendMagnets
-from refam.callbacks import MaskWriter, ResultStore
+from refam.evaluation.callbacks import MaskWriter
+from refam.evaluation.store import ResultStore
 from refam.data import RefAMDataModule
 from refam.data.davis import RefDAVIS17
 from refam.data.mevis import MeViS
 from refam.errors import ConfigError
-from refam.module import RefAMModule
+from refam.evaluation.module import RefAMModule
 from refam.segmenters.threshold import HeatmapThresholdSegmenter
-from refam.testing.video_fixtures import write_mevis
+from tests.fixtures.video_fixtures import write_mevis
 from tests.test_cli import ROOT
 from tests.test_resume import _demo_manifest, _reused
 from tests.test_video_module import PlantedVideoExtractor, ScriptedTracker, video  # noqa: F401 (a fixture)
@@ -152,7 +153,7 @@ def test_a_run_that_scored_nothing_fails_in_one_line(tmp_path, refam_here, moved
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["results.folder", "masks.folder", "records.folder"])
 def test_an_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path, refam_here, monkeypatch, key):
-    from refam.inference import RefAMPipeline
+    from refam.pipeline import RefAMPipeline
 
     loaded = []
     monkeypatch.setattr(RefAMPipeline, "setup", lambda self, device: loaded.append(device))

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from refam.callbacks import ResultStore, config_fingerprints
-from refam.records import SampleRecord
+from refam.evaluation.store import ResultStore, config_fingerprints
+from refam.evaluation.records import SampleRecord
 from refam.metrics import ReferringScores, SaliencyScores, VideoReferringScores
 from refam.metrics.jf import TrackScores
 from refam.metrics.point import point_hit
 from refam.metrics.iou import intersection_union
-from refam.testing.refer_fixture import write_refer_fixture
+from tests.fixtures.refer_fixture import write_refer_fixture
 from tests.test_cli import REFAM, ROOT, logged_metrics, smoke_args
 
 
@@ -117,7 +117,7 @@ def test_stored_result_of_other_settings_is_not_reused(tmp_path, caplog):
 
 
 def test_stored_result_of_other_weights_or_code_is_not_reused(tmp_path, caplog, monkeypatch):
-    import refam.identity
+    import refam.code_identity
 
     store = ResultStore()
     store.fingerprints = ["same config"]
@@ -129,15 +129,15 @@ def test_stored_result_of_other_weights_or_code_is_not_reused(tmp_path, caplog, 
     assert store.lookup(0, "d", "7", "x") is None
     assert "other weights, code or libraries (weights w1 -> w2 differ)" in caplog.text  # says what differs
 
-    from refam.inference import RefAMPipeline
+    from refam.pipeline import RefAMPipeline
 
     class Bare:  # the components' files and the code's version, as the pipeline reports them
         extractor, segmenter, magnets, aggregator, spatial_bias = object(), object(), object(), object(), []
 
     before = RefAMPipeline.numbers_identity(Bare())
-    graph = dict(refam.identity._import_graph())  # the pipeline's own module edited
-    graph["refam.inference"] = ("edited", graph["refam.inference"][1])
-    monkeypatch.setattr(refam.identity, "_import_graph", lambda: graph)
+    graph = dict(refam.code_identity._import_graph())  # the pipeline's own module edited
+    graph["refam.pipeline"] = ("edited", graph["refam.pipeline"][1])
+    monkeypatch.setattr(refam.code_identity, "_import_graph", lambda: graph)
     assert RefAMPipeline.numbers_identity(Bare()) != before
 
 

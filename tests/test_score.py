@@ -11,7 +11,7 @@ from scipy.optimize import linear_sum_assignment
 
 from refam.errors import DataError, MissingInputError
 from refam.metrics.jf import contour_accuracy, region_similarity, statistics
-from refam.score import main, score_folder, summarize
+from refam.evaluation.score import main, score_folder, summarize
 
 H, W = 24, 32
 PALETTE = [v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)]

@@ -15,7 +15,7 @@ from PIL import Image
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from refam.serve import CONTROLS, NO_IMAGE, OUTPUTS, Session, page_preview, page_rerun, page_run  # noqa: E402
+from refam.apps.serve import CONTROLS, NO_IMAGE, OUTPUTS, Session, page_preview, page_rerun, page_run  # noqa: E402
 from refam.sections import model_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def test_requests_are_queued_one_at_a_time_on_the_model(session, monkeypatch):
 
     from gradio_client import Client, handle_file
 
-    from refam.serve import build_app
+    from refam.apps.serve import build_app
 
     spans, real_run = [], session.run
 
@@ -258,12 +258,12 @@ def test_a_failed_start_leaves_no_working_folder(failure, tmp_path, monkeypatch,
     its session and the app are stand-ins: what is checked is main's own cleanup)."""
     import tempfile
 
-    import refam.serve
+    import refam.apps.serve
     from refam.api import RefAM
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes the working folder
     monkeypatch.setattr(RefAM, "load", classmethod(lambda cls, *args, **kwargs: object()))
-    monkeypatch.setattr(refam.serve, "model_section", lambda source: {})
+    monkeypatch.setattr(refam.apps.serve, "model_section", lambda source: {})
     made = []
 
     class App:
@@ -274,11 +274,11 @@ def test_a_failed_start_leaves_no_working_folder(failure, tmp_path, monkeypatch,
         def close(self):
             pass
 
-    monkeypatch.setattr(refam.serve, "Session", lambda model, section, max_frames, workdir: workdir)
-    monkeypatch.setattr(refam.serve, "build_app", lambda session: App())
+    monkeypatch.setattr(refam.apps.serve, "Session", lambda model, section, max_frames, workdir: workdir)
+    monkeypatch.setattr(refam.apps.serve, "build_app", lambda session: App())
     if failure == "the app fails to start":
         with pytest.raises(RuntimeError, match="gradio broke"):  # a bug, not the user's: its traceback stays
-            refam.serve.main(["--port", "7999"])
+            refam.apps.serve.main(["--port", "7999"])
     else:
         result = refam_here("serve", "--port", "7999")
         assert result.returncode == 2 and result.stderr.startswith("refam: error: cannot serve on 127.0.0.1:7999")

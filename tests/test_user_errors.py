@@ -143,8 +143,8 @@ CASES = {
 @pytest.fixture
 def nothing_loads(monkeypatch):
     """A case that loaded weights, trained or scored would have passed its checks: fail it."""
-    from refam.inference import RefAMPipeline
-    import refam.score
+    from refam.pipeline import RefAMPipeline
+    import refam.evaluation.score
     import refam.shapes.train
 
     def loaded(*args, **kwargs):
@@ -152,7 +152,7 @@ def nothing_loads(monkeypatch):
 
     monkeypatch.setattr(RefAMPipeline, "setup", loaded)
     monkeypatch.setattr(refam.shapes.train, "train", loaded)
-    monkeypatch.setattr(refam.score, "score_video", loaded)
+    monkeypatch.setattr(refam.evaluation.score, "score_video", loaded)
 
 
 @pytest.fixture

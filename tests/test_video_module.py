@@ -10,9 +10,9 @@ from PIL import Image
 from refam.aggregators.magnets import AppendMagnets
 from refam.extractors.base import VideoExtractor
 from refam.metrics.jf import contour_accuracy, region_similarity
-from refam.inference import RefAMPipeline
-from refam.module import RefAMModule
-from refam.scoring import DatasetScores
+from refam.pipeline import RefAMPipeline
+from refam.evaluation.module import RefAMModule
+from refam.evaluation.scoring import DatasetScores
 from refam.segmenters.video_base import VideoSegmenter
 from refam.types import TokenInfo, TokenMaps, VideoExpression, VideoSample, VideoTruth
 
@@ -170,10 +170,10 @@ def test_refam_test_on_ref_davis_scores_streams_masks_and_writes_submission_layo
 
     import lightning as L
 
-    from refam.callbacks import MaskWriter
+    from refam.evaluation.callbacks import MaskWriter
     from refam.data import RefAMDataModule
     from refam.data.davis import RefDAVIS17
-    from refam.testing.video_fixtures import write_ref_davis
+    from tests.fixtures.video_fixtures import write_ref_davis
 
     dataset = RefDAVIS17(str(write_ref_davis(tmp_path / "davis")))
     extractor = PlantedVideoExtractor({k: [(0, 1, 1, 6.0)] for k in range(8)})
@@ -227,10 +227,10 @@ RUN_CELLS = {
 def _ref_davis_run(tmp_path, protocol="unsupervised", store=None):
     import lightning as L
 
-    from refam.callbacks import MaskWriter
+    from refam.evaluation.callbacks import MaskWriter
     from refam.data import RefAMDataModule
     from refam.data.davis import RefDAVIS17
-    from refam.testing.video_fixtures import write_ref_davis
+    from tests.fixtures.video_fixtures import write_ref_davis
 
     root = tmp_path / "davis"
     if not root.exists():
@@ -249,7 +249,7 @@ def _ref_davis_run(tmp_path, protocol="unsupervised", store=None):
 def test_ref_davis_headline_is_refam_score_of_the_written_runs_averaged(tmp_path, caplog):
     """`refam test` on Ref-DAVIS17 prints what ReferFormer's eval_davis.py gives on the four runs'
     palettes, averaged: the figure published tables hold, computed by the same code as `refam score`."""
-    from refam.score import score_folder, summarize
+    from refam.evaluation.score import score_folder, summarize
 
     import logging
 
@@ -273,7 +273,7 @@ def test_ref_davis_headline_is_refam_score_of_the_written_runs_averaged(tmp_path
 
 
 def test_ref_davis_runs_are_stored_and_replayed(tmp_path):
-    from refam.callbacks import ResultStore
+    from refam.evaluation.store import ResultStore
 
     store = ResultStore(folder=str(tmp_path / "results"))
     store.fingerprints = ["config"]
@@ -289,7 +289,7 @@ def test_ref_davis_runs_are_stored_and_replayed(tmp_path):
 def test_ref_davis_protocol_is_checked(tmp_path):
     from refam.data.davis import RefDAVIS17
     from refam.errors import ConfigError
-    from refam.testing.video_fixtures import write_ref_davis
+    from tests.fixtures.video_fixtures import write_ref_davis
 
     with pytest.raises(ConfigError, match=r"^protocol: must be 'unsupervised'"):
         RefDAVIS17(str(write_ref_davis(tmp_path / "davis")), protocol="official")

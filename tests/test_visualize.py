@@ -6,8 +6,8 @@ import stat
 import pytest
 import torch
 
-from refam.callbacks import ResultStore
-from refam.records import SampleRecord
+from refam.evaluation.store import ResultStore
+from refam.evaluation.records import SampleRecord
 from refam.extractors.cache import MapCache
 from refam.types import TokenInfo, TokenMaps
 from refam.io.files import current_umask, save_json, write_atomic

@@ -18,7 +18,7 @@ import lightning as L
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from refam.data.images import max_pixels
+from refam.io.images import max_pixels
 
 
 class UnpaddedShardSampler(Sampler[int]):

@@ -136,7 +136,7 @@ class RefDAVIS17(Dataset):
     published protocol) or "per_expression".
     """
 
-    is_video = True  # scored with J&F (refam.scoring)
+    is_video = True  # scored with J&F (refam.evaluation.scoring)
     ignores_void = True  # 255 pixels leave J and F, as in the official unsupervised evaluation
 
     def __init__(

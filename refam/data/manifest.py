@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from refam.types import BadSample, Expression, Sample
-from refam.data.images import read_rgb
+from refam.io.images import read_rgb
 from refam.errors import DataError, MissingInputError
 from refam.io.pixels import check_mask_size, read_mask_file
 

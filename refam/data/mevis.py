@@ -120,7 +120,7 @@ def _ids(value: Any, what: str, where: str) -> list[Any] | None:
 class MeViS(Dataset):
     """MeViS: one item per video with all its expressions (see the module docstring)."""
 
-    is_video = True  # scored with J&F (refam.scoring)
+    is_video = True  # scored with J&F (refam.evaluation.scoring)
     submission_root = ''  # the server's zip layout (MaskWriter)
 
     def __init__(self, root: str, split: str = "valid_u", captions_file: str | None = None) -> None:

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from refam.types import BadSample, Expression, Sample
 from refam.data.files import load_json, require
-from refam.data.images import read_rgb
+from refam.io.images import read_rgb
 from refam.errors import ConfigError, DataError
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from refam.data.images import read_rgb
+from refam.io.images import read_rgb
 from refam.data.imagenet_seg_classes import SIMPLIFIED_NAMES
 from refam.errors import ConfigError, DataError, MissingInputError
 from refam.io.pixels import check_mask_size, label_map

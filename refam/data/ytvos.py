@@ -54,7 +54,7 @@ class _Video:
 class RefYouTubeVOS(Dataset):
     """Ref-YouTube-VOS: one item per video with all its expressions (see the module docstring)."""
 
-    is_video = True  # scored with J&F (refam.scoring)
+    is_video = True  # scored with J&F (refam.evaluation.scoring)
     submission_root = 'Annotations'  # the server's zip layout (MaskWriter)
 
     def __init__(

@@ -5,9 +5,9 @@ One safetensors file per (sample, key) holds one extractor call's `TokenMaps`: t
 (`scores`, `valid`, `text_mass`) and, in the file's metadata, the tokens (JSON), `kind` and
 `frame_to_latent`. The key is the sha256 of everything that changes the maps (see `cache_key`):
 
-- the code that makes the maps (`refam.identity.code_identity` of the extractor and what it holds:
+- the code that makes the maps (`refam.code_identity.code_identity` of the extractor and what it holds:
   the sources of their modules and of every refam module those import) and the versions of the
-  libraries that change maps (`refam.identity.MAPS_LIBRARIES`: torch, diffusers, transformers, ...);
+  libraries that change maps (`refam.code_identity.MAPS_LIBRARIES`: torch, diffusers, transformers, ...);
 - the extractor's `cache_key_settings()`: its class, the model's identity (a folder: where it is
   and every file's relative path with the sha256 of its content, `refam.identity.model_identity`;
   a hub id: the id), dtype, sizes, trajectory / noise level, seed, blocks, softmax stage,
@@ -46,8 +46,9 @@ from PIL import Image
 
 from refam.config import Configurable
 from refam.io.names import safe_name
-from refam.identity import (MAPS_FORMAT, MAPS_LIBRARIES, code_identity, describe_change, frames_identity, image_identity,
-                            library_versions, model_identity)  # noqa: F401 (model_identity re-exported)
+from refam.code_identity import MAPS_LIBRARIES, code_identity, library_versions
+from refam.identity import (MAPS_FORMAT, describe_change, frames_identity, image_identity,
+                            model_identity)  # noqa: F401 (model_identity re-exported)
 from refam.types import TokenInfo, TokenMaps
 
 log = logging.getLogger(__name__)

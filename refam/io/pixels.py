@@ -1,12 +1,12 @@
 """How a decoded image file becomes pixels: the one place that says how every Pillow mode is shown,
 how EXIF orientation is applied, how a ground-truth mask file becomes a bool mask and which
-files are refused (animated images). `refam.data.images` (the RGB the model sees) and every
+files are refused (animated images). `refam.io.images` (the RGB the model sees) and every
 dataset's mask reader go through here; docs/settings.md "Pixels" states the rules for users.
 
 Modes (as an image viewer shows them):
 - 8-bit modes (1, L, P, RGB, RGBX, CMYK, YCbCr, LAB, HSV) convert with Pillow's own conversion;
   transparency (RGBA, LA, PA, premultiplied RGBa / La, a palette or grayscale transparent colour)
-  is handled by the caller (`refam.data.images.to_rgb` composites onto white).
+  is handled by the caller (`refam.io.images.to_rgb` composites onto white).
 - 16-bit integers (I;16, I;16B, I;16L, I;16N): v >> 8, the full 0..65535 range onto 0..255.
 - 32-bit integers (I): when every value fits 0..65535 and the file does not declare 32 bits per
   sample, they are 16-bit samples (Pillow holds a 16-bit PGM / PPM as I): v >> 8; otherwise
@@ -108,7 +108,7 @@ def refuse_animated(image: Image.Image, source: object) -> None:
     frames = frame_count(image)
     if frames > 1:
         raise DataError(f"{source} is an animated or multi-frame image ({frames} frames); give it as a video "
-                        f"(`--video {source}`, or refam.data.frames.iter_frames), or save the one frame you mean")
+                        f"(`--video {source}`, or refam.io.frames.iter_frames), or save the one frame you mean")
 
 
 # ------------------------------------------------------------------------------------ modes

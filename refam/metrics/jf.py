@@ -17,7 +17,7 @@ expressions: the same two-level mean with one track per expression.
 
 A *track* here is what the official calls an object (or MeViS an expression): one sequence of
 (prediction, ground truth) frame pairs. Which frames belong to a track (DAVIS semi-supervised drops
-the first and last) is the caller's choice; `refam.score` makes it for DAVIS-layout folders.
+the first and last) is the caller's choice; `refam.evaluation.score` makes it for DAVIS-layout folders.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ class LazyFrameStore:
             return viewed_size(image)  # upright, as the frame is read
 
     def _load(self, index: int) -> torch.Tensor:
-        from refam.data.images import to_rgb  # every frame as every image: modes, EXIF orientation, alpha
+        from refam.io.images import to_rgb  # every frame as every image: modes, EXIF orientation, alpha
 
         path = self.paths[index]
         with self._open(index) as image:

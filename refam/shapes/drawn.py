@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from refam.inference import RefAMPipeline
+from refam.pipeline import RefAMPipeline
 from refam.metrics import point_hit
 from refam.metrics.iou import iou
 from refam.shapes.scenes import Scene

@@ -27,7 +27,7 @@ from refam.data.manifest import ManifestDataset
 from refam.embedded import REFAM_SHAPES
 from refam.extractors.flux import FluxExtractor
 from refam.extractors.trajectory import NoiseAt
-from refam.inference import RefAMPipeline
+from refam.pipeline import RefAMPipeline
 from refam.metrics import ReferringScores, point_hit
 from refam.segmenters.floodfill import FloodFillSegmenter
 from refam.sections import shapes_settings

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import refam.data.images as images
+import refam.io.images as images
 from refam.api import as_image
-from refam.data.images import BACKGROUND, MAX_PIXELS_ENV, read_rgb
+from refam.io.images import BACKGROUND, MAX_PIXELS_ENV, read_rgb
 from refam.errors import MissingInputError
 
 
@@ -27,7 +27,7 @@ def test_transparent_pixels_are_composited_onto_the_stated_background(tmp_path, 
     pixels[0, 2, 3] = 128
     path = tmp_path / "rgba.png"
     Image.fromarray(pixels, mode="RGBA").save(path)
-    with caplog.at_level(logging.WARNING, logger="refam.data.images"):
+    with caplog.at_level(logging.WARNING, logger="refam.io.images"):
         rgb = np.asarray(read_rgb(path))
         read_rgb(path)
     assert BACKGROUND == (255, 255, 255)  # documented: white
@@ -60,13 +60,13 @@ def test_api_images_composite_the_same_way():
 def test_a_tiny_image_is_read_with_a_warning(tmp_path, caplog):
     path = tmp_path / "dot.png"
     Image.new("RGB", (1, 1), (9, 9, 9)).save(path)
-    with caplog.at_level(logging.WARNING, logger="refam.data.images"):
+    with caplog.at_level(logging.WARNING, logger="refam.io.images"):
         image = read_rgb(path)
     assert image.size == (1, 1)
     assert "1x1" in caplog.text and str(path) in caplog.text
     caplog.clear()
     Image.new("RGB", (64, 48)).save(path)
-    with caplog.at_level(logging.WARNING, logger="refam.data.images"):
+    with caplog.at_level(logging.WARNING, logger="refam.io.images"):
         read_rgb(path)
     assert caplog.text == ""
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import refam.data.images as images
+import refam.io.images as images
 import refam.io.pixels as pixels
 from refam.api import as_image
 from refam.data.datamodule import RefAMDataModule
-from refam.data.frames import iter_frames
-from refam.data.images import MAX_PIXELS_ENV, max_pixels, read_rgb, to_rgb
+from refam.io.frames import iter_frames
+from refam.io.images import MAX_PIXELS_ENV, max_pixels, read_rgb, to_rgb
 from refam.data.manifest import ManifestDataset
 from refam.data.video_common import PaletteTruth, read_label_png
 from refam.errors import ConfigError, DataError, MissingInputError

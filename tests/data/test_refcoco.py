@@ -1,4 +1,4 @@
-"""RefCOCO reader on a real-format REFER fixture (refam/testing/refer_fixture.py documents its geometry)."""
+"""RefCOCO reader on a real-format REFER fixture (tests/fixtures/refer_fixture.py documents its geometry)."""
 
 import os
 import pickle
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from refam.data.refcoco import RefCOCODataset, decode_segmentation, load_untrusted_pickle
-from refam.testing.refer_fixture import write_refer_fixture
+from tests.fixtures.refer_fixture import write_refer_fixture
 from refam.types import BadSample, Sample
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Ref-DAVIS17, Ref-YouTube-VOS and MeViS readers on tiny trees in the real layouts
-(refam/testing/video_fixtures.py documents their geometry)."""
+(tests/fixtures/video_fixtures.py documents their geometry)."""
 
 import json
 import pickle
@@ -12,7 +12,7 @@ from PIL import Image
 
 from refam.data import MeViS, RefDAVIS17, RefYouTubeVOS
 from refam.errors import ConfigError, DataError, MissingInputError
-from refam.testing.video_fixtures import (
+from tests.fixtures.video_fixtures import (
     DAVIS_EXPRESSIONS,
     DAVIS_SIZE,
     davis_labels,

@@ -11,7 +11,7 @@ import torch
 from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
 from PIL import Image
 
-from refam.testing.contract import load_entries
+from tests.extractors.contract.contract import load_entries
 
 ENTRIES = {entry.name: entry for entry in load_entries(Path(__file__).parent / "contract")}
 

@@ -18,7 +18,7 @@ from diffusers import CogVideoXPipeline
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_video2video import retrieve_latents
 
 from refam.extractors.cogvideox import CogVideoX15Extractor, CogVideoXExtractor
-from refam.testing.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, block_inputs
 from refam.testing.tiny_cogvideox import save_tiny_cogvideox
 
 

@@ -6,7 +6,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.pipelines.flux.pipeline_flux_img2img import FluxImg2ImgPipeline, retrieve_latents
 
 from refam.extractors.flux import FluxExtractor
-from refam.testing.contract import ContractEntry, block_inputs, rope_off
+from tests.extractors.contract.contract import ContractEntry, block_inputs, rope_off
 from refam.testing.tiny_flux import save_tiny_flux
 
 

@@ -7,7 +7,7 @@ from diffusers import Flux2KleinPipeline, Flux2Pipeline
 from diffusers.models.embeddings import apply_rotary_emb
 
 from refam.extractors.flux2 import Flux2Extractor
-from refam.testing.contract import ContractEntry, block_inputs, rope_off
+from tests.extractors.contract.contract import ContractEntry, block_inputs, rope_off
 from refam.testing.tiny_flux2 import save_tiny_flux2
 
 CAPTION_TOKENS = 64  # the tiny template (dev: BOS, system prompt, [INST] [/INST]) and an expression fit

@@ -4,7 +4,7 @@ import torch
 from diffusers import MochiPipeline
 
 from refam.extractors.mochi import MochiExtractor
-from refam.testing.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, block_inputs
 from refam.testing.tiny_mochi import save_tiny_mochi
 
 

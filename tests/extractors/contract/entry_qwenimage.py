@@ -6,7 +6,7 @@ from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img import retrieve_latents
 
 from refam.extractors.qwenimage import QwenImageExtractor
-from refam.testing.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, block_inputs
 from refam.testing.tiny_qwenimage import save_tiny_qwenimage
 
 

@@ -6,7 +6,7 @@ from diffusers import StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img import retrieve_latents
 
 from refam.extractors.sd3 import SD3Extractor
-from refam.testing.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, block_inputs
 from refam.testing.tiny_sd3 import save_tiny_sd3
 
 

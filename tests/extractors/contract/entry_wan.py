@@ -4,7 +4,7 @@ import torch
 from diffusers import WanImageToVideoPipeline, WanPipeline
 
 from refam.extractors.wan import WanExtractor
-from refam.testing.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, block_inputs
 from refam.testing.tiny_wan import save_tiny_wan
 
 

@@ -18,7 +18,7 @@ from refam.aggregators.magnets import AppendMagnets
 from refam.extractors.template import VideoDiTExtractor
 from refam.extractors.trajectory import NoiseAt
 from refam.prompts.point import argmax_points
-from refam.testing.contract import clean_latents, load_entries, noised_latent, recomputed_scores
+from tests.extractors.contract.contract import clean_latents, load_entries, noised_latent, recomputed_scores
 
 ENTRIES = load_entries(Path(__file__).parent)
 MAGNETS = AppendMagnets()

@@ -15,7 +15,7 @@ from refam.extractors.flux import FluxExtractor
 from refam.extractors.sd3 import SD3Extractor
 from refam.extractors.template import Latent
 from refam.extractors.trajectory import NoiseAt
-from refam.testing.contract import clean_latents, load_entries, noised_latent, recomputed_scores
+from tests.extractors.contract.contract import clean_latents, load_entries, noised_latent, recomputed_scores
 
 ENTRIES = {entry.name: entry for entry in load_entries(Path(__file__).parent)}
 FLUX, SD3 = ENTRIES["flux"], ENTRIES["sd3"]

@@ -4,7 +4,7 @@
     refam serve --config configs/refcoco.yaml     # FLUX.1-dev + SAM2, or any config's model section
     refam serve --config run.json                 # a run downloaded from the app, with its settings
 
-A Gradio app on `refam predict`'s inference path (`RefAM.segment`, `refam.predict.write_prediction`):
+A Gradio app on `refam predict`'s inference path (`RefAM.segment`, `refam.apps.predict.write_prediction`):
 upload an image (or click a demo scene), type one expression per line and an optional caption, and
 see for each expression the mask over the image with the point, the heatmap over the image with a
 colour bar, each token's map with kept, dropped and sink tokens marked, and `refam analyze`'s
@@ -36,7 +36,7 @@ from refam.errors import (ArgumentParser, ConfigError, RefamError, error_line, f
                           parser_error_line, place, reports_user_errors, user_error)
 from refam.sections import model_section
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_MANIFEST = REPO_ROOT / "assets" / "shapes-demo" / "manifest.jsonl"
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 DEMO_SCENES = 10  # how many demo scenes the page offers
@@ -241,7 +241,7 @@ class Session:
 
             from refam.components import INSTANTIATORS  # entries name components by class name; errors their key
             from refam.extractors.trajectory import Trajectory
-            from refam.inference import RefAMPipeline
+            from refam.pipeline import RefAMPipeline
 
             # the types `refam test` reads these entries as; the trajectory is the extractor's argument
             types = {**get_type_hints(RefAMPipeline.__init__), "trajectory": Trajectory | None}
@@ -299,7 +299,7 @@ class Session:
             settings: Settings | None = None) -> Run:
         """Segment an image or a video by the expressions (one per line). Raises a RefamError with
         the CLI's one-line message for bad input."""
-        from refam.predict import check_expressions
+        from refam.apps.predict import check_expressions
 
         settings = settings or self.defaults
         if source is None or not str(source).strip():
@@ -317,7 +317,7 @@ class Session:
     def _figures(self, run: Run, folder: Path, image, texts: list[str], captions: list[str]) -> None:
         """`refam analyze`'s token maps (a row per expression, kept / dropped / sink marked) and its
         text-attention chart per expression, for the predictions that carry token maps."""
-        from refam.analyze import text_attention_figure, text_attention_rows, token_maps_figure
+        from refam.apps.analyze import text_attention_figure, text_attention_rows, token_maps_figure
         from refam.io.names import slug
         from refam.io.files import write_atomic
 
@@ -336,7 +336,7 @@ class Session:
 
     def _run_image(self, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
         from refam.api import as_image
-        from refam.predict import write_prediction
+        from refam.apps.predict import write_prediction
 
         if self.pipeline.reads_video:
             raise ConfigError("this pipeline segments videos (its segmenter tracks through frames): upload a video")
@@ -359,7 +359,7 @@ class Session:
         return run
 
     def _run_video(self, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
-        from refam.predict import write_video_predictions
+        from refam.apps.predict import write_video_predictions
         from refam.visualize import prediction_pictures
         from refam.io.files import save_png
 

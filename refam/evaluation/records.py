@@ -25,7 +25,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from refam.identity import RECORD_FORMAT, digest
-from refam.inference import SampleResult
+from refam.pipeline import SampleResult
 from refam.types import Prediction
 
 

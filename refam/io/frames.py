@@ -1,6 +1,6 @@
 """Video frames, one at a time, from a folder of images, an animated image file (GIF, APNG, WebP,
 multi-page TIFF: Pillow) or a video file (OpenCV), never all in memory. Frame images are read as
-every image is (`refam.data.images.to_rgb`: modes as a viewer shows them, EXIF orientation)."""
+every image is (`refam.io.images.to_rgb`: modes as a viewer shows them, EXIF orientation)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from refam.data.images import check_size, to_rgb, viewed_rgb
+from refam.io.images import check_size, to_rgb, viewed_rgb
 from refam.errors import MissingInputError
 from refam.io.pixels import frame_count
 

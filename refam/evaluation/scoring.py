@@ -2,8 +2,8 @@
 (per expression: pixel counts, point hit, saliency sums, per-frame J and F; per video: each
 annotator run's DAVIS scores), and a record fed to the metrics.
 
-The metrics are fed only from records (`refam.records.SampleRecord`), whether a record was
-measured now or read back from the result store (`refam.callbacks.ResultStore`), so a resumed run's
+The metrics are fed only from records (`refam.evaluation.records.SampleRecord`), whether a record was
+measured now or read back from the result store (`refam.evaluation.store.ResultStore`), so a resumed run's
 sums equal an uninterrupted run's bit for bit: there is one scoring path, not a live one and a
 replayed one.
 """
@@ -17,12 +17,12 @@ import torch
 from torchmetrics import SumMetric
 
 from refam.errors import ConfigError
-from refam.inference import SampleResult
+from refam.pipeline import SampleResult
 from refam.metrics import ReferringScores, SaliencyScores, VideoReferringScores, intersection_union, point_hit
 from refam.metrics.davis import ObjectScore, RunPalettes, evaluate_runs
 from refam.metrics.iou import iou
 from refam.metrics.jf import TrackScores
-from refam.records import DavisObject, ExpressionRecord, Rle, SampleRecord
+from refam.evaluation.records import DavisObject, ExpressionRecord, Rle, SampleRecord
 from refam.types import BadSample, Sample, VideoExpression, VideoSample
 
 log = logging.getLogger(__name__)

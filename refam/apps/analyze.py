@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     from refam.api import RefAM, as_image, expression_texts
-    from refam.predict import check_writable
+    from refam.apps.predict import check_writable
 
     expression_texts(args.expression)  # the API's check, before anything loads
     image = as_image(args.image)

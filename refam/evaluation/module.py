@@ -1,8 +1,8 @@
 """RefAMModule: `refam test` and `refam predict` on datasets, as a LightningModule.
 
 The module holds the science (the pipeline and each test dataset's scores); the Trainer the
-engineering (devices, DDP, progress, logging). The pipeline (`refam.inference.RefAMPipeline`) runs
-one sample; `refam.scoring` measures it and feeds the metrics; the result store, when one is
+engineering (devices, DDP, progress, logging). The pipeline (`refam.pipeline.RefAMPipeline`) runs
+one sample; `refam.evaluation.scoring` measures it and feeds the metrics; the result store, when one is
 passed in, keeps each sample's record so that a rerun reads it back instead of running it. Heavy
 models live in plain component objects, not in the registered module tree, so DDP has no parameters
 to broadcast and each rank loads its own weights.
@@ -17,13 +17,15 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from refam.callbacks import MaskWriter, ResultStore, ResultStoreCallback, dataset_folder
+from refam.evaluation.callbacks import MaskWriter, ResultStoreCallback
+from refam.evaluation.outputs import dataset_folder
+from refam.evaluation.store import ResultStore
 from refam.errors import ConfigError, DataError
 from refam.identity import sample_identity
-from refam.inference import RefAMPipeline, SampleResult
+from refam.pipeline import RefAMPipeline, SampleResult
 from refam.metrics import VideoReferringScores
-from refam.records import SampleRecord
-from refam.scoring import DatasetScores, results_table
+from refam.evaluation.records import SampleRecord
+from refam.evaluation.scoring import DatasetScores, results_table
 from refam.types import BadSample, Sample, VideoSample
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ class NothingScoredError(DataError):
 class RefAMModule(L.LightningModule):
     """Zero-shot referring segmentation scored on test datasets (the config's `model:` section).
 
-    Args: those of `refam.inference.RefAMPipeline` (the config's keys), and
+    Args: those of `refam.pipeline.RefAMPipeline` (the config's keys), and
         result_store: keeps each scored sample's record and gives back those of an earlier run of
             the same settings (resumable evaluation); `refam test` passes its `--results` store.
     """

@@ -132,7 +132,7 @@ def overlay_gif(frames: list) -> bytes:
 def track_video(model, video: Path, texts: list[str], caption: str, folder: Path) -> WrittenVideo:
     """The video pipeline: one DiT pass over the clip, a point on the key frame, tracked by the
     segmenter; everything written into `folder`."""
-    from refam.data.frames import frame_files, iter_frames
+    from refam.io.frames import frame_files, iter_frames
     from refam.types import VideoExpression, VideoSample
     from refam.visualize import mask_image, overlay
     from refam.io.files import save_json, save_png, write_atomic
@@ -191,7 +191,7 @@ def write_video_predictions(model, video: Path, texts: list[str], caption: str, 
     """Per-frame masks, an overlay GIF and a record per expression, into `output/<name>/` (`name`:
     default the video's file stem made safe); returns what was written, with each expression's key
     frame and its prediction."""
-    from refam.data.frames import iter_frames
+    from refam.io.frames import iter_frames
     from refam.visualize import mask_image, overlay
     from refam.io.files import save_json, save_png, write_atomic
 
@@ -287,7 +287,7 @@ def native_stderr_silenced():
 
 def check_video_readable(video: Path) -> None:
     """Decode the first frame, so that a video that cannot be read is the run's error before the model loads."""
-    from refam.data.frames import iter_frames
+    from refam.io.frames import iter_frames
 
     frames = iter_frames(video)
     try:

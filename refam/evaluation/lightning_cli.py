@@ -13,11 +13,13 @@ from lightning.pytorch.cli import LightningCLI
 
 # configs name components by class name, and a component's error names its config key (`build`)
 from refam.components import INSTANTIATORS
-from refam.callbacks import ExpressionRecords, MaskWriter, ResultStore, check_folder, config_fingerprints
+from refam.evaluation.callbacks import ExpressionRecords, MaskWriter
+from refam.evaluation.outputs import check_folder
+from refam.evaluation.store import ResultStore, config_fingerprints
 from refam.data.datamodule import RefAMDataModule
 from refam.errors import forget_built_errors, place, user_error
-from refam.inference import RefAMPipeline
-from refam.module import RefAMModule
+from refam.pipeline import RefAMPipeline
+from refam.evaluation.module import RefAMModule
 
 # the config's sections and the class whose arguments are their keys, as errors name them (the
 # module's `model:` keys are its pipeline's)

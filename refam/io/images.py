@@ -5,7 +5,7 @@ Every image becomes RGB the same way (`to_rgb`), as an image viewer shows it:
 - each Pillow mode is converted by the rules of `refam.io.pixels` (16-bit images are not white,
   float images not black) and EXIF orientation is applied, so a phone photo stands upright;
 - an animated or multi-frame file (GIF, APNG, WebP, TIFF pages) is refused: give it as a video
-  (`refam.data.frames.iter_frames` reads every frame);
+  (`refam.io.frames.iter_frames` reads every frame);
 - transparency (RGBA, LA, PA, or a palette / grayscale image with a transparent colour) is
   composited onto `BACKGROUND`, white, and said once per process: dropping the alpha channel
   would show whatever colour the transparent pixels happen to store (often black);
@@ -89,7 +89,7 @@ def viewed_rgb(image: Image.Image, source: object = "an image") -> Image.Image:
     if has_transparency(image):
         if not _said_transparent:
             _said_transparent = True
-            log.warning("refam: %s has transparent pixels; they are composited onto %s (refam.data.images.BACKGROUND), "
+            log.warning("refam: %s has transparent pixels; they are composited onto %s (refam.io.images.BACKGROUND), "
                         "as are those of any later image", source, "white" if BACKGROUND == (255, 255, 255) else BACKGROUND)
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))

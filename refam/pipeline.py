@@ -2,7 +2,7 @@
 expression's tokens (magnets appended, read through the expression branch) -> the kept tokens' maps
 aggregated to a heatmap (spatial bias applied) -> its argmax point -> the segmenter's mask. It is
 the one piece that `refam test` (RefAMModule), the Python API, `refam predict`, `analyze` and
-`serve` run. It holds no scores: scoring is `refam.scoring`'s.
+`serve` run. It holds no scores: scoring is `refam.evaluation.scoring`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from refam.aggregators.spatial import BiasContext, SpatialBias
 from refam.errors import ConfigError, ExpressionError, RefamError, require_words
 from refam.extractors.base import Extractor, VideoExtractor
 from refam.extractors.cache import MapCache
-from refam.identity import RESULTS_LIBRARIES, code_identity, library_versions, spacy_models, weights_identity
+from refam.code_identity import RESULTS_LIBRARIES, code_identity, library_versions, spacy_models
+from refam.identity import weights_identity
 from refam.prompts.keyframe import KEY_FRAMES, key_frames
 from refam.prompts.point import argmax_points, upsample
 from refam.segmenters.base import Segmenter
@@ -136,7 +137,7 @@ class RefAMPipeline:
     def numbers_identity(self) -> dict:
         """What changes this pipeline's numbers besides its config's text: the content of the files
         and the commits of the hub ids its components' settings name (weights, model configs), the
-        code its components run (`refam.identity.code_identity`: computed from the sources) and the
+        code its components run (`refam.code_identity`: computed from the sources) and the
         versions of the libraries that change numbers. The result store keys every record by it."""
         components = (self.extractor, self.segmenter, self.magnets, self.aggregator, *self.spatial_bias)
         return {"weights": weights_identity(*components),

@@ -1,0 +1,208 @@
+"""The code and the libraries that made a number, computed, never bumped by hand (refam.identity
+keys inputs and weights; this module the rest of what a stored number depends on):
+
+- `code_identity`: the code a stage runs: the sha256 of the source of every refam module the
+  stage's components are defined in and of every refam module those import, transitively (read
+  from the source's import statements, lazy imports included); a component class defined outside
+  refam adds its own source file. Editing a segmenter changes the results' identity and not the
+  maps'; editing an extractor changes both.
+- `library_versions`: the installed versions of the libraries that change numbers (torch and its
+  CUDA/cuDNN, diffusers, transformers, ..., sam2, spaCy and the spaCy pipeline in use).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.metadata
+import inspect
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from refam.identity import digest, file_digest
+
+# ------------------------------------------------------------------ code
+PACKAGE = "refam"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=1)
+def _module_files() -> dict[str, Path]:
+    """refam's modules by dotted name (a package by its `__init__.py`)."""
+    files = {}
+    for path in PACKAGE_ROOT.rglob("*.py"):
+        rel = path.relative_to(PACKAGE_ROOT)
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        parts = rel.with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        files[".".join((PACKAGE, *parts))] = path
+    return files
+
+
+def _imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The refam modules `name`'s source imports, anywhere in it (lazy imports in functions too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def add(dotted: str) -> None:
+        while dotted and dotted not in modules:  # `from refam.x import function`: the module is refam.x
+            dotted = dotted.rpartition(".")[0]
+        if dotted:
+            found.add(dotted)
+
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == PACKAGE:
+                    add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            if base.split(".")[0] != PACKAGE:
+                continue
+            for alias in node.names:
+                add(f"{base}.{alias.name}")
+    found.discard(name)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _import_graph() -> dict[str, tuple[str, frozenset[str]]]:
+    """Each refam module's source sha256 and the refam modules it imports."""
+    modules = _module_files()
+    return {name: (hashlib.sha256(path.read_bytes()).hexdigest(), frozenset(_imported_modules(name, path, modules)))
+            for name, path in modules.items()}
+
+
+def module_closure(roots: Iterable[str]) -> dict[str, str]:
+    """Every refam module reachable from `roots` through imports, with its source's sha256."""
+    graph = _import_graph()
+    seen: dict[str, str] = {}
+    stack = [r for r in roots if r in graph]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        source, imports = graph[name]
+        seen[name] = source
+        stack.extend(imports - seen.keys())
+    return dict(sorted(seen.items()))
+
+
+def _is_library(path: str) -> bool:
+    """A module installed with Python or pip (its version is in `library_versions`), not user code."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    real = os.path.realpath(path)
+    return "site-packages" in real or "dist-packages" in real or any(
+        real.startswith(os.path.join(p, "lib")) for p in prefixes)
+
+
+def component_modules(*components: object) -> tuple[set[str], dict[str, str]]:
+    """(refam modules, {outside source file: sha256}) defining the classes of `components` and of
+    the components they hold in public settings (a trajectory, a parser, a list of spatial biases),
+    through their class hierarchies. A class defined outside refam and outside any installed
+    library (a user's subclass) is keyed by its source file's content."""
+    refam_modules: set[str] = set()
+    outside: dict[str, str] = {}
+    seen: set[int] = set()
+
+    def visit(value: object, depth: int) -> None:
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item, depth)
+            return
+        if value is None or isinstance(value, (str, bytes, int, float, bool)) or id(value) in seen or depth > 3:
+            return
+        seen.add(id(value))
+        ours = False
+        for cls in type(value).__mro__:
+            module = cls.__module__ or ""
+            if module.split(".")[0] == PACKAGE:
+                refam_modules.add(module)
+                ours = True
+            elif module not in ("builtins", "abc"):
+                try:
+                    source = inspect.getsourcefile(cls)
+                except TypeError:
+                    source = None
+                if source and not _is_library(source) and os.path.isfile(source):
+                    outside[os.path.realpath(source)] = file_digest(source)
+                    ours = True
+        if ours and hasattr(value, "__dict__"):
+            for name, attribute in vars(value).items():
+                if not name.startswith("_"):
+                    visit(attribute, depth + 1)
+
+    for component in components:
+        visit(component, 0)
+    return refam_modules, dict(sorted(outside.items()))
+
+
+def code_identity(*components: object, modules: Iterable[str] = ()) -> str:
+    """The sha256 of the code a stage runs: the source of `modules` and of the modules defining
+    `components` (see `component_modules`), with every refam module they import, transitively."""
+    roots, outside = component_modules(*components)
+    return digest({"refam": module_closure({*roots, *modules}), "outside": outside})
+
+
+# ------------------------------------------------------------------ libraries
+# Distributions whose versions change a token map (maps) and, with those, a result (results).
+MAPS_LIBRARIES = ("torch", "diffusers", "transformers", "tokenizers", "sentencepiece", "safetensors",
+                  "accelerate", "numpy", "pillow", "einops")
+RESULTS_LIBRARIES = (*MAPS_LIBRARIES, "sam2", "pycocotools", "opencv-python-headless", "opencv-python", "scipy",
+                     "scikit-image", "torchvision", "spacy", "torchmetrics")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions(distributions: Iterable[str], spacy_models: Iterable[str] = ()) -> dict[str, str | None]:
+    """The installed version of each distribution (None: not installed), torch's CUDA and cuDNN
+    builds, and the version of each named spaCy pipeline (a package of that name)."""
+    versions = {name: _version(name) for name in distributions}
+    if "torch" in versions:
+        import torch
+
+        versions["torch.cuda"] = torch.version.cuda
+        versions["torch.cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None
+    for model in sorted(set(spacy_models)):
+        versions[f"spacy-model:{model}"] = _version(model) or _version(model.replace("_", "-"))
+    return versions
+
+
+def spacy_models(*components: object) -> list[str]:
+    """The spaCy pipelines the components' parsers name (their `spacy_model` setting), searched in
+    the components and the objects they hold."""
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def visit(value: object, depth: int) -> None:
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item, depth)
+            return
+        if depth > 3 or id(value) in seen or not hasattr(value, "__dict__") or \
+                (type(value).__module__ or "").split(".")[0] != PACKAGE:
+            return
+        seen.add(id(value))
+        for name, attribute in vars(value).items():
+            if name == "spacy_model" and isinstance(attribute, str):
+                found.append(attribute)
+            elif not name.startswith("_"):
+                visit(attribute, depth + 1)
+
+    for component in components:
+        visit(component, 0)
+    return found

@@ -1,0 +1,1 @@
+"""Scoring refam on benchmarks: the LightningModule behind `refam test`, records and the result store, writers, ablation tables, `refam score`."""
