@@ -1,0 +1,240 @@
+"""A serve session: one loaded pipeline, the page's settings applied to it per request, and each
+request's run: its folder (the files `refam predict` writes, plus `refam analyze`'s figures), the
+record of the run (its `model:` section with the settings applied, which loads back as a config).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from refam.apps.serve.settings import LightComponents, Settings
+from refam.errors import ConfigError
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+NO_IMAGE = "no image: upload an image or a video, or click a demo scene"
+
+
+@dataclass
+class Run:
+    """What one request produced: the files `refam predict` writes, plus the page's figures."""
+
+    folder: Path
+    record: dict  # the run JSON (also written as folder/run.json)
+    predictions: list  # refam.types.Prediction per expression (a video's: on its key frame)
+    overlays: list[tuple[str, str]] = field(default_factory=list)  # (picture path, caption) per expression
+    heatmaps: list[tuple[str, str]] = field(default_factory=list)
+    token_maps: str | None = None  # one figure, a row per expression (`refam analyze`'s token_maps.png)
+    attention: list[tuple[str, str]] = field(default_factory=list)  # `refam analyze`'s text_attention.png each
+    clips: list[tuple[str, str]] = field(default_factory=list)  # videos: the tracked masks as animated GIFs
+    downloads: list[str] = field(default_factory=list)  # masks (PNGs, or a zip of a video's) and run.json
+    seconds: float = 0.0  # how long the model took
+    frames: int | None = None  # a video's frame count
+
+    @property
+    def pictures(self) -> list[tuple[str, str]]:
+        """Per expression, its mask and point, then its heatmap (a two-column gallery's rows)."""
+        return [item for pair in zip(self.overlays, self.heatmaps) for item in pair]
+
+    @property
+    def expressions(self) -> list[dict]:
+        """The record's entry per expression: point, tokens kept, dropped and sinks."""
+        return self.record["run"]["expressions"]
+
+def expression_lines(text: str | None) -> list[str]:
+    """One expression per line; blank lines are ignored, none at all is the CLI's empty-expression error."""
+    from refam.api import expression_texts
+
+    return expression_texts([line.strip() for line in (text or "").splitlines() if line.strip()])
+
+
+def count_frames(video: Path) -> int:
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if count <= 0:  # a container that does not say: count by decoding (frames are dropped at once)
+            while capture.grab():
+                count += 1
+        return count
+    finally:
+        capture.release()
+
+
+
+class Session:
+    """One loaded pipeline and the page's settings applied to it.
+
+    The settings become a `model:` section (`section_for`), from which only the light components
+    are rebuilt (`apply`): magnets, aggregator, spatial bias, and the extractor's block selection
+    and noise level. The same section is what the run JSON holds, so it loads back as a config."""
+
+    def __init__(self, model, section: dict, max_frames: int = 150, workdir: Path | None = None) -> None:
+        self.model = model
+        self.pipeline = model.pipeline
+        self.light = LightComponents(self.pipeline, section)
+        self.section = self.light.section
+        self.defaults = self.light.defaults
+        self.max_frames = max_frames
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="refam-serve-"))
+        self.lock = threading.Lock()  # the queue runs one request at a time; this covers direct callers
+        self._runs = 0
+
+    @property
+    def num_blocks(self) -> int | None:
+        return self.light.num_blocks
+
+    @property
+    def observes_one_noise_level(self) -> bool:
+        return self.light.observes_one_noise_level
+
+    def section_for(self, settings: Settings) -> dict:
+        """The model section with the settings applied; entries left as configured where unchanged."""
+        return self.light.section_for(settings)
+
+    def apply(self, section: dict) -> None:
+        """Set the light components the section names on the loaded pipeline (no weights reloaded)."""
+        pipeline, extractor = self.pipeline, self.pipeline.extractor
+        built = self.light.build(section)
+        pipeline.set_aggregation(built["magnets"], built["aggregator"], built["spatial_bias"])
+        if hasattr(extractor, "blocks"):
+            extractor.blocks = built["blocks"]
+        if self.light.originals["trajectory"] is not None:
+            extractor.trajectory = built["trajectory"]
+
+
+    # ------------------------------------------------------------ running
+    def _folder(self) -> Path:
+        self._runs += 1
+        folder = self.workdir / f"run-{self._runs:05d}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        # keep the last few runs (the page links their files), drop older ones
+        for old in sorted(self.workdir.glob("run-*"))[:-8]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def run(self, source: str | Path | None, expressions: str | None, caption: str = "",
+            settings: Settings | None = None) -> Run:
+        """Segment an image or a video by the expressions (one per line). Raises a RefamError with
+        the CLI's one-line message for bad input."""
+        from refam.apps.predict import check_expressions
+
+        settings = settings or self.defaults
+        if source is None or not str(source).strip():
+            raise ConfigError(NO_IMAGE)
+        source = Path(source)
+        texts = expression_lines(expressions)
+        with self.lock:
+            section = self.section_for(settings)
+            self.apply(section)
+            check_expressions(self.model, texts)
+            if source.suffix.lower() in VIDEO_SUFFIXES:
+                return self._run_video(source, texts, caption or "", settings, section)
+            return self._run_image(source, texts, caption or "", settings, section)
+
+    def _figures(self, run: Run, folder: Path, image, texts: list[str], captions: list[str]) -> None:
+        """`refam analyze`'s token maps (a row per expression, kept / dropped / sink marked) and its
+        text-attention chart per expression, for the predictions that carry token maps."""
+        from refam.apps.analyze import text_attention_figure, text_attention_rows, token_maps_figure
+        from refam.io.names import slug
+        from refam.io.files import write_atomic
+
+        rows = {}
+        factor = getattr(self.pipeline.aggregator, "gas_factor", 10.0)
+        for k, (text, caption, prediction) in enumerate(zip(texts, captions, run.predictions)):
+            if prediction.token_maps is None or not prediction.tokens:
+                continue
+            rows[f"{k}: {text[:24]}"] = prediction
+            chart = folder / f"{k}-{slug(text)}_text_attention.png"
+            write_atomic(chart, text_attention_figure(text_attention_rows(prediction, factor), factor))
+            run.attention.append((str(chart), caption))
+        if rows:
+            run.token_maps = str(folder / "token_maps.png")
+            write_atomic(Path(run.token_maps), token_maps_figure(image, rows))
+
+    def _run_image(self, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
+        from refam.api import as_image
+        from refam.apps.predict import write_prediction
+
+        if self.pipeline.reads_video:
+            raise ConfigError("this pipeline segments videos (its segmenter tracks through frames): upload a video")
+        image = as_image(source)
+        started = time.perf_counter()
+        predictions = self.model.segment(image, texts, caption=caption)
+        seconds = time.perf_counter() - started
+        folder = self._folder()
+        entries, run = [], Run(folder, {}, predictions)
+        for index, (text, prediction) in enumerate(zip(texts, predictions)):
+            written = write_prediction(folder, index, text, image, prediction)  # refam predict's files
+            entries.append({**written.record, "tokens": prediction.tokens})
+            run.overlays.append((str(written.paths["overlay"]), f"{text}: mask and point"))
+            run.heatmaps.append((str(written.paths["heatmap"]), f"{text}: heatmap"))
+            run.downloads.append(str(written.paths["mask"]))
+        self._figures(run, folder, image, texts, texts)
+        run.record = self._record(source.name, caption, settings, section, entries)
+        run.downloads.append(self._write_record(folder, run.record))
+        run.seconds = seconds
+        return run
+
+    def _run_video(self, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
+        from refam.apps.predict import write_video_predictions
+        from refam.visualize import prediction_pictures
+        from refam.io.files import save_png
+
+        if not source.exists():
+            from refam.errors import MissingInputError
+
+            raise MissingInputError(f"--video {source}: no such file or folder")
+        frames = count_frames(source)
+        if frames > self.max_frames:
+            raise ConfigError(f"--video {source.name}: {frames} frames, more than the {self.max_frames} this app "
+                              "takes (refam serve --max-frames); cut the clip or run `refam predict --video`")
+        folder = self._folder()
+        started = time.perf_counter()
+        written = write_video_predictions(self.model, source, texts, caption, folder)
+        seconds = time.perf_counter() - started
+        count, video_folder = written.frames, written.folder
+        run = Run(folder, {}, [prediction for _, prediction in written.key_frames])
+        entries, captions = [], []
+        for text, entry, (frame, prediction) in zip(texts, written.expressions, written.key_frames):
+            stem = entry.paths["record"].stem
+            captions.append(f"{text} (key frame {prediction.frame or 0})")
+            pictures = prediction_pictures(frame, prediction)
+            for kind, pictured in (("overlay", run.overlays), ("heatmap", run.heatmaps)):
+                path = video_folder / f"{stem}_key_{kind}.png"
+                save_png(pictures[kind], path)
+                pictured.append((str(path), f"{captions[-1]}: {'mask and point' if kind == 'overlay' else kind}"))
+            run.clips.append((str(entry.paths["overlay"]), text))
+            entries.append({**entry.record, "point": [round(v, 2) for v in prediction.point], "tokens": prediction.tokens,
+                            "sinks": [{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)]})
+        self._figures(run, video_folder, written.key_frames[0][0], texts, captions)
+        masks = folder / f"{video_folder.name}-masks.zip"  # <k>-<expression>/<frame>.png, as refam predict writes them
+        with zipfile.ZipFile(masks, "w", zipfile.ZIP_DEFLATED) as bundle:
+            for entry in written.expressions:
+                for path in sorted(entry.paths["masks"].glob("*.png")):
+                    bundle.write(path, path.relative_to(video_folder).as_posix())
+        run.downloads.append(str(masks))
+        run.record = self._record(source.name, caption, settings, section, entries, frames=count)
+        run.downloads.append(self._write_record(folder, run.record))
+        run.seconds, run.frames = seconds, count
+        return run
+
+    def _record(self, name: str, caption: str, settings: Settings, section: dict, entries: list[dict], **extra) -> dict:
+        return {"model": section,
+                "run": {"input": name, "caption": caption, "settings": asdict(settings), **extra, "expressions": entries}}
+
+    @staticmethod
+    def _write_record(folder: Path, record: dict) -> str:
+        from refam.io.files import save_json
+
+        path = folder / "run.json"
+        save_json(record, path)
+        return str(path)
+
