@@ -116,6 +116,32 @@ def test_settings_reach_the_components_and_the_run_json_loads_back_as_a_config(s
     assert session.section_for(session.defaults) == session.section
 
 
+def test_a_requests_settings_leave_the_loaded_pipeline_as_it_was_and_share_its_weights(session):
+    """The settings make the request's own pipeline (issue O point 1): the loaded pipeline and its
+    extractor are never changed, the request's extractor shares their weights, and the map cache's
+    key tells the two apart."""
+    loaded = session.model.pipeline
+    extractor = loaded.extractor
+
+    def state():
+        return (loaded.magnets, loaded.aggregator, list(loaded.spatial_bias), loaded.extractor,
+                extractor.blocks, extractor.trajectory, extractor.settings(), extractor.cache_key_settings())
+
+    before = state()
+    settings = replace(session.defaults, magnet_words="_ with", stop_words=False, gas="drop", first_block=1,
+                       last_block=2, noise=0.5, spatial_bias="direction")
+    assert page(session, SCENE, "the black square", CAPTION, settings)["status"] == ""
+    ran = session.pipeline
+    assert state() == before and ran is not loaded
+    assert ran.extractor.blocks == [1, 2] and ran.extractor.trajectory.sigma == 0.5 and ran.aggregator.gas == "drop"
+    assert ran.extractor.pipe is extractor.pipe and ran.extractor.processors is extractor.processors  # no reload
+    assert ran.extractor.cache_key_settings() != extractor.cache_key_settings()
+    page(session, SCENE, "the black square", CAPTION, settings)
+    assert session.pipeline.extractor is ran.extractor  # one copy per setting
+    page(session, SCENE, "the black square", CAPTION)
+    assert session.pipeline.extractor is extractor and state() == before
+
+
 @pytest.mark.parametrize("source, expressions, line", [
     (None, "the black square", f"refam: error: {NO_IMAGE}"),
     (SCENE, "  \n ", "refam: error: an expression is empty: give the words that name the object"),

@@ -5,6 +5,8 @@ record of the run (its `model:` section with the settings applied, which loads b
 
 from __future__ import annotations
 
+import copy
+import json
 import shutil
 import tempfile
 import threading
@@ -12,9 +14,13 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from refam.apps.serve.settings import LightComponents, Settings
+from refam.apps.serve.settings import LightComponents, Settings, entries
 from refam.errors import ConfigError
+
+if TYPE_CHECKING:
+    from refam.pipeline import RefAMPipeline
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 NO_IMAGE = "no image: upload an image or a video, or click a demo scene"
@@ -69,16 +75,19 @@ def count_frames(video: Path) -> int:
 
 
 class Session:
-    """One loaded pipeline and the page's settings applied to it.
+    """One loaded pipeline and the page's settings, applied per request without changing it.
 
     The settings become a `model:` section (`section_for`), from which only the light components
     are rebuilt (`apply`): magnets, aggregator, spatial bias, and the extractor's block selection
-    and noise level. The same section is what the run JSON holds, so it loads back as a config."""
+    and noise level. They make the request's own pipeline, which shares the loaded weights; the
+    loaded pipeline is never changed. The same section is what the run JSON holds, so it loads
+    back as a config."""
 
     def __init__(self, model, section: dict, max_frames: int = 150, workdir: Path | None = None) -> None:
-        self.model = model
-        self.pipeline = model.pipeline
-        self.light = LightComponents(self.pipeline, section)
+        self.model = model  # as loaded: never changed
+        self.pipeline = model.pipeline  # the pipeline the latest request ran (the loaded one until then)
+        self.light = LightComponents(model.pipeline, section)
+        self._extractors: dict[str, object] = {}  # the loaded extractor's variants, by blocks and trajectory
         self.section = self.light.section
         self.defaults = self.light.defaults
         self.max_frames = max_frames
@@ -98,16 +107,35 @@ class Session:
         """The model section with the settings applied; entries left as configured where unchanged."""
         return self.light.section_for(settings)
 
-    def apply(self, section: dict) -> None:
-        """Set the light components the section names on the loaded pipeline (no weights reloaded)."""
-        pipeline, extractor = self.pipeline, self.pipeline.extractor
-        built = self.light.build(section)
-        pipeline.set_aggregation(built["magnets"], built["aggregator"], built["spatial_bias"])
-        if hasattr(extractor, "blocks"):
-            extractor.blocks = built["blocks"]
-        if self.light.originals["trajectory"] is not None:
-            extractor.trajectory = built["trajectory"]
+    def apply(self, section: dict) -> RefAMPipeline:
+        """The pipeline the section describes: the loaded one's extractor and segmenter (no weights
+        reloaded) with the light components the section names. Nothing loaded is changed."""
+        from refam.pipeline import RefAMPipeline
 
+        loaded = self.model.pipeline
+        built = self.light.build(section)
+        extractor = self._extractor(built, entries(section))
+        pipeline = RefAMPipeline(extractor, loaded.segmenter, built["magnets"], built["aggregator"], built["spatial_bias"],
+                                 text_condition=loaded.text_condition, key_frame=loaded.key_frame)
+        pipeline.map_cache = loaded.map_cache  # one cache; its key reads the request's extractor settings
+        return pipeline
+
+    def _extractor(self, built: dict, specs: dict):
+        """The loaded extractor where the block selection and trajectory are its own; else a shallow
+        copy of it holding the built ones, which shares its weights, branch processors and text
+        reader (it reads both settings at each call). One copy per setting, kept."""
+        loaded = self.model.pipeline.extractor
+        changes = {name: built[name] for name in ("blocks", "trajectory")
+                   if hasattr(loaded, name) and built[name] is not getattr(loaded, name)}
+        if not changes:
+            return loaded
+        key = json.dumps({name: specs[name] for name in changes}, sort_keys=True)
+        if key not in self._extractors:
+            variant = copy.copy(loaded)
+            for name, value in changes.items():
+                setattr(variant, name, value)
+            self._extractors[key] = variant
+        return self._extractors[key]
 
     # ------------------------------------------------------------ running
     def _folder(self) -> Path:
@@ -133,13 +161,14 @@ class Session:
         texts = expression_lines(expressions)
         with self.lock:
             section = self.section_for(settings)
-            self.apply(section)
-            check_expressions(self.model, texts)
+            model = copy.copy(self.model)  # the request's: the loaded model, with the request's pipeline
+            model.pipeline = self.pipeline = self.apply(section)
+            check_expressions(model, texts)
             if source.suffix.lower() in VIDEO_SUFFIXES:
-                return self._run_video(source, texts, caption or "", settings, section)
-            return self._run_image(source, texts, caption or "", settings, section)
+                return self._run_video(model, source, texts, caption or "", settings, section)
+            return self._run_image(model, source, texts, caption or "", settings, section)
 
-    def _figures(self, run: Run, folder: Path, image, texts: list[str], captions: list[str]) -> None:
+    def _figures(self, model, run: Run, folder: Path, image, texts: list[str], captions: list[str]) -> None:
         """`refam analyze`'s token maps (a row per expression, kept / dropped / sink marked) and its
         text-attention chart per expression, for the predictions that carry token maps."""
         from refam.apps.analyze import text_attention_figure, text_attention_rows, token_maps_figure
@@ -147,7 +176,7 @@ class Session:
         from refam.io.files import write_atomic
 
         rows = {}
-        factor = getattr(self.pipeline.aggregator, "gas_factor", 10.0)
+        factor = getattr(model.pipeline.aggregator, "gas_factor", 10.0)
         for k, (text, caption, prediction) in enumerate(zip(texts, captions, run.predictions)):
             if prediction.token_maps is None or not prediction.tokens:
                 continue
@@ -159,15 +188,15 @@ class Session:
             run.token_maps = str(folder / "token_maps.png")
             write_atomic(Path(run.token_maps), token_maps_figure(image, rows))
 
-    def _run_image(self, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
+    def _run_image(self, model, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
         from refam.api import as_image
         from refam.apps.predict import write_prediction
 
-        if self.pipeline.reads_video:
+        if model.pipeline.reads_video:
             raise ConfigError("this pipeline segments videos (its segmenter tracks through frames): upload a video")
         image = as_image(source)
         started = time.perf_counter()
-        predictions = self.model.segment(image, texts, caption=caption)
+        predictions = model.segment(image, texts, caption=caption)
         seconds = time.perf_counter() - started
         folder = self._folder()
         entries, run = [], Run(folder, {}, predictions)
@@ -177,13 +206,13 @@ class Session:
             run.overlays.append((str(written.paths["overlay"]), f"{text}: mask and point"))
             run.heatmaps.append((str(written.paths["heatmap"]), f"{text}: heatmap"))
             run.downloads.append(str(written.paths["mask"]))
-        self._figures(run, folder, image, texts, texts)
+        self._figures(model, run, folder, image, texts, texts)
         run.record = self._record(source.name, caption, settings, section, entries)
         run.downloads.append(self._write_record(folder, run.record))
         run.seconds = seconds
         return run
 
-    def _run_video(self, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
+    def _run_video(self, model, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
         from refam.apps.predict import write_video_predictions
         from refam.visualize import prediction_pictures
         from refam.io.files import save_png
@@ -198,7 +227,7 @@ class Session:
                               "takes (refam serve --max-frames); cut the clip or run `refam predict --video`")
         folder = self._folder()
         started = time.perf_counter()
-        written = write_video_predictions(self.model, source, texts, caption, folder)
+        written = write_video_predictions(model, source, texts, caption, folder)
         seconds = time.perf_counter() - started
         count, video_folder = written.frames, written.folder
         run = Run(folder, {}, [prediction for _, prediction in written.key_frames])
@@ -214,7 +243,7 @@ class Session:
             run.clips.append((str(entry.paths["overlay"]), text))
             entries.append({**entry.record, "point": [round(v, 2) for v in prediction.point], "tokens": prediction.tokens,
                             "sinks": [{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)]})
-        self._figures(run, video_folder, written.key_frames[0][0], texts, captions)
+        self._figures(model, run, video_folder, written.key_frames[0][0], texts, captions)
         masks = folder / f"{video_folder.name}-masks.zip"  # <k>-<expression>/<frame>.png, as refam predict writes them
         with zipfile.ZipFile(masks, "w", zipfile.ZIP_DEFLATED) as bundle:
             for entry in written.expressions:
