@@ -256,20 +256,23 @@ class DiTExtractor(PipelineExtractor):
         with self.capturing(capture):
             return self.denoise(x_t, sigma, grid, condition, expressions)
 
-    def new_capture(self, expressions: EncodedExpressions, condition, grid: tuple[int, int, int]) -> AttentionCapture:
+    def new_capture(self, expressions: EncodedExpressions, condition, grid: tuple[int, int, int],
+                    blocks: list[int] | float | None = None) -> AttentionCapture:
+        """A capture of the configured `blocks`, or of `blocks` given for this call."""
         return AttentionCapture(
             self.branch_layout(expressions, condition),
             num_image_tokens=math.prod(grid),
-            selected_blocks=select_blocks(self.num_blocks, self.blocks),
+            selected_blocks=select_blocks(self.num_blocks, self.blocks if blocks is None else blocks),
             softmax_stage=self.softmax_stage,
             device=self.device,
             representation=self.representation,
             dtype=self.dtype,
         )
 
-    def observe(self, latent: Latent, condition, encoded: EncodedExpressions, generator: torch.Generator) -> AttentionCapture:
-        """Walk the trajectory from the latent, capturing at every state it yields."""
-        capture = self.new_capture(encoded, condition, latent.grid)
+    def observe(self, latent: Latent, condition, encoded: EncodedExpressions, generator: torch.Generator,
+                blocks: list[int] | float | None = None) -> AttentionCapture:
+        """Walk the trajectory from the latent, capturing (the configured or the given `blocks`) at every state it yields."""
+        capture = self.new_capture(encoded, condition, latent.grid, blocks)
         sign = self.velocity_sign
 
         def velocity(x_t, sigma, expressions=None, capture=None):
@@ -291,12 +294,14 @@ class DiTExtractor(PipelineExtractor):
             raise RuntimeError(f"{type(self).__name__}.setup(device) must run before extracting")
 
     @torch.inference_mode()
-    def extract(self, image, caption, expressions, sample_id, magnet_vectors=None) -> TokenMaps:
+    def extract(self, image, caption, expressions, sample_id, magnet_vectors=None, blocks=None) -> TokenMaps:
+        """See `Extractor.extract`; `blocks`, given, selects the blocks of this call only (for analysis:
+        the extractor's own setting, and so the map cache's key, are untouched)."""
         self.require_setup()
         encoded = self.encode_expressions(expressions, magnet_vectors)
         condition = self.encode_caption(caption)
         latent = self.encode_image(image)
-        capture = self.observe(latent, condition, encoded, self.generator(sample_id))
+        capture = self.observe(latent, condition, encoded, self.generator(sample_id), blocks)
         scores, text_mass = capture.result()
         k, length = encoded.valid.shape
         return TokenMaps(
