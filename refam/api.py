@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,12 @@ class RefAM:
         if segmenter is not None:
             pipeline.segmenter = segmenter
         return cls(pipeline, device, configured=segmenter is None)
+
+    def with_settings(self, **changes) -> "RefAM":
+        """This model with other light settings (see `RefAMPipeline.with_settings`), on the same loaded weights."""
+        other = copy.copy(self)
+        other.pipeline = self.pipeline.with_settings(**changes)
+        return other
 
     @torch.no_grad()
     def segment(self, image: Image.Image | np.ndarray | str | Path, expressions: str | list[str],

@@ -33,7 +33,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "score": Subcommand("refam.evaluation.score:main", "J&F of prediction folders in the DAVIS layout, as the official evaluation"),
     "analyze": Subcommand("refam.apps.analyze:main", "the paper's diagnostic figures for one image and its expressions"),
     "ablate": Subcommand("refam.evaluation.ablations:main", "run the paper's ablation tables as config overrides"),
-    "train-shapes": Subcommand("refam.shapes.train:main", "train the embedded refam-shapes model on CPU"),
+    "train-shapes": Subcommand("refam.shapes.train_cli:main", "train the embedded refam-shapes model on CPU"),
 }
 # LightningCLI's training subcommands: refam has nothing to fit
 REFUSED = {name: f"'refam {name}' is not a refam command: refam evaluates zero-shot; to train the embedded model "

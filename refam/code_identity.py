@@ -19,7 +19,7 @@ import importlib.metadata
 import inspect
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from refam.identity import digest, file_digest
@@ -105,6 +105,28 @@ def _is_library(path: str) -> bool:
         real.startswith(os.path.join(p, "lib")) for p in prefixes)
 
 
+def _held(components: Iterable[object], follow: Callable[[object], bool]) -> Iterator[object]:
+    """Each of `components` and, through the public attributes of those `follow` accepts (lists and
+    tuples opened), each object they hold: every object once, at most 3 deep."""
+    seen: set[int] = set()
+    stack = [(component, 0) for component in components]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, tuple)):
+            stack.extend((item, depth) for item in value)
+            continue
+        if value is None or isinstance(value, (str, bytes, int, float, bool)) or id(value) in seen or depth > 3:
+            continue
+        seen.add(id(value))
+        yield value
+        if follow(value) and hasattr(value, "__dict__"):
+            stack.extend((item, depth + 1) for name, item in vars(value).items() if not name.startswith("_"))
+
+
+def _ours(value: object) -> bool:
+    return (type(value).__module__ or "").split(".")[0] == PACKAGE
+
+
 def component_modules(*components: object) -> tuple[set[str], dict[str, str]]:
     """(refam modules, {outside source file: sha256}) defining the classes of `components` and of
     the components they hold in public settings (a trajectory, a parser, a list of spatial biases),
@@ -112,22 +134,14 @@ def component_modules(*components: object) -> tuple[set[str], dict[str, str]]:
     library (a user's subclass) is keyed by its source file's content."""
     refam_modules: set[str] = set()
     outside: dict[str, str] = {}
-    seen: set[int] = set()
 
-    def visit(value: object, depth: int) -> None:
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item, depth)
-            return
-        if value is None or isinstance(value, (str, bytes, int, float, bool)) or id(value) in seen or depth > 3:
-            return
-        seen.add(id(value))
-        ours = False
+    def defined(value: object) -> bool:  # records where the classes live; follows what refam or a user defined
+        known = False
         for cls in type(value).__mro__:
             module = cls.__module__ or ""
             if module.split(".")[0] == PACKAGE:
                 refam_modules.add(module)
-                ours = True
+                known = True
             elif module not in ("builtins", "abc"):
                 try:
                     source = inspect.getsourcefile(cls)
@@ -135,14 +149,11 @@ def component_modules(*components: object) -> tuple[set[str], dict[str, str]]:
                     source = None
                 if source and not _is_library(source) and os.path.isfile(source):
                     outside[os.path.realpath(source)] = file_digest(source)
-                    ours = True
-        if ours and hasattr(value, "__dict__"):
-            for name, attribute in vars(value).items():
-                if not name.startswith("_"):
-                    visit(attribute, depth + 1)
+                    known = True
+        return known
 
-    for component in components:
-        visit(component, 0)
+    for _ in _held(components, defined):
+        pass
     return refam_modules, dict(sorted(outside.items()))
 
 
@@ -185,24 +196,5 @@ def library_versions(distributions: Iterable[str], spacy_models: Iterable[str] =
 def spacy_models(*components: object) -> list[str]:
     """The spaCy pipelines the components' parsers name (their `spacy_model` setting), searched in
     the components and the objects they hold."""
-    found: list[str] = []
-    seen: set[int] = set()
-
-    def visit(value: object, depth: int) -> None:
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item, depth)
-            return
-        if depth > 3 or id(value) in seen or not hasattr(value, "__dict__") or \
-                (type(value).__module__ or "").split(".")[0] != PACKAGE:
-            return
-        seen.add(id(value))
-        for name, attribute in vars(value).items():
-            if name == "spacy_model" and isinstance(attribute, str):
-                found.append(attribute)
-            elif not name.startswith("_"):
-                visit(attribute, depth + 1)
-
-    for component in components:
-        visit(component, 0)
-    return found
+    return [value.spacy_model for value in _held(components, _ours)
+            if _ours(value) and isinstance(getattr(value, "spacy_model", None), str)]

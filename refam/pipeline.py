@@ -107,6 +107,20 @@ class RefAMPipeline:
         self.key_frame = key_frame
         self.map_cache = MapCache(map_cache) if map_cache else None
 
+    def with_settings(self, **changes) -> "RefAMPipeline":
+        """This pipeline with other light settings (`magnets`, `aggregator`, `spatial_bias`,
+        `text_condition`, `key_frame`), checked as the constructor checks them: the loaded extractor,
+        segmenter and map cache are shared (no weights copied or reloaded) and this pipeline is not
+        changed, so a caller comparing settings never has to restore anything."""
+        light = {"magnets": self.magnets, "aggregator": self.aggregator, "spatial_bias": self.spatial_bias,
+                 "text_condition": self.text_condition, "key_frame": self.key_frame}
+        unknown = sorted(set(changes) - set(light))
+        if unknown:
+            raise TypeError(f"with_settings takes {sorted(light)}, not {unknown}")
+        other = type(self)(self.extractor, self.segmenter, **{**light, **changes})
+        other.map_cache = self.map_cache
+        return other
+
     def set_aggregation(self, magnets: MagnetStrategy | None = None, aggregator: Aggregator | None = None,
                         spatial_bias: SpatialBias | list[SpatialBias] | None = None) -> None:
         """Set the weightless components between the token maps and the point (the arguments of

@@ -49,6 +49,46 @@ def test_block_entropy_is_normalised_and_restores_the_block_choice(model, scene)
     assert all(0.0 <= r["min"] <= r["mean"] <= 1.0 for r in rows)
 
 
+def test_analyze_never_changes_the_loaded_pipeline(model, scene, monkeypatch):
+    """Issue O point 1: the settings analyze compares (magnets on and off, one block at a time) are
+    passed per call; the loaded pipeline and extractor are never reassigned, not even for a moment."""
+    from refam.pipeline import RefAMPipeline
+
+    pipeline, extractor = model.pipeline, model.pipeline.extractor
+    magnets, blocks = pipeline.magnets, extractor.blocks
+    seen = []
+    extract, segment = type(extractor).extract, RefAMPipeline.segment_sample
+
+    def watched_extract(self, *args, **kwargs):
+        seen.append((pipeline.magnets, extractor.blocks))
+        return extract(self, *args, **kwargs)
+
+    def watched_segment(self, *args, **kwargs):
+        seen.append((pipeline.magnets, extractor.blocks))
+        return segment(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(extractor), "extract", watched_extract)
+    monkeypatch.setattr(RefAMPipeline, "segment_sample", watched_segment)
+    result = analyze(model, scene.image, "the orange square", scene.caption())
+    assert len(seen) > extractor.num_blocks and all(m is magnets and b == blocks for m, b in seen)
+    assert result["runs"]["without magnets"]["tokens"] == ["\u2581the", "\u2581orange", "\u2581square", "</s>"]
+
+
+def test_with_settings_shares_the_weights_and_changes_nothing(model):
+    from refam.aggregators.magnets import AppendMagnets
+    from refam.errors import ConfigError
+
+    other = model.pipeline.with_settings(magnets=AppendMagnets([]), key_frame="confident")
+    assert other is not model.pipeline and other.extractor is model.pipeline.extractor
+    assert other.segmenter is model.pipeline.segmenter and other.map_cache is model.pipeline.map_cache
+    assert other.magnets.magnets == [] and model.pipeline.magnets.magnets != []
+    assert model.pipeline.key_frame == "first"
+    with pytest.raises(ConfigError, match="key_frame"):
+        model.pipeline.with_settings(key_frame="middle")
+    with pytest.raises(TypeError, match="blocks"):
+        model.pipeline.with_settings(blocks=[0])
+
+
 def test_entropy_of_a_planted_map(model, scene, monkeypatch):
     """One hot patch gives entropy 0, a flat map gives 1."""
     extractor = model.pipeline.extractor

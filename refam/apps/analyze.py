@@ -32,22 +32,18 @@ def block_entropies(model, image, caption: str, expression: str) -> list[dict]:
     """Mean and minimum normalised spatial entropy of the kept tokens' maps, block by block."""
     pipeline, extractor = model.pipeline, model.pipeline.extractor
     text, magnet_start = pipeline.magnets.augment(expression)
-    saved = extractor.blocks
     rows = []
-    try:
-        for block in range(extractor.num_blocks):
-            extractor.blocks = [block]
-            maps = extractor.extract(image, caption, [(text, magnet_start)], "image", magnet_vectors=pipeline.magnets.vectors)
-            kept = torch.tensor(pipeline.magnets.keep(maps.tokens[0], expression)) & maps.valid[0]
-            scores = maps.scores[0][kept].flatten(1)  # [kept tokens, patches]
-            if maps.kind == "logits":
-                spatial = scores.softmax(dim=1)
-            else:
-                spatial = scores / scores.sum(dim=1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
-            entropy = -(spatial * spatial.clamp(min=1e-12).log()).sum(dim=1) / math.log(scores.shape[1])
-            rows.append({"block": block, "mean": float(entropy.mean()), "min": float(entropy.min())})
-    finally:
-        extractor.blocks = saved
+    for block in range(extractor.num_blocks):  # one block per call; the extractor's own setting untouched
+        maps = extractor.extract(image, caption, [(text, magnet_start)], "image", magnet_vectors=pipeline.magnets.vectors,
+                                 blocks=[block])
+        kept = torch.tensor(pipeline.magnets.keep(maps.tokens[0], expression)) & maps.valid[0]
+        scores = maps.scores[0][kept].flatten(1)  # [kept tokens, patches]
+        if maps.kind == "logits":
+            spatial = scores.softmax(dim=1)
+        else:
+            spatial = scores / scores.sum(dim=1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
+        entropy = -(spatial * spatial.clamp(min=1e-12).log()).sum(dim=1) / math.log(scores.shape[1])
+        rows.append({"block": block, "mean": float(entropy.mean()), "min": float(entropy.min())})
     return rows
 
 
@@ -70,12 +66,7 @@ def text_attention_rows(prediction, factor: float) -> list[dict]:
 def analyze(model, image, expression: str, caption: str = "") -> dict:
     pipeline = model.pipeline
     with_magnets = model.segment(image, [expression], caption=caption)[0]
-    saved = pipeline.magnets
-    pipeline.magnets = _without_magnets(pipeline)
-    try:
-        without_magnets = model.segment(image, [expression], caption=caption)[0]
-    finally:
-        pipeline.magnets = saved
+    without_magnets = model.with_settings(magnets=_without_magnets(pipeline)).segment(image, [expression], caption=caption)[0]
     factor = getattr(pipeline.aggregator, "gas_factor", 10.0)
     return {
         "expression": expression,

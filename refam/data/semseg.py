@@ -12,7 +12,7 @@ Sources: hila-chefer/Transformer-Explainability data/Imagenet.py::Imagenet_Segme
 and helblazer811/ConceptAttention@9c69fd5 experiments/imagenet_segmentation/data_processing.py
 (id and names). The class name is ConceptAttention's: the synset's first WordNet lemma
 (`wn.synset_from_pos_and_offset(pos, offset).lemmas()[0].name().replace("_", " ")`), mapped by its
-table (refam/data/imagenet_seg_classes.py) to a simplified everyday word; its caption is
+table (refam/data/imagenet_seg_classes.json) to a simplified everyday word; its caption is
 "a {name}" (experiments/imagenet_segmentation/run_experiment.py: `captions=[f"a {simplified_name}"]`).
 The .mat has no names, so the lemma comes from nltk's WordNet (`pip install nltk` and
 `python -m nltk.downloader wordnet`) or from `synset_words`, a text file of "<wnid> <lemma>, ..."
@@ -32,9 +32,11 @@ such images.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +45,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from refam.io.images import read_rgb
-from refam.data.imagenet_seg_classes import SIMPLIFIED_NAMES
 from refam.errors import ConfigError, DataError, MissingInputError
 from refam.io.pixels import check_mask_size, label_map
 from refam.types import BadSample, Expression, Sample
@@ -64,6 +65,11 @@ class SegmentationExpression(Expression):
     """An expression whose ground truth also marks pixels that no score counts (VOC's 255 border)."""
 
     void: np.ndarray | None = None  # bool [H, W]
+
+
+def conceptattention_class_names() -> dict[str, str]:
+    """ConceptAttention's simplified name per class lemma (source, licence: imagenet_seg_classes.LICENSE)."""
+    return json.loads(resources.files("refam.data").joinpath("imagenet_seg_classes.json").read_text("utf-8"))["categories"]
 
 
 def _check_protocol(protocol: str) -> None:
@@ -197,14 +203,15 @@ class ImageNetSegmentation(Dataset):
             wnids = [read_wnid(file, i) for i in range(self._length(file))]
         # per item: (class name, None) or (None, why there is none)
         self._labels: list[tuple[str | None, str | None]] = []
+        simplified = conceptattention_class_names()
         for wnid in wnids:
             lemma = lookup(wnid)
             if lemma is None:
                 self._labels.append((None, f"synset {wnid} has no WordNet lemma in the lookup used"))
             elif names == "wordnet":
                 self._labels.append((lemma, None))
-            elif lemma in SIMPLIFIED_NAMES:
-                self._labels.append((SIMPLIFIED_NAMES[lemma], None))
+            elif lemma in simplified:
+                self._labels.append((simplified[lemma], None))
             else:
                 self._labels.append((None, f"synset {wnid} ('{lemma}') is not in ConceptAttention's class table"))
         self.wnids = wnids

@@ -18,7 +18,8 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from refam.errors import CheckpointError, ConfigError
 from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, split_heads
-from refam.extractors.template import Latent, VideoDiTExtractor
+from refam.extractors.latents import Latent
+from refam.extractors.video_template import VideoDiTExtractor
 from refam.extractors.vp import VPFlow
 
 

@@ -15,7 +15,8 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 
 from refam.errors import ConfigError
 from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, split_heads
-from refam.extractors.template import ImageDiTExtractor, Latent, vae_latent
+from refam.extractors.latents import Latent, vae_latent
+from refam.extractors.template import ImageDiTExtractor
 
 
 def flux_joint(processor: BranchProcessor, capture, query, key, value, attention_mask, image_rotary_emb) -> torch.Tensor:

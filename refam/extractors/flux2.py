@@ -25,7 +25,8 @@ from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, 
 from refam.errors import CheckpointError, ConfigError, ExpressionError
 from refam.extractors.branch import BranchProcessor, install, split_heads
 from refam.extractors.flux import FluxBranchProcessor, flux_joint
-from refam.extractors.template import ImageDiTExtractor, Latent
+from refam.extractors.latents import Latent
+from refam.extractors.template import ImageDiTExtractor
 from refam.extractors.trajectory import time_shift
 from refam.text.decoder import DecoderReader, PromptTemplate
 

@@ -21,7 +21,8 @@ from diffusers.models.attention_processor import MochiAttnProcessor2_0
 
 from refam.errors import CheckpointError
 from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, stream_qkv
-from refam.extractors.template import Latent, VideoDiTExtractor, channel_stats
+from refam.extractors.latents import Latent, channel_stats
+from refam.extractors.video_template import VideoDiTExtractor
 
 
 def apply_mochi_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:

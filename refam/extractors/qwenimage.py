@@ -21,7 +21,8 @@ from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStream
 
 from refam.errors import CheckpointError
 from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, stream_qkv
-from refam.extractors.template import ImageDiTExtractor, Latent, normalized
+from refam.extractors.latents import Latent, normalized
+from refam.extractors.template import ImageDiTExtractor
 from refam.text.decoder import DecoderReader, PromptTemplate
 
 

@@ -22,7 +22,8 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 
 from refam.errors import ConfigError
 from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, stream_qkv
-from refam.extractors.template import ImageDiTExtractor, Latent, vae_latent
+from refam.extractors.latents import Latent, vae_latent
+from refam.extractors.template import ImageDiTExtractor
 
 
 class SD3BranchProcessor(BranchProcessor):

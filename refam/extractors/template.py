@@ -30,70 +30,22 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from PIL import Image
 
 from refam.errors import ConfigError
-from refam.extractors.base import VideoExtractor, sample_seed, select_blocks
+from refam.extractors.base import sample_seed, select_blocks
 from refam.extractors.branch import BranchProcessor
 from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionCapture, BranchLayout
+from refam.extractors.latents import Latent, resize_to
 from refam.extractors.pipeline import PipelineExtractor
 from refam.extractors.trajectory import NoiseAt, Shift, Trajectory, TrajectoryContext, drive, no_shift_error, scheduler_shift
-from refam.extractors.video import FRAME_WINDOWS, as_frames, latent_frames, plan_clips
 from refam.text.reader import EncodedExpressions, ExpressionReader
 from refam.text.t5 import T5Reader
 from refam.types import MagnetVectors, TokenInfo, TokenMaps
-
-
-@dataclass
-class Latent:
-    """A clean latent in the layout the denoiser takes, and its image-token grid.
-
-    grid = (frames, rows, cols): the image tokens are frame-major, then row-major (token n is
-    frame n // (rows cols), row (n // cols) % rows, column n % cols); images have one frame."""
-
-    x0: torch.Tensor
-    grid: tuple[int, int, int]
-
-    @property
-    def num_tokens(self) -> int:
-        return math.prod(self.grid)
-
-
-def resize_to(width: int, height: int, resolution: int, keep_aspect: bool, multiple: int) -> tuple[int, int]:
-    """(height, width) an image is resized to: resolution x resolution (ConceptAttention's
-    convention), or about resolution^2 pixels at its aspect ratio with `keep_aspect`, in multiples
-    of `multiple` (the VAE's factor times the patch size)."""
-    if not keep_aspect:
-        return resolution, resolution
-    scale = (resolution**2 / (width * height)) ** 0.5
-    return (max(multiple, round(height * scale / multiple) * multiple), max(multiple, round(width * scale / multiple) * multiple))
-
-
-def channel_stats(config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A VAE config's per-channel `latents_mean` and `latents_std`, shaped to broadcast over a
-    latent like `like` [B, C, ...], made in float32 and cast to its dtype, as the pipelines do."""
-    shape = (1, -1) + (1,) * (like.dim() - 2)
-    return tuple(torch.tensor(v).view(shape).to(like.device, like.dtype) for v in (config.latents_mean, config.latents_std))
-
-
-def normalized(latent: torch.Tensor, config) -> torch.Tensor:
-    """(z - latents_mean) / latents_std per channel, as the Wan and Qwen-Image image-conditioned
-    pipelines compute it, in z's dtype: the statistics cast to it, then times the reciprocal."""
-    mean, std = channel_stats(config, latent)
-    return (latent - mean) * (1.0 / std)
-
-
-def vae_latent(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """The clean latent [1, C, h, w] of preprocessed pixels, normalised as image-to-image pipelines
-    do, (z - shift_factor) * scaling_factor, from the distribution's mode (a sample would add noise)."""
-    latent = pipe.vae.encode(pixels).latent_dist.mode()
-    return (latent - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
 
 
 class DiTExtractor(PipelineExtractor):
@@ -304,20 +256,23 @@ class DiTExtractor(PipelineExtractor):
         with self.capturing(capture):
             return self.denoise(x_t, sigma, grid, condition, expressions)
 
-    def new_capture(self, expressions: EncodedExpressions, condition, grid: tuple[int, int, int]) -> AttentionCapture:
+    def new_capture(self, expressions: EncodedExpressions, condition, grid: tuple[int, int, int],
+                    blocks: list[int] | float | None = None) -> AttentionCapture:
+        """A capture of the configured `blocks`, or of `blocks` given for this call."""
         return AttentionCapture(
             self.branch_layout(expressions, condition),
             num_image_tokens=math.prod(grid),
-            selected_blocks=select_blocks(self.num_blocks, self.blocks),
+            selected_blocks=select_blocks(self.num_blocks, self.blocks if blocks is None else blocks),
             softmax_stage=self.softmax_stage,
             device=self.device,
             representation=self.representation,
             dtype=self.dtype,
         )
 
-    def observe(self, latent: Latent, condition, encoded: EncodedExpressions, generator: torch.Generator) -> AttentionCapture:
-        """Walk the trajectory from the latent, capturing at every state it yields."""
-        capture = self.new_capture(encoded, condition, latent.grid)
+    def observe(self, latent: Latent, condition, encoded: EncodedExpressions, generator: torch.Generator,
+                blocks: list[int] | float | None = None) -> AttentionCapture:
+        """Walk the trajectory from the latent, capturing (the configured or the given `blocks`) at every state it yields."""
+        capture = self.new_capture(encoded, condition, latent.grid, blocks)
         sign = self.velocity_sign
 
         def velocity(x_t, sigma, expressions=None, capture=None):
@@ -339,12 +294,14 @@ class DiTExtractor(PipelineExtractor):
             raise RuntimeError(f"{type(self).__name__}.setup(device) must run before extracting")
 
     @torch.inference_mode()
-    def extract(self, image, caption, expressions, sample_id, magnet_vectors=None) -> TokenMaps:
+    def extract(self, image, caption, expressions, sample_id, magnet_vectors=None, blocks=None) -> TokenMaps:
+        """See `Extractor.extract`; `blocks`, given, selects the blocks of this call only (for analysis:
+        the extractor's own setting, and so the map cache's key, are untouched)."""
         self.require_setup()
         encoded = self.encode_expressions(expressions, magnet_vectors)
         condition = self.encode_caption(caption)
         latent = self.encode_image(image)
-        capture = self.observe(latent, condition, encoded, self.generator(sample_id))
+        capture = self.observe(latent, condition, encoded, self.generator(sample_id), blocks)
         scores, text_mass = capture.result()
         k, length = encoded.valid.shape
         return TokenMaps(
@@ -387,87 +344,3 @@ class ImageDiTExtractor(DiTExtractor):
         height, width = self.image_size(*image.size)
         pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
         return pixels.to(self.device, self.pipe.vae.dtype)
-
-
-class VideoDiTExtractor(DiTExtractor, VideoExtractor):
-    """A video DiT: the template per clip of frames, maps [K, T, F_lat, h, w] with `frame_to_latent`.
-
-    Each pass encodes one clip of `clip_frames` (= c k + 1, c the VAE's `temporal_compression`)
-    consecutive frames, read lazily; `windows="first"` encodes the first clip only (the paper
-    localises in the first frame), "all" consecutive clips covering the whole video. A last (or
-    only) clip shorter than `clip_frames` is padded, by repeating its last frame, to the fewest
-    c k + 1 frames that hold it. An image is a one-frame video.
-
-    Args (besides DiTExtractor's): height, width (pixels every frame is resized to), clip_frames,
-    windows, vae_tiling (encode frames in spatial tiles, diffusers `enable_tiling`, to save memory).
-    """
-
-    temporal_compression: ClassVar[int]
-    spatial_multiple: ClassVar[int] = 16  # the VAE's factor times the patch size
-
-    def __init__(self, pretrained: str, height: int, width: int, clip_frames: int, windows: str = "first",
-                 vae_tiling: bool = False, **settings) -> None:
-        super().__init__(pretrained, **settings)
-        for name, value in (("height", height), ("width", width)):
-            if value <= 0 or value % self.spatial_multiple:
-                raise ConfigError(f"must be a positive multiple of {self.spatial_multiple}, got {value}", field=name)
-        c = self.temporal_compression
-        if clip_frames < 1 or (clip_frames - 1) % c:
-            raise ConfigError(f"must be {c}k + 1 ({', '.join(str(c * k + 1) for k in range(5))}, ...), got {clip_frames}",
-                              field="clip_frames")
-        if windows not in FRAME_WINDOWS:
-            raise ConfigError(f"must be one of {list(FRAME_WINDOWS)}, got {windows!r}", field="windows")
-        self.height, self.width, self.clip_frames, self.windows = height, width, clip_frames, windows
-        self.vae_tiling = vae_tiling
-
-    @abc.abstractmethod
-    def encode_clip(self, frames: list[Image.Image]) -> Latent:
-        """The clean latent of c k + 1 frames and its token grid (latent frames, rows, cols)."""
-
-    def clip_pixels(self, frames: list[Image.Image]) -> torch.Tensor:
-        """[1, C, F, H, W] frames resized and scaled as the pipeline's `video_processor` does, on the
-        device in the VAE's dtype."""
-        pixels = self.pipe.video_processor.preprocess_video([f.convert("RGB") for f in frames], height=self.height, width=self.width)
-        return pixels.to(self.device, self.pipe.vae.dtype)
-
-    def encode_image(self, image: Image.Image) -> Latent:
-        return self.encode_clip([image])
-
-    def prepare(self, pipe) -> None:
-        if self.vae_tiling:
-            pipe.vae.enable_tiling()
-        super().prepare(pipe)
-
-    @torch.inference_mode()
-    def extract_video(self, frames: Sequence[Image.Image], caption: str, expressions: list[tuple[str, int | None]],
-                      sample_id: str, magnet_vectors: MagnetVectors | None = None) -> TokenMaps:
-        """Token maps of K expressions over a video: scores [K, T, F_lat, h, w] (latent frames of all
-        encoded clips in order) with `frame_to_latent`. `frames`: a sequence of PIL images, read
-        lazily if the sequence is lazy (`VideoSample.images`, `FrameSequence`), or a `VideoSample`;
-        only the frames of the clips being encoded are read, once each, one clip at a time."""
-        self.require_setup()
-        frames = as_frames(frames)
-        clips = plan_clips(len(frames), self.clip_frames, self.windows, self.temporal_compression)
-        encoded = self.encode_expressions(expressions, magnet_vectors)
-        condition = self.encode_caption(caption)
-        k, length = encoded.valid.shape
-        generator = self.generator(sample_id)  # clips draw their noise one after the other
-        parts, mass, observations = [], None, 0
-        for clip in clips:
-            pixels = [frames[i] for i in range(clip.start, clip.stop)]
-            pixels += [pixels[-1]] * (clip.length - len(pixels))
-            latent = self.encode_clip(pixels)
-            del pixels
-            capture = self.observe(latent, condition, encoded, generator)
-            scores, _ = capture.result()
-            parts.append(scores.reshape(k, length, *latent.grid).cpu())
-            mass = capture.text_mass.clone() if mass is None else mass + capture.text_mass
-            observations += capture.observations
-        return TokenMaps(
-            scores=torch.cat(parts, dim=2),
-            valid=encoded.valid.cpu(),
-            text_mass=(mass / observations).cpu(),
-            tokens=encoded.tokens,
-            kind=self.maps_kind,
-            frame_to_latent=latent_frames(clips),
-        )

@@ -58,7 +58,7 @@ class Trajectory(Configurable, abc.ABC):
     @abc.abstractmethod
     def states(self, x0: torch.Tensor, generator: torch.Generator, context: TrajectoryContext) -> States:
         """Yield the (x_t, sigma) states to observe; x0 is the clean latent in the layout the
-        backbone's denoiser takes (`refam.extractors.template.Latent.x0`).
+        backbone's denoiser takes (`refam.extractors.latents.Latent.x0`).
 
         Protocol: the extractor observes each yielded state with one forward of the denoiser (the
         expression branch riding along) and sends that forward's output, the velocity v(x_t, sigma)

@@ -21,7 +21,8 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get
 
 from refam.errors import CheckpointError, ConfigError
 from refam.extractors.branch import BranchProcessor, cross_branch, dispatched, install, split_heads
-from refam.extractors.template import Latent, VideoDiTExtractor, normalized
+from refam.extractors.latents import Latent, normalized
+from refam.extractors.video_template import VideoDiTExtractor
 
 
 def experts(pipe) -> list:

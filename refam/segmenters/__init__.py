@@ -4,7 +4,8 @@ first-frame point through a video."""
 from refam.segmenters.base import Segmenter
 from refam.segmenters.floodfill import FloodFillSegmenter
 from refam.segmenters.sam2 import SAM2PointSegmenter
-from refam.segmenters.sam2_video import LazyFrameStore, SAM2VideoSegmenter
+from refam.segmenters.frame_store import LazyFrameStore
+from refam.segmenters.sam2_video import SAM2VideoSegmenter
 from refam.segmenters.threshold import HeatmapThresholdSegmenter
 from refam.segmenters.video_base import VideoSegmenter
 

@@ -11,7 +11,7 @@ from PIL import Image
 import refam.io.images as images
 from refam.api import as_image
 from refam.io.images import BACKGROUND, MAX_PIXELS_ENV, read_rgb
-from refam.errors import MissingInputError
+from refam.errors import DataError
 
 
 
@@ -78,7 +78,7 @@ def test_an_image_over_the_pixel_limit_is_refused_naming_file_and_setting(tmp_pa
     monkeypatch.setenv(MAX_PIXELS_ENV, "1000")
     reason = read_rgb(path)
     assert isinstance(reason, str) and str(path) in reason and MAX_PIXELS_ENV in reason and "40x30" in reason
-    with pytest.raises(MissingInputError, match=MAX_PIXELS_ENV):
+    with pytest.raises(DataError, match=MAX_PIXELS_ENV):
         as_image(path)
     monkeypatch.setenv(MAX_PIXELS_ENV, "1200")
     assert read_rgb(path).size == (40, 30)

@@ -19,7 +19,7 @@ from refam.io.frames import iter_frames
 from refam.io.images import MAX_PIXELS_ENV, max_pixels, read_rgb, to_rgb
 from refam.data.manifest import ManifestDataset
 from refam.data.video_common import PaletteTruth, read_label_png
-from refam.errors import ConfigError, DataError, MissingInputError
+from refam.errors import ConfigError, DataError
 from refam.types import BadSample, Sample, VideoExpression, VideoSample
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
@@ -322,7 +322,7 @@ def test_an_animated_image_is_refused_as_an_image_and_read_as_a_video(tmp_path, 
     colours = animation(path, fmt)
     reason = read_rgb(path)
     assert isinstance(reason, str) and str(path) in reason and "3 frames" in reason and "--video" in reason
-    with pytest.raises(MissingInputError, match="--video"):
+    with pytest.raises(DataError, match="--video"):
         as_image(path)
     with Image.open(path) as opened, pytest.raises(DataError, match="video"):
         to_rgb(opened)

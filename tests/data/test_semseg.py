@@ -6,6 +6,8 @@ in `#refs#`, stored column-major as MATLAB writes it. The VOC fixture is a VOCde
 with palette PNGs whose objects have 255 borders.
 """
 
+import hashlib
+import json
 import pickle
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from PIL import Image
 from torchvision import transforms
 
 from refam.data import ImageNetSegmentation, PascalVOCSingleClass, SegmentationExpression
+from refam.data.semseg import conceptattention_class_names
 from refam.errors import ConfigError, DataError, MissingInputError
 from refam.metrics import SaliencyScores
 from refam.types import BadSample, Sample
@@ -120,10 +123,25 @@ def test_imagenet_items_carry_image_mask_and_conceptattention_name(mat, words):
 
 
 def test_class_table_is_conceptattentions():
-    from refam.data.imagenet_seg_classes import SIMPLIFIED_NAMES
+    table = conceptattention_class_names()
+    assert len(table) == 445  # one entry per ImageNet-Segmentation class
+    assert table["Homo sapiens"] == "skull" and table["Thomson's gazelle"] == "animal"
+    # keys, values and order as the Python table it replaced held them (and as the source lists them)
+    digest = hashlib.sha256(json.dumps(list(table.items()), ensure_ascii=False).encode()).hexdigest()
+    assert digest == "5ce561b606d26073239255f50613bb9d1285332ff428bdb448737f84fce88d5f"
 
-    assert len(SIMPLIFIED_NAMES) == 445  # one entry per ImageNet-Segmentation class
-    assert SIMPLIFIED_NAMES["Homo sapiens"] == "skull" and SIMPLIFIED_NAMES["Thomson's gazelle"] == "animal"
+
+def test_class_table_and_its_licence_ship_in_the_package():
+    """pyproject's package-data names both files, so a wheel carries them (a test that builds one is slow)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["refam"]
+    for name in ("imagenet_seg_classes.json", "imagenet_seg_classes.LICENSE"):
+        assert (root / "refam/data" / name).is_file()
+        assert any(fnmatch.fnmatch(f"data/{name}", glob) for glob in globs), name
+    assert "MIT License" in (root / "refam/data/imagenet_seg_classes.LICENSE").read_text()
 
 
 def test_imagenet_folder_path_and_wordnet_names(mat, words):

@@ -15,7 +15,8 @@ from PIL import Image
 from refam.errors import CheckpointError, ConfigError, DataError, MissingInputError
 from refam.segmenters import SAM2VideoSegmenter, VideoSegmenter
 from refam.segmenters import sam2_video
-from refam.segmenters.sam2_video import LazyFrameStore, memory_window
+from refam.segmenters.frame_store import LazyFrameStore
+from refam.segmenters.sam2_video import memory_window
 
 torch.set_num_threads(1)
 

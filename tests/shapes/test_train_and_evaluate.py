@@ -10,7 +10,7 @@ from refam.data.manifest import ManifestDataset
 from refam.extractors.flux import FluxExtractor
 from refam.shapes.dataset import write_shapes_set
 from refam.shapes.evaluate import MAGNET_ROWS, build_pipeline, evaluate, expression_kinds
-from refam.shapes.train import main as train_shapes
+from refam.shapes.train_cli import main as train_shapes
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_the_trained_model_goes_under_the_current_folder_never_into_the_package_
     import refam
     from refam.embedded import REFAM_SHAPES
     from refam.errors import ConfigError
-    from refam.shapes.train import output_folder
+    from refam.shapes.train_cli import output_folder
 
     package = Path(refam.__file__).resolve().parent
     monkeypatch.chdir(tmp_path)

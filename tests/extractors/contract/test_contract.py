@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from refam.aggregators.magnets import AppendMagnets
-from refam.extractors.template import VideoDiTExtractor
+from refam.extractors.video_template import VideoDiTExtractor
 from refam.extractors.trajectory import NoiseAt
 from refam.prompts.point import argmax_points
 from tests.extractors.contract.contract import clean_latents, load_entries, noised_latent, recomputed_scores

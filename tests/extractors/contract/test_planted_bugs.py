@@ -13,7 +13,7 @@ from PIL import Image
 from refam.aggregators.magnets import AppendMagnets
 from refam.extractors.flux import FluxExtractor
 from refam.extractors.sd3 import SD3Extractor
-from refam.extractors.template import Latent
+from refam.extractors.latents import Latent
 from refam.extractors.trajectory import NoiseAt
 from tests.extractors.contract.contract import clean_latents, load_entries, noised_latent, recomputed_scores
 
