@@ -20,7 +20,7 @@ from refam.apps.serve.settings import LightComponents, Settings, entries
 from refam.errors import ConfigError
 
 if TYPE_CHECKING:
-    from refam.pipeline import RefAMPipeline
+    from refam.api import RefAM
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 NO_IMAGE = "no image: upload an image or a video, or click a demo scene"
@@ -107,18 +107,15 @@ class Session:
         """The model section with the settings applied; entries left as configured where unchanged."""
         return self.light.section_for(settings)
 
-    def apply(self, section: dict) -> RefAMPipeline:
-        """The pipeline the section describes: the loaded one's extractor and segmenter (no weights
-        reloaded) with the light components the section names. Nothing loaded is changed."""
-        from refam.pipeline import RefAMPipeline
-
-        loaded = self.model.pipeline
+    def apply(self, section: dict) -> RefAM:
+        """The model the section describes: the loaded weights (extractor, segmenter, map cache)
+        with the light components the section names (`RefAM.with_settings`). Nothing loaded is
+        changed."""
         built = self.light.build(section)
-        extractor = self._extractor(built, entries(section))
-        pipeline = RefAMPipeline(extractor, loaded.segmenter, built["magnets"], built["aggregator"], built["spatial_bias"],
-                                 text_condition=loaded.text_condition, key_frame=loaded.key_frame)
-        pipeline.map_cache = loaded.map_cache  # one cache; its key reads the request's extractor settings
-        return pipeline
+        model = self.model.with_settings(magnets=built["magnets"], aggregator=built["aggregator"],
+                                         spatial_bias=built["spatial_bias"])
+        model.pipeline.extractor = self._extractor(built, entries(section))  # the request's own pipeline
+        return model
 
     def _extractor(self, built: dict, specs: dict):
         """The loaded extractor where the block selection and trajectory are its own; else a shallow
@@ -161,8 +158,8 @@ class Session:
         texts = expression_lines(expressions)
         with self.lock:
             section = self.section_for(settings)
-            model = copy.copy(self.model)  # the request's: the loaded model, with the request's pipeline
-            model.pipeline = self.pipeline = self.apply(section)
+            model = self.apply(section)
+            self.pipeline = model.pipeline
             check_expressions(model, texts)
             if source.suffix.lower() in VIDEO_SUFFIXES:
                 return self._run_video(model, source, texts, caption or "", settings, section)
