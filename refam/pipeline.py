@@ -102,7 +102,10 @@ class RefAMPipeline:
             raise ConfigError(f"must be one of {list(TEXT_CONDITIONS)}, got {text_condition!r}", field="text_condition")
         self.extractor = extractor
         self.segmenter = segmenter
-        self.set_aggregation(magnets, aggregator, spatial_bias)
+        # the light components; None is the paper's magnets, its aggregator and no spatial bias
+        self.magnets = magnets if magnets is not None else AppendMagnets()
+        self.aggregator = aggregator if aggregator is not None else SoftmaxMeanAggregator()
+        self.spatial_bias = [spatial_bias] if isinstance(spatial_bias, SpatialBias) else list(spatial_bias or [])
         self.text_condition = text_condition
         self.key_frame = key_frame
         self.map_cache = MapCache(map_cache) if map_cache else None
@@ -120,15 +123,6 @@ class RefAMPipeline:
         other = type(self)(self.extractor, self.segmenter, **{**light, **changes})
         other.map_cache = self.map_cache
         return other
-
-    def set_aggregation(self, magnets: MagnetStrategy | None = None, aggregator: Aggregator | None = None,
-                        spatial_bias: SpatialBias | list[SpatialBias] | None = None) -> None:
-        """Set the weightless components between the token maps and the point (the arguments of
-        the same names); None is the paper's magnets, its aggregator and no spatial bias. `refam
-        serve` swaps them on a loaded pipeline."""
-        self.magnets = magnets if magnets is not None else AppendMagnets()
-        self.aggregator = aggregator if aggregator is not None else SoftmaxMeanAggregator()
-        self.spatial_bias = [spatial_bias] if isinstance(spatial_bias, SpatialBias) else list(spatial_bias or [])
 
     def setup(self, device: torch.device | str) -> None:
         """Load the weights onto `device`; an error names the component it came from."""

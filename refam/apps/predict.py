@@ -39,7 +39,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refam.errors import ArgumentParser, ConfigError, MissingInputError, RefamError, error_line, require_words
+from refam.errors import ArgumentParser, ConfigError, DataError, MissingInputError, RefamError, error_line, require_words
 from refam.io.names import NameRegistry, inside, safe_name, slug
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -347,7 +347,7 @@ def run(args) -> int:
             continue
         try:
             image = first_image if first_image is not None else as_image(job.source)
-        except MissingInputError as err:
+        except (MissingInputError, DataError) as err:  # missing or unreadable: the other images go on
             print(f"refam: skipped: {err}", file=sys.stderr)
             failures += 1
             continue
