@@ -180,26 +180,37 @@ class RefAMPipeline:
     def _caption(self, sample: Sample | VideoSample) -> str:
         return sample.caption if self.text_condition == "caption" else ""
 
+    def _read(self, sample: Sample | VideoSample, result: SampleResult, pixels, extract: Callable[..., TokenMaps],
+              cache_source=None) -> tuple[list, TokenMaps, Aggregation] | None:
+        """The step images and videos share: the expressions that can run (the others reported in
+        `result`; None when none can), their token maps from `extract(pixels, ...)` (the map cache's
+        when it holds them, keyed by `cache_source`, default the pixels) and their aggregation."""
+        runnable, augmented = self._runnable(sample, result)
+        if not runnable:
+            return None
+        caption = self._caption(sample)
+
+        def compute() -> TokenMaps:
+            return extract(pixels, caption, augmented, sample.sample_id, magnet_vectors=self.magnets.vectors)
+
+        source = pixels if cache_source is None else cache_source
+        with self._calling("extractor"):
+            maps = compute() if self.map_cache is None else self.map_cache.extract(
+                self.extractor, compute, sample.sample_id, source, caption, augmented, self.magnets)
+        with self._calling("aggregator"):
+            aggregation = self.aggregator(maps, self._keep(maps, runnable))
+        return runnable, maps, aggregation
+
     # ------------------------------------------------------------ images
     def segment_sample(self, sample: Sample, keep_token_maps: bool = False) -> SampleResult:
         """Run every expression of one image; an expression that cannot run is reported, not fatal.
 
         `keep_token_maps` also returns each real token's map (for visualisation and analysis)."""
         result = SampleResult(sample.sample_id)
-        runnable, augmented = self._runnable(sample, result)
-        if not runnable:
+        read = self._read(sample, result, sample.image, self.extractor.extract)
+        if read is None:
             return result
-        caption = self._caption(sample)
-
-        def extract() -> TokenMaps:
-            return self.extractor.extract(sample.image, caption, augmented, sample.sample_id,
-                                          magnet_vectors=self.magnets.vectors)
-
-        with self._calling("extractor"):
-            maps = extract() if self.map_cache is None else self.map_cache.extract(
-                self.extractor, extract, sample.sample_id, sample.image, caption, augmented, self.magnets)
-        with self._calling("aggregator"):
-            aggregation = self.aggregator(maps, self._keep(maps, runnable))
+        runnable, maps, aggregation = read
         context = BiasContext(aggregation.probabilities, maps.tokens)
         for index, bias in enumerate(self.spatial_bias):
             with self._calling(self._bias_argument(index)):
@@ -241,19 +252,10 @@ class RefAMPipeline:
             raise ConfigError(f"{type(self.extractor).__name__} reads images only; a video dataset "
                               "needs a video backbone such as refam.extractors.mochi.MochiExtractor", field="extractor")
         result = SampleResult(video.sample_id)
-        runnable, augmented = self._runnable(video, result)
-        if not runnable:
+        read = self._read(video, result, video.images, self.extractor.extract_video, cache_source=video.frames)
+        if read is None:
             return result
-        caption = self._caption(video)
-
-        def extract() -> TokenMaps:
-            return self.extractor.extract_video(video.images, caption, augmented, video.sample_id, magnet_vectors=self.magnets.vectors)
-
-        with self._calling("extractor"):
-            maps = extract() if self.map_cache is None else self.map_cache.extract(
-                self.extractor, extract, video.sample_id, video.frames, caption, augmented, self.magnets)
-        with self._calling("aggregator"):
-            aggregation = self.aggregator(maps, self._keep(maps, runnable))  # heatmaps [K, F_lat, h, w]
+        runnable, maps, aggregation = read  # heatmaps [K, F_lat, h, w]
         frame_to_latent = maps.frame_to_latent or [0] * len(video.frames)
         prompts = key_frames(aggregation.heatmaps, frame_to_latent, self.key_frame)
         width, height = video.frame(0).size  # a video's frames share one size
