@@ -86,13 +86,13 @@ class AppendMagnets(MagnetStrategy):
 PAPER_STOP_WORD_MAGNETS = ("_", "with", "to", "and")  # Table 5's "stop words" row: the default without the colour
 
 
-class RandomStopWordMagnets(AppendMagnets):
-    """Table 5's "random stop words" row: `count` words drawn (seeded) from the stop-word list
-    instead of the paper's fixed magnets; run it with seeds 0..4 for the paper's five sets.
+class DrawnMagnets(AppendMagnets):
+    """Magnets drawn by a seed (Table 5's random rows): `count` of them, the draw depending on
+    `seed` alone; a subclass says what is drawn (`drawn_words`: the words appended, if any).
 
     Args:
-        count: how many stop words to append (4, as many as the paper's stop-word magnets).
-        seed: which set; the draw depends on nothing else.
+        count: how many magnets (4, as many as the paper's stop-word magnets).
+        seed: which draw.
         filter_stop_words, stop_words, noun_phrase: as for `AppendMagnets`.
     """
 
@@ -104,15 +104,33 @@ class RandomStopWordMagnets(AppendMagnets):
         stop_words: Sequence[str] | None = None,
         noun_phrase: ExpressionParser | None = None,
     ) -> None:
+        self.count, self.seed = count, seed
+        super().__init__(self.drawn_words(stop_words), filter_stop_words, stop_words, noun_phrase)
+
+    @abc.abstractmethod
+    def drawn_words(self, stop_words: Sequence[str] | None) -> list[str]:
+        """The words appended (checking `count`)."""
+
+
+class RandomStopWordMagnets(DrawnMagnets):
+    """Table 5's "random stop words" row: `count` words drawn (seeded) from the stop-word list
+    instead of the paper's fixed magnets; run it with seeds 0..4 for the paper's five sets.
+
+    Args:
+        count: how many stop words to append (4, as many as the paper's stop-word magnets).
+        seed: which set; the draw depends on nothing else.
+        filter_stop_words, stop_words, noun_phrase: as for `AppendMagnets`.
+    """
+
+    def drawn_words(self, stop_words: Sequence[str] | None) -> list[str]:
         pool = sorted(frozenset(w.lower() for w in stop_words) if stop_words is not None else PAPER_STOP_WORDS)
         words = [w for w in pool if w.isalpha()]  # punctuation would merge into the expression's last word
-        if not 0 < count <= len(words):
-            raise ConfigError(f"must be between 1 and {len(words)}, got {count}", field="count")
-        self.seed = seed
-        super().__init__(random.Random(seed).sample(words, count), filter_stop_words, stop_words, noun_phrase)
+        if not 0 < self.count <= len(words):
+            raise ConfigError(f"must be between 1 and {len(words)}, got {self.count}", field="count")
+        return random.Random(self.seed).sample(words, self.count)
 
 
-class RandomVectorMagnets(AppendMagnets):
+class RandomVectorMagnets(DrawnMagnets):
     """Table 5's "random vectors" row: `count` random rows appended to the text encoder's input
     embeddings instead of magnet words, "re-normalised to match token distributions": each row is
     drawn per dimension from the embedding table's mean and standard deviation, then scaled to the
@@ -125,19 +143,10 @@ class RandomVectorMagnets(AppendMagnets):
             stop words are still dropped; the vectors are magnets and always dropped).
     """
 
-    def __init__(
-        self,
-        count: int = 4,
-        seed: int = 0,
-        filter_stop_words: bool = True,
-        stop_words: Sequence[str] | None = None,
-        noun_phrase: ExpressionParser | None = None,
-    ) -> None:
-        if count < 1:
-            raise ConfigError(f"must be at least 1, got {count}", field="count")
-        self.count = count
-        self.seed = seed
-        super().__init__([], filter_stop_words, stop_words, noun_phrase)
+    def drawn_words(self, stop_words: Sequence[str] | None) -> list[str]:
+        if self.count < 1:
+            raise ConfigError(f"must be at least 1, got {self.count}", field="count")
+        return []
 
     def vectors(self, embedding_table: torch.Tensor) -> torch.Tensor:
         table = embedding_table.detach().float()

@@ -225,13 +225,8 @@ class RFInversion(Trajectory):
             raise ConfigError(f"must be in (0, 1], got {strength}", field="strength")
         if inversion_schedule not in ("reference", "reversed"):
             raise ConfigError(f"must be 'reference' or 'reversed', got {inversion_schedule!r}", field="inversion_schedule")
-        self.steps = steps
-        self.gamma = gamma
-        self.eta = eta
-        self.eta_start = eta_start
-        self.eta_stop = eta_stop
-        self.shift = shift
-        self.strength = strength
+        self.steps, self.gamma, self.strength, self.shift = steps, gamma, strength, shift
+        self.eta, self.eta_start, self.eta_stop = eta, eta_start, eta_stop
         self.inversion_schedule = inversion_schedule
         # reference get_timesteps: t_start = int(max(N - min(N * strength, N), 0))
         self.skipped = int(max(steps - min(steps * strength, steps), 0))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+
+from refam.metrics.ratio import PercentOfSums
 
 
 def _as_bool_tensor(mask: Tensor | np.ndarray, what: str) -> Tensor:
@@ -40,20 +41,12 @@ def iou(pred: Tensor | np.ndarray | None = None, target: Tensor | np.ndarray | N
     return inter / union if union else 0.0
 
 
-class MeanIoU(Metric):
-    """mIoU: the mean over expressions of I/U (IoU = 0 when U = 0), ×100."""
+class MeanIoU(PercentOfSums):
+    """mIoU: the mean over expressions of I/U (IoU = 0 when U = 0), x100."""
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
+    numerator, denominator, numerator_dtype = "iou_sum", "count", torch.float64
     iou_sum: Tensor
     count: Tensor
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("iou_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, pred: Tensor | np.ndarray | None = None, target: Tensor | np.ndarray | None = None, *,
                counts: tuple[int, int] | None = None) -> None:
@@ -61,27 +54,13 @@ class MeanIoU(Metric):
         self.iou_sum += iou(pred, target, counts=counts)
         self.count += 1
 
-    def compute(self) -> Tensor:
-        # Same convention as oIoU's empty union: nothing scored reads 0, not NaN.
-        if self.count == 0:
-            return torch.zeros((), dtype=torch.float64, device=self.iou_sum.device)
-        return self.iou_sum / self.count * 100.0
 
+class OverallIoU(PercentOfSums):
+    """oIoU: sum of I / sum of U over all expressions, x100 (0 when the sum of U is 0). Large objects weigh more than in mIoU."""
 
-class OverallIoU(Metric):
-    """oIoU: ΣI / ΣU over all expressions, ×100 (0 when ΣU = 0). Large objects weigh more than in mIoU."""
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
+    numerator, denominator = "inter", "union"
     inter: Tensor
     union: Tensor
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("inter", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("union", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, pred: Tensor | np.ndarray | None = None, target: Tensor | np.ndarray | None = None, *,
                counts: tuple[int, int] | None = None) -> None:
@@ -89,8 +68,3 @@ class OverallIoU(Metric):
         inter, union = counts if counts is not None else intersection_union(pred, target)
         self.inter += inter
         self.union += union
-
-    def compute(self) -> Tensor:
-        if self.union == 0:
-            return torch.zeros((), dtype=torch.float64, device=self.inter.device)
-        return self.inter.double() / self.union.double() * 100.0

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from refam.metrics.iou import _as_bool_tensor
+from refam.metrics.ratio import PercentOfSums
 
 
 def point_hit(point: tuple[float, float] | Tensor, target: Tensor | np.ndarray) -> bool:
@@ -36,28 +35,15 @@ def point_hit(point: tuple[float, float] | Tensor, target: Tensor | np.ndarray) 
     return bool(target[row, col].item())
 
 
-class PointAccuracy(Metric):
-    """PA: the share of expressions whose point falls inside the ground-truth mask, ×100."""
+class PointAccuracy(PercentOfSums):
+    """PA: the share of expressions whose point falls inside the ground-truth mask, x100."""
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
+    numerator, denominator = "hits", "count"
     hits: Tensor
     count: Tensor
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("hits", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, point: tuple[float, float] | Tensor | None = None, target: Tensor | np.ndarray | None = None, *,
                hit: bool | None = None) -> None:
         """One expression: its point and mask, or `hit` computed before (a stored result)."""
         self.hits += int(hit if hit is not None else point_hit(point, target))
         self.count += 1
-
-    def compute(self) -> Tensor:
-        if self.count == 0:
-            return torch.zeros((), dtype=torch.float64, device=self.hits.device)
-        return self.hits.double() / self.count.double() * 100.0

@@ -10,16 +10,12 @@ import re
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from refam.segmenters.base import Segmenter, check_segment_inputs
 from refam.errors import CheckpointError, ConfigError, MissingInputError
-
-if TYPE_CHECKING:
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +140,46 @@ def checkpoint_errors(config: str, checkpoint: str) -> Iterator[None]:
                               f"of another SAM2 size: {FIX_SIZE}", field="checkpoint") from err
 
 
-class SAM2PointSegmenter(Segmenter):
+class SAM2Weights:
+    """The weight settings SAM2's image and video segmenters share (their Args say what each means),
+    checked when the segmenter is built (`checked_weights`), and the predictor `setup` loads."""
+
+    used_for = "segmenting"  # what needs the predictor, for the error when setup has not run
+
+    def take_weights(self, config: str, checkpoint: str | None, model_id: str | None, image_size: int | None,
+                     allow_random_weights: bool, init_seed: int) -> None:
+        self.checkpoint = checked_weights(checkpoint, model_id, allow_random_weights, image_size, config)
+        self.config, self.model_id, self.image_size = config, model_id, image_size
+        self.allow_random_weights, self.init_seed = allow_random_weights, init_seed
+        self._predictor = None
+
+    def built(self, from_pretrained, build, device: torch.device):
+        """The predictor from the hub (`from_pretrained(model_id, ...)`), from the checkpoint
+        (`build(config, checkpoint, ...)`, its errors summarised by `checkpoint_errors`), or with
+        random weights seeded by `init_seed`, at `image_size` when one is set."""
+        overrides = [] if self.image_size is None else [f"++model.image_size={self.image_size}"]
+        if self.model_id is not None:
+            return from_pretrained(self.model_id, device=str(device), hydra_overrides_extra=overrides)
+        if self.checkpoint is not None:
+            with checkpoint_errors(self.config, self.checkpoint):
+                return build(self.config, self.checkpoint, device=str(device), hydra_overrides_extra=overrides)
+        log.warning("%s: SAM2 is built with RANDOM weights (allow_random_weights=true, seed %d): masks are "
+                    "meaningless; set the segmenter's checkpoint for real runs", type(self).__name__, self.init_seed)
+        # sam2 instantiates on the CPU before moving to `device`, so only the CPU generator needs
+        # forking; the caller's RNG stream is left as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.init_seed)
+            return build(self.config, None, device=str(device), hydra_overrides_extra=overrides)
+
+    @property
+    def predictor(self):
+        """The loaded SAM2 predictor (`SAM2ImagePredictor` or `SAM2VideoPredictor`)."""
+        if self._predictor is None:
+            raise RuntimeError(f"{type(self).__name__}.setup(device) must be called before {self.used_for}")
+        return self._predictor
+
+
+class SAM2PointSegmenter(SAM2Weights, Segmenter):
     """One SAM2 image embedding per image, then one single-point prediction per expression.
 
     With `multimask_output=True` SAM2 returns three candidate masks and we keep
@@ -176,21 +211,8 @@ class SAM2PointSegmenter(Segmenter):
         allow_random_weights: bool = False,
         init_seed: int = 0,
     ) -> None:
-        checkpoint = checked_weights(checkpoint, model_id, allow_random_weights, image_size, config)
-        self.config = config
-        self.checkpoint = checkpoint
-        self.model_id = model_id
+        self.take_weights(config, checkpoint, model_id, image_size, allow_random_weights, init_seed)
         self.multimask_output = multimask_output
-        self.image_size = image_size
-        self.allow_random_weights = allow_random_weights
-        self.init_seed = init_seed
-        self._predictor: SAM2ImagePredictor | None = None
-
-    @property
-    def predictor(self) -> SAM2ImagePredictor:
-        if self._predictor is None:
-            raise RuntimeError("SAM2PointSegmenter.setup(device) must be called before segmenting")
-        return self._predictor
 
     def setup(self, device: torch.device) -> None:
         if self._predictor is not None:
@@ -201,27 +223,8 @@ class SAM2PointSegmenter(Segmenter):
         from sam2.build_sam import build_sam2
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-        overrides = [] if self.image_size is None else [f"++model.image_size={self.image_size}"]
-        if self.model_id is not None:
-            predictor = SAM2ImagePredictor.from_pretrained(
-                self.model_id, device=str(device), hydra_overrides_extra=overrides
-            )
-        elif self.checkpoint is not None:
-            with checkpoint_errors(self.config, self.checkpoint):
-                model = build_sam2(self.config, self.checkpoint, device=str(device), hydra_overrides_extra=overrides)
-            predictor = SAM2ImagePredictor(model)
-        else:
-            log.warning(
-                "SAM2 is built with RANDOM weights (allow_random_weights=true, seed %d): masks are "
-                "meaningless; set the segmenter's checkpoint for real runs",
-                self.init_seed,
-            )
-            # build_sam2 instantiates on the CPU before moving to `device`, so only the CPU
-            # generator needs forking; the caller's RNG stream is left as it was.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.init_seed)
-                model = build_sam2(self.config, None, device=str(device), hydra_overrides_extra=overrides)
-            predictor = SAM2ImagePredictor(model)
+        predictor = self.built(SAM2ImagePredictor.from_pretrained, lambda *args, **kwargs: SAM2ImagePredictor(
+            build_sam2(*args, **kwargs)), device)
         # SAM2ImagePredictor hard-codes the backbone feature sizes of a 1024 input; any other
         # image_size makes set_image fail on a reshape unless they are recomputed.
         size = predictor.model.image_size

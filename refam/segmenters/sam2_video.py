@@ -23,18 +23,14 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from refam.errors import ConfigError
 from refam.segmenters.frame_store import LazyFrameStore
-from refam.segmenters.sam2 import checked_weights, checkpoint_errors
+from refam.segmenters.sam2 import SAM2Weights
 from refam.segmenters.video_base import FramePath, VideoSegmenter, check_track_inputs
-
-if TYPE_CHECKING:
-    from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +70,7 @@ def _prune(outputs: dict, frame: int, prompt: int, window: int, reverse: bool) -
         del outputs[t]
 
 
-class SAM2VideoSegmenter(VideoSegmenter):
+class SAM2VideoSegmenter(SAM2Weights, VideoSegmenter):
     """SAM2VideoPredictor with one positive click on one frame, propagated over the whole video.
 
     Propagates forward from the prompted frame to the last frame, then (when the prompted frame is
@@ -109,6 +105,8 @@ class SAM2VideoSegmenter(VideoSegmenter):
         mask_threshold: logits above it are foreground (sam2 uses 0.0).
     """
 
+    used_for = "tracking"
+
     def __init__(
         self,
         config: str = "configs/sam2.1/sam2.1_hiera_l.yaml",
@@ -124,30 +122,14 @@ class SAM2VideoSegmenter(VideoSegmenter):
         fill_hole_area: int | None = None,
         mask_threshold: float = 0.0,
     ) -> None:
-        checkpoint = checked_weights(checkpoint, model_id, allow_random_weights, image_size, config)
+        self.take_weights(config, checkpoint, model_id, image_size, allow_random_weights, init_seed)
         if frame_cache_size < 1:
             raise ConfigError(f"must be at least 1, got {frame_cache_size}", field="frame_cache_size")
         if fill_hole_area is not None and fill_hole_area < 0:
             raise ConfigError(f"must be >= 0 (or null for sam2's default), got {fill_hole_area}", field="fill_hole_area")
-        self.config = config
-        self.checkpoint = checkpoint
-        self.model_id = model_id
-        self.image_size = image_size
-        self.allow_random_weights = allow_random_weights
-        self.init_seed = init_seed
-        self.offload_video_to_cpu = offload_video_to_cpu
-        self.offload_state_to_cpu = offload_state_to_cpu
-        self.frame_cache_size = frame_cache_size
-        self.prune_memory = prune_memory
-        self.fill_hole_area = fill_hole_area
-        self.mask_threshold = mask_threshold
-        self._predictor: SAM2VideoPredictor | None = None
-
-    @property
-    def predictor(self) -> SAM2VideoPredictor:
-        if self._predictor is None:
-            raise RuntimeError("SAM2VideoSegmenter.setup(device) must be called before tracking")
-        return self._predictor
+        self.offload_video_to_cpu, self.offload_state_to_cpu = offload_video_to_cpu, offload_state_to_cpu
+        self.frame_cache_size, self.prune_memory = frame_cache_size, prune_memory
+        self.fill_hole_area, self.mask_threshold = fill_hole_area, mask_threshold
 
     def setup(self, device: torch.device) -> None:
         if self._predictor is not None:
@@ -159,30 +141,8 @@ class SAM2VideoSegmenter(VideoSegmenter):
         from sam2.build_sam import build_sam2_video_predictor
         from sam2.sam2_video_predictor import SAM2VideoPredictor
 
-        overrides = [] if self.image_size is None else [f"++model.image_size={self.image_size}"]
         try:
-            if self.model_id is not None:
-                predictor = SAM2VideoPredictor.from_pretrained(
-                    self.model_id, device=str(device), hydra_overrides_extra=overrides
-                )
-            elif self.checkpoint is not None:
-                with checkpoint_errors(self.config, self.checkpoint):
-                    predictor = build_sam2_video_predictor(
-                        self.config, self.checkpoint, device=str(device), hydra_overrides_extra=overrides
-                    )
-            else:
-                log.warning(
-                    "SAM2 video predictor is built with RANDOM weights (allow_random_weights=true, seed %d): "
-                    "masks are meaningless; set the segmenter's checkpoint for real runs",
-                    self.init_seed,
-                )
-                # build_sam2_video_predictor instantiates on the CPU before moving to `device`, so
-                # only the CPU generator needs forking; the caller's RNG stream is left as it was.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.init_seed)
-                    predictor = build_sam2_video_predictor(
-                        self.config, None, device=str(device), hydra_overrides_extra=overrides
-                    )
+            predictor = self.built(SAM2VideoPredictor.from_pretrained, build_sam2_video_predictor, device)
         except MissingConfigException as err:
             raise ConfigError(f"no SAM2 config {self.config!r} in the installed sam2 package", field="config") from err
         # `apply_postprocessing` forces fill_hole_area=8 over any hydra override; the filling
