@@ -220,7 +220,7 @@ class RefDAVIS17(VideoDataset):
 
     @property
     def benchmark(self) -> str:
-        """Metric-name prefix: "ref_davis17", or "ref_davis17_anno{k}" for one set (names "ref_davis17/valid")."""
+        """Metric-name prefix: "ref_davis17", or "ref_davis17_anno{k}" for one expression set."""
         return "ref_davis17" if self.annotator is None else f"ref_davis17_anno{self.annotator}"
 
     def frames_folder(self, video: str) -> Path:
