@@ -58,21 +58,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
 from refam.data.files import require
-from refam.data.video_common import (
-    ANNOTATION_SUFFIX,
-    FRAME_SUFFIX,
-    PaletteTruth,
-    frame_paths,
-    load_captions,
-    load_meta_expressions,
-    missing_frames,
-)
+from refam.data.video_common import PaletteTruth, VideoDataset, VideoFrames, load_captions, load_meta_expressions
 from refam.errors import ConfigError, DataError, MissingInputError
 from refam.metrics.davis import PROTOCOLS
-from refam.types import BadSample, VideoExpression, VideoSample
+from refam.types import BadSample, VideoExpression
 
 # The four expression sets, in the order of a video's expression ids (exp_id = 4 * object + set).
 ANNOTATOR_SETS = (
@@ -128,7 +118,7 @@ def _read_text_annotations(path: Path) -> dict[str, list[tuple[str, str]]]:
     return {video: sorted(lines, key=lambda line: line[0]) for video, lines in videos.items()}
 
 
-class RefDAVIS17(Dataset):
+class RefDAVIS17(VideoDataset):
     """Ref-DAVIS17: one item per video with its expressions; ground truth read per frame on demand.
 
     See the module docstring for the layouts read and for how a table row is averaged over the four
@@ -136,7 +126,6 @@ class RefDAVIS17(Dataset):
     published protocol) or "per_expression".
     """
 
-    is_video = True  # scored with J&F (refam.evaluation.scoring)
     ignores_void = True  # 255 pixels leave J and F, as in the official unsupervised evaluation
 
     def __init__(
@@ -230,45 +219,29 @@ class RefDAVIS17(Dataset):
         return videos
 
     @property
-    def name(self) -> str:
-        """Prefix for metric names: "ref_davis17/valid", or "ref_davis17_anno{k}/valid" for one set."""
-        base = "ref_davis17" if self.annotator is None else f"ref_davis17_anno{self.annotator}"
-        return f"{base}/{self.split}"
+    def benchmark(self) -> str:
+        """Metric-name prefix: "ref_davis17", or "ref_davis17_anno{k}" for one expression set."""
+        return "ref_davis17" if self.annotator is None else f"ref_davis17_anno{self.annotator}"
 
-    def __len__(self) -> int:
-        return len(self._videos)
-
-    def _folders(self, video: str) -> tuple[Path, Path]:
+    def frames_folder(self, video: str) -> Path:
         if self.layout == "converted":
-            return self.root / self.split / "JPEGImages" / video, self.root / self.split / "Annotations" / video
-        davis = self.root / "DAVIS"
-        return davis / "JPEGImages" / "480p" / video, davis / "Annotations_unsupervised" / "480p" / video
+            return super().frames_folder(video)
+        return self.root / "DAVIS" / "JPEGImages" / "480p" / video
 
-    def __getitem__(self, index: int) -> VideoSample | BadSample:
-        entry = self._videos[index]
-        frames_dir, annotations_dir = self._folders(entry.video)
-        if entry.frame_names is not None:
-            names = list(entry.frame_names)
-        elif frames_dir.is_dir():
-            names = sorted(p.stem for p in frames_dir.iterdir() if p.suffix.lower() == FRAME_SUFFIX)
-        else:
-            names = []
-        paths = frame_paths(frames_dir, names)
-        reason = missing_frames(entry.video, frames_dir, paths)
-        if reason is not None:
-            return BadSample(entry.video, reason)
+    def _annotations_folder(self, video: str) -> Path:
+        if self.layout == "converted":
+            return self.root / self.split / "Annotations" / video
+        return self.root / "DAVIS" / "Annotations_unsupervised" / "480p" / video
+
+    def _expressions_and_truth(
+        self, entry: _Video, frames: VideoFrames
+    ) -> tuple[list[VideoExpression], PaletteTruth] | BadSample:
+        annotations_dir = self._annotations_folder(entry.video)
         if not annotations_dir.is_dir():
             return BadSample(entry.video, f"annotation folder of video '{entry.video}' not found: {annotations_dir}. "
                                           "Check the dataset's root, or restore the folder")
-        return VideoSample(
-            sample_id=entry.video,
-            frames=paths,
-            expressions=[
-                RefDAVISExpression(text=text, expression_id=exp_id, object_ids=[obj_id], annotator=annotator)
-                for exp_id, text, obj_id, annotator in entry.expressions
-            ],
-            caption=self._captions.get(entry.video, ""),
-            source=str(frames_dir),
-            truth=PaletteTruth(frame_paths(annotations_dir, names, ANNOTATION_SUFFIX), frames=paths),
-            frame_names=names,
-        )
+        expressions: list[VideoExpression] = [
+            RefDAVISExpression(text=text, expression_id=exp_id, object_ids=[obj_id], annotator=annotator)
+            for exp_id, text, obj_id, annotator in entry.expressions
+        ]
+        return expressions, PaletteTruth.of_frames(annotations_dir, frames)

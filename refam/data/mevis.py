@@ -30,19 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
-
 from refam.data.refcoco import decode_segmentation
 from refam.data.files import load_json, require
-from refam.data.video_common import (
-    frame_paths,
-    frame_size,
-    load_captions,
-    load_meta_expressions,
-    missing_frames,
-)
+from refam.data.video_common import VideoDataset, VideoFrames, frame_size, load_captions, load_meta_expressions
 from refam.errors import DataError
-from refam.types import BadSample, VideoExpression, VideoSample, VideoTruth
+from refam.types import BadSample, VideoExpression, VideoTruth
 
 LABELLED_SPLITS = ("valid_u", "train")  # splits whose release includes mask_dict.json
 
@@ -117,10 +109,10 @@ def _ids(value: Any, what: str, where: str) -> list[Any] | None:
     return value
 
 
-class MeViS(Dataset):
+class MeViS(VideoDataset):
     """MeViS: one item per video with all its expressions (see the module docstring)."""
 
-    is_video = True  # scored with J&F (refam.evaluation.scoring)
+    benchmark = "mevis"
     submission_root = ''  # the server's zip layout (MaskWriter)
 
     def __init__(self, root: str, split: str = "valid_u", captions_file: str | None = None) -> None:
@@ -173,47 +165,26 @@ class MeViS(Dataset):
             self._mask_path = mask_path
         self._captions = load_captions(captions_file)
 
-    @property
-    def name(self) -> str:
-        """Prefix for metric names, e.g. "mevis/valid_u"."""
-        return f"mevis/{self.split}"
-
-    def __len__(self) -> int:
-        return len(self._videos)
-
-    def __getitem__(self, index: int) -> VideoSample | BadSample:
-        entry = self._videos[index]
-        frames_dir = self.root / self.split / "JPEGImages" / entry.video
-        names = list(entry.frame_names)
-        paths = frame_paths(frames_dir, names)
-        reason = missing_frames(entry.video, frames_dir, paths)
-        if reason is not None:
-            return BadSample(entry.video, reason)
-        truth = None
-        if self._rles is not None:
-            anno_ids = {exp_id: ids or [] for exp_id, _, _, ids in entry.expressions}
-            for exp_id, ids in anno_ids.items():
-                for anno_id in ids:
-                    rles = self._rles.get(anno_id)
-                    if rles is None:
-                        return BadSample(entry.video, f"expression '{exp_id}' names anno_id {anno_id}, absent from "
-                                                      f"{self._mask_path}; the two files do not match")
-                    if not isinstance(rles, list) or len(rles) != len(names):
-                        length = len(rles) if isinstance(rles, list) else type(rles).__name__
-                        return BadSample(entry.video, f"anno_id {anno_id} in {self._mask_path} has {length} frame "
-                                                      f"entries but the video has {len(names)} frames")
-            # This video's RLE lists only, so a sample sent between loader processes stays small.
-            rles = {a: self._rles[a] for ids in anno_ids.values() for a in ids}
-            truth = MeViSTruth(rles, anno_ids, list(entry.positions), paths)
-        return VideoSample(
-            sample_id=entry.video,
-            frames=paths,
-            expressions=[
-                VideoExpression(text=text, expression_id=exp_id, object_ids=obj_ids)
-                for exp_id, text, obj_ids, _ in entry.expressions
-            ],
-            caption=self._captions.get(entry.video, ""),
-            source=str(frames_dir),
-            truth=truth,
-            frame_names=names,
-        )
+    def _expressions_and_truth(
+        self, entry: _Video, frames: VideoFrames
+    ) -> tuple[list[VideoExpression], MeViSTruth | None] | BadSample:
+        expressions = [
+            VideoExpression(text=text, expression_id=exp_id, object_ids=obj_ids)
+            for exp_id, text, obj_ids, _ in entry.expressions
+        ]
+        if self._rles is None:
+            return expressions, None
+        anno_ids = {exp_id: ids or [] for exp_id, _, _, ids in entry.expressions}
+        for exp_id, ids in anno_ids.items():
+            for anno_id in ids:
+                rles = self._rles.get(anno_id)
+                if rles is None:
+                    return BadSample(entry.video, f"expression '{exp_id}' names anno_id {anno_id}, absent from "
+                                                  f"{self._mask_path}; the two files do not match")
+                if not isinstance(rles, list) or len(rles) != len(frames.names):
+                    length = len(rles) if isinstance(rles, list) else type(rles).__name__
+                    return BadSample(entry.video, f"anno_id {anno_id} in {self._mask_path} has {length} frame "
+                                                  f"entries but the video has {len(frames.names)} frames")
+        # This video's RLE lists only, so a sample sent between loader processes stays small.
+        rles = {a: self._rles[a] for ids in anno_ids.values() for a in ids}
+        return expressions, MeViSTruth(rles, anno_ids, list(entry.positions), frames.paths)

@@ -13,16 +13,20 @@ Frames stay file paths; nothing here decodes a frame (PaletteTruth reads frame h
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from torch.utils.data import Dataset
 
 from refam.data.files import load_json
 from refam.errors import DataError
 from refam.io.pixels import check_mask_size, read_mask_file, viewed_size
-from refam.types import VideoExpression, VideoTruth
+from refam.types import BadSample, VideoExpression, VideoSample, VideoTruth
 
 FRAME_SUFFIX = ".jpg"
 ANNOTATION_SUFFIX = ".png"
@@ -80,6 +84,82 @@ def missing_frames(video: str, folder: Path, paths: list[str], field: str = "roo
     return None
 
 
+@dataclass(frozen=True)
+class VideoFrames:
+    """A video's frames, all on disk: their folder, names (as the server's submission names them) and
+    files, in the same order."""
+
+    folder: Path
+    names: list[str]
+    paths: list[str]
+
+
+class VideoDataset(Dataset, ABC):
+    """Base of the video readers: one item per video with all its expressions, frames under
+    `<root>/<split>/JPEGImages/<video>/` (a reader with another layout overrides `frames_folder`).
+
+    A subclass sets `benchmark` (the metric-name prefix, e.g. "mevis"), `root`, `split`, `_captions`
+    (`load_captions`) and `_videos` (one entry per video, with `video` and `frame_names`, None where
+    the layout lists no frames), and says what a video's expressions and ground truth are in
+    `_expressions_and_truth`.
+    """
+
+    is_video = True  # scored with J&F (refam.evaluation.scoring)
+    benchmark: str
+    root: Path
+    split: str
+    _captions: dict[str, str]
+    _videos: list[Any]
+
+    @property
+    def name(self) -> str:
+        """Prefix for metric names, e.g. "mevis/valid_u" or "ref_youtube_vos/valid"."""
+        return f"{self.benchmark}/{self.split}"
+
+    def __len__(self) -> int:
+        return len(self._videos)
+
+    def frames_folder(self, video: str) -> Path:
+        return self.root / self.split / "JPEGImages" / video
+
+    def video_frames(self, video: str, names: Sequence[str] | None) -> VideoFrames | BadSample:
+        """The video's frames, or the BadSample saying which are missing. `names=None` (a layout with no
+        frame list) takes the folder's frames in name order."""
+        folder = self.frames_folder(video)
+        if names is None:
+            listed = folder.iterdir() if folder.is_dir() else ()
+            names = sorted(p.stem for p in listed if p.suffix.lower() == FRAME_SUFFIX)
+        paths = frame_paths(folder, list(names))
+        reason = missing_frames(video, folder, paths)
+        return BadSample(video, reason) if reason is not None else VideoFrames(folder, list(names), paths)
+
+    @abstractmethod
+    def _expressions_and_truth(
+        self, entry: Any, frames: VideoFrames
+    ) -> tuple[list[VideoExpression], VideoTruth | None] | BadSample:
+        """The video's expressions and its ground truth (None where the split has none), or the BadSample
+        saying why they cannot be read."""
+
+    def __getitem__(self, index: int) -> VideoSample | BadSample:
+        entry = self._videos[index]
+        frames = self.video_frames(entry.video, entry.frame_names)
+        if isinstance(frames, BadSample):
+            return frames
+        read = self._expressions_and_truth(entry, frames)
+        if isinstance(read, BadSample):
+            return read
+        expressions, truth = read
+        return VideoSample(
+            sample_id=entry.video,
+            frames=frames.paths,
+            expressions=expressions,
+            caption=self._captions.get(entry.video, ""),
+            source=str(frames.folder),
+            truth=truth,
+            frame_names=frames.names,
+        )
+
+
 def read_label_png(path: Path) -> np.ndarray:
     """A palette (DAVIS / YouTube-VOS style) or grayscale PNG as its integer labels [H, W], upright
     (EXIF orientation applied); the rule is `refam.io.pixels.label_map`."""
@@ -106,6 +186,11 @@ class PaletteTruth(VideoTruth):
         self.paths = list(annotation_paths)
         self.frames = list(frames) if frames is not None else None
         self._cached: tuple[int, np.ndarray | None] | None = None
+
+    @classmethod
+    def of_frames(cls, annotations: Path, frames: VideoFrames) -> PaletteTruth:
+        """The truth of `frames` from the folder that holds one `<frame name>.png` per frame."""
+        return cls(frame_paths(annotations, frames.names, ANNOTATION_SUFFIX), frames=frames.paths)
 
     def labels(self, frame_index: int) -> np.ndarray | None:
         if self._cached is not None and self._cached[0] == frame_index:

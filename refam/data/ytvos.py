@@ -29,19 +29,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
 from refam.data.files import require
-from refam.data.video_common import (
-    ANNOTATION_SUFFIX,
-    PaletteTruth,
-    frame_paths,
-    load_captions,
-    load_meta_expressions,
-    missing_frames,
-)
+from refam.data.video_common import PaletteTruth, VideoDataset, VideoFrames, load_captions, load_meta_expressions
 from refam.errors import DataError
-from refam.types import BadSample, VideoExpression, VideoSample
+from refam.types import VideoExpression
 
 
 @dataclass(frozen=True)
@@ -51,10 +42,10 @@ class _Video:
     expressions: tuple[tuple[str, str, int | None], ...]  # (exp_id, text, obj_id or None)
 
 
-class RefYouTubeVOS(Dataset):
+class RefYouTubeVOS(VideoDataset):
     """Ref-YouTube-VOS: one item per video with all its expressions (see the module docstring)."""
 
-    is_video = True  # scored with J&F (refam.evaluation.scoring)
+    benchmark = "ref_youtube_vos"
     submission_root = 'Annotations'  # the server's zip layout (MaskWriter)
 
     def __init__(
@@ -105,33 +96,13 @@ class RefYouTubeVOS(Dataset):
             raise DataError(f"{meta_path} lists no video with expressions; check it and split", field="root")
         self._captions = load_captions(captions_file)
 
-    @property
-    def name(self) -> str:
-        """Prefix for metric names, e.g. "ref_youtube_vos/valid"."""
-        return f"ref_youtube_vos/{self.split}"
-
-    def __len__(self) -> int:
-        return len(self._videos)
-
-    def __getitem__(self, index: int) -> VideoSample | BadSample:
-        entry = self._videos[index]
-        frames_dir = self.root / self.split / "JPEGImages" / entry.video
-        names = list(entry.frame_names)
-        paths = frame_paths(frames_dir, names)
-        reason = missing_frames(entry.video, frames_dir, paths)
-        if reason is not None:
-            return BadSample(entry.video, reason)
+    def _expressions_and_truth(
+        self, entry: _Video, frames: VideoFrames
+    ) -> tuple[list[VideoExpression], PaletteTruth | None]:
+        expressions = [
+            VideoExpression(text=text, expression_id=exp_id, object_ids=None if obj_id is None else [obj_id])
+            for exp_id, text, obj_id in entry.expressions
+        ]
         annotations_dir = self.root / self.split / "Annotations" / entry.video
         labelled = annotations_dir.is_dir() and all(obj_id is not None for _, _, obj_id in entry.expressions)
-        return VideoSample(
-            sample_id=entry.video,
-            frames=paths,
-            expressions=[
-                VideoExpression(text=text, expression_id=exp_id, object_ids=None if obj_id is None else [obj_id])
-                for exp_id, text, obj_id in entry.expressions
-            ],
-            caption=self._captions.get(entry.video, ""),
-            source=str(frames_dir),
-            truth=PaletteTruth(frame_paths(annotations_dir, names, ANNOTATION_SUFFIX), frames=paths) if labelled else None,
-            frame_names=names,
-        )
+        return expressions, PaletteTruth.of_frames(annotations_dir, frames) if labelled else None
