@@ -7,7 +7,9 @@ regenerated alone. Masks are the visible pixels of each object (later objects oc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -147,22 +149,53 @@ def referrals_for(objects: list[ShapeObject], size: int) -> list[Referral]:
     return out
 
 
-def make_scene(split: str, index: int, size: int = 128) -> Scene:
-    rng = np.random.default_rng([SPLIT_SEEDS[split], index])
-    count = int(rng.integers(2, 5))
-    placed: list[tuple[str, str, str, float, float]] = []
-    for _ in range(count):
+class _Still(NamedTuple):
+    """A still object as drawn, in the (shape, colour, size name, cx, cy) order `render` takes."""
+
+    shape: str
+    colour: str
+    size: str
+    cx: float
+    cy: float
+
+
+Placed = TypeVar("Placed", _Still, "MovingObject")
+
+
+def _radius(size_name: str, size: int) -> float:
+    return SIZES[size_name] * size / 128
+
+
+def _place(rng: np.random.Generator, size: int, propose: Callable[[str, str, str, float], Placed],
+           distance: Callable[[Placed, Placed], float]) -> list[Placed]:
+    """2-4 objects, each drawn up to 20 times until it keeps clear of every placed object of its colour.
+
+    The looks (shape, colour, size) are drawn here; `propose(shape, colour, size name, radius)` draws
+    the rest (position, motion) from the same `rng`, and `distance(placed, candidate)` is the nearest
+    the two ever come. Overlaps are allowed (the later object is in front), but two objects of one
+    colour must never touch: they would merge into one blob."""
+    placed: list[Placed] = []
+    for _ in range(int(rng.integers(2, 5))):
         for _attempt in range(20):
             shape = SHAPES[rng.integers(len(SHAPES))]
             colour = list(COLOURS)[rng.integers(len(COLOURS))]
             size_name = list(SIZES)[rng.integers(len(SIZES))]
-            r = SIZES[size_name] * size / 128
-            cx, cy = (float(v) for v in rng.uniform(r + 2, size - r - 2, size=2))
-            # overlaps are allowed, but two objects of one colour must not touch (they would merge)
-            if all(not (c == colour and np.hypot(cx - x, cy - y) < (r + SIZES[s] * size / 128) * 1.5)
-                   for _, c, s, x, y in placed):
-                placed.append((shape, colour, size_name, cx, cy))
+            r = _radius(size_name, size)
+            candidate = propose(shape, colour, size_name, r)
+            if all(o.colour != colour or distance(o, candidate) >= (r + _radius(o.size, size)) * 1.5 for o in placed):
+                placed.append(candidate)
                 break
+    return placed
+
+
+def make_scene(split: str, index: int, size: int = 128) -> Scene:
+    rng = np.random.default_rng([SPLIT_SEEDS[split], index])
+
+    def at_rest(shape: str, colour: str, size_name: str, r: float) -> _Still:
+        cx, cy = (float(v) for v in rng.uniform(r + 2, size - r - 2, size=2))
+        return _Still(shape, colour, size_name, cx, cy)
+
+    placed = _place(rng, size, at_rest, lambda a, b: float(np.hypot(b.cx - a.cx, b.cy - a.cy)))
     image, masks, full_areas = render(placed, size, noise=rng)
     objects = [ShapeObject(s, c, z, x, y, m, a) for (s, c, z, x, y), m, a in zip(placed, masks, full_areas)]
     return Scene(image=image, objects=objects, referrals=referrals_for(objects, size), size=size)
@@ -280,27 +313,16 @@ def _velocity_range(start: float, lo: float, hi: float, frames: int, max_speed: 
 
 
 def _draw_moving(rng: np.random.Generator, frames: int, size: int, max_speed: int) -> list[MovingObject]:
-    count = int(rng.integers(2, 5))
-    placed: list[MovingObject] = []
-    for _ in range(count):
-        for _attempt in range(20):
-            shape = SHAPES[rng.integers(len(SHAPES))]
-            colour = list(COLOURS)[rng.integers(len(COLOURS))]
-            size_name = list(SIZES)[rng.integers(len(SIZES))]
-            r = SIZES[size_name] * size / 128
-            lo, hi = _extent(shape, r) + 2, size - _extent(shape, r) - 2
-            x0, y0 = (float(v) for v in rng.uniform(lo, hi, size=2))
-            vxs, vys = _velocity_range(x0, lo, hi, frames, max_speed), _velocity_range(y0, lo, hi, frames, max_speed)
-            choices = [(vx, vy) for vx in vxs for vy in vys if (vx, vy) != (0, 0)] or [(0, 0)]
-            vx, vy = choices[rng.integers(len(choices))]
-            candidate = MovingObject(shape, colour, size_name, x0, y0, int(vx), int(vy))
-            # overlaps are allowed (one passes in front of the other), but two objects of one
-            # colour must never touch in any frame (they would merge into one blob)
-            if all(o.colour != colour or _min_distance(o, candidate, frames) >= (r + SIZES[o.size] * size / 128) * 1.5
-                   for o in placed):
-                placed.append(candidate)
-                break
-    return placed
+    def moving(shape: str, colour: str, size_name: str, r: float) -> MovingObject:
+        lo, hi = _extent(shape, r) + 2, size - _extent(shape, r) - 2
+        x0, y0 = (float(v) for v in rng.uniform(lo, hi, size=2))
+        vxs, vys = _velocity_range(x0, lo, hi, frames, max_speed), _velocity_range(y0, lo, hi, frames, max_speed)
+        choices = [(vx, vy) for vx in vxs for vy in vys if (vx, vy) != (0, 0)] or [(0, 0)]
+        vx, vy = choices[rng.integers(len(choices))]
+        return MovingObject(shape, colour, size_name, x0, y0, int(vx), int(vy))
+
+    # the two come nearest in some frame: they must not touch in any
+    return _place(rng, size, moving, lambda a, b: _min_distance(a, b, frames))
 
 
 def _min_distance(a: MovingObject, b: MovingObject, frames: int) -> float:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import build_tokenizers, tiny_t5
+from refam.testing.tiny_flux import build_tokenizers, save_pipeline_folder, tiny_t5
 
 VARIANTS = ("2b", "5b", "1.5")
 # the real checkpoints' scheduler/scheduler_config.json and vae/config.json, as diffusers'
@@ -86,6 +86,4 @@ def build_tiny_cogvideox(
 
 
 def save_tiny_cogvideox(folder: str | Path, **kwargs) -> Path:
-    folder = Path(folder)
-    build_tiny_cogvideox(**kwargs).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_pipeline_folder(build_tiny_cogvideox(**kwargs), folder)

@@ -8,12 +8,16 @@ stand in for the real ones, so the folder loads through `FluxPipeline.from_pretr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from refam.aggregators.magnets import PAPER_MAGNETS
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
 from refam.text.wordlevel import word_level_tokenizers
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 DOMAIN_WORDS = """
 man woman person people boy girl child dog cat horse cow sheep bird elephant zebra giraffe bear car bus truck
@@ -87,7 +91,13 @@ def build_tiny_flux(seed: int = 0, width: int = 32, heads: int = 2, double_block
     )
 
 
-def save_tiny_flux(folder: str | Path, **kwargs) -> Path:
+def save_pipeline_folder(pipeline: DiffusionPipeline, folder: str | Path) -> Path:
+    """`pipeline` written to `folder` in the diffusers layout with safetensors weights, the form
+    `from_pretrained` loads offline; every tiny builder's `save_tiny_*` writes through here."""
     folder = Path(folder)
-    build_tiny_flux(**kwargs).save_pretrained(folder, safe_serialization=True)
+    pipeline.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_tiny_flux(folder: str | Path, **kwargs) -> Path:
+    return save_pipeline_folder(build_tiny_flux(**kwargs), folder)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from refam.testing.tiny_flux import save_pipeline_folder
 from refam.testing.tiny_tokenizers import build_qwen2_tokenizer, train_byte_level_bpe
 
 VARIANTS = ("dev", "klein")
@@ -203,6 +204,4 @@ def build_tiny_flux2(
 
 
 def save_tiny_flux2(folder: str | Path, **kwargs) -> Path:
-    folder = Path(folder)
-    build_tiny_flux2(**kwargs).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_pipeline_folder(build_tiny_flux2(**kwargs), folder)

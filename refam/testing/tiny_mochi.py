@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import build_tokenizers, tiny_t5
+from refam.testing.tiny_flux import build_tokenizers, save_pipeline_folder, tiny_t5
 
 
 def build_tiny_mochi(
@@ -56,6 +56,4 @@ def build_tiny_mochi(
 
 
 def save_tiny_mochi(folder: str | Path, **kwargs) -> Path:
-    folder = Path(folder)
-    build_tiny_mochi(**kwargs).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_pipeline_folder(build_tiny_mochi(**kwargs), folder)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from refam.testing.tiny_flux import save_pipeline_folder
 from refam.testing.tiny_tokenizers import build_qwen2_tokenizer
 
 # Qwen/Qwen-Image scheduler/scheduler_config.json
@@ -88,6 +89,4 @@ def build_tiny_qwenimage(seed: int = 0, width: int = 32, heads: int = 2, layers:
 
 
 def save_tiny_qwenimage(folder: str | Path, **kwargs) -> Path:
-    folder = Path(folder)
-    build_tiny_qwenimage(**kwargs).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_pipeline_folder(build_tiny_qwenimage(**kwargs), folder)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import build_tokenizers, tiny_t5
+from refam.testing.tiny_flux import build_tokenizers, save_pipeline_folder, tiny_t5
 
 CLIP_WIDTHS = (8, 16)  # CLIP-L, CLIP-G stand-ins (768, 1280 in SD3.5): distinct, so a swap shows
 T5_WIDTH = 32  # joint_attention_dim (4096 in SD3.5), wider than the CLIPs' 24 together
@@ -91,6 +91,4 @@ def build_tiny_sd3(
 
 
 def save_tiny_sd3(folder: str | Path, **kwargs) -> Path:
-    folder = Path(folder)
-    build_tiny_sd3(**kwargs).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_pipeline_folder(build_tiny_sd3(**kwargs), folder)

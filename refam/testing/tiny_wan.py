@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import build_tokenizers
+from refam.testing.tiny_flux import build_tokenizers, save_pipeline_folder
 
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers scheduler/scheduler_config.json (the settings that differ from
 # UniPCMultistepScheduler's defaults): velocity targets on flow sigmas, static shift 3
@@ -81,6 +81,4 @@ def build_tiny_wan(
 
 
 def save_tiny_wan(folder: str | Path, **kwargs) -> Path:
-    folder = Path(folder)
-    build_tiny_wan(**kwargs).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_pipeline_folder(build_tiny_wan(**kwargs), folder)
