@@ -4,29 +4,39 @@ cache's key, the weights' identity, a run's saved config) reads one record inste
 settings by hand, and a new setting can never be left out of a key.
 
 `Configurable` is a base of every kind of component (extractor, trajectory, magnets, aggregator,
-spatial bias, segmenter, parser). `init_args` holds every argument of the class's constructor
-chain: those given (a `**settings` passed on is taken apart) and the defaults of the others.
+spatial bias, segmenter, parser). `init_args` holds every argument a caller can give the class's
+constructor (its own, and those of the constructors its `**settings` reach): those given and the
+defaults of the others, so the record builds the component again (`to_config`).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
+import os
 from typing import Any
 
 
 def _constructor_parameters(cls: type) -> list[inspect.Parameter]:
-    """The named parameters of every `__init__` in `cls`'s hierarchy, outermost first."""
+    """The named parameters the constructor of `cls` takes: its own `__init__`'s, and those of the
+    `__init__`s further up that it hands its `**kwargs` on to, outermost first (a constructor
+    without `**kwargs` ends the chain: what it passes on is its own choice, not the caller's)."""
     seen: set[str] = set()
     parameters = []
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None or klass is object:
             continue
+        passes_on = False
         for name, parameter in list(inspect.signature(init).parameters.items())[1:]:
+            if parameter.kind is parameter.VAR_KEYWORD:
+                passes_on = True
             if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or name in seen:
                 continue
             seen.add(name)
             parameters.append(parameter)
+        if not passes_on:
+            break
     return parameters
 
 
@@ -71,3 +81,38 @@ class Configurable:
         name where it keeps one (a value a caller changed after building is seen), else the
         argument as given. `leave_out` names arguments the caller accounts for itself."""
         return {name: getattr(self, name, value) for name, value in self.init_args.items() if name not in leave_out}
+
+    def replaced(self, **changes: Any):
+        """A shallow copy holding other values of the named arguments, as its attributes and in its
+        record; it shares everything else (an extractor's loaded weights). Only for settings the
+        component reads at each call (an extractor's `blocks` and `trajectory`), never for one it
+        derives state from when built."""
+        record = self.init_args
+        unknown = sorted(set(changes) - set(record))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} was not built with {unknown}")
+        other = copy.copy(self)
+        for name, value in changes.items():
+            setattr(other, name, value)
+        other._init_args = {**record, **changes}
+        return other
+
+    def to_config(self) -> dict[str, Any]:
+        """The `class_path` / `init_args` entry that builds this component again, nested components
+        likewise: what a saved run holds (`refam serve`'s run.json), read from the record."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
+                "init_args": {name: as_config(value) for name, value in self.init_args.items()}}
+
+
+def as_config(value: Any) -> Any:
+    """A recorded argument as a config value (components as their entries, paths as text)."""
+    if isinstance(value, Configurable):
+        return value.to_config()
+    if isinstance(value, (list, tuple)):
+        return [as_config(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): as_config(item) for key, item in value.items()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from refam.config import Configurable
 from refam.embedded import EMBEDDED_PREFIX, resolve_embedded
 
 log = logging.getLogger(__name__)
@@ -196,9 +197,10 @@ def weights_identity(*components: object) -> dict:
     for index, component in enumerate(components):
         if component is None or not hasattr(component, "__dict__"):
             continue
-        for name, value in sorted(vars(component).items()):
-            if name.startswith("_"):
-                continue
+        # a component's recorded arguments (refam.config), as it now holds them; other objects' public attributes
+        settings = component.settings() if isinstance(component, Configurable) else {
+            name: value for name, value in vars(component).items() if not name.startswith("_")}
+        for name, value in sorted(settings.items()):
             values = value if isinstance(value, (list, tuple)) else [value]
             for position, item in enumerate(values):
                 if isinstance(item, str) and item.startswith(EMBEDDED_PREFIX):

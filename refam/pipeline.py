@@ -124,6 +124,17 @@ class RefAMPipeline:
         other.map_cache = self.map_cache
         return other
 
+    def model_section(self) -> dict:
+        """The `model:` section that builds this pipeline again, read from its components' records
+        (`refam.config.Configurable.to_config`): what a saved run holds."""
+        section = {"extractor": self.extractor.to_config(), "segmenter": self.segmenter.to_config(),
+                   "magnets": self.magnets.to_config(), "aggregator": self.aggregator.to_config(),
+                   "spatial_bias": [bias.to_config() for bias in self.spatial_bias],
+                   "text_condition": self.text_condition, "key_frame": self.key_frame}
+        if self.map_cache is not None:
+            section["map_cache"] = str(self.map_cache.folder)
+        return section
+
     def setup(self, device: torch.device | str) -> None:
         """Load the weights onto `device`; an error names the component it came from."""
         for name in ("segmenter", "extractor"):  # the light one first: its errors come before the DiT's progress bars

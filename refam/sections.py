@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def build_pipeline(section: dict, origin: str = "the model section"):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(RefAMPipeline, "model")  # the `model:` section's keys, as RefAMModule takes them
     try:
-        parsed = parser.parse_object({"model": section})
+        parsed = parser.parse_object({"model": copy.deepcopy(section)})  # the parser converts what it is given in place
     except Exception as err:  # jsonargparse reports the offending key in its message
         raise ConfigError(f"{origin}: {parser_error_line(str(err))}") from err
     forget_built_errors()

@@ -81,3 +81,41 @@ def test_trajectories_are_described_by_their_record():
     assert describe(NoiseAt(0.5, shift=True)) == {"class": "refam.extractors.trajectory.NoiseAt", "sigma": 0.5, "shift": True}
     inversion = describe(RFInversion())
     assert set(inversion) - {"class"} == set(RFInversion().init_args)
+
+
+def test_replaced_changes_the_attribute_and_the_record_and_nothing_else():
+    outer = Outer(3, seed=5)
+    other = outer.replaced(mode="b")
+    assert other.mode == "b" and other.init_args["mode"] == "b"
+    assert outer.mode == "a" and outer.init_args["mode"] == "a"  # the original is untouched
+    with pytest.raises(TypeError, match="not built with"):
+        outer.replaced(colour="red")
+
+
+def test_a_pipeline_section_read_from_the_records_builds_the_same_pipeline():
+    """What a saved run holds (`refam serve`'s run.json): every component's entry from its record,
+    nested components included; built again, it gives the same records."""
+    from refam.aggregators.magnets import RandomVectorMagnets
+    from refam.aggregators.spatial import DirectionPrior
+    from refam.sections import build_pipeline, model_section
+
+    pipeline = build_pipeline(model_section(None)).with_settings(
+        magnets=RandomVectorMagnets(count=3, seed=2), spatial_bias=[DirectionPrior(vertical=True)], key_frame="confident")
+    section = pipeline.model_section()
+    again = build_pipeline(section)
+    assert again.model_section() == section
+    assert again.magnets.count == 3 and again.spatial_bias[0].vertical and again.key_frame == "confident"
+    assert section["extractor"]["init_args"]["trajectory"]["class_path"] == "refam.extractors.trajectory.NoiseAt"
+
+
+def test_the_weights_identity_reads_the_record(tmp_path):
+    from refam.identity import weights_identity
+
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"some weights")
+
+    class Segmenter(Configurable):
+        def __init__(self, checkpoint: str) -> None:
+            self.path = checkpoint  # kept under another name: only the record names it as `checkpoint`
+
+    assert list(weights_identity(Segmenter(str(weights)))) == ["0.Segmenter.checkpoint"]

@@ -5,7 +5,6 @@ record of the run (its `model:` section with the settings applied, which loads b
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import tempfile
@@ -128,10 +127,7 @@ class Session:
             return loaded
         key = json.dumps({name: specs[name] for name in changes}, sort_keys=True)
         if key not in self._extractors:
-            variant = copy.copy(loaded)
-            for name, value in changes.items():
-                setattr(variant, name, value)
-            self._extractors[key] = variant
+            self._extractors[key] = loaded.replaced(**changes)  # its record says what it runs with
         return self._extractors[key]
 
     # ------------------------------------------------------------ running
@@ -204,7 +200,7 @@ class Session:
             run.heatmaps.append((str(written.paths["heatmap"]), f"{text}: heatmap"))
             run.downloads.append(str(written.paths["mask"]))
         self._figures(model, run, folder, image, texts, texts)
-        run.record = self._record(source.name, caption, settings, section, entries)
+        run.record = self._record(source.name, caption, settings, model, entries)
         run.downloads.append(self._write_record(folder, run.record))
         run.seconds = seconds
         return run
@@ -247,13 +243,15 @@ class Session:
                 for path in sorted(entry.paths["masks"].glob("*.png")):
                     bundle.write(path, path.relative_to(video_folder).as_posix())
         run.downloads.append(str(masks))
-        run.record = self._record(source.name, caption, settings, section, entries, frames=count)
+        run.record = self._record(source.name, caption, settings, model, entries, frames=count)
         run.downloads.append(self._write_record(folder, run.record))
         run.seconds, run.frames = seconds, count
         return run
 
-    def _record(self, name: str, caption: str, settings: Settings, section: dict, entries: list[dict], **extra) -> dict:
-        return {"model": section,
+    def _record(self, name: str, caption: str, settings: Settings, model, entries: list[dict], **extra) -> dict:
+        """The run JSON: the request's `model:` section read from its components' records (it loads
+        back as a config), the input, the settings and every expression's result."""
+        return {"model": model.pipeline.model_section(),
                 "run": {"input": name, "caption": caption, "settings": asdict(settings), **extra, "expressions": entries}}
 
     @staticmethod

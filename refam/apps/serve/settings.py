@@ -100,10 +100,10 @@ class LightComponents:
         extractor = pipeline.extractor
         self.section = copy.deepcopy(section)
         self.num_blocks: int | None = getattr(extractor, "num_blocks", None)
+        recorded = extractor.settings()  # what the extractor was built with (refam.config)
         self.originals = {"magnets": pipeline.magnets, "aggregator": pipeline.aggregator,
                           "spatial_bias": list(pipeline.spatial_bias),
-                          "trajectory": getattr(extractor, "trajectory", None),
-                          "blocks": getattr(extractor, "blocks", None)}
+                          "trajectory": recorded.get("trajectory"), "blocks": recorded.get("blocks")}
         self._built: dict[tuple[str, str], object] = {}
         for kind, spec in entries(self.section).items():
             self._built[(kind, json.dumps(spec, sort_keys=True))] = self.originals[kind]
@@ -120,7 +120,8 @@ class LightComponents:
         from refam.aggregators.magnets import MagnetStrategy
 
         magnets, aggregator = self.originals["magnets"], self.originals["aggregator"]
-        words = list(getattr(magnets, "magnets", []) or [])
+        magnet_settings, aggregator_settings = magnets.settings(), aggregator.settings()  # their records
+        words = list(magnet_settings.get("magnets") or [])
         vectors = type(magnets).vectors is not MagnetStrategy.vectors
         first = last = None
         if self.num_blocks is not None:
@@ -133,7 +134,7 @@ class LightComponents:
         named = {"none": [], "direction": ["DirectionPrior"], "direction + relation": ["DirectionPrior", "RelationPrior"]}
         spatial = next((name for name, classes in named.items() if classes == bias), AS_CONFIGURED)
         return Settings(magnets=bool(words) or vectors, magnet_words=" ".join(words),
-                        stop_words=getattr(magnets, "filter_stop_words", None), gas=getattr(aggregator, "gas", None),
+                        stop_words=magnet_settings.get("filter_stop_words"), gas=aggregator_settings.get("gas"),
                         first_block=first, last_block=last, noise=noise, spatial_bias=spatial)
 
     def section_for(self, settings: Settings) -> dict:
