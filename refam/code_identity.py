@@ -18,6 +18,7 @@ import hashlib
 import importlib.metadata
 import inspect
 import os
+import platform
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -97,6 +98,12 @@ def module_closure(roots: Iterable[str]) -> dict[str, str]:
     return dict(sorted(seen.items()))
 
 
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    """Top-level module name -> the installed distributions that provide it."""
+    return importlib.metadata.packages_distributions()
+
+
 def _is_library(path: str) -> bool:
     """A module installed with Python or pip (its version is in `library_versions`), not user code."""
     prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
@@ -131,7 +138,8 @@ def component_modules(*components: object) -> tuple[set[str], dict[str, str]]:
     """(refam modules, {outside source file: sha256}) defining the classes of `components` and of
     the components they hold in public settings (a trajectory, a parser, a list of spatial biases),
     through their class hierarchies. A class defined outside refam and outside any installed
-    library (a user's subclass) is keyed by its source file's content."""
+    library (a user's subclass) is keyed by its source file's content; one from an installed
+    package (a plugin) by that package's version; the standard library's by Python's own."""
     refam_modules: set[str] = set()
     outside: dict[str, str] = {}
 
@@ -145,11 +153,16 @@ def component_modules(*components: object) -> tuple[set[str], dict[str, str]]:
             elif module not in ("builtins", "abc"):
                 try:
                     source = inspect.getsourcefile(cls)
-                except TypeError:
+                except (TypeError, OSError):  # a built-in class, or one typed at a prompt: no file to key
                     source = None
-                if source and not _is_library(source) and os.path.isfile(source):
+                if not source or not os.path.isfile(source):
+                    continue
+                if not _is_library(source):  # a user's class: keyed by its own file, and followed
                     outside[os.path.realpath(source)] = file_digest(source)
                     known = True
+                else:  # an installed package (a plugin): keyed by its version, an upgrade being new code
+                    for distribution in _distributions().get(module.split(".")[0], []):
+                        outside[f"{distribution}=={_version(distribution)}"] = "installed"
         return known
 
     for _ in _held(components, defined):
@@ -180,9 +193,9 @@ def _version(distribution: str) -> str | None:
 
 
 def library_versions(distributions: Iterable[str], spacy_models: Iterable[str] = ()) -> dict[str, str | None]:
-    """The installed version of each distribution (None: not installed), torch's CUDA and cuDNN
-    builds, and the version of each named spaCy pipeline (a package of that name)."""
-    versions = {name: _version(name) for name in distributions}
+    """Python's version, the installed version of each distribution (None: not installed), torch's
+    CUDA and cuDNN builds, and the version of each named spaCy pipeline (a package of that name)."""
+    versions = {"python": platform.python_version(), **{name: _version(name) for name in distributions}}
     if "torch" in versions:
         import torch
 
@@ -198,3 +211,8 @@ def spacy_models(*components: object) -> list[str]:
     the components and the objects they hold."""
     return [value.spacy_model for value in _held(components, _ours)
             if _ours(value) and isinstance(getattr(value, "spacy_model", None), str)]
+
+
+# The sources are read when this module is first imported, with the package, not when a run first
+# asks: a file edited while a model loads must not lend its hash to numbers the loaded code made.
+_import_graph()

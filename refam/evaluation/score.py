@@ -137,7 +137,12 @@ def score_video(pred_video: Path, gt_video: Path, task: str = "unsupervised",
 def read_video_list(path: Path) -> list[str]:
     if not path.is_file():
         raise MissingInputError(f"--videos {path}: no such file; give a text file with one video name per line")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"--videos {path}: cannot read it as text ({err}); give a text file with one video name "
+                        "per line") from err
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def score_folder(pred_dir: Path, gt_dir: Path, task: str = "unsupervised", videos: list[str] | None = None,
