@@ -78,6 +78,11 @@ class RefAM:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as err:
             raise ConfigError(f"--device {device}: not a device ({err}); give cpu, cuda or cuda:N") from err
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: this machine has no CUDA device torch can use; give cpu")
+        if self.device.type == "cuda" and self.device.index is not None and self.device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s); give one of "
+                              f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
         try:
             pipeline.setup(self.device)
         except RefamError as err:

@@ -459,3 +459,46 @@ def test_user_errors_are_one_line_before_the_model_loads(tmp_path, scene_file, r
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("refam: error:") and culprit in lines[0], result.stderr
     assert not written_files(tmp_path / "out") if (tmp_path / "out").exists() else True
+
+
+def test_a_disk_that_fills_mid_run_is_one_line_and_keeps_what_was_written(tmp_path, scene_file, refam_here, monkeypatch):
+    import errno as errors
+
+    import refam.io.files
+
+    write_atomic, written = refam.io.files.write_atomic, []
+
+    def filling(path, data):
+        if len(written) >= 2:
+            raise OSError(errors.ENOSPC, "No space left on device", str(path))
+        write_atomic(path, data)
+        written.append(path)
+
+    monkeypatch.setattr(refam.io.files, "write_atomic", filling)
+    result = refam_here("predict", "--image", str(scene_file), "--expression", "the square", "--output",
+                        str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("refam: error:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "--output" in lines[0]
+    assert all(path.is_file() for path in written)  # what was written before stays
+
+
+def test_an_input_folder_name_taken_by_a_file_is_refused_before_the_model_loads(tmp_path, scene_file, refam_here,
+                                                                               monkeypatch):
+    import refam.api
+
+    monkeypatch.setattr(refam.api.RefAM, "load", lambda *a, **k: pytest.fail("the model loaded"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "scene").write_text("a file where the image's folder goes")
+    result = refam_here("predict", "--image", str(scene_file), "--expression", "the square", "--output",
+                        str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.strip().startswith("refam: error:")
+    assert "is a file" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the machine has a CUDA device")
+def test_a_cuda_device_on_a_machine_without_one_is_one_line(tmp_path, scene_file, refam_here):
+    result = refam_here("predict", "--image", str(scene_file), "--expression", "the square", "--output",
+                        str(tmp_path / "out"), "--device", "cuda")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("refam: error: --device cuda")

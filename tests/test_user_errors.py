@@ -145,6 +145,12 @@ CASES = {
     "train-shapes: into the package": (["train-shapes", "--output", str(ROOT / "refam/embedded/refam-shapes")],
                                        ["inside the installed refam package", "--overwrite-embedded"]),
     "train-shapes: output a file": (["train-shapes", "--output", "{tmp}/a-file"], ["--output {tmp}/a-file", "is a file"]),
+    "train-shapes: output under a file": (["train-shapes", "--output", "{tmp}/a-file/model"],
+                                          ["--output {tmp}/a-file/model", "cannot write there"]),
+    "train-shapes: work dir under a file": (["train-shapes", "--output", "{tmp}/m", "--work-dir", "{tmp}/a-file/w"],
+                                            ["--work-dir {tmp}/a-file/w", "cannot write there"]),
+    "train-shapes: --text-width 2": (["train-shapes", "--text-width", "2", "--output", "{tmp}/m"],
+                                     ["--text-width 2", "multiple of 4"]),
 }
 
 

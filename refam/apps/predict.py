@@ -32,6 +32,7 @@ expression's index and a readable slug of its words. Nothing is written outside 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import sys
@@ -93,6 +94,11 @@ def image_paths(arguments: list[Path]) -> list[Path]:
     return paths
 
 
+# what a full, read-only or forbidden output location raises while writing
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
+                errno.EISDIR}
+
+
 def check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -108,10 +114,14 @@ def output_folder(output: Path, name: str) -> Path:
     is already a safe name."""
     try:
         inside(output, name)
-        return Path(output) / name
     except ValueError as err:
         raise ConfigError(f"--output {output}: {name} is a link to a folder outside it; remove the link or "
                           "choose another --output") from err
+    folder = Path(output) / name
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--output {output}: {folder} is a file where this input's folder goes; move it or "
+                          "choose another --output")
+    return folder
 
 
 def video_stem(video: Path) -> str:
@@ -339,6 +349,20 @@ def run(args) -> int:
     model = RefAM.load(args.config or args.model, device=args.device)
     for job in jobs:
         check_expressions(model, job.texts)  # every expression checked before anything is computed or written
+    try:
+        return write_all(model, jobs, folders, images, first_image, args)
+    except OSError as err:  # a disk that fills or turns read-only mid-run: what was written stays
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        where = err.filename or args.output
+        raise ConfigError(f"cannot write {where}: {err.strerror or err}; free space or choose another --output "
+                          "(the files written before are complete)") from err
+
+
+def write_all(model, jobs: list, folders: list[Path], images: list, first_image, args) -> int:
+    """Segment and write every job; 1 when an image could not be read (said per image), else 0."""
+    from refam.api import as_image
+
     failures = 0
     for job, folder in zip(jobs, folders):
         if job.is_video:

@@ -43,7 +43,7 @@ ORIENTATION_TRANSPOSE = {
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 PREMULTIPLIED = {"RGBa": "RGBA", "La": "LA"}
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-LOSSY_FORMATS = ("JPEG", "MPO")  # formats whose pixel values are not those saved
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")  # formats whose pixel values may not be those saved (WebP: when lossy)
 LOSSY_THRESHOLD = 128  # a lossy mask's pixel is the object at this value or above (JPEG ringing stays out)
 ALPHA_THRESHOLD = 128  # a cutout's pixel is the object when at least half opaque
 
@@ -52,7 +52,10 @@ ALPHA_THRESHOLD = 128  # a cutout's pixel is the object when at least half opaqu
 
 
 def orientation(image: Image.Image) -> int:
-    """The image's EXIF orientation (1-8; 1 when it has none or an invalid one)."""
+    """The turn refam applies for the image's EXIF orientation (1-8; 1 when it has none or an
+    invalid one, and for a TIFF, which Pillow itself opens upright: size and pixels)."""
+    if image.format == "TIFF":
+        return 1
     try:
         value = image.getexif().get(ORIENTATION_TAG, 1)
     except (OSError, SyntaxError, ValueError, TypeError):  # a broken EXIF block: show the pixels as stored
@@ -191,7 +194,8 @@ def _lossy(image: Image.Image, source: object) -> bool:
 def binary_mask(image: Image.Image, source: object) -> np.ndarray:
     """A mask image as a bool [H, W] array, upright (EXIF orientation applied). The rule:
 
-    - with an alpha channel that is not fully opaque (a cutout): alpha >= 128;
+    - with an alpha channel, or a transparent colour (PNG tRNS), that is not fully opaque (a
+      cutout): alpha >= 128;
     - palette (P, or PA with opaque alpha): index != 0 (index 0 is background, as in DAVIS);
     - 1, L, I, I;16 (and LA with opaque alpha): value != 0; F: value != 0;
     - any other mode (RGB, CMYK, ...): any channel of its RGB != 0;
@@ -201,6 +205,8 @@ def binary_mask(image: Image.Image, source: object) -> np.ndarray:
     refuse_animated(image, source)
     turn = orientation(image)
     threshold = LOSSY_THRESHOLD if _lossy(image, source) else 1
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:  # a cutout by a transparent colour
+        image = image.convert("LA" if image.mode == "L" else "RGBA")
     mode = image.mode
     if mode in ALPHA_MODES:
         alpha = np.asarray(image.getchannel("A"))

@@ -5,6 +5,9 @@ or trained, and where the trained model may be written. The training itself is
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
 import json
 from pathlib import Path
 
@@ -40,7 +43,26 @@ def output_folder(output: Path | None, overwrite_embedded: bool) -> Path:
         raise ConfigError(f"--output {output} is a file; give a folder for the trained model")
     if any((output / name).exists() for name in MODEL_FILES):
         raise ConfigError(f"--output {output} already holds a trained model; choose a new folder, or remove it first")
+    writable(output, "--output")
     return output
+
+
+def writable(folder: Path, flag: str) -> None:
+    """Refuse, before hours of training, a folder the run could not write into (read-only, not
+    creatable, a full disk); folders made for the check are removed again."""
+    made = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)  # the first one missing
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder) as probe:
+            probe.write(b"refam")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise ConfigError(f"{flag} {folder}: cannot write there ({err.strerror or err}); choose a folder you can "
+                          "write") from err
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def check_arguments(args: argparse.Namespace, config: ShapesModelConfig) -> None:
@@ -64,6 +86,9 @@ def check_arguments(args: argparse.Namespace, config: ShapesModelConfig) -> None
                               "model_index.json); give a model folder that refam train-shapes wrote")
     if args.work_dir.exists() and not args.work_dir.is_dir():
         raise ConfigError(f"--work-dir {args.work_dir} is a file; give a folder for the logs and snapshots")
+    writable(args.work_dir, "--work-dir")
+    if config.text_width % 4:
+        raise ConfigError(f"--text-width {config.text_width} is not a multiple of 4 (T5's four heads share it)")
 
 
 @reports_user_errors

@@ -435,3 +435,46 @@ def test_an_invalid_pixel_limit_is_one_line_at_each_front_door(tmp_path, refam_h
     assert MAX_PIXELS_ENV in line and "'abc'" in line
     if command == "test":  # refused by the data module's setup: before the model loads, before any sample
         assert "Loading" not in result.stderr and "Testing" not in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("turn", range(1, 9))
+def test_a_tiff_is_shown_upright_once(tmp_path, turn):
+    """Pillow opens a TIFF upright itself (size and pixels): refam must not turn it a second time."""
+    pixels_ = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels_[:5, :7] = (255, 0, 0)  # an object in one corner: every turn moves it elsewhere
+    picture = Image.fromarray(pixels_)
+    exif = picture.getexif()
+    exif[274] = turn
+    picture.save(tmp_path / "photo.tif", exif=exif)
+    picture.save(tmp_path / "photo.png", exif=exif)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "photo.png")).convert("RGB"))
+    assert np.array_equal(np.asarray(images.open_rgb(tmp_path / "photo.tif")), upright)
+    mask = pixels.read_mask_file(tmp_path / "photo.tif")
+    assert np.array_equal(mask, upright.any(axis=2))
+    with Image.open(tmp_path / "photo.tif") as opened:
+        assert pixels.viewed_size(opened) == upright.shape[1::-1]
+
+
+def test_a_lossy_webp_mask_is_read_as_jpeg_masks_are(tmp_path, caplog):
+    square = np.zeros((64, 64), dtype=np.uint8)
+    square[16:48, 16:48] = 255
+    noisy = np.stack([square, square, square], axis=2)
+    Image.fromarray(noisy).save(tmp_path / "mask.webp", quality=75)
+    with caplog.at_level(logging.WARNING):
+        mask = pixels.read_mask_file(tmp_path / "mask.webp")
+    assert abs(int(mask.sum()) - 32 * 32) <= 0.03 * 32 * 32  # compression ringing stays out
+    assert "mask.webp" in caplog.text and "WEBP" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["P", "L"])
+def test_a_cutout_by_a_transparent_colour_is_its_opaque_pixels(tmp_path, mode):
+    """A mask whose background is a transparent palette entry or grey level (PNG tRNS), not 0."""
+    values = np.full((16, 16), 5, dtype=np.uint8)  # background: entry 5, transparent
+    values[4:8, 4:8] = 2  # the object
+    picture = Image.fromarray(values, mode="L")
+    if mode == "P":
+        picture = picture.convert("P")
+        picture.putpalette([v for i in range(256) for v in (i, i, i)])
+    picture.save(tmp_path / "cutout.png", transparency=5)
+    mask = pixels.read_mask_file(tmp_path / "cutout.png")
+    assert int(mask.sum()) == 16 and mask[4:8, 4:8].all()
