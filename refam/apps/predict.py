@@ -31,16 +31,15 @@ expression's index and a readable slug of its words. Nothing is written outside 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
-import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from refam.errors import ArgumentParser, ConfigError, DataError, MissingInputError, RefamError, error_line, require_words
+from refam.io.files import WRITE_ERRNOS
+from refam.io.frames import check_video_readable
 from refam.io.names import NameRegistry, inside, safe_name, slug
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -92,11 +91,6 @@ def image_paths(arguments: list[Path]) -> list[Path]:
         else:
             raise MissingInputError(f"--image {argument}: no such file or folder")
     return paths
-
-
-# what a full, read-only or forbidden output location raises while writing
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
-                errno.EISDIR}
 
 
 def check_writable(folder: Path) -> None:
@@ -278,35 +272,6 @@ def plan_jobs(args) -> list[Job]:
     for job in jobs:
         check_texts(job.texts)
     return jobs
-
-
-@contextlib.contextmanager
-def native_stderr_silenced():
-    """File descriptor 2 sent to the null device: FFmpeg, inside OpenCV, prints its own complaint
-    about a file it cannot decode there (`moov atom not found`), before refam's one line says it."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def check_video_readable(video: Path) -> None:
-    """Decode the first frame, so that a video that cannot be read is the run's error before the model loads."""
-    from refam.io.frames import iter_frames
-
-    frames = iter_frames(video)
-    try:
-        with native_stderr_silenced():
-            next(frames)
-    except StopIteration:
-        raise MissingInputError(f"--video {video}: holds no frames") from None
-    finally:
-        frames.close()
 
 
 def write_prediction(folder: Path, index: int, text: str, image, prediction) -> Written:

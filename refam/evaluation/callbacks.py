@@ -14,7 +14,7 @@ from typing import IO
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from refam.evaluation.outputs import _OUTPUT_ERRNOS, OutputError, check_folder, dataset_folder, write_output
+from refam.evaluation.outputs import OutputError, check_folder, dataset_folder, write_output
 from refam.evaluation.records import SampleRecord
 from refam.evaluation.store import ResultStore
 from refam.io import files
@@ -71,7 +71,7 @@ class ExpressionRecords(L.Callback):
                     file.write(json.dumps(record, ensure_ascii=False) + "\n")
             file.flush()  # a run stopped midway keeps what it computed
         except OSError as err:
-            if err.errno not in _OUTPUT_ERRNOS:
+            if err.errno not in files.WRITE_ERRNOS:
                 raise
             raise OutputError(f"cannot write {file.name}: {err.strerror or err}; free space or set --records.folder "
                               "to another folder") from err
@@ -221,7 +221,7 @@ class MaskWriter(BasePredictionWriter):
                     for png in sorted(folder.rglob("*.png")):
                         bundle.write(png, str(Path(prefix) / png.relative_to(folder)))
             except OSError as err:
-                if err.errno not in _OUTPUT_ERRNOS:
+                if err.errno not in files.WRITE_ERRNOS:
                     raise
                 raise OutputError(f"cannot write {archive}: {err.strerror or err}; free space or set --masks.folder "
                                   "to another folder") from err

@@ -9,17 +9,12 @@ written before stays.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
 from refam.errors import ConfigError, RefamError
 from refam.io import files
 from refam.io.names import safe_name
-
-# what a full, read-only or forbidden output location raises
-_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
 
 class OutputError(RefamError, OSError):
     """An output that cannot be written (a full disk, a read-only file system)."""
@@ -58,7 +53,7 @@ def write_output(path: Path, data: bytes) -> Path:
         files.write_atomic(path, data)
         return path
     except OSError as err:
-        if err.errno not in _OUTPUT_ERRNOS:
+        if err.errno not in files.WRITE_ERRNOS:
             raise
         raise OutputError(f"cannot write {path}: {err.strerror or err}; free space or choose another folder "
                           "(what was written before is kept, and a rerun reuses it)") from err

@@ -4,6 +4,7 @@ through `write_atomic`."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -11,6 +12,11 @@ import tempfile
 from pathlib import Path
 
 from PIL import Image
+
+# what a full, read-only or forbidden output location raises while writing (a user's error to report
+# in one line, not refam's)
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST,
+                          errno.ENOTDIR, errno.EISDIR})
 
 
 def current_umask() -> int:

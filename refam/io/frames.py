@@ -4,6 +4,9 @@ every image is (`refam.io.images.to_rgb`: modes as a viewer shows them, EXIF ori
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +76,30 @@ def iter_frames(source: Path) -> Iterator[Image.Image]:
             ok, frame = capture.read()
     finally:
         capture.release()
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 sent to the null device: FFmpeg, inside OpenCV, prints its own complaint
+    about a file it cannot decode there (`moov atom not found`), before refam's one line says it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_video_readable(video: Path) -> None:
+    """Decode the first frame, so that a video that cannot be read is the run's error before the model loads."""
+    frames = iter_frames(video)
+    try:
+        with native_stderr_silenced():
+            next(frames)
+    except StopIteration:
+        raise MissingInputError(f"--video {video}: holds no frames") from None
+    finally:
+        frames.close()
