@@ -472,7 +472,8 @@ def test_a_disk_that_fills_mid_run_is_one_line_and_keeps_what_was_written(tmp_pa
         if len(written) >= 2:
             raise OSError(errors.ENOSPC, "No space left on device", str(path))
         write_atomic(path, data)
-        written.append(path)
+        if not Path(path).name.startswith(".refam-write-check"):  # the --output check's probe, removed at once
+            written.append(path)
 
     monkeypatch.setattr(refam.io.files, "write_atomic", filling)
     result = refam_here("predict", "--image", str(scene_file), "--expression", "the square", "--output",

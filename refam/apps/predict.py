@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refam.errors import ArgumentParser, ConfigError, DataError, MissingInputError, RefamError, error_line, require_words
-from refam.io.files import WRITE_ERRNOS
+from refam.io.files import WRITE_ERRNOS, probe_writable
 from refam.io.frames import check_video_readable
 from refam.io.names import NameRegistry, inside, safe_name, slug
 
@@ -95,9 +95,7 @@ def image_paths(arguments: list[Path]) -> list[Path]:
 
 def check_writable(folder: Path) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
+        probe_writable(folder)
     except OSError as err:
         raise ConfigError(f"--output {folder} is not writable ({err.strerror or err}): choose another folder") from err
 

@@ -9,7 +9,6 @@ written before stays.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from refam.errors import ConfigError, RefamError
@@ -36,11 +35,8 @@ def check_folder(folder: Path, key: str) -> None:
 
     if folder.exists() and not folder.is_dir():
         raise refuse("it is a file, not a folder")
-    probe = folder / f".refam-write-check.{os.getpid()}"  # one per process: DDP ranks check at once
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        files.write_atomic(probe, b"refam")  # what every output goes through: a full disk fails here too
-        probe.unlink(missing_ok=True)
+        files.probe_writable(folder)  # what every output goes through: a full disk fails here too
     except (FileExistsError, NotADirectoryError):
         raise refuse("a part of the path is a file, not a folder") from None
     except OSError as err:

@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -63,3 +64,21 @@ def save_png(image: Image.Image, path: Path) -> None:
 
 def save_json(record: dict, path: Path) -> None:
     write_atomic(path, (json.dumps(record, indent=1, ensure_ascii=False) + "\n").encode())
+
+
+def probe_writable(folder: Path, keep_folder: bool = True) -> None:
+    """Raise the `OSError` a write into `folder` would meet (a file in the path, a read-only or full
+    disk), by writing and removing a small file the way every output is written (`write_atomic`).
+    The folder is made if missing; with `keep_folder` false, what was made for the probe is removed."""
+    folder = Path(folder)
+    made = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)  # the first one missing
+    probe = folder / f".refam-write-check.{os.getpid()}"  # one per process: DDP ranks probe at once
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder", str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(probe, b"refam")
+        probe.unlink(missing_ok=True)
+    finally:
+        if made is not None and not keep_folder:
+            shutil.rmtree(made, ignore_errors=True)

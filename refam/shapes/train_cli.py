@@ -5,9 +5,6 @@ or trained, and where the trained model may be written. The training itself is
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 import json
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import torch
 import refam.shapes.train as training
 from refam.embedded import REFAM_SHAPES
 from refam.errors import ArgumentParser, ConfigError, MissingInputError, number, reports_user_errors
+from refam.io.files import probe_writable
 from refam.shapes.dataset import FAMILIES
 from refam.shapes.model import ShapesModelConfig
 
@@ -50,19 +48,11 @@ def output_folder(output: Path | None, overwrite_embedded: bool) -> Path:
 def writable(folder: Path, flag: str) -> None:
     """Refuse, before hours of training, a folder the run could not write into (read-only, not
     creatable, a full disk); folders made for the check are removed again."""
-    made = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)  # the first one missing
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder) as probe:
-            probe.write(b"refam")
-            probe.flush()
-            os.fsync(probe.fileno())
+        probe_writable(folder, keep_folder=False)
     except OSError as err:
         raise ConfigError(f"{flag} {folder}: cannot write there ({err.strerror or err}); choose a folder you can "
                           "write") from err
-    finally:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
 
 
 def check_arguments(args: argparse.Namespace, config: ShapesModelConfig) -> None:
