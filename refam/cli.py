@@ -1,7 +1,7 @@
 """The `refam` command: a table of subcommands, each a module's `main(argv)`.
 
 `refam test --config X.yaml` runs the LightningCLI (`refam.evaluation.lightning_cli`); the others are refam's
-own (predict, serve, score, analyze, ablate, train-shapes). Every user error, whichever subcommand
+own (predict, serve, score, analyze, ablate, train-shapes, train-shapes-video). Every user error, whichever subcommand
 meets it, is one line `refam: error: ...` and exit code 2 (`refam.errors`).
 """
 
@@ -34,6 +34,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "analyze": Subcommand("refam.apps.analyze:main", "the paper's diagnostic figures for one image and its expressions"),
     "ablate": Subcommand("refam.evaluation.ablations:main", "run the paper's ablation tables as config overrides"),
     "train-shapes": Subcommand("refam.shapes.train_cli:main", "train the embedded refam-shapes model on CPU"),
+    "train-shapes-video": Subcommand("refam.shapes.train_video_cli:main",
+                                     "train the embedded refam-shapes-video model on CPU"),
 }
 # LightningCLI's training subcommands: refam has nothing to fit
 REFUSED = {name: f"'refam {name}' is not a refam command: refam evaluates zero-shot; to train the embedded model "

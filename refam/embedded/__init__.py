@@ -10,6 +10,7 @@ from pathlib import Path
 EMBEDDED_PREFIX = "embedded:"
 FOLDER = Path(__file__).resolve().parent
 REFAM_SHAPES = FOLDER / "refam-shapes"
+REFAM_SHAPES_VIDEO = FOLDER / "refam-shapes-video"  # a diffusers Mochi folder (refam.shapes.train_video)
 DEFAULT_MODEL_SECTION = FOLDER / "refam-shapes.yaml"
 DEFAULT_CONFIG = FOLDER / "default.yaml"  # a config whose `model:` is DEFAULT_MODEL_SECTION
 

@@ -54,9 +54,10 @@ class BatchCapture:
 
     representation = "cross_attention"
 
-    def __init__(self, valid: torch.Tensor, caption_len: int, num_image_tokens: int, num_blocks: int) -> None:
-        self.layout = BranchLayout(caption_len=caption_len, key_valid=valid[0])
-        self.key_bias = torch.stack([BranchLayout(caption_len, v).key_bias(num_image_tokens) for v in valid])
+    def __init__(self, valid: torch.Tensor, caption_len: int, num_image_tokens: int, num_blocks: int,
+                 key_order: tuple[str, ...] = ("branch", "caption", "image")) -> None:
+        self.layout = BranchLayout(caption_len=caption_len, key_valid=valid[0], key_order=key_order)
+        self.key_bias = torch.stack([BranchLayout(caption_len, v, key_order).key_bias(num_image_tokens) for v in valid])
         self.selected_blocks = set(range(num_blocks))
         self.batch, self.num_blocks = valid.shape[0], num_blocks
         self._logits: list[torch.Tensor] = []
@@ -82,15 +83,18 @@ class GroundingTerm:
         magnet_rate: share of expressions with the paper's magnets appended; the rest have none, so
             that the ablation rows without magnets are not off the training distribution.
         sharpness: the heatmap's inverse temperature in the softmax over patches.
+        kind_weights: how much likelier an expression of each kind (`Referral.kind`) is drawn than
+            one of a kind not named (1); refam-shapes-video draws its motion kinds more often.
     """
 
     def __init__(self, tokenizer, encoder, expressions_per_scene: int = 3, magnet_rate: float = 0.75,
-                 sharpness: float = 10.0) -> None:
+                 sharpness: float = 10.0, kind_weights: dict[str, float] | None = None) -> None:
         self.encoder = T5Reader(tokenizer, encoder, max_tokens=10_000)
         self.t5 = encoder
         self.k = expressions_per_scene
         self.magnet_rate = magnet_rate
         self.sharpness = sharpness
+        self.kind_weights = kind_weights or {}
         self.with_magnets = AppendMagnets(PAPER_MAGNETS, filter_stop_words=True)
         self.without_magnets = AppendMagnets([], filter_stop_words=True)
 
@@ -98,7 +102,11 @@ class GroundingTerm:
         drawn = []
         for scene in scenes:
             referrals = list(scene.referrals)
-            picks = rng.permutation(len(referrals))[: self.k] if referrals else []
+            if self.kind_weights and referrals:
+                weights = np.array([self.kind_weights.get(r.kind, 1.0) for r in referrals])
+                picks = rng.choice(len(referrals), size=min(self.k, len(referrals)), replace=False, p=weights / weights.sum())
+            else:  # refam-shapes' own draw, kept so that its recorded training replays
+                picks = rng.permutation(len(referrals))[: self.k] if referrals else []
             row = []
             for i in picks:
                 strategy = self.with_magnets if rng.random() < self.magnet_rate else self.without_magnets

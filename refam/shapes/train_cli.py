@@ -21,22 +21,23 @@ from refam.shapes.model import ShapesModelConfig
 MODEL_FILES = ("model_index.json", "training.json")  # a folder holding either holds a trained model
 
 
-def output_folder(output: Path | None, overwrite_embedded: bool) -> Path:
-    """Where the trained model goes: --output (default outputs/refam-shapes under the current folder).
-    The installed package's own model is written only with --overwrite-embedded, said in so many
-    words; nothing else inside the package is, and no folder already holding a model is overwritten."""
+def output_folder(output: Path | None, overwrite_embedded: bool, embedded: Path = REFAM_SHAPES) -> Path:
+    """Where the trained model goes: --output (default outputs/<the embedded model's name> under the
+    current folder). The installed package's own model (`embedded`) is written only with
+    --overwrite-embedded, said in so many words; nothing else inside the package is, and no folder
+    already holding a model is overwritten."""
     import refam
 
     package = Path(refam.__file__).resolve().parent
     if overwrite_embedded:
-        if output is not None and output.resolve() != REFAM_SHAPES.resolve():
-            raise ConfigError(f"--overwrite-embedded writes the shipped model {REFAM_SHAPES}; leave out --output "
+        if output is not None and output.resolve() != embedded.resolve():
+            raise ConfigError(f"--overwrite-embedded writes the shipped model {embedded}; leave out --output "
                               f"{output}, or leave out --overwrite-embedded to write there")
-        return REFAM_SHAPES
-    output = Path("outputs/refam-shapes") if output is None else output
+        return embedded
+    output = Path("outputs") / embedded.name if output is None else output
     if output.resolve().is_relative_to(package):
         raise ConfigError(f"--output {output} is inside the installed refam package ({package}); choose a folder "
-                          "of your own, or give --overwrite-embedded to replace the shipped refam-shapes model")
+                          f"of your own, or give --overwrite-embedded to replace the shipped {embedded.name} model")
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file; give a folder for the trained model")
     if any((output / name).exists() for name in MODEL_FILES):

@@ -15,7 +15,10 @@ object (Ref-DAVIS17's two annotators x first-frame/full-video; `inference_davis.
 file stems, and each JSON is written with a plain `json.dump`. Annotation PNGs carry the DAVIS
 palette (ReferFormer copies it from `valid/Annotations/blackswan/00000.png`).
 
-Deterministic by seed: clip `i` of a split is `make_clip(split, i)`.
+Two families: "fixed" (`refam.shapes.scenes.make_clip`: the demo's fixed background, square
+frames of `size`, `frames` frames) and "motion" (`refam.shapes.motion.make_motion_clip`: what
+refam-shapes-video is trained on, any background, size, aspect and length, expressions of motion).
+Deterministic by seed: clip `i` of a split is the family's clip `i`.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from refam.shapes.motion import MotionClip, make_motion_clip
 from refam.shapes.scenes import Clip, make_clip
 from refam.visualize import DAVIS_PALETTE
 
 
+CLIP_FAMILIES = ("fixed", "motion")
 EXPRESSIONS_PER_OBJECT = 4  # Ref-DAVIS17: 2 annotators x (first-frame, full-video)
 
 
@@ -68,7 +73,7 @@ def clip_expressions(clip: Clip, per_object: int | None = EXPRESSIONS_PER_OBJECT
     return expressions
 
 
-def write_davis_clip(root: Path, clip: Clip, video: str, subset: str = "valid",
+def write_davis_clip(root: Path, clip: Clip | MotionClip, video: str, subset: str = "valid",
                      per_object: int | None = EXPRESSIONS_PER_OBJECT, quality: int = 95) -> dict:
     """Write one clip's JPEG frames and palette annotations; returns its meta_expressions entry.
     Frames are rendered and written one at a time."""
@@ -88,15 +93,21 @@ def write_davis_clip(root: Path, clip: Clip, video: str, subset: str = "valid",
 
 
 def write_shapes_davis(root: Path, split: str = "demo", videos: int = 3, frames: int = 8, size: int = 128,
-                       first: int = 0, subset: str = "valid", per_object: int | None = EXPRESSIONS_PER_OBJECT) -> Path:
+                       first: int = 0, subset: str = "valid", per_object: int | None = EXPRESSIONS_PER_OBJECT,
+                       family: str = "fixed") -> Path:
     """Clips `first` .. `first + videos - 1` of `split` as a Ref-DAVIS17-layout folder; returns the
-    path of meta_expressions.json. The two JSON files list the videos of this call (rewritten)."""
+    path of meta_expressions.json. The two JSON files list the videos of this call (rewritten).
+    `frames` and `size` apply to the "fixed" family; "motion" clips draw their own."""
+    if family not in CLIP_FAMILIES:
+        raise ValueError(f"family must be one of {sorted(CLIP_FAMILIES)}, got {family!r}")
     root = Path(root)
     meta_expressions: dict[str, dict] = {}
     meta_objects: dict[str, dict] = {}
     for index in range(first, first + videos):
-        clip = make_clip(split, index, frames=frames, size=size)
-        video = f"shapes-{split}-{index:04d}"
+        if family == "fixed":
+            clip, video = make_clip(split, index, frames=frames, size=size), f"shapes-{split}-{index:04d}"
+        else:
+            clip, video = make_motion_clip(split, index), f"motion-{split}-{index:04d}"
         meta_expressions[video] = write_davis_clip(root, clip, video, subset, per_object)
         meta_objects[video] = {"objects": {str(k + 1): {"category": o.shape} for k, o in enumerate(clip.objects)}}
     meta_dir = root / "meta_expressions" / subset
@@ -116,8 +127,9 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--family", default="fixed", choices=CLIP_FAMILIES)
     args = parser.parse_args()
-    print(write_shapes_davis(args.root, args.split, args.videos, args.frames, args.size))
+    print(write_shapes_davis(args.root, args.split, args.videos, args.frames, args.size, family=args.family))
 
 
 if __name__ == "__main__":

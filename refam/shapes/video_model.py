@@ -1,0 +1,72 @@
+"""The refam-shapes-video architecture: Mochi 1's component classes at a size that trains on a CPU.
+
+MochiTransformer3DModel (joint attention over video and text tokens, RoPE over time, rows and
+columns), AutoencoderKLMochi (8x in space, 6x in time with Mochi's (1, 2, 3) temporal expansions,
+causal), a T5EncoderModel over the word-level shapes-and-motion vocabulary, and Mochi's scheduler:
+the folder loads with `MochiPipeline.from_pretrained` and is read by the unchanged `MochiExtractor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from refam.shapes.model import shapes_vocabulary
+from refam.shapes.motion import MOTION_WORDS
+from refam.text.wordlevel import word_level_tokenizers
+
+FRAME = (192, 192)  # (height, width) the extractor resizes every frame to: 12 x 12 tokens per latent frame
+CLIP_FRAMES = 13  # one window of Mochi's 6 k + 1: latent frames [frame 0 | 1-6 | 7-12]
+TEMPORAL = 6  # AutoencoderKLMochi's temporal compression
+
+
+def video_vocabulary() -> list[str]:
+    return sorted(set(shapes_vocabulary()) | set(MOTION_WORDS))
+
+
+@dataclass
+class VideoModelConfig:
+    heads: int = 4
+    head_dim: int = 32
+    layers: int = 4
+    text_width: int = 64  # T5's width (Mochi's `text_embed_dim`); a multiple of 8 (the caption pooler's heads)
+    text_stream: int = 96  # the blocks' text stream (Mochi's `pooled_projection_dim`), unlike the video's
+    text_layers: int = 1
+    latent_channels: int = 12  # as Mochi 1
+    vae_channels: tuple[int, ...] = (32, 32, 32, 32)  # Mochi's GroupNorm has 32 groups
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_video_components(config: VideoModelConfig, seed: int = 0) -> dict:
+    """Untrained MochiPipeline components (the classes of genmo/mochi-1-preview)."""
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    _, t5_tok = word_level_tokenizers(video_vocabulary())
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        t5 = T5EncoderModel(T5Config(
+            vocab_size=len(t5_tok), d_model=config.text_width, d_kv=config.text_width // 4, d_ff=2 * config.text_width,
+            num_layers=config.text_layers, num_heads=4, relative_attention_num_buckets=16, dropout_rate=0.0,
+            pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
+        ))
+        transformer = MochiTransformer3DModel(
+            patch_size=2, num_attention_heads=config.heads, attention_head_dim=config.head_dim,
+            num_layers=config.layers, pooled_projection_dim=config.text_stream, in_channels=config.latent_channels,
+            text_embed_dim=config.text_width, time_embed_dim=64, max_sequence_length=256,
+        )
+        # diffusers builds Mochi's learned RoPE frequencies at zero (no rotation: no position at all);
+        # drawn at random, every head starts with a mix of time, row and column rotations to learn from
+        transformer.pos_frequencies.data.normal_(0.0, 0.5)
+        channels = tuple(config.vae_channels)
+        vae = AutoencoderKLMochi(
+            in_channels=15, out_channels=3, encoder_block_out_channels=channels, decoder_block_out_channels=channels,
+            latent_channels=config.latent_channels, layers_per_block=(1, 1, 1, 1, 1),
+            temporal_expansions=(1, 2, 3), spatial_expansions=(2, 2, 2),
+            add_attention_block=(False, False, False, False, False), scaling_factor=1.0,
+        )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, invert_sigmas=True)
+    return {"scheduler": scheduler, "vae": vae, "text_encoder": t5, "tokenizer": t5_tok, "transformer": transformer}
