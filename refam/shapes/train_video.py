@@ -157,6 +157,29 @@ class VideoFlowStage(L.LightningModule):
         self.transformer.train()
         self.t5.train()
 
+    def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
+                expressions: torch.Tensor | None = None, valid: torch.Tensor | None = None):
+        """Mochi's output for a batch; with `expressions` [B, K, L, D] (`valid` [B, K, L]) the branch
+        rides after the caption with its attention mask off, as `MochiExtractor.denoise` puts it,
+        and the capture of its maps comes back too."""
+        mask = mask.bool()
+        capture = None
+        if expressions is not None:
+            embeds = torch.cat([embeds, expressions.flatten(1, 2).to(embeds.dtype)], dim=1)
+            mask = torch.cat([mask, mask.new_zeros(x_t.shape[0], valid[0].numel())], dim=1)
+            num_tokens = x_t.shape[2] * (x_t.shape[3] // 2) * (x_t.shape[4] // 2)
+            capture = BatchCapture(valid.cpu(), mask.shape[1] - valid[0].numel(), num_tokens, len(self.processors),
+                                   key_order=("image", "caption", "branch"))
+            for processor in self.processors:
+                processor.capture = capture
+        try:
+            prediction = self.transformer(hidden_states=x_t, encoder_hidden_states=embeds, encoder_attention_mask=mask,
+                                          timestep=1000.0 * (1 - sigma), return_dict=False)[0]
+        finally:
+            for processor in self.processors:
+                processor.capture = None
+        return prediction if capture is None else (prediction, capture)
+
     def training_step(self, indices, batch_idx):
         indices = indices.tolist()
         x0 = self.data.latents[indices].float()
@@ -164,37 +187,26 @@ class VideoFlowStage(L.LightningModule):
         captions = ["" if self.rng.random() < self.empty_caption_rate else training_caption(c, self.rng) for c in clips]
         embeds, mask, _, _ = self.pipe.encode_prompt(prompt=captions, do_classifier_free_guidance=False,
                                                       max_sequence_length=self.caption_tokens, device=x0.device)
-        mask = mask.bool()
         batch = x0.shape[0]
         sigma = torch.sigmoid(torch.randn(batch) + self.t_mean)
         grounded = torch.zeros(batch)
-        capture = None
+        drawn, valid, kept, capture = None, None, None, None
         if self.grounding is not None:
             grounded = (torch.rand(batch) < self.ground_share).float()
             sigma = torch.where(grounded.bool(), torch.empty(batch).uniform_(*self.ground_sigma), sigma)
             drawn = self.grounding.draw(clips, self.rng)
             expr_embeds, valid, kept = self.grounding.encode(drawn, x0.device)
-            # the branch rides after the caption with its attention mask off, as MochiExtractor.denoise puts it
-            embeds = torch.cat([embeds, expr_embeds.flatten(1, 2).to(embeds.dtype)], dim=1)
-            mask = torch.cat([mask, mask.new_zeros(batch, valid[0].numel())], dim=1)
-            num_tokens = x0.shape[2] * (x0.shape[3] // 2) * (x0.shape[4] // 2)
-            capture = BatchCapture(valid.cpu(), self.caption_tokens, num_tokens, len(self.processors),
-                                   key_order=("image", "caption", "branch"))
-            for processor in self.processors:
-                processor.capture = capture
         noise = torch.randn_like(x0)
         s = sigma[:, None, None, None, None]
         x_t = (1 - s) * x0 + s * noise
-        try:
-            prediction = self.transformer(hidden_states=x_t, encoder_hidden_states=embeds, encoder_attention_mask=mask,
-                                          timestep=1000.0 * (1 - sigma), return_dict=False)[0]
-        finally:
-            for processor in self.processors:
-                processor.capture = None
+        if drawn is None:
+            prediction = self.denoise(x_t, sigma, embeds, mask)
+        else:
+            prediction, capture = self.denoise(x_t, sigma, embeds, mask, expr_embeds, valid)
         loss = F.mse_loss(prediction, x0 - noise)  # Mochi predicts x0 - eps (MochiExtractor.velocity_sign)
         self.log("flow/loss", loss, prog_bar=True)
         if capture is not None and grounded.any():
-            cover = torch.zeros(batch, valid.shape[1], num_tokens)
+            cover = torch.zeros(batch, valid.shape[1], x0.shape[2] * (x0.shape[3] // 2) * (x0.shape[4] // 2))
             for b, (i, row) in enumerate(zip(indices, drawn)):
                 for k, (expression, _) in enumerate(row):
                     cover[b, k] = self.data.cover[i][expression.target].float()

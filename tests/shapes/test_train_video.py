@@ -1,0 +1,83 @@
+"""refam-shapes-video's training reads the maps inference reads: the grounding term's capture in a
+training batch equals `MochiExtractor`'s capture of each clip alone, and the branch leaves the
+velocity (the flow loss) unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from refam.aggregators.magnets import AppendMagnets
+from refam.extractors.mochi import MochiExtractor
+from refam.shapes.grounding import Expression, GroundingTerm
+from refam.shapes.motion import make_motion_clip
+from refam.shapes.train_video import LatentClips, VideoFlowStage, clip_targets, window
+from refam.shapes.video_model import CLIP_FRAMES, FRAME, TEMPORAL
+from refam.testing.tiny_mochi import save_tiny_mochi
+
+MAGNETS, NONE = AppendMagnets(), AppendMagnets([])
+
+
+@pytest.fixture(scope="module")
+def extractor(tmp_path_factory):
+    folder = save_tiny_mochi(tmp_path_factory.mktemp("tiny-mochi") / "mochi")
+    extractor = MochiExtractor(str(folder), torch_dtype="float32", height=48, width=80, clip_frames=7,
+                               caption_max_tokens=16)
+    extractor.setup(torch.device("cpu"))
+    return extractor
+
+
+def test_training_capture_equals_the_extractors_capture_per_clip(extractor):
+    pipe = extractor.pipe
+    stage = VideoFlowStage(pipe, LatentClips(torch.zeros(0), [], []), lr=1e-3, caption_tokens=16, empty_caption_rate=0.0,
+                           seed=0, ground_weight=0.0, ground_share=0.5)
+    # the stage installed its own branch processors (the extractor's class) in the shared transformer
+    extractor.processors = stage.processors
+    term = GroundingTerm(pipe.tokenizer, pipe.text_encoder, expressions_per_scene=2)
+    rows = [[("the red dog on the left", MAGNETS), ("a man", NONE)], [("the small blue car near the tree", MAGNETS)]]
+    drawn = [[(Expression(*strategy.augment(text), 0), strategy) for text, strategy in row] for row in rows]
+    generator = torch.Generator().manual_seed(0)
+    frames = [[np.uint8(torch.randint(0, 255, (24, 40, 3), generator=generator)) for _ in range(7)] for _ in range(2)]
+    from PIL import Image
+
+    latents = [extractor.encode_clip([Image.fromarray(f).resize((80, 48)) for f in clip]) for clip in frames]
+    grid = latents[0].grid
+    sigma = 0.1
+    x_t = torch.cat([(1 - sigma) * latent.x0 + sigma * torch.randn(latent.x0.shape, generator=generator) for latent in latents])
+    condition = extractor.encode_caption("a dog and a man")
+    with torch.no_grad():
+        embeds, valid, kept = term.encode(drawn, torch.device("cpu"))
+        velocity, capture = stage.denoise(x_t, torch.full((2,), sigma), condition.embeds.expand(2, -1, -1),
+                                          condition.mask.expand(2, -1), embeds, valid)
+        logits = capture.logits()  # [B, N, K, L]
+    for b, row in enumerate(drawn):
+        single = extractor.encode_expressions([(e.text, e.magnet_start) for e, _ in row])
+        alone = extractor.new_capture(single, condition, grid)
+        plain = extractor.forward(x_t[b : b + 1], sigma, grid, condition)
+        extractor.forward(x_t[b : b + 1], sigma, grid, condition, single, alone)
+        scores, _ = alone.result()  # [K, L, N]
+        k, length = single.valid.shape
+        assert valid[b, :k, :length].equal(single.valid) and not valid[b, :k, length:].any()
+        torch.testing.assert_close(logits[b, :, :k, :length].permute(1, 2, 0), scores, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(velocity[b : b + 1], plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [8, 13, 32])
+def test_the_window_is_the_extractors_first_clip(frames):
+    """Training sees the frames MochiExtractor encodes (a short clip padded with its last frame),
+    and each latent frame's targets are the frames it holds: frame 0 alone, then six each."""
+    clip = make_motion_clip("train", 0, frames=frames)
+    indices, latents = window(clip)
+    assert len(indices) == CLIP_FRAMES and indices[: min(frames, CLIP_FRAMES)] == list(range(min(frames, CLIP_FRAMES)))
+    assert latents == [0] + [1] * TEMPORAL + [2] * TEMPORAL
+    pixels, cover = clip_targets(clip)
+    assert pixels.shape == (3, CLIP_FRAMES, *FRAME)
+    cells = (FRAME[0] // 16) * (FRAME[1] // 16)
+    assert cover.shape == (len(clip.objects), 3 * cells)
+    first = cover[:, :cells]
+    for k in range(len(clip.objects)):  # latent 0's target is frame 0's mask
+        assert first[k].sum() > 0
+    moving = [k for k, o in enumerate(clip.objects) if o.motion != "still"]
+    for k in moving:  # a mover's cells differ between the first and last latent frame
+        assert not torch.allclose(cover[k, :cells], cover[k, 2 * cells :])
