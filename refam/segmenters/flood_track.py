@@ -2,9 +2,10 @@
 frame by its colour, as SAM2's propagation follows an object on flat-coloured scenes.
 
 On the key frame the object is `FloodFillSegmenter`'s region under the point. Its reference colour
-is that region's median colour, so JPEG noise on the seed pixel does not bias what follows. On each
-next frame (forward to the end, then backward from the key frame to frame 0) the pixels within
-`tolerance` of the reference colour are split into 8-connected components, and the object is:
+is that region's median colour, so JPEG noise on the seed pixel does not bias what follows. On every
+frame, the key frame first (its "previous mask" is the flood fill), then forward to the end, then
+backward from the key frame to frame 0, the pixels within `tolerance` of the reference colour are
+split into 8-connected components, and the object is:
 
 1. the components that overlap the previous mask (the object moved less than its own size), else
 2. the component nearest to where the object should be (its last centroid advanced by its last
@@ -103,9 +104,9 @@ class FloodTrackSegmenter(VideoSegmenter):
     kept, and the key frame's for the backward pass.
 
     Args:
-        tolerance: per-channel colour distance (0-255) within which a pixel belongs to the object,
-            as `FloodFillSegmenter`'s (on the key frame from the seed pixel, later from the key
-            region's median colour).
+        tolerance: per-channel colour distance (0-255): `FloodFillSegmenter`'s from the seed pixel
+            picks the object on the key frame; on every frame its pixels are those within it of the
+            key region's median colour.
         search_radius: how far from its expected centre a lost or fast object is looked for, in
             multiples of its size (the longer side of the key region's bounding box).
         min_area: the smallest share of the key region's area a component must cover to be taken
@@ -133,28 +134,27 @@ class FloodTrackSegmenter(VideoSegmenter):
                               f"({width}x{height}); points are (x, y) in pixels")
         core = flood_region(key, seed_pixel(x, y, width, height), self.tolerance)
         reference = np.median(key[core], axis=0)
-        key_mask = with_rim(key, core, reference)
-        return self._follow(paths, frame_index, key_mask, reference)
-
-    def _follow(self, paths: list[str], frame_index: int, key_mask: np.ndarray,
-                reference: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        yield frame_index, key_mask
-        rows, cols = np.nonzero(key_mask)
+        rows, cols = np.nonzero(core)
         size = max(np.ptp(rows), np.ptp(cols)) + 1
-        lo = np.clip(np.round(reference) - self.tolerance, 0, 255).astype(np.uint8)
-        hi = np.clip(np.round(reference) + self.tolerance, 0, 255).astype(np.uint8)
+        # The key region too is taken by the reference colour (the components overlapping the
+        # flood fill), so that a click on a pixel of extreme noise leaves no holes.
+        found = self._find(key, reference, _Course(core, centroid(core), np.zeros(2)), size, core.sum())
+        key_mask = found if found.any() else core  # no pixel near the median colour: keep the fill
+        return self._follow(paths, frame_index, key_mask, reference, size)
+
+    def _follow(self, paths: list[str], frame_index: int, key_mask: np.ndarray, reference: np.ndarray,
+                size: int) -> Iterator[tuple[int, np.ndarray]]:
+        yield frame_index, key_mask
         video_size = key_mask.shape[::-1]
-        start = centroid(key_mask)
+        start, key_area = centroid(key_mask), key_mask.sum()
         # The backward pass starts with the reversed velocity the forward pass first measured,
         # so a fast object is looked for where it came from.
         first_velocity = np.zeros(2)
         for step in (1, -1):
             course = _Course(key_mask, start, -first_velocity if step < 0 else np.zeros(2))
             for index in range(frame_index + step, len(paths) if step > 0 else -1, step):
-                frame = read_frame(paths[index], video_size)
-                mask = self._find(cv2.inRange(frame, lo, hi), course, size, key_mask.sum())
+                mask = self._find(read_frame(paths[index], video_size), reference, course, size, key_area)
                 if mask.any():
-                    mask = with_rim(frame, mask, reference)
                     course.seen(mask)
                     if step > 0 and index == frame_index + 1:
                         first_velocity = course.velocity
@@ -162,19 +162,19 @@ class FloodTrackSegmenter(VideoSegmenter):
                     course.frames_unseen += 1
                 yield index, mask
 
-    def _find(self, matching: np.ndarray, course: _Course, size: int, key_area: int) -> np.ndarray:
-        """The object's mask among the `matching` (uint8, 255 where the colour matches) pixels."""
-        count, labels, stats, centres = cv2.connectedComponentsWithStats(matching, connectivity=8)
+    def _find(self, frame: np.ndarray, reference: np.ndarray, course: _Course, size: int, key_area: int) -> np.ndarray:
+        """The object's mask in `frame` (empty where it is not found), by the module docstring's rules."""
+        lo = np.clip(np.round(reference) - self.tolerance, 0, 255).astype(np.uint8)
+        hi = np.clip(np.round(reference) + self.tolerance, 0, 255).astype(np.uint8)
+        count, labels, stats, centres = cv2.connectedComponentsWithStats(cv2.inRange(frame, lo, hi), connectivity=8)
         overlapping = np.unique(labels[course.mask])
         overlapping = overlapping[overlapping > 0]
         if overlapping.size:
-            return np.isin(labels, overlapping)
+            return with_rim(frame, np.isin(labels, overlapping), reference)
         expected = course.centre + course.velocity * (course.frames_unseen + 1)
         candidates = [c for c in range(1, count) if stats[c, cv2.CC_STAT_AREA] >= self.min_area * key_area]
-        if not candidates:
-            return np.zeros(matching.shape, dtype=bool)
-        distances = np.hypot(*(centres[candidates] - expected).T)
+        distances = np.hypot(*(centres[candidates] - expected).T) if candidates else np.array([np.inf])
         nearest = int(np.argmin(distances))
         if distances[nearest] > self.search_radius * size:
-            return np.zeros(matching.shape, dtype=bool)
-        return labels == candidates[nearest]
+            return np.zeros(frame.shape[:2], dtype=bool)
+        return with_rim(frame, labels == candidates[nearest], reference)
