@@ -9,7 +9,8 @@ split into 8-connected components, and the object is:
 
 1. the components that overlap the previous mask (the object moved less than its own size), else
 2. the component nearest to where the object should be (its last centroid advanced by its last
-   velocity), within `search_radius` times the object's size (fast motion), else
+   velocity, once per frame it was not seen), within `search_radius` times the object's size (fast
+   motion; the first step from the key frame, with no velocity yet, reaches that far), else
 3. nothing: an empty mask, the last known mask and velocity kept to re-acquire it later (it left
    the frame or is hidden).
 
@@ -30,25 +31,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from refam.errors import ConfigError, DataError, MissingInputError
-from refam.io.images import open_rgb
+from refam.errors import ConfigError
+from refam.io.frames import read_frame
 from refam.segmenters.floodfill import check_tolerance, flood_region, seed_pixel
 from refam.segmenters.video_base import FramePath, VideoSegmenter, check_track_inputs
-
-
-def read_frame(path: str, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Frame `path` as uint8 [H, W, 3] RGB, read as every refam image is (`open_rgb`: modes,
-    EXIF orientation, transparency); `size` (width, height) is the video's, which it must have."""
-    try:
-        rgb = open_rgb(path)
-    except FileNotFoundError as err:
-        raise MissingInputError(f"video frame not found: {path}") from err
-    except OSError as err:
-        raise DataError(f"cannot read video frame {path}: {err}") from err
-    if size is not None and rgb.size != size:
-        raise DataError(f"video frame {path} is {rgb.size[0]}x{rgb.size[1]} but the key frame is "
-                        f"{size[0]}x{size[1]}; all frames of a video must have one size")
-    return np.asarray(rgb)
 
 
 RIM = 2  # pixels: how far 4:2:0 chroma upsampling blends an edge
@@ -63,7 +49,7 @@ def with_rim(frame: np.ndarray, core: np.ndarray, reference: np.ndarray) -> np.n
     pixels = frame.astype(np.float32)
     core8 = core.astype(np.uint8)
     near, far = (cv2.dilate(core8, np.ones((k, k), np.uint8)) for k in (_INNER, _OUTER))
-    ring = (far & ~near).astype(np.float32)
+    ring = (far > near).astype(np.float32)
     window = (_WINDOW, _WINDOW)
     count = cv2.boxFilter(ring, -1, window, normalize=False)
     around = cv2.boxFilter(pixels * ring[..., None], -1, window, normalize=False) / np.maximum(count, 1)[..., None]
@@ -147,17 +133,12 @@ class FloodTrackSegmenter(VideoSegmenter):
         yield frame_index, key_mask
         video_size = key_mask.shape[::-1]
         start, key_area = centroid(key_mask), key_mask.sum()
-        # The backward pass starts with the reversed velocity the forward pass first measured,
-        # so a fast object is looked for where it came from.
-        first_velocity = np.zeros(2)
         for step in (1, -1):
-            course = _Course(key_mask, start, -first_velocity if step < 0 else np.zeros(2))
+            course = _Course(key_mask, start, np.zeros(2))
             for index in range(frame_index + step, len(paths) if step > 0 else -1, step):
                 mask = self._find(read_frame(paths[index], video_size), reference, course, size, key_area)
                 if mask.any():
                     course.seen(mask)
-                    if step > 0 and index == frame_index + 1:
-                        first_velocity = course.velocity
                 else:
                     course.frames_unseen += 1
                 yield index, mask

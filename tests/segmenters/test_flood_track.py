@@ -129,15 +129,17 @@ def test_the_region_follows_the_reference_colour_not_a_noisy_pixel(tmp_path):
         assert got[t][ndimage.binary_erosion(masks[t][0], iterations=2)].all(), t  # no hole
 
 
-def test_a_hidden_object_gives_empty_masks_and_is_found_again(tmp_path):
-    images, masks = moving_circles((100, 60), (230, 230, 230), [((40, 80, 220), 15, 30, 8, 0, 8)], frames=9,
-                                   hidden={(0, 4), (0, 5)})
+def test_a_hidden_object_gives_empty_masks_and_is_found_again_where_its_motion_leads(tmp_path):
+    # hidden for 4 frames, it comes back 40 pixels from where it was last seen, farther than the
+    # search radius (2 x its 17 pixels), right where its velocity leads
+    images, masks = moving_circles((100, 60), (230, 230, 230), [((40, 80, 220), 15, 30, 8, 0, 8)], frames=10,
+                                   hidden={(0, 3), (0, 4), (0, 5), (0, 6)})
     paths = write_jpegs(tmp_path, images)
-    for key in (0, 8):
+    for key in (0, 9):
         got = tracked(paths, key, inner_point(masks[key][0]))
         for t in range(len(paths)):
             assert iou(got[t], masks[t][0]) >= 0.97, (key, t)
-        assert not got[4].any() and not got[5].any()
+        assert not any(got[t].any() for t in (3, 4, 5, 6))
 
 
 def test_a_point_on_the_background_follows_the_background(tmp_path):
@@ -184,3 +186,21 @@ def test_bad_videos_are_one_line_before_any_mask(tmp_path):
     Image.new("RGB", (48, 64)).save(paths[2])
     with pytest.raises(DataError, match="one size"):
         list(FloodTrackSegmenter().track(paths, 0, (20.5, 20.5)))
+
+
+def test_the_pipeline_tracks_a_video_with_it(tmp_path):
+    from refam.aggregators.magnets import AppendMagnets
+    from refam.pipeline import RefAMPipeline
+    from refam.types import VideoExpression, VideoSample
+    from tests.test_video_module import PlantedVideoExtractor, SIZE
+
+    # the planted hot cell (row 1, col 2) of a 4 x 6 grid puts the point at (20, 12) on frame 0
+    images, masks = moving_circles(SIZE, (225, 225, 220), [((40, 80, 220), 20, 12, 2, 1, 5)], frames=7)
+    paths = write_jpegs(tmp_path, images)
+    pipeline = RefAMPipeline(extractor=PlantedVideoExtractor({0: [(0, 1, 2, 6.0)]}), segmenter=FloodTrackSegmenter(),
+                             magnets=AppendMagnets())
+    seen = {}
+    pipeline.segment_video(VideoSample("clip", [str(p) for p in paths], [VideoExpression("the blue ball", "e0", [1])]),
+                           lambda expression, index, mask: seen.setdefault(index, mask))
+    assert sorted(seen) == list(range(7))
+    assert all(iou(seen[t], masks[t][0]) >= 0.97 for t in range(7))
