@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from refam.io.images import check_size, to_rgb, viewed_rgb
-from refam.errors import MissingInputError
+from refam.io.images import check_size, open_rgb, to_rgb, viewed_rgb
+from refam.errors import DataError, MissingInputError
 from refam.io.pixels import frame_count
 
 FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -25,6 +25,22 @@ def frame_files(folder: Path) -> list[Path]:
     if not files:
         raise MissingInputError(f"{folder}: the frame folder holds no images ({', '.join(sorted(FRAME_SUFFIXES))})")
     return files
+
+
+def read_frame(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Frame `path` as uint8 [H, W, 3] RGB, read as every refam image is (`open_rgb`: modes,
+    EXIF orientation, transparency); `size` (width, height) is the video's, which it must have.
+    For trackers that read one frame at a time."""
+    try:
+        rgb = open_rgb(path)
+    except FileNotFoundError as err:
+        raise MissingInputError(f"video frame not found: {path}") from err
+    except OSError as err:
+        raise DataError(f"cannot read video frame {path}: {err}") from err
+    if size is not None and rgb.size != size:
+        raise DataError(f"video frame {path} is {rgb.size[0]}x{rgb.size[1]} but the video's frames are "
+                        f"{size[0]}x{size[1]}; all frames of a video must have one size")
+    return np.asarray(rgb)
 
 
 def animated_frames(path: Path) -> int:

@@ -3,6 +3,7 @@ first-frame point through a video."""
 
 from refam.segmenters.base import Segmenter
 from refam.segmenters.floodfill import FloodFillSegmenter
+from refam.segmenters.flood_track import FloodTrackSegmenter
 from refam.segmenters.sam2 import SAM2PointSegmenter
 from refam.segmenters.frame_store import LazyFrameStore
 from refam.segmenters.sam2_video import SAM2VideoSegmenter
@@ -11,6 +12,7 @@ from refam.segmenters.video_base import VideoSegmenter
 
 __all__ = [
     "FloodFillSegmenter",
+    "FloodTrackSegmenter",
     "HeatmapThresholdSegmenter",
     "LazyFrameStore",
     "SAM2PointSegmenter",

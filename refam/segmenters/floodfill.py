@@ -10,6 +10,30 @@ from refam.errors import ConfigError
 from refam.segmenters.base import Segmenter, check_segment_inputs
 
 
+def check_tolerance(tolerance: int) -> int:
+    """A per-channel colour tolerance (0-255), or a `ConfigError` naming the `tolerance` field."""
+    if not 0 <= tolerance <= 255:
+        raise ConfigError(f"must be in [0, 255], got {tolerance}", field="tolerance")
+    return tolerance
+
+
+def seed_pixel(x: float, y: float, width: int, height: int) -> tuple[int, int]:
+    """The (column, row) of the pixel a point (x, y) in pixels lands on, clamped into the image
+    (a point on the right or bottom edge, x = width, lands on the last pixel)."""
+    return int(min(max(np.floor(x), 0), width - 1)), int(min(max(np.floor(y), 0), height - 1))
+
+
+def flood_region(image: np.ndarray, seed: tuple[int, int], tolerance: int) -> np.ndarray:
+    """The bool [H, W] 8-connected region around `seed` (column, row) of `image` (uint8 [H, W, 3])
+    whose colour stays within `tolerance` per channel of the seed pixel's colour."""
+    height, width = image.shape[:2]
+    source = np.array(image, copy=True)  # OpenCV wants a writable image even with MASK_ONLY
+    region = np.zeros((height + 2, width + 2), dtype=np.uint8)  # OpenCV wants a 1-pixel border
+    flags = 8 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (255 << 8)
+    cv2.floodFill(source, region, seed, (0, 0, 0), (tolerance,) * 3, (tolerance,) * 3, flags)
+    return region[1:-1, 1:-1] > 0
+
+
 class FloodFillSegmenter(Segmenter):
     """Answers a point prompt as SAM2 would on flat-coloured scenes: the 8-connected region whose
     colour stays within `tolerance` (per channel, 0-255) of the prompted pixel's colour.
@@ -19,19 +43,11 @@ class FloodFillSegmenter(Segmenter):
     """
 
     def __init__(self, tolerance: int = 24) -> None:
-        if not 0 <= tolerance <= 255:
-            raise ConfigError(f"must be in [0, 255], got {tolerance}", field="tolerance")
-        self.tolerance = tolerance
+        self.tolerance = check_tolerance(tolerance)
 
     def segment(self, image: np.ndarray, points: np.ndarray, heatmaps: torch.Tensor) -> np.ndarray:
         k, height, width = check_segment_inputs(image, points, heatmaps)
         masks = np.zeros((k, height, width), dtype=bool)
-        source = np.array(image, copy=True)  # OpenCV wants a writable image even with MASK_ONLY
-        tolerance = (self.tolerance,) * 3
-        flags = 8 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (255 << 8)
         for i, (x, y) in enumerate(points):
-            seed = (int(min(max(np.floor(x), 0), width - 1)), int(min(max(np.floor(y), 0), height - 1)))
-            region = np.zeros((height + 2, width + 2), dtype=np.uint8)  # OpenCV wants a 1-pixel border
-            cv2.floodFill(source, region, seed, (0, 0, 0), tolerance, tolerance, flags)
-            masks[i] = region[1:-1, 1:-1] > 0
+            masks[i] = flood_region(image, seed_pixel(x, y, width, height), self.tolerance)
         return masks

@@ -1,0 +1,161 @@
+"""A video segmenter that needs no weights: the key frame's flood-fill region, followed frame by
+frame by its colour, as SAM2's propagation follows an object on flat-coloured scenes.
+
+On the key frame the object is `FloodFillSegmenter`'s region under the point. Its reference colour
+is that region's median colour, so JPEG noise on the seed pixel does not bias what follows. On every
+frame, the key frame first (its "previous mask" is the flood fill), then forward to the end, then
+backward from the key frame to frame 0, the pixels within `tolerance` of the reference colour are
+split into 8-connected components, and the object is:
+
+1. the components that overlap the previous mask (the object moved less than its own size), else
+2. the component nearest to where the object should be (its last centroid advanced by its last
+   velocity, once per frame it was not seen), within `search_radius` times the object's size (fast
+   motion; the first step from the key frame, with no velocity yet, reaches that far), else
+3. nothing: an empty mask, the last known mask and velocity kept to re-acquire it later (it left
+   the frame or is hidden).
+
+Each frame's region then takes in its rim: the pixels next to it (up to `RIM` deep) whose colour is
+nearer the reference colour than the colour around the region there. JPEG (4:2:0, as PIL and most
+cameras write it) halves the colour resolution, so at an edge where only the hue changes the
+pixels just inside are blended with the outside by more than any sensible tolerance; without the
+rim a 16-pixel circle loses a fifth of its area.
+
+A point on the background makes the background "the object", followed the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from refam.errors import ConfigError
+from refam.io.frames import read_frame
+from refam.segmenters.floodfill import check_tolerance, flood_region, seed_pixel
+from refam.segmenters.video_base import FramePath, VideoSegmenter, check_track_inputs
+
+
+RIM = 2  # pixels: how far 4:2:0 chroma upsampling blends an edge
+# the surroundings: pixels 3-4 from the region (past the blend), averaged over an 11 x 11 window,
+# which reaches them from any rim pixel
+_INNER, _OUTER, _WINDOW = 5, 9, 11
+
+
+def with_rim(frame: np.ndarray, core: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """`core` (bool [H, W]) and the pixels up to `RIM` from it whose colour is nearer `reference`
+    than the mean colour of the region's surroundings nearby (pixels 3-4 away from it)."""
+    pixels = frame.astype(np.float32)
+    core8 = core.astype(np.uint8)
+    near, far = (cv2.dilate(core8, np.ones((k, k), np.uint8)) for k in (_INNER, _OUTER))
+    ring = (far > near).astype(np.float32)
+    window = (_WINDOW, _WINDOW)
+    count = cv2.boxFilter(ring, -1, window, normalize=False)
+    around = cv2.boxFilter(pixels * ring[..., None], -1, window, normalize=False) / np.maximum(count, 1)[..., None]
+    nearer = (((pixels - reference) ** 2).sum(axis=2) < ((pixels - around) ** 2).sum(axis=2)) & (count > 0)
+    mask = core.copy()
+    for _ in range(RIM):
+        mask |= cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & nearer
+    return mask
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    """The (x, y) mean of a non-empty mask's pixels."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+@dataclass
+class _Course:
+    """Where the followed object was last seen: its mask, centroid and velocity (pixels per frame)."""
+
+    mask: np.ndarray
+    centre: np.ndarray
+    velocity: np.ndarray
+    frames_unseen: int = 0
+
+    def seen(self, mask: np.ndarray) -> None:
+        centre = centroid(mask)
+        self.velocity = (centre - self.centre) / (self.frames_unseen + 1)
+        self.mask, self.centre, self.frames_unseen = mask, centre, 0
+
+
+class FloodTrackSegmenter(VideoSegmenter):
+    """Follows the flood-fill region of the key frame's point through a video by its colour (see
+    the module docstring). Exact on flat-coloured shapes that do not touch one another.
+
+    Masks come in `SAM2VideoSegmenter`'s order: key frame, later frames in order, then earlier
+    frames in reverse order, every frame once. One frame is read at a time; the previous mask is
+    kept, and the key frame's for the backward pass.
+
+    Args:
+        tolerance: per-channel colour distance (0-255): `FloodFillSegmenter`'s from the seed pixel
+            picks the object on the key frame; on every frame its pixels are those within it of the
+            key region's median colour.
+        search_radius: how far from its expected centre a lost or fast object is looked for, in
+            multiples of its size (the longer side of the key region's bounding box).
+        min_area: the smallest share of the key region's area a component must cover to be taken
+            for the object when it does not overlap the previous mask (so that a few pixels of a
+            matching colour elsewhere, e.g. JPEG ringing, are not taken for it).
+    """
+
+    def __init__(self, tolerance: int = 24, search_radius: float = 2.0, min_area: float = 0.05) -> None:
+        self.tolerance = check_tolerance(tolerance)
+        if not (np.isfinite(search_radius) and search_radius > 0):
+            raise ConfigError(f"must be a positive number of object sizes, got {search_radius}", field="search_radius")
+        if not 0 <= min_area <= 1:
+            raise ConfigError(f"must be a share of the key region's area in [0, 1], got {min_area}", field="min_area")
+        self.search_radius, self.min_area = float(search_radius), float(min_area)
+
+    def track(self, frames: Sequence[FramePath], frame_index: int, point: tuple[float, float]) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame index, bool [H, W] mask) for every frame, in the class docstring's order. Inputs
+        are checked now (every frame exists, the point lies in the key frame), not on `next()`."""
+        paths = check_track_inputs(frames, frame_index, point)
+        key = read_frame(paths[frame_index])
+        height, width = key.shape[:2]
+        x, y = (float(v) for v in point)
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise ConfigError(f"track: point (x={x}, y={y}) lies outside frame {frame_index} "
+                              f"({width}x{height}); points are (x, y) in pixels")
+        core = flood_region(key, seed_pixel(x, y, width, height), self.tolerance)
+        reference = np.median(key[core], axis=0)
+        rows, cols = np.nonzero(core)
+        size = max(np.ptp(rows), np.ptp(cols)) + 1
+        # The key region too is taken by the reference colour (the components overlapping the
+        # flood fill), so that a click on a pixel of extreme noise leaves no holes.
+        found = self._find(key, reference, _Course(core, centroid(core), np.zeros(2)), size, core.sum())
+        key_mask = found if found.any() else core  # no pixel near the median colour: keep the fill
+        return self._follow(paths, frame_index, key_mask, reference, size)
+
+    def _follow(self, paths: list[str], frame_index: int, key_mask: np.ndarray, reference: np.ndarray,
+                size: int) -> Iterator[tuple[int, np.ndarray]]:
+        yield frame_index, key_mask
+        video_size = key_mask.shape[::-1]
+        start, key_area = centroid(key_mask), key_mask.sum()
+        for step in (1, -1):
+            course = _Course(key_mask, start, np.zeros(2))
+            for index in range(frame_index + step, len(paths) if step > 0 else -1, step):
+                mask = self._find(read_frame(paths[index], video_size), reference, course, size, key_area)
+                if mask.any():
+                    course.seen(mask)
+                else:
+                    course.frames_unseen += 1
+                yield index, mask
+
+    def _find(self, frame: np.ndarray, reference: np.ndarray, course: _Course, size: int, key_area: int) -> np.ndarray:
+        """The object's mask in `frame` (empty where it is not found), by the module docstring's rules."""
+        lo = np.clip(np.round(reference) - self.tolerance, 0, 255).astype(np.uint8)
+        hi = np.clip(np.round(reference) + self.tolerance, 0, 255).astype(np.uint8)
+        count, labels, stats, centres = cv2.connectedComponentsWithStats(cv2.inRange(frame, lo, hi), connectivity=8)
+        overlapping = np.unique(labels[course.mask])
+        overlapping = overlapping[overlapping > 0]
+        if overlapping.size:
+            return with_rim(frame, np.isin(labels, overlapping), reference)
+        expected = course.centre + course.velocity * (course.frames_unseen + 1)
+        candidates = [c for c in range(1, count) if stats[c, cv2.CC_STAT_AREA] >= self.min_area * key_area]
+        distances = np.hypot(*(centres[candidates] - expected).T) if candidates else np.array([np.inf])
+        nearest = int(np.argmin(distances))
+        if distances[nearest] > self.search_radius * size:
+            return np.zeros(frame.shape[:2], dtype=bool)
+        return with_rim(frame, labels == candidates[nearest], reference)
