@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml $(LOCK)
 		(apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
 	touch $(STAMP)
 
+# the image row (refam-shapes on 297 expressions), then the video row (refam-shapes-video + the tracker
+# on moving-shape clips in the Ref-DAVIS17 layout, the official unsupervised protocol)
 demo: $(STAMP)
 	$(VENV)/bin/refam test --config configs/demo.yaml
+	$(VENV)/bin/refam test --config configs/demo-video.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest

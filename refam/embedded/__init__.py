@@ -12,6 +12,8 @@ FOLDER = Path(__file__).resolve().parent
 REFAM_SHAPES = FOLDER / "refam-shapes"
 REFAM_SHAPES_VIDEO = FOLDER / "refam-shapes-video"  # a diffusers Mochi folder (refam.shapes.train_video)
 DEFAULT_MODEL_SECTION = FOLDER / "refam-shapes.yaml"
+DEFAULT_VIDEO_MODEL_SECTION = FOLDER / "refam-shapes-video.yaml"
+DEFAULT_VIDEO_CONFIG = FOLDER / "default-video.yaml"  # what a video runs on without a config
 DEFAULT_CONFIG = FOLDER / "default.yaml"  # a config whose `model:` is DEFAULT_MODEL_SECTION
 
 

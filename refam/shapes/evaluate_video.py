@@ -1,11 +1,14 @@
-"""How well refam-shapes-video grounds: the key frame's point on held-out motion clips, by kind.
+"""How well refam-shapes-video grounds, on held-out clips of the kind a user draws.
 
-    python -m refam.shapes.evaluate_video [--model refam/embedded/refam-shapes-video] [--clips 40]
+    python -m refam.shapes.evaluate_video [--model refam/embedded/refam-shapes-video] [--clips 40] [--jf]
 
-A hit is the first frame's argmax point (the paper's key frame) inside the referent's mask there,
-read exactly as `refam predict --video` reads it: `MochiExtractor` with the embedded section's
-settings, the paper's magnets and stop-word filter, the softmax-mean aggregator. No segmenter runs,
-so this scores the model alone; `refam test` scores the whole video path (J&F).
+`key_point_accuracy`: a hit is the first frame's argmax point (the paper's key frame) inside the
+referent's mask there, read exactly as `refam predict --video` reads it (`MochiExtractor` with the
+embedded section's settings, the paper's magnets and stop-word filter, the softmax-mean aggregator);
+no segmenter runs, so this scores the model alone. `clip_scores` runs the whole default video
+pipeline (the point, then the tracker) on the clips written as JPEG frames, and scores each
+expression's track with J (region IoU) and F (boundary F, as davis2017-evaluation computes them)
+over every frame: "the <colour> <shape>" and the twins' "the <colour> <shape> moving <direction>".
 """
 
 from __future__ import annotations
@@ -61,6 +64,75 @@ def key_point_accuracy(model: str, indices: Iterable[int], split: str = "test",
     return {kind: round(100.0 * sum(v) / len(v), 1) for kind, v in sorted(hits.items()) if v}
 
 
+def default_video_pipeline(model: str | None = None):
+    """The embedded video section's pipeline (`refam/embedded/refam-shapes-video.yaml`), on `model`
+    instead of the shipped weights when given."""
+    import copy
+
+    from refam.embedded import DEFAULT_VIDEO_CONFIG
+    from refam.sections import build_pipeline, config_section
+
+    section = copy.deepcopy(config_section(DEFAULT_VIDEO_CONFIG))
+    if model is not None:
+        section["extractor"]["init_args"]["pretrained"] = str(model)
+    pipeline = build_pipeline(section, origin=str(DEFAULT_VIDEO_CONFIG))
+    pipeline.setup("cpu")
+    return pipeline
+
+
+def twin_of(clip, target: int) -> bool:
+    o = clip.objects[target]
+    return sum((x.colour, x.shape, x.rgb, x.r) == (o.colour, o.shape, o.rgb, o.r) for x in clip.objects) > 1
+
+
+def clip_scores(pipeline, indices: Iterable[int], split: str = "test", folder=None, **overrides) -> dict[str, dict]:
+    """J, F and J&F (%) of every expression's track, averaged per group: "looks" ("the <colour>
+    <shape>"), "twins" (a motion expression whose referent has an identical twin), "motion" (every
+    motion kind) and "all". `overrides` go to `make_motion_clip` (width, height, frames, twins)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from refam.metrics.jf import contour_accuracy, region_similarity
+    from refam.types import VideoExpression, VideoSample
+
+    per_group: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        for index in indices:
+            clip = make_motion_clip(split, index, **overrides)
+            frames = []
+            for t in range(clip.num_frames):
+                path = Path(scratch) / f"{split}-{index}-{t:05d}.jpg"
+                clip.frame(t).image.save(path, quality=95)
+                frames.append(str(path))
+            expressions = [VideoExpression(r.text, str(k)) for k, r in enumerate(clip.referrals)]
+            scores: dict[str, list[tuple[float, float]]] = defaultdict(list)
+
+            def score(expression, t, mask, clip=clip, scores=scores):
+                truth = clip.frame(t).masks[clip.referrals[int(expression.expression_id)].target]
+                scores[expression.expression_id].append((region_similarity(mask, truth), contour_accuracy(mask, truth)))
+
+            pipeline.segment_video(VideoSample(f"{split}-{index}", frames, expressions), on_mask=score)
+            for k, referral in enumerate(clip.referrals):
+                j, f = np.mean(scores[str(k)], axis=0) if scores[str(k)] else (0.0, 0.0)
+                groups = ["all"]
+                if referral.kind == "colour+shape":
+                    groups.append("looks")
+                elif referral.kind not in LOOKS:
+                    groups.append("motion")
+                    if referral.kind == "motion" and twin_of(clip, referral.target):
+                        groups.append("twins")
+                for group in groups:
+                    per_group[group].append((float(j), float(f)))
+    out = {}
+    for group, values in sorted(per_group.items()):
+        j, f = (float(np.mean(column)) for column in zip(*values))
+        out[group] = {"J&F": round(50.0 * (j + f), 1), "J": round(100.0 * j, 1), "F": round(100.0 * f, 1),
+                      "expressions": len(values)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     from refam.embedded import FOLDER
 
@@ -68,8 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=str(FOLDER / "refam-shapes-video"))
     parser.add_argument("--clips", type=int, default=40)
     parser.add_argument("--split", default="test", choices=["demo", "test"])
+    parser.add_argument("--jf", action="store_true", help="also run the tracker and score J&F per expression")
     args = parser.parse_args(argv)
     print(json.dumps(key_point_accuracy(args.model, range(args.clips), args.split)))
+    if args.jf:
+        pipeline = default_video_pipeline(args.model)
+        print(json.dumps(clip_scores(pipeline, range(args.clips), args.split)))
+        print("twins:", json.dumps(clip_scores(pipeline, range(args.clips), args.split, twins=True)))
 
 
 if __name__ == "__main__":
