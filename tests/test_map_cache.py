@@ -60,7 +60,7 @@ def counted(module, monkeypatch):
         return extract(*args, **kwargs)
 
     monkeypatch.setattr(module.extractor, "extract", counting)
-    for name in ("aggregator", "spatial_bias", "segmenter", "magnets", "map_cache", "text_condition"):
+    for name in ("settings", "segmenter", "map_cache"):
         monkeypatch.setattr(module, name, getattr(module, name))
     for name in ("seed", "blocks", "trajectory", "pretrained"):
         monkeypatch.setattr(module.extractor, name, getattr(module.extractor, name))
@@ -98,7 +98,10 @@ def test_rerun_changing_only_aggregation_bias_or_segmenter_skips_the_dit(counted
         ("magnets", AppendMagnets(filter_stop_words=False)),  # same magnet words: only `keep` changes
     ]
     for name, value in changes:
-        setattr(module, name, value)
+        if name == "segmenter":  # loaded, not a setting
+            module.segmenter = value
+        else:
+            module.settings = dataclasses.replace(module.settings, **{name: value})
         module.map_cache = None
         calls.clear()
         fresh = run(module, samples)
@@ -117,7 +120,7 @@ def test_what_changes_the_maps_misses(counted, samples, tmp_path, change):
     module, calls = counted
     sample = samples[0]
     if change == "magnet vectors":
-        module.magnets = RandomVectorMagnets(count=2, seed=0)
+        module.settings = dataclasses.replace(module.settings, magnets=RandomVectorMagnets(count=2, seed=0))
     module.map_cache = MapCache(tmp_path / "maps")
     module.segment_sample(sample)
     module.segment_sample(sample)
@@ -128,13 +131,13 @@ def test_what_changes_the_maps_misses(counted, samples, tmp_path, change):
     elif change == "caption":
         sample = dataclasses.replace(sample, caption=sample.caption + " on a white background")
     elif change == "magnet words":
-        module.magnets = AppendMagnets(magnets=["_", "with", "to", "and"])
+        module.settings = dataclasses.replace(module.settings, magnets=AppendMagnets(magnets=["_", "with", "to", "and"]))
     elif change == "magnet vectors":
-        module.magnets = RandomVectorMagnets(count=3, seed=0)
+        module.settings = dataclasses.replace(module.settings, magnets=RandomVectorMagnets(count=3, seed=0))
     elif change == "vector seed":
-        module.magnets = RandomVectorMagnets(count=4, seed=0)
+        module.settings = dataclasses.replace(module.settings, magnets=RandomVectorMagnets(count=4, seed=0))
         module.segment_sample(sample)
-        module.magnets = RandomVectorMagnets(count=4, seed=1)
+        module.settings = dataclasses.replace(module.settings, magnets=RandomVectorMagnets(count=4, seed=1))
     elif change == "blocks":
         extractor.blocks = [0, 1]
     elif change == "noise level":
