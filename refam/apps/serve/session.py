@@ -80,7 +80,7 @@ class Session:
 
     def __init__(self, model, section: dict, max_frames: int = 150, workdir: Path | None = None) -> None:
         self.model = model  # as loaded: never changed
-        self.settings: CallSettings = model.settings  # the settings the latest request ran with (the loaded ones until then)
+        self.settings: CallSettings = model.settings  # the latest request's (the loaded ones until then)
         self.light = LightComponents(model.pipeline, section)
         self.section = self.light.section
         self.defaults = self.light.defaults
@@ -106,14 +106,11 @@ class Session:
         components the section names; the block selection and trajectory only where they are not
         the extractor's own (then passed to it per call). Nothing loaded is changed."""
         built = self.light.build(section)
-        extractor = {}
-        for name in ("blocks", "trajectory"):
-            if built[name] is not self.light.originals[name]:
-                extractor[name] = built[name]
-        if extractor.get("blocks", ()) is None:  # all blocks, where the extractor's own are fewer
-            extractor["blocks"] = list(range(self.num_blocks))
+        overrides = {name: built[name] for name in ("blocks", "trajectory") if built[name] is not self.light.originals[name]}
+        if "blocks" in overrides and overrides["blocks"] is None:  # every block, where the extractor's own
+            overrides["blocks"] = list(range(self.num_blocks))    # are fewer (a call's None is its own)
         return replace(self.model.settings, magnets=built["magnets"], aggregator=built["aggregator"],
-                       spatial_bias=built["spatial_bias"], **extractor)
+                       spatial_bias=built["spatial_bias"], **overrides)
 
     # ------------------------------------------------------------ running
     def _folder(self) -> Path:
