@@ -4,6 +4,8 @@
     model = RefAM.load()                                  # the embedded refam-shapes model
     results = model.segment("scene.png", ["the red circle", "the square"])
     results[0].mask, results[0].point, results[0].heatmap, results[0].token_maps
+    no_magnets = dataclasses.replace(model.settings, magnets=AppendMagnets([]))   # one call's settings
+    model.segment("scene.png", ["the red circle"], settings=no_magnets)           # (refam.settings)
 
 `RefAM.load` takes nothing (the embedded default), a config YAML (its `model:` section, exactly as
 `refam test` reads it) or a diffusers FLUX folder (`refam.sections`). `RefAM.pipeline` is the `RefAMPipeline` that
@@ -24,6 +26,7 @@ from refam.embedded import DEFAULT_CONFIG  # noqa: F401 (shipped in the package:
 from refam.errors import ConfigError, DataError, MissingInputError, RefamError, place, require_words
 from refam.sections import build_pipeline, model_section
 from refam.pipeline import RefAMPipeline
+from refam.settings import Settings
 from refam.types import Expression, Prediction, Sample
 
 SECTIONS = {"model": RefAMPipeline}  # a config's sections that RefAM.load reads
@@ -97,17 +100,24 @@ class RefAM:
             pipeline.segmenter = segmenter
         return cls(pipeline, device, configured=segmenter is None)
 
+    @property
+    def settings(self) -> Settings:
+        """The default settings of a call (`refam.settings.Settings`); `dataclasses.replace` them
+        and pass them to `segment` to change one call."""
+        return self.pipeline.settings
+
     def with_settings(self, **changes) -> "RefAM":
-        """This model with other light settings (see `RefAMPipeline.with_settings`), on the same loaded weights."""
+        """This model with other default settings (see `RefAMPipeline.with_settings`), on the same loaded weights."""
         other = copy.copy(self)
         other.pipeline = self.pipeline.with_settings(**changes)
         return other
 
     @torch.no_grad()
     def segment(self, image: Image.Image | np.ndarray | str | Path, expressions: str | list[str],
-                caption: str = "") -> list[Prediction]:
+                caption: str = "", settings: Settings | None = None) -> list[Prediction]:
         """One prediction per expression, in order: mask [H, W] bool, point (x, y), heatmap on the
         token grid, the tokens kept and dropped, global attention sinks, and per-token maps.
+        `settings`: this call's (`refam.settings.Settings`), default the model's own.
 
         Raises `ExpressionError` naming the expression for one that cannot run (empty, too long)."""
         from refam.errors import ExpressionError
@@ -115,7 +125,7 @@ class RefAM:
         texts = expression_texts(expressions)
         sample = Sample("image", as_image(image),
                         [Expression(text, str(i)) for i, text in enumerate(texts)], caption=caption)
-        result = self.pipeline.segment_sample(sample, keep_token_maps=True)
+        result = self.pipeline.segment_sample(sample, keep_token_maps=True, settings=settings)
         if result.skipped:
             raise ExpressionError("; ".join(result.skipped))
         by_id = {p.expression_id: p for p in result.predictions}

@@ -11,7 +11,6 @@ defaults of the others, so the record builds the component again (`to_config`).
 
 from __future__ import annotations
 
-import copy
 import inspect
 import os
 from typing import Any
@@ -81,21 +80,6 @@ class Configurable:
         name where it keeps one (a value a caller changed after building is seen), else the
         argument as given. `leave_out` names arguments the caller accounts for itself."""
         return {name: getattr(self, name, value) for name, value in self.init_args.items() if name not in leave_out}
-
-    def replaced(self, **changes: Any):
-        """A shallow copy holding other values of the named arguments, as its attributes and in its
-        record; it shares everything else (an extractor's loaded weights). Only for settings the
-        component reads at each call (an extractor's `blocks` and `trajectory`), never for one it
-        derives state from when built."""
-        record = self.init_args
-        unknown = sorted(set(changes) - set(record))
-        if unknown:
-            raise TypeError(f"{type(self).__name__} was not built with {unknown}")
-        other = copy.copy(self)
-        for name, value in changes.items():
-            setattr(other, name, value)
-        other._init_args = {**record, **changes}
-        return other
 
     def to_config(self) -> dict[str, Any]:
         """The `class_path` / `init_args` entry that builds this component again, nested components

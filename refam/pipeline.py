@@ -7,9 +7,10 @@ the one piece that `refam test` (RefAMModule), the Python API, `refam predict`, 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -18,18 +19,19 @@ from refam.aggregators.base import Aggregation, Aggregator, SoftmaxMeanAggregato
 from refam.aggregators.gas import sink_category
 from refam.aggregators.magnets import AppendMagnets, MagnetStrategy
 from refam.aggregators.spatial import BiasContext, SpatialBias
+from refam.config import as_config
 from refam.errors import ConfigError, ExpressionError, RefamError, require_words
 from refam.extractors.base import Extractor, VideoExtractor
 from refam.extractors.cache import MapCache
 from refam.code_identity import RESULTS_LIBRARIES, code_identity, library_versions, spacy_models
 from refam.identity import weights_identity
-from refam.prompts.keyframe import KEY_FRAMES, key_frames
+from refam.prompts.keyframe import key_frames
 from refam.prompts.point import argmax_points, upsample
 from refam.segmenters.base import Segmenter
 from refam.segmenters.video_base import VideoSegmenter
+from refam.settings import TEXT_CONDITIONS, Settings  # noqa: F401 (TEXT_CONDITIONS re-exported)
 from refam.types import Expression, Prediction, Sample, TokenMaps, VideoExpression, VideoSample
 
-TEXT_CONDITIONS = ("caption", "empty")
 # receives each video mask as the segmenter makes it: (expression, frame index, mask)
 MaskSink = Callable[[VideoExpression, int, np.ndarray], None]
 
@@ -69,6 +71,10 @@ def _attach_token_maps(prediction: Prediction, maps: TokenMaps, aggregation: Agg
 class RefAMPipeline:
     """Zero-shot referring segmentation: expression branch maps -> heatmap -> point -> mask.
 
+    It holds what is loaded (the extractor, the segmenter, the map cache) and its default
+    `settings` (`refam.settings.Settings`, made from the arguments below); `segment_sample` and
+    `segment_video` take other `Settings` per call without changing anything it holds.
+
     Args:
         extractor: the DiT observed through the expression branch (e.g. FluxExtractor).
         segmenter: point (and heatmap) -> mask (e.g. SAM2PointSegmenter); a VideoSegmenter for videos.
@@ -96,41 +102,46 @@ class RefAMPipeline:
         key_frame: str = "first",
         map_cache: str | None = None,
     ) -> None:
-        if key_frame not in KEY_FRAMES:
-            raise ConfigError(f"must be one of {list(KEY_FRAMES)}, got {key_frame!r}", field="key_frame")
-        if text_condition not in TEXT_CONDITIONS:
-            raise ConfigError(f"must be one of {list(TEXT_CONDITIONS)}, got {text_condition!r}", field="text_condition")
         self.extractor = extractor
         self.segmenter = segmenter
-        # the light components; None is the paper's magnets, its aggregator and no spatial bias
-        self.magnets = magnets if magnets is not None else AppendMagnets()
-        self.aggregator = aggregator if aggregator is not None else SoftmaxMeanAggregator()
-        self.spatial_bias = [spatial_bias] if isinstance(spatial_bias, SpatialBias) else list(spatial_bias or [])
-        self.text_condition = text_condition
-        self.key_frame = key_frame
+        # None is the paper's magnets, its aggregator and no spatial bias; checked here, once
+        self.settings = Settings(magnets=magnets if magnets is not None else AppendMagnets(),
+                                 aggregator=aggregator if aggregator is not None else SoftmaxMeanAggregator(),
+                                 spatial_bias=spatial_bias, text_condition=text_condition, key_frame=key_frame)
         self.map_cache = MapCache(map_cache) if map_cache else None
 
+    # the default settings, read as the constructor's arguments (set them with `with_settings`)
+    magnets = property(lambda self: self.settings.magnets)
+    aggregator = property(lambda self: self.settings.aggregator)
+    spatial_bias = property(lambda self: self.settings.spatial_bias)
+    text_condition = property(lambda self: self.settings.text_condition)
+    key_frame = property(lambda self: self.settings.key_frame)
+
     def with_settings(self, **changes) -> "RefAMPipeline":
-        """This pipeline with other light settings (`magnets`, `aggregator`, `spatial_bias`,
-        `text_condition`, `key_frame`), checked as the constructor checks them: the loaded extractor,
-        segmenter and map cache are shared (no weights copied or reloaded) and this pipeline is not
-        changed, so a caller comparing settings never has to restore anything."""
-        light = {"magnets": self.magnets, "aggregator": self.aggregator, "spatial_bias": self.spatial_bias,
-                 "text_condition": self.text_condition, "key_frame": self.key_frame}
-        unknown = sorted(set(changes) - set(light))
+        """This pipeline with other default settings (any field of `Settings`), checked as the
+        constructor checks them: the loaded extractor, segmenter and map cache are shared (no
+        weights copied or reloaded) and this pipeline is not changed. A single call needs none:
+        pass `settings=` to `segment_sample` / `segment_video`."""
+        unknown = sorted(set(changes) - set(Settings.names()))
         if unknown:
-            raise TypeError(f"with_settings takes {sorted(light)}, not {unknown}")
-        other = type(self)(self.extractor, self.segmenter, **{**light, **changes})
-        other.map_cache = self.map_cache
+            raise TypeError(f"with_settings takes {Settings.names()}, not {unknown}")
+        other = copy.copy(self)
+        other.settings = replace(self.settings, **changes)
         return other
 
-    def model_section(self) -> dict:
-        """The `model:` section that builds this pipeline again, read from its components' records
-        (`refam.config.Configurable.to_config`): what a saved run holds."""
-        section = {"extractor": self.extractor.to_config(), "segmenter": self.segmenter.to_config(),
-                   "magnets": self.magnets.to_config(), "aggregator": self.aggregator.to_config(),
-                   "spatial_bias": [bias.to_config() for bias in self.spatial_bias],
-                   "text_condition": self.text_condition, "key_frame": self.key_frame}
+    def model_section(self, settings: Settings | None = None) -> dict:
+        """The `model:` section that builds this pipeline again with `settings` (default its own)
+        as its defaults, read from its components' records (`refam.config.Configurable.to_config`):
+        what a saved run holds. A per-call block selection or trajectory is written into the
+        extractor's entry, where a config names it."""
+        settings = settings or self.settings
+        extractor = self.extractor.to_config()
+        for name, value in settings.extractor_overrides().items():
+            extractor["init_args"][name] = as_config(value)
+        section = {"extractor": extractor, "segmenter": self.segmenter.to_config(),
+                   "magnets": settings.magnets.to_config(), "aggregator": settings.aggregator.to_config(),
+                   "spatial_bias": [bias.to_config() for bias in settings.spatial_bias],
+                   "text_condition": settings.text_condition, "key_frame": settings.key_frame}
         if self.map_cache is not None:
             section["map_cache"] = str(self.map_cache.folder)
         return section
@@ -149,83 +160,89 @@ class RefAMPipeline:
         except RefamError as err:
             raise err.within(name)
 
-    def _bias_argument(self, index: int) -> str:
+    @staticmethod
+    def _bias_argument(settings: Settings, index: int) -> str:
         # a list of one is written as the single value it holds, as refam.errors.place names it
-        return "spatial_bias" if len(self.spatial_bias) == 1 else f"spatial_bias[{index}]"
+        return "spatial_bias" if len(settings.spatial_bias) == 1 else f"spatial_bias[{index}]"
+
+    def _biased(self, settings: Settings, heatmaps: torch.Tensor, texts: list[str], context: BiasContext) -> torch.Tensor:
+        for index, bias in enumerate(settings.spatial_bias):
+            with self._calling(self._bias_argument(settings, index)):
+                heatmaps = bias(heatmaps, texts, context)
+        return heatmaps
 
     def numbers_identity(self) -> dict:
         """What changes this pipeline's numbers besides its config's text: the content of the files
         and the commits of the hub ids its components' settings name (weights, model configs), the
         code its components run (`refam.code_identity`: computed from the sources) and the
         versions of the libraries that change numbers. The result store keys every record by it."""
-        components = (self.extractor, self.segmenter, self.magnets, self.aggregator, *self.spatial_bias)
+        components = (self.extractor, self.segmenter, *self.settings.components())
         return {"weights": weights_identity(*components),
                 "code": code_identity(*components, modules=[__name__]),
                 "libraries": library_versions(RESULTS_LIBRARIES, spacy_models(*components))}
 
     # ------------------------------------------------------------ expressions
-    def check_expression(self, text: str) -> tuple[str, int]:
-        """The expression with magnets as the extractor reads it, and where the magnets start;
-        raises ExpressionError for one that cannot run (empty, too long for the text encoder)."""
+    def check_expression(self, text: str, settings: Settings | None = None) -> tuple[str, int]:
+        """The expression with magnets (of `settings`, default this pipeline's) as the extractor
+        reads it, and where the magnets start; raises ExpressionError for one that cannot run
+        (empty, too long for the text encoder)."""
         require_words(text)
-        augmented = self.magnets.augment(text)
+        augmented = (settings or self.settings).magnets.augment(text)
         self.extractor.validate_expression(augmented[0])
         return augmented
 
-    def _runnable(self, sample: Sample | VideoSample, result: SampleResult) -> tuple[list, list]:
+    def _runnable(self, sample: Sample | VideoSample, result: SampleResult, settings: Settings) -> tuple[list, list]:
         """The expressions the extractor can encode, with magnets; the others are reported in `result`."""
         runnable, augmented = [], []
         for expression in sample.expressions:
             try:
-                augmented.append(self.check_expression(expression.text))
+                augmented.append(self.check_expression(expression.text, settings))
             except ExpressionError as err:
                 result.skipped.append(f"{sample.source or sample.sample_id} expression {expression.expression_id!r}: {err}")
                 continue
             runnable.append(expression)
         return runnable, augmented
 
-    def _keep(self, maps: TokenMaps, runnable: list[Expression] | list[VideoExpression]) -> torch.Tensor:
-        return torch.tensor([self.magnets.keep(tokens, e.text) for tokens, e in zip(maps.tokens, runnable)],
-                            dtype=torch.bool)
-
-    def _caption(self, sample: Sample | VideoSample) -> str:
-        return sample.caption if self.text_condition == "caption" else ""
-
-    def _read(self, sample: Sample | VideoSample, result: SampleResult, pixels, extract: Callable[..., TokenMaps],
-              cache_source=None) -> tuple[list, TokenMaps, Aggregation] | None:
+    def _read(self, sample: Sample | VideoSample, result: SampleResult, settings: Settings, pixels,
+              extract: Callable[..., TokenMaps], cache_source=None) -> tuple[list, TokenMaps, Aggregation] | None:
         """The step images and videos share: the expressions that can run (the others reported in
-        `result`; None when none can), their token maps from `extract(pixels, ...)` (the map cache's
-        when it holds them, keyed by `cache_source`, default the pixels) and their aggregation."""
-        runnable, augmented = self._runnable(sample, result)
+        `result`; None when none can), their token maps from `extract(pixels, ...)` with the
+        settings' block selection and trajectory passed per call (the map cache's maps when it holds
+        them, keyed by `cache_source`, default the pixels, and by those per-call arguments) and
+        their aggregation."""
+        runnable, augmented = self._runnable(sample, result, settings)
         if not runnable:
             return None
-        caption = self._caption(sample)
+        caption = sample.caption if settings.text_condition == "caption" else ""
+        magnets, overrides = settings.magnets, settings.extractor_overrides()
 
         def compute() -> TokenMaps:
-            return extract(pixels, caption, augmented, sample.sample_id, magnet_vectors=self.magnets.vectors)
+            return extract(pixels, caption, augmented, sample.sample_id, magnet_vectors=magnets.vectors, **overrides)
 
         source = pixels if cache_source is None else cache_source
         with self._calling("extractor"):
             maps = compute() if self.map_cache is None else self.map_cache.extract(
-                self.extractor, compute, sample.sample_id, source, caption, augmented, self.magnets)
+                self.extractor, compute, sample.sample_id, source, caption, augmented, magnets, overrides)
+        keep = torch.tensor([magnets.keep(tokens, e.text) for tokens, e in zip(maps.tokens, runnable)], dtype=torch.bool)
         with self._calling("aggregator"):
-            aggregation = self.aggregator(maps, self._keep(maps, runnable))
+            aggregation = settings.aggregator(maps, keep)
         return runnable, maps, aggregation
 
     # ------------------------------------------------------------ images
-    def segment_sample(self, sample: Sample, keep_token_maps: bool = False) -> SampleResult:
+    def segment_sample(self, sample: Sample, keep_token_maps: bool = False,
+                       settings: Settings | None = None) -> SampleResult:
         """Run every expression of one image; an expression that cannot run is reported, not fatal.
 
-        `keep_token_maps` also returns each real token's map (for visualisation and analysis)."""
+        `keep_token_maps` also returns each real token's map (for visualisation and analysis).
+        `settings`: this call's (`refam.settings.Settings`), default the pipeline's own."""
+        settings = settings or self.settings
         result = SampleResult(sample.sample_id)
-        read = self._read(sample, result, sample.image, self.extractor.extract)
+        read = self._read(sample, result, settings, sample.image, self.extractor.extract)
         if read is None:
             return result
         runnable, maps, aggregation = read
         context = BiasContext(aggregation.probabilities, maps.tokens)
-        for index, bias in enumerate(self.spatial_bias):
-            with self._calling(self._bias_argument(index)):
-                aggregation.heatmaps = bias(aggregation.heatmaps, [e.text for e in runnable], context)
+        aggregation.heatmaps = self._biased(settings, aggregation.heatmaps, [e.text for e in runnable], context)
         width, height = sample.image.size
         points = argmax_points(aggregation.heatmaps, height, width)
         with self._calling("segmenter"):
@@ -248,13 +265,15 @@ class RefAMPipeline:
         return isinstance(self.extractor, VideoExtractor) and isinstance(self.segmenter, VideoSegmenter)
 
     def segment_video(self, video: VideoSample, on_mask: MaskSink | None = None,
-                      keep_token_maps: bool = False) -> SampleResult:
+                      keep_token_maps: bool = False, settings: Settings | None = None) -> SampleResult:
         """Run every expression of one video: the DiT sees the clip once for all expressions; each
         expression's point prompts its key frame and the video segmenter tracks it through the video.
 
         Masks are not kept: `on_mask(expression, frame index, mask)` receives each as it is made, so
         scoring and writing stream frame by frame. Each prediction holds the key frame's mask.
-        `keep_token_maps` also returns each real token's map on the key frame (for the pictures)."""
+        `keep_token_maps` also returns each real token's map on the key frame (for the pictures).
+        `settings`: this call's (`refam.settings.Settings`), default the pipeline's own."""
+        settings = settings or self.settings
         if not self.reads_video:  # say which component cannot
             if not isinstance(self.segmenter, VideoSegmenter):
                 raise ConfigError(f"{type(self.segmenter).__name__} segments images; a video dataset needs a "
@@ -263,21 +282,19 @@ class RefAMPipeline:
             raise ConfigError(f"{type(self.extractor).__name__} reads images only; a video dataset "
                               "needs a video backbone such as refam.extractors.mochi.MochiExtractor", field="extractor")
         result = SampleResult(video.sample_id)
-        read = self._read(video, result, video.images, self.extractor.extract_video, cache_source=video.frames)
+        read = self._read(video, result, settings, video.images, self.extractor.extract_video, cache_source=video.frames)
         if read is None:
             return result
         runnable, maps, aggregation = read  # heatmaps [K, F_lat, h, w]
         frame_to_latent = maps.frame_to_latent or [0] * len(video.frames)
-        prompts = key_frames(aggregation.heatmaps, frame_to_latent, self.key_frame)
+        prompts = key_frames(aggregation.heatmaps, frame_to_latent, settings.key_frame)
         width, height = video.frame(0).size  # a video's frames share one size
         tracks: dict[tuple[int, float, float], list[int]] = {}  # one segmenter run per distinct prompt
         for k, expression in enumerate(runnable):
             frame, latent = prompts[k], frame_to_latent[prompts[k]]
             heat = aggregation.heatmaps[k, latent][None]
             context = BiasContext(aggregation.probabilities[k : k + 1, :, latent], [maps.tokens[k]])
-            for index, bias in enumerate(self.spatial_bias):
-                with self._calling(self._bias_argument(index)):
-                    heat = bias(heat, [expression.text], context)
+            heat = self._biased(settings, heat, [expression.text], context)
             x, y = argmax_points(heat, height, width)[0].tolist()
             tracks.setdefault((frame, x, y), []).append(k)
             prediction = Prediction(expression_id=expression.expression_id, mask=None, point=(x, y), heatmap=heat[0],

@@ -78,15 +78,16 @@ def test_with_settings_shares_the_weights_and_changes_nothing(model):
     from refam.aggregators.magnets import AppendMagnets
     from refam.errors import ConfigError
 
-    other = model.pipeline.with_settings(magnets=AppendMagnets([]), key_frame="confident")
+    other = model.pipeline.with_settings(magnets=AppendMagnets([]), key_frame="confident", blocks=[0])
     assert other is not model.pipeline and other.extractor is model.pipeline.extractor
     assert other.segmenter is model.pipeline.segmenter and other.map_cache is model.pipeline.map_cache
     assert other.magnets.magnets == [] and model.pipeline.magnets.magnets != []
+    assert other.settings.blocks == (0,) and model.pipeline.settings.blocks is None
     assert model.pipeline.key_frame == "first"
     with pytest.raises(ConfigError, match="key_frame"):
         model.pipeline.with_settings(key_frame="middle")
-    with pytest.raises(TypeError, match="blocks"):
-        model.pipeline.with_settings(blocks=[0])
+    with pytest.raises(TypeError, match="segmenter"):
+        model.pipeline.with_settings(segmenter=None)  # loaded, not a setting
 
 
 def test_entropy_of_a_planted_map(model, scene, monkeypatch):

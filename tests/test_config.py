@@ -83,15 +83,6 @@ def test_trajectories_are_described_by_their_record():
     assert set(inversion) - {"class"} == set(RFInversion().init_args)
 
 
-def test_replaced_changes_the_attribute_and_the_record_and_nothing_else():
-    outer = Outer(3, seed=5)
-    other = outer.replaced(mode="b")
-    assert other.mode == "b" and other.init_args["mode"] == "b"
-    assert outer.mode == "a" and outer.init_args["mode"] == "a"  # the original is untouched
-    with pytest.raises(TypeError, match="not built with"):
-        outer.replaced(colour="red")
-
-
 def test_a_pipeline_section_read_from_the_records_builds_the_same_pipeline():
     """What a saved run holds (`refam serve`'s run.json): every component's entry from its record,
     nested components included; built again, it gives the same records."""

@@ -90,9 +90,10 @@ def test_a_users_subclass_is_keyed_by_its_own_source(tmp_path, monkeypatch):
 
 def test_the_pipelines_numbers_identity_holds_code_libraries_and_weights(monkeypatch):
     from refam.pipeline import RefAMPipeline
+    from refam.settings import Settings
 
-    class Bare:  # the components, as the pipeline holds them
-        extractor, segmenter, magnets, aggregator, spatial_bias = object(), FloodFillSegmenter(), object(), object(), []
+    class Bare:  # what the pipeline holds: the loaded components and the default settings
+        extractor, segmenter, settings = object(), FloodFillSegmenter(), Settings()
 
     before = RefAMPipeline.numbers_identity(Bare())
     assert set(before) == {"weights", "code", "libraries"}

@@ -60,7 +60,7 @@ def counted(module, monkeypatch):
         return extract(*args, **kwargs)
 
     monkeypatch.setattr(module.extractor, "extract", counting)
-    for name in ("aggregator", "spatial_bias", "segmenter", "magnets", "map_cache", "text_condition"):
+    for name in ("settings", "segmenter", "map_cache"):
         monkeypatch.setattr(module, name, getattr(module, name))
     for name in ("seed", "blocks", "trajectory", "pretrained"):
         monkeypatch.setattr(module.extractor, name, getattr(module.extractor, name))
@@ -98,7 +98,10 @@ def test_rerun_changing_only_aggregation_bias_or_segmenter_skips_the_dit(counted
         ("magnets", AppendMagnets(filter_stop_words=False)),  # same magnet words: only `keep` changes
     ]
     for name, value in changes:
-        setattr(module, name, value)
+        if name == "segmenter":  # loaded, not a setting
+            module.segmenter = value
+        else:
+            module.settings = dataclasses.replace(module.settings, **{name: value})
         module.map_cache = None
         calls.clear()
         fresh = run(module, samples)
@@ -112,12 +115,18 @@ def test_rerun_changing_only_aggregation_bias_or_segmenter_skips_the_dit(counted
 
 
 @pytest.mark.parametrize("change", ["seed", "caption", "magnet words", "magnet vectors", "vector seed", "blocks",
-                                    "noise level", "trajectory", "model path", "expressions"])
+                                    "noise level", "trajectory", "model path", "expressions", "blocks per call",
+                                    "noise level per call", "trajectory per call"])
 def test_what_changes_the_maps_misses(counted, samples, tmp_path, change):
     module, calls = counted
     sample = samples[0]
+    call = None  # the settings of the last call (refam.settings.Settings): the pipeline's own
+
+    def use(magnets):  # as the pipeline's default settings
+        module.settings = dataclasses.replace(module.settings, magnets=magnets)
+
     if change == "magnet vectors":
-        module.magnets = RandomVectorMagnets(count=2, seed=0)
+        use(RandomVectorMagnets(count=2, seed=0))
     module.map_cache = MapCache(tmp_path / "maps")
     module.segment_sample(sample)
     module.segment_sample(sample)
@@ -128,13 +137,13 @@ def test_what_changes_the_maps_misses(counted, samples, tmp_path, change):
     elif change == "caption":
         sample = dataclasses.replace(sample, caption=sample.caption + " on a white background")
     elif change == "magnet words":
-        module.magnets = AppendMagnets(magnets=["_", "with", "to", "and"])
+        use(AppendMagnets(magnets=["_", "with", "to", "and"]))
     elif change == "magnet vectors":
-        module.magnets = RandomVectorMagnets(count=3, seed=0)
+        use(RandomVectorMagnets(count=3, seed=0))
     elif change == "vector seed":
-        module.magnets = RandomVectorMagnets(count=4, seed=0)
+        use(RandomVectorMagnets(count=4, seed=0))
         module.segment_sample(sample)
-        module.magnets = RandomVectorMagnets(count=4, seed=1)
+        use(RandomVectorMagnets(count=4, seed=1))
     elif change == "blocks":
         extractor.blocks = [0, 1]
     elif change == "noise level":
@@ -147,9 +156,30 @@ def test_what_changes_the_maps_misses(counted, samples, tmp_path, change):
         extractor.pretrained = str(copy)
     elif change == "expressions":
         sample = dataclasses.replace(sample, expressions=sample.expressions[:2])
+    elif change == "blocks per call":  # the extractor's own settings are unchanged: only the call's differ
+        call = dataclasses.replace(module.settings, blocks=[0, 1])
+    elif change == "noise level per call":
+        call = dataclasses.replace(module.settings, trajectory=NoiseAt(sigma=0.5))
+    elif change == "trajectory per call":
+        call = dataclasses.replace(module.settings, trajectory=RFInversion(steps=2))
     before = len(calls)
-    module.segment_sample(sample)
+    module.segment_sample(sample, settings=call)
     assert len(calls) == before + 1, f"changing the {change} hit the cache"
+    module.segment_sample(sample, settings=call)
+    assert len(calls) == before + 1, f"the same {change} again missed"
+
+
+def test_a_calls_blocks_and_trajectory_share_the_entry_of_an_extractor_built_with_them(counted, samples, tmp_path):
+    """The key holds what the call ran with: settings passed per call take the place of the
+    extractor's own, so the maps an extractor built with them stored are found, and they are equal."""
+    module, calls = counted
+    module.map_cache = MapCache(tmp_path / "maps")
+    call = dataclasses.replace(module.settings, blocks=[0, 1], trajectory=NoiseAt(sigma=0.5))
+    per_call = module.segment_sample(samples[0], settings=call)
+    assert len(calls) == 1
+    module.extractor.blocks, module.extractor.trajectory = [0, 1], NoiseAt(sigma=0.5)  # restored by `counted`
+    assert_same_predictions([module.segment_sample(samples[0])], [per_call])
+    assert len(calls) == 1 and module.map_cache.hits == 1
 
 
 def _rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:

@@ -251,11 +251,12 @@ def segment_once(monkeypatch):
 
     real = RefAM.segment
 
-    def segment(self, image, expressions, caption=""):
+    def segment(self, image, expressions, caption="", settings=None):
         pixels = as_image(image)
-        key = (hashlib.sha256(pixels.tobytes()).hexdigest(), pixels.size, tuple(expressions), caption)
+        key = (hashlib.sha256(pixels.tobytes()).hexdigest(), pixels.size, tuple(expressions), caption,
+               settings or self.settings)
         if key not in SEGMENTED:
-            SEGMENTED[key] = real(self, pixels, expressions, caption)
+            SEGMENTED[key] = real(self, pixels, expressions, caption, settings)
         return SEGMENTED[key]
 
     monkeypatch.setattr(RefAM, "segment", segment)

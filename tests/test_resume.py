@@ -130,9 +130,10 @@ def test_stored_result_of_other_weights_or_code_is_not_reused(tmp_path, caplog, 
     assert "other weights, code or libraries (weights w1 -> w2 differ)" in caplog.text  # says what differs
 
     from refam.pipeline import RefAMPipeline
+    from refam.settings import Settings
 
     class Bare:  # the components' files and the code's version, as the pipeline reports them
-        extractor, segmenter, magnets, aggregator, spatial_bias = object(), object(), object(), object(), []
+        extractor, segmenter, settings = object(), object(), Settings()
 
     before = RefAMPipeline.numbers_identity(Bare())
     graph = dict(refam.code_identity._import_graph())  # the pipeline's own module edited

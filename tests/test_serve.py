@@ -72,7 +72,7 @@ def test_the_page_shows_the_apis_masks_points_and_tokens(session):
 
 
 def test_magnets_off_changes_the_kept_tokens_without_reloading_the_model(session):
-    extractor, transformer = session.pipeline.extractor, session.pipeline.extractor.pipe.transformer
+    extractor, transformer = session.model.pipeline.extractor, session.model.pipeline.extractor.pipe.transformer
     on = page(session, SCENE, "the black square", CAPTION)
     off = page(session, SCENE, "the black square", CAPTION, replace(session.defaults, magnets=False))
     assert "`pink`" in on["summary"] and "`pink`" not in off["summary"]  # the magnets are gone from the tokens
@@ -82,7 +82,7 @@ def test_magnets_off_changes_the_kept_tokens_without_reloading_the_model(session
     assert run_on["kept_tokens"] == run_off["kept_tokens"] == ["▁black", "▁square"]
     assert run_on["point"] != run_off["point"] or not np.array_equal(
         read_mask(on["downloads"][0]), read_mask(off["downloads"][0]))  # the maps changed, so the answer did
-    assert session.pipeline.extractor is extractor and session.pipeline.extractor.pipe.transformer is transformer
+    assert session.model.pipeline.extractor is extractor and extractor.pipe.transformer is transformer
     again = page(session, SCENE, "the black square", CAPTION)  # back on: the same answer as before
     assert again["summary"].split("\n\n")[0] == on["summary"].split("\n\n")[0]
     # the stop-word filter: "the" is kept once it is off
@@ -98,10 +98,10 @@ def test_settings_reach_the_components_and_the_run_json_loads_back_as_a_config(s
                        first_block=1, last_block=2, noise=0.5, spatial_bias="direction")
     shown = page(session, SCENE, "the black square\nthe object on the left", CAPTION, settings)
     assert shown["status"] == ""
-    pipeline = session.pipeline
-    assert pipeline.magnets.magnets == ["_", "with", "and"] and pipeline.magnets.filter_stop_words is False
-    assert pipeline.aggregator.gas == "drop" and pipeline.extractor.blocks == [1, 2]
-    assert pipeline.extractor.trajectory.sigma == 0.5 and isinstance(pipeline.spatial_bias[0], DirectionPrior)
+    ran = session.settings  # the request's settings, passed to the loaded pipeline for its call
+    assert ran.magnets.magnets == ["_", "with", "and"] and ran.magnets.filter_stop_words is False
+    assert ran.aggregator.gas == "drop" and ran.blocks == (1, 2)
+    assert ran.trajectory.sigma == 0.5 and isinstance(ran.spatial_bias[0], DirectionPrior)
     record = json.loads(Path(shown["downloads"][-1]).read_text())
     assert record["run"]["settings"]["gas"] == "drop" and record["run"]["caption"] == CAPTION
     config = tmp_path / "run.json"
@@ -116,30 +116,37 @@ def test_settings_reach_the_components_and_the_run_json_loads_back_as_a_config(s
     assert session.section_for(session.defaults) == session.section
 
 
-def test_a_requests_settings_leave_the_loaded_pipeline_as_it_was_and_share_its_weights(session):
-    """The settings make the request's own pipeline (issue O point 1): the loaded pipeline and its
-    extractor are never changed, the request's extractor shares their weights, and the map cache's
-    key tells the two apart."""
+def test_a_requests_settings_leave_the_loaded_pipeline_as_it_was(session, monkeypatch):
+    """The settings are the request's call's (issue O point 1): the loaded pipeline and its extractor
+    are never changed, copied or given other values, not even during the call; the extractor is
+    handed the block selection and noise level per call."""
     loaded = session.model.pipeline
     extractor = loaded.extractor
 
     def state():
-        return (loaded.magnets, loaded.aggregator, list(loaded.spatial_bias), loaded.extractor,
-                extractor.blocks, extractor.trajectory, extractor.settings(), extractor.cache_key_settings())
+        return (loaded.settings, loaded.extractor, loaded.segmenter, dict(vars(loaded)), dict(vars(extractor)),
+                extractor.settings(), extractor.cache_key_settings())
 
     before = state()
+    calls = []
+    extract = type(extractor).extract
+
+    def watched(self, *args, **kwargs):
+        calls.append((self, kwargs.get("blocks"), kwargs.get("trajectory"), state() == before))
+        return extract(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(extractor), "extract", watched)
     settings = replace(session.defaults, magnet_words="_ with", stop_words=False, gas="drop", first_block=1,
                        last_block=2, noise=0.5, spatial_bias="direction")
     assert page(session, SCENE, "the black square", CAPTION, settings)["status"] == ""
-    ran = session.pipeline
-    assert state() == before and ran is not loaded
-    assert ran.extractor.blocks == [1, 2] and ran.extractor.trajectory.sigma == 0.5 and ran.aggregator.gas == "drop"
-    assert ran.extractor.pipe is extractor.pipe and ran.extractor.processors is extractor.processors  # no reload
-    assert ran.extractor.cache_key_settings() != extractor.cache_key_settings()
-    page(session, SCENE, "the black square", CAPTION, settings)
-    assert session.pipeline.extractor is ran.extractor  # one copy per setting
-    page(session, SCENE, "the black square", CAPTION)
-    assert session.pipeline.extractor is extractor and state() == before
+    ran = session.settings
+    assert state() == before and ran is not loaded.settings
+    assert ran.blocks == (1, 2) and ran.trajectory.sigma == 0.5 and ran.aggregator.gas == "drop"
+    [(called, blocks, trajectory, unchanged)] = calls
+    assert called is extractor and blocks == (1, 2) and trajectory.sigma == 0.5 and unchanged
+    calls.clear()
+    page(session, SCENE, "the black square", CAPTION)  # back to the configured settings: the extractor's own
+    assert session.settings == loaded.settings and calls == [(extractor, None, None, True)] and state() == before
 
 
 @pytest.mark.parametrize("source, expressions, line", [
@@ -194,12 +201,12 @@ def test_a_bad_entry_in_a_loaded_run_names_its_config_key_as_refam_test_does(ses
         section["extractor"]["init_args"]["trajectory"] = spec
     else:
         section[entry] = spec
-    magnets = session.pipeline.magnets
+    latest = session.settings
     with pytest.raises(ConfigError) as info:
         session.apply(section)
     shown = error_line(info.value)
     assert line in shown and "\n" not in shown
-    assert session.pipeline.magnets is magnets  # nothing applied
+    assert session.settings is latest  # nothing applied
     assert page(session, SCENE, "the black square", CAPTION)["status"] == ""
 
 

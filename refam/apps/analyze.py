@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,13 +31,14 @@ from refam.errors import ArgumentParser, reports_user_errors
 
 def block_entropies(model, image, caption: str, expression: str) -> list[dict]:
     """Mean and minimum normalised spatial entropy of the kept tokens' maps, block by block."""
-    pipeline, extractor = model.pipeline, model.pipeline.extractor
-    text, magnet_start = pipeline.magnets.augment(expression)
+    settings, extractor = model.settings, model.pipeline.extractor
+    magnets, overrides = settings.magnets, settings.extractor_overrides()
+    text, magnet_start = magnets.augment(expression)
     rows = []
     for block in range(extractor.num_blocks):  # one block per call; the extractor's own setting untouched
-        maps = extractor.extract(image, caption, [(text, magnet_start)], "image", magnet_vectors=pipeline.magnets.vectors,
-                                 blocks=[block])
-        kept = torch.tensor(pipeline.magnets.keep(maps.tokens[0], expression)) & maps.valid[0]
+        maps = extractor.extract(image, caption, [(text, magnet_start)], "image", magnet_vectors=magnets.vectors,
+                                 **{**overrides, "blocks": [block]})
+        kept = torch.tensor(magnets.keep(maps.tokens[0], expression)) & maps.valid[0]
         scores = maps.scores[0][kept].flatten(1)  # [kept tokens, patches]
         if maps.kind == "logits":
             spatial = scores.softmax(dim=1)
@@ -47,12 +49,13 @@ def block_entropies(model, image, caption: str, expression: str) -> list[dict]:
     return rows
 
 
-def _without_magnets(pipeline):
+def _without_magnets(magnets):
+    """The paper's strategy with no magnets and the same token filters as `magnets`."""
     from refam.aggregators.magnets import AppendMagnets
 
-    return AppendMagnets([], filter_stop_words=getattr(pipeline.magnets, "filter_stop_words", True),
-                         stop_words=getattr(pipeline.magnets, "stop_words", None),
-                         noun_phrase=getattr(pipeline.magnets, "noun_phrase", None))
+    return AppendMagnets([], filter_stop_words=getattr(magnets, "filter_stop_words", True),
+                         stop_words=getattr(magnets, "stop_words", None),
+                         noun_phrase=getattr(magnets, "noun_phrase", None))
 
 
 def text_attention_rows(prediction, factor: float) -> list[dict]:
@@ -64,10 +67,11 @@ def text_attention_rows(prediction, factor: float) -> list[dict]:
 
 
 def analyze(model, image, expression: str, caption: str = "") -> dict:
-    pipeline = model.pipeline
+    settings = model.settings
     with_magnets = model.segment(image, [expression], caption=caption)[0]
-    without_magnets = model.with_settings(magnets=_without_magnets(pipeline)).segment(image, [expression], caption=caption)[0]
-    factor = getattr(pipeline.aggregator, "gas_factor", 10.0)
+    without = replace(settings, magnets=_without_magnets(settings.magnets))  # this call's only
+    without_magnets = model.segment(image, [expression], caption=caption, settings=without)[0]
+    factor = getattr(settings.aggregator, "gas_factor", 10.0)
     return {
         "expression": expression,
         "caption": caption,

@@ -131,9 +131,9 @@ def overlay_gif(frames: list) -> bytes:
     return gif.getvalue()
 
 
-def track_video(model, video: Path, texts: list[str], caption: str, folder: Path) -> WrittenVideo:
+def track_video(model, video: Path, texts: list[str], caption: str, folder: Path, settings=None) -> WrittenVideo:
     """The video pipeline: one DiT pass over the clip, a point on the key frame, tracked by the
-    segmenter; everything written into `folder`."""
+    segmenter; everything written into `folder`. `settings`: the call's (`refam.settings.Settings`)."""
     from refam.io.frames import frame_files, iter_frames
     from refam.types import VideoExpression, VideoSample
     from refam.visualize import mask_image, overlay
@@ -160,7 +160,7 @@ def track_video(model, video: Path, texts: list[str], caption: str, folder: Path
             picture.thumbnail((320, 320))
             thumbnails[k][index] = picture
 
-        result = model.pipeline.segment_video(sample, on_mask, keep_token_maps=True)
+        result = model.pipeline.segment_video(sample, on_mask, keep_token_maps=True, settings=settings)
         if result.skipped:
             raise ConfigError("; ".join(result.skipped))
         written: dict[int, Written] = {}
@@ -189,24 +189,24 @@ def video_paths(folder: Path, stem: str) -> dict[str, Path]:
 
 
 def write_video_predictions(model, video: Path, texts: list[str], caption: str, output: Path, *,
-                            name: str | None = None) -> WrittenVideo:
+                            name: str | None = None, settings=None) -> WrittenVideo:
     """Per-frame masks, an overlay GIF and a record per expression, into `output/<name>/` (`name`:
     default the video's file stem made safe); returns what was written, with each expression's key
-    frame and its prediction."""
+    frame and its prediction. `settings`: the call's (`refam.settings.Settings`), default the model's."""
     from refam.io.frames import iter_frames
     from refam.visualize import mask_image, overlay
     from refam.io.files import save_json, save_png, write_atomic
 
     folder = output_folder(output, name or safe_name(video_stem(video)))
     if model.pipeline.reads_video:
-        return track_video(model, video, texts, caption, folder)
+        return track_video(model, video, texts, caption, folder, settings)
     stems = expression_stems(texts)
     thumbnails: list[list] = [[] for _ in texts]
     records = [{"expression": text, "frames": []} for text in texts]
     key_frames: list[tuple] = []
     frames = 0
     for index, frame in enumerate(iter_frames(video)):
-        for k, prediction in enumerate(model.segment(frame, texts, caption=caption)):
+        for k, prediction in enumerate(model.segment(frame, texts, caption=caption, settings=settings)):
             save_png(mask_image(prediction.mask), folder / stems[k] / f"{index:05d}.png")
             picture = overlay(frame, prediction.mask, prediction.point)
             picture.thumbnail((320, 320))
@@ -233,11 +233,12 @@ def check_texts(texts: list[str]) -> None:
         require_words(text)
 
 
-def check_expressions(model, texts: list[str]) -> None:
-    """The one-line error for an expression that cannot run (empty, too long for the text encoder)."""
+def check_expressions(model, texts: list[str], settings=None) -> None:
+    """The one-line error for an expression that cannot run (empty, too long for the text encoder
+    with the magnets of `settings`, default the model's)."""
     check_texts(texts)
     for text in texts:
-        model.pipeline.check_expression(text)
+        model.pipeline.check_expression(text, settings)
 
 
 def plan_jobs(args) -> list[Job]:

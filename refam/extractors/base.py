@@ -87,7 +87,9 @@ class Extractor(Configurable, abc.ABC):
         """`expressions`: (text with magnets, character index where magnets start or None).
         `magnet_vectors`: given the text encoder's token-embedding table [V, D], the rows [M, D] to
         append to every expression's input embeddings before EOS (or None); their tokens are magnets
-        (`MagnetStrategy.vectors`)."""
+        (`MagnetStrategy.vectors`). An extractor with a block selection and a trajectory (the
+        template's) also takes `blocks=` and `trajectory=` for one call; the pipeline passes them
+        only where a call's `refam.settings.Settings` names them."""
 
 
 class VideoExtractor(Extractor):
@@ -111,14 +113,28 @@ def sample_seed(seed: int, sample_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
+def check_blocks(blocks: object) -> None:
+    """What a block selection can be whatever the model's depth: None, a fraction in [0, 1), or a
+    non-empty list of block indices (whether they exist is `select_blocks`'s to say)."""
+    if blocks is None:
+        return
+    if isinstance(blocks, float):
+        if not 0.0 <= blocks < 1.0:
+            raise ConfigError(f"a fraction of filtered blocks must be in [0, 1), got {blocks}", field="blocks")
+        return
+    if (not isinstance(blocks, (list, tuple)) or not blocks
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks)):
+        raise ConfigError(f"must be a non-empty list of block indices, a fraction in [0, 1) of the earliest "
+                          f"blocks filtered out, or None (all blocks), got {blocks!r}", field="blocks")
+
+
 def select_blocks(num_blocks: int, blocks: list[int] | float | None) -> set[int]:
     """Blocks whose maps are averaged: all (None), an explicit list, or a fraction in [0, 1) of the
     earliest blocks filtered out (the paper's Table 1: "% of filtered blocks")."""
     if blocks is None:
         return set(range(num_blocks))
     if isinstance(blocks, float):
-        if not 0.0 <= blocks < 1.0:
-            raise ConfigError(f"a fraction of filtered blocks must be in [0, 1), got {blocks}", field="blocks")
+        check_blocks(blocks)
         return set(range(int(round(blocks * num_blocks)), num_blocks))
     chosen = {b if b >= 0 else num_blocks + b for b in blocks}
     bad = sorted(b for b in chosen if not 0 <= b < num_blocks)

@@ -11,7 +11,9 @@ One safetensors file per (sample, key) holds one extractor call's `TokenMaps`: t
 - the extractor's `cache_key_settings()`: its class, the model's identity (a folder: where it is
   and every file's relative path with the sha256 of its content, `refam.identity.model_identity`;
   a hub id: the id), dtype, sizes, trajectory / noise level, seed, blocks, softmax stage,
-  representation, caption and expression lengths, pooled prompt, guidance, device type...;
+  representation, caption and expression lengths, pooled prompt, guidance, device type...,
+  with the block selection and trajectory the call passes instead of the extractor's own
+  (`refam.settings.Settings`) in their place (`with_overrides`);
 - the sample: its id (the noise seed derives from it), the image content (sha256 of the decoded
   pixels, mode and size) or, for a video, each frame file's path and content sha256;
 - the caption actually used (after `text_condition`);
@@ -92,6 +94,19 @@ def magnet_vectors_identity(magnets) -> dict | None:
         return None
     settings = describe(magnets)
     return {k: v for k, v in settings.items() if k not in KEEP_ONLY}
+
+
+def with_overrides(settings: dict, overrides: dict | None) -> dict:
+    """An extractor's key settings for a call that passes `overrides` (its `blocks`, `trajectory`)
+    instead of its own: where its settings record them (a diffusers extractor's `settings`), the
+    passed values take their place, so the call shares its entries with an extractor built with
+    them; else they are added beside them."""
+    if not overrides:
+        return settings
+    recorded = settings.get("settings")
+    if isinstance(recorded, dict) and set(overrides) <= set(recorded):
+        return {**settings, "settings": {**recorded, **{name: describe(v) for name, v in overrides.items()}}}
+    return {**settings, "overrides": describe(overrides)}
 
 
 def cache_key(
@@ -251,9 +266,12 @@ class MapCache:
         caption: str,
         expressions: list[tuple[str, int | None]],
         magnets=None,
+        overrides: dict | None = None,
     ) -> TokenMaps:
         """The maps of one extractor call: read from the cache when present, else `compute()` and
-        stored. An extractor whose `cache_key_settings()` is None is never cached (warned once)."""
+        stored. `overrides`: what the call passes the extractor instead of its own settings
+        (`blocks`, `trajectory`). An extractor whose `cache_key_settings()` is None is never cached
+        (warned once)."""
         settings = extractor.cache_key_settings()
         if settings is None:
             name = type(extractor).__name__
@@ -264,7 +282,8 @@ class MapCache:
         code = self._code.get(id(extractor))
         if code is None:
             code = self._code[id(extractor)] = maps_code(extractor)
-        key, payload = cache_key(settings, sample_id, source, caption, expressions, magnets, code)
+        key, payload = cache_key(with_overrides(settings, overrides), sample_id, source, caption, expressions,
+                                 magnets, code)
         path = self.path(sample_id, key)
         if path.exists():
             try:

@@ -270,9 +270,11 @@ class DiTExtractor(PipelineExtractor):
         )
 
     def observe(self, latent: Latent, condition, encoded: EncodedExpressions, generator: torch.Generator,
-                blocks: list[int] | float | None = None) -> AttentionCapture:
-        """Walk the trajectory from the latent, capturing (the configured or the given `blocks`) at every state it yields."""
+                blocks: list[int] | float | None = None, trajectory: Trajectory | None = None) -> AttentionCapture:
+        """Walk the trajectory (the configured one or the given `trajectory`) from the latent,
+        capturing (the configured or the given `blocks`) at every state it yields."""
         capture = self.new_capture(encoded, condition, latent.grid, blocks)
+        trajectory = self.trajectory if trajectory is None else trajectory
         sign = self.velocity_sign
 
         def velocity(x_t, sigma, expressions=None, capture=None):
@@ -283,25 +285,30 @@ class DiTExtractor(PipelineExtractor):
             velocity=velocity, shift=self.noise_shift(latent.num_tokens), backbone=type(self).__name__
         )
         # the observed forward's velocity goes back to the trajectory (see `Trajectory.states`)
-        drive(self.trajectory.states(latent.x0, generator, context), lambda x_t, sigma: velocity(x_t, sigma, encoded, capture))
+        drive(trajectory.states(latent.x0, generator, context), lambda x_t, sigma: velocity(x_t, sigma, encoded, capture))
         return capture
 
     def generator(self, sample_id: str) -> torch.Generator:
         return torch.Generator("cpu").manual_seed(sample_seed(self.seed, sample_id))
 
-    def require_setup(self) -> None:
+    def require_setup(self, trajectory: Trajectory | None = None) -> None:
+        """Refuse to extract before `setup`, or with a per-call `trajectory` this backbone cannot serve
+        (checked as its own is at setup)."""
         if self.pipe is None:
             raise RuntimeError(f"{type(self).__name__}.setup(device) must run before extracting")
+        if trajectory is not None:
+            self.check_trajectory(trajectory)
 
     @torch.inference_mode()
-    def extract(self, image, caption, expressions, sample_id, magnet_vectors=None, blocks=None) -> TokenMaps:
-        """See `Extractor.extract`; `blocks`, given, selects the blocks of this call only (for analysis:
-        the extractor's own setting, and so the map cache's key, are untouched)."""
-        self.require_setup()
+    def extract(self, image, caption, expressions, sample_id, magnet_vectors=None, blocks=None,
+                trajectory=None) -> TokenMaps:
+        """See `Extractor.extract`; `blocks` and `trajectory`, given, are this call's instead of the
+        extractor's own, which stay untouched (a pipeline's per-call `Settings` pass them)."""
+        self.require_setup(trajectory)
         encoded = self.encode_expressions(expressions, magnet_vectors)
         condition = self.encode_caption(caption)
         latent = self.encode_image(image)
-        capture = self.observe(latent, condition, encoded, self.generator(sample_id), blocks)
+        capture = self.observe(latent, condition, encoded, self.generator(sample_id), blocks, trajectory)
         scores, text_mass = capture.result()
         k, length = encoded.valid.shape
         return TokenMaps(

@@ -14,6 +14,7 @@ from refam.errors import ConfigError
 from refam.extractors.base import VideoExtractor
 from refam.extractors.latents import Latent
 from refam.extractors.template import DiTExtractor
+from refam.extractors.trajectory import Trajectory
 from refam.extractors.video import FRAME_WINDOWS, as_frames, latent_frames, plan_clips
 from refam.types import MagnetVectors, TokenMaps
 
@@ -69,12 +70,14 @@ class VideoDiTExtractor(DiTExtractor, VideoExtractor):
 
     @torch.inference_mode()
     def extract_video(self, frames: Sequence[Image.Image], caption: str, expressions: list[tuple[str, int | None]],
-                      sample_id: str, magnet_vectors: MagnetVectors | None = None) -> TokenMaps:
+                      sample_id: str, magnet_vectors: MagnetVectors | None = None,
+                      blocks: list[int] | float | None = None, trajectory: Trajectory | None = None) -> TokenMaps:
         """Token maps of K expressions over a video: scores [K, T, F_lat, h, w] (latent frames of all
         encoded clips in order) with `frame_to_latent`. `frames`: a sequence of PIL images, read
         lazily if the sequence is lazy (`VideoSample.images`, `FrameSequence`), or a `VideoSample`;
-        only the frames of the clips being encoded are read, once each, one clip at a time."""
-        self.require_setup()
+        only the frames of the clips being encoded are read, once each, one clip at a time.
+        `blocks` and `trajectory`, given, are this call's instead of the extractor's own."""
+        self.require_setup(trajectory)
         frames = as_frames(frames)
         clips = plan_clips(len(frames), self.clip_frames, self.windows, self.temporal_compression)
         encoded = self.encode_expressions(expressions, magnet_vectors)
@@ -87,7 +90,7 @@ class VideoDiTExtractor(DiTExtractor, VideoExtractor):
             pixels += [pixels[-1]] * (clip.length - len(pixels))
             latent = self.encode_clip(pixels)
             del pixels
-            capture = self.observe(latent, condition, encoded, generator)
+            capture = self.observe(latent, condition, encoded, generator, blocks, trajectory)
             scores, _ = capture.result()
             parts.append(scores.reshape(k, length, *latent.grid).cpu())
             mass = capture.text_mass.clone() if mass is None else mass + capture.text_mass

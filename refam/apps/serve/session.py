@@ -1,25 +1,21 @@
-"""A serve session: one loaded pipeline, the page's settings applied to it per request, and each
-request's run: its folder (the files `refam predict` writes, plus `refam analyze`'s figures), the
+"""A serve session: one loaded pipeline, the page's settings passed to it per request (as the
+pipeline's per-call `refam.settings.Settings`), and each request's run: its folder (the files `refam predict` writes, plus `refam analyze`'s figures), the
 record of the run (its `model:` section with the settings applied, which loads back as a config).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from refam.apps.serve.settings import LightComponents, Settings, entries
+from refam.apps.serve.settings import LightComponents, Settings
 from refam.errors import ConfigError
-
-if TYPE_CHECKING:
-    from refam.api import RefAM
+from refam.settings import Settings as CallSettings
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 NO_IMAGE = "no image: upload an image or a video, or click a demo scene"
@@ -74,19 +70,18 @@ def count_frames(video: Path) -> int:
 
 
 class Session:
-    """One loaded pipeline and the page's settings, applied per request without changing it.
+    """One loaded pipeline and the page's settings, passed per request without changing it.
 
     The settings become a `model:` section (`section_for`), from which only the light components
     are rebuilt (`apply`): magnets, aggregator, spatial bias, and the extractor's block selection
-    and noise level. They make the request's own pipeline, which shares the loaded weights; the
-    loaded pipeline is never changed. The same section is what the run JSON holds, so it loads
-    back as a config."""
+    and noise level. They make the request's `refam.settings.Settings`, passed to the loaded
+    pipeline for that call; nothing loaded is changed or copied. The same section is what the run
+    JSON holds, so it loads back as a config."""
 
     def __init__(self, model, section: dict, max_frames: int = 150, workdir: Path | None = None) -> None:
         self.model = model  # as loaded: never changed
-        self.pipeline = model.pipeline  # the pipeline the latest request ran (the loaded one until then)
+        self.settings: CallSettings = model.settings  # the latest request's (the loaded ones until then)
         self.light = LightComponents(model.pipeline, section)
-        self._extractors: dict[str, object] = {}  # the loaded extractor's variants, by blocks and trajectory
         self.section = self.light.section
         self.defaults = self.light.defaults
         self.max_frames = max_frames
@@ -106,29 +101,16 @@ class Session:
         """The model section with the settings applied; entries left as configured where unchanged."""
         return self.light.section_for(settings)
 
-    def apply(self, section: dict) -> RefAM:
-        """The model the section describes: the loaded weights (extractor, segmenter, map cache)
-        with the light components the section names (`RefAM.with_settings`). Nothing loaded is
-        changed."""
+    def apply(self, section: dict) -> CallSettings:
+        """The settings of a call the section describes: the loaded pipeline's, with the light
+        components the section names; the block selection and trajectory only where they are not
+        the extractor's own (then passed to it per call). Nothing loaded is changed."""
         built = self.light.build(section)
-        model = self.model.with_settings(magnets=built["magnets"], aggregator=built["aggregator"],
-                                         spatial_bias=built["spatial_bias"])
-        model.pipeline.extractor = self._extractor(built, entries(section))  # the request's own pipeline
-        return model
-
-    def _extractor(self, built: dict, specs: dict):
-        """The loaded extractor where the block selection and trajectory are its own; else a shallow
-        copy of it holding the built ones, which shares its weights, branch processors and text
-        reader (it reads both settings at each call). One copy per setting, kept."""
-        loaded = self.model.pipeline.extractor
-        changes = {name: built[name] for name in ("blocks", "trajectory")
-                   if hasattr(loaded, name) and built[name] is not getattr(loaded, name)}
-        if not changes:
-            return loaded
-        key = json.dumps({name: specs[name] for name in changes}, sort_keys=True)
-        if key not in self._extractors:
-            self._extractors[key] = loaded.replaced(**changes)  # its record says what it runs with
-        return self._extractors[key]
+        overrides = {name: built[name] for name in ("blocks", "trajectory") if built[name] is not self.light.originals[name]}
+        if "blocks" in overrides and overrides["blocks"] is None:  # every block, where the extractor's own
+            overrides["blocks"] = list(range(self.num_blocks))    # are fewer (a call's None is its own)
+        return replace(self.model.settings, magnets=built["magnets"], aggregator=built["aggregator"],
+                       spatial_bias=built["spatial_bias"], **overrides)
 
     # ------------------------------------------------------------ running
     def _folder(self) -> Path:
@@ -153,15 +135,14 @@ class Session:
         source = Path(source)
         texts = expression_lines(expressions)
         with self.lock:
-            section = self.section_for(settings)
-            model = self.apply(section)
-            self.pipeline = model.pipeline
-            check_expressions(model, texts)
+            call = self.apply(self.section_for(settings))
+            self.settings = call
+            check_expressions(self.model, texts, call)
             if source.suffix.lower() in VIDEO_SUFFIXES:
-                return self._run_video(model, source, texts, caption or "", settings, section)
-            return self._run_image(model, source, texts, caption or "", settings, section)
+                return self._run_video(call, source, texts, caption or "", settings)
+            return self._run_image(call, source, texts, caption or "", settings)
 
-    def _figures(self, model, run: Run, folder: Path, image, texts: list[str], captions: list[str]) -> None:
+    def _figures(self, call: CallSettings, run: Run, folder: Path, image, texts: list[str], captions: list[str]) -> None:
         """`refam analyze`'s token maps (a row per expression, kept / dropped / sink marked) and its
         text-attention chart per expression, for the predictions that carry token maps."""
         from refam.apps.analyze import text_attention_figure, text_attention_rows, token_maps_figure
@@ -169,7 +150,7 @@ class Session:
         from refam.io.files import write_atomic
 
         rows = {}
-        factor = getattr(model.pipeline.aggregator, "gas_factor", 10.0)
+        factor = getattr(call.aggregator, "gas_factor", 10.0)
         for k, (text, caption, prediction) in enumerate(zip(texts, captions, run.predictions)):
             if prediction.token_maps is None or not prediction.tokens:
                 continue
@@ -181,15 +162,15 @@ class Session:
             run.token_maps = str(folder / "token_maps.png")
             write_atomic(Path(run.token_maps), token_maps_figure(image, rows))
 
-    def _run_image(self, model, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
+    def _run_image(self, call: CallSettings, source: Path, texts: list[str], caption: str, settings: Settings) -> Run:
         from refam.api import as_image
         from refam.apps.predict import write_prediction
 
-        if model.pipeline.reads_video:
+        if self.model.pipeline.reads_video:
             raise ConfigError("this pipeline segments videos (its segmenter tracks through frames): upload a video")
         image = as_image(source)
         started = time.perf_counter()
-        predictions = model.segment(image, texts, caption=caption)
+        predictions = self.model.segment(image, texts, caption=caption, settings=call)
         seconds = time.perf_counter() - started
         folder = self._folder()
         entries, run = [], Run(folder, {}, predictions)
@@ -199,13 +180,13 @@ class Session:
             run.overlays.append((str(written.paths["overlay"]), f"{text}: mask and point"))
             run.heatmaps.append((str(written.paths["heatmap"]), f"{text}: heatmap"))
             run.downloads.append(str(written.paths["mask"]))
-        self._figures(model, run, folder, image, texts, texts)
-        run.record = self._record(source.name, caption, settings, model, entries)
+        self._figures(call, run, folder, image, texts, texts)
+        run.record = self._record(source.name, caption, settings, call, entries)
         run.downloads.append(self._write_record(folder, run.record))
         run.seconds = seconds
         return run
 
-    def _run_video(self, model, source: Path, texts: list[str], caption: str, settings: Settings, section: dict) -> Run:
+    def _run_video(self, call: CallSettings, source: Path, texts: list[str], caption: str, settings: Settings) -> Run:
         from refam.apps.predict import write_video_predictions
         from refam.visualize import prediction_pictures
         from refam.io.files import save_png
@@ -220,7 +201,7 @@ class Session:
                               "takes (refam serve --max-frames); cut the clip or run `refam predict --video`")
         folder = self._folder()
         started = time.perf_counter()
-        written = write_video_predictions(model, source, texts, caption, folder)
+        written = write_video_predictions(self.model, source, texts, caption, folder, settings=call)
         seconds = time.perf_counter() - started
         count, video_folder = written.frames, written.folder
         run = Run(folder, {}, [prediction for _, prediction in written.key_frames])
@@ -236,22 +217,24 @@ class Session:
             run.clips.append((str(entry.paths["overlay"]), text))
             entries.append({**entry.record, "point": [round(v, 2) for v in prediction.point], "tokens": prediction.tokens,
                             "sinks": [{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)]})
-        self._figures(model, run, video_folder, written.key_frames[0][0], texts, captions)
+        self._figures(call, run, video_folder, written.key_frames[0][0], texts, captions)
         masks = folder / f"{video_folder.name}-masks.zip"  # <k>-<expression>/<frame>.png, as refam predict writes them
         with zipfile.ZipFile(masks, "w", zipfile.ZIP_DEFLATED) as bundle:
             for entry in written.expressions:
                 for path in sorted(entry.paths["masks"].glob("*.png")):
                     bundle.write(path, path.relative_to(video_folder).as_posix())
         run.downloads.append(str(masks))
-        run.record = self._record(source.name, caption, settings, model, entries, frames=count)
+        run.record = self._record(source.name, caption, settings, call, entries, frames=count)
         run.downloads.append(self._write_record(folder, run.record))
         run.seconds, run.frames = seconds, count
         return run
 
-    def _record(self, name: str, caption: str, settings: Settings, model, entries: list[dict], **extra) -> dict:
-        """The run JSON: the request's `model:` section read from its components' records (it loads
-        back as a config), the input, the settings and every expression's result."""
-        return {"model": model.pipeline.model_section(),
+    def _record(self, name: str, caption: str, settings: Settings, call: CallSettings, entries: list[dict],
+                **extra) -> dict:
+        """The run JSON: the request's `model:` section read from its components' records and the
+        call's settings (it loads back as a config), the input, the page's settings and every
+        expression's result."""
+        return {"model": self.model.pipeline.model_section(call),
                 "run": {"input": name, "caption": caption, "settings": asdict(settings), **extra, "expressions": entries}}
 
     @staticmethod
