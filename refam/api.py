@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 
 from refam.io.images import check_size, read_rgb, to_rgb
-from refam.embedded import DEFAULT_CONFIG  # noqa: F401 (shipped in the package: works from any folder)
+from refam.embedded import DEFAULT_CONFIG, DEFAULT_VIDEO_CONFIG  # shipped in the package: work from any folder
 from refam.errors import ConfigError, DataError, MissingInputError, RefamError, place, require_words
 from refam.sections import build_pipeline, model_section
 from refam.pipeline import RefAMPipeline
 from refam.settings import Settings
-from refam.types import Expression, Prediction, Sample
+from refam.types import Expression, Prediction, Sample, VideoExpression, VideoSample
 
 SECTIONS = {"model": RefAMPipeline}  # a config's sections that RefAM.load reads
 
@@ -77,6 +77,8 @@ class RefAM:
         """`configured`: the pipeline was built from a config's `model:` section, so an error while
         loading its weights names the config key."""
         self.pipeline = pipeline
+        self.embedded = False  # the embedded image default (`load()`): videos then run the embedded video pipeline
+        self._video: RefAM | None = None
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as err:
@@ -98,7 +100,26 @@ class RefAM:
         pipeline = build_pipeline(model_section(source), origin=str(source or DEFAULT_CONFIG))
         if segmenter is not None:
             pipeline.segmenter = segmenter
-        return cls(pipeline, device, configured=segmenter is None)
+        model = cls(pipeline, device, configured=segmenter is None)
+        model.embedded = source is None and segmenter is None
+        return model
+
+    @classmethod
+    def load_video(cls, device: str | torch.device = "cpu") -> "RefAM":
+        """The embedded video pipeline (refam-shapes-video, the key frame's point, the weightless
+        tracker): what a video runs on when no config is given."""
+        return cls(build_pipeline(model_section(DEFAULT_VIDEO_CONFIG), origin=str(DEFAULT_VIDEO_CONFIG)), device,
+                   configured=True)
+
+    def for_video(self) -> "RefAM":
+        """The model a video runs on: this one when it reads videos or was given by a config or a
+        folder (an image model then segments each frame alone); the embedded video pipeline when
+        this is the embedded image default (`RefAM.load()`), loaded once on this device."""
+        if self.pipeline.reads_video or not self.embedded:
+            return self
+        if self._video is None:
+            self._video = RefAM.load_video(self.device)
+        return self._video
 
     @property
     def settings(self) -> Settings:
@@ -111,6 +132,36 @@ class RefAM:
         other = copy.copy(self)
         other.pipeline = self.pipeline.with_settings(**changes)
         return other
+
+    @torch.no_grad()
+    def segment_video(self, frames: str | Path | list[str | Path], expressions: str | list[str], caption: str = "",
+                      settings: Settings | None = None) -> list[tuple[Prediction, list[np.ndarray]]]:
+        """Per expression, in order: its prediction on the key frame (`frame`, `point`, `mask`, the
+        tokens) and its mask on every frame. `frames`: a folder of frame images (sorted by name) or
+        their paths in order. Runs `for_video()`: the embedded video pipeline when this model is
+        the embedded default; a model without a video path raises ConfigError (`refam predict
+        --video` segments each frame alone with it). Masks are kept for every frame: for long
+        videos use `for_video().pipeline.segment_video` with an `on_mask` that streams them."""
+        from refam.errors import ExpressionError
+        from refam.io.frames import frame_files
+
+        model = self.for_video()
+        if not model.pipeline.reads_video:
+            raise ConfigError("this model reads images only: give a video config (e.g. configs/davis.yaml), or use "
+                              "RefAM.load() for the embedded video pipeline")
+        paths = [str(p) for p in (frame_files(Path(frames)) if isinstance(frames, (str, Path)) else frames)]
+        texts = expression_texts(expressions)
+        masks: list[dict[int, np.ndarray]] = [{} for _ in texts]
+
+        def keep(expression: VideoExpression, index: int, mask: np.ndarray) -> None:
+            masks[int(expression.expression_id)][index] = mask
+
+        video = VideoSample("video", paths, [VideoExpression(text, str(i)) for i, text in enumerate(texts)], caption=caption)
+        result = model.pipeline.segment_video(video, on_mask=keep, keep_token_maps=True, settings=settings)
+        if result.skipped:
+            raise ExpressionError("; ".join(result.skipped))
+        by_id = {p.expression_id: p for p in result.predictions}
+        return [(by_id[str(i)], [masks[i][t] for t in range(len(paths))]) for i in range(len(texts))]
 
     @torch.no_grad()
     def segment(self, image: Image.Image | np.ndarray | str | Path, expressions: str | list[str],

@@ -157,7 +157,7 @@ def moving_clip(folder: Path, frames: int = 4) -> list[Image.Image]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("as_file", [False, True], ids=["frame-folder", "video-file"])
-def test_video_gives_a_mask_per_frame_and_an_overlay_gif(tmp_path, model, refam_here, as_file):
+def test_an_image_model_segments_each_frame_of_a_video_and_writes_an_overlay_gif(tmp_path, model, refam_here, as_file):
     import cv2
 
     frames = moving_clip(tmp_path / "clip")
@@ -168,8 +168,12 @@ def test_video_gives_a_mask_per_frame_and_an_overlay_gif(tmp_path, model, refam_
         for frame in frames:
             writer.write(np.asarray(frame)[:, :, ::-1])
         writer.release()
+    # an image model given by its folder segments each frame alone (without --model a video runs the
+    # embedded video pipeline: test_video_default.py)
+    from refam.embedded import REFAM_SHAPES
+
     result = refam_here("predict", "--video", str(source), "--expression", "the red circle",
-                        "--output", str(tmp_path / "out"))
+                        "--model", str(REFAM_SHAPES), "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "out" / "clip"
     record = json.loads((folder / "0-the-red-circle.json").read_text())

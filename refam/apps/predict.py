@@ -197,6 +197,7 @@ def write_video_predictions(model, video: Path, texts: list[str], caption: str, 
     from refam.visualize import mask_image, overlay
     from refam.io.files import save_json, save_png, write_atomic
 
+    model = model.for_video()  # the embedded default runs videos on the embedded video pipeline
     folder = output_folder(output, name or safe_name(video_stem(video)))
     if model.pipeline.reads_video:
         return track_video(model, video, texts, caption, folder, settings)
@@ -311,8 +312,8 @@ def run(args) -> int:
         if job.is_video:
             check_video_readable(job.source)
     model = RefAM.load(args.config or args.model, device=args.device)
-    for job in jobs:
-        check_expressions(model, job.texts)  # every expression checked before anything is computed or written
+    for job in jobs:  # every expression checked before anything is computed or written
+        check_expressions(model.for_video() if job.is_video else model, job.texts)
     try:
         return write_all(model, jobs, folders, images, first_image, args)
     except OSError as err:  # a disk that fills or turns read-only mid-run: what was written stays

@@ -136,10 +136,14 @@ class Session:
         texts = expression_lines(expressions)
         with self.lock:
             call = self.apply(self.section_for(settings))
+            video = source.suffix.lower() in VIDEO_SUFFIXES
+            model = self.model.for_video() if video else self.model
+            if model is not self.model:  # the embedded default's video pipeline: its own settings
+                call = model.settings
             self.settings = call
-            check_expressions(self.model, texts, call)
-            if source.suffix.lower() in VIDEO_SUFFIXES:
-                return self._run_video(call, source, texts, caption or "", settings)
+            check_expressions(model, texts, call)
+            if video:
+                return self._run_video(model, call, source, texts, caption or "", settings)
             return self._run_image(call, source, texts, caption or "", settings)
 
     def _figures(self, call: CallSettings, run: Run, folder: Path, image, texts: list[str], captions: list[str]) -> None:
@@ -186,7 +190,10 @@ class Session:
         run.seconds = seconds
         return run
 
-    def _run_video(self, call: CallSettings, source: Path, texts: list[str], caption: str, settings: Settings) -> Run:
+    def _run_video(self, model, call: CallSettings, source: Path, texts: list[str], caption: str,
+                   settings: Settings) -> Run:
+        """`model`: the loaded one, or the embedded video pipeline when the loaded one is the embedded
+        image default (`RefAM.for_video`)."""
         from refam.apps.predict import write_video_predictions
         from refam.visualize import prediction_pictures
         from refam.io.files import save_png
@@ -201,7 +208,7 @@ class Session:
                               "takes (refam serve --max-frames); cut the clip or run `refam predict --video`")
         folder = self._folder()
         started = time.perf_counter()
-        written = write_video_predictions(self.model, source, texts, caption, folder, settings=call)
+        written = write_video_predictions(model, source, texts, caption, folder, settings=call)
         seconds = time.perf_counter() - started
         count, video_folder = written.frames, written.folder
         run = Run(folder, {}, [prediction for _, prediction in written.key_frames])
@@ -224,17 +231,17 @@ class Session:
                 for path in sorted(entry.paths["masks"].glob("*.png")):
                     bundle.write(path, path.relative_to(video_folder).as_posix())
         run.downloads.append(str(masks))
-        run.record = self._record(source.name, caption, settings, call, entries, frames=count)
+        run.record = self._record(source.name, caption, settings, call, entries, frames=count, model=model)
         run.downloads.append(self._write_record(folder, run.record))
         run.seconds, run.frames = seconds, count
         return run
 
     def _record(self, name: str, caption: str, settings: Settings, call: CallSettings, entries: list[dict],
-                **extra) -> dict:
+                model=None, **extra) -> dict:
         """The run JSON: the request's `model:` section read from its components' records and the
         call's settings (it loads back as a config), the input, the page's settings and every
         expression's result."""
-        return {"model": self.model.pipeline.model_section(call),
+        return {"model": (model or self.model).pipeline.model_section(call),
                 "run": {"input": name, "caption": caption, "settings": asdict(settings), **extra, "expressions": entries}}
 
     @staticmethod
