@@ -44,6 +44,11 @@ def caption_embeds(pipe, caption, length):
     return pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, max_sequence_length=length)[0]
 
 
+def stock_expression(pipe, text, length):
+    # the pipeline's T5 rows (unmasked) of a prompt exactly `length` tokens long
+    return caption_embeds(pipe, text, length)[0]
+
+
 def stock_latent(pipe, image, height, width):
     # CogVideoXVideoToVideoPipeline.prepare_latents on a one-frame video [1, C, 1, H, W] from
     # video_processor.preprocess: the VAE's latent (its mode where it samples) as [B, F, C, H, W], times
@@ -95,6 +100,7 @@ def entry(name, variant, caption_length):
         block0_vectors=block0_vectors,
         positions_off=positions_off,
         stock_latent=stock_latent,
+        stock_expression=stock_expression,
         patch=(2 if variant == "1.5" else 1, 2, 2),
     )
 

@@ -44,6 +44,11 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     return query[0], key[0]
 
 
+def stock_expression(pipe, text, length):
+    # the T5 rows (prompt_2) of FluxPipeline.encode_prompt, unmasked: exactly `length` tokens, no padding
+    return pipe.encode_prompt(prompt=text, prompt_2=text, max_sequence_length=length)[0][0]
+
+
 def stock_latent(pipe, image, height, width):
     # FluxImg2ImgPipeline: image_processor.preprocess, _encode_vae_image ((z - shift_factor) *
     # scaling_factor; the VAE's mode where it samples), _pack_latents (2 x 2 cells per token)
@@ -64,5 +69,6 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=rope_off,
     stock_latent=stock_latent,
+    stock_expression=stock_expression,
     depth_observations=lambda depth: 2 * depth,
 )

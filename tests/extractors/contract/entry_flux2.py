@@ -50,6 +50,12 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     return query[0], key[0]
 
 
+def stock_expression(pipe, text, length):
+    # Flux2Pipeline / Flux2KleinPipeline.encode_prompt: the prompt in the chat template, the stacked
+    # hidden layers, exactly `length` tokens long (no padding)
+    return pipe.encode_prompt(text, max_sequence_length=length, text_encoder_out_layers=LAYERS)[0][0]
+
+
 def stock_latent(pipe, image, height, width):
     # Flux2Pipeline / Flux2KleinPipeline's reference image: image_processor.preprocess, their own
     # _encode_vae_image (the VAE's mode, 2 x 2 patchified, normalised by the VAE's batch-norm
@@ -72,6 +78,7 @@ def entry(variant: str) -> ContractEntry:
         block0_vectors=block0_vectors,
         positions_off=rope_off,
         stock_latent=stock_latent,
+        stock_expression=stock_expression,
         depth_observations=lambda depth: 2 * depth,
     )
 

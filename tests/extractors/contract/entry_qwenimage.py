@@ -35,6 +35,20 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     return query[0], key[0]
 
 
+def reference_hooks(transformer, valid):
+    # QwenEmbedRope numbers the text stream's tokens 0, 1, ... after the image's positions: expression
+    # token j is read as caption token j (the positions block0_vectors checks), so the K expressions
+    # get the table's rows 0..L-1 each and the caption its own rows 0..Lc-1, as a caption alone
+    k, length = valid.shape
+
+    def as_captions(module, args, kwargs, out):
+        image, text = out
+        caption = text.shape[0] - k * length
+        return image, torch.cat([text[:length].repeat(k, 1), text[:caption]])
+
+    return [transformer.pos_embed.register_forward_hook(as_captions, with_kwargs=True)]
+
+
 class _NoRope(torch.nn.Module):
     """The identity rotation (complex ones) for every image and text token."""
 
@@ -50,6 +64,13 @@ class _NoRope(torch.nn.Module):
 
 def positions_off(transformer, monkeypatch):
     monkeypatch.setattr(transformer, "pos_embed", _NoRope(transformer.config.attention_head_dim))
+
+
+def stock_expression(pipe, text, length):
+    # QwenImagePipeline.encode_prompt: the prompt in its template, the system prefix dropped
+    embeds, _ = pipe.encode_prompt(text)
+    assert embeds.shape[1] == length, f"the pipeline reads {embeds.shape[1]} rows, the extractor {length}"
+    return embeds[0]
 
 
 def stock_latent(pipe, image, height, width):
@@ -76,4 +97,6 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=positions_off,
     stock_latent=stock_latent,
+    stock_expression=stock_expression,
+    reference_hooks=reference_hooks,
 )

@@ -18,7 +18,8 @@ from refam.aggregators.magnets import AppendMagnets
 from refam.extractors.video_template import VideoDiTExtractor
 from refam.extractors.trajectory import NoiseAt
 from refam.prompts.point import argmax_points
-from tests.extractors.contract.contract import clean_latents, load_entries, noised_latent, recomputed_scores
+from tests.extractors.contract.contract import (clean_latents, load_entries, noised_latent, recomputed_scores, reference_maps,
+                                                reference_observations)
 
 ENTRIES = load_entries(Path(__file__).parent)
 MAGNETS = AppendMagnets()
@@ -106,6 +107,53 @@ def test_maps_are_the_stock_modules_with_the_stock_rope_on_a_non_square_grid(bac
         assert maps.scores.shape[-2] != maps.scores.shape[-1], "the test needs a non-square token grid"
         expected = recomputed_scores(entry, stock, extractor, image, CAPTION, augmented, SIGMA, "recompute")
         torch.testing.assert_close(maps.scores[0].flatten(1), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("magnets", [False, True], ids=["plain", "magnets"])
+def test_an_expressions_rows_are_the_stock_encode_prompts(backbone, magnets):
+    """What the branch's tokens ARE: the rows the stock pipeline's `encode_prompt` gives the same text
+    (its template, its hidden layers, its projection-free width). The other checks read the
+    extractor's own embeddings on both sides, so a reader of the wrong layer would pass them."""
+    entry, folder = backbone
+    extractor, stock = _extractor(entry, folder), _stock(entry, folder)
+    for expression in EXPRESSIONS:
+        text, start = MAGNETS.augment(expression) if magnets else (expression, None)
+        encoded = extractor.encode_expressions([(text, start)])
+        length = int(encoded.valid[0].sum())
+        with torch.no_grad():
+            expected = entry.stock_expression(stock, text, length)
+        ours = encoded.embeds[0, encoded.valid[0]]
+        assert ours.shape == expected.shape, f"{text!r}: {tuple(ours.shape)} rows, the pipeline's {tuple(expected.shape)}"
+        torch.testing.assert_close(ours.float(), expected.float(), rtol=1e-4, atol=1e-5)
+
+
+def every_block_gap(entry, extractor, image, expression, softmax_stage) -> dict[tuple[str, int], float]:
+    """{(representation, block): the largest difference, relative to the reference's largest value,
+    between the extractor's map of that one block and the map of the stock attention at that block
+    in the reference forward (`reference_observations`)}: every block, not block 0 alone, so that
+    whatever reaches the expression tokens through earlier blocks (the caption, another expression)
+    and whatever differs by block kind (single-stream blocks' norms) shows."""
+    latent, x_t = noised_latent(extractor, image, SIGMA, "every-block")
+    encoded = extractor.encode_expressions([expression])
+    observed = reference_observations(entry, extractor, x_t, SIGMA, latent.grid, extractor.encode_caption(CAPTION), encoded)
+    assert len(observed) == extractor.num_blocks, f"{len(observed)} text-attention calls for {extractor.num_blocks} blocks"
+    gaps = {}
+    for representation in _representations(entry):
+        extractor.representation, extractor.softmax_stage = representation, softmax_stage
+        for block, observation in enumerate(observed):
+            maps = extractor.extract(image, CAPTION, [expression], "every-block", blocks=[block])
+            expected = reference_maps(observation, encoded.valid.cpu(), representation, softmax_stage)
+            gap = (maps.scores.flatten(2) - expected).abs().max() / expected.abs().max()
+            gaps[representation, block] = float(gap)
+    return gaps
+
+
+@pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
+def test_maps_are_the_stock_attention_at_every_block(backbone, softmax_stage):
+    entry, folder = backbone
+    extractor = _extractor(entry, folder, trajectory=NoiseAt(SIGMA))
+    gaps = every_block_gap(entry, extractor, _image(entry, seed=2), MAGNETS.augment(EXPRESSIONS[0]), softmax_stage)
+    assert max(gaps.values()) < 1e-4, {key: f"{gap:.2g}" for key, gap in gaps.items() if gap >= 1e-4}
 
 
 def test_a_planted_latent_cell_lands_on_its_frame_row_column_and_pixel(backbone, monkeypatch):
