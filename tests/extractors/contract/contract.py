@@ -87,6 +87,16 @@ class ContractEntry:
         stock_expression: (stock pipe, text, n) -> [n, D]: the rows the stock pipeline's own
             `encode_prompt` gives a prompt of that text n tokens long (no padding), where the
             expression's n tokens sit in it, for the text stream the transformer reads.
+        scheduler_levels: stock pipe -> [(sigma, timestep)]: the noise levels of the states a schedule of
+            the pipeline's own scheduler visits (x_t = (1 - sigma) x0 + sigma eps, read off the
+            scheduler: its `sigmas`, or its `alphas_cumprod` through `add_noise`) and the timestep
+            the pipeline tells the transformer at each (`flow_levels`, `vp_levels`).
+        velocity_sigma: stock pipe -> the noise level of the velocity check (a level the scheduler
+            itself holds, for a VP backbone whose timestep is otherwise an interpolation).
+        velocity_exact: whether the stock velocity is computed as the extractor computes it, bit for
+            bit; False where the stock side takes another float route to the same number (a VP
+            backbone's state and v conversion from the scheduler's alphas_cumprod): then the branch's
+            velocity equals the extractor's own without the branch bit for bit, and the stock's to 1e-5.
         patch: (frames, rows, cols) of VAE latent cells per token.
         depth_observations: blocks observed per forward as a function of depth.
         reference_hooks: (transformer, the expressions' valid [K, L]) -> hook handles, for the reference
@@ -107,8 +117,11 @@ class ContractEntry:
     positions_off: Callable[[Any, Any], None]
     stock_latent: Callable[..., torch.Tensor]
     stock_expression: Callable[[Any, str, int], torch.Tensor]
+    scheduler_levels: Callable[[Any], list[tuple[float, float]]]
     patch: tuple[int, int, int] = (1, 2, 2)
     depth_observations: Callable[[int], int] = field(default=lambda depth: depth)
+    velocity_sigma: Callable[[Any], float] = field(default=lambda pipe: 0.6)
+    velocity_exact: bool = True
     reference_hooks: Callable[[Any, torch.Tensor], list] | None = None
 
 
@@ -265,3 +278,31 @@ def reference_maps(observation: Observation, valid: torch.Tensor, representation
         return logits.mean(dim=0)
     mask = valid[None, :, :, None]
     return logits.masked_fill(~mask, float("-inf")).softmax(dim=2).nan_to_num(0.0).mean(dim=0)
+
+
+def flow_levels(pipe, unit: float = 1.0, steps: int = 8, **set_timesteps) -> list[tuple[float, float]]:
+    """(sigma, timestep / unit) of a flow scheduler's schedule of `steps` (`set_timesteps` as the
+    pipeline calls it), the terminal 0 left out: the pipelines hand `timestep / unit` to the
+    transformer (FLUX's 1000, SD3's 1). An `invert_sigmas` scheduler (Mochi's) counts its sigmas
+    from the clean end: the noise level is 1 - sigma."""
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps, **set_timesteps) if "sigmas" not in set_timesteps else scheduler.set_timesteps(**set_timesteps)
+    sigmas = scheduler.sigmas[: len(scheduler.timesteps)].double()
+    if scheduler.config.get("invert_sigmas", False):
+        sigmas = 1.0 - sigmas
+    return [(float(sigma), float(t) / unit) for sigma, t in zip(sigmas, scheduler.timesteps)]
+
+
+def vp_levels(pipe, steps: int = 8) -> list[tuple[float, float]]:
+    """(sigma, timestep) of a variance-preserving scheduler's schedule of `steps`: the scheduler's own
+    `add_noise` of x0 = 1, eps = 0 and of x0 = 0, eps = 1 at timestep t gives sqrt(ab) and sqrt(1 - ab),
+    and the flow state of the same signal-to-noise ratio has sigma = sqrt(1 - ab) / (sqrt(ab) + sqrt(1 - ab))."""
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps)
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    levels = []
+    for t in scheduler.timesteps:
+        a = float(scheduler.add_noise(one, zero, t.reshape(1)))
+        b = float(scheduler.add_noise(zero, one, t.reshape(1)))
+        levels.append((b / (a + b), float(t)))
+    return levels

@@ -2,9 +2,10 @@
 
 import torch
 from diffusers import MochiPipeline
+from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
 
 from refam.extractors.mochi import MochiExtractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, flow_levels, block_inputs
 from refam.testing.tiny_mochi import save_tiny_mochi
 
 
@@ -97,6 +98,8 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=positions_off,
     stock_latent=stock_latent,
+    # MochiPipeline: linear_quadratic_schedule through the inverted-sigma scheduler, its timesteps as they are
+    scheduler_levels=lambda pipe: flow_levels(pipe, sigmas=linear_quadratic_schedule(8, 0.025)),
     stock_expression=stock_expression,
     reference_hooks=reference_hooks,
 )

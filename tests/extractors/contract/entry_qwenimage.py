@@ -1,12 +1,13 @@
 """Qwen-Image under the contract: the stock `QwenImagePipeline.__call__` and `QwenDoubleStreamAttnProcessor2_0`."""
 
+import numpy as np
 import torch
 from diffusers import QwenImagePipeline
 from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img import retrieve_latents
 
 from refam.extractors.qwenimage import QwenImageExtractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, flow_levels, block_inputs
 from refam.testing.tiny_qwenimage import save_tiny_qwenimage
 
 
@@ -97,6 +98,8 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=positions_off,
     stock_latent=stock_latent,
+    # QwenImagePipeline: the scheduler's schedule of linspace(1, 1/N, N) at its mu, timestep / 1000
+    scheduler_levels=lambda pipe: flow_levels(pipe, 1000.0, sigmas=np.linspace(1.0, 1 / 8, 8), mu=0.8),
     stock_expression=stock_expression,
     reference_hooks=reference_hooks,
 )

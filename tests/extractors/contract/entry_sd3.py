@@ -6,7 +6,7 @@ from diffusers import StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img import retrieve_latents
 
 from refam.extractors.sd3 import SD3Extractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, flow_levels, block_inputs
 from refam.testing.tiny_sd3 import save_tiny_sd3
 
 
@@ -66,6 +66,8 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=positions_off,
     stock_latent=stock_latent,
+    # StableDiffusion3Pipeline: the scheduler's static-shift schedule, its timesteps as they are
+    scheduler_levels=lambda pipe: flow_levels(pipe),
     stock_expression=stock_expression,
     depth_observations=lambda depth: 2 * depth + 1,
 )

@@ -4,7 +4,7 @@ import torch
 from diffusers import WanImageToVideoPipeline, WanPipeline
 
 from refam.extractors.wan import WanExtractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, flow_levels, block_inputs
 from refam.testing.tiny_wan import save_tiny_wan
 
 
@@ -77,5 +77,7 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=positions_off,
     stock_latent=stock_latent,
+    # WanPipeline: UniPC's flow sigmas and its int64 timesteps, as they are
+    scheduler_levels=lambda pipe: flow_levels(pipe),
     stock_expression=stock_expression,
 )

@@ -61,18 +61,39 @@ def test_the_clean_latent_is_the_stock_pipelines(backbone):
     assert torch.equal(ours, stock), f"max difference {(ours - stock).abs().max():.3g}"
 
 
+def test_the_timestep_is_the_schedulers(backbone):
+    """At every noise level the pipeline's own scheduler visits (its sigmas, or its alphas_cumprod
+    through add_noise), the extractor tells the transformer the timestep the pipeline tells it there;
+    an integer scheduler's (Wan's UniPC) truncates, so within one unit."""
+    entry, folder = backbone
+    extractor, stock = _extractor(entry, folder), _stock(entry, folder)
+    levels = entry.scheduler_levels(stock)
+    assert len(levels) >= 4 and len({sigma for sigma, _ in levels}) == len(levels)
+    integer = not stock.scheduler.timesteps.is_floating_point()
+    for sigma, told in levels:
+        ours = extractor.timestep(sigma)
+        assert (told <= ours < told + 1) if integer else ours == pytest.approx(told, rel=1e-5, abs=1e-6), \
+            f"sigma {sigma:.6f}: told {ours}, the pipeline tells {told}"
+
+
 def test_velocity_is_the_stock_models_bit_for_bit(backbone):
     entry, folder = backbone
     extractor = _extractor(entry, folder)
-    latent, x_t = noised_latent(extractor, _image(entry), SIGMA, "velocity")
+    sigma = entry.velocity_sigma(_stock(entry, folder))
+    latent, x_t = noised_latent(extractor, _image(entry), sigma, "velocity")
     encoded = extractor.encode_expressions([MAGNETS.augment(e) for e in EXPRESSIONS])
     condition = extractor.encode_caption(CAPTION)
     capture = extractor.new_capture(encoded, condition, latent.grid)
-    with_branch = extractor.forward(x_t, SIGMA, latent.grid, condition, encoded, capture)
+    with_branch = extractor.forward(x_t, sigma, latent.grid, condition, encoded, capture)
     with torch.no_grad():  # as the stock pipeline's __call__ runs
-        stock = entry.stock_velocity(_stock(entry, folder), x_t, SIGMA, latent.grid, CAPTION)
+        stock = entry.stock_velocity(_stock(entry, folder), x_t, sigma, latent.grid, CAPTION)
     assert capture.observations == extractor.num_blocks
     assert capture.scores.abs().sum() > 0
+    if not entry.velocity_exact:
+        alone = extractor.forward(x_t, sigma, latent.grid, condition)
+        assert torch.equal(with_branch, alone), f"the branch moved the velocity by {(with_branch - alone).abs().max():.3g}"
+        torch.testing.assert_close(with_branch, stock, rtol=1e-5, atol=1e-5)
+        return
     assert torch.equal(with_branch, stock), f"max difference {(with_branch - stock).abs().max():.3g}"
 
 
