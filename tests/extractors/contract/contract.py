@@ -91,8 +91,9 @@ class ContractEntry:
             the pipeline's own scheduler visits (x_t = (1 - sigma) x0 + sigma eps, read off the
             scheduler: its `sigmas`, or its `alphas_cumprod` through `add_noise`) and the timestep
             the pipeline tells the transformer at each (`flow_levels`, `vp_levels`).
-        velocity_sigma: stock pipe -> the noise level of the velocity check (a level the scheduler
-            itself holds, for a VP backbone whose timestep is otherwise an interpolation).
+        stock_sigma: stock pipe -> the noise level of the checks against the stock model's forward
+            (velocity, block 0's vectors): a level the scheduler itself holds for a VP backbone,
+            whose timestep is otherwise an interpolation of refam's own.
         velocity_exact: whether the stock velocity is computed as the extractor computes it, bit for
             bit; False where the stock side takes another float route to the same number (a VP
             backbone's state and v conversion from the scheduler's alphas_cumprod): then the branch's
@@ -120,7 +121,7 @@ class ContractEntry:
     scheduler_levels: Callable[[Any], list[tuple[float, float]]]
     patch: tuple[int, int, int] = (1, 2, 2)
     depth_observations: Callable[[int], int] = field(default=lambda depth: depth)
-    velocity_sigma: Callable[[Any], float] = field(default=lambda pipe: 0.6)
+    stock_sigma: Callable[[Any], float] = field(default=lambda pipe: 0.6)
     velocity_exact: bool = True
     reference_hooks: Callable[[Any, torch.Tensor], list] | None = None
 
@@ -278,6 +279,28 @@ def reference_maps(observation: Observation, valid: torch.Tensor, representation
         return logits.mean(dim=0)
     mask = valid[None, :, :, None]
     return logits.masked_fill(~mask, float("-inf")).softmax(dim=2).nan_to_num(0.0).mean(dim=0)
+
+
+def every_block_gaps(entry: ContractEntry, extractor, image, caption: str, expression: tuple[str, int | None], sigma: float,
+                     softmax_stage: str, representations: list[str]) -> dict[tuple[str, int], float]:
+    """{(representation, block): the largest difference, relative to the reference's largest value,
+    between the extractor's map of that one block and the map of the stock attention at that block
+    in the reference forward (`reference_observations`)}: every block, not block 0 alone, so that
+    whatever reaches the expression tokens through earlier blocks (the caption, another expression)
+    and whatever differs by block kind (single-stream blocks' norms) shows. The extractor observes
+    `NoiseAt(sigma)`."""
+    latent, x_t = noised_latent(extractor, image, sigma, "every-block")
+    encoded = extractor.encode_expressions([expression])
+    observed = reference_observations(entry, extractor, x_t, sigma, latent.grid, extractor.encode_caption(caption), encoded)
+    assert len(observed) == extractor.num_blocks, f"{len(observed)} text-attention calls for {extractor.num_blocks} blocks"
+    gaps = {}
+    for representation in representations:
+        extractor.representation, extractor.softmax_stage = representation, softmax_stage
+        for block, observation in enumerate(observed):
+            maps = extractor.extract(image, caption, [expression], "every-block", blocks=[block])
+            expected = reference_maps(observation, encoded.valid.cpu(), representation, softmax_stage)
+            gaps[representation, block] = float((maps.scores.flatten(2) - expected).abs().max() / expected.abs().max())
+    return gaps
 
 
 def flow_levels(pipe, unit: float = 1.0, steps: int = 8, **set_timesteps) -> list[tuple[float, float]]:

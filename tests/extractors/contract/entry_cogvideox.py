@@ -24,7 +24,7 @@ from refam.testing.tiny_cogvideox import save_tiny_cogvideox
 def vp_state(pipe, x_t, sigma):
     """(state, timestep, sqrt(ab), sqrt(1 - ab)) of the flow state x_t at sigma: the scheduler's own
     timestep whose level (`vp_levels`, from its alphas_cumprod) is sigma, no interpolation of ours,
-    so the check runs at a level the scheduler holds (`velocity_sigma`)."""
+    so the check runs at a level the scheduler holds (`stock_sigma`)."""
     timesteps = [t for level, t in vp_levels(pipe) if abs(level - sigma) < 1e-9]
     assert timesteps, f"sigma {sigma} is not a level of the scheduler's schedule"
     ab = pipe.scheduler.alphas_cumprod[int(timesteps[0])].double()
@@ -104,7 +104,7 @@ def entry(name, variant, caption_length):
         # CogVideoXPipeline: the DDIM scheduler's trailing timesteps, told as they are
         scheduler_levels=lambda pipe: vp_levels(pipe),
         stock_expression=stock_expression,
-        velocity_sigma=lambda pipe: vp_levels(pipe)[3][0],
+        stock_sigma=lambda pipe: vp_levels(pipe)[3][0],
         velocity_exact=False,
         patch=(2 if variant == "1.5" else 1, 2, 2),
     )

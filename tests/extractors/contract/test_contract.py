@@ -18,8 +18,7 @@ from refam.aggregators.magnets import AppendMagnets
 from refam.extractors.video_template import VideoDiTExtractor
 from refam.extractors.trajectory import NoiseAt
 from refam.prompts.point import argmax_points
-from tests.extractors.contract.contract import (clean_latents, load_entries, noised_latent, recomputed_scores, reference_maps,
-                                                reference_observations)
+from tests.extractors.contract.contract import clean_latents, every_block_gaps, load_entries, noised_latent, recomputed_scores
 
 ENTRIES = load_entries(Path(__file__).parent)
 MAGNETS = AppendMagnets()
@@ -79,7 +78,7 @@ def test_the_timestep_is_the_schedulers(backbone):
 def test_velocity_is_the_stock_models_bit_for_bit(backbone):
     entry, folder = backbone
     extractor = _extractor(entry, folder)
-    sigma = entry.velocity_sigma(_stock(entry, folder))
+    sigma = entry.stock_sigma(_stock(entry, folder))
     latent, x_t = noised_latent(extractor, _image(entry), sigma, "velocity")
     encoded = extractor.encode_expressions([MAGNETS.augment(e) for e in EXPRESSIONS])
     condition = extractor.encode_caption(CAPTION)
@@ -119,14 +118,15 @@ def test_k_expressions_together_give_the_maps_each_gives_alone(backbone, softmax
 
 def test_maps_are_the_stock_modules_with_the_stock_rope_on_a_non_square_grid(backbone):
     entry, folder = backbone
-    extractor = _extractor(entry, folder, blocks=[0], trajectory=NoiseAt(SIGMA))
     stock = _stock(entry, folder)
+    sigma = entry.stock_sigma(stock)
+    extractor = _extractor(entry, folder, blocks=[0], trajectory=NoiseAt(sigma))
     image = _image(entry, seed=1)
     for expression in EXPRESSIONS[:2]:
         augmented = MAGNETS.augment(expression)
         maps = extractor.extract(image, CAPTION, [augmented], "recompute")
         assert maps.scores.shape[-2] != maps.scores.shape[-1], "the test needs a non-square token grid"
-        expected = recomputed_scores(entry, stock, extractor, image, CAPTION, augmented, SIGMA, "recompute")
+        expected = recomputed_scores(entry, stock, extractor, image, CAPTION, augmented, sigma, "recompute")
         torch.testing.assert_close(maps.scores[0].flatten(1), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -148,32 +148,12 @@ def test_an_expressions_rows_are_the_stock_encode_prompts(backbone, magnets):
         torch.testing.assert_close(ours.float(), expected.float(), rtol=1e-4, atol=1e-5)
 
 
-def every_block_gap(entry, extractor, image, expression, softmax_stage) -> dict[tuple[str, int], float]:
-    """{(representation, block): the largest difference, relative to the reference's largest value,
-    between the extractor's map of that one block and the map of the stock attention at that block
-    in the reference forward (`reference_observations`)}: every block, not block 0 alone, so that
-    whatever reaches the expression tokens through earlier blocks (the caption, another expression)
-    and whatever differs by block kind (single-stream blocks' norms) shows."""
-    latent, x_t = noised_latent(extractor, image, SIGMA, "every-block")
-    encoded = extractor.encode_expressions([expression])
-    observed = reference_observations(entry, extractor, x_t, SIGMA, latent.grid, extractor.encode_caption(CAPTION), encoded)
-    assert len(observed) == extractor.num_blocks, f"{len(observed)} text-attention calls for {extractor.num_blocks} blocks"
-    gaps = {}
-    for representation in _representations(entry):
-        extractor.representation, extractor.softmax_stage = representation, softmax_stage
-        for block, observation in enumerate(observed):
-            maps = extractor.extract(image, CAPTION, [expression], "every-block", blocks=[block])
-            expected = reference_maps(observation, encoded.valid.cpu(), representation, softmax_stage)
-            gap = (maps.scores.flatten(2) - expected).abs().max() / expected.abs().max()
-            gaps[representation, block] = float(gap)
-    return gaps
-
-
 @pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
 def test_maps_are_the_stock_attention_at_every_block(backbone, softmax_stage):
     entry, folder = backbone
     extractor = _extractor(entry, folder, trajectory=NoiseAt(SIGMA))
-    gaps = every_block_gap(entry, extractor, _image(entry, seed=2), MAGNETS.augment(EXPRESSIONS[0]), softmax_stage)
+    gaps = every_block_gaps(entry, extractor, _image(entry, seed=2), CAPTION, MAGNETS.augment(EXPRESSIONS[0]), SIGMA,
+                            softmax_stage, _representations(entry))
     assert max(gaps.values()) < 1e-4, {key: f"{gap:.2g}" for key, gap in gaps.items() if gap >= 1e-4}
 
 
