@@ -309,7 +309,10 @@ def flow_levels(pipe, unit: float = 1.0, steps: int = 8, **set_timesteps) -> lis
     transformer (FLUX's 1000, SD3's 1). An `invert_sigmas` scheduler (Mochi's) counts its sigmas
     from the clean end: the noise level is 1 - sigma."""
     scheduler = pipe.scheduler
-    scheduler.set_timesteps(steps, **set_timesteps) if "sigmas" not in set_timesteps else scheduler.set_timesteps(**set_timesteps)
+    if "sigmas" in set_timesteps:  # a pipeline's own sigmas set the number of steps
+        scheduler.set_timesteps(**set_timesteps)
+    else:
+        scheduler.set_timesteps(steps, **set_timesteps)
     sigmas = scheduler.sigmas[: len(scheduler.timesteps)].double()
     if scheduler.config.get("invert_sigmas", False):
         sigmas = 1.0 - sigmas
