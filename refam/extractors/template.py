@@ -201,7 +201,7 @@ class DiTExtractor(PipelineExtractor):
 
     def noise_shift(self, num_image_tokens: int) -> Shift | None:
         """The shift the backbone's pipeline applies to noise levels at this many image tokens (its
-        scheduler's, by default); None when its pipeline schedules with none."""
+        scheduler's, by default: none on a variance-preserving one); None when its pipeline schedules with none."""
         return scheduler_shift(self.pipe.scheduler, num_image_tokens)
 
     # ---------------------------------------------------------------- the template

@@ -93,12 +93,18 @@ def time_shift(scheduler, mu: float) -> Shift:
     return lambda sigma: float(scheduler.time_shift(mu, 1.0, sigma)) if 0.0 < sigma < 1.0 else sigma
 
 
-def scheduler_shift(scheduler, image_seq_len: int) -> Shift:
+def scheduler_shift(scheduler, image_seq_len: int) -> Shift | None:
     """The shift a flow scheduler applies at this many image tokens: the resolution-dependent one
     (`use_dynamic_shifting`: FLUX's `calculate_shift` of mu, then the scheduler's time shift) or its
     static shift s (`shift` of `FlowMatchEulerDiscreteScheduler`, `flow_shift` of UniPC or
-    DPM-Solver with `use_flow_sigmas`, as Wan's): sigma -> s sigma / (1 + (s - 1) sigma)."""
+    DPM-Solver with `use_flow_sigmas`, as Wan's): sigma -> s sigma / (1 + (s - 1) sigma).
+
+    None for a variance-preserving scheduler (one with `alphas_cumprod` and no flow sigmas: DDPM,
+    DDIM, DPM-Solver as PixArt's): it has no flow shift, and reading a missing `shift` as 1 would
+    accept `shift: true` as an identity."""
     config = scheduler.config
+    if not config.get("use_flow_sigmas") and hasattr(scheduler, "alphas_cumprod"):
+        return None
     if config.get("use_flow_sigmas"):
         static = float(config.get("flow_shift", 1.0))
     elif config.get("use_dynamic_shifting", False):

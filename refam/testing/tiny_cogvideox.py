@@ -21,7 +21,7 @@ checkpoint's transformer/config.json):
 
 The RoPE is a fixed function of the grid (no weights), so a tiny model sees a real one. The VAE
 compresses 8x in space and 4x in time (causally: 4k + 1 frames give k + 1 latent frames), as the
-real one.
+real one. The QK norms' scales and shifts are drawn at random (fresh ones are 1 and 0).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import build_tokenizers, save_pipeline_folder, tiny_t5
+from refam.testing.tiny_flux import build_tokenizers, randomize_qk_norms, save_pipeline_folder, tiny_t5
 
 VARIANTS = ("2b", "5b", "1.5")
 # the real checkpoints' scheduler/scheduler_config.json and vae/config.json, as diffusers'
@@ -38,6 +38,9 @@ VARIANTS = ("2b", "5b", "1.5")
 # For 5B, it is 1.0"; scaling_factor 1.15258426 and 0.7); CogVideoX1.5-5B's taken as 5b's
 SNR_SHIFT_SCALE = {"2b": 3.0, "5b": 1.0, "1.5": 1.0}
 VAE_SCALING_FACTOR = {"2b": 1.15258426, "5b": 0.7, "1.5": 0.7}
+# T5's width, not the transformer's (heads x head_dim, 32 by default), as T5-XXL's 4096 is not 5b's
+# 3072: an expression that skips `text_proj` cannot pass
+TEXT_WIDTH = 24
 
 
 def build_tiny_cogvideox(
@@ -65,14 +68,15 @@ def build_tiny_cogvideox(
     temporal_patch = {"patch_size_t": 2, "patch_bias": False} if variant == "1.5" else {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        t5 = tiny_t5(t5_tok)
+        t5 = tiny_t5(t5_tok, d_model=TEXT_WIDTH)
         transformer = CogVideoXTransformer3DModel(
             num_attention_heads=heads, attention_head_dim=head_dim, in_channels=16, out_channels=16,
-            time_embed_dim=32, text_embed_dim=32, num_layers=layers, sample_height=latent_height,
+            time_embed_dim=32, text_embed_dim=TEXT_WIDTH, num_layers=layers, sample_height=latent_height,
             sample_width=latent_width, sample_frames=49, patch_size=2, temporal_compression_ratio=4,
             max_text_seq_length=max_text_seq_length, use_rotary_positional_embeddings=variant != "2b",
             **temporal_patch,
         )
+        randomize_qk_norms(transformer, seed + 1)
         vae = AutoencoderKLCogVideoX(
             block_out_channels=(8, 8, 8, 8), latent_channels=16, layers_per_block=1, norm_num_groups=4,
             temporal_compression_ratio=4, scaling_factor=VAE_SCALING_FACTOR[variant],

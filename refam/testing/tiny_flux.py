@@ -91,6 +91,24 @@ def build_tiny_flux(seed: int = 0, width: int = 32, heads: int = 2, double_block
     )
 
 
+QK_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
+
+
+def randomize_qk_norms(model: torch.nn.Module, seed: int) -> None:
+    """Draw the affine scales (and shifts) of every attention's QK norms of `model` at random, from a
+    generator of their own seeded by `seed` (the global random state, and so every other component's
+    draw, stays as it was). Fresh norms scale by exactly 1 and shift by 0, so a processor applying
+    the image stream's norm to text keys (or none at all, where the input is near unit RMS) would
+    give the stock answer; with these it does not."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        module, _, kind = name.rpartition(".")
+        if module.rpartition(".")[2] in QK_NORMS:
+            with torch.no_grad():
+                center = 1.0 if kind == "weight" else 0.0
+                parameter.copy_(center + 0.3 * torch.randn(parameter.shape, generator=generator))
+
+
 def save_pipeline_folder(pipeline: DiffusionPipeline, folder: str | Path) -> Path:
     """`pipeline` written to `folder` in the diffusers layout with safetensors weights, the form
     `from_pretrained` loads offline; every tiny builder's `save_tiny_*` writes through here."""

@@ -17,7 +17,8 @@ Kept from the real models: the stacked text width (3 x the LLM width = joint_att
 RoPE axes (t, h, w, l) with theta 2000, the VAE's 8x compression, 2x2 patchify into 4 x latent
 channels and the batch-norm statistics the latents are normalised with (drawn at random here, so a
 missing normalisation shows), and FLUX.1-dev's scheduler config (which the FLUX.2-dev conversion
-copies). FLUX.2's RoPE is not learned, so a fresh model already has a non-trivial one.
+copies). The QK norms' scales are drawn at random (fresh ones are all 1), so that a text-key norm
+swapped for the image one shows. FLUX.2's RoPE is not learned, so a fresh model already has a non-trivial one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import save_pipeline_folder
+from refam.testing.tiny_flux import randomize_qk_norms, save_pipeline_folder
 from refam.testing.tiny_tokenizers import build_qwen2_tokenizer, train_byte_level_bpe
 
 VARIANTS = ("dev", "klein")
@@ -181,6 +182,7 @@ def build_tiny_flux2(
             joint_attention_dim=3 * text_width, timestep_guidance_channels=256, mlp_ratio=3.0,
             axes_dims_rope=(head_dim // 4,) * 4, rope_theta=2000, guidance_embeds=variant == "dev",
         )
+        randomize_qk_norms(transformer, seed + 1)
         vae = AutoencoderKLFlux2(
             in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,

@@ -12,7 +12,8 @@ Shapes kept from the real model: the text encoder is wider than the transformer
 heads, 4 key/value heads), MSRoPE axes in the real proportions (16, 56, 56) of the head, 16 latent
 channels packed 2x2, the VAE's 8x spatial compression with its causal 3D convolutions and the real
 latent mean and std. Qwen-Image's RoPE frequencies are fixed (theta 10000), not weights, so a fresh
-model already has a non-trivial RoPE.
+model already has a non-trivial RoPE. The QK norms' scales are drawn at random (fresh ones are all
+1), so that a text-key norm swapped for the image one shows.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import save_pipeline_folder
+from refam.testing.tiny_flux import randomize_qk_norms, save_pipeline_folder
 from refam.testing.tiny_tokenizers import build_qwen2_tokenizer
 
 # Qwen/Qwen-Image scheduler/scheduler_config.json
@@ -80,6 +81,7 @@ def build_tiny_qwenimage(seed: int = 0, width: int = 32, heads: int = 2, layers:
             num_attention_heads=heads, joint_attention_dim=text_width, guidance_embeds=False,
             axes_dims_rope=(head_dim - 2 * spatial, spatial, spatial),
         )
+        randomize_qk_norms(transformer, seed + 2)
         vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
                                      temperal_downsample=[False, True, True])
     return QwenImagePipeline(

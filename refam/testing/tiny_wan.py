@@ -5,13 +5,14 @@ AutoencoderKLWan, UMT5EncoderModel, a T5 tokenizer, UniPCMultistepScheduler with
 word-level T5 vocabulary of `refam.testing.tiny_flux` stands in for umt5-xxl's, so the folder loads
 through `WanPipeline.from_pretrained` offline.
 
-Shapes kept from the real model: the UMT5 width (text_dim) differs from the transformer width, the
+Shapes kept from the real model: the UMT5 width (text_dim, 20) differs from the transformer width (24), the
 patch is (1, 2, 2), the VAE compresses 8x in space and 4x in time with the real causal layout
 (`temperal_downsample` (False, True, True)) and the real 16 latent channels with the checkpoint's
 per-channel latents_mean / latents_std, the transformer normalises q and k over all heads
 ("rms_norm_across_heads") and the image tokens before cross-attention (`cross_attn_norm`). Wan's
 RoPE is not learned (fixed 3-axis frequencies, theta 10000), so a fresh model already has a
-non-trivial one. `boundary_ratio` adds a second transformer, as Wan 2.2 A14B's two experts
+non-trivial one. The QK norms' scales are drawn at random (fresh ones are all 1), so that a
+caption-key norm swapped for the image one shows. `boundary_ratio` adds a second transformer, as Wan 2.2 A14B's two experts
 (`transformer` for high noise, `transformer_2` for low noise).
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import build_tokenizers, save_pipeline_folder
+from refam.testing.tiny_flux import build_tokenizers, randomize_qk_norms, save_pipeline_folder
 
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers scheduler/scheduler_config.json (the settings that differ from
 # UniPCMultistepScheduler's defaults): velocity targets on flow sigmas, static shift 3
@@ -57,7 +58,7 @@ def build_tiny_wan(
     from transformers import UMT5Config, UMT5EncoderModel
 
     _, tokenizer = build_tokenizers()
-    text_width = 24
+    text_width = 20  # not the transformer's width: an expression that skips `text_embedder` cannot pass
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         text_encoder = UMT5EncoderModel(
@@ -69,6 +70,8 @@ def build_tiny_wan(
         )
         transformer = _tiny_transformer(heads, head_dim, layers, text_width)
         transformer_2 = _tiny_transformer(heads, head_dim, layers, text_width) if boundary_ratio is not None else None
+        for index, expert in enumerate(t for t in (transformer, transformer_2) if t is not None):
+            randomize_qk_norms(expert, seed + 1 + index)
         vae = AutoencoderKLWan(
             base_dim=4, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
             temperal_downsample=[False, True, True],

@@ -51,7 +51,7 @@ def test_the_stock_pipeline_encodes_a_prompt_padded_to_226_tokens(loaded):
     _, pipe = loaded
     embeds, negative = pipe.encode_prompt(["the red dog on the left", ""], do_classifier_free_guidance=False, device="cpu")
     assert negative is None
-    assert embeds.shape == (2, 226, 32)
+    assert embeds.shape == (2, 226, pipe.text_encoder.config.d_model) != (2, 226, pipe.transformer.config.num_attention_heads * pipe.transformer.config.attention_head_dim)
     assert not torch.allclose(embeds[0], embeds[1])
 
 

@@ -8,27 +8,28 @@ CogVideoX is variance preserving with v-prediction: the flow state at sigma, (1 
 sigma eps, is r times the VP state of the same signal-to-noise ratio, sqrt(ab) x0 + sqrt(1 - ab) eps
 with sqrt(ab) = (1 - sigma) / r, sqrt(1 - ab) = sigma / r. The stock model is called on that state
 at the timestep whose `alphas_cumprod` (the pipeline's scheduler's) is that ab, and its v =
-sqrt(ab) eps - sqrt(1 - ab) x0 is read as the flow velocity eps - x0 = (b - a) x + (a + b) v."""
+sqrt(ab) eps - sqrt(1 - ab) x0 is read as the flow velocity eps - x0 = (b - a) x + (a + b) v. The
+check runs at a timestep of the scheduler's own schedule, a and b its alphas_cumprod's there, so that
+nothing of refam's interpolation between timesteps is copied here."""
 
-import math
-
-import numpy as np
 import torch
 from diffusers import CogVideoXPipeline
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_video2video import retrieve_latents
 
 from refam.extractors.cogvideox import CogVideoX15Extractor, CogVideoXExtractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, vp_levels, block_inputs
 from refam.testing.tiny_cogvideox import save_tiny_cogvideox
 
 
 def vp_state(pipe, x_t, sigma):
-    """(state, timestep, sqrt(ab), sqrt(1 - ab)) of the flow state x_t at sigma, from the scheduler's alphas_cumprod."""
-    r = math.hypot(1.0 - sigma, sigma)
-    ab = pipe.scheduler.alphas_cumprod.double()
-    levels = ((1 - ab).sqrt() / (ab.sqrt() + (1 - ab).sqrt())).numpy()  # each timestep's flow sigma
-    timestep = float(np.interp(sigma, levels, np.arange(len(levels))))
-    return x_t / r, timestep, (1.0 - sigma) / r, sigma / r
+    """(state, timestep, sqrt(ab), sqrt(1 - ab)) of the flow state x_t at sigma: the scheduler's own
+    timestep whose level (`vp_levels`, from its alphas_cumprod) is sigma, no interpolation of ours,
+    so the check runs at a level the scheduler holds (`stock_sigma`)."""
+    timesteps = [t for level, t in vp_levels(pipe) if abs(level - sigma) < 1e-9]
+    assert timesteps, f"sigma {sigma} is not a level of the scheduler's schedule"
+    ab = pipe.scheduler.alphas_cumprod[int(timesteps[0])].double()
+    a, b = float(ab.sqrt()), float((1 - ab).sqrt())
+    return x_t * (a + b), timesteps[0], a, b  # (1 - sigma, sigma) = (a, b) / (a + b)
 
 
 def call(pipe, x, timestep, text, rope_size):
@@ -42,6 +43,11 @@ def call(pipe, x, timestep, text, rope_size):
 
 def caption_embeds(pipe, caption, length):
     return pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, max_sequence_length=length)[0]
+
+
+def stock_expression(pipe, text, length):
+    # the pipeline's T5 rows (unmasked) of a prompt exactly `length` tokens long
+    return caption_embeds(pipe, text, length)[0]
 
 
 def stock_latent(pipe, image, height, width):
@@ -95,6 +101,11 @@ def entry(name, variant, caption_length):
         block0_vectors=block0_vectors,
         positions_off=positions_off,
         stock_latent=stock_latent,
+        # CogVideoXPipeline: the DDIM scheduler's trailing timesteps, told as they are
+        scheduler_levels=lambda pipe: vp_levels(pipe),
+        stock_expression=stock_expression,
+        stock_sigma=lambda pipe: vp_levels(pipe)[3][0],
+        velocity_exact=False,
         patch=(2 if variant == "1.5" else 1, 2, 2),
     )
 

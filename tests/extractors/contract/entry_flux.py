@@ -1,12 +1,13 @@
 """FLUX.1 under the contract: the stock `FluxPipeline.__call__` and `FluxAttnProcessor`."""
 
+import numpy as np
 import torch
 from diffusers import FluxPipeline
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.pipelines.flux.pipeline_flux_img2img import FluxImg2ImgPipeline, retrieve_latents
 
 from refam.extractors.flux import FluxExtractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs, rope_off
+from tests.extractors.contract.contract import ContractEntry, flow_levels, block_inputs, rope_off
 from refam.testing.tiny_flux import save_tiny_flux
 
 
@@ -44,6 +45,11 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     return query[0], key[0]
 
 
+def stock_expression(pipe, text, length):
+    # the T5 rows (prompt_2) of FluxPipeline.encode_prompt, unmasked: exactly `length` tokens, no padding
+    return pipe.encode_prompt(prompt=text, prompt_2=text, max_sequence_length=length)[0][0]
+
+
 def stock_latent(pipe, image, height, width):
     # FluxImg2ImgPipeline: image_processor.preprocess, _encode_vae_image ((z - shift_factor) *
     # scaling_factor; the VAE's mode where it samples), _pack_latents (2 x 2 cells per token)
@@ -64,5 +70,8 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=rope_off,
     stock_latent=stock_latent,
+    # FluxPipeline: the scheduler's schedule of linspace(1, 1/N, N) at its mu, timestep / 1000
+    scheduler_levels=lambda pipe: flow_levels(pipe, 1000.0, sigmas=np.linspace(1.0, 1 / 8, 8), mu=0.8),
+    stock_expression=stock_expression,
     depth_observations=lambda depth: 2 * depth,
 )

@@ -2,12 +2,13 @@
 blocks) and `Flux2ParallelSelfAttnProcessor` (single blocks); Mistral 3 prompts, left-padded.
 FLUX.2 [klein] is `Flux2KleinPipeline`: Qwen3 prompts, right-padded, no guidance."""
 
+import numpy as np
 import torch
 from diffusers import Flux2KleinPipeline, Flux2Pipeline
 from diffusers.models.embeddings import apply_rotary_emb
 
 from refam.extractors.flux2 import Flux2Extractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs, rope_off
+from tests.extractors.contract.contract import ContractEntry, flow_levels, block_inputs, rope_off
 from refam.testing.tiny_flux2 import save_tiny_flux2
 
 CAPTION_TOKENS = 64  # the tiny template (dev: BOS, system prompt, [INST] [/INST]) and an expression fit
@@ -50,6 +51,12 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     return query[0], key[0]
 
 
+def stock_expression(pipe, text, length):
+    # Flux2Pipeline / Flux2KleinPipeline.encode_prompt: the prompt in the chat template, the stacked
+    # hidden layers, exactly `length` tokens long (no padding)
+    return pipe.encode_prompt(text, max_sequence_length=length, text_encoder_out_layers=LAYERS)[0][0]
+
+
 def stock_latent(pipe, image, height, width):
     # Flux2Pipeline / Flux2KleinPipeline's reference image: image_processor.preprocess, their own
     # _encode_vae_image (the VAE's mode, 2 x 2 patchified, normalised by the VAE's batch-norm
@@ -72,6 +79,9 @@ def entry(variant: str) -> ContractEntry:
         block0_vectors=block0_vectors,
         positions_off=rope_off,
         stock_latent=stock_latent,
+        # Flux2Pipeline / Flux2KleinPipeline: as FLUX.1, their own mu, timestep / 1000
+        scheduler_levels=lambda pipe: flow_levels(pipe, 1000.0, sigmas=np.linspace(1.0, 1 / 8, 8), mu=0.8),
+        stock_expression=stock_expression,
         depth_observations=lambda depth: 2 * depth,
     )
 

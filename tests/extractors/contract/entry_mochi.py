@@ -2,9 +2,10 @@
 
 import torch
 from diffusers import MochiPipeline
+from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
 
 from refam.extractors.mochi import MochiExtractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, flow_levels, block_inputs
 from refam.testing.tiny_mochi import save_tiny_mochi
 
 
@@ -46,6 +47,35 @@ def positions_off(transformer, monkeypatch):
     monkeypatch.setattr(transformer.pos_frequencies, "data", torch.zeros_like(transformer.pos_frequencies))
 
 
+def reference_hooks(transformer, valid):
+    # MochiAttnProcessor2_0 attends to the text tokens its attention_mask keeps: the block's
+    # encoder_attention_mask, which also drives the caption pooler; only the attention is told to keep
+    # the branch's tokens (the last K L of the text), so the pooler still sees the caption alone. The
+    # stock processor packs the kept tokens' outputs right after the video's, [real caption | branch
+    # | zeros], and leaves zeros (to_add_out's bias after it) at the rest: the branch's rows go back
+    # to the end, behind the caption's padding
+    branch = valid.numel()
+
+    def keep_branch(module, args, kwargs):
+        mask = kwargs["attention_mask"].clone()
+        mask[:, -branch:] = True
+        return args, {**kwargs, "attention_mask": mask}
+
+    def unpack(module, args, kwargs, out):
+        video, text = out
+        real = int(kwargs["attention_mask"][0].sum()) - branch  # the caption's real tokens
+        return video, torch.cat([text[:, :real], text[:, real:].roll(-branch, dims=1)], dim=1)
+
+    attentions = [block.attn1 for block in transformer.transformer_blocks]
+    return ([a.register_forward_pre_hook(keep_branch, with_kwargs=True) for a in attentions]
+            + [a.register_forward_hook(unpack, with_kwargs=True) for a in attentions])
+
+
+def stock_expression(pipe, text, length):
+    # the pipeline's T5 rows of a prompt exactly `length` tokens long
+    return pipe.encode_prompt(prompt=text, do_classifier_free_guidance=False, max_sequence_length=length)[0][0]
+
+
 def stock_latent(pipe, image, height, width):
     # No stock pipeline encodes into Mochi's latent space (MochiPipeline is text-to-video only): this
     # inverts MochiPipeline.__call__'s decoding, latents * latents_std / scaling_factor + latents_mean,
@@ -68,4 +98,8 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=positions_off,
     stock_latent=stock_latent,
+    # MochiPipeline: linear_quadratic_schedule through the inverted-sigma scheduler, its timesteps as they are
+    scheduler_levels=lambda pipe: flow_levels(pipe, sigmas=linear_quadratic_schedule(8, 0.025)),
+    stock_expression=stock_expression,
+    reference_hooks=reference_hooks,
 )

@@ -1,12 +1,13 @@
 """Qwen-Image under the contract: the stock `QwenImagePipeline.__call__` and `QwenDoubleStreamAttnProcessor2_0`."""
 
+import numpy as np
 import torch
 from diffusers import QwenImagePipeline
 from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img import retrieve_latents
 
 from refam.extractors.qwenimage import QwenImageExtractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, flow_levels, block_inputs
 from refam.testing.tiny_qwenimage import save_tiny_qwenimage
 
 
@@ -35,6 +36,20 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     return query[0], key[0]
 
 
+def reference_hooks(transformer, valid):
+    # QwenEmbedRope numbers the text stream's tokens 0, 1, ... after the image's positions: expression
+    # token j is read as caption token j (the positions block0_vectors checks), so the K expressions
+    # get the table's rows 0..L-1 each and the caption its own rows 0..Lc-1, as a caption alone
+    k, length = valid.shape
+
+    def as_captions(module, args, kwargs, out):
+        image, text = out
+        caption = text.shape[0] - k * length
+        return image, torch.cat([text[:length].repeat(k, 1), text[:caption]])
+
+    return [transformer.pos_embed.register_forward_hook(as_captions, with_kwargs=True)]
+
+
 class _NoRope(torch.nn.Module):
     """The identity rotation (complex ones) for every image and text token."""
 
@@ -50,6 +65,13 @@ class _NoRope(torch.nn.Module):
 
 def positions_off(transformer, monkeypatch):
     monkeypatch.setattr(transformer, "pos_embed", _NoRope(transformer.config.attention_head_dim))
+
+
+def stock_expression(pipe, text, length):
+    # QwenImagePipeline.encode_prompt: the prompt in its template, the system prefix dropped
+    embeds, _ = pipe.encode_prompt(text)
+    assert embeds.shape[1] == length, f"the pipeline reads {embeds.shape[1]} rows, the extractor {length}"
+    return embeds[0]
 
 
 def stock_latent(pipe, image, height, width):
@@ -76,4 +98,8 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=positions_off,
     stock_latent=stock_latent,
+    # QwenImagePipeline: the scheduler's schedule of linspace(1, 1/N, N) at its mu, timestep / 1000
+    scheduler_levels=lambda pipe: flow_levels(pipe, 1000.0, sigmas=np.linspace(1.0, 1 / 8, 8), mu=0.8),
+    stock_expression=stock_expression,
+    reference_hooks=reference_hooks,
 )

@@ -6,7 +6,7 @@ from diffusers import StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img import retrieve_latents
 
 from refam.extractors.sd3 import SD3Extractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, flow_levels, block_inputs
 from refam.testing.tiny_sd3 import save_tiny_sd3
 
 
@@ -40,6 +40,12 @@ def positions_off(transformer, monkeypatch):
     monkeypatch.setattr(transformer.pos_embed, "pos_embed", torch.zeros_like(transformer.pos_embed.pos_embed))
 
 
+def stock_expression(pipe, text, length):
+    # StableDiffusion3Pipeline.encode_prompt: [77 CLIP rows | T5 rows]; the T5 rows, `length` tokens
+    embeds = pipe.encode_prompt(text, None, None, do_classifier_free_guidance=False, max_sequence_length=length)[0]
+    return embeds[0, pipe.tokenizer_max_length :]
+
+
 def stock_latent(pipe, image, height, width):
     # StableDiffusion3Img2ImgPipeline: image_processor.preprocess, prepare_latents' (z - shift_factor) *
     # scaling_factor (the VAE's mode where it samples); the transformer patchifies [1, C, h, w] itself
@@ -60,5 +66,8 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=positions_off,
     stock_latent=stock_latent,
+    # StableDiffusion3Pipeline: the scheduler's static-shift schedule, its timesteps as they are
+    scheduler_levels=lambda pipe: flow_levels(pipe),
+    stock_expression=stock_expression,
     depth_observations=lambda depth: 2 * depth + 1,
 )

@@ -4,7 +4,7 @@ import torch
 from diffusers import WanImageToVideoPipeline, WanPipeline
 
 from refam.extractors.wan import WanExtractor
-from tests.extractors.contract.contract import ContractEntry, block_inputs
+from tests.extractors.contract.contract import ContractEntry, flow_levels, block_inputs
 from refam.testing.tiny_wan import save_tiny_wan
 
 
@@ -48,6 +48,11 @@ def positions_off(transformer, monkeypatch):
     monkeypatch.setattr(transformer, "rope", _NoRope(transformer.config.attention_head_dim))
 
 
+def stock_expression(pipe, text, length):
+    # the pipeline's T5 rows of a prompt exactly `length` tokens long
+    return pipe.encode_prompt(prompt=text, do_classifier_free_guidance=False, max_sequence_length=length)[0][0]
+
+
 def stock_latent(pipe, image, height, width):
     # WanImageToVideoPipeline.prepare_latents' condition for a one-frame video, its own code run on this
     # pipeline (it reads the VAE, its scale factors and expand_timesteps): the VAE's mode of
@@ -72,4 +77,7 @@ ENTRY = ContractEntry(
     block0_vectors=block0_vectors,
     positions_off=positions_off,
     stock_latent=stock_latent,
+    # WanPipeline: UniPC's flow sigmas and its int64 timesteps, as they are
+    scheduler_levels=lambda pipe: flow_levels(pipe),
+    stock_expression=stock_expression,
 )

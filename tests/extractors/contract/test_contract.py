@@ -18,7 +18,7 @@ from refam.aggregators.magnets import AppendMagnets
 from refam.extractors.video_template import VideoDiTExtractor
 from refam.extractors.trajectory import NoiseAt
 from refam.prompts.point import argmax_points
-from tests.extractors.contract.contract import clean_latents, load_entries, noised_latent, recomputed_scores
+from tests.extractors.contract.contract import clean_latents, every_block_gaps, load_entries, noised_latent, recomputed_scores
 
 ENTRIES = load_entries(Path(__file__).parent)
 MAGNETS = AppendMagnets()
@@ -60,18 +60,39 @@ def test_the_clean_latent_is_the_stock_pipelines(backbone):
     assert torch.equal(ours, stock), f"max difference {(ours - stock).abs().max():.3g}"
 
 
+def test_the_timestep_is_the_schedulers(backbone):
+    """At every noise level the pipeline's own scheduler visits (its sigmas, or its alphas_cumprod
+    through add_noise), the extractor tells the transformer the timestep the pipeline tells it there;
+    an integer scheduler's (Wan's UniPC) truncates, so within one unit."""
+    entry, folder = backbone
+    extractor, stock = _extractor(entry, folder), _stock(entry, folder)
+    levels = entry.scheduler_levels(stock)
+    assert len(levels) >= 4 and len({sigma for sigma, _ in levels}) == len(levels)
+    integer = not stock.scheduler.timesteps.is_floating_point()
+    for sigma, told in levels:
+        ours = extractor.timestep(sigma)
+        assert (told <= ours < told + 1) if integer else ours == pytest.approx(told, rel=1e-5, abs=1e-6), \
+            f"sigma {sigma:.6f}: told {ours}, the pipeline tells {told}"
+
+
 def test_velocity_is_the_stock_models_bit_for_bit(backbone):
     entry, folder = backbone
     extractor = _extractor(entry, folder)
-    latent, x_t = noised_latent(extractor, _image(entry), SIGMA, "velocity")
+    sigma = entry.stock_sigma(_stock(entry, folder))
+    latent, x_t = noised_latent(extractor, _image(entry), sigma, "velocity")
     encoded = extractor.encode_expressions([MAGNETS.augment(e) for e in EXPRESSIONS])
     condition = extractor.encode_caption(CAPTION)
     capture = extractor.new_capture(encoded, condition, latent.grid)
-    with_branch = extractor.forward(x_t, SIGMA, latent.grid, condition, encoded, capture)
+    with_branch = extractor.forward(x_t, sigma, latent.grid, condition, encoded, capture)
     with torch.no_grad():  # as the stock pipeline's __call__ runs
-        stock = entry.stock_velocity(_stock(entry, folder), x_t, SIGMA, latent.grid, CAPTION)
+        stock = entry.stock_velocity(_stock(entry, folder), x_t, sigma, latent.grid, CAPTION)
     assert capture.observations == extractor.num_blocks
     assert capture.scores.abs().sum() > 0
+    if not entry.velocity_exact:
+        alone = extractor.forward(x_t, sigma, latent.grid, condition)
+        assert torch.equal(with_branch, alone), f"the branch moved the velocity by {(with_branch - alone).abs().max():.3g}"
+        torch.testing.assert_close(with_branch, stock, rtol=1e-5, atol=1e-5)
+        return
     assert torch.equal(with_branch, stock), f"max difference {(with_branch - stock).abs().max():.3g}"
 
 
@@ -97,15 +118,43 @@ def test_k_expressions_together_give_the_maps_each_gives_alone(backbone, softmax
 
 def test_maps_are_the_stock_modules_with_the_stock_rope_on_a_non_square_grid(backbone):
     entry, folder = backbone
-    extractor = _extractor(entry, folder, blocks=[0], trajectory=NoiseAt(SIGMA))
     stock = _stock(entry, folder)
+    sigma = entry.stock_sigma(stock)
+    extractor = _extractor(entry, folder, blocks=[0], trajectory=NoiseAt(sigma))
     image = _image(entry, seed=1)
     for expression in EXPRESSIONS[:2]:
         augmented = MAGNETS.augment(expression)
         maps = extractor.extract(image, CAPTION, [augmented], "recompute")
         assert maps.scores.shape[-2] != maps.scores.shape[-1], "the test needs a non-square token grid"
-        expected = recomputed_scores(entry, stock, extractor, image, CAPTION, augmented, SIGMA, "recompute")
+        expected = recomputed_scores(entry, stock, extractor, image, CAPTION, augmented, sigma, "recompute")
         torch.testing.assert_close(maps.scores[0].flatten(1), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("magnets", [False, True], ids=["plain", "magnets"])
+def test_an_expressions_rows_are_the_stock_encode_prompts(backbone, magnets):
+    """What the branch's tokens ARE: the rows the stock pipeline's `encode_prompt` gives the same text
+    (its template, its hidden layers, its projection-free width). The other checks read the
+    extractor's own embeddings on both sides, so a reader of the wrong layer would pass them."""
+    entry, folder = backbone
+    extractor, stock = _extractor(entry, folder), _stock(entry, folder)
+    for expression in EXPRESSIONS:
+        text, start = MAGNETS.augment(expression) if magnets else (expression, None)
+        encoded = extractor.encode_expressions([(text, start)])
+        length = int(encoded.valid[0].sum())
+        with torch.no_grad():
+            expected = entry.stock_expression(stock, text, length)
+        ours = encoded.embeds[0, encoded.valid[0]]
+        assert ours.shape == expected.shape, f"{text!r}: {tuple(ours.shape)} rows, the pipeline's {tuple(expected.shape)}"
+        torch.testing.assert_close(ours.float(), expected.float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
+def test_maps_are_the_stock_attention_at_every_block(backbone, softmax_stage):
+    entry, folder = backbone
+    extractor = _extractor(entry, folder, trajectory=NoiseAt(SIGMA))
+    gaps = every_block_gaps(entry, extractor, _image(entry, seed=2), CAPTION, MAGNETS.augment(EXPRESSIONS[0]), SIGMA,
+                            softmax_stage, _representations(entry))
+    assert max(gaps.values()) < 1e-4, {key: f"{gap:.2g}" for key, gap in gaps.items() if gap >= 1e-4}
 
 
 def test_a_planted_latent_cell_lands_on_its_frame_row_column_and_pixel(backbone, monkeypatch):
