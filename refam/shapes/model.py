@@ -39,10 +39,21 @@ class ShapesModelConfig:
         return asdict(self)
 
 
+def shapes_t5(tokenizer, width: int, layers: int):
+    """The embedded models' T5 encoder over a word-level vocabulary: four heads, no dropout."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=width, d_kv=width // 4, d_ff=2 * width, num_layers=layers, num_heads=4,
+        relative_attention_num_buckets=16, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    ))
+
+
 def build_components(config: ShapesModelConfig, seed: int = 0) -> dict:
     """Untrained FluxPipeline components (same classes as FLUX.1) for the shapes vocabulary."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     # character-level CLIP: long enough for a four-object caption with positions
     clip_tok, t5_tok = word_level_tokenizers(shapes_vocabulary(), clip_max_length=CLIP_POSITIONS)
@@ -54,11 +65,7 @@ def build_components(config: ShapesModelConfig, seed: int = 0) -> dict:
     rope = (head_dim - 2 * spatial, spatial, spatial)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        t5 = T5EncoderModel(T5Config(
-            vocab_size=len(t5_tok), d_model=config.text_width, d_kv=config.text_width // 4, d_ff=2 * config.text_width,
-            num_layers=config.text_layers, num_heads=4, relative_attention_num_buckets=16, dropout_rate=0.0,
-            pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
-        ))
+        t5 = shapes_t5(t5_tok, config.text_width, config.text_layers)
         clip = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
             max_position_embeddings=CLIP_POSITIONS, projection_dim=32, bos_token_id=clip_tok.bos_token_id,

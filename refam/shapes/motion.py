@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from refam.shapes.scenes import COLOURS, SHAPES, ClipFrame, Referral, _draw, describe_objects
-from refam.shapes.varied import MIN_CONTRAST, WIDTH_RANGE, _contrast, _reach, background, shade
+from refam.shapes.varied import MIN_CONTRAST, WIDTH_RANGE, _contrast, _reach, background, image_size, shade
 
 MOTION_SPLIT_SEEDS = {"train": 31, "demo": 32, "test": 33}
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
@@ -101,15 +101,6 @@ class MotionClip:
             where = {"still": "standing still", "diagonal": "moving"}.get(o.motion, f"moving {o.motion}")
             parts.append((None, o.colour, o.shape, where))
         return describe_objects(parts)
-
-
-def clip_size(rng: np.random.Generator) -> tuple[int, int]:
-    """(width, height): half the clips 128 x 128, the rest 96-256 pixels a side at aspect 1:2 to 2:1."""
-    if rng.random() < 0.5:
-        return 128, 128
-    width = int(rng.integers(96, 257))
-    aspect = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
-    return width, int(np.clip(round(width / aspect), 96, 256))
 
 
 def _velocity(rng: np.random.Generator, motion: str, scale: float) -> tuple[float, float]:
@@ -227,7 +218,7 @@ def make_motion_clip(split: str, index: int, width: int | None = None, height: i
     """Clip `index` of `split`; `width`, `height`, `frames` and `twins` override what is drawn.
     Every object gets at least one expression (the draw is repeated, deterministically, until so)."""
     rng = np.random.default_rng([MOTION_SPLIT_SEEDS[split], index])
-    drawn_width, drawn_height = clip_size(rng)
+    drawn_width, drawn_height = image_size(rng, heights=(96, 256))  # 96-256 a side
     width, height = width or drawn_width, height or drawn_height
     frames = frames or int(rng.integers(FRAME_RANGE[0], FRAME_RANGE[1] + 1))
     with_twins = rng.random() < TWIN_RATE if twins is None else twins

@@ -19,6 +19,7 @@ from refam.shapes.model import ShapesModelConfig
 
 
 MODEL_FILES = ("model_index.json", "training.json")  # a folder holding either holds a trained model
+COUNT, SHARE = number(int, at_least=1), number(float, at_least=0, at_most=1)
 
 
 def output_folder(output: Path | None, overwrite_embedded: bool, embedded: Path = REFAM_SHAPES) -> Path:
@@ -82,26 +83,38 @@ def check_arguments(args: argparse.Namespace, config: ShapesModelConfig) -> None
         raise ConfigError(f"--text-width {config.text_width} is not a multiple of 4 (T5's four heads share it)")
 
 
-@reports_user_errors
-def main(argv: list[str] | None = None) -> None:
-    count, positive = number(int, at_least=1), number(float, above=0)
-    share = number(float, at_least=0, at_most=1)
-    parser = ArgumentParser(prog="refam train-shapes", description=training.__doc__)
+def add_run_arguments(parser: ArgumentParser, embedded: Path, vae_steps: int, flow_steps: int, batch_size: int,
+                      ground_weight: float) -> None:
+    """The flags both embedded models' training commands take: where it writes, how long, the
+    optimiser, the seed, snapshots and resuming, the grounding term, threads."""
+    count, share = COUNT, SHARE
     parser.add_argument("--output", type=Path, default=None,
-                        help="where the trained model goes (default: outputs/refam-shapes in the current folder)")
+                        help=f"where the trained model goes (default: outputs/{embedded.name} in the current folder)")
     parser.add_argument("--overwrite-embedded", action="store_true",
-                        help=f"write the trained model over the one shipped in the installed package ({REFAM_SHAPES})")
-    parser.add_argument("--work-dir", type=Path, default=Path("outputs/train-shapes"))
-    parser.add_argument("--vae-steps", type=count, default=800)
-    parser.add_argument("--flow-steps", type=count, default=4000)
-    parser.add_argument("--scenes", type=count, default=12000, help="training scenes encoded once")
-    parser.add_argument("--batch-size", type=count, default=32)
-    parser.add_argument("--lr", type=positive, default=1e-3)
+                        help=f"write the trained model over the one shipped in the installed package ({embedded})")
+    parser.add_argument("--work-dir", type=Path, default=Path("outputs") / f"train-{embedded.name.removeprefix('refam-')}")
+    parser.add_argument("--vae-steps", type=count, default=vae_steps)
+    parser.add_argument("--flow-steps", type=count, default=flow_steps)
+    parser.add_argument("--batch-size", type=count, default=batch_size)
+    parser.add_argument("--lr", type=number(float, above=0), default=1e-3)
     parser.add_argument("--caption-tokens", type=count, default=32)
     parser.add_argument("--seed", type=number(int, at_least=0, at_most=2**32 - 1), default=0)
     parser.add_argument("--snapshot-every", type=number(int, at_least=0), default=0,
                         help="also save the pipeline every N flow steps")
     parser.add_argument("--resume-from", type=Path, default=None, help="continue the flow stage of a saved model")
+    parser.add_argument("--ground-weight", type=number(float, at_least=0), default=ground_weight,
+                        help="weight of the auxiliary grounding term (refam.shapes.grounding); 0: flow matching alone")
+    parser.add_argument("--ground-share", type=share, default=0.5,
+                        help="share of each batch observed at the grounding noise level with the term")
+    parser.add_argument("--threads", type=number(int, at_least=0), default=0, help="torch CPU threads (0: torch's default)")
+
+
+@reports_user_errors
+def main(argv: list[str] | None = None) -> None:
+    count, share = COUNT, SHARE
+    parser = ArgumentParser(prog="refam train-shapes", description=training.__doc__)
+    add_run_arguments(parser, REFAM_SHAPES, vae_steps=800, flow_steps=4000, batch_size=32, ground_weight=0.0)
+    parser.add_argument("--scenes", type=count, default=12000, help="training scenes encoded once")
     parser.add_argument("--t-mean", type=number(float), default=0.0, help="mean of the logit-normal t (> 0: more noise)")
     parser.add_argument("--pooled-prompt", choices=["caption", "empty"], default="caption",
                         help="what CLIP (the pooled vector) sees; 'empty' forces text through attention")
@@ -112,11 +125,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="chance that a training caption names an object without its colour")
     parser.add_argument("--family", choices=list(FAMILIES), default="varied",
                         help="training scenes: any background, size and aspect (varied) or the demo set's (fixed)")
-    parser.add_argument("--ground-weight", type=number(float, at_least=0), default=0.0,
-                        help="weight of the auxiliary grounding term (refam.shapes.grounding); 0: flow matching alone")
-    parser.add_argument("--ground-share", type=share, default=0.5,
-                        help="share of each batch observed at the grounding noise level with the term")
-    parser.add_argument("--threads", type=number(int, at_least=0), default=0, help="torch CPU threads (0: torch's default)")
     for name, default in ShapesModelConfig().to_dict().items():
         if not isinstance(default, tuple):
             parser.add_argument(f"--{name.replace('_', '-')}", type=number(int, at_least=0 if name == "rope_fixed_dims" else 1),

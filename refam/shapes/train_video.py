@@ -242,6 +242,31 @@ class VideoMonitor(L.Callback):
         pl_module.train()
 
 
+def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, empty_caption_rate: float,
+                    ground_weight: float, ground_share: float, clips: int, batch_size: int, vae_steps: int,
+                    flow_steps: int, vae_seconds: float, total_seconds: float, vae_log: Path, flow_log: Path,
+                    monitored: list | None, previous: dict | None = None, command: str | None = None) -> dict:
+    """What `training.json` holds: the command, every setting, the curves and the monitor's scores.
+    A snapshot of a run stopped for time gets the same record, with the steps it reached."""
+    record = {
+        "command": command or "refam train-shapes-video " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        "seed": seed, "model": config.to_dict(), "frame": list(FRAME), "clip_frames": CLIP_FRAMES,
+        "caption_tokens": caption_tokens, "empty_caption_rate": empty_caption_rate,
+        "ground_weight": ground_weight, "ground_share": ground_share, "training_clips": clips,
+        "batch_size": batch_size, "vae_steps": vae_steps, "flow_steps": flow_steps,
+        "vae_seconds": vae_seconds, "total_seconds": total_seconds,
+        "machine": "2 CPU cores (refam development machine)",
+        "vae_mse_curve": loss_curve(vae_log, "vae/mse"),
+        "flow_loss_curve": loss_curve(flow_log, "flow/loss"),
+        "ground_loss_curve": loss_curve(flow_log, "ground/loss"),
+        "key_point_accuracy_curve": monitored or None,
+    }
+    if previous is not None:
+        record["resumed_from"] = previous
+        record["total_seconds"] += previous.get("total_seconds", 0.0)
+    return record
+
+
 def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size: int, seed: int,
           config: VideoModelConfig, lr: float, caption_tokens: int, work_dir: Path, snapshot_every: int = 0,
           resume_from: Path | None = None, ground_weight: float = 1.0, ground_share: float = 0.5,
@@ -287,22 +312,8 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
     for processor in stage.processors:  # the stock processors again: the saved model is plain Mochi
         processor.capture = None
     pipe.save_pretrained(output, safe_serialization=True)
-    metrics = Path(flow_trainer.logger.log_dir) / "metrics.csv"
-    record = {
-        "command": "refam train-shapes-video " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-        "seed": seed, "model": config.to_dict(), "frame": list(FRAME), "clip_frames": CLIP_FRAMES,
-        "caption_tokens": caption_tokens, "empty_caption_rate": empty_caption_rate,
-        "ground_weight": ground_weight, "ground_share": ground_share, "training_clips": clips,
-        "batch_size": batch_size, "vae_steps": vae_steps, "flow_steps": flow_steps,
-        "vae_seconds": round(vae_seconds, 1), "total_seconds": round(time.time() - start, 1),
-        "machine": "2 CPU cores (refam development machine)",
-        "vae_mse_curve": loss_curve(vae_log, "vae/mse"),
-        "flow_loss_curve": loss_curve(metrics, "flow/loss"),
-        "ground_loss_curve": loss_curve(metrics, "ground/loss"),
-        "key_point_accuracy_curve": monitor.history or None,
-    }
-    if previous is not None:
-        record["resumed_from"] = previous
-        record["total_seconds"] += previous.get("total_seconds", 0.0)
+    record = training_record(config, seed, caption_tokens, empty_caption_rate, ground_weight, ground_share, clips,
+                             batch_size, vae_steps, flow_steps, round(vae_seconds, 1), round(time.time() - start, 1),
+                             vae_log, Path(flow_trainer.logger.log_dir) / "metrics.csv", monitor.history, previous)
     (Path(output) / "training.json").write_text(json.dumps(record, indent=1))
     return record

@@ -53,13 +53,14 @@ def _contrast(a, b) -> float:
     return float(np.linalg.norm(np.subtract(a, b, dtype=float)))
 
 
-def image_size(rng: np.random.Generator) -> tuple[int, int]:
-    """(width, height): half the scenes 128 x 128, the rest 96-256 pixels a side at aspect 1:2 to 2:1."""
+def image_size(rng: np.random.Generator, heights: tuple[int, int] = (64, 320)) -> tuple[int, int]:
+    """(width, height): half the scenes 128 x 128, the rest 96-256 pixels wide at aspect 1:2 to 2:1,
+    the height kept within `heights`."""
     if rng.random() < 0.5:
         return 128, 128
     width = int(rng.integers(96, 257))
     aspect = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
-    return width, int(np.clip(round(width / aspect), 64, 320))
+    return width, int(np.clip(round(width / aspect), *heights))
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from refam.shapes.model import shapes_vocabulary
+from refam.shapes.model import shapes_t5, shapes_vocabulary
 from refam.shapes.motion import MOTION_WORDS
 from refam.text.wordlevel import word_level_tokenizers
 
@@ -43,16 +43,11 @@ class VideoModelConfig:
 def build_video_components(config: VideoModelConfig, seed: int = 0) -> dict:
     """Untrained MochiPipeline components (the classes of genmo/mochi-1-preview)."""
     from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiTransformer3DModel
-    from transformers import T5Config, T5EncoderModel
 
     _, t5_tok = word_level_tokenizers(video_vocabulary())
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        t5 = T5EncoderModel(T5Config(
-            vocab_size=len(t5_tok), d_model=config.text_width, d_kv=config.text_width // 4, d_ff=2 * config.text_width,
-            num_layers=config.text_layers, num_heads=4, relative_attention_num_buckets=16, dropout_rate=0.0,
-            pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
-        ))
+        t5 = shapes_t5(t5_tok, config.text_width, config.text_layers)
         transformer = MochiTransformer3DModel(
             patch_size=2, num_attention_heads=config.heads, attention_head_dim=config.head_dim,
             num_layers=config.layers, pooled_projection_dim=config.text_stream, in_channels=config.latent_channels,
