@@ -383,8 +383,12 @@ def test_videos_and_images_of_one_name_get_one_folder_each(tmp_path, refam_here,
     image.parent.mkdir()
     SCENES["green"].save(image)
     out = tmp_path / "out"
+    from refam.embedded import REFAM_SHAPES
+
+    # the image model by its folder: each frame segmented alone, so each frame's mask is its scene's
     result = refam_here("predict", "--image", str(image), "--video", str(first), "--video", str(second),
-                        "--video", str(first), "--expression", "the square", "--output", str(out))
+                        "--video", str(first), "--expression", "the square", "--model", str(REFAM_SHAPES),
+                        "--output", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["clip", "clip-2", "clip-3"]  # the image first, then the videos
     check_sample_folder(out / "clip", ["the square"])
@@ -411,8 +415,12 @@ def test_writers_return_what_they_wrote(tmp_path, model, segment_once):
     assert all(path.exists() and path.parent == tmp_path / "image" for path in written.paths.values())
     assert np.array_equal(np.asarray(Image.open(written.paths["mask"])) == 255, prediction.mask)
 
+    from refam import RefAM
+    from refam.embedded import REFAM_SHAPES
+
     clip = frame_folder(tmp_path / "my clip", ["left", "right"])
-    video = write_video_predictions(model, clip, ["the square", "the circle"], "", tmp_path / "out")
+    image_model = RefAM.load(REFAM_SHAPES)  # a video segmented frame by frame (the embedded default would track)
+    video = write_video_predictions(image_model, clip, ["the square", "the circle"], "", tmp_path / "out")
     assert video.folder == tmp_path / "out" / safe_name("my clip")  # the folder's name made safe
     assert video.frames == 2
     assert [w.record["expression"] for w in video.expressions] == ["the square", "the circle"]

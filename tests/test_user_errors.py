@@ -221,7 +221,8 @@ def test_help_lists_every_subcommand_with_a_line_each(args, refam_here):
     result = refam_here(*args)
     assert result.returncode == 0 and result.stderr == ""
     listed = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
-    assert set(listed) == {"test", "predict", "serve", "score", "analyze", "ablate", "train-shapes"} == set(SUBCOMMANDS)
+    assert set(listed) == {"test", "predict", "serve", "score", "analyze", "ablate", "train-shapes",
+                           "train-shapes-video"} == set(SUBCOMMANDS)
     assert all(len(line.split()) > 3 for line in listed.values())  # each with what it does
     assert "fit" not in listed and "validate" not in listed
 
