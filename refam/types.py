@@ -53,6 +53,10 @@ class TokenInfo:
     magnet: bool  # belongs to the appended attention magnets
     start: int = -1  # character span in the (magnet-augmented) expression; -1 for special tokens
     end: int = -1
+    # a prompt template's token around the expression (an LLM's system prompt, role markers), not its
+    # end token: it rides in the branch as context but enters the per-patch softmax only when the
+    # extractor's `template_tokens` is "include" (special too)
+    template: bool = False
 
 
 @dataclass
