@@ -70,7 +70,9 @@ class TokenMaps:
     """
 
     scores: torch.Tensor  # [K, T, h, w] float32
-    valid: torch.Tensor  # [K, T] bool: real tokens (not padding)
+    # [K, T] bool: the tokens the per-patch softmax runs over: not padding, and not a prompt template's
+    # (`TokenInfo.template`) unless the extractor's `template_tokens` is "include"
+    valid: torch.Tensor
     text_mass: torch.Tensor  # [K, T] mean text-to-text attention each token receives (GAS detection)
     tokens: list[list[TokenInfo]]  # per expression, the T tokens (padding included, marked special)
     kind: str = "logits"

@@ -186,8 +186,10 @@ class DiTExtractor(PipelineExtractor):
         return torch.full(shape, self.timestep(sigma), device=self.device, dtype=dtype)
 
     def guidance(self, scale: float) -> torch.Tensor | None:
-        """The guidance scale guidance-distilled transformers embed (FLUX.1-dev, FLUX.2-dev,
-        HunyuanVideo), as their pipelines pass it; None for a transformer without that embedding."""
+        """The guidance scale a guidance-distilled transformer embeds (`guidance_embeds`), as FLUX.1-dev's,
+        FLUX.2-dev's and Qwen-Image's pipelines pass it: the scale itself, [1] in float32; None for a
+        transformer without that embedding. (HunyuanVideo's and HunyuanImage's pipelines pass 1000 times
+        the scale in the transformer's dtype: not this.)"""
         if not self.pipe.transformer.config.get("guidance_embeds", False):
             return None
         return torch.full((1,), scale, device=self.device, dtype=torch.float32)
