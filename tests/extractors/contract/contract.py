@@ -269,8 +269,10 @@ def _spans(order: tuple[str, ...], sizes: dict[str, int]) -> dict[str, slice]:
 def reference_maps(observation: Observation, valid: torch.Tensor, representation: str, softmax_stage: str) -> torch.Tensor:
     """[K, L, N]: one block's map from its reference observation, written from the definitions
     (docs/backbones.md): cross_attention, mean over heads of q . k / sqrt(d) (after_mean) or of the
-    per-head softmax over the expression's real tokens (per_head); attention_output, the sum over
-    heads of o_p . o_t (after_mean) or its softmax over the real tokens (per_head)."""
+    per-head softmax over the scored tokens `valid` (per_head); attention_output, the sum over
+    heads of o_p . o_t (after_mean) or its softmax over the scored tokens (per_head). The scored
+    tokens are the maps' `valid`: which of the carried tokens enter the softmax (a prompt
+    template's do not by default) is tested beside the contract (tests/extractors/test_template_tokens.py)."""
     if representation == "cross_attention":
         logits = torch.einsum("nhd,klhd->hkln", observation.query, observation.key) * observation.query.shape[-1] ** -0.5
     else:
@@ -298,7 +300,7 @@ def every_block_gaps(entry: ContractEntry, extractor, image, caption: str, expre
         extractor.representation, extractor.softmax_stage = representation, softmax_stage
         for block, observation in enumerate(observed):
             maps = extractor.extract(image, caption, [expression], "every-block", blocks=[block])
-            expected = reference_maps(observation, encoded.valid.cpu(), representation, softmax_stage)
+            expected = reference_maps(observation, maps.valid, representation, softmax_stage)  # the scored tokens
             gaps[representation, block] = float((maps.scores.flatten(2) - expected).abs().max() / expected.abs().max())
     return gaps
 
