@@ -5,7 +5,7 @@ itself (projections, QK norms, RoPE, with the block's weights, for the branch's 
 for the caption's), hands the q/k/v to a kernel here, and applies its output projections to the
 kernel's output. The kernels own what is the same everywhere:
 
-- `joint_branch` (joint attention: FLUX.1/2, SD3.5, Qwen-Image, Mochi, CogVideoX):
+- `joint_branch` (joint attention: FLUX.1/2, SD3.5, Qwen-Image, Mochi, CogVideoX, HunyuanVideo 1.5):
   the main stream's attention over its own tokens exactly as the stock processor runs it (the
   backbone's `main_attention`), the branch's attention (each expression's queries over its own real
   tokens and the image, never the caption or another expression: `BranchLayout.key_bias`), and the
@@ -13,6 +13,9 @@ kernel's output. The kernels own what is the same everywhere:
 - `cross_branch` (cross-attention: Wan): the image queries attend to the caption's keys
   exactly as the stock processor does; the expression keys, made by the same `to_k` (and norm), are
   scored against the image queries and kept out of the output's softmax.
+
+`rows_joined` joins the branch's rows to the text stream where the blocks begin, for backbones
+whose text-side modules mix a caption's tokens before them (HunyuanVideo's token refiner).
 
 `BranchProcessor` wraps the stock processor: while its `capture` is None it IS the stock processor
 (same call, same signature: diffusers filters keyword arguments by the processor's signature), and
