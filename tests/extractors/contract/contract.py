@@ -227,7 +227,8 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
         if not joint and (keys == num_image or queries != num_image):
             # image-only attention (SD3.5's attn2, Wan's attn1), a pooler's (Mochi's caption): no branch block
             return stock_sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
-        assert attn_mask is None and query.shape[0] == 1, "the reference masks an unmasked, one-item stock call"
+        assert query.shape[0] == 1 and (attn_mask is None or attn_mask.dtype == torch.bool), \
+            "the reference masks a one-item stock call, unmasked or with a boolean mask"
         segments = order if joint else tuple(name for name in order if name != "image")
         sizes = {"branch": k * length, "image": num_image}
         sizes["caption"] = keys - sum(sizes[name] for name in segments if name != "caption")
@@ -237,7 +238,10 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
         else:  # the image's queries see the caption's keys only
             mask = torch.zeros(queries, keys, dtype=torch.bool)
             mask[:, spans["caption"]] = True
-        out = stock_sdpa(query, key, value, attn_mask=mask.to(query.device), **kwargs)
+        mask = mask.to(query.device)
+        if attn_mask is not None:  # the stock call's own mask (HunyuanVideo's caption padding) keeps its say
+            mask = mask & attn_mask.reshape(queries, keys)
+        out = stock_sdpa(query, key, value, attn_mask=mask, **kwargs)
         rows = lambda t: t[0].transpose(0, 1).float()  # noqa: E731  [H, S, D] -> [S, H, D]
         image = spans["image"] if joint else slice(0, queries)
         expression = lambda t: rows(t)[spans["branch"]].unflatten(0, (k, length))  # noqa: E731
@@ -256,6 +260,27 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
         for handle in handles:
             handle.remove()
     return observed
+
+
+STOCK_SDPA = torch.nn.functional.scaled_dot_product_attention  # as imported, before a reference forward masks it
+
+
+def text_side_attention(module: torch.nn.Module) -> list:
+    """`reference_hooks` handles for a text-side module that runs attention of its own before the
+    blocks (HunyuanVideo's token refiner, Lumina 2's context refiner): while it runs, attention is the
+    stock SDPA, not the reference's masked one; its calls are not blocks of the branch."""
+    import torch.nn.functional as F
+
+    saved = []
+
+    def enter(*_):
+        saved.append(F.scaled_dot_product_attention)
+        F.scaled_dot_product_attention = STOCK_SDPA
+
+    def leave(*_):
+        F.scaled_dot_product_attention = saved.pop()
+
+    return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
 
 
 def _spans(order: tuple[str, ...], sizes: dict[str, int]) -> dict[str, slice]:
