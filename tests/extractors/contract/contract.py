@@ -227,7 +227,7 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
         if not joint and (keys == num_image or queries != num_image):
             # image-only attention (SD3.5's attn2, Wan's attn1), a pooler's (Mochi's caption): no branch block
             return stock_sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
-        assert attn_mask is None and query.shape[0] == 1, "the reference masks an unmasked, one-item stock call"
+        assert query.shape[0] == 1, "the reference masks a one-item stock call"
         segments = order if joint else tuple(name for name in order if name != "image")
         sizes = {"branch": k * length, "image": num_image}
         sizes["caption"] = keys - sum(sizes[name] for name in segments if name != "caption")
@@ -237,7 +237,11 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
         else:  # the image's queries see the caption's keys only
             mask = torch.zeros(queries, keys, dtype=torch.bool)
             mask[:, spans["caption"]] = True
-        out = stock_sdpa(query, key, value, attn_mask=mask.to(query.device), **kwargs)
+        mask = mask.to(query.device)
+        if attn_mask is not None:  # a stock mask (PixArt's caption padding, a bias) holds beside the branch's
+            mask = attn_mask & mask if attn_mask.dtype == torch.bool else attn_mask + torch.zeros(
+                mask.shape, dtype=attn_mask.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+        out = stock_sdpa(query, key, value, attn_mask=mask, **kwargs)
         rows = lambda t: t[0].transpose(0, 1).float()  # noqa: E731  [H, S, D] -> [S, H, D]
         image = spans["image"] if joint else slice(0, queries)
         expression = lambda t: rows(t)[spans["branch"]].unflatten(0, (k, length))  # noqa: E731
@@ -317,6 +321,18 @@ def flow_levels(pipe, unit: float = 1.0, steps: int = 8, **set_timesteps) -> lis
     if scheduler.config.get("invert_sigmas", False):
         sigmas = 1.0 - sigmas
     return [(float(sigma), float(t) / unit) for sigma, t in zip(sigmas, scheduler.timesteps)]
+
+
+def vp_state(pipe, x_t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float, float, float]:
+    """(state, timestep, sqrt(ab), sqrt(1 - ab)) of the flow state x_t at sigma on a variance-preserving
+    scheduler: the scheduler's own timestep whose level (`vp_levels`, from its alphas_cumprod) is
+    sigma, no interpolation of refam's, so a VP entry's stock checks run at a level the scheduler
+    holds (`stock_sigma`); the stock model sees the state sqrt(ab) x0 + sqrt(1 - ab) eps."""
+    timesteps = [t for level, t in vp_levels(pipe) if abs(level - sigma) < 1e-9]
+    assert timesteps, f"sigma {sigma} is not a level of the scheduler's schedule"
+    ab = pipe.scheduler.alphas_cumprod[int(timesteps[0])].double()
+    a, b = float(ab.sqrt()), float((1 - ab).sqrt())
+    return x_t * (a + b), timesteps[0], a, b  # (1 - sigma, sigma) = (a, b) / (a + b)
 
 
 def vp_levels(pipe, steps: int = 8) -> list[tuple[float, float]]:
