@@ -9,6 +9,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from refam.extractors.base import Extractor
+from refam.extractors.chroma import ChromaExtractor
 from refam.extractors.cogvideox import CogVideoXExtractor
 from refam.extractors.flux2 import Flux2Extractor
 from refam.extractors.pixart import PixArtSigmaExtractor
@@ -20,6 +21,7 @@ BACKBONES = Path(__file__).parents[2] / "configs" / "backbones"
 
 # each config: (extractor class, hub id, settings it must give)
 EXPECTED = {
+    "chroma": (ChromaExtractor, "lodestones/Chroma1-HD", dict(resolution=1024, caption_max_tokens=512)),
     "cogvideox": (CogVideoXExtractor, "THUDM/CogVideoX-5b",
                   dict(height=480, width=720, clip_frames=49, windows="first", caption_max_tokens=226)),
     "flux2": (Flux2Extractor, "black-forest-labs/FLUX.2-dev",
