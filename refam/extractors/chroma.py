@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from refam.extractors.branch import BranchProcessor, install
-from refam.extractors.flux import FluxBranchProcessor
-from refam.extractors.latents import Latent, vae_latent
+from refam.extractors.flux import FluxBranchProcessor, packed_latent
+from refam.extractors.latents import Latent
 from refam.extractors.template import ImageDiTExtractor
 
 
@@ -69,10 +69,7 @@ class ChromaExtractor(ImageDiTExtractor):
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
-        """As ChromaImg2ImgPipeline: (z - shift_factor) * scaling_factor of the VAE's mode, 2 x 2 cells per token."""
-        latent = vae_latent(self.pipe, self.pixels(image))
-        _, channels, lh, lw = latent.shape
-        return Latent(self.pipe._pack_latents(latent, 1, channels, lh, lw).to(self.dtype), (1, lh // 2, lw // 2))
+        return packed_latent(self, image)  # as ChromaImg2ImgPipeline, FLUX.1's
 
     def timestep(self, sigma: float) -> float:
         return sigma  # ChromaTransformer2DModel multiplies by 1000 itself

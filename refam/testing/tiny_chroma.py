@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from refam.testing.tiny_flux import build_tokenizers, randomize_qk_norms, save_pipeline_folder, tiny_t5
+from refam.testing.tiny_flux import build_tokenizers, flux_scheduler, randomize_qk_norms, save_pipeline_folder, tiny_flux_vae, tiny_t5
 
 T5_WIDTH = 24  # joint_attention_dim (4096 in Chroma): not the transformer's width
 
 
 def build_tiny_chroma(seed: int = 0, width: int = 32, heads: int = 2, double_blocks: int = 2, single_blocks: int = 2):
     """A randomly initialised ChromaPipeline with the real component classes, deterministic by seed."""
-    from diffusers import AutoencoderKL, ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel
 
     _, tokenizer = build_tokenizers()
     head_dim = width // heads
@@ -40,18 +40,9 @@ def build_tiny_chroma(seed: int = 0, width: int = 32, heads: int = 2, double_blo
             approximator_num_channels=16, approximator_hidden_dim=32, approximator_layers=2,
         )
         randomize_qk_norms(transformer, seed + 1)
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-            latent_channels=16, norm_num_groups=4, scaling_factor=0.3611, shift_factor=0.1159,
-            use_quant_conv=False, use_post_quant_conv=False,
-        )
+        vae = tiny_flux_vae()
     # FLUX.1-dev's scheduler config, which Chroma's is assumed to be (see configs/backbones/chroma.yaml)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
-    )
-    return ChromaPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+    return ChromaPipeline(scheduler=flux_scheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
 
 
 def save_tiny_chroma(folder: str | Path, **kwargs) -> Path:

@@ -4,12 +4,11 @@ single blocks), with the pipeline's T5-padding mask turned by each block into it
 import numpy as np
 import torch
 from diffusers import ChromaPipeline
-from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.pipelines.chroma.pipeline_chroma_img2img import ChromaImg2ImgPipeline, retrieve_latents
 
 from refam.extractors.chroma import ChromaExtractor
 from refam.testing.tiny_chroma import save_tiny_chroma
 from tests.extractors.contract.contract import ContractEntry, block_inputs, flow_levels, rope_off
+from tests.extractors.contract.entry_flux import double_block_vectors, stock_latent
 
 
 def _call(pipe, x_t, sigma, grid, text, mask):
@@ -37,28 +36,12 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     image = block_inputs(attn, lambda: _call(pipe, x_t, sigma, grid, *_caption(pipe, caption)))
     # the expression as the caption, all its tokens kept
     text = block_inputs(attn, lambda: _call(pipe, x_t, sigma, grid, expression, torch.ones(expression.shape[:2])))
-    n, length = x_t.shape[1], expression.shape[1]
-    cos, sin = image["image_rotary_emb"]
-    query = attn.norm_q(attn.to_q(image["hidden_states"]).unflatten(-1, (attn.heads, -1)))
-    query = apply_rotary_emb(query, (cos[-n:], sin[-n:]), sequence_dim=1)
-    cos, sin = text["image_rotary_emb"]
-    key = attn.norm_added_k(attn.add_k_proj(text["encoder_hidden_states"]).unflatten(-1, (attn.heads, -1)))
-    key = apply_rotary_emb(key, (cos[:length], sin[:length]), sequence_dim=1)
-    return query[0], key[0]
+    return double_block_vectors(attn, image, text, x_t.shape[1], expression.shape[1])
 
 
 def stock_expression(pipe, text, length):
     # ChromaPipeline.encode_prompt's T5 rows (masked encoder) of a prompt exactly `length` tokens long
     return pipe.encode_prompt(prompt=text, do_classifier_free_guidance=False, max_sequence_length=length)[0][0]
-
-
-def stock_latent(pipe, image, height, width):
-    # ChromaImg2ImgPipeline: image_processor.preprocess, _encode_vae_image ((z - shift_factor) *
-    # scaling_factor; the VAE's mode where it samples), _pack_latents (2 x 2 cells per token)
-    pixels = pipe.image_processor.preprocess(image, height=height, width=width)
-    latent = retrieve_latents(pipe.vae.encode(pixels), sample_mode="argmax")
-    latent = (latent - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
-    return ChromaImg2ImgPipeline._pack_latents(latent, 1, *latent.shape[1:])
 
 
 ENTRY = ContractEntry(
@@ -71,7 +54,7 @@ ENTRY = ContractEntry(
     stock_velocity=stock_velocity,
     block0_vectors=block0_vectors,
     positions_off=rope_off,
-    stock_latent=stock_latent,
+    stock_latent=stock_latent,  # ChromaImg2ImgPipeline's is FluxImg2ImgPipeline's, copied
     # ChromaPipeline: the scheduler's schedule of linspace(1, 1/N, N) at its mu, timestep / 1000
     scheduler_levels=lambda pipe: flow_levels(pipe, 1000.0, sigmas=np.linspace(1.0, 1 / 8, 8), mu=0.8),
     stock_expression=stock_expression,
