@@ -75,6 +75,25 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
 
 
+def legacy_sdpa(attn, attention_mask: torch.Tensor | None) -> MainAttention:
+    """The attention call of diffusers' legacy `AttnProcessor2_0` (PixArt's, SANA's cross-attention),
+    masked as it masks: `attention_mask` (the transformer's bias [B, 1, Lk] over the keys the call
+    sees, the caption's alone) prepared per head (`attn.prepare_attention_mask`, viewed [B, H, 1, Lk]),
+    then SDPA on [B, H, S, D] views of the [B, S, H, D] q, k, v, as the stock processor's
+    `view(...).transpose(1, 2)` hands them."""
+
+    def main_attention(q, k, v):
+        mask = attention_mask
+        if mask is not None:
+            mask = attn.prepare_attention_mask(mask, k.shape[1], q.shape[0])
+            mask = mask.view(q.shape[0], attn.heads, -1, mask.shape[-1])
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=0.0, is_causal=False)
+        return out.transpose(1, 2)
+
+    return main_attention
+
+
 def branch_attention(
     q_e: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,6 +51,8 @@ def normalized(latent: torch.Tensor, config) -> torch.Tensor:
 
 def vae_latent(pipe, pixels: torch.Tensor) -> torch.Tensor:
     """The clean latent [1, C, h, w] of preprocessed pixels, normalised as image-to-image pipelines
-    do, (z - shift_factor) * scaling_factor, from the distribution's mode (a sample would add noise)."""
+    do, (z - shift_factor) * scaling_factor, from the distribution's mode (a sample would add noise).
+    A VAE whose config has no `shift_factor` (None: SD's, SDXL's, PixArt's) is not shifted: z * scaling_factor."""
     latent = pipe.vae.encode(pixels).latent_dist.mode()
-    return (latent - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+    shift = pipe.vae.config.get("shift_factor", None)
+    return (latent if shift is None else latent - shift) * pipe.vae.config.scaling_factor

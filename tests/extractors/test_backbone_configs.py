@@ -9,9 +9,11 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from refam.extractors.base import Extractor
+from refam.extractors.chroma import ChromaExtractor
 from refam.extractors.cogvideox import CogVideoXExtractor
 from refam.extractors.flux2 import Flux2Extractor
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
+from refam.extractors.pixart import PixArtSigmaExtractor
 from refam.extractors.qwenimage import QwenImageExtractor
 from refam.extractors.sd3 import SD3Extractor
 from refam.extractors.wan import WanExtractor
@@ -20,12 +22,15 @@ BACKBONES = Path(__file__).parents[2] / "configs" / "backbones"
 
 # each config: (extractor class, hub id, settings it must give)
 EXPECTED = {
+    "chroma": (ChromaExtractor, "lodestones/Chroma1-HD", dict(resolution=1024, caption_max_tokens=512)),
     "cogvideox": (CogVideoXExtractor, "THUDM/CogVideoX-5b",
                   dict(height=480, width=720, clip_frames=49, windows="first", caption_max_tokens=226)),
     "flux2": (Flux2Extractor, "black-forest-labs/FLUX.2-dev",
               dict(resolution=1024, caption_max_tokens=512, guidance_scale=4.0, text_layers=None)),
     "hunyuanvideo15": (HunyuanVideo15Extractor, "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v",
                        dict(height=480, width=848, clip_frames=21, caption_max_tokens=1000)),
+    "pixart": (PixArtSigmaExtractor, "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+               dict(resolution=1024, keep_aspect=False, caption_max_tokens=300)),
     "qwenimage": (QwenImageExtractor, "Qwen/Qwen-Image",
                   dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
     "sd3": (SD3Extractor, "stabilityai/stable-diffusion-3.5-large", dict(resolution=1024, caption_max_tokens=256, blocks=None)),

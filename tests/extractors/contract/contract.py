@@ -227,8 +227,7 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
         if not joint and (keys == num_image or queries != num_image):
             # image-only attention (SD3.5's attn2, Wan's attn1), a pooler's (Mochi's caption): no branch block
             return stock_sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
-        assert query.shape[0] == 1 and (attn_mask is None or attn_mask.dtype == torch.bool), \
-            "the reference masks a one-item stock call, unmasked or with a boolean mask"
+        assert query.shape[0] == 1, "the reference masks a one-item stock call"
         segments = order if joint else tuple(name for name in order if name != "image")
         sizes = {"branch": k * length, "image": num_image}
         sizes["caption"] = keys - sum(sizes[name] for name in segments if name != "caption")
@@ -239,8 +238,10 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
             mask = torch.zeros(queries, keys, dtype=torch.bool)
             mask[:, spans["caption"]] = True
         mask = mask.to(query.device)
-        if attn_mask is not None:  # the stock call's own mask (HunyuanVideo's caption padding) keeps its say
-            mask = mask & attn_mask.reshape(queries, keys)
+        if attn_mask is not None:  # a stock mask (caption padding, a bias) holds beside the branch's
+            stock = attn_mask.broadcast_to((*attn_mask.shape[:-2], queries, keys)).reshape(-1, queries, keys)[0]
+            mask = stock & mask if stock.dtype == torch.bool else stock + torch.zeros(
+                mask.shape, dtype=stock.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
         out = stock_sdpa(query, key, value, attn_mask=mask, **kwargs)
         rows = lambda t: t[0].transpose(0, 1).float()  # noqa: E731  [H, S, D] -> [S, H, D]
         image = spans["image"] if joint else slice(0, queries)
@@ -344,6 +345,18 @@ def flow_levels(pipe, unit: float = 1.0, steps: int = 8, **set_timesteps) -> lis
     if scheduler.config.get("invert_sigmas", False):
         sigmas = 1.0 - sigmas
     return [(float(sigma), float(t) / unit) for sigma, t in zip(sigmas, scheduler.timesteps)]
+
+
+def vp_state(pipe, x_t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float, float, float]:
+    """(state, timestep, sqrt(ab), sqrt(1 - ab)) of the flow state x_t at sigma on a variance-preserving
+    scheduler: the scheduler's own timestep whose level (`vp_levels`, from its alphas_cumprod) is
+    sigma, no interpolation of refam's, so a VP entry's stock checks run at a level the scheduler
+    holds (`stock_sigma`); the stock model sees the state sqrt(ab) x0 + sqrt(1 - ab) eps."""
+    timesteps = [t for level, t in vp_levels(pipe) if abs(level - sigma) < 1e-9]
+    assert timesteps, f"sigma {sigma} is not a level of the scheduler's schedule"
+    ab = pipe.scheduler.alphas_cumprod[int(timesteps[0])].double()
+    a, b = float(ab.sqrt()), float((1 - ab).sqrt())
+    return x_t * (a + b), timesteps[0], a, b  # (1 - sigma, sigma) = (a, b) / (a + b)
 
 
 def vp_levels(pipe, steps: int = 8) -> list[tuple[float, float]]:
