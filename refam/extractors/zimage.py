@@ -109,6 +109,10 @@ class ZImageExtractor(ImageDiTExtractor):
     def timestep(self, sigma: float) -> float:
         return 1.0 - sigma  # the pipeline's (1000 - t) / 1000
 
+    def timestep_tensor(self, sigma: float, dtype: torch.dtype = torch.float32, shape: tuple[int, ...] = (1,)) -> torch.Tensor:
+        # the pipeline's own float32 arithmetic on the scheduler's t = 1000 sigma (an ulp from 1 - sigma)
+        return ((1000 - torch.full(shape, 1000.0 * sigma, device=self.device)) / 1000).to(dtype)
+
     def caption_rotary(self, length: int) -> torch.Tensor:
         """[length, ...]: the rotary rows of caption tokens 0..length-1, at positions (1 + j, 0, 0)."""
         ids = torch.zeros(length, 3, dtype=torch.int32, device=self.device)
