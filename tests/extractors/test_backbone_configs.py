@@ -11,9 +11,11 @@ from jsonargparse import ArgumentParser
 from refam.extractors.base import Extractor
 from refam.extractors.cogvideox import CogVideoXExtractor
 from refam.extractors.flux2 import Flux2Extractor
+from refam.extractors.lumina2 import Lumina2Extractor
 from refam.extractors.qwenimage import QwenImageExtractor
 from refam.extractors.sd3 import SD3Extractor
 from refam.extractors.wan import WanExtractor
+from refam.extractors.zimage import ZImageExtractor
 
 BACKBONES = Path(__file__).parents[2] / "configs" / "backbones"
 
@@ -23,10 +25,14 @@ EXPECTED = {
                   dict(height=480, width=720, clip_frames=49, windows="first", caption_max_tokens=226)),
     "flux2": (Flux2Extractor, "black-forest-labs/FLUX.2-dev",
               dict(resolution=1024, caption_max_tokens=512, guidance_scale=4.0, text_layers=None)),
+    "lumina2": (Lumina2Extractor, "Alpha-VLLM/Lumina-Image-2.0",
+                dict(resolution=1024, keep_aspect=False, caption_max_tokens=256, expression_max_tokens=128)),
     "qwenimage": (QwenImageExtractor, "Qwen/Qwen-Image",
                   dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
     "sd3": (SD3Extractor, "stabilityai/stable-diffusion-3.5-large", dict(resolution=1024, caption_max_tokens=256, blocks=None)),
     "wan": (WanExtractor, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dict(caption_max_tokens=512, height=480, width=832, clip_frames=21)),
+    "zimage": (ZImageExtractor, "Tongyi-MAI/Z-Image-Turbo",
+               dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
 }
 
 
