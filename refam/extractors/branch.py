@@ -5,8 +5,8 @@ itself (projections, QK norms, RoPE, with the block's weights, for the branch's 
 for the caption's), hands the q/k/v to a kernel here, and applies its output projections to the
 kernel's output. The kernels own what is the same everywhere:
 
-- `joint_branch` (joint attention: FLUX.1/2, SD3.5, Qwen-Image, Mochi, CogVideoX, HunyuanVideo 1.5):
-  the main stream's attention over its own tokens exactly as the stock processor runs it (the
+- `joint_branch` (joint attention: FLUX.1/2, SD3.5, Qwen-Image, Mochi, CogVideoX, HunyuanVideo 1.5,
+  Z-Image, Lumina 2): the main stream's attention over its own tokens exactly as the stock processor runs it (the
   backbone's `main_attention`), the branch's attention (each expression's queries over its own real
   tokens and the image, never the caption or another expression: `BranchLayout.key_bias`), and the
   capture of one observation per selected block;

@@ -14,7 +14,9 @@ observe each state with one forward while the branch processors capture, and ret
 - `denoise`, one call of its transformer with the branch's embeddings joined to the text
   (`join_text`);
 - `branch_first`, whether the branch's tokens go before the caption's in the text stream or
-  after, as its processors hand the joint sequence to the kernel.
+  after, as its processors hand the joint sequence to the kernel;
+- `text_side`, where the model mixes text tokens before its blocks (a context or token refiner):
+  each expression through those modules alone.
 
 A backbone's constructor arguments are recorded when it is built (`refam.config.Configurable`), and
 the map cache's key holds them all: a new setting needs no listing anywhere.
@@ -173,6 +175,17 @@ class DiTExtractor(PipelineExtractor):
         """One transformer call as the stock pipeline makes it, its raw output; the expressions'
         embeddings (or None) join the text stream where the processors expect them (`join_text`)."""
 
+    def text_side(self, expressions: EncodedExpressions, sigma: float) -> EncodedExpressions:
+        """The expressions' rows as the denoiser's blocks are to receive them, prepared before each forward
+        (`forward` calls it; `denoise` gets the result). By default the reader's rows: a model whose text
+        enters the blocks through a per-token projection makes of each row what it makes of a caption's.
+        A model whose text-side modules mix text tokens among themselves before the blocks (Lumina 2's and
+        Z-Image's context refiner, HunyuanVideo's timestep-conditioned token refiner) overrides it to run
+        each expression alone through those modules, as the model runs a caption of the same tokens
+        (`refam.extractors.single_stream.each_alone`), so that no expression mixes with the caption or
+        another expression there and the caption's own pass stays the stock one."""
+        return expressions
+
     def join_text(self, text: torch.Tensor, expressions: EncodedExpressions | None) -> torch.Tensor:
         """The text stream [1, Lc, D] with the K expressions' tokens [1, K L, D] joined before or after it
         (`branch_first`)."""
@@ -265,6 +278,7 @@ class DiTExtractor(PipelineExtractor):
                 expressions: EncodedExpressions | None = None, capture: AttentionCapture | None = None) -> torch.Tensor:
         """The denoiser's raw output at noise level sigma; with `expressions` and `capture` the branch rides along."""
         self.placement.enter("denoise")
+        expressions = None if expressions is None else self.text_side(expressions, sigma)
         with self.capturing(capture):
             return self.denoise(x_t, sigma, grid, condition, expressions)
 
