@@ -14,9 +14,6 @@ kernel's output. The kernels own what is the same everywhere:
   exactly as the stock processor does; the expression keys, made by the same `to_k` (and norm), are
   scored against the image queries and kept out of the output's softmax.
 
-`rows_joined` joins the branch's rows to the text stream where the blocks begin, for backbones
-whose text-side modules mix a caption's tokens before them (HunyuanVideo's token refiner).
-
 `BranchProcessor` wraps the stock processor: while its `capture` is None it IS the stock processor
 (same call, same signature: diffusers filters keyword arguments by the processor's signature), and
 while a capture is set it runs the backbone's `with_branch`.
@@ -27,7 +24,6 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 
@@ -196,44 +192,6 @@ def cross_branch(
         for item in range(query.shape[0]):
             capture.add(query[item], branch_key[item].unflatten(0, shape), None)
     return out
-
-
-@contextmanager
-def rows_joined(blocks: list[torch.nn.Module], rows: torch.Tensor | None, first: bool = False,
-                text: str = "encoder_hidden_states", mask: str | None = "attention_mask"):
-    """While open, the first of `blocks` (a denoiser's blocks, in order) receives `rows` [1, R, D]
-    joined to its text argument `text`, after the caption's rows (or before them, `first`), and every
-    block its mask argument `mask` extended with True over them; None: nothing joined.
-
-    For a backbone whose text-side modules mix a caption's tokens before the blocks (HunyuanVideo's
-    token refiner, Lumina 2's context refiner, a mean-pooled text vector): the branch cannot ride in
-    the transformer's text input without changing the caption there, so the backbone's `refine_text`
-    runs those modules on the expressions alone, each as a caption of its own, and the rows join the
-    stream where the blocks begin. The mask says the rows are real to the stock code that builds a
-    block's attention mask; the kernels' key bias decides what they see and who sees them."""
-    if rows is None:
-        yield
-        return
-    signature = inspect.signature(blocks[0].forward)
-
-    def join(module, args, kwargs):
-        bound = signature.bind(*args, **kwargs)
-        stream = bound.arguments[text]
-        if module is blocks[0]:
-            stream = torch.cat([rows.to(stream), stream] if first else [stream, rows.to(stream)], dim=1)
-            bound.arguments[text] = stream
-        old = bound.arguments.get(mask) if mask is not None else None
-        if old is not None and old.shape[1] < stream.shape[1]:
-            ones = old.new_ones(old.shape[0], rows.shape[1])
-            bound.arguments[mask] = torch.cat([ones, old] if first else [old, ones], dim=1)
-        return bound.args, bound.kwargs
-
-    handles = [block.register_forward_pre_hook(join, with_kwargs=True) for block in blocks]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class BranchProcessor(abc.ABC):

@@ -11,10 +11,10 @@ ByT5 on quoted glyph text, and SigLIP image tokens (zeros and masked out in text
 transformer's `context_embedder`, the token refiner, mixes the Qwen tokens (self-attention under the
 mask, a masked mean as its pooled vector) before the blocks, which see [video | caption stream], the
 caption stream's real tokens first and its padding masked. The branch cannot ride through the
-refiner without changing the caption, so `refine_text` runs each expression through it as a caption
-of its own (its own mask and mean, the call's timestep), adds the Qwen condition-type embedding,
-zeroes its padding as the stock reordering zeroes a caption's, and joins the rows after the caption
-stream where the blocks begin (`rows_joined`): [video | caption stream | expressions]. Every block is
+refiner without changing the caption, so `text_side` runs each expression through it alone as a
+caption of its own (its own mean, the call's timestep) and adds the Qwen condition-type embedding,
+its padding zeroed as the stock reordering zeroes a caption's; `denoise` joins the rows after the
+caption stream where the blocks begin (`rows_joined`): [video | caption stream | expressions]. Every block is
 dual-stream; RoPE turns video tokens only, text tokens have no positions. Expressions are read by
 Qwen alone (no glyph reading).
 """
@@ -30,9 +30,9 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 
 from refam.errors import CheckpointError
-from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, rows_joined, stream_qkv
-from refam.extractors.capture import BranchLayout
+from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, stream_qkv
 from refam.extractors.latents import Latent
+from refam.extractors.text_side import each_alone, rows_joined
 from refam.extractors.video_template import VideoDiTExtractor
 from refam.text.decoder import DecoderReader, PromptTemplate
 
@@ -127,9 +127,8 @@ class HunyuanVideo15Extractor(VideoDiTExtractor):
         image = torch.zeros(1, self.pipe.vision_num_semantic_tokens, self.pipe.vision_states_dim, dtype=self.dtype)
         return HunyuanVideo15Caption(*(t.to(self.device) for t in (embeds, mask, glyph, glyph_mask, image)))
 
-    def branch_layout(self, encoded, condition: HunyuanVideo15Caption) -> BranchLayout:
-        caption_len = sum(t.shape[1] for t in (condition.image, condition.glyph, condition.embeds))
-        return BranchLayout(caption_len=caption_len, key_valid=encoded.valid, key_order=("image", "caption", "branch"))
+    def caption_len(self, condition: HunyuanVideo15Caption) -> int:
+        return sum(t.shape[1] for t in (condition.image, condition.glyph, condition.embeds))  # the caption stream
 
     @torch.inference_mode()
     def encode_clip(self, frames) -> Latent:
@@ -142,22 +141,30 @@ class HunyuanVideo15Extractor(VideoDiTExtractor):
     def timestep(self, sigma: float) -> float:
         return 1000.0 * sigma
 
-    def refine_text(self, expressions, timestep: torch.Tensor) -> torch.Tensor:
-        """The K expressions' rows [1, K L, D] as the blocks receive a caption's: each through the token
-        refiner as a caption of its own, plus the Qwen condition-type embedding, its padding zeroed."""
-        model, valid = self.pipe.transformer, expressions.valid.to(self.device)
-        rows = model.context_embedder(expressions.embeds, timestep.expand(valid.shape[0]), valid)
-        rows = rows + model.cond_type_embed(torch.zeros_like(valid, dtype=torch.long))
-        return torch.where(valid[..., None], rows, torch.zeros_like(rows)).flatten(0, 1)[None]
+    def text_side(self, expressions, sigma):
+        model, timestep = self.pipe.transformer, self.timestep_tensor(sigma).to(self.dtype)
+
+        def as_caption(rows):  # the forward's Qwen path for one caption of n real rows: token refiner, type embedding
+            real = torch.ones(rows.shape[:2], dtype=torch.bool, device=rows.device)
+            return model.context_embedder(rows, timestep, real) + model.cond_type_embed(torch.zeros_like(real, dtype=torch.long))
+
+        return each_alone(expressions, as_caption)
 
     def denoise(self, x_t, sigma, grid, condition: HunyuanVideo15Caption, expressions):
         model = self.pipe.transformer
         timestep = self.timestep_tensor(sigma).to(self.dtype)  # the scheduler's float32 timestep, cast as the pipeline does
         # text-to-video's input: [latent | zero condition latent | zero condition mask]
         x = torch.cat([x_t, torch.zeros_like(x_t), x_t.new_zeros(1, 1, *x_t.shape[2:])], dim=1)
-        rows = None if expressions is None else self.refine_text(expressions, timestep)
-        with rows_joined(list(model.transformer_blocks), rows):
+
+        def call():
             return model(hidden_states=x, timestep=timestep, encoder_hidden_states=condition.embeds,
                          encoder_attention_mask=condition.mask, encoder_hidden_states_2=condition.glyph,
                          encoder_attention_mask_2=condition.glyph_mask, image_embeds=condition.image,
                          return_dict=False)[0]
+
+        if expressions is None:
+            return call()
+        real = torch.ones(1, expressions.valid.numel(), dtype=torch.bool)  # the stock mask's say over the rows
+        with rows_joined(model.transformer_blocks, expressions, "encoder_hidden_states",
+                         alongside={"attention_mask": real}):
+            return call()

@@ -25,10 +25,9 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_lumina2 import Lumina2AttnProcessor2_0
 
 from refam.extractors.branch import BranchProcessor, install, joint_branch
-from refam.extractors.capture import BranchLayout
 from refam.extractors.latents import Latent, vae_latent
-from refam.extractors.single_stream import each_alone, riding
 from refam.extractors.template import ImageDiTExtractor
+from refam.extractors.text_side import each_alone, rows_joined
 from refam.text.decoder import DecoderReader, PromptTemplate
 
 
@@ -92,9 +91,8 @@ class Lumina2Extractor(ImageDiTExtractor):
         embeds, mask, _, _ = self.prompt(caption, do_classifier_free_guidance=False, max_sequence_length=self.caption_max_tokens)
         return Lumina2Caption(embeds.to(self.device, self.dtype), mask.to(self.device))
 
-    def branch_layout(self, encoded, condition: Lumina2Caption) -> BranchLayout:
-        # only the caption's real rows are in the stream
-        return BranchLayout(caption_len=int(condition.mask.sum()), key_valid=encoded.valid, key_order=("branch", "caption", "image"))
+    def caption_len(self, condition: Lumina2Caption) -> int:
+        return int(condition.mask.sum())  # only the caption's real rows are in the stream
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
@@ -139,6 +137,7 @@ class Lumina2Extractor(ImageDiTExtractor):
         if expressions is None:
             return call()
         k, length = expressions.valid.shape
-        rows = expressions.embeds.reshape(1, k * length, -1)
-        with riding(transformer.layers, transformer.norm_out, rows, self.caption_rotary(length).repeat(1, k, 1), first=True):
+        with rows_joined(transformer.layers, expressions, "hidden_states", first=True,
+                         alongside={"image_rotary_emb": self.caption_rotary(length).repeat(1, k, 1)},
+                         exit_module=transformer.norm_out):
             return call()

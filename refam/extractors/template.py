@@ -182,8 +182,9 @@ class DiTExtractor(PipelineExtractor):
         A model whose text-side modules mix text tokens among themselves before the blocks (Lumina 2's and
         Z-Image's context refiner, HunyuanVideo's timestep-conditioned token refiner) overrides it to run
         each expression alone through those modules, as the model runs a caption of the same tokens
-        (`refam.extractors.single_stream.each_alone`), so that no expression mixes with the caption or
-        another expression there and the caption's own pass stays the stock one."""
+        (`refam.extractors.text_side.each_alone`), so that no expression mixes with the caption or
+        another expression there and the caption's own pass stays the stock one; its `denoise` then
+        joins the rows where the blocks begin (`refam.extractors.text_side.rows_joined`)."""
         return expressions
 
     def join_text(self, text: torch.Tensor, expressions: EncodedExpressions | None) -> torch.Tensor:
@@ -207,12 +208,16 @@ class DiTExtractor(PipelineExtractor):
             return None
         return torch.full((1,), scale, device=self.device, dtype=torch.float32)
 
+    def caption_len(self, condition) -> int:
+        """How many caption tokens the processors see: by default the length of the condition's `embeds`,
+        or of the condition itself, [1, Lc, D]."""
+        return getattr(condition, "embeds", condition).shape[1]
+
     def branch_layout(self, encoded: EncodedExpressions, condition) -> BranchLayout:
-        """How many caption tokens the processors see (by default the length of the condition's
-        `embeds`, or of the condition itself, [1, Lc, D]) and the joint sequence's order (`branch_first`)."""
-        caption = getattr(condition, "embeds", condition)
+        """The caption's length (`caption_len`), the expressions' carried and scored tokens (`template_tokens`)
+        and the joint sequence's order (`branch_first`)."""
         order = ("branch", "caption", "image") if self.branch_first else ("image", "caption", "branch")
-        return BranchLayout(caption_len=caption.shape[1], key_valid=encoded.valid, key_order=order,
+        return BranchLayout(caption_len=self.caption_len(condition), key_valid=encoded.valid, key_order=order,
                             key_scored=encoded.scored(self.template_tokens))
 
     def check_pipeline(self, pipe) -> None:

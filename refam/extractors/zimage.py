@@ -27,8 +27,8 @@ from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF, ZSin
 from refam.errors import CheckpointError
 from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, split_heads
 from refam.extractors.latents import Latent, vae_latent
-from refam.extractors.single_stream import each_alone, riding
 from refam.extractors.template import ImageDiTExtractor
+from refam.extractors.text_side import each_alone, rows_joined
 from refam.text.decoder import DecoderReader, PromptTemplate
 
 
@@ -143,7 +143,7 @@ class ZImageExtractor(ImageDiTExtractor):
         if expressions is None:
             return call()
         k, length = expressions.valid.shape
-        rows = expressions.embeds.reshape(1, k * length, -1)
         rotary = self.caption_rotary(length).repeat(k, 1)[None]
-        with riding(transformer.layers, transformer.all_final_layer["2-1"], rows, rotary, first=False):
+        with rows_joined(transformer.layers, expressions, "x", alongside={"freqs_cis": rotary},
+                         exit_module=transformer.all_final_layer["2-1"]):
             return call()

@@ -13,6 +13,7 @@ from PIL import Image
 from refam.aggregators.magnets import AppendMagnets
 from refam.errors import ConfigError
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
+from refam.extractors.text_side import each_alone
 from refam.extractors.trajectory import NoiseAt
 from refam.testing.tiny_hunyuanvideo15 import build_hunyuanvideo15_tokenizer, build_tiny_hunyuanvideo15
 from tests.extractors.contract.contract import load_entries, recomputed_scores
@@ -114,25 +115,25 @@ def test_a_reader_of_the_wrong_hidden_layer_fails_the_encode_prompt_check_only(f
 def test_rows_without_the_condition_type_embedding_fail_block_0(folder, stock, monkeypatch):
     assert _block0_gap(folder, stock) < 1e-4
 
-    def unembedded(self, expressions, timestep):
-        valid = expressions.valid
-        rows = self.pipe.transformer.context_embedder(expressions.embeds, timestep.expand(valid.shape[0]), valid)
-        return torch.where(valid[..., None], rows, torch.zeros_like(rows)).flatten(0, 1)[None]
+    def unembedded(self, expressions, sigma):  # the token refiner alone
+        model, timestep = self.pipe.transformer, self.timestep_tensor(sigma)
+        return each_alone(expressions, lambda rows: model.context_embedder(rows, timestep, rows.new_ones(rows.shape[:2])))
 
-    monkeypatch.setattr(HunyuanVideo15Extractor, "refine_text", unembedded)
+    monkeypatch.setattr(HunyuanVideo15Extractor, "text_side", unembedded)
     assert _block0_gap(folder, stock) > 1e-2
 
 
 def test_expressions_refined_as_one_caption_fail_the_k_alone_check(folder, monkeypatch):
     torch.testing.assert_close(*_k_maps(folder), rtol=1e-4, atol=1e-5)  # the contract's tolerance
-    original = HunyuanVideo15Extractor.refine_text
+    original = HunyuanVideo15Extractor.text_side
 
-    def as_one_caption(self, expressions, timestep):  # the refiner mixes the K expressions' tokens
+    def as_one_caption(self, expressions, sigma):  # the refiner mixes the K expressions' tokens
         flat = dataclasses.replace(expressions, embeds=expressions.embeds.flatten(0, 1)[None],
                                    valid=expressions.valid.flatten()[None])
-        return original(self, flat, timestep)
+        rows = original(self, flat, sigma).embeds
+        return dataclasses.replace(expressions, embeds=rows.reshape(*expressions.valid.shape, -1))
 
-    monkeypatch.setattr(HunyuanVideo15Extractor, "refine_text", as_one_caption)
+    monkeypatch.setattr(HunyuanVideo15Extractor, "text_side", as_one_caption)
     with pytest.raises(AssertionError, match="not close"):
         torch.testing.assert_close(*_k_maps(folder), rtol=1e-4, atol=1e-5)
 
