@@ -10,7 +10,7 @@ kernel's output. The kernels own what is the same everywhere:
   backbone's `main_attention`), the branch's attention (each expression's queries over its own real
   tokens and the image, never the caption or another expression: `BranchLayout.key_bias`), and the
   capture of one observation per selected block;
-- `cross_branch` (cross-attention: Wan): the image queries attend to the caption's keys
+- `cross_branch` (cross-attention: Wan, PixArt-Sigma): the image queries attend to the caption's keys
   exactly as the stock processor does; the expression keys, made by the same `to_k` (and norm), are
   scored against the image queries and kept out of the output's softmax.
 
