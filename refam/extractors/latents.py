@@ -1,6 +1,7 @@
 """Clean latents as the stock pipelines make them: the `Latent` a backbone's encoder returns (the
 tensor and its image-token grid), the image size a resolution gives, and the VAE normalisations the
-image-conditioned pipelines apply (`vae_latent`; per-channel `normalized`, `channel_stats`)."""
+image-conditioned pipelines apply (`vae_latent`; per-channel `normalized`, `channel_stats`); `patched_latent` for
+a transformer that patchifies the latent itself."""
 
 from __future__ import annotations
 
@@ -56,3 +57,10 @@ def vae_latent(pipe, pixels: torch.Tensor) -> torch.Tensor:
     latent = pipe.vae.encode(pixels).latent_dist.mode()
     shift = pipe.vae.config.get("shift_factor", None)
     return (latent if shift is None else latent - shift) * pipe.vae.config.scaling_factor
+
+
+def patched_latent(latent: torch.Tensor, dtype: torch.dtype, patch: int) -> Latent:
+    """A clean latent [1, C, h, w] that the transformer patchifies itself, `patch` x `patch` cells a token,
+    row-major (SD3, PixArt, Z-Image, Lumina 2)."""
+    _, _, lh, lw = latent.shape
+    return Latent(latent.to(dtype), (1, lh // patch, lw // patch))

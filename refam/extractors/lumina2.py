@@ -25,7 +25,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_lumina2 import Lumina2AttnProcessor2_0
 
 from refam.extractors.branch import BranchProcessor, install, joint_branch
-from refam.extractors.latents import Latent, vae_latent
+from refam.extractors.latents import Latent, patched_latent, vae_latent
 from refam.extractors.template import ImageDiTExtractor
 from refam.extractors.text_side import each_alone, rows_joined
 from refam.text.decoder import DecoderReader, PromptTemplate
@@ -98,9 +98,7 @@ class Lumina2Extractor(ImageDiTExtractor):
     def encode_image(self, image) -> Latent:
         """The inverse of the pipeline's decoding (latents / scaling_factor + shift_factor) on the VAE's mode;
         the transformer patchifies [1, C, h, w] itself, 2 x 2 cells a token, row-major."""
-        latent = vae_latent(self.pipe, self.pixels(image))
-        _, _, lh, lw = latent.shape
-        return Latent(latent.to(self.dtype), (1, lh // 2, lw // 2))
+        return patched_latent(vae_latent(self.pipe, self.pixels(image)), self.dtype, 2)
 
     def timestep(self, sigma: float) -> float:
         return 1.0 - sigma  # the pipeline's 1 - t / 1000

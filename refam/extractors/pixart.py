@@ -25,7 +25,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from refam.errors import CheckpointError
 from refam.extractors.branch import BranchProcessor, cross_branch, install, legacy_sdpa, split_heads
-from refam.extractors.latents import Latent, vae_latent
+from refam.extractors.latents import Latent, patched_latent, vae_latent
 from refam.extractors.template import ImageDiTExtractor
 from refam.extractors.vp import VPFlow
 
@@ -97,10 +97,7 @@ class PixArtSigmaExtractor(ImageDiTExtractor):
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
         """The inverse of the pipeline's decode: the VAE's mode times scaling_factor (no shift factor)."""
-        latent = vae_latent(self.pipe, self.pixels(image))
-        _, _, lh, lw = latent.shape
-        patch = self.pipe.transformer.config.patch_size
-        return Latent(latent.to(self.dtype), (1, lh // patch, lw // patch))
+        return patched_latent(vae_latent(self.pipe, self.pixels(image)), self.dtype, self.pipe.transformer.config.patch_size)
 
     def timestep(self, sigma: float) -> float:
         return self.vp.timestep(sigma)

@@ -26,7 +26,7 @@ from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF, ZSin
 
 from refam.errors import CheckpointError
 from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, split_heads
-from refam.extractors.latents import Latent, vae_latent
+from refam.extractors.latents import Latent, patched_latent, vae_latent
 from refam.extractors.template import ImageDiTExtractor
 from refam.extractors.text_side import each_alone, rows_joined
 from refam.text.decoder import DecoderReader, PromptTemplate
@@ -102,9 +102,7 @@ class ZImageExtractor(ImageDiTExtractor):
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
         """As ZImageImg2ImgPipeline: the VAE's mode, (z - shift_factor) * scaling_factor; 2 x 2 cells a token."""
-        latent = vae_latent(self.pipe, self.pixels(image))
-        _, _, lh, lw = latent.shape
-        return Latent(latent.to(self.dtype), (1, lh // 2, lw // 2))
+        return patched_latent(vae_latent(self.pipe, self.pixels(image)), self.dtype, 2)
 
     def timestep(self, sigma: float) -> float:
         return 1.0 - sigma  # the pipeline's (1000 - t) / 1000
