@@ -53,6 +53,10 @@ class TokenInfo:
     magnet: bool  # belongs to the appended attention magnets
     start: int = -1  # character span in the (magnet-augmented) expression; -1 for special tokens
     end: int = -1
+    # a prompt template's token around the expression (an LLM's system prompt, role markers), not its
+    # end token: it rides in the branch as context but enters the per-patch softmax only when the
+    # extractor's `template_tokens` is "include" (special too)
+    template: bool = False
 
 
 @dataclass
@@ -66,7 +70,9 @@ class TokenMaps:
     """
 
     scores: torch.Tensor  # [K, T, h, w] float32
-    valid: torch.Tensor  # [K, T] bool: real tokens (not padding)
+    # [K, T] bool: the tokens the per-patch softmax runs over: not padding, and not a prompt template's
+    # (`TokenInfo.template`) unless the extractor's `template_tokens` is "include"
+    valid: torch.Tensor
     text_mass: torch.Tensor  # [K, T] mean text-to-text attention each token receives (GAS detection)
     tokens: list[list[TokenInfo]]  # per expression, the T tokens (padding included, marked special)
     kind: str = "logits"

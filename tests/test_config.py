@@ -39,6 +39,7 @@ def test_settings_are_the_values_the_component_now_holds():
 def _extractor_classes():
     import refam.extractors.cogvideox, refam.extractors.flux, refam.extractors.flux2, refam.extractors.mochi  # noqa: E401,F401
     import refam.extractors.qwenimage, refam.extractors.sd3, refam.extractors.wan  # noqa: E401,F401
+    import refam.extractors.lumina2, refam.extractors.zimage  # noqa: E401,F401
 
     found, stack = [], [Extractor]
     while stack:

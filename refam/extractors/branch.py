@@ -5,12 +5,12 @@ itself (projections, QK norms, RoPE, with the block's weights, for the branch's 
 for the caption's), hands the q/k/v to a kernel here, and applies its output projections to the
 kernel's output. The kernels own what is the same everywhere:
 
-- `joint_branch` (joint attention: FLUX.1/2, SD3.5, Qwen-Image, Mochi, CogVideoX):
-  the main stream's attention over its own tokens exactly as the stock processor runs it (the
+- `joint_branch` (joint attention: FLUX.1/2, SD3.5, Qwen-Image, Mochi, CogVideoX, HunyuanVideo 1.5,
+  Z-Image, Lumina 2): the main stream's attention over its own tokens exactly as the stock processor runs it (the
   backbone's `main_attention`), the branch's attention (each expression's queries over its own real
   tokens and the image, never the caption or another expression: `BranchLayout.key_bias`), and the
   capture of one observation per selected block;
-- `cross_branch` (cross-attention: Wan): the image queries attend to the caption's keys
+- `cross_branch` (cross-attention: Wan, PixArt-Sigma): the image queries attend to the caption's keys
   exactly as the stock processor does; the expression keys, made by the same `to_k` (and norm), are
   scored against the image queries and kept out of the output's softmax.
 
@@ -69,6 +69,25 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The stock call of processors that run torch's SDPA on contiguous [B, H, S, D], with no mask."""
     q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
     return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+
+
+def legacy_sdpa(attn, attention_mask: torch.Tensor | None) -> MainAttention:
+    """The attention call of diffusers' legacy `AttnProcessor2_0` (PixArt's, SANA's cross-attention),
+    masked as it masks: `attention_mask` (the transformer's bias [B, 1, Lk] over the keys the call
+    sees, the caption's alone) prepared per head (`attn.prepare_attention_mask`, viewed [B, H, 1, Lk]),
+    then SDPA on [B, H, S, D] views of the [B, S, H, D] q, k, v, as the stock processor's
+    `view(...).transpose(1, 2)` hands them."""
+
+    def main_attention(q, k, v):
+        mask = attention_mask
+        if mask is not None:
+            mask = attn.prepare_attention_mask(mask, k.shape[1], q.shape[0])
+            mask = mask.view(q.shape[0], attn.heads, -1, mask.shape[-1])
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=0.0, is_causal=False)
+        return out.transpose(1, 2)
+
+    return main_attention
 
 
 def branch_attention(

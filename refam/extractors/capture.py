@@ -47,6 +47,13 @@ class BranchLayout:
     caption_len: int
     key_valid: torch.Tensor  # [K, L] bool: real tokens of each expression (False = padding)
     key_order: tuple[str, ...] = ("branch", "caption", "image")
+    # [K, L] bool: the real tokens that enter the per-patch softmax across tokens (and whose queries
+    # weigh the text mass); a prompt template's are attended but left out by default. None: key_valid
+    key_scored: torch.Tensor | None = None
+
+    @property
+    def scored(self) -> torch.Tensor:
+        return self.key_valid if self.key_scored is None else self.key_scored
 
     def key_bias(self, num_image_tokens: int) -> torch.Tensor:
         """[K L, S] float32 added to the branch's logits: 0 where a branch query may look, -inf where
@@ -87,10 +94,11 @@ class AttentionCapture:
     - "after_mean": raw scores are summed (cross_attention: averaged over heads, scaled by
       1/sqrt(d); attention_output: head-concatenated dot products, unscaled); the aggregator
       softmaxes across tokens per patch after the mean over blocks (TokenMaps kind "logits").
-    - "per_head": a softmax over the expression's real tokens per patch before averaging
-      (cross_attention: per head and block, then the mean over heads; attention_output: per
-      block, on the head-summed dot product, which is ConceptAttention's order), then the mean
-      over blocks (kind "probs"). Padding tokens get exactly zero.
+    - "per_head": a softmax over the expression's scored tokens (`BranchLayout.scored`) per patch
+      before averaging (cross_attention: per head and block, then the mean over heads;
+      attention_output: per block, on the head-summed dot product, which is ConceptAttention's
+      order), then the mean over blocks (kind "probs"). Padding tokens, and template tokens left
+      out, get exactly zero.
 
     `dtype` is the branch's compute dtype, that of the `key_bias` the kernels add to its logits.
     """
@@ -117,10 +125,10 @@ class AttentionCapture:
         self.scores = torch.zeros(num_image_tokens, k, length, dtype=torch.float32, device=device)
         self.text_mass = torch.zeros(k, length, dtype=torch.float32, device=device)
         self.observations = 0
-        self._key_valid = layout.key_valid.to(device)
+        self._scored = layout.scored.to(device)  # the tokens each per-patch softmax runs over
         self.key_bias = layout.key_bias(num_image_tokens).to(device, dtype)  # in the branch's dtype: 0 and -inf are exact
-        valid = self._key_valid.float()
-        # weights of the real queries of each expression, broadcast over [H, K L(query), K L(key)]
+        valid = self._scored.float()
+        # weights of the scored queries of each expression, broadcast over [H, K L(query), K L(key)]
         self._query_weight = (valid / valid.sum(dim=1, keepdim=True).clamp(min=1)).flatten()[None, :, None]
 
     def add(self, img_vectors: torch.Tensor, expr_vectors: torch.Tensor, text_probs: torch.Tensor | None) -> None:
@@ -130,7 +138,7 @@ class AttentionCapture:
         projection); text_probs [H, K L, K L] the expression queries' attention on the expression
         tokens (zero outside each expression's own block), or None where the expressions have no
         queries (cross-attention backbones): then each token's mass is the share of the image
-        queries' attention, softmaxed over the expression's real tokens, it draws."""
+        queries' attention, softmaxed over the expression's scored tokens, it draws."""
         probs = None  # [N, K, L] each image query's softmax over each expression's tokens, where computed
         if self.representation == "cross_attention":
             probs = self._add_cross_attention(img_vectors, expr_vectors)
@@ -140,7 +148,7 @@ class AttentionCapture:
             probs = self._token_probs(img_vectors, expr_vectors) if probs is None else probs
             self.text_mass.add_(probs.mean(dim=0))
         else:
-            # mean over heads and the expression's real queries of the mass each of its tokens receives
+            # mean over heads and the expression's scored queries of the mass each of its tokens receives
             mass = (text_probs * self._query_weight).sum(dim=(0, 1))
             self.text_mass.add_(mass.view_as(self.text_mass), alpha=1 / text_probs.shape[0])
         self.observations += 1
@@ -153,7 +161,7 @@ class AttentionCapture:
         parts = []
         for part in q_img.split(chunk):
             logits = torch.einsum("nhd,klhd->hnkl", part.float(), k_expr.float()) * scale
-            parts.append(logits.masked_fill(~self._key_valid, float("-inf")).softmax(dim=-1).nan_to_num_(0.0).mean(dim=0))
+            parts.append(logits.masked_fill(~self._scored, float("-inf")).softmax(dim=-1).nan_to_num_(0.0).mean(dim=0))
         return torch.cat(parts)
 
     def _add_cross_attention(self, q_img: torch.Tensor, k_expr: torch.Tensor) -> torch.Tensor | None:
@@ -175,8 +183,8 @@ class AttentionCapture:
         logits = (o_img.flatten(1).float() @ o_expr.flatten(2).flatten(0, 1).float().T).view_as(self.scores)
         if self.softmax_stage == "after_mean":
             self.scores.add_(logits)
-        else:  # ConceptAttention: softmax over the concepts (here: the expression's real tokens) per patch
-            logits = logits.masked_fill(~self._key_valid, float("-inf"))
+        else:  # ConceptAttention: softmax over the concepts (here: the expression's scored tokens) per patch
+            logits = logits.masked_fill(~self._scored, float("-inf"))
             self.scores.add_(logits.softmax(dim=-1).nan_to_num_(0.0))  # a fully padded row has no tokens
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,6 +53,14 @@ class FluxBranchProcessor(BranchProcessor):
         return attn.to_out[1](attn.to_out[0](image_out)), attn.to_add_out(text_out)
 
 
+def packed_latent(extractor: ImageDiTExtractor, image) -> Latent:
+    """As FluxImg2ImgPipeline (and Chroma's) make it: (z - shift_factor) * scaling_factor of the VAE's
+    mode, packed 2 x 2 cells per token (`_pack_latents`), row-major."""
+    latent = vae_latent(extractor.pipe, extractor.pixels(image))
+    _, channels, lh, lw = latent.shape
+    return Latent(extractor.pipe._pack_latents(latent, 1, channels, lh, lw).to(extractor.dtype), (1, lh // 2, lw // 2))
+
+
 def install_flux_branch(transformer) -> list[FluxBranchProcessor]:
     """A branch processor on every double then single block of a FluxTransformer2DModel (0..D+S-1)."""
     return install(list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks), FluxBranchProcessor)
@@ -100,9 +108,7 @@ class FluxExtractor(ImageDiTExtractor):
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
-        latent = vae_latent(self.pipe, self.pixels(image))
-        _, channels, lh, lw = latent.shape
-        return Latent(self.pipe._pack_latents(latent, 1, channels, lh, lw).to(self.dtype), (1, lh // 2, lw // 2))
+        return packed_latent(self, image)
 
     def timestep(self, sigma: float) -> float:
         return sigma  # FluxTransformer2DModel multiplies by 1000 itself

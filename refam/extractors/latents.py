@@ -1,6 +1,7 @@
 """Clean latents as the stock pipelines make them: the `Latent` a backbone's encoder returns (the
 tensor and its image-token grid), the image size a resolution gives, and the VAE normalisations the
-image-conditioned pipelines apply (`vae_latent`; per-channel `normalized`, `channel_stats`)."""
+image-conditioned pipelines apply (`vae_latent`; per-channel `normalized`, `channel_stats`); `patched_latent` for
+a transformer that patchifies the latent itself."""
 
 from __future__ import annotations
 
@@ -51,6 +52,15 @@ def normalized(latent: torch.Tensor, config) -> torch.Tensor:
 
 def vae_latent(pipe, pixels: torch.Tensor) -> torch.Tensor:
     """The clean latent [1, C, h, w] of preprocessed pixels, normalised as image-to-image pipelines
-    do, (z - shift_factor) * scaling_factor, from the distribution's mode (a sample would add noise)."""
+    do, (z - shift_factor) * scaling_factor, from the distribution's mode (a sample would add noise).
+    A VAE whose config has no `shift_factor` (None: SD's, SDXL's, PixArt's) is not shifted: z * scaling_factor."""
     latent = pipe.vae.encode(pixels).latent_dist.mode()
-    return (latent - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+    shift = pipe.vae.config.get("shift_factor", None)
+    return (latent if shift is None else latent - shift) * pipe.vae.config.scaling_factor
+
+
+def patched_latent(latent: torch.Tensor, dtype: torch.dtype, patch: int) -> Latent:
+    """A clean latent [1, C, h, w] that the transformer patchifies itself, `patch` x `patch` cells a token,
+    row-major (SD3, PixArt, Z-Image, Lumina 2)."""
+    _, _, lh, lw = latent.shape
+    return Latent(latent.to(dtype), (1, lh // patch, lw // patch))

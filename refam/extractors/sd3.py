@@ -22,7 +22,7 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 
 from refam.errors import ConfigError
 from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, stream_qkv
-from refam.extractors.latents import Latent, vae_latent
+from refam.extractors.latents import Latent, patched_latent, vae_latent
 from refam.extractors.template import ImageDiTExtractor
 
 
@@ -84,9 +84,7 @@ class SD3Extractor(ImageDiTExtractor):
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
-        latent = vae_latent(self.pipe, self.pixels(image))
-        _, _, lh, lw = latent.shape  # the transformer patchifies [1, C, h, w] itself, row-major
-        return Latent(latent.to(self.dtype), (1, lh // self.pipe.patch_size, lw // self.pipe.patch_size))
+        return patched_latent(vae_latent(self.pipe, self.pixels(image)), self.dtype, self.pipe.patch_size)
 
     def timestep(self, sigma: float) -> float:
         return 1000.0 * sigma

@@ -14,7 +14,9 @@ observe each state with one forward while the branch processors capture, and ret
 - `denoise`, one call of its transformer with the branch's embeddings joined to the text
   (`join_text`);
 - `branch_first`, whether the branch's tokens go before the caption's in the text stream or
-  after, as its processors hand the joint sequence to the kernel.
+  after, as its processors hand the joint sequence to the kernel;
+- `text_side`, where the model mixes text tokens before its blocks (a context or token refiner):
+  each expression through those modules alone.
 
 A backbone's constructor arguments are recorded when it is built (`refam.config.Configurable`), and
 the map cache's key holds them all: a new setting needs no listing anywhere.
@@ -43,7 +45,7 @@ from refam.extractors.capture import REPRESENTATIONS, SOFTMAX_STAGES, AttentionC
 from refam.extractors.latents import Latent, resize_to
 from refam.extractors.pipeline import PipelineExtractor
 from refam.extractors.trajectory import NoiseAt, Shift, Trajectory, TrajectoryContext, drive, no_shift_error, scheduler_shift
-from refam.text.reader import EncodedExpressions, ExpressionReader
+from refam.text.reader import TEMPLATE_TOKENS, EncodedExpressions, ExpressionReader
 from refam.text.t5 import T5Reader
 from refam.types import MagnetVectors, TokenInfo, TokenMaps
 
@@ -66,6 +68,11 @@ class DiTExtractor(PipelineExtractor):
         caption_max_tokens: the denoising prompt's length in the text encoder's tokens, as the
             backbone's pipeline pads or cuts it (each backbone's default is its pipeline's).
         expression_max_tokens: longest expression (with magnets) accepted, in the reader's tokens.
+        template_tokens: whether a prompt template's tokens around the expression (an LLM's system
+            prompt and role markers, `TokenInfo.template`) enter the per-patch softmax across
+            tokens: "exclude" (the paper's softmax, over the expression's own tokens, its magnets
+            and its end token) or "include". They ride in the branch either way; encoder-only
+            readers (T5) have none.
         seed: base seed of the noise; each sample's noise derives from (seed, sample id).
         offload: where the modules live (`refam.extractors.offload`).
         local_files_only: never contact a hub, even for a hub id.
@@ -92,6 +99,7 @@ class DiTExtractor(PipelineExtractor):
         representation: str = "cross_attention",
         caption_max_tokens: int = 512,
         expression_max_tokens: int = 128,
+        template_tokens: str = "exclude",
         seed: int = 0,
         offload: str = "none",
         local_files_only: bool = False,
@@ -105,6 +113,8 @@ class DiTExtractor(PipelineExtractor):
             raise ConfigError(f"must be one of {list(SOFTMAX_STAGES)}, got {softmax_stage!r}", field="softmax_stage")
         if representation not in REPRESENTATIONS:
             raise ConfigError(f"must be one of {list(REPRESENTATIONS)}, got {representation!r}", field="representation")
+        if template_tokens not in TEMPLATE_TOKENS:
+            raise ConfigError(f"must be one of {list(TEMPLATE_TOKENS)}, got {template_tokens!r}", field="template_tokens")
         if representation == "attention_output" and self.attention_kind == "cross":
             raise ConfigError(
                 f"{type(self).__name__} is a cross-attention model; its expression tokens have no queries, so no "
@@ -112,6 +122,7 @@ class DiTExtractor(PipelineExtractor):
         self.trajectory = trajectory if trajectory is not None else NoiseAt(self.default_sigma)
         self.blocks, self.softmax_stage, self.representation = blocks, softmax_stage, representation
         self.caption_max_tokens, self.expression_max_tokens, self.seed = caption_max_tokens, expression_max_tokens, seed
+        self.template_tokens = template_tokens
         self.processors: list[BranchProcessor] = []
         self.reader: ExpressionReader | None = None
 
@@ -164,6 +175,18 @@ class DiTExtractor(PipelineExtractor):
         """One transformer call as the stock pipeline makes it, its raw output; the expressions'
         embeddings (or None) join the text stream where the processors expect them (`join_text`)."""
 
+    def text_side(self, expressions: EncodedExpressions, sigma: float) -> EncodedExpressions:
+        """The expressions' rows as the denoiser's blocks are to receive them, prepared before each forward
+        (`forward` calls it; `denoise` gets the result). By default the reader's rows: a model whose text
+        enters the blocks through a per-token projection makes of each row what it makes of a caption's.
+        A model whose text-side modules mix text tokens among themselves before the blocks (Lumina 2's and
+        Z-Image's context refiner, HunyuanVideo's timestep-conditioned token refiner) overrides it to run
+        each expression alone through those modules, as the model runs a caption of the same tokens
+        (`refam.extractors.text_side.each_alone`), so that no expression mixes with the caption or
+        another expression there and the caption's own pass stays the stock one; its `denoise` then
+        joins the rows where the blocks begin (`refam.extractors.text_side.rows_joined`)."""
+        return expressions
+
     def join_text(self, text: torch.Tensor, expressions: EncodedExpressions | None) -> torch.Tensor:
         """The text stream [1, Lc, D] with the K expressions' tokens [1, K L, D] joined before or after it
         (`branch_first`)."""
@@ -177,18 +200,25 @@ class DiTExtractor(PipelineExtractor):
         return torch.full(shape, self.timestep(sigma), device=self.device, dtype=dtype)
 
     def guidance(self, scale: float) -> torch.Tensor | None:
-        """The guidance scale guidance-distilled transformers embed (FLUX.1-dev, FLUX.2-dev,
-        HunyuanVideo), as their pipelines pass it; None for a transformer without that embedding."""
+        """The guidance scale a guidance-distilled transformer embeds (`guidance_embeds`), as FLUX.1-dev's,
+        FLUX.2-dev's and Qwen-Image's pipelines pass it: the scale itself, [1] in float32; None for a
+        transformer without that embedding. (HunyuanVideo's and HunyuanImage's pipelines pass 1000 times
+        the scale in the transformer's dtype: not this.)"""
         if not self.pipe.transformer.config.get("guidance_embeds", False):
             return None
         return torch.full((1,), scale, device=self.device, dtype=torch.float32)
 
+    def caption_len(self, condition) -> int:
+        """How many caption tokens the processors see: by default the length of the condition's `embeds`,
+        or of the condition itself, [1, Lc, D]."""
+        return getattr(condition, "embeds", condition).shape[1]
+
     def branch_layout(self, encoded: EncodedExpressions, condition) -> BranchLayout:
-        """How many caption tokens the processors see (by default the length of the condition's
-        `embeds`, or of the condition itself, [1, Lc, D]) and the joint sequence's order (`branch_first`)."""
-        caption = getattr(condition, "embeds", condition)
+        """The caption's length (`caption_len`), the expressions' carried and scored tokens (`template_tokens`)
+        and the joint sequence's order (`branch_first`)."""
         order = ("branch", "caption", "image") if self.branch_first else ("image", "caption", "branch")
-        return BranchLayout(caption_len=caption.shape[1], key_valid=encoded.valid, key_order=order)
+        return BranchLayout(caption_len=self.caption_len(condition), key_valid=encoded.valid, key_order=order,
+                            key_scored=encoded.scored(self.template_tokens))
 
     def check_pipeline(self, pipe) -> None:
         """Refuse a pipeline this backbone cannot observe (raise CheckpointError), before installing."""
@@ -253,6 +283,7 @@ class DiTExtractor(PipelineExtractor):
                 expressions: EncodedExpressions | None = None, capture: AttentionCapture | None = None) -> torch.Tensor:
         """The denoiser's raw output at noise level sigma; with `expressions` and `capture` the branch rides along."""
         self.placement.enter("denoise")
+        expressions = None if expressions is None else self.text_side(expressions, sigma)
         with self.capturing(capture):
             return self.denoise(x_t, sigma, grid, condition, expressions)
 
@@ -314,7 +345,7 @@ class DiTExtractor(PipelineExtractor):
         return TokenMaps(
             scores=scores.reshape(k, length, *latent.grid[1:]).cpu() if latent.grid[0] == 1
             else scores.reshape(k, length, *latent.grid).cpu(),
-            valid=encoded.valid.cpu(),
+            valid=encoded.scored(self.template_tokens).cpu(),
             text_mass=text_mass.cpu(),
             tokens=encoded.tokens,
             kind=self.maps_kind,

@@ -97,7 +97,7 @@ class VideoDiTExtractor(DiTExtractor, VideoExtractor):
             observations += capture.observations
         return TokenMaps(
             scores=torch.cat(parts, dim=2),
-            valid=encoded.valid.cpu(),
+            valid=encoded.scored(self.template_tokens).cpu(),
             text_mass=(mass / observations).cpu(),
             tokens=encoded.tokens,
             kind=self.maps_kind,

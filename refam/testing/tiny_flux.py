@@ -52,9 +52,32 @@ def tiny_t5(tokenizer, **overrides):
     return T5EncoderModel(T5Config(**{**config, **overrides}))
 
 
+def tiny_flux_vae():
+    """FLUX.1's AutoencoderKL at CPU size (16 latent channels, 8x, its scaling and shift factors), drawn
+    from torch's current random state."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        latent_channels=16, norm_num_groups=4, scaling_factor=0.3611, shift_factor=0.1159,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )
+
+
+def flux_scheduler():
+    """black-forest-labs/FLUX.1-dev's scheduler: flow matching with the dynamic shift, mu 0.5..1.15 over 256..4096 tokens."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+
+
 def build_tiny_flux(seed: int = 0, width: int = 32, heads: int = 2, double_blocks: int = 2, single_blocks: int = 2):
     """A randomly initialised FluxPipeline with the real component classes, deterministic by seed."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     clip_tok, t5_tok = build_tokenizers()
@@ -75,18 +98,9 @@ def build_tiny_flux(seed: int = 0, width: int = 32, heads: int = 2, double_block
             attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
             pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=rope,
         )
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-            latent_channels=16, norm_num_groups=4, scaling_factor=0.3611, shift_factor=0.1159,
-            use_quant_conv=False, use_post_quant_conv=False,
-        )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
-    )
+        vae = tiny_flux_vae()
     return FluxPipeline(
-        scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tok,
+        scheduler=flux_scheduler(), vae=vae, text_encoder=clip, tokenizer=clip_tok,
         text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer,
     )
 

@@ -10,11 +10,15 @@ embeddings it gets alone.
 
 Words: byte-level BPE pieces carry their leading space ("Ġdog", with offsets over " dog"), so
 offsets are trimmed to the word before `refam.text.tokens.tokens_to_words` names it, and a bare
-space piece ("Ġ" before "_" or a digit) belongs to the word after it. The template's tokens that
-the pipeline keeps (Qwen-Image's "<|im_end|>\\n<|im_start|>assistant\\n") are special: they ride
-in the branch as the end of text does, and the aggregator drops them. Vector magnets are rows
-inserted where appended words would go: after the expression's last token, before the template's
-suffix.
+space piece ("Ġ" before "_" or a digit) belongs to the word after it.
+
+The template's tokens that the pipeline keeps (FLUX.2 dev's whole system prompt, Qwen-Image's
+"<|im_end|>\\n<|im_start|>assistant\\n") are special and ride in the branch: the encoder needs them
+to give the rows the pipeline's `encode_prompt` gives, and the expression's tokens attend to them in
+the DiT. The first of them after the expression (Qwen's "<|im_end|>", Mistral's "[/INST]") is the
+expression's end token, as T5's EOS is; the others are flagged `template`, so that the per-patch
+softmax leaves them out by default (the extractor's `template_tokens`). Vector magnets are rows
+inserted where appended words would go: after the expression's last token, before the end token.
 """
 
 from __future__ import annotations
@@ -134,9 +138,12 @@ class DecoderReader(ExpressionReader):
                     f"drop is {template.drop} tokens but the template's prefix is {head} tokens with this tokenizer: "
                     "the drop would cut into the expression", field="template")
             keep = slice(template.drop, n)
-            tokens.append(_expression_words(
+            words = _expression_words(
                 text, self.tokenizer.convert_ids_to_tokens(ids[keep]), [(s - first, e - first) for s, e in offsets[keep]],
-                [not flag for flag in inside[keep]], magnet_start))
+                [not flag for flag in inside[keep]], magnet_start)
+            # every templated token but the end token (the first after the expression) is the template's
+            around = [not flag and i != last for i, flag in enumerate(inside)][keep]
+            tokens.append([replace(t, template=True) if flag else t for t, flag in zip(words, around)])
             ends.append(last)
         return _Batch(enc["input_ids"], enc["attention_mask"], tokens, ends)
 

@@ -18,11 +18,28 @@ from refam.errors import ExpressionError, require_words
 from refam.types import MagnetVectors, TokenInfo
 
 
+# how a prompt template's tokens (`TokenInfo.template`) take part in the per-patch softmax across
+# tokens: "exclude" (the paper's softmax: the expression's own tokens, its magnets, its end token) or
+# "include" (every token the branch carries)
+TEMPLATE_TOKENS = ("exclude", "include")
+
+
 @dataclass
 class EncodedExpressions:
     embeds: torch.Tensor  # [K, L, D], padded to the longest expression
-    valid: torch.Tensor  # [K, L] bool: the expression's real tokens (False = padding)
+    valid: torch.Tensor  # [K, L] bool: the tokens the branch carries (False = padding)
     tokens: list[list[TokenInfo]]
+
+    def scored(self, template_tokens: str = "exclude") -> torch.Tensor:
+        """[K, L] bool: the tokens that enter the per-patch softmax: the carried ones, less the prompt
+        template's unless `template_tokens` is "include" (`TEMPLATE_TOKENS`)."""
+        if template_tokens == "include":
+            return self.valid
+        template = torch.zeros(self.valid.shape, dtype=torch.bool)
+        for k, row in enumerate(self.tokens):
+            for t, token in enumerate(row[: template.shape[1]]):
+                template[k, t] = token.template
+        return self.valid & ~template.to(self.valid.device)
 
 
 class ExpressionReader(abc.ABC):

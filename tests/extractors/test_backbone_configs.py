@@ -9,24 +9,38 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from refam.extractors.base import Extractor
+from refam.extractors.chroma import ChromaExtractor
 from refam.extractors.cogvideox import CogVideoXExtractor
 from refam.extractors.flux2 import Flux2Extractor
+from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
+from refam.extractors.pixart import PixArtSigmaExtractor
+from refam.extractors.lumina2 import Lumina2Extractor
 from refam.extractors.qwenimage import QwenImageExtractor
 from refam.extractors.sd3 import SD3Extractor
 from refam.extractors.wan import WanExtractor
+from refam.extractors.zimage import ZImageExtractor
 
 BACKBONES = Path(__file__).parents[2] / "configs" / "backbones"
 
 # each config: (extractor class, hub id, settings it must give)
 EXPECTED = {
+    "chroma": (ChromaExtractor, "lodestones/Chroma1-HD", dict(resolution=1024, caption_max_tokens=512)),
     "cogvideox": (CogVideoXExtractor, "THUDM/CogVideoX-5b",
                   dict(height=480, width=720, clip_frames=49, windows="first", caption_max_tokens=226)),
     "flux2": (Flux2Extractor, "black-forest-labs/FLUX.2-dev",
               dict(resolution=1024, caption_max_tokens=512, guidance_scale=4.0, text_layers=None)),
+    "hunyuanvideo15": (HunyuanVideo15Extractor, "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v",
+                       dict(height=480, width=848, clip_frames=21, caption_max_tokens=1000)),
+    "pixart": (PixArtSigmaExtractor, "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+               dict(resolution=1024, keep_aspect=False, caption_max_tokens=300)),
+    "lumina2": (Lumina2Extractor, "Alpha-VLLM/Lumina-Image-2.0",
+                dict(resolution=1024, keep_aspect=False, caption_max_tokens=256, expression_max_tokens=128)),
     "qwenimage": (QwenImageExtractor, "Qwen/Qwen-Image",
                   dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
     "sd3": (SD3Extractor, "stabilityai/stable-diffusion-3.5-large", dict(resolution=1024, caption_max_tokens=256, blocks=None)),
     "wan": (WanExtractor, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dict(caption_max_tokens=512, height=480, width=832, clip_frames=21)),
+    "zimage": (ZImageExtractor, "Tongyi-MAI/Z-Image-Turbo",
+               dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
 }
 
 

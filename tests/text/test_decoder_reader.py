@@ -48,6 +48,8 @@ def test_template_tokens_are_special_and_the_system_prompt_is_dropped(pipe):
     assert [t.piece for t in tokens] == ["a", "Ġdog", "<|im_end|>", "Ċ", "<|im_start|>", "assistant", "Ċ"]
     assert [t.special for t in tokens] == [False, False] + [True] * 5
     assert all(t.word == "" and not t.magnet for t in tokens if t.special)
+    # the first after the expression is its end token, as T5's EOS; the rest is the template's
+    assert [t.template for t in tokens] == [False, False, False] + [True] * 4
 
 
 def test_expressions_are_encoded_exactly_as_the_pipeline_encodes_a_prompt(pipe):
@@ -83,6 +85,8 @@ def test_vector_magnets_go_after_the_last_word_before_the_template_suffix(pipe):
         assert [t.magnet for t in tokens[n_words : n_words + 3]] == [True] * 3
         assert [t.piece for t in tokens[n_words + 3 : n_words + 8]] == ["<|im_end|>", "Ċ", "<|im_start|>", "assistant", "Ċ"]
         assert with_vectors.valid[k].sum() == plain.valid[k].sum() + 3
+        assert [t.template for t in tokens[n_words + 3 : n_words + 8]] == [False] + [True] * 4  # still the end token
+        assert with_vectors.scored()[k].sum() == n_words + 3 + 1
         # causal: the words before the vectors read as without them, the suffix after them does not
         torch.testing.assert_close(with_vectors.embeds[k, :n_words], plain.embeds[k, :n_words], rtol=0, atol=1e-6)
         assert not torch.allclose(with_vectors.embeds[k, n_words + 3], plain.embeds[k, n_words], atol=1e-3)

@@ -227,7 +227,7 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
         if not joint and (keys == num_image or queries != num_image):
             # image-only attention (SD3.5's attn2, Wan's attn1), a pooler's (Mochi's caption): no branch block
             return stock_sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
-        assert attn_mask is None and query.shape[0] == 1, "the reference masks an unmasked, one-item stock call"
+        assert query.shape[0] == 1, "the reference masks a one-item stock call"
         segments = order if joint else tuple(name for name in order if name != "image")
         sizes = {"branch": k * length, "image": num_image}
         sizes["caption"] = keys - sum(sizes[name] for name in segments if name != "caption")
@@ -237,7 +237,12 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
         else:  # the image's queries see the caption's keys only
             mask = torch.zeros(queries, keys, dtype=torch.bool)
             mask[:, spans["caption"]] = True
-        out = stock_sdpa(query, key, value, attn_mask=mask.to(query.device), **kwargs)
+        mask = mask.to(query.device)
+        if attn_mask is not None:  # a stock mask (caption padding, a bias) holds beside the branch's
+            stock = attn_mask.broadcast_to((*attn_mask.shape[:-2], queries, keys)).reshape(-1, queries, keys)[0]
+            mask = stock & mask if stock.dtype == torch.bool else stock + torch.zeros(
+                mask.shape, dtype=stock.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+        out = stock_sdpa(query, key, value, attn_mask=mask, **kwargs)
         rows = lambda t: t[0].transpose(0, 1).float()  # noqa: E731  [H, S, D] -> [S, H, D]
         image = spans["image"] if joint else slice(0, queries)
         expression = lambda t: rows(t)[spans["branch"]].unflatten(0, (k, length))  # noqa: E731
@@ -258,6 +263,27 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
     return observed
 
 
+STOCK_SDPA = torch.nn.functional.scaled_dot_product_attention  # as imported, before a reference forward masks it
+
+
+def text_side_attention(module: torch.nn.Module) -> list:
+    """`reference_hooks` handles for a text-side module that runs attention of its own before the
+    blocks (HunyuanVideo's token refiner, Lumina 2's context refiner): while it runs, attention is the
+    stock SDPA, not the reference's masked one; its calls are not blocks of the branch."""
+    import torch.nn.functional as F
+
+    saved = []
+
+    def enter(*_):
+        saved.append(F.scaled_dot_product_attention)
+        F.scaled_dot_product_attention = STOCK_SDPA
+
+    def leave(*_):
+        F.scaled_dot_product_attention = saved.pop()
+
+    return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+
+
 def _spans(order: tuple[str, ...], sizes: dict[str, int]) -> dict[str, slice]:
     spans, start = {}, 0
     for name in order:
@@ -269,8 +295,10 @@ def _spans(order: tuple[str, ...], sizes: dict[str, int]) -> dict[str, slice]:
 def reference_maps(observation: Observation, valid: torch.Tensor, representation: str, softmax_stage: str) -> torch.Tensor:
     """[K, L, N]: one block's map from its reference observation, written from the definitions
     (docs/backbones.md): cross_attention, mean over heads of q . k / sqrt(d) (after_mean) or of the
-    per-head softmax over the expression's real tokens (per_head); attention_output, the sum over
-    heads of o_p . o_t (after_mean) or its softmax over the real tokens (per_head)."""
+    per-head softmax over the scored tokens `valid` (per_head); attention_output, the sum over
+    heads of o_p . o_t (after_mean) or its softmax over the scored tokens (per_head). The scored
+    tokens are the maps' `valid`: which of the carried tokens enter the softmax (a prompt
+    template's do not by default) is tested beside the contract (tests/extractors/test_template_tokens.py)."""
     if representation == "cross_attention":
         logits = torch.einsum("nhd,klhd->hkln", observation.query, observation.key) * observation.query.shape[-1] ** -0.5
     else:
@@ -298,7 +326,7 @@ def every_block_gaps(entry: ContractEntry, extractor, image, caption: str, expre
         extractor.representation, extractor.softmax_stage = representation, softmax_stage
         for block, observation in enumerate(observed):
             maps = extractor.extract(image, caption, [expression], "every-block", blocks=[block])
-            expected = reference_maps(observation, encoded.valid.cpu(), representation, softmax_stage)
+            expected = reference_maps(observation, maps.valid, representation, softmax_stage)  # the scored tokens
             gaps[representation, block] = float((maps.scores.flatten(2) - expected).abs().max() / expected.abs().max())
     return gaps
 
@@ -317,6 +345,18 @@ def flow_levels(pipe, unit: float = 1.0, steps: int = 8, **set_timesteps) -> lis
     if scheduler.config.get("invert_sigmas", False):
         sigmas = 1.0 - sigmas
     return [(float(sigma), float(t) / unit) for sigma, t in zip(sigmas, scheduler.timesteps)]
+
+
+def vp_state(pipe, x_t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, float, float, float]:
+    """(state, timestep, sqrt(ab), sqrt(1 - ab)) of the flow state x_t at sigma on a variance-preserving
+    scheduler: the scheduler's own timestep whose level (`vp_levels`, from its alphas_cumprod) is
+    sigma, no interpolation of refam's, so a VP entry's stock checks run at a level the scheduler
+    holds (`stock_sigma`); the stock model sees the state sqrt(ab) x0 + sqrt(1 - ab) eps."""
+    timesteps = [t for level, t in vp_levels(pipe) if abs(level - sigma) < 1e-9]
+    assert timesteps, f"sigma {sigma} is not a level of the scheduler's schedule"
+    ab = pipe.scheduler.alphas_cumprod[int(timesteps[0])].double()
+    a, b = float(ab.sqrt()), float((1 - ab).sqrt())
+    return x_t * (a + b), timesteps[0], a, b  # (1 - sigma, sigma) = (a, b) / (a + b)
 
 
 def vp_levels(pipe, steps: int = 8) -> list[tuple[float, float]]:

@@ -17,19 +17,8 @@ from diffusers import CogVideoXPipeline
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_video2video import retrieve_latents
 
 from refam.extractors.cogvideox import CogVideoX15Extractor, CogVideoXExtractor
-from tests.extractors.contract.contract import ContractEntry, vp_levels, block_inputs
+from tests.extractors.contract.contract import ContractEntry, block_inputs, vp_levels, vp_state
 from refam.testing.tiny_cogvideox import save_tiny_cogvideox
-
-
-def vp_state(pipe, x_t, sigma):
-    """(state, timestep, sqrt(ab), sqrt(1 - ab)) of the flow state x_t at sigma: the scheduler's own
-    timestep whose level (`vp_levels`, from its alphas_cumprod) is sigma, no interpolation of ours,
-    so the check runs at a level the scheduler holds (`stock_sigma`)."""
-    timesteps = [t for level, t in vp_levels(pipe) if abs(level - sigma) < 1e-9]
-    assert timesteps, f"sigma {sigma} is not a level of the scheduler's schedule"
-    ab = pipe.scheduler.alphas_cumprod[int(timesteps[0])].double()
-    a, b = float(ab.sqrt()), float((1 - ab).sqrt())
-    return x_t * (a + b), timesteps[0], a, b  # (1 - sigma, sigma) = (a, b) / (a + b)
 
 
 def call(pipe, x, timestep, text, rope_size):

@@ -35,7 +35,12 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     attn = pipe.transformer.transformer_blocks[0].attn
     image = block_inputs(attn, lambda: _call(pipe, x_t, sigma, grid, embeds, pooled))
     text = block_inputs(attn, lambda: _call(pipe, x_t, sigma, grid, expression, pooled))  # the expression as the caption
-    n, length = x_t.shape[1], expression.shape[1]
+    return double_block_vectors(attn, image, text, x_t.shape[1], expression.shape[1])
+
+
+def double_block_vectors(attn, image, text, n, length):
+    """A FLUX.1 double block's image queries and text keys from its inputs in a call with the caption
+    (`image`) and one with the expression as the caption (`text`): norms, then the stock RoPE."""
     cos, sin = image["image_rotary_emb"]
     query = attn.norm_q(attn.to_q(image["hidden_states"]).unflatten(-1, (attn.heads, -1)))
     query = apply_rotary_emb(query, (cos[-n:], sin[-n:]), sequence_dim=1)

@@ -63,7 +63,9 @@ def test_the_clean_latent_is_the_stock_pipelines(backbone):
 def test_the_timestep_is_the_schedulers(backbone):
     """At every noise level the pipeline's own scheduler visits (its sigmas, or its alphas_cumprod
     through add_noise), the extractor tells the transformer the timestep the pipeline tells it there;
-    an integer scheduler's (Wan's UniPC) truncates, so within one unit."""
+    an integer scheduler's (Wan's UniPC) truncates, so within one unit above it, and within float32's
+    rounding below (PixArt's DPM-Solver reads its levels through float32 sigmas: 874 comes back as
+    873.9999975)."""
     entry, folder = backbone
     extractor, stock = _extractor(entry, folder), _stock(entry, folder)
     levels = entry.scheduler_levels(stock)
@@ -71,7 +73,7 @@ def test_the_timestep_is_the_schedulers(backbone):
     integer = not stock.scheduler.timesteps.is_floating_point()
     for sigma, told in levels:
         ours = extractor.timestep(sigma)
-        assert (told <= ours < told + 1) if integer else ours == pytest.approx(told, rel=1e-5, abs=1e-6), \
+        assert (told * (1 - 1e-6) <= ours < told + 1) if integer else ours == pytest.approx(told, rel=1e-5, abs=1e-6), \
             f"sigma {sigma:.6f}: told {ours}, the pipeline tells {told}"
 
 
