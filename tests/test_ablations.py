@@ -111,3 +111,14 @@ def test_ablate_runs_rows_on_the_demo_and_prints_them(tmp_path, capsys, monkeypa
     total = sum(int(c[1]) for c in cells)
     weighted = sum(int(c[1]) * float(c[2]) for c in cells) / total
     assert weighted == pytest.approx(float(with_magnets[3]), abs=0.05 + 50 / total)  # cells are rounded to 0.1
+
+
+def test_a_dataset_named_with_its_split_keeps_its_columns():
+    """Video benchmarks report "<benchmark>/<split>/<metric>" (ref_davis17/valid/J&F): the table
+    must still find their columns (it printed label cells only)."""
+    table9 = TABLES[9]
+    results = {"empty": {"ref_davis17/valid/J&F": 42.6, "ref_davis17/valid/J_anno0": 1.0},
+               "caption": {"ref_davis17/valid/J&F": 43.0}}
+    text = format_table(table9, results).splitlines()
+    assert text[0] == "| text condition | ref_davis17/valid J&F |"
+    assert text[2:] == ["| empty | 42.6 |", "| caption | 43.0 |"]

@@ -317,7 +317,8 @@ def format_kinds(table: Table, by_kind: dict[str, dict[str, tuple[float, int]]])
 
 def format_table(table: Table, results: dict[str, dict[str, float]]) -> str:
     """Markdown in the paper's layout: label cells, then each dataset's metrics; grouped rows as mean ± std."""
-    datasets = list(dict.fromkeys(k.split("/")[0] for values in results.values() for k in values))
+    # a metric's key is "<dataset>/<metric>", the dataset itself maybe "<benchmark>/<split>" (ref_davis17/valid)
+    datasets = list(dict.fromkeys(k.rsplit("/", 1)[0] for values in results.values() for k in values if "/" in k))
     columns = [(d, m) for d in datasets for m in table.metrics if any(f"{d}/{m}" in v for v in results.values())]
     head = list(table.label_columns) + [f"{d} {m}" for d, m in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
