@@ -101,16 +101,18 @@ def clip_scores(pipeline, indices: Iterable[int], split: str = "test", folder=No
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         for index in indices:
             clip = make_motion_clip(split, index, **overrides)
-            frames = []
+            frames, truths = [], []  # each frame rendered once: written as JPEG, its masks kept for scoring
             for t in range(clip.num_frames):
                 path = Path(scratch) / f"{split}-{index}-{t:05d}.jpg"
-                clip.frame(t).image.save(path, quality=95)
+                frame = clip.frame(t)
+                frame.image.save(path, quality=95)
                 frames.append(str(path))
+                truths.append(frame.masks)
             expressions = [VideoExpression(r.text, str(k)) for k, r in enumerate(clip.referrals)]
             scores: dict[str, list[tuple[float, float]]] = defaultdict(list)
 
-            def score(expression, t, mask, clip=clip, scores=scores):
-                truth = clip.frame(t).masks[clip.referrals[int(expression.expression_id)].target]
+            def score(expression, t, mask, clip=clip, scores=scores, truths=truths):
+                truth = truths[t][clip.referrals[int(expression.expression_id)].target]
                 scores[expression.expression_id].append((region_similarity(mask, truth), contour_accuracy(mask, truth)))
 
             pipeline.segment_video(VideoSample(f"{split}-{index}", frames, expressions), on_mask=score)

@@ -49,10 +49,6 @@ class Mover:
     vy: float
     motion: str
 
-    @property
-    def size(self) -> str:  # what `refam.shapes.video` files it under, as `MovingObject.size`
-        return "big" if self.r >= 11 else "small"
-
     def centre(self, t: float) -> tuple[float, float]:
         return self.x0 + self.vx * t, self.y0 + self.vy * t
 
@@ -68,10 +64,6 @@ class MotionClip:
     num_frames: int
     referrals: list[Referral]
     texture_seed: int | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.width, self.height
 
     def frame(self, t: int) -> ClipFrame:
         if not 0 <= t < self.num_frames:

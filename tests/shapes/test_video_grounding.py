@@ -172,4 +172,5 @@ def test_unchanged_extractor_reads_the_model(pipeline):
 
     assert isinstance(pipeline.extractor.pipe, MochiPipeline)
     assert pipeline.extractor.pipe.vae.temporal_compression_ratio == 6
+    assert type(pipeline.extractor.pipe.transformer).__name__ == "MochiTransformer3DModel"
     assert torch.is_tensor(next(pipeline.extractor.pipe.transformer.parameters()))
