@@ -1,9 +1,12 @@
 """`refam serve`'s functions in-process, on the embedded refam-shapes model: the page shows what the
-API computes, the toggles change the pipeline without reloading it, bad input is the CLI's one line,
-the run JSON loads back as a config, and requests are queued one at a time."""
+API computes, the toggles change the pipeline without reloading it, bad input is one line in the
+page's words and leaves the last result, the run JSON loads back as a config, and requests are
+queued one at a time."""
 
+import html
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, replace
@@ -15,7 +18,8 @@ from PIL import Image
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from refam.apps.serve import CONTROLS, NO_IMAGE, OUTPUTS, Session, page_preview, page_rerun, page_run  # noqa: E402
+from refam.apps.serve import (CONTROLS, NO_IMAGE, OUTPUTS, Session, View, page_pin, page_preview,  # noqa: E402
+                              page_rerun, page_run)
 from refam.sections import model_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +40,27 @@ def values(settings) -> list:
     return [asdict(settings)[name] for name in CONTROLS]
 
 
-def page(session, source, expressions, caption="", settings=None) -> dict:
-    outputs = page_run(session, source, expressions, caption, *values(settings or session.defaults))
+def page(session, source, expressions, caption="", settings=None, view=None) -> dict:
+    outputs = page_run(session, view or View(), source, expressions, caption, *values(settings or session.defaults))
     return dict(zip(OUTPUTS, outputs))
+
+
+def cards(results: str) -> list[dict]:
+    """Each card of the results: its expression, point, tokens (shown text, state) and key frame."""
+    found = []
+    for card in results.split('<section class="refam-card"')[1:]:
+        found.append({
+            "expression": html.unescape(re.search(r'<h3 class="refam-expression">(.*?)</h3>', card).group(1)),
+            "point": tuple(float(v) for v in re.search(r"point \(([-\d.]+), ([-\d.]+)\)", card).groups()),
+            "tokens": [(html.unescape(text), state) for state, text in
+                       re.findall(r'class="refam-token refam-(kept|dropped|sink)"[^>]*>([^<]*)<', card)],
+            "key frame": re.search(r"key frame (\d+)", card) and int(re.search(r"key frame (\d+)", card).group(1)),
+        })
+    return found
+
+
+def kept(card: dict) -> list[str]:
+    return [token for token, state in card["tokens"] if state == "kept"]
 
 
 def read_mask(path) -> np.ndarray:
@@ -55,27 +77,26 @@ def test_the_page_shows_the_apis_masks_points_and_tokens(session):
     assert len(masks) == 2 and shown["downloads"][-1].endswith("run.json")
     for path, prediction in zip(masks, expected):
         assert np.array_equal(read_mask(path), prediction.mask)  # the mask offered is the API's
-    for prediction in expected:
-        x, y = prediction.point
-        assert f"({x:g}, {y:g})" in shown["summary"]  # the point shown is the API's
-        assert " ".join(f"`{t.replace('▁', '')}`" for t in prediction.kept_tokens) in shown["summary"]
-    # per expression its mask and point, then its heatmap with a colour bar, enlarged from 128 px
-    pictures = [Image.open(path) for path, _ in shown["pictures"]]
-    assert [caption for _, caption in shown["pictures"]] == [
-        "the black square: mask and point", "the black square: heatmap",
-        "the purple circle: mask and point", "the purple circle: heatmap"]
-    assert pictures[0].size == (512, 512) and pictures[1].height == 512 and pictures[1].width > 512
-    assert Image.open(shown["token_maps"]).width > 600 and len(shown["attention"]) == 2
+    # a card per expression, in order, with the API's point and tokens (kept, dropped, sinks)
+    shown_cards = cards(shown["results"])
+    assert [c["expression"] for c in shown_cards] == texts
+    for card, prediction in zip(shown_cards, expected):
+        assert card["point"] == tuple(round(v, 2) for v in prediction.point)
+        assert kept(card) == [t.replace("▁", "") for t in prediction.kept_tokens]
+        assert [t for t, _ in card["tokens"]] == [t.replace("▁", "") or "▁" for t in prediction.tokens]
     record = json.loads(Path(shown["downloads"][-1]).read_text())
     assert [e["point"] for e in record["run"]["expressions"]] == [[round(v, 2) for v in p.point] for p in expected]
     assert record["run"]["expressions"][0]["tokens"] == expected[0].tokens
+    # beside them, the settings that made them, and the view the browser keeps
+    assert "settings of this result" in shown["results"] and shown["view"].shown.settings == session.defaults
 
 
 def test_magnets_off_changes_the_kept_tokens_without_reloading_the_model(session):
     extractor, transformer = session.model.pipeline.extractor, session.model.pipeline.extractor.pipe.transformer
     on = page(session, SCENE, "the black square", CAPTION)
     off = page(session, SCENE, "the black square", CAPTION, replace(session.defaults, magnets=False))
-    assert "`pink`" in on["summary"] and "`pink`" not in off["summary"]  # the magnets are gone from the tokens
+    assert ("pink", "dropped") in cards(on["results"])[0]["tokens"]
+    assert "pink" not in [t for t, _ in cards(off["results"])[0]["tokens"]]  # the magnets are gone from the tokens
     run_on, run_off = (json.loads(Path(p["downloads"][-1]).read_text())["run"]["expressions"][0] for p in (on, off))
     assert run_on["tokens"][-6:-1] == ["_", "▁with", "▁to", "▁and", "▁pink"]
     assert not {"▁with", "▁to", "▁and", "▁pink"} & set(run_off["tokens"])
@@ -84,10 +105,10 @@ def test_magnets_off_changes_the_kept_tokens_without_reloading_the_model(session
         read_mask(on["downloads"][0]), read_mask(off["downloads"][0]))  # the maps changed, so the answer did
     assert session.model.pipeline.extractor is extractor and extractor.pipe.transformer is transformer
     again = page(session, SCENE, "the black square", CAPTION)  # back on: the same answer as before
-    assert again["summary"].split("\n\n")[0] == on["summary"].split("\n\n")[0]
+    assert cards(again["results"]) == cards(on["results"])
     # the stop-word filter: "the" is kept once it is off
     unfiltered = page(session, SCENE, "the black square", CAPTION, replace(session.defaults, stop_words=False))
-    assert "| `the` `black` `square` |" in unfiltered["summary"]
+    assert kept(cards(unfiltered["results"])[0]) == ["the", "black", "square"]
 
 
 def test_settings_reach_the_components_and_the_run_json_loads_back_as_a_config(session, tmp_path):
@@ -98,6 +119,9 @@ def test_settings_reach_the_components_and_the_run_json_loads_back_as_a_config(s
                        first_block=1, last_block=2, noise=0.5, spatial_bias="direction")
     shown = page(session, SCENE, "the black square\nthe object on the left", CAPTION, settings)
     assert shown["status"] == ""
+    for item in ("magnets: <b>on: _ with and</b>", "stop-word filter: <b>off</b>", "GAS: <b>drop</b>",
+                 "blocks: <b>1-2</b>", "noise sigma: <b>0.5</b>", "spatial bias: <b>direction</b>"):
+        assert item in shown["results"]  # the settings of the shown result, next to it
     ran = session.settings  # the request's settings, passed to the loaded pipeline for its call
     assert ran.magnets.magnets == ["_", "with", "and"] and ran.magnets.filter_stop_words is False
     assert ran.aggregator.gas == "drop" and ran.blocks == (1, 2)
@@ -150,38 +174,62 @@ def test_a_requests_settings_leave_the_loaded_pipeline_as_it_was(session, monkey
 
 
 @pytest.mark.parametrize("source, expressions, line", [
-    (None, "the black square", f"refam: error: {NO_IMAGE}"),
-    (SCENE, "  \n ", "refam: error: an expression is empty: give the words that name the object"),
-    (SCENE, " ".join(["red"] * 200), "the limit is 128"),
-    ("{broken}", "the black square", "refam: error: cannot read image {broken}"),
-    ("{long video}", "the black square", "frames, more than the 20 this app takes (refam serve --max-frames)"),
+    (None, "the black square", NO_IMAGE),
+    (SCENE, "  \n ", "an expression is empty: give the words that name the object"),
+    (SCENE, " ".join(["red"] * 200), "an expression is too long: 207 tokens with the magnets, more than the model's 128; "
+                                     "shorten it"),
+    ("{broken}", "the black square", "cannot read broken.png as an image: give a PNG, JPEG or another common format"),
+    ("{long video}", "the black square", "long.mp4 has 24 frames, more than the 20 this server takes: cut the clip"),
 ], ids=["no image", "empty expression", "over-long expression", "unreadable file", "video too long"])
-def test_bad_input_shows_the_cli_line_and_the_next_request_works(session, tmp_path, source, expressions, line):
-    broken = tmp_path / "broken.png"
+def test_bad_input_is_one_line_in_the_pages_words_and_the_last_result_stays(session, tmp_path, source, expressions,
+                                                                             line):
+    """The page's words (no command-line flag, no server folder), marked as an error, on one line;
+    the last good result stays on screen, and the next request works."""
+    folder = tmp_path / "gradio" / "0a1b2c"  # where an upload lands
+    folder.mkdir(parents=True)
+    broken = folder / "broken.png"
     broken.write_bytes(b"not a png")
-    video = tmp_path / "long.mp4"
+    video = folder / "long.mp4"
     if source == "{long video}":
         write_clip(video, frames=24)
     source = {"{broken}": str(broken), "{long video}": str(video)}.get(source, source)
-    line = line.replace("{broken}", str(broken))
-    shown = page(session, source, expressions, CAPTION)
-    assert shown["status"].startswith("refam: error:") and "\n" not in shown["status"]
-    assert line in shown["status"]
-    assert shown["pictures"] == [] and shown["summary"] == "" and shown["downloads"] is None  # nothing stale shown
-    assert page(session, SCENE, "the black square", CAPTION)["status"] == ""  # and the app goes on
+    good = page(session, SCENE, "the black square", CAPTION)
+    shown = page(session, source, expressions, CAPTION, view=good["view"])
+    assert shown["status"] == f'<p class="refam-error" role="alert" title="{html.escape(line)}">{html.escape(line)}</p>'
+    assert (shown["results"], shown["downloads"], shown["view"]) == (good["results"], good["downloads"], good["view"])
+    again = page(session, SCENE, "the purple circle", CAPTION, view=shown["view"])  # and the app goes on
+    assert again["status"] == "" and cards(again["results"])[0]["expression"] == "the purple circle"
 
 
 def test_a_block_range_backwards_is_an_error_and_the_preview_reports_an_unreadable_file(session, tmp_path):
     shown = page(session, SCENE, "the black square", "", replace(session.defaults, first_block=3, last_block=1))
-    assert shown["status"] == "refam: error: blocks: the first block (3) comes after the last (1)"
+    assert ">the first block (3) comes after the last block (1): move one of the two<" in shown["status"]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really")
     image, status = page_preview(str(broken))
-    assert image is None and status.startswith("refam: error: cannot read image")
+    assert image is None and ">cannot read broken.jpg as an image" in status and str(tmp_path) not in status
     image, status = page_preview(SCENE)
     assert image.size == (128, 128) and status == ""
     # a toggle with nothing to show yet leaves the page alone
-    assert page_rerun(session, None, "", "", *values(session.defaults)) is None
+    assert page_rerun(session, View(), None, "", "", *values(session.defaults)) is None
+
+
+def test_a_control_reruns_unless_the_shown_result_has_its_settings(session, monkeypatch):
+    """Every control reruns; one set back to the shown result's settings clears an error line and
+    runs nothing. Pinning keeps a result to compare: another setting's result shows beside it."""
+    shown = page(session, SCENE, "the black square", CAPTION)
+    calls, real_run = [], session.run
+    monkeypatch.setattr(session, "run", lambda *args: calls.append(args) or real_run(*args))
+    same = dict(zip(OUTPUTS, page_rerun(session, shown["view"], SCENE, "the black square", CAPTION,
+                                        *values(session.defaults))))
+    assert calls == [] and same["status"] == "" and same["results"] == shown["results"]
+    results, pinned = page_pin(shown["view"])
+    assert "change a setting" in results
+    off = replace(session.defaults, magnets=False)
+    both = dict(zip(OUTPUTS, page_rerun(session, pinned, SCENE, "the black square", CAPTION, *values(off))))
+    assert len(calls) == 1 and both["view"].pinned == shown["view"].shown and both["view"].shown.settings == off
+    assert 'class="refam-results refam-compare"' in both["results"] and len(cards(both["results"])) == 2
+    assert both["results"].count("refam-setting refam-differs") == 2  # magnets, marked on both sides
 
 
 @pytest.mark.parametrize("entry, spec, line", [
@@ -234,9 +282,9 @@ def test_a_video_gives_the_key_frames_maps_and_the_tracked_masks_as_a_clip(sessi
     with zipfile.ZipFile(shown["downloads"][0]) as bundle:
         names = bundle.namelist()
     assert len(names) == 8 and "0-the-red-circle/00003.png" in names
-    assert [c for _, c in shown["pictures"]][:2] == ["the red circle (key frame 0): mask and point",
-                                                     "the red circle (key frame 0): heatmap"]
-    assert shown["token_maps"] is not None and "4 frame(s)" in shown["summary"]
+    shown_cards = cards(shown["results"])  # the key frame's maps, a card per expression
+    assert [(c["expression"], c["key frame"]) for c in shown_cards] == [("the red circle", 0), ("the square", 0)]
+    assert all(kept(c) for c in shown_cards) and "2 expression(s) x 4 frames" in shown["results"]
 
 
 def test_requests_are_queued_one_at_a_time_on_the_model(session, monkeypatch):

@@ -6,16 +6,20 @@
 
 A Gradio app on `refam predict`'s inference path (`RefAM.segment`, `refam.apps.predict.write_prediction`):
 upload an image (or click a demo scene), type one expression per line and an optional caption, and
-see for each expression the mask over the image with the point, the heatmap over the image with a
-colour bar, each token's map with kept, dropped and sink tokens marked, and `refam analyze`'s
-text-attention chart. The settings a researcher flips (magnets, stop-word filter, GAS handling, block
-range, noise level, spatial bias) rebuild only the light components: the weights are loaded once. A
-video gives the key frame's maps and the tracked masks as a playable clip. The masks and a JSON of
-the run (its `model:` section with the settings applied, points and tokens) are offered for download;
-the JSON loads back as a config. Requests are queued: one runs at a time on the model.
+see a card per expression: the mask outlined over the image with the point, and the heatmap over the
+image; a click on one of its tokens (kept, dropped and sink tokens marked, each with the text-to-text
+attention it receives) shows that token's map instead, on one colour scale for the expression. The
+settings a researcher flips (magnets, stop-word filter, GAS handling, block range, noise level,
+spatial bias) rerun at once and rebuild only the light components: the weights are loaded once. The
+settings of the shown result stand next to it, and a pinned result shows beside the next one of the
+same input. A video gives the key frame's maps and the tracked masks as a playable clip. The masks
+and a JSON of the run (its `model:` section with the settings applied, points and tokens) are offered
+for download; the JSON loads back as a config. Requests are queued: one runs at a time on the model.
 """
 # The package: `settings` (the page's settings, the model section they make and the light components
-# built from it), `session` (runs, folders, records), `page` (the Gradio app and its handlers).
+# built from it), `session` (runs, folders, records), `page` (the Gradio app and its handlers), `views`
+# (what a browser's page shows: the shown and the pinned result), `cards` and `pictures` (a result
+# card and its picture's layers), `messages` (errors in the page's words), `client` (its CSS and script).
 
 from __future__ import annotations
 
@@ -27,15 +31,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from refam.apps.serve.page import (CONTROLS, DEMO_MANIFEST, OUTPUTS, build_app, page_preview, page_rerun, page_run,
-                                   summary_table)
+from refam.apps.serve.page import (CONTROLS, DEMO_MANIFEST, OUTPUTS, build_app, page_pin, page_preview, page_rerun,
+                                   page_run, page_unpin)
 from refam.apps.serve.session import NO_IMAGE, Run, Session
 from refam.apps.serve.settings import ENTRY_KEYS, Settings
+from refam.apps.serve.views import View
 from refam.errors import ArgumentParser, ConfigError, number, reports_user_errors
 from refam.sections import model_section
 
-__all__ = ["CONTROLS", "ENTRY_KEYS", "NO_IMAGE", "OUTPUTS", "Run", "Session", "Settings", "build_app", "main",
-           "page_preview", "page_rerun", "page_run", "summary_table"]
+__all__ = ["CONTROLS", "ENTRY_KEYS", "NO_IMAGE", "OUTPUTS", "Run", "Session", "Settings", "View", "build_app", "main",
+           "page_pin", "page_preview", "page_rerun", "page_run", "page_unpin"]
 
 
 def check_port(host: str, port: int) -> None:

@@ -1,16 +1,22 @@
-"""The Gradio page of `refam serve`: the input, the settings, the figures and the downloads, wired
-to a `Session`; and the handlers it calls (`page_*`), which are plain functions a test can call."""
+"""The Gradio page of `refam serve`: the input, the settings, a card per expression (`cards`), a
+result pinned to compare with (`views`) and the downloads, wired to a `Session`; and the handlers it
+calls (`page_*`), plain functions a test can call. What the page shows lives in a per-browser `View`."""
 
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import asdict
+from html import escape
 from pathlib import Path
 
+from refam.apps.serve.cards import card_html
+from refam.apps.serve.client import RESULTS_CSS, RESULTS_JS, STATUS_CSS
+from refam.apps.serve.messages import error_html, page_error
 from refam.apps.serve.session import VIDEO_SUFFIXES, Run, Session, count_frames
 from refam.apps.serve.settings import AS_CONFIGURED, SPATIAL_BIASES, Settings
-from refam.errors import RefamError, error_line
+from refam.apps.serve.views import Shown, View, results_html
+from refam.errors import RefamError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEMO_MANIFEST = REPO_ROOT / "assets" / "shapes-demo" / "manifest.jsonl"
@@ -30,29 +36,6 @@ def demo_scenes(limit: int = DEMO_SCENES) -> list[dict]:
     return scenes
 
 
-def summary_table(entries: list[dict]) -> str:
-    """Point, kept, dropped and sink tokens per expression, as a Markdown table (tokens as code)."""
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    def tokens(values) -> str:
-        pieces = [v["token"] if isinstance(v, dict) else v for v in values]
-        return " ".join(f"`{cell(p.replace('▁', '') or '▁')}`" for p in pieces) or "-"
-
-    lines = ["| expression | point (x, y) | kept | dropped | sinks |", "| --- | --- | --- | --- | --- |"]
-    for entry in entries:
-        x, y = entry["point"]
-        lines.append(f"| {cell(entry['expression'])} | ({x:g}, {y:g}) | {tokens(entry.get('kept_tokens', []))} "
-                     f"| {tokens(entry.get('dropped_tokens', []))} | {tokens(entry.get('sinks', []))} |")
-    return "\n".join(lines)
-
-
-def run_summary(run: Run) -> str:
-    """The summary table, then how many expressions (and frames) ran in how long."""
-    frames = f" x {run.frames} frame(s)" if run.frames is not None else ""
-    return summary_table(run.expressions) + f"\n\n{len(run.expressions)} expression(s){frames} in {run.seconds:.2f} s"
-
-
 CONTROLS = ("magnets", "magnet_words", "stop_words", "gas", "first_block", "last_block", "noise", "spatial_bias")
 
 
@@ -66,24 +49,70 @@ def settings_from_values(session: Session, values: list) -> Settings:
                        for name in CONTROLS})
 
 
-OUTPUTS = ("status", "pictures", "token_maps", "attention", "clips", "summary", "downloads")
+OUTPUTS = ("status", "results", "clips", "downloads", "view")
 
 
-def page_run(session: Session, source, expressions, caption, *values) -> tuple:
-    """The Segment button: the page's outputs (OUTPUTS order); bad input gives the CLI's one-line
-    error in the status line and clears the previous results, and the app goes on serving."""
+def request_of(source, expressions, caption) -> tuple:
+    """What a result answers: the input's content (not its upload's name), the expressions and the caption."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source and Path(source).is_file() else str(source)
+    return digest, tuple(line.strip() for line in (expressions or "").splitlines() if line.strip()), (caption or "").strip()
+
+
+def shown_run(run: Run, request: tuple, settings: Settings, name: str) -> Shown:
+    """A run as the page shows it: a card per expression, the settings that made it."""
+    cards = tuple(card_html(k, entry["expression"], image, prediction, entry)
+                  for k, (entry, image, prediction) in enumerate(zip(run.expressions, run.backdrops, run.predictions)))
+    caption = f"caption \"{run.record['run']['caption']}\"" if run.record["run"]["caption"] else "no caption"
+    frames = f" x {run.frames} frames" if run.frames is not None else ""
+    summary = f"{name}, {caption}: {len(cards)} expression(s){frames} in {run.seconds:.2f} s"
+    return Shown(request, settings, cards, summary, tuple(run.downloads), tuple(run.clips))
+
+
+def page_outputs(view: View, status: str = "") -> tuple:
+    """The page's outputs (OUTPUTS order) for a view: the status line, the results, the video clips,
+    the downloads, and the view itself (kept per browser)."""
+    shown = view.shown
+    return (error_html(status), results_html(view), list(shown.clips) if shown else [],
+            list(shown.downloads) if shown else None, view)
+
+
+def page_run(session: Session, view: View, source, expressions, caption, *values) -> tuple:
+    """The Segment button: the page's outputs (OUTPUTS order). Bad input is one line in the page's
+    words, the last good result stays, and the app goes on serving."""
+    view = view or View()
     try:
-        result = session.run(source, expressions, caption, settings_from_values(session, list(values)))
+        settings = settings_from_values(session, list(values))
+        run = session.run(source, expressions, caption, settings)
     except RefamError as err:
-        return error_line(err), [], None, [], [], "", None
-    return "", result.pictures, result.token_maps, result.attention, result.clips, run_summary(result), result.downloads
+        return page_outputs(view, page_error(err))
+    shown = shown_run(run, request_of(source, expressions, caption), settings, Path(source).name)
+    return page_outputs(view.showing(shown))
 
 
-def page_rerun(session: Session, source, expressions, caption, *values) -> tuple | None:
-    """A toggle: run again once there is something to show (None: leave the page as it is)."""
+def page_rerun(session: Session, view: View, source, expressions, caption, *values) -> tuple | None:
+    """A control changed: run again when there is something to show and the settings differ from
+    the shown result's (None: leave the page as it is)."""
+    view = view or View()
     if source is None or not (expressions or "").strip():
         return None
-    return page_run(session, source, expressions, caption, *values)
+    shown = view.shown
+    if shown is not None and (shown.request, shown.settings) == (request_of(source, expressions, caption),
+                                                                settings_from_values(session, list(values))):
+        return page_outputs(view)  # back to the shown result's settings: only an error line to clear
+    return page_run(session, view, source, expressions, caption, *values)
+
+
+def page_pin(view: View) -> tuple:
+    """Pin the shown result: later results of the same input show beside it. (results, view)"""
+    view = (view or View()).pin()
+    return results_html(view), view
+
+
+def page_unpin(view: View) -> tuple:
+    view = (view or View()).unpin()
+    return results_html(view), view
 
 
 def page_preview(source) -> tuple:
@@ -94,11 +123,11 @@ def page_preview(source) -> tuple:
         return None, ""
     path = Path(source)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        return None, f"video: {path.name}, {count_frames(path)} frames"
+        return None, escape(f"video: {path.name}, {count_frames(path)} frames")
     try:
         return as_image(path), ""
     except RefamError as err:
-        return None, error_line(err)
+        return None, error_html(page_error(err))
 
 
 def build_app(session: Session):
@@ -111,12 +140,16 @@ def build_app(session: Session):
     default = session.defaults
     scenes = demo_scenes()
 
+    def shown(outputs: tuple) -> tuple:
+        status, results, clips, downloads, view = outputs
+        return status, results, gr.Gallery(clips, visible=bool(clips)), downloads, view
+
     def run(*args):
-        return page_run(session, *args)
+        return shown(page_run(session, *args))
 
     def rerun(*args):
         outputs = page_rerun(session, *args)
-        return (gr.skip(),) * len(OUTPUTS) if outputs is None else outputs
+        return (gr.skip(),) * len(OUTPUTS) if outputs is None else shown(outputs)
 
     def pick_scene(event):
         scene = scenes[event.index]
@@ -125,26 +158,28 @@ def build_app(session: Session):
     pick_scene.__annotations__["event"] = gr.SelectData  # how Gradio knows to pass the click
 
     with gr.Blocks(title="refam", analytics_enabled=False) as app:
+        view = gr.State(View())
         gr.Markdown("## refam: referring segmentation from diffusion-transformer attention\n"
                     "Upload an image or a video (or click a demo scene), type one expression per line, and run. "
-                    "The star is the heatmap's argmax, the point that prompts the segmenter.")
+                    "Each expression gets a card: the mask outlined over the image with the star, the point that "
+                    "prompted the segmenter, and the heatmap; click a token for its own map.")
         if scenes:
             demos = gr.Gallery([s["image"] for s in scenes], label="demo scenes (click one)",
                                columns=len(scenes), height=150, allow_preview=False, elem_id="refam-demos")
-        with gr.Row():
-            with gr.Column(scale=1):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
                 source = gr.File(label="image or video", type="filepath", elem_id="refam-input",
                                  file_types=["image", "video"])
-                shown = gr.Image(label="input", interactive=False, height=200, elem_id="refam-preview")
+                preview = gr.Image(label="input", interactive=False, height=200, elem_id="refam-preview")
                 expressions = gr.Textbox(label="expressions (one per line)", lines=3, elem_id="refam-expressions",
                                          placeholder="the red circle\nthe square on the left")
                 caption = gr.Textbox(label="caption (optional: what the denoising stream is conditioned on)",
                                      elem_id="refam-caption")
                 button = gr.Button("Segment", variant="primary", elem_id="refam-run")
-                status = gr.Markdown("", elem_id="refam-status")
-                with gr.Accordion("settings", open=True):
+                with gr.Accordion("settings (a change reruns)", open=True):
                     magnets = gr.Checkbox(default.magnets, label="attention magnets", elem_id="refam-magnets")
-                    magnet_words = gr.Textbox(default.magnet_words, label="magnet words", elem_id="refam-magnet-words",
+                    magnet_words = gr.Textbox(default.magnet_words, label="magnet words (Enter reruns)",
+                                              elem_id="refam-magnet-words",
                                               placeholder="configured strategy" if not default.magnet_words else None)
                     stop_words = gr.Checkbox(bool(default.stop_words), label="stop-word filter",
                                              visible=default.stop_words is not None, elem_id="refam-stop-words")
@@ -152,36 +187,39 @@ def build_app(session: Session):
                                    visible=default.gas is not None, elem_id="refam-gas")
                     last = (session.num_blocks or 1) - 1
                     first_block = gr.Slider(0, max(last, 1), value=default.first_block or 0, step=1, label="first block",
-                                            visible=session.num_blocks is not None, elem_id="refam-first-block")
+                                            visible=session.num_blocks is not None, elem_id="refam-first-block",
+                                            elem_classes=["refam-rerun"])
                     last_block = gr.Slider(0, max(last, 1), value=default.last_block if default.last_block is not None else last,
                                            step=1, label="last block", visible=session.num_blocks is not None,
-                                           elem_id="refam-last-block")
+                                           elem_id="refam-last-block", elem_classes=["refam-rerun"])
                     noise = gr.Slider(0.0, 1.0, value=default.noise if default.noise is not None else 0.75, step=0.01,
                                       label="noise level (sigma)", visible=session.observes_one_noise_level,
-                                      elem_id="refam-noise")
+                                      elem_id="refam-noise", elem_classes=["refam-rerun"])
                     choices = list(SPATIAL_BIASES) + ([AS_CONFIGURED] if default.spatial_bias == AS_CONFIGURED else [])
                     spatial = gr.Radio(choices, value=default.spatial_bias, label="spatial bias (HybridGL priors)",
                                        elem_id="refam-spatial")
-            with gr.Column(scale=2):
-                summary = gr.Markdown("", elem_id="refam-summary")
-                pictures = gr.Gallery(label="mask and point | heatmap", columns=2, height="auto", object_fit="contain",
-                                      elem_id="refam-pictures")
-                token_maps = gr.Image(label="token maps (grey: dropped, red: sink)", interactive=False,
-                                      elem_id="refam-token-maps")
-                attention = gr.Gallery(label="text-to-text attention received (red: sink)", columns=2, height="auto",
-                                       object_fit="contain", elem_id="refam-attention")
-                clips = gr.Gallery(label="video: tracked masks", columns=2, height="auto", object_fit="contain",
-                                   elem_id="refam-clips")
                 downloads = gr.File(label="masks and run.json", file_count="multiple", interactive=False,
                                     elem_id="refam-downloads")
+            with gr.Column(scale=3):
+                status = gr.HTML("", elem_id="refam-status", css_template=STATUS_CSS, js_on_load=None)
+                with gr.Row(equal_height=True):
+                    pin = gr.Button("pin this result to compare", size="sm", elem_id="refam-pin")
+                    unpin = gr.Button("unpin", size="sm", elem_id="refam-unpin")
+                    gr.Checkbox(False, label="fill the mask lightly", elem_id="refam-fill", container=False)
+                results = gr.HTML("", elem_id="refam-results", css_template=RESULTS_CSS, js_on_load=RESULTS_JS)
+                clips = gr.Gallery(label="video: tracked masks", columns=2, height="auto", object_fit="contain",
+                                   visible=False, elem_id="refam-clips")
         controls = [magnets, magnet_words, stop_words, gas, first_block, last_block, noise, spatial]
-        inputs = [source, expressions, caption, *controls]
-        outputs = [status, pictures, token_maps, attention, clips, summary, downloads]
-        button.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="model")
-        gr.on([magnets.change, stop_words.change, gas.change, spatial.change, magnet_words.submit,
+        inputs = [view, source, expressions, caption, *controls]
+        outputs = [status, results, clips, downloads, view]
+        gr.on([button.click, caption.submit], run, inputs, outputs, api_name="run", concurrency_limit=1,
+              concurrency_id="model")
+        gr.on([magnets.change, stop_words.change, gas.change, spatial.change, magnet_words.submit, magnet_words.blur,
                first_block.release, last_block.release, noise.release],
               rerun, inputs, outputs, trigger_mode="always_last", concurrency_limit=1, concurrency_id="model")
-        source.change(page_preview, [source], [shown, status])
+        pin.click(page_pin, [view], [results, view])
+        unpin.click(page_unpin, [view], [results, view])
+        source.change(page_preview, [source], [preview, status])
         if scenes:
             demos.select(pick_scene, None, [source, caption, expressions])
     app.queue(default_concurrency_limit=1)  # one request at a time on the model; the others wait their turn

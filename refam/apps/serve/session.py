@@ -1,6 +1,7 @@
 """A serve session: one loaded pipeline, the page's settings passed to it per request (as the
-pipeline's per-call `refam.settings.Settings`), and each request's run: its folder (the files `refam predict` writes, plus `refam analyze`'s figures), the
-record of the run (its `model:` section with the settings applied, which loads back as a config).
+pipeline's per-call `refam.settings.Settings`), and each request's run: its folder (the files `refam
+predict` writes), its predictions with the pictures they are over, and the record of the run (its
+`model:` section with the settings applied, which loads back as a config).
 """
 
 from __future__ import annotations
@@ -23,15 +24,14 @@ NO_IMAGE = "no image: upload an image or a video, or click a demo scene"
 
 @dataclass
 class Run:
-    """What one request produced: the files `refam predict` writes, plus the page's figures."""
+    """What one request produced: the predictions, the files `refam predict` writes, the page's pictures."""
 
     folder: Path
     record: dict  # the run JSON (also written as folder/run.json)
     predictions: list  # refam.types.Prediction per expression (a video's: on its key frame)
+    backdrops: list = field(default_factory=list)  # per expression the picture its maps are over (a video's key frame)
     overlays: list[tuple[str, str]] = field(default_factory=list)  # (picture path, caption) per expression
     heatmaps: list[tuple[str, str]] = field(default_factory=list)
-    token_maps: str | None = None  # one figure, a row per expression (`refam analyze`'s token_maps.png)
-    attention: list[tuple[str, str]] = field(default_factory=list)  # `refam analyze`'s text_attention.png each
     clips: list[tuple[str, str]] = field(default_factory=list)  # videos: the tracked masks as animated GIFs
     downloads: list[str] = field(default_factory=list)  # masks (PNGs, or a zip of a video's) and run.json
     seconds: float = 0.0  # how long the model took
@@ -146,26 +146,6 @@ class Session:
                 return self._run_video(model, call, source, texts, caption or "", settings)
             return self._run_image(call, source, texts, caption or "", settings)
 
-    def _figures(self, call: CallSettings, run: Run, folder: Path, image, texts: list[str], captions: list[str]) -> None:
-        """`refam analyze`'s token maps (a row per expression, kept / dropped / sink marked) and its
-        text-attention chart per expression, for the predictions that carry token maps."""
-        from refam.apps.analyze import text_attention_figure, text_attention_rows, token_maps_figure
-        from refam.io.names import slug
-        from refam.io.files import write_atomic
-
-        rows = {}
-        factor = getattr(call.aggregator, "gas_factor", 10.0)
-        for k, (text, caption, prediction) in enumerate(zip(texts, captions, run.predictions)):
-            if prediction.token_maps is None or not prediction.tokens:
-                continue
-            rows[f"{k}: {text[:24]}"] = prediction
-            chart = folder / f"{k}-{slug(text)}_text_attention.png"
-            write_atomic(chart, text_attention_figure(text_attention_rows(prediction, factor), factor))
-            run.attention.append((str(chart), caption))
-        if rows:
-            run.token_maps = str(folder / "token_maps.png")
-            write_atomic(Path(run.token_maps), token_maps_figure(image, rows))
-
     def _run_image(self, call: CallSettings, source: Path, texts: list[str], caption: str, settings: Settings) -> Run:
         from refam.api import as_image
         from refam.apps.predict import write_prediction
@@ -184,7 +164,7 @@ class Session:
             run.overlays.append((str(written.paths["overlay"]), f"{text}: mask and point"))
             run.heatmaps.append((str(written.paths["heatmap"]), f"{text}: heatmap"))
             run.downloads.append(str(written.paths["mask"]))
-        self._figures(call, run, folder, image, texts, texts)
+            run.backdrops.append(image)
         run.record = self._record(source.name, caption, settings, call, entries)
         run.downloads.append(self._write_record(folder, run.record))
         run.seconds = seconds
@@ -201,11 +181,11 @@ class Session:
         if not source.exists():
             from refam.errors import MissingInputError
 
-            raise MissingInputError(f"--video {source}: no such file or folder")
+            raise MissingInputError(f"{source.name} is no longer on the server: upload it again")
         frames = count_frames(source)
         if frames > self.max_frames:
-            raise ConfigError(f"--video {source.name}: {frames} frames, more than the {self.max_frames} this app "
-                              "takes (refam serve --max-frames); cut the clip or run `refam predict --video`")
+            raise ConfigError(f"{source.name} has {frames} frames, more than the {self.max_frames} this server takes: "
+                              "cut the clip")
         folder = self._folder()
         started = time.perf_counter()
         written = write_video_predictions(model, source, texts, caption, folder, settings=call)
@@ -222,9 +202,9 @@ class Session:
                 save_png(pictures[kind], path)
                 pictured.append((str(path), f"{captions[-1]}: {'mask and point' if kind == 'overlay' else kind}"))
             run.clips.append((str(entry.paths["overlay"]), text))
+            run.backdrops.append(frame)
             entries.append({**entry.record, "point": [round(v, 2) for v in prediction.point], "tokens": prediction.tokens,
                             "sinks": [{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)]})
-        self._figures(call, run, video_folder, written.key_frames[0][0], texts, captions)
         masks = folder / f"{video_folder.name}-masks.zip"  # <k>-<expression>/<frame>.png, as refam predict writes them
         with zipfile.ZipFile(masks, "w", zipfile.ZIP_DEFLATED) as bundle:
             for entry in written.expressions:

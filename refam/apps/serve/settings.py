@@ -159,7 +159,7 @@ class LightComponents:
         if self.num_blocks is not None and (settings.first_block, settings.last_block) != (default.first_block, default.last_block):
             first, last = int(settings.first_block), int(settings.last_block)
             if first > last:
-                raise ConfigError(f"blocks: the first block ({first}) comes after the last ({last})")
+                raise ConfigError(f"the first block ({first}) comes after the last block ({last}): move one of the two")
             extractor_args["blocks"] = None if (first, last) == (0, self.num_blocks - 1) else list(range(first, last + 1))
         if settings.noise is not None and settings.noise != default.noise and self.observes_one_noise_level:
             trajectory = copy.deepcopy(extractor_args.get("trajectory") or {"class_path": "refam.extractors.trajectory.NoiseAt"})
