@@ -365,3 +365,14 @@ def test_a_failed_start_leaves_no_working_folder(failure, tmp_path, monkeypatch,
         assert result.returncode == 2 and result.stderr.startswith("refam: error: cannot serve on 127.0.0.1:7999")
     assert made and all(folder.parent == tmp_path for folder in made)  # it was made there ...
     assert list(tmp_path.glob("refam-serve-*")) == []  # ... and is gone
+
+
+def test_an_invalid_pixel_limit_stops_the_server_before_the_model_loads(monkeypatch, refam_here):
+    """The limit is the server's to set: refused at the start in one line, not on each upload."""
+    from refam.api import RefAM
+
+    monkeypatch.setenv("REFAM_MAX_PIXELS", "lots")
+    monkeypatch.setattr(RefAM, "load", classmethod(lambda cls, *args, **kwargs: pytest.fail("the model loaded")))
+    result = refam_here("serve", "--port", "7999")
+    assert result.returncode == 2
+    assert result.stderr.startswith("refam: error: environment variable REFAM_MAX_PIXELS='lots' is not a positive")

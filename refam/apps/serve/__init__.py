@@ -37,6 +37,7 @@ from refam.apps.serve.session import NO_IMAGE, Run, Session
 from refam.apps.serve.settings import ENTRY_KEYS, Settings
 from refam.apps.serve.views import View
 from refam.errors import ArgumentParser, ConfigError, number, reports_user_errors
+from refam.io.images import max_pixels
 from refam.sections import model_section
 
 __all__ = ["CONTROLS", "ENTRY_KEYS", "NO_IMAGE", "OUTPUTS", "Run", "Session", "Settings", "View", "build_app", "main",
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError("refam serve needs gradio: pip install 'refam[serve]'")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, no version check
     check_port(args.host, args.port)
+    max_pixels()  # an invalid REFAM_MAX_PIXELS is the server's to fix: refused now, not on a page user's upload
     from refam.api import RefAM
 
     source = args.config or args.model
