@@ -1,7 +1,10 @@
 """`refam serve` in a real browser: headless Chromium (Debian's chromium + chromium-driver, which
-`make install` installs) uploads a scene, types expressions, clicks Segment, waits for the mask and
-checks what the page shows against the API. REFAM_SERVE_SCREENSHOT=docs/serve.png also saves the
-page as the README shows it."""
+`make install` installs) uploads a scene, types expressions, clicks Segment and checks what the page
+shows against the API: a card per expression with no inner scroll, a token's map over the image at a
+click, the mask outlined so the object keeps its colour, every control rerunning with the shown
+result's settings beside it, a pinned result compared side by side, and errors as one styled line
+that leaves the last result. REFAM_SERVE_SCREENSHOT=docs/serve.png also saves the page as the README
+shows it."""
 
 import io
 import os
@@ -22,6 +25,9 @@ REFAM = str(Path(sys.executable).parent / "refam")
 SCENE = ROOT / "assets/shapes-demo/images/demo-00005.png"
 CAPTION = "a big red triangle, a big black square, a big purple circle and a big green circle"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+RED = (220, 30, 30)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def free_port() -> int:
@@ -69,7 +75,7 @@ def browser(tmp_path_factory):
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-                 "--window-size=1400,1500"):
+                 "--window-size=1400,1500", "--force-device-scale-factor=1"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -79,10 +85,66 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected():
+def model():
     from refam import RefAM
 
-    return RefAM.load().segment(SCENE, ["the black square", "the purple circle"], caption=CAPTION)
+    return RefAM.load()
+
+
+class Page:
+    """The app in the browser, as a user works it."""
+
+    def __init__(self, driver, url: str) -> None:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.by, self.wait = driver, By, WebDriverWait(driver, 120)
+        driver.get(url)
+        self.wait.until(lambda d: self.all("#refam-input input[type=file]"))
+
+    def one(self, selector: str):
+        return self.driver.find_element(self.by.CSS_SELECTOR, selector)
+
+    def all(self, selector: str) -> list:
+        return self.driver.find_elements(self.by.CSS_SELECTOR, selector)
+
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def status(self) -> str:
+        return self.one("#refam-status").text.strip()
+
+    def expressions(self) -> list[str]:
+        return [e.text for e in self.all(".refam-card .refam-expression")]
+
+    def settings(self) -> list[str]:
+        """The settings panels' text (one; two when comparing)."""
+        return [e.text for e in self.all(".refam-settings")]
+
+    def upload(self, path: Path) -> None:
+        if not self.all("#refam-input input[type=file]"):  # a file is there: clear it first, as a user would
+            self.one("#refam-input button[aria-label=Clear]").click()
+            self.wait.until(lambda d: self.all("#refam-input input[type=file]"))
+        self.one("#refam-input input[type=file]").send_keys(str(path))
+        self.wait.until(lambda d: self.all("#refam-preview img") or self.status())
+
+    def type_expressions(self, text: str) -> None:
+        box = self.one("#refam-expressions textarea")
+        box.clear()
+        box.send_keys(text)
+
+    def segment(self, texts: list[str]) -> None:
+        self.one("#refam-run").click()
+        self.wait.until(lambda d: self.expressions() == texts)
+
+    def rerun_until(self, item: str, wait: float = 60) -> None:
+        """Wait for the shown result's settings to read `item` (a control's rerun has ended)."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(self.driver, wait).until(lambda d: any(item in s for s in self.settings()))
+
+    def screenshot(self) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(self.driver.get_screenshot_as_png())).convert("RGB")).astype(int)
 
 
 def fetch(url: str) -> bytes:
@@ -91,76 +153,201 @@ def fetch(url: str) -> bytes:
         return response.read()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_the_page_segments_an_upload_shows_the_apis_mask_and_survives_bad_input(server, browser, expected):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    wait = WebDriverWait(browser, 120)
-
-    def one(selector):
-        return browser.find_element(By.CSS_SELECTOR, selector)
-
-    def status() -> str:
-        return one("#refam-status").text.strip()
-
-    def segment_and_wait():
-        summary = one("#refam-summary").text
-        one("#refam-run").click()
-        wait.until(lambda d: one("#refam-summary").text not in ("", summary) or status())
-
-    browser.get(server)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refam-input input[type=file]"))
-    one("#refam-input input[type=file]").send_keys(str(SCENE))
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refam-preview img"))
-    one("#refam-expressions textarea").send_keys("the black square\nthe purple circle")
-    one("#refam-caption textarea").send_keys(CAPTION)
-    segment_and_wait()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#refam-pictures img")) == 4)
-    assert status() == ""
-
-    # what the page shows is what the API computes: points, kept tokens, and the mask file it links
-    summary = one("#refam-summary").text
-    for prediction in expected:
-        x, y = prediction.point
-        assert f"({x:g}, {y:g})" in summary
-    links = wait.until(lambda d: [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, "#refam-downloads a")
-                                  if a.get_attribute("href")])
+def test_the_page_segments_an_upload_and_shows_the_apis_masks_points_and_tokens(server, browser, model):
+    texts = ["the black square", "the purple circle"]
+    expected = model.segment(SCENE, texts, caption=CAPTION)
+    page = Page(browser, server)
+    page.upload(SCENE)
+    page.type_expressions("\n".join(texts))
+    page.one("#refam-caption textarea").send_keys(CAPTION)
+    page.segment(texts)
+    assert page.status() == ""
+    facts = [e.text for e in page.all(".refam-card .refam-facts")]
+    for fact, prediction in zip(facts, expected):
+        x, y = (round(v, 2) for v in prediction.point)
+        assert fact.startswith(f"point ({x:g}, {y:g})")
+    chips = [[(c.text, c.get_attribute("class").split()[-1]) for c in card.find_elements(page.by.CSS_SELECTOR, ".refam-token")]
+             for card in page.all(".refam-card")]
+    for shown, prediction in zip(chips, expected):
+        assert [t for t, state in shown if state == "refam-kept"] == [t.replace("▁", "") for t in prediction.kept_tokens]
+    # the masks it offers are the API's
+    links = page.wait.until(lambda d: [a.get_attribute("href") for a in page.all("#refam-downloads a")
+                                       if a.get_attribute("href")])
     masks = [link for link in links if link.endswith("_mask.png")]
     assert len(masks) == 2 and any(link.endswith("run.json") for link in links)
-    # gradio serves each file from a folder named by its hash: pair links by the file name's index
     by_index = sorted(masks, key=lambda link: int(link.rsplit("/", 1)[-1].split("-", 1)[0]))
     for link, prediction in zip(by_index, expected):
-        shown = np.asarray(Image.open(io.BytesIO(fetch(link)))) == 255
-        assert np.array_equal(shown, prediction.mask)
-    # the pictures the page loaded: masks outlined over the image enlarged to 512 px, heatmaps with a colour bar
-    sizes = browser.execute_script(
-        "return [...document.querySelectorAll('#refam-pictures img')].map(i => [i.naturalWidth, i.naturalHeight])")
-    assert sizes[0] == [512, 512] and sizes[1][1] == 512 and sizes[1][0] > 512
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(fetch(link)))) == 255, prediction.mask)
     if os.environ.get("REFAM_SERVE_SCREENSHOT"):
+        page.all(".refam-card")[1].find_elements(page.by.CSS_SELECTOR, ".refam-token")[2].click()  # "purple"'s map
         time.sleep(1)
         browser.save_screenshot(os.environ["REFAM_SERVE_SCREENSHOT"])
 
-    # a toggle reruns on the loaded model: magnets off, the magnet tokens leave the dropped list
-    assert "pink" in summary
-    one("#refam-magnets input[type=checkbox]").click()
-    wait.until(lambda d: "pink" not in one("#refam-summary").text and one("#refam-summary").text)
-    one("#refam-magnets input[type=checkbox]").click()
-    wait.until(lambda d: "pink" in one("#refam-summary").text)
 
-    # an empty expression: the CLI's one line in the page, then the next request still works
-    box = one("#refam-expressions textarea")
-    box.clear()
-    box.send_keys("   ")
-    one("#refam-run").click()
-    wait.until(lambda d: status())
-    assert status() == "refam: error: an expression is empty: give the words that name the object"
-    assert not browser.find_elements(By.CSS_SELECTOR, "#refam-pictures img")
-    box.clear()
-    box.send_keys("the black square")
-    segment_and_wait()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#refam-pictures img")) == 2)
-    assert status() == ""
-    x, y = expected[0].point
-    assert f"({x:g}, {y:g})" in one("#refam-summary").text
+def test_every_expression_has_a_card_outside_any_inner_scroll_and_a_token_shows_its_map_large(server, browser):
+    texts = ["the black square", "the purple circle", "the red triangle",
+             "the green circle at the top right of the picture"]  # longer than the 24 characters once shown
+    page = Page(browser, server)
+    page.upload(SCENE)
+    page.type_expressions("\n".join(texts))
+    page.segment(texts)  # every expression whole
+    scrollers = page.js("""
+        return [...document.querySelectorAll('.refam-card')].map(card => {
+          const found = [];
+          for (let node = card.parentElement; node && node !== document.body; node = node.parentElement) {
+            const style = getComputedStyle(node);
+            if (/auto|scroll/.test(style.overflowY + style.overflow) && node.scrollHeight > node.clientHeight + 1)
+              found.push(node.id || node.className);
+          }
+          return found;
+        });""")
+    assert scrollers == [[], [], [], []]  # nothing between a card and the page scrolls on its own
+
+    card = page.all(".refam-card")[1]
+    chip = next(c for c in card.find_elements(page.by.CSS_SELECTOR, ".refam-token") if c.text == "circle")
+    page.js("arguments[0].scrollIntoView({block: 'center'})", card)
+    chip.click()
+    shown = page.js("""
+        const card = arguments[0];
+        const visible = [...card.querySelectorAll('.refam-map-view [data-layer]')].filter(n => !n.hidden);
+        const frame = card.querySelector('.refam-map-view .refam-frame').getBoundingClientRect();
+        const top = document.elementFromPoint(frame.left + frame.width / 2, frame.top + 1);
+        return {layers: visible.map(n => n.dataset.layer), caption: visible.map(n => n.innerText).join(' '),
+                width: frame.width, grid: visible.filter(n => n.tagName === 'IMG').map(n => n.naturalWidth),
+                topInFrame: top.closest('.refam-frame') === card.querySelector('.refam-map-view .refam-frame'),
+                others: [...document.querySelectorAll('.refam-card')].filter(c => c !== card).map(
+                  c => [...c.querySelectorAll('.refam-map')].filter(n => !n.hidden).map(n => n.dataset.layer))};
+    """, card)
+    assert shown["layers"] == ["token-2", "token-2"]  # the map and its caption, nothing else
+    assert shown["grid"] == [16] and shown["width"] > 300  # the token grid, drawn large over the image
+    assert "map of circle (kept)" in shown["caption"] and "one scale for this expression's 10 token maps" in shown["caption"]
+    assert shown["topInFrame"]  # no label over the picture's first row
+    assert shown["others"] == [["heatmap"]] * 3  # the other cards are left as they were
+
+
+def red_disc(path: Path) -> np.ndarray:
+    """A red disc on light grey (the demo's background colour), saved to `path`; its pixels."""
+    ys, xs = np.mgrid[:128, :128]
+    pixels = np.empty((128, 128, 3), dtype=np.uint8)
+    pixels[:] = (226, 224, 218)
+    pixels[(xs - 60) ** 2 + (ys - 64) ** 2 < 34 ** 2] = RED
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def test_the_mask_is_outlined_in_a_contrasting_colour_and_the_object_keeps_its_colour(server, browser, model, tmp_path):
+    """A blue tint showed a red circle purple: the outline stands apart and the inside is untouched,
+    unless a light fill is asked for."""
+    from scipy import ndimage
+
+    scene = tmp_path / "red-disc.png"
+    pixels = red_disc(scene)
+    [expected] = model.segment(scene, ["the red circle"])
+    page = Page(browser, server)
+    page.upload(scene)
+    page.type_expressions("the red circle")
+    page.segment(["the red circle"])
+    frame = page.one(".refam-card .refam-mask-view .refam-frame")
+    page.js("arguments[0].scrollIntoView({block: 'center'})", frame)
+    time.sleep(0.5)
+    box = page.js("const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.width, r.height]", frame)
+    swatch = page.js("return getComputedStyle(document.querySelector('.refam-swatch')).backgroundColor")
+    outline = np.array([int(v) for v in swatch[swatch.index("(") + 1:-1].split(",")])
+
+    def at(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+        """The screenshot's pixels at image pixels `where` (a mask), sampled at their centres."""
+        ys, xs = np.nonzero(where)
+        return image[(box[1] + (ys + 0.5) * box[3] / 128).astype(int), (box[0] + (xs + 0.5) * box[2] / 128).astype(int)]
+
+    x, y = expected.point
+    ys, xs = np.mgrid[:128, :128]
+    inside = ndimage.binary_erosion(expected.mask, iterations=4) & ((xs - x) ** 2 + (ys - y) ** 2 > 12 ** 2)  # off the star
+    assert inside.sum() > 500
+    shot = page.screenshot()
+    assert np.abs(at(shot, inside) - pixels[inside]).max() <= 6  # the object keeps its colour: red, not purple
+    crop = shot[int(box[1]):int(box[1] + box[3]), int(box[0]):int(box[0] + box[2])]
+    drawn = np.abs(crop - outline).max(axis=-1) <= 30
+    assert drawn.sum() > 300  # the outline is there, in the colour the card names ...
+    assert min(np.linalg.norm(outline - np.array(c)) for c in (RED, (226, 224, 218))) > 150  # ... apart from both sides
+    page.one("#refam-fill input").click()  # a light fill, on request
+    time.sleep(0.5)
+    filled = at(page.screenshot(), inside)
+    assert np.abs(filled - pixels[inside]).max() > 20 and np.all(filled[:, 0] > filled[:, 1:].max(axis=1))  # still red-led
+    page.one("#refam-fill input").click()
+    time.sleep(0.5)
+    assert np.abs(at(page.screenshot(), inside) - pixels[inside]).max() <= 6
+
+
+def test_every_control_reruns_beside_its_settings_and_a_pinned_result_compares(server, browser):
+    from selenium.webdriver.common.keys import Keys
+
+    page = Page(browser, server)
+    page.upload(SCENE)
+    page.type_expressions("the black square")
+    page.segment(["the black square"])
+    [panel] = page.settings()
+    for item in ("magnets: on: _ with to and pink", "stop-word filter: on", "GAS: report", "blocks: 0-3",
+                 "noise sigma: 0.75", "spatial bias: none"):
+        assert item in panel  # the settings of the shown result
+    # a value typed in a slider's box, then Enter
+    for slider, value, item in (("#refam-noise", "0.5", "noise sigma: 0.5"), ("#refam-first-block", "1", "blocks: 1-3")):
+        box = page.one(f"{slider} input[type=number]")
+        page.js("arguments[0].scrollIntoView({block: 'center'})", box)
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value, Keys.ENTER)
+        page.rerun_until(item, wait=30)
+    words = page.one("#refam-magnet-words textarea, #refam-magnet-words input")
+    words.send_keys(Keys.CONTROL, "a")
+    words.send_keys("_ with", Keys.ENTER)
+    page.rerun_until("magnets: on: _ with ")
+    for control, item in (("#refam-gas input[value=drop]", "GAS: drop"),
+                          ("#refam-spatial input[value=direction]", "spatial bias: direction"),
+                          ("#refam-stop-words input", "stop-word filter: off")):
+        element = page.one(control)
+        page.js("arguments[0].scrollIntoView({block: 'center'})", element)
+        element.click()
+        page.rerun_until(item)
+    assert page.status() == ""
+    # pin, flip the magnets: the two results side by side, the setting that differs marked on each
+    page.one("#refam-pin").click()
+    page.wait.until(lambda d: "change a setting" in page.one("#refam-results").text)
+    page.one("#refam-magnets input").click()
+    page.wait.until(lambda d: page.all(".refam-compare"))
+    pinned, shown = page.settings()
+    assert pinned.startswith("pinned") and "magnets: on: _ with" in pinned
+    assert shown.startswith("shown") and "magnets: off" in shown
+    assert [e.text for e in page.all(".refam-differs")] == ["magnets: on: _ with", "magnets: off"]
+    assert page.expressions() == ["the black square"] * 2
+    left, right = (page.js("return arguments[0].getBoundingClientRect().left", c) for c in page.all(".refam-card"))
+    assert right > left + 300  # side by side
+    page.one("#refam-unpin").click()
+    page.wait.until(lambda d: not page.all(".refam-compare") and page.expressions() == ["the black square"])
+
+
+def test_an_error_is_one_styled_line_in_the_pages_words_and_the_last_result_stays(server, browser, tmp_path):
+    page = Page(browser, server)
+    page.upload(SCENE)
+    page.type_expressions("the black square")
+    page.segment(["the black square"])
+    before = page.one("#refam-results").get_attribute("innerHTML")
+    page.type_expressions("   ")
+    page.one("#refam-run").click()
+    page.wait.until(lambda d: page.all("#refam-status .refam-error"))
+    assert page.status() == "an expression is empty: give the words that name the object"
+    style = page.js("""
+        const line = document.querySelector('#refam-status .refam-error'), style = getComputedStyle(line);
+        return {colour: style.color, background: style.backgroundColor, height: line.getBoundingClientRect().height,
+                lineHeight: parseFloat(style.lineHeight) || 20, role: line.getAttribute('role'),
+                sign: getComputedStyle(line, '::before').content};""")
+    red, green = (int(v) for v in style["colour"][style["colour"].index("(") + 1:].split(",")[:2])
+    assert red > green + 60 and style["background"] != "rgba(0, 0, 0, 0)" and style["role"] == "alert"
+    assert style["sign"] == '"⚠ "'
+    assert style["height"] < 2 * style["lineHeight"] + 16  # one line
+    assert page.one("#refam-results").get_attribute("innerHTML") == before  # the last result stays
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    page.upload(broken)
+    page.wait.until(lambda d: "broken.png" in page.status())
+    assert page.status() == "cannot read broken.png as an image: give a PNG, JPEG or another common format"
+    assert "/tmp" not in page.one("#refam-status").get_attribute("innerHTML")
+    assert page.expressions() == ["the black square"]

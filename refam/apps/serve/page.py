@@ -212,14 +212,16 @@ def build_app(session: Session):
         controls = [magnets, magnet_words, stop_words, gas, first_block, last_block, noise, spatial]
         inputs = [view, source, expressions, caption, *controls]
         outputs = [status, results, clips, downloads, view]
+        # progress shows on the results (the status line keeps its one line for errors)
         gr.on([button.click, caption.submit], run, inputs, outputs, api_name="run", concurrency_limit=1,
-              concurrency_id="model")
+              concurrency_id="model", show_progress_on=[results])
         gr.on([magnets.change, stop_words.change, gas.change, spatial.change, magnet_words.submit, magnet_words.blur,
                first_block.release, last_block.release, noise.release],
-              rerun, inputs, outputs, trigger_mode="always_last", concurrency_limit=1, concurrency_id="model")
-        pin.click(page_pin, [view], [results, view])
-        unpin.click(page_unpin, [view], [results, view])
-        source.change(page_preview, [source], [preview, status])
+              rerun, inputs, outputs, trigger_mode="always_last", concurrency_limit=1, concurrency_id="model",
+              show_progress_on=[results])
+        pin.click(page_pin, [view], [results, view], show_progress="hidden")
+        unpin.click(page_unpin, [view], [results, view], show_progress="hidden")
+        source.change(page_preview, [source], [preview, status], show_progress_on=[preview])
         if scenes:
             demos.select(pick_scene, None, [source, caption, expressions])
     app.queue(default_concurrency_limit=1)  # one request at a time on the model; the others wait their turn
