@@ -178,10 +178,15 @@ def test_the_page_segments_an_upload_and_shows_the_apis_masks_points_and_tokens(
     by_index = sorted(masks, key=lambda link: int(link.rsplit("/", 1)[-1].split("-", 1)[0]))
     for link, prediction in zip(by_index, expected):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(fetch(link)))) == 255, prediction.mask)
-    if os.environ.get("REFAM_SERVE_SCREENSHOT"):
-        page.all(".refam-card")[1].find_elements(page.by.CSS_SELECTOR, ".refam-token")[2].click()  # "purple"'s map
+    if os.environ.get("REFAM_SERVE_SCREENSHOT"):  # the first card on a token's map, the second on its heatmap
+        page.all(".refam-card")[0].find_elements(page.by.CSS_SELECTOR, ".refam-token")[3].click()  # "square"
+        page.js("window.scrollTo(0, 0)")
+        bottom = page.js("return document.querySelectorAll('.refam-card')[1].getBoundingClientRect().bottom")
+        size = browser.get_window_size()
+        browser.set_window_size(size["width"], size["height"] + int(bottom) + 24 - page.js("return innerHeight"))
         time.sleep(1)
         browser.save_screenshot(os.environ["REFAM_SERVE_SCREENSHOT"])
+        browser.set_window_size(size["width"], size["height"])
 
 
 def test_every_expression_has_a_card_outside_any_inner_scroll_and_a_token_shows_its_map_large(server, browser):

@@ -215,7 +215,7 @@ def build_app(session: Session):
         # progress shows on the results (the status line keeps its one line for errors)
         gr.on([button.click, caption.submit], run, inputs, outputs, api_name="run", concurrency_limit=1,
               concurrency_id="model", show_progress_on=[results])
-        gr.on([magnets.change, stop_words.change, gas.change, spatial.change, magnet_words.submit, magnet_words.blur,
+        gr.on([magnets.change, stop_words.change, gas.change, spatial.change, magnet_words.submit,
                first_block.release, last_block.release, noise.release],
               rerun, inputs, outputs, trigger_mode="always_last", concurrency_limit=1, concurrency_id="model",
               show_progress_on=[results])
