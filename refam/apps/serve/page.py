@@ -111,6 +111,7 @@ def page_pin(view: View) -> tuple:
 
 
 def page_unpin(view: View) -> tuple:
+    """Drop the pinned result: the shown one alone again. (results, view)"""
     view = (view or View()).unpin()
     return results_html(view), view
 
