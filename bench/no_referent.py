@@ -8,7 +8,8 @@ its "test" split at indices no run has used: training draws the "train" split, t
 `refam.shapes.evaluate` test scenes 0-159; here calibration is test 10000.. and held-out test
 20000... Each scene gets, per kind, one expression naming a present object (as the generator words
 it, unique in the scene) and one naming an absent one in the same words:
-  colour+shape  "the red circle" / a colour-shape pair no object has (its colour or shape may be there)
+  colour+shape  "the red circle" / a colour-shape pair no object has (its colour or shape may be
+                there: reported apart)
   shape         "the circle" / a shape no object has
   colour        "the red object" / a colour no object has
 Each runs through the embedded image pipeline (`RefAM.load()`: magnets, stop-word filter, flood
@@ -51,13 +52,17 @@ SPLITS = {"calibration": 10000, "held-out": 20000}  # first index of each, in th
 KINDS = ("colour+shape", "shape", "colour")
 
 
-def expressions_for(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, bool]]:
-    """(text, kind, absent) per kind: one present expression the generator makes, one absent one."""
+PARTS = ("neither", "colour", "shape", "both")  # what of an absent colour-shape pair the scene holds
+
+
+def expressions_for(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, bool, str]]:
+    """(text, kind, absent, part) per kind: one present expression the generator makes, one absent
+    one; `part` says what of an absent colour-shape pair is in the scene ("" for the others)."""
     out = []
     for kind in KINDS:
         present = [r.text for r in scene.referrals if r.kind == kind]
         if present:
-            out.append((present[int(rng.integers(len(present)))], kind, False))
+            out.append((present[int(rng.integers(len(present)))], kind, False, ""))
     colours, shapes = {o.colour for o in scene.objects}, {o.shape for o in scene.objects}
     pairs = {(o.colour, o.shape) for o in scene.objects}
     missing_pairs = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in pairs]
@@ -65,12 +70,12 @@ def expressions_for(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
     missing_colours = [c for c in COLOURS if c not in colours]
     if missing_pairs:
         c, s = missing_pairs[int(rng.integers(len(missing_pairs)))]
-        out.append((f"the {c} {s}", "colour+shape", True))
+        out.append((f"the {c} {s}", "colour+shape", True, PARTS[(c in colours) + 2 * (s in shapes)]))
     if missing_shapes:
-        out.append((f"the {missing_shapes[int(rng.integers(len(missing_shapes)))]}", "shape", True))
+        out.append((f"the {missing_shapes[int(rng.integers(len(missing_shapes)))]}", "shape", True, ""))
     if missing_colours:
         noun = "object" if rng.random() < 0.5 else "shape"
-        out.append((f"the {missing_colours[int(rng.integers(len(missing_colours)))]} {noun}", "colour", True))
+        out.append((f"the {missing_colours[int(rng.integers(len(missing_colours)))]} {noun}", "colour", True, ""))
     return out
 
 
@@ -109,7 +114,7 @@ def measure(model, split: str, scenes: int) -> list[dict]:
     for index in range(SPLITS[split], SPLITS[split] + scenes):
         scene = make_varied_scene("test", index)
         chosen = expressions_for(scene, np.random.default_rng([99, index]))
-        texts = [text for text, _, _ in chosen]
+        texts = [text for text, *_ in chosen]
         augmented = [pipeline.check_expression(text) for text in texts]
         # the journey of RefAMPipeline.segment_sample (no spatial bias in the default), its parts kept
         maps = pipeline.extractor.extract(scene.image, "", augmented, f"no-referent-{index}",
@@ -120,11 +125,11 @@ def measure(model, split: str, scenes: int) -> list[dict]:
         points = argmax_points(aggregation.heatmaps, height, width)
         masks = pipeline.segmenter.segment(np.array(scene.image), points.numpy(),
                                            upsample(aggregation.heatmaps, height, width))
-        for k, (text, kind, absent) in enumerate(chosen):
+        for k, (text, kind, absent, part) in enumerate(chosen):
             tokens = maps.tokens[k]
             valid = maps.valid[k]
             rest = torch.tensor([v and (t.magnet or t.special) for t, v in zip(tokens, valid.tolist())])
-            rows.append({"split": split, "scene": index, "text": text, "kind": kind, "absent": absent,
+            rows.append({"split": split, "scene": index, "text": text, "kind": kind, "absent": absent, "part": part,
                          **statistics(aggregation.probabilities[k], aggregation.kept[k], rest, masks[k])})
     return rows
 
@@ -178,7 +183,7 @@ def combined_auroc(calibration: list[dict], held_out: list[dict], names: list[st
 
 
 def report(rows: list[dict]) -> None:
-    names = [k for k in rows[0] if k not in ("split", "scene", "text", "kind", "absent")]
+    names = [k for k in rows[0] if k not in ("split", "scene", "text", "kind", "absent", "part")]
     by = {split: [r for r in rows if r["split"] == split] for split in SPLITS}
     print("| split | scenes | present | absent | " + " | ".join(f"absent {k}" for k in KINDS) + " |")
     print("| --- " * (4 + len(KINDS)) + "|")
@@ -197,6 +202,13 @@ def report(rows: list[dict]) -> None:
         present = np.mean([r[name] for r in held_out if not r["absent"]])
         absent = np.mean([r[name] for r in held_out if r["absent"]])
         print(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {present:.4f} | {absent:.4f} |")
+    pairs = [r for r in held_out if r["kind"] == "colour+shape" and not r["absent"]]
+    parts = {part: [r for r in held_out if r["part"] == part] for part in PARTS}
+    print("\nHeld-out colour+shape: present against absent pairs, by what of the absent pair the scene holds\n")
+    print("| statistic | " + " | ".join(f"{part} ({len(rs)})" for part, rs in parts.items()) + " |")
+    print("| --- " * (1 + len(parts)) + "|")
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{auroc(pairs + rs, name):.3f}" for rs in parts.values()) + " |")
     best = max(names, key=lambda n: abs(auroc(calibration, n) - 0.5))
     above = auroc(calibration, best) > 0.5
     scores = np.array([r[best] for r in calibration])
