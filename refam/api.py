@@ -4,6 +4,8 @@
     model = RefAM.load()                                  # the embedded refam-shapes model
     results = model.segment("scene.png", ["the red circle", "the square"])
     results[0].mask, results[0].point, results[0].heatmap, results[0].token_maps
+    results[0].warnings                                   # what the answer cannot rest on (unknown words, ...)
+    print(model.card.markdown())                          # what is loaded: backbone, weights, training, words
     no_magnets = dataclasses.replace(model.settings, magnets=AppendMagnets([]))   # one call's settings
     model.segment("scene.png", ["the red circle"], settings=no_magnets)           # (refam.settings)
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from refam.card import ModelCard, model_card
 from refam.io.images import check_size, read_rgb, to_rgb
 from refam.embedded import DEFAULT_CONFIG, DEFAULT_VIDEO_CONFIG  # shipped in the package: work from any folder
 from refam.errors import ConfigError, DataError, MissingInputError, RefamError, place, require_words
@@ -120,6 +123,22 @@ class RefAM:
         if self._video is None:
             self._video = RefAM.load_video(self.device)
         return self._video
+
+    @property
+    def card(self) -> ModelCard:
+        """What is loaded (`refam.card.ModelCard`: name, backbone, weights, training, grounding, and
+        for the embedded models their colours, shapes and words); `.to_dict()`, `.markdown()`."""
+        return model_card(self.pipeline)
+
+    @property
+    def video_card(self) -> ModelCard | None:
+        """The card of the model videos run on when it is another (`for_video`: the embedded video
+        model, for the embedded default), read without loading it; None when videos run on this one."""
+        if self.pipeline.reads_video or not self.embedded:
+            return None
+        if self._video is not None:
+            return self._video.card
+        return model_card(build_pipeline(model_section(DEFAULT_VIDEO_CONFIG), origin=str(DEFAULT_VIDEO_CONFIG)))
 
     @property
     def settings(self) -> Settings:

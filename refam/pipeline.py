@@ -30,6 +30,7 @@ from refam.prompts.point import argmax_points, upsample
 from refam.segmenters.base import Segmenter
 from refam.segmenters.video_base import VideoSegmenter
 from refam.settings import TEXT_CONDITIONS, Settings  # noqa: F401 (TEXT_CONDITIONS re-exported)
+from refam.text.caveats import expression_warnings
 from refam.types import Expression, Prediction, Sample, TokenMaps, VideoExpression, VideoSample
 
 # receives each video mask as the segmenter makes it: (expression, frame index, mask)
@@ -255,7 +256,15 @@ class RefAMPipeline:
             if keep_token_maps:
                 _attach_token_maps(prediction, maps, aggregation, k)
             result.predictions.append(prediction)
+        self._warn(result, maps, runnable, settings)
         return result
+
+    @staticmethod
+    def _warn(result: SampleResult, maps: TokenMaps, runnable: list, settings: Settings) -> None:
+        """Each prediction's warnings (`refam.text.caveats`); predictions are in `runnable`'s order."""
+        for prediction, tokens, expression in zip(result.predictions, maps.tokens, runnable):
+            selected = settings.magnets.select(tokens, expression.text)
+            prediction.warnings = expression_warnings(expression.text, tokens, selected)
 
     # ------------------------------------------------------------ videos
     @property
@@ -302,6 +311,7 @@ class RefAMPipeline:
             if keep_token_maps:  # the key frame's, as segment_sample's for an image
                 _attach_token_maps(prediction, maps, aggregation, k, latent)
             result.predictions.append(prediction)
+        self._warn(result, maps, runnable, settings)
         # expressions prompting the same point on the same frame share a track (the segmenter is
         # deterministic), each still receiving every mask
         for (frame, x, y), members in tracks.items():

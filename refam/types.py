@@ -57,6 +57,9 @@ class TokenInfo:
     # end token: it rides in the branch as context but enters the per-patch softmax only when the
     # extractor's `template_tokens` is "include" (special too)
     template: bool = False
+    # the tokenizer does not know this piece's text: it became the tokenizer's unknown token (`<unk>`),
+    # so the model reads no word here; `word` is still the user's word it stands for
+    unknown: bool = False
 
 
 @dataclass
@@ -102,6 +105,9 @@ class Prediction:
     token_kept: list[bool] = field(default_factory=list)  # per real token: its map entered the heatmap
     token_sink: list[bool] = field(default_factory=list)  # per real token: a global attention sink
     frame: int | None = None  # videos: the frame the point prompts (`mask` is that frame's mask)
+    # what the answer cannot rest on, in sentences a user reads (words the model does not know, an
+    # expression left with no content word): `refam.text.caveats`
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -30,9 +30,20 @@ class MagnetStrategy(Configurable, abc.ABC):
         """Return (text to encode, character index where magnets start or None)."""
 
     @abc.abstractmethod
+    def select(self, tokens: Sequence[TokenInfo], expression: str = "") -> list[bool]:
+        """The expression's content tokens, the ones the filter keeps; none at all for an expression
+        of stop words only. `expression` is the text before `augment`, for strategies that parse it
+        (token character spans refer to it: augment only appends)."""
+
     def keep(self, tokens: Sequence[TokenInfo], expression: str = "") -> list[bool]:
-        """Which tokens' maps enter the average. `expression` is the text before `augment`, for
-        strategies that parse it (token character spans refer to it: augment only appends)."""
+        """Which tokens' maps enter the average: `select`'s, or, where it keeps none, every token of
+        the expression's own (not a magnet, not special)."""
+        keep = self.select(tokens, expression)
+        if not any(keep):
+            # An expression made only of stop words ("it", "that one") still has to point somewhere:
+            # fall back to its own (non-magnet) tokens rather than to nothing.
+            keep = [not (t.special or t.magnet) for t in tokens]
+        return keep
 
     def vectors(self, embedding_table: torch.Tensor) -> torch.Tensor | None:
         """Magnets that are not words: [M, D] rows the extractor appends to each expression's input
@@ -69,17 +80,13 @@ class AppendMagnets(MagnetStrategy):
             return expression, None
         return f"{expression} {' '.join(self.magnets)}", len(expression) + 1
 
-    def keep(self, tokens: Sequence[TokenInfo], expression: str = "") -> list[bool]:
+    def select(self, tokens: Sequence[TokenInfo], expression: str = "") -> list[bool]:
         keep = [not (t.special or t.magnet or (self.filter_stop_words and t.word in self.stop_words)) for t in tokens]
         if self.noun_phrase is not None and expression.strip():
             span = self.noun_phrase.head_noun_phrase(expression.strip())
             if span is not None:
                 in_phrase = [k and span[0] <= t.start < span[1] for k, t in zip(keep, tokens)]
                 keep = in_phrase if any(in_phrase) else keep  # a phrase of stop words only keeps the rest
-        if not any(keep):
-            # An expression made only of stop words ("it", "that one") still has to point somewhere:
-            # fall back to its own (non-magnet) tokens rather than to nothing.
-            keep = [not (t.special or t.magnet) for t in tokens]
         return keep
 
 

@@ -9,7 +9,8 @@
 Per image and expression, into `OUT/<name>/`: `<k>-<expression>_mask.png` (0/255),
 `_overlay.png` (image, mask tinted and outlined, the argmax point as a star), `_heatmap.png` (the
 heatmap over the image, star marked, with a colour bar) and `.json` (point, kept and dropped tokens,
-global attention sinks); the pictures of an image under 512 px are enlarged by a whole factor.
+global attention sinks, `warnings`: what the answer cannot rest on, e.g. words the model does not
+know; each also printed on a line of its own); the pictures of an image under 512 px are enlarged by a whole factor.
 Without --config or --model the embedded refam-shapes pipeline runs.
 
 A video (a file OpenCV reads, or a folder of frames) gives `OUT/<name>/<k>-<expression>/<frame>.png`
@@ -172,7 +173,8 @@ def track_video(model, video: Path, texts: list[str], caption: str, folder: Path
             write_atomic(paths_k["overlay"], overlay_gif([thumbnails[k][i] for i in sorted(thumbnails[k])]))
             record = {"expression": texts[k], "key_frame": prediction.frame,
                       "point": [round(v, 2) for v in prediction.point], "kept_tokens": prediction.kept_tokens,
-                      "dropped_tokens": prediction.dropped_tokens, "files": video_files(stems[k])}
+                      "dropped_tokens": prediction.dropped_tokens, "warnings": prediction.warnings,
+                      "files": video_files(stems[k])}
             save_json(record, paths_k["record"])
             written[k] = Written(record, paths_k)
         order = sorted(written)
@@ -215,7 +217,8 @@ def write_video_predictions(model, video: Path, texts: list[str], caption: str, 
             records[k]["frames"].append({"frame": index, "point": [round(v, 2) for v in prediction.point],
                                          "mask_pixels": int(prediction.mask.sum())})
             if index == 0:
-                records[k].update(kept_tokens=prediction.kept_tokens, dropped_tokens=prediction.dropped_tokens)
+                records[k].update(kept_tokens=prediction.kept_tokens, dropped_tokens=prediction.dropped_tokens,
+                                  warnings=prediction.warnings)
                 key_frames.append((frame, prediction))
         frames = index + 1
     written = []
@@ -289,6 +292,7 @@ def write_prediction(folder: Path, index: int, text: str, image, prediction) -> 
         "dropped_tokens": prediction.dropped_tokens,
         "sinks": [{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)],
         "mask_pixels": int(prediction.mask.sum()),
+        "warnings": prediction.warnings,
         "files": files,
     }
     paths = {kind: folder / file for kind, file in files.items()} | {"record": folder / f"{stem}.json"}
@@ -324,6 +328,13 @@ def run(args) -> int:
                           "(the files written before are complete)") from err
 
 
+def print_warnings(texts: list[str], predictions: list) -> None:
+    """One line per warning of each expression, under the line that reports its input."""
+    for text, prediction in zip(texts, predictions):
+        for warning in prediction.warnings:
+            print(f'  warning: "{text}": {warning}')
+
+
 def write_all(model, jobs: list, folders: list[Path], images: list, first_image, args) -> int:
     """Segment and write every job; 1 when an image could not be read (said per image), else 0."""
     from refam.api import as_image
@@ -333,6 +344,7 @@ def write_all(model, jobs: list, folders: list[Path], images: list, first_image,
         if job.is_video:
             written = write_video_predictions(model, job.source, job.texts, job.caption, args.output, name=job.name)
             print(f"{job.source}: {written.frames} frame(s) x {len(job.texts)} expression(s) -> {written.folder}")
+            print_warnings(job.texts, [prediction for _, prediction in written.key_frames])
             continue
         try:
             image = first_image if first_image is not None else as_image(job.source)
@@ -344,6 +356,7 @@ def write_all(model, jobs: list, folders: list[Path], images: list, first_image,
         for index, (text, prediction) in enumerate(zip(job.texts, predictions)):
             write_prediction(folder, index, text, image, prediction)
         print(f"{job.source}: {len(job.texts)} expression(s) -> {folder}")
+        print_warnings(job.texts, predictions)
     if failures:
         print(f"refam: {failures} of {len(images)} images could not be read (see above)", file=sys.stderr)
     return 1 if failures else 0

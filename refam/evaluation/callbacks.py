@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 class ExpressionRecords(L.Callback):
     """One JSON line per expression: point, IoU, point hit, kept and dropped tokens, global
-    attention sinks with their category. Each process writes its own file
+    attention sinks with their category, warnings (`Prediction.warnings`). Each process writes its own file
     (`<log dir>/expressions/<dataset>.rank<R>.jsonl`), so nothing is gathered or lost across GPUs.
 
     Args:
@@ -67,6 +67,7 @@ class ExpressionRecords(L.Callback):
                         "kept_tokens": p.kept_tokens,
                         "dropped_tokens": p.dropped_tokens,
                         "sinks": [{"token": t, "category": c} for t, c in zip(p.sinks, p.sink_categories)],
+                        "warnings": p.warnings,
                     }
                     file.write(json.dumps(record, ensure_ascii=False) + "\n")
             file.flush()  # a run stopped midway keeps what it computed

@@ -85,6 +85,7 @@ class ExpressionRecord:
     dropped_tokens: list[str] = field(default_factory=list)
     sinks: list[str] = field(default_factory=list)
     sink_categories: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # `Prediction.warnings`: what the answer cannot rest on
     frame: int | None = None
     intersection: int | None = None
     union: int | None = None
@@ -104,7 +105,7 @@ class ExpressionRecord:
             point=(float(prediction.point[0]), float(prediction.point[1])),
             kept_tokens=list(prediction.kept_tokens), dropped_tokens=list(prediction.dropped_tokens),
             sinks=list(prediction.sinks), sink_categories=list(prediction.sink_categories),
-            frame=prediction.frame, **fields,
+            warnings=list(prediction.warnings), frame=prediction.frame, **fields,
         )
 
     def prediction(self) -> Prediction:
@@ -117,7 +118,7 @@ class ExpressionRecord:
             expression_id=self.expression_id, mask=None if mask is None else mask.decode(), point=tuple(self.point),
             heatmap=None, kept_tokens=list(self.kept_tokens), dropped_tokens=list(self.dropped_tokens),
             sinks=list(self.sinks), sink_categories=list(self.sink_categories), iou=self.iou,
-            point_hit=self.point_hit, frame=self.frame,
+            point_hit=self.point_hit, frame=self.frame, warnings=list(self.warnings),
         )
 
 

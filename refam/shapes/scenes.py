@@ -14,17 +14,8 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 205, 40),
-    "purple": (140, 60, 170),
-    "orange": (245, 140, 30),
-    "black": (30, 30, 30),
-}  # no pink: "pink" is one of the paper's attention magnets
-SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 11, "big": 21}  # half-extent in pixels at 128 x 128
+from refam.embedded.palette import COLOURS, SHAPES, SIZES  # the models' card names them too
+
 BACKGROUND = (225, 225, 220)
 SPLIT_SEEDS = {"train": 1, "demo": 2, "test": 3}
 MARGIN = 0.12  # fraction of the image a spatial relation must hold by

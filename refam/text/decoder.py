@@ -29,7 +29,7 @@ import torch
 
 from refam.errors import ConfigError, ExpressionError
 from refam.text.reader import EncodedExpressions, ExpressionReader, insert_rows, insert_tokens, vector_magnet_tokens
-from refam.text.tokens import tokens_to_words, word_spans
+from refam.text.tokens import mark_unknown, tokens_to_words, word_spans
 from refam.types import MagnetVectors, TokenInfo
 
 
@@ -129,7 +129,9 @@ class DecoderReader(ExpressionReader):
             expressions, enc["input_ids"].tolist(), enc["attention_mask"].tolist(), enc["offset_mapping"].tolist()
         ):
             n, first, stop = sum(mask), len(prefix), len(prefix) + len(text)
-            inside = [s < stop and e > first and i not in self._special_ids for i, (s, e) in zip(ids, offsets)][:n]
+            # the unknown token stands for the expression's own word (a special id in some tokenizers)
+            inside = [s < stop and e > first and (i not in self._special_ids or i == self.tokenizer.unk_token_id)
+                      for i, (s, e) in zip(ids, offsets)][:n]
             if not any(inside):
                 raise ExpressionError(f"the expression {text!r} gives no tokens of its own")
             head, last = inside.index(True), n - inside[::-1].index(True)
@@ -143,6 +145,7 @@ class DecoderReader(ExpressionReader):
                 [not flag for flag in inside[keep]], magnet_start)
             # every templated token but the end token (the first after the expression) is the template's
             around = [not flag and i != last for i, flag in enumerate(inside)][keep]
+            words = mark_unknown(words, ids[keep], self.tokenizer.unk_token_id)
             tokens.append([replace(t, template=True) if flag else t for t, flag in zip(words, around)])
             ends.append(last)
         return _Batch(enc["input_ids"], enc["attention_mask"], tokens, ends)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from refam.text.reader import EncodedExpressions, ExpressionReader, insert_rows, insert_tokens, vector_magnet_tokens
-from refam.text.tokens import tokens_to_words
+from refam.text.tokens import mark_unknown, tokens_to_words
 from refam.types import MagnetVectors, TokenInfo
 
 
@@ -38,7 +38,8 @@ class T5Reader(ExpressionReader):
         enc = self.tokenizer(texts, padding="longest", padding_side="right", return_tensors="pt",
                              return_offsets_mapping=True, return_special_tokens_mask=True)
         tokens = [
-            tokens_to_words(text, self.tokenizer.convert_ids_to_tokens(ids), offsets.tolist(), special.bool().tolist(), start)
+            mark_unknown(tokens_to_words(text, self.tokenizer.convert_ids_to_tokens(ids), offsets.tolist(),
+                                         special.bool().tolist(), start), ids.tolist(), self.tokenizer.unk_token_id)
             for (text, start), ids, offsets, special in zip(
                 expressions, enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
             )

@@ -7,6 +7,7 @@ sub-word tokens; character offsets from a fast tokenizer connect the two.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from refam.types import TokenInfo
 
@@ -46,3 +47,12 @@ def tokens_to_words(
         magnet = magnet_start is not None and start >= magnet_start
         infos.append(TokenInfo(piece=piece, word=word.lower(), special=False, magnet=magnet, start=start, end=end))
     return infos
+
+
+def mark_unknown(tokens: list[TokenInfo], ids: list[int], unknown_id: int | None) -> list[TokenInfo]:
+    """`tokens` with `unknown` set where the tokenizer gave its unknown token (`ids[i] == unknown_id`):
+    a word outside its vocabulary, which the model cannot read. A tokenizer without one (byte-level
+    BPE spells every text) marks none."""
+    if unknown_id is None:
+        return list(tokens)
+    return [replace(t, unknown=True) if i == unknown_id else t for t, i in zip(tokens, ids)]

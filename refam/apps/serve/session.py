@@ -12,6 +12,7 @@ import threading
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from refam.apps.serve.settings import LightComponents, Settings
@@ -44,7 +45,7 @@ class Run:
 
     @property
     def expressions(self) -> list[dict]:
-        """The record's entry per expression: point, tokens kept, dropped and sinks."""
+        """The record's entry per expression: point, tokens kept, dropped and sinks, warnings."""
         return self.record["run"]["expressions"]
 
 def expression_lines(text: str | None) -> list[str]:
@@ -88,6 +89,24 @@ class Session:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="refam-serve-"))
         self.lock = threading.Lock()  # the queue runs one request at a time; this covers direct callers
         self._runs = 0
+
+    @cached_property
+    def cards(self) -> list:
+        """`refam.card.ModelCard`s: the loaded model's, then the one videos run on where it is another
+        (the embedded default's refam-shapes-video, read without loading it)."""
+        return [card for card in (self.model.card, self.model.video_card) if card is not None]
+
+    @property
+    def card(self) -> dict:
+        """What is loaded, as data (`ModelCard.to_dict()`), with `video_model`: the card of the model
+        videos run on where it is another."""
+        first, *video = self.cards
+        return first.to_dict() | ({"video_model": video[0].to_dict()} if video else {})
+
+    @property
+    def card_markdown(self) -> str:
+        """The cards as a few lines of Markdown each (`ModelCard.markdown`), the video model's after."""
+        return "\n\n".join(card.markdown() for card in self.cards)
 
     @property
     def num_blocks(self) -> int | None:
