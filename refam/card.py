@@ -86,6 +86,15 @@ def _transformer(extractor, folder: Path | None) -> str | None:
     return None
 
 
+def flow_steps(record: dict) -> int | str:
+    """A run's flow steps, with those of the runs it resumed (`resumed_from`: the snapshot's record)."""
+    steps, previous = record.get("flow_steps"), record.get("resumed_from")
+    if not isinstance(steps, int):
+        return "?"
+    earlier = flow_steps(previous) if isinstance(previous, dict) and "flow_steps" in previous else 0
+    return steps + earlier if isinstance(earlier, int) else "?"
+
+
 def _trained_on(record: dict) -> str:
     video = "training_clips" in record
     if video:
@@ -93,7 +102,7 @@ def _trained_on(record: dict) -> str:
     else:
         family = record.get("family", "fixed")
         data = f"{record.get('training_scenes', '?')} procedural scenes of coloured shapes ({family} family of refam.shapes)"
-    steps = (f"{record.get('flow_steps', '?')} flow-matching steps of {record.get('batch_size', '?')} "
+    steps = (f"{flow_steps(record)} flow-matching steps of {record.get('batch_size', '?')} "
              f"{'clips' if video else 'scenes'}")
     ground = record.get("ground_weight", 0.0)
     loss = f" plus a grounding loss (weight {ground:g})" if ground else ", no grounding loss"
