@@ -12,6 +12,7 @@ from refam.extractors.base import Extractor
 from refam.extractors.chroma import ChromaExtractor
 from refam.extractors.cogvideox import CogVideoXExtractor
 from refam.extractors.flux2 import Flux2Extractor
+from refam.extractors.hunyuanimage import HunyuanImageExtractor
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
 from refam.extractors.pixart import PixArtSigmaExtractor
 from refam.extractors.lumina2 import Lumina2Extractor
@@ -29,6 +30,8 @@ EXPECTED = {
                   dict(height=480, width=720, clip_frames=49, windows="first", caption_max_tokens=226)),
     "flux2": (Flux2Extractor, "black-forest-labs/FLUX.2-dev",
               dict(resolution=1024, caption_max_tokens=512, guidance_scale=4.0, text_layers=None)),
+    "hunyuanimage": (HunyuanImageExtractor, "hunyuanvideo-community/HunyuanImage-2.1-Diffusers",
+                     dict(resolution=2048, keep_aspect=False, caption_max_tokens=1000)),
     "hunyuanvideo15": (HunyuanVideo15Extractor, "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v",
                        dict(height=480, width=848, clip_frames=21, caption_max_tokens=1000)),
     "pixart": (PixArtSigmaExtractor, "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
