@@ -47,3 +47,30 @@ def build_qwen2_tokenizer(template: str = "", words: Sequence[str] | None = None
     tokenizer.pad_token = "<|endoftext|>"
     tokenizer.model_max_length = 131072
     return tokenizer
+
+
+# GLM-4's added tokens in their real order (ids 151329...; here 0...): end of text, masks, chat roles
+GLM4_SPECIAL_TOKENS = (
+    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
+    "<|observation|>",
+)
+
+
+def build_glm4_tokenizer(words: Sequence[str] | None = None):
+    """A tokenizer as GLM-4's (CogView4's text encoder's): a byte-level BPE whose post-processor puts
+    "[gMASK]<sop>" before every text (`add_special_tokens`), pad <|endoftext|>, left padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    base = TokenizersBackend(tokenizer_object=backend, padding_side="left", model_max_length=131072)
+    tokenizer = train_byte_level_bpe(base, [" _ ; . , -"], GLM4_SPECIAL_TOKENS, words)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ("[gMASK]", "<sop>")}
+    tokenizer.backend_tokenizer.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="[gMASK] <sop> $A", pair="[gMASK] <sop> $A $B", special_tokens=list(ids.items())),
+    ])
+    tokenizer.pad_token, tokenizer.eos_token = "<|endoftext|>", "<|endoftext|>"
+    return tokenizer

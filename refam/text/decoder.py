@@ -47,12 +47,16 @@ class PromptTemplate:
             HunyuanVideo (-3,), FLUX.2 (10, 20, 30).
         add_special_tokens: whether the tokenizer adds its own BOS/EOS to the templated text, as
             the pipeline's call does (False for a rendered chat template that holds them already).
+        pad_multiple: the pipeline left-pads the tokenized prompt with the pad token to a multiple of
+            this many tokens and runs the LLM with no mask, so the prompt's tokens attend to the padding
+            (CogView4: 16). The padding is kept (drop 0) and rides with the expression, flagged template.
     """
 
     text: str
     drop: int = 0
     hidden_layers: tuple[int, ...] = (-1,)
     add_special_tokens: bool = True
+    pad_multiple: int = 1
 
     def __post_init__(self) -> None:
         if self.text.count("{}") != 1:
@@ -124,6 +128,8 @@ class DecoderReader(ExpressionReader):
             [prefix + text + suffix for text, _ in expressions], padding="longest", padding_side="right",
             return_offsets_mapping=True, add_special_tokens=template.add_special_tokens, return_tensors="pt",
         )
+        if template.pad_multiple > 1:
+            enc = self._left_padded(enc)
         tokens, ends = [], []
         for (text, magnet_start), ids, mask, offsets in zip(
             expressions, enc["input_ids"].tolist(), enc["attention_mask"].tolist(), enc["offset_mapping"].tolist()
@@ -146,6 +152,20 @@ class DecoderReader(ExpressionReader):
             tokens.append([replace(t, template=True) if flag else t for t, flag in zip(words, around)])
             ends.append(last)
         return _Batch(enc["input_ids"], enc["attention_mask"], tokens, ends)
+
+    def _left_padded(self, enc) -> dict:
+        """Each row's real tokens after the pad tokens that fill them up to a multiple of `pad_multiple`, all
+        attended (the pipeline passes no mask), the batch right-padded again to its longest row."""
+        multiple, pad = self.template.pad_multiple, self.tokenizer.pad_token_id
+        rows = []
+        for ids, mask, offsets in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist(), enc["offset_mapping"].tolist()):
+            n = sum(mask)
+            fill = -n % multiple
+            rows.append(([pad] * fill + ids[:n], [(0, 0)] * fill + offsets[:n]))
+        width = max(len(ids) for ids, _ in rows)
+        return {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
+                "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
+                "offset_mapping": torch.tensor([offsets + [(0, 0)] * (width - len(offsets)) for _, offsets in rows])}
 
     def count_tokens(self, text: str) -> int:
         return sum(not t.special for t in self._batch([(text, None)]).tokens[0])

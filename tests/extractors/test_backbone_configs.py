@@ -11,6 +11,7 @@ from jsonargparse import ArgumentParser
 from refam.extractors.base import Extractor
 from refam.extractors.chroma import ChromaExtractor
 from refam.extractors.cogvideox import CogVideoXExtractor
+from refam.extractors.cogview4 import CogView4Extractor
 from refam.extractors.flux2 import Flux2Extractor
 from refam.extractors.hunyuanimage import HunyuanImageExtractor
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
@@ -28,6 +29,7 @@ EXPECTED = {
     "chroma": (ChromaExtractor, "lodestones/Chroma1-HD", dict(resolution=1024, caption_max_tokens=512)),
     "cogvideox": (CogVideoXExtractor, "THUDM/CogVideoX-5b",
                   dict(height=480, width=720, clip_frames=49, windows="first", caption_max_tokens=226)),
+    "cogview4": (CogView4Extractor, "THUDM/CogView4-6B", dict(resolution=1024, keep_aspect=False, caption_max_tokens=1024)),
     "flux2": (Flux2Extractor, "black-forest-labs/FLUX.2-dev",
               dict(resolution=1024, caption_max_tokens=512, guidance_scale=4.0, text_layers=None)),
     "hunyuanimage": (HunyuanImageExtractor, "hunyuanvideo-community/HunyuanImage-2.1-Diffusers",

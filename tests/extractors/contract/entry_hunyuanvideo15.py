@@ -9,10 +9,10 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
 from refam.testing.tiny_hunyuanvideo15 import save_tiny_hunyuanvideo15
-from tests.extractors.contract.contract import ContractEntry, block_inputs, flow_levels, text_side_attention
+from tests.extractors.contract.contract import (ContractEntry, block_inputs, flow_levels, latent_rope_off,
+                                                text_side_attention)
 
 CAPTION_TOKENS = 24  # the pipeline's tokenizer_max_length (1000 in the real one): the Qwen rows after the crop
-
 
 def _call(pipe, x_t, sigma, text, mask, glyph, glyph_mask):
     # HunyuanVideo15Pipeline.__call__: [latents | zero condition latents | zero mask] on channels
@@ -26,15 +26,12 @@ def _call(pipe, x_t, sigma, text, mask, glyph, glyph_mask):
         image_embeds=image, return_dict=False,
     )[0]
 
-
 def _prompt(pipe, text, length):
     pipe.tokenizer_max_length = length  # the pipeline pads (and cuts) its Qwen prompt to this after the crop
     return pipe.encode_prompt(text, device="cpu")
 
-
 def stock_velocity(pipe, x_t, sigma, grid, caption):
     return _call(pipe, x_t, sigma, *_prompt(pipe, caption, CAPTION_TOKENS))
-
 
 def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     attn = pipe.transformer.transformer_blocks[0].attn
@@ -49,7 +46,6 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     key = attn.norm_added_k(attn.add_k_proj(text["encoder_hidden_states"][:, :length]).unflatten(2, (attn.heads, -1)))
     return query[0], key[0]
 
-
 def stock_expression(pipe, text, length):
     # HunyuanVideo15Pipeline.encode_prompt: the chat template, 108 tokens cropped, hidden layer -3, a
     # prompt exactly `length` tokens long
@@ -57,33 +53,14 @@ def stock_expression(pipe, text, length):
     assert mask.all(), "the prompt was padded"
     return embeds[0]
 
-
 def stock_latent(pipe, image, height, width):
     # HunyuanVideo15ImageToVideoPipeline._get_image_latents: image_processor.preprocess as a one-frame
     # video, the VAE's mode, times scaling_factor
     return HunyuanVideo15ImageToVideoPipeline._get_image_latents(pipe.vae, pipe.video_processor, image, height, width, "cpu")
 
-
-class _NoRope(torch.nn.Module):
-    """The identity rotation (cos 1, sin 0) for every video token."""
-
-    def __init__(self, head_dim):
-        super().__init__()
-        self.head_dim = head_dim
-
-    def forward(self, hidden_states):
-        tokens = hidden_states.shape[2:].numel()  # patch size 1: one token per latent cell
-        return torch.ones(tokens, self.head_dim), torch.zeros(tokens, self.head_dim)
-
-
-def positions_off(transformer, monkeypatch):
-    monkeypatch.setattr(transformer, "rope", _NoRope(transformer.config.attention_head_dim))
-
-
 def reference_hooks(transformer, valid):
     # the token refiner's own attention (the caption's, and the branch's as captions) is not a block
     return text_side_attention(transformer.context_embedder)
-
 
 ENTRY = ContractEntry(
     name="hunyuanvideo15",
@@ -94,7 +71,7 @@ ENTRY = ContractEntry(
     image_size=(100, 60),
     stock_velocity=stock_velocity,
     block0_vectors=block0_vectors,
-    positions_off=positions_off,
+    positions_off=latent_rope_off,
     stock_latent=stock_latent,
     # HunyuanVideo15Pipeline: sigmas linspace(1, 0, N + 1)[:-1] through the scheduler's static shift, its
     # timesteps (1000 sigma) told as they are
