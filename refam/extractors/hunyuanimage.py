@@ -54,11 +54,11 @@ class HunyuanBranchProcessor(BranchProcessor):
 
 
 @dataclass
-class HunyuanCaption:
-    embeds: torch.Tensor  # [1, Lc, D] the LLM's rows after the template's crop, padded to caption_max_tokens
+class HunyuanImageCaption:
+    embeds: torch.Tensor  # [1, Lc, D] Qwen rows after the template's crop, padded to caption_max_tokens
     mask: torch.Tensor  # [1, Lc]
-    glyph: torch.Tensor | None = None  # [1, 128, D2] ByT5 rows of the quoted text (zeros without any)
-    glyph_mask: torch.Tensor | None = None  # [1, 128]
+    glyph: torch.Tensor  # [1, 128, D2] ByT5 rows of the quoted text (zeros without any)
+    glyph_mask: torch.Tensor  # [1, 128]
 
 
 def token_refined(transformer, timestep: torch.Tensor):
@@ -120,12 +120,12 @@ class HunyuanImageExtractor(ImageDiTExtractor):
         return DecoderReader(pipe.tokenizer, pipe.text_encoder, template, self.expression_max_tokens)
 
     @torch.inference_mode()
-    def encode_caption(self, caption: str) -> HunyuanCaption:
+    def encode_caption(self, caption: str) -> HunyuanImageCaption:
         embeds, mask, glyph, glyph_mask = self.prompt(prompt=caption)
-        return HunyuanCaption(embeds.to(self.device, self.dtype), mask.to(self.device),
+        return HunyuanImageCaption(embeds.to(self.device, self.dtype), mask.to(self.device),
                               glyph.to(self.device, self.dtype), glyph_mask.to(self.device))
 
-    def caption_len(self, condition: HunyuanCaption) -> int:
+    def caption_len(self, condition: HunyuanImageCaption) -> int:
         glyph = condition.glyph.shape[1] if self.pipe.transformer.context_embedder_2 is not None else 0
         return condition.embeds.shape[1] + glyph  # the caption stream: glyph rows reordered among the Qwen rows
 
@@ -140,7 +140,7 @@ class HunyuanImageExtractor(ImageDiTExtractor):
     def text_side(self, expressions, sigma):
         return each_alone(expressions, token_refined(self.pipe.transformer, self.timestep_tensor(sigma).to(self.dtype)))
 
-    def denoise(self, x_t, sigma, grid, condition: HunyuanCaption, expressions):
+    def denoise(self, x_t, sigma, grid, condition: HunyuanImageCaption, expressions):
         def call():  # HunyuanImagePipeline.__call__: the scheduler's timestep in the latents' dtype, no guidance
             return self.pipe.transformer(
                 hidden_states=x_t, timestep=self.timestep_tensor(sigma).to(self.dtype), encoder_hidden_states=condition.embeds,

@@ -14,6 +14,7 @@ from refam.extractors.cogvideox import CogVideoXExtractor
 from refam.extractors.cogview4 import CogView4Extractor
 from refam.extractors.flux2 import Flux2Extractor
 from refam.extractors.hunyuanimage import HunyuanImageExtractor
+from refam.extractors.hunyuanvideo import HunyuanVideoExtractor
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
 from refam.extractors.pixart import PixArtSigmaExtractor
 from refam.extractors.lumina2 import Lumina2Extractor
@@ -34,6 +35,8 @@ EXPECTED = {
               dict(resolution=1024, caption_max_tokens=512, guidance_scale=4.0, text_layers=None)),
     "hunyuanimage": (HunyuanImageExtractor, "hunyuanvideo-community/HunyuanImage-2.1-Diffusers",
                      dict(resolution=2048, keep_aspect=False, caption_max_tokens=1000)),
+    "hunyuanvideo": (HunyuanVideoExtractor, "hunyuanvideo-community/HunyuanVideo",
+                     dict(height=720, width=1280, clip_frames=21, caption_max_tokens=256, guidance_scale=6.0)),
     "hunyuanvideo15": (HunyuanVideo15Extractor, "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v",
                        dict(height=480, width=848, clip_frames=21, caption_max_tokens=1000)),
     "pixart": (PixArtSigmaExtractor, "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",

@@ -21,6 +21,7 @@ from tests.extractors.contract.contract import ContractEntry, block_inputs, flow
 RESOLUTION, STEPS = 96, 8
 IMAGE_TOKENS = 5 * 8  # the contract image (120 x 70) at RESOLUTION with keep_aspect: 80 x 128 pixels
 
+
 def _levels(pipe, tokens):
     # CogView4Pipeline.__call__'s schedule: timesteps linspace(1000, 1, N) as integers, sigmas t / 1000, mu of
     # the image's tokens (its own calculate_shift), both handed to the scheduler: the timesteps stay unshifted
@@ -30,6 +31,7 @@ def _levels(pipe, tokens):
                          config.get("max_shift", 0.75))
     return flow_levels(pipe, 1.0, timesteps=timesteps, sigmas=timesteps / config.num_train_timesteps, mu=mu)
 
+
 def _call(pipe, x_t, sigma, grid, text):
     # the schedule's timestep at this level, the image's pixel size as original and target size, crop (0, 0)
     timestep = [t for level, t in _levels(pipe, grid[1] * grid[2]) if abs(level - sigma) < 1e-9]
@@ -38,11 +40,14 @@ def _call(pipe, x_t, sigma, grid, text):
     return pipe.transformer(hidden_states=x_t, encoder_hidden_states=text, timestep=torch.tensor(timestep),
                             original_size=size, target_size=size, crop_coords=torch.zeros(1, 2), return_dict=False)[0]
 
+
 def _prompt(pipe, text):
     return pipe.encode_prompt(text, do_classifier_free_guidance=False, device="cpu")[0]
 
+
 def stock_velocity(pipe, x_t, sigma, grid, caption):
     return _call(pipe, x_t, sigma, grid, _prompt(pipe, caption))
+
 
 def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     attn = pipe.transformer.transformer_blocks[0].attn1
@@ -53,15 +58,18 @@ def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
     key = attn.norm_k(attn.to_k(text["encoder_hidden_states"]).unflatten(2, (attn.heads, -1)))
     return query[0], key[0]
 
+
 def stock_expression(pipe, text, length):
     # CogView4Pipeline._get_glm_embeds: "[gMASK]<sop>" and the text, left-padded to a multiple of 16 with no
     # mask, hidden layer -2: every row enters the transformer
     return _prompt(pipe, text)[0]
 
+
 def stock_latent(pipe, image, height, width):
     # CogView4ControlPipeline: its prepare_image's pixels, the VAE (its mode here) times scaling_factor, no shift
     pixels = CogView4ControlPipeline.prepare_image(pipe, image, width, height, 1, 1, "cpu", pipe.vae.dtype)
     return pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+
 
 ENTRY = ContractEntry(
     name="cogview4",
