@@ -76,11 +76,9 @@ class CogView4Extractor(ImageDiTExtractor):
 
     @torch.inference_mode()
     def encode_image(self, image) -> Latent:
-        """As CogView4ControlPipeline encodes its control image: its pixels made contiguous (`prepare_image`'s
-        repeat; the VAE's convolutions round otherwise on a strided tensor), the VAE's mode times scaling_factor,
-        no shift (the pipeline's decoding divides by scaling_factor only); 2 x 2 cells a token, row-major."""
-        pixels = self.pixels(image).contiguous()
-        return patched_latent(vae_latent(self.pipe, pixels, shifted=False), self.dtype, 2)
+        """As CogView4ControlPipeline encodes its control image (its contiguous pixels), the VAE's mode times
+        scaling_factor, no shift (the pipeline's decoding divides by scaling_factor only); 2 x 2 cells a token."""
+        return patched_latent(vae_latent(self.pipe, self.pixels(image, contiguous=True), shifted=False), self.dtype, 2)
 
     def noise_shift(self, num_image_tokens: int) -> Shift:
         from diffusers.pipelines.cogview4.pipeline_cogview4 import calculate_shift

@@ -50,6 +50,9 @@ class PromptTemplate:
         pad_multiple: the pipeline left-pads the tokenized prompt with the pad token to a multiple of
             this many tokens and runs the LLM with no mask, so the prompt's tokens attend to the padding
             (CogView4: 16). The padding is kept (drop 0) and rides with the expression, flagged template.
+        keep_first: the pipeline keeps the first token's row (SANA's BOS) before the rows from `drop` on.
+        lowercase: the pipeline lowercases the prompt before the template wraps it (SANA's
+            `_text_preprocessing`); the expression is read lowercased alike.
     """
 
     text: str
@@ -57,6 +60,8 @@ class PromptTemplate:
     hidden_layers: tuple[int, ...] = (-1,)
     add_special_tokens: bool = True
     pad_multiple: int = 1
+    keep_first: bool = False
+    lowercase: bool = False
 
     def __post_init__(self) -> None:
         if self.text.count("{}") != 1:
@@ -65,6 +70,16 @@ class PromptTemplate:
             raise ConfigError(f"must be a number of tokens >= 0, got {self.drop}", field="drop")
         if not self.hidden_layers:
             raise ConfigError("must name at least one hidden layer (-1: the last)", field="hidden_layers")
+
+    @property
+    def kept_first(self) -> int:
+        """1 where the first token's row is kept before the rows from `drop` on, else 0."""
+        return int(self.keep_first and self.drop > 0)
+
+    def kept(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """The kept rows [K, length, ...] of [K, S, ...]: the first where kept, then those from `drop` on."""
+        rows = x[:, self.drop : self.drop + length - self.kept_first]
+        return torch.cat([x[:, :1], rows], dim=1) if self.kept_first else rows
 
     @property
     def prefix(self) -> str:
@@ -124,6 +139,8 @@ class DecoderReader(ExpressionReader):
     def _batch(self, expressions: list[tuple[str, int | None]]) -> _Batch:
         template = self.template
         prefix, suffix = template.prefix, template.suffix
+        if template.lowercase:
+            expressions = [(text.lower(), magnet_start) for text, magnet_start in expressions]
         enc = self.tokenizer(
             [prefix + text + suffix for text, _ in expressions], padding="longest", padding_side="right",
             return_offsets_mapping=True, add_special_tokens=template.add_special_tokens, return_tensors="pt",
@@ -143,12 +160,12 @@ class DecoderReader(ExpressionReader):
                 raise ConfigError(
                     f"drop is {template.drop} tokens but the template's prefix is {head} tokens with this tokenizer: "
                     "the drop would cut into the expression", field="template")
-            keep = slice(template.drop, n)
+            keep = [0] * template.kept_first + list(range(template.drop, n))
             words = _expression_words(
-                text, self.tokenizer.convert_ids_to_tokens(ids[keep]), [(s - first, e - first) for s, e in offsets[keep]],
-                [not flag for flag in inside[keep]], magnet_start)
+                text, self.tokenizer.convert_ids_to_tokens([ids[i] for i in keep]),
+                [(offsets[i][0] - first, offsets[i][1] - first) for i in keep], [not inside[i] for i in keep], magnet_start)
             # every templated token but the end token (the first after the expression) is the template's
-            around = [not flag and i != last for i, flag in enumerate(inside)][keep]
+            around = [not inside[i] and i != last for i in keep]
             tokens.append([replace(t, template=True) if flag else t for t, flag in zip(words, around)])
             ends.append(last)
         return _Batch(enc["input_ids"], enc["attention_mask"], tokens, ends)
@@ -182,16 +199,16 @@ class DecoderReader(ExpressionReader):
         vectors = magnet_vectors(table.weight) if magnet_vectors is not None else None
         if vectors is not None:
             inputs, mask = insert_rows(inputs, mask, batch.ends, vectors.to(inputs))
-            tokens = insert_tokens(tokens, [end - self.template.drop for end in batch.ends],
+            tokens = insert_tokens(tokens, [end - self.template.drop + self.template.kept_first for end in batch.ends],
                                    vector_magnet_tokens(vectors.shape[0]))
         out = self.encoder(inputs_embeds=inputs, attention_mask=mask, output_hidden_states=True, use_cache=False)
         length = max(len(row) for row in tokens)
-        keep = slice(self.template.drop, self.template.drop + length)
-        hidden = torch.cat([out.hidden_states[layer][:, keep] for layer in self.template.hidden_layers], dim=-1)
+        kept = self.template.kept
+        hidden = torch.cat([kept(out.hidden_states[layer], length) for layer in self.template.hidden_layers], dim=-1)
         padding = TokenInfo(self.tokenizer.pad_token or "", "", special=True, magnet=False)
         return EncodedExpressions(
             embeds=hidden.to(device, dtype),
-            valid=mask[:, keep].bool().cpu(),
+            valid=kept(mask, length).bool().cpu(),
             tokens=[row + [padding] * (length - len(row)) for row in tokens],
         )
 

@@ -19,6 +19,7 @@ from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
 from refam.extractors.pixart import PixArtSigmaExtractor
 from refam.extractors.lumina2 import Lumina2Extractor
 from refam.extractors.qwenimage import QwenImageExtractor
+from refam.extractors.sana import SanaExtractor
 from refam.extractors.sd3 import SD3Extractor
 from refam.extractors.wan import WanExtractor
 from refam.extractors.zimage import ZImageExtractor
@@ -45,6 +46,8 @@ EXPECTED = {
                 dict(resolution=1024, keep_aspect=False, caption_max_tokens=256, expression_max_tokens=128)),
     "qwenimage": (QwenImageExtractor, "Qwen/Qwen-Image",
                   dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
+    "sana": (SanaExtractor, "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
+             dict(resolution=1024, keep_aspect=False, caption_max_tokens=300, instruction=True)),
     "sd3": (SD3Extractor, "stabilityai/stable-diffusion-3.5-large", dict(resolution=1024, caption_max_tokens=256, blocks=None)),
     "wan": (WanExtractor, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dict(caption_max_tokens=512, height=480, width=832, clip_frames=21)),
     "zimage": (ZImageExtractor, "Tongyi-MAI/Z-Image-Turbo",
