@@ -26,11 +26,22 @@ from refam.testing.tiny_flux import build_tokenizers, randomize_qk_norms, save_p
 from refam.testing.tiny_tokenizers import build_llama3_tokenizer
 
 
+def tiny_hunyuanvideo_vae(latent_channels: int = 4):
+    """AutoencoderKLHunyuanVideo at CPU size (8x space, 4x time, its scaling factor), drawn from torch's current
+    random state: HunyuanVideo's and Kandinsky 6's VAE."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    return AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=latent_channels, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
+    )
+
+
 def build_tiny_hunyuanvideo(seed: int = 0, heads: int = 2, head_dim: int = 16, layers: int = 2, single_layers: int = 2,
                             text_width: int = 48, pooled_width: int = 24, latent_channels: int = 4, text_layers: int = 4):
     """A randomly initialised HunyuanVideoPipeline with the real component classes, deterministic by seed."""
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
-                           HunyuanVideoTransformer3DModel)
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
     from transformers import LlamaConfig, LlamaModel
 
@@ -51,12 +62,7 @@ def build_tiny_hunyuanvideo(seed: int = 0, heads: int = 2, head_dim: int = 16, l
             pooled_projection_dim=pooled_width, rope_axes_dim=(head_dim - 2 * spatial, spatial, spatial),
         )
         randomize_qk_norms(transformer, seed + 2)
-        vae = AutoencoderKLHunyuanVideo(
-            in_channels=3, out_channels=3, latent_channels=latent_channels,
-            down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-            block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, scaling_factor=0.476986,
-            spatial_compression_ratio=8, temporal_compression_ratio=4,
-        )
+        vae = tiny_hunyuanvideo_vae(latent_channels)
     return HunyuanVideoPipeline(
         text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=7.0),

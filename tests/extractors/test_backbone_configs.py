@@ -17,6 +17,7 @@ from refam.extractors.hunyuanimage import HunyuanImageExtractor
 from refam.extractors.hunyuanvideo import HunyuanVideoExtractor
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
 from refam.extractors.pixart import PixArtSigmaExtractor
+from refam.extractors.kandinsky6 import Kandinsky6Extractor
 from refam.extractors.lumina2 import Lumina2Extractor
 from refam.extractors.qwenimage import QwenImageExtractor
 from refam.extractors.sana import SanaExtractor
@@ -40,6 +41,8 @@ EXPECTED = {
                      dict(height=720, width=1280, clip_frames=21, caption_max_tokens=256, guidance_scale=6.0)),
     "hunyuanvideo15": (HunyuanVideo15Extractor, "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v",
                        dict(height=480, width=848, clip_frames=21, caption_max_tokens=1000)),
+    "kandinsky6": (Kandinsky6Extractor, "checkpoints/kandinsky6",
+                   dict(height=512, width=768, clip_frames=21, caption_max_tokens=1024)),
     "pixart": (PixArtSigmaExtractor, "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
                dict(resolution=1024, keep_aspect=False, caption_max_tokens=300)),
     "lumina2": (Lumina2Extractor, "Alpha-VLLM/Lumina-Image-2.0",
