@@ -51,6 +51,31 @@ def stream_qkv(attn, x: torch.Tensor, added: bool = False) -> tuple[torch.Tensor
     return split_heads(attn, q, norm_q), split_heads(attn, k, norm_k), split_heads(attn, v)
 
 
+def video_text_qkv(attn, video: torch.Tensor, text: torch.Tensor, rotary_emb, video_first: bool = True,
+                   unbind_dim: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v [B, S, H, D] of a joint block's [video | text] (`video_first`) or [text | video] after its QK
+    norms, RoPE turning the video rows only (text tokens have no positions: HunyuanVideo, HunyuanImage,
+    CogVideoX). A block with one set of projections for every token (no `add_q_proj`: CogVideoX's, the
+    Hunyuan single-stream blocks) projects the joint sequence in one call, as its stock processor does;
+    a dual-stream block projects each stream with its own (`stream_qkv`). `unbind_dim` is the stock call's
+    `use_real_unbind_dim` (CogView4's -2 pairs the halves of a head rather than neighbours)."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    order = (video, text) if video_first else (text, video)
+    if attn.add_q_proj is None:
+        query, key, value = stream_qkv(attn, torch.cat(order, dim=1))
+    else:
+        streams = [stream_qkv(attn, x, added=x is not video) for x in order]
+        query, key, value = (torch.cat(parts, dim=1) for parts in zip(*streams))
+    if rotary_emb is None:
+        return query, key, value
+    start = 0 if video_first else text.shape[1]
+    rows = slice(start, start + video.shape[1])
+    query, key = (torch.cat([x[:, : rows.start], apply_rotary_emb(x[:, rows], rotary_emb, use_real_unbind_dim=unbind_dim, sequence_dim=1), x[:, rows.stop:]], dim=1)
+                  for x in (query, key))
+    return query, key, value
+
+
 def dispatched(processor: BranchProcessor, attn_mask: torch.Tensor | None = None, parallel: bool = True) -> MainAttention:
     """The stock processors' `dispatch_attention_fn` call, on the backend the stock processor is
     set to (`parallel`: with its context-parallel config, as self-attention calls pass it)."""

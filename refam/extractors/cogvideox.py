@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
-from diffusers.models.embeddings import apply_rotary_emb
 
 from refam.errors import CheckpointError, ConfigError
-from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, split_heads
+from refam.extractors.branch import BranchProcessor, install, joint_branch, sdpa, video_text_qkv
 from refam.extractors.latents import Latent
 from refam.extractors.video_template import VideoDiTExtractor
 from refam.extractors.vp import VPFlow
@@ -30,12 +29,7 @@ class CogVideoXBranchProcessor(BranchProcessor):
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
         text_len = encoder_hidden_states.shape[1]
-        joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        query, key = split_heads(attn, attn.to_q(joint), attn.norm_q), split_heads(attn, attn.to_k(joint), attn.norm_k)
-        value = split_heads(attn, attn.to_v(joint))
-        if image_rotary_emb is not None:  # video tokens only
-            query, key = (torch.cat([x[:, :text_len], apply_rotary_emb(x[:, text_len:], image_rotary_emb, sequence_dim=1)], 1)
-                          for x in (query, key))
+        query, key, value = video_text_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb, video_first=False)
         out = joint_branch(capture, self.block_index, query, key, value, ("branch", "caption", "image"), sdpa)
         out = attn.to_out[1](attn.to_out[0](out.flatten(2, 3)))
         return out[:, text_len:], out[:, :text_len]

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 
 from refam.errors import CheckpointError
-from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, stream_qkv
+from refam.extractors.branch import BranchProcessor, dispatched, install, joint_branch, video_text_qkv
 from refam.extractors.latents import Latent
 from refam.extractors.text_side import each_alone, rows_joined
 from refam.extractors.video_template import VideoDiTExtractor
@@ -51,11 +50,7 @@ class HunyuanVideo15BranchProcessor(BranchProcessor):
     refused_arguments = ()  # the caption stream's mask goes to the main stream, as in the stock call
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
-        query, key, value = stream_qkv(attn, hidden_states)
-        if image_rotary_emb is not None:  # video tokens only
-            query, key = (apply_rotary_emb(x, image_rotary_emb, sequence_dim=1) for x in (query, key))
-        text = stream_qkv(attn, encoder_hidden_states, added=True)
-        query, key, value = (torch.cat(pair, dim=1) for pair in zip((query, key, value), text))
+        query, key, value = video_text_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
         num_video = hidden_states.shape[1]
         main_attention = dispatched(self, pair_mask(attention_mask[:, : capture.layout.caption_len], num_video))
         out = joint_branch(capture, self.block_index, query, key, value, ("image", "caption", "branch"), main_attention)

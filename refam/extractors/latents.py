@@ -50,12 +50,13 @@ def normalized(latent: torch.Tensor, config) -> torch.Tensor:
     return (latent - mean) * (1.0 / std)
 
 
-def vae_latent(pipe, pixels: torch.Tensor) -> torch.Tensor:
+def vae_latent(pipe, pixels: torch.Tensor, shifted: bool = True) -> torch.Tensor:
     """The clean latent [1, C, h, w] of preprocessed pixels, normalised as image-to-image pipelines
     do, (z - shift_factor) * scaling_factor, from the distribution's mode (a sample would add noise).
-    A VAE whose config has no `shift_factor` (None: SD's, SDXL's, PixArt's) is not shifted: z * scaling_factor."""
+    A VAE whose config has no `shift_factor` (None: SD's, SDXL's, PixArt's), or a family whose pipelines
+    ignore it (`shifted=False`: CogView4's), is not shifted: z * scaling_factor."""
     latent = pipe.vae.encode(pixels).latent_dist.mode()
-    shift = pipe.vae.config.get("shift_factor", None)
+    shift = pipe.vae.config.get("shift_factor", None) if shifted else None
     return (latent if shift is None else latent - shift) * pipe.vae.config.scaling_factor
 
 

@@ -37,17 +37,25 @@ class LegacyCrossBranchProcessor(BranchProcessor):
 
     stock_class = AttnProcessor2_0
     refused_arguments = ()  # the caption's padding mask goes to the caption's attention, as in the stock call
+    qk_norm_across_heads = False  # SANA's processor norms q and k over all heads at once, before splitting them
 
     def with_branch(self, capture, attn, hidden_states, encoder_hidden_states, attention_mask, **_):
         caption_len = encoder_hidden_states.shape[1] - capture.layout.branch_len
         text, expressions = encoder_hidden_states.split_with_sizes((caption_len, capture.layout.branch_len), dim=1)
-        query = split_heads(attn, attn.to_q(hidden_states), attn.norm_q)
-        key, branch_key = (split_heads(attn, attn.to_k(t), attn.norm_k) for t in (text, expressions))
+        query, key, branch_key = (self.heads(attn, x, norm) for x, norm in
+                                  ((attn.to_q(hidden_states), attn.norm_q), (attn.to_k(text), attn.norm_k),
+                                   (attn.to_k(expressions), attn.norm_k)))
         value = split_heads(attn, attn.to_v(text))
         mask = None if attention_mask is None else attention_mask[..., :caption_len]
         out = cross_branch(capture, self.block_index, query, key, value, branch_key, legacy_sdpa(attn, mask))
         out = attn.to_out[1](attn.to_out[0](out.flatten(2, 3).to(query.dtype)))
         return out / attn.rescale_output_factor
+
+    def heads(self, attn, x: torch.Tensor, norm) -> torch.Tensor:
+        """[B, S, H, D] after the QK norm, applied per head or (`qk_norm_across_heads`) over all heads at once."""
+        if self.qk_norm_across_heads and norm is not None:
+            return split_heads(attn, norm(x))
+        return split_heads(attn, x, norm)
 
 
 @dataclass

@@ -376,9 +376,11 @@ class ImageDiTExtractor(DiTExtractor):
         """(height, width) an image of this size is resized to."""
         return resize_to(width, height, self.resolution, self.keep_aspect, self.pipe.vae_scale_factor * self.patch_size)
 
-    def pixels(self, image: Image.Image) -> torch.Tensor:
+    def pixels(self, image: Image.Image, contiguous: bool = False) -> torch.Tensor:
         """[1, 3, H, W]: the image resized (`image_size`) and scaled as the pipeline's `image_processor`
-        does, on the device in the VAE's dtype."""
+        does, on the device in the VAE's dtype; `contiguous` as a control pipeline's `prepare_image` hands
+        them on (its repeat copies them: a VAE's convolutions round otherwise on the processor's strided tensor)."""
         height, width = self.image_size(*image.size)
         pixels = self.pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width)
-        return pixels.to(self.device, self.pipe.vae.dtype)
+        pixels = pixels.to(self.device, self.pipe.vae.dtype)
+        return pixels.contiguous() if contiguous else pixels

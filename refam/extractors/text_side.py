@@ -38,19 +38,23 @@ def each_alone(expressions: EncodedExpressions, run: Callable[[torch.Tensor], to
 
 
 @contextmanager
-def rows_joined(blocks: Sequence[torch.nn.Module], expressions: EncodedExpressions, stream: str, first: bool = False,
-                alongside: Mapping[str, torch.Tensor] | None = None,
-                exit_module: torch.nn.Module | None = None) -> Iterator[None]:
-    """While open, the first of `blocks` (a denoiser's blocks, in order) receives the prepared rows of the
-    K expressions (`text_side`'s), [1, R = K L, D], joined to its argument `stream` (named as in the block's `forward`), before the rows there (`first`) or after
-    them. Every block receives each argument named in `alongside` that is set ([1, S, ...]) with that
-    tensor [1, R, ...] joined alike: True over the rows in an attention mask the stock code builds a
-    block's mask from (the kernels' key bias decides what the rows see and who sees them), the rows'
-    rotary rows. `exit_module` (where a single-stream model's stream leaves the blocks) receives its
-    first argument without the rows; a dual-stream model's text stream ends in the blocks."""
-    def join(main: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+def rows_joined(blocks: Sequence[torch.nn.Module], expressions: EncodedExpressions, stream: str | None,
+                first: bool = False, alongside: Mapping[str, torch.Tensor] | None = None,
+                exit_module: torch.nn.Module | None = None, token_dims: Mapping[str, int] | None = None) -> Iterator[None]:
+    """While open, the first of `blocks` (a denoiser's blocks, in order) receives the prepared rows of the K
+    expressions (`text_side`'s), [1, R = K L, D], joined to its argument `stream` (named as in the block's
+    `forward`), before the rows there (`first`) or after them; `stream` None: no argument carries the rows from
+    block to block (Kandinsky 6 hands every block the refined text afresh, named in `alongside`). Every block
+    receives each argument named in `alongside` that is set ([1, S, ...]) with that tensor [1, R, ...] joined
+    alike: the rows themselves, True over them in an attention mask the stock code builds a block's mask from
+    (the kernels' key bias decides what the rows see and who sees them), their rotary rows. An argument runs
+    over tokens in dimension 1 unless `token_dims` names another (a key mask [B, 1, 1, S], which the Hunyuan
+    transformers build over [image | caption]: -1). `exit_module` (where a single-stream model's stream leaves
+    the blocks) receives its first argument without the rows; a dual-stream model's text stream ends in the
+    blocks."""
+    def join(main: torch.Tensor, extra: torch.Tensor, dim: int = 1) -> torch.Tensor:
         extra = extra.to(main.device, main.dtype)
-        return torch.cat([extra, main] if first else [main, extra], dim=1)
+        return torch.cat([extra, main] if first else [main, extra], dim=dim)
 
     rows = expressions.embeds.flatten(0, 1)[None]
     signature = inspect.signature(blocks[0].forward)
@@ -58,11 +62,11 @@ def rows_joined(blocks: Sequence[torch.nn.Module], expressions: EncodedExpressio
 
     def enter(module, args, kwargs):
         bound = signature.bind(*args, **kwargs)
-        if module is blocks[0]:
+        if module is blocks[0] and stream is not None:
             bound.arguments[stream] = join(bound.arguments[stream], rows)
         for name, extra in alongside.items():
             if bound.arguments.get(name) is not None:
-                bound.arguments[name] = join(bound.arguments[name], extra)
+                bound.arguments[name] = join(bound.arguments[name], extra, (token_dims or {}).get(name, 1))
         return bound.args, bound.kwargs
 
     def leave(module, args):

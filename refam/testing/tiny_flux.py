@@ -52,6 +52,18 @@ def tiny_t5(tokenizer, **overrides):
     return T5EncoderModel(T5Config(**{**config, **overrides}))
 
 
+def tiny_clip(tokenizer, width: int = 32):
+    """A two-layer CLIPTextModel over `tokenizer`'s vocabulary (its pooled output FLUX's and HunyuanVideo's
+    pooled vector), drawn from torch's current random state."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=32, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+
+
 def tiny_flux_vae():
     """FLUX.1's AutoencoderKL at CPU size (16 latent channels, 8x, its scaling and shift factors), drawn
     from torch's current random state."""
@@ -78,19 +90,12 @@ def flux_scheduler():
 def build_tiny_flux(seed: int = 0, width: int = 32, heads: int = 2, double_blocks: int = 2, single_blocks: int = 2):
     """A randomly initialised FluxPipeline with the real component classes, deterministic by seed."""
     from diffusers import FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     clip_tok, t5_tok = build_tokenizers()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         t5 = tiny_t5(t5_tok)
-        clip = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id,
-            )
-        )
+        clip = tiny_clip(clip_tok)
         head_dim = width // heads
         rope = (head_dim - 2 * (head_dim * 3 // 8), head_dim * 3 // 8, head_dim * 3 // 8)
         transformer = FluxTransformer2DModel(

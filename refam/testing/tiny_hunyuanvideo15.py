@@ -64,21 +64,28 @@ def _qwen_text_model(tokenizer, width: int, layers: int):
     )).eval()
 
 
+def build_tiny_byt5(tokenizer, width: int):
+    """A one-layer T5 encoder over ByT5's byte vocabulary: the Hunyuan pipelines' glyph encoder (real: 1472 wide)."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=48, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+
+
 def build_tiny_hunyuanvideo15(seed: int = 0, heads: int = 2, head_dim: int = 16, layers: int = 2, text_width: int = 48,
                               glyph_width: int = 24, latent_channels: int = 4, text_layers: int = 4):
     """A randomly initialised HunyuanVideo15Pipeline with the real component classes, deterministic by seed."""
     from diffusers import (AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler,
                            HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel)
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+    from transformers import ByT5Tokenizer
 
     tokenizer, tokenizer_2 = build_hunyuanvideo15_tokenizer(), ByT5Tokenizer()
     spatial = 2 * (7 * head_dim // 32)  # (16, 56, 56) of 128
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         text_encoder = _qwen_text_model(tokenizer, text_width, text_layers)
-        text_encoder_2 = T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer_2), d_model=glyph_width, d_kv=8, d_ff=48, num_layers=1, num_heads=2,
-            relative_attention_num_buckets=8, pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id))
+        text_encoder_2 = build_tiny_byt5(tokenizer_2, glyph_width)
         transformer = HunyuanVideo15Transformer3DModel(
             in_channels=2 * latent_channels + 1, out_channels=latent_channels, num_attention_heads=heads,
             attention_head_dim=head_dim, num_layers=layers, num_refiner_layers=2, mlp_ratio=2.0, patch_size=1,

@@ -48,21 +48,28 @@ def build_gemma_tokenizer(texts: tuple[str, ...] = (LUMINA2_SYSTEM_PROMPT + " <P
     return tokenizer
 
 
+def tiny_gemma2(tokenizer, width: int, layers: int = 3, max_positions: int = 1024):
+    """A Gemma2Model over `build_gemma_tokenizer`'s vocabulary (pad 0, eos 1, bos 2), grouped-query, drawn from
+    torch's current random state: Lumina 2's and SANA's text encoder."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    return Gemma2Model(Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=width // 2, query_pre_attn_scalar=width // 2,
+        max_position_embeddings=max_positions, sliding_window=64, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )).eval()
+
+
 def build_tiny_lumina2(seed: int = 0, width: int = 48, heads: int = 4, kv_heads: int = 2, layers: int = 2,
                        text_width: int = 24):
     """A randomly initialised Lumina2Pipeline with the real component classes, deterministic by seed."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     tokenizer = build_gemma_tokenizer()
     axis = width // heads // 3
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        text_encoder = Gemma2Model(Gemma2Config(
-            vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=3,
-            num_attention_heads=2, num_key_value_heads=1, head_dim=text_width // 2, query_pre_attn_scalar=text_width // 2,
-            max_position_embeddings=1024, sliding_window=64, pad_token_id=0, eos_token_id=1, bos_token_id=2,
-        )).eval()
+        text_encoder = tiny_gemma2(tokenizer, text_width)
         transformer = Lumina2Transformer2DModel(
             sample_size=16, patch_size=2, in_channels=16, hidden_size=width, num_layers=layers, num_refiner_layers=2,
             num_attention_heads=heads, num_kv_heads=kv_heads, multiple_of=16, axes_dim_rope=(axis, axis, axis),

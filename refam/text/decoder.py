@@ -47,12 +47,21 @@ class PromptTemplate:
             HunyuanVideo (-3,), FLUX.2 (10, 20, 30).
         add_special_tokens: whether the tokenizer adds its own BOS/EOS to the templated text, as
             the pipeline's call does (False for a rendered chat template that holds them already).
+        pad_multiple: the pipeline left-pads the tokenized prompt with the pad token to a multiple of
+            this many tokens and runs the LLM with no mask, so the prompt's tokens attend to the padding
+            (CogView4: 16). The padding is kept (drop 0) and rides with the expression, flagged template.
+        keep_first: the pipeline keeps the first token's row (SANA's BOS) before the rows from `drop` on.
+        lowercase: the pipeline lowercases the prompt before the template wraps it (SANA's
+            `_text_preprocessing`); the expression is read lowercased alike.
     """
 
     text: str
     drop: int = 0
     hidden_layers: tuple[int, ...] = (-1,)
     add_special_tokens: bool = True
+    pad_multiple: int = 1
+    keep_first: bool = False
+    lowercase: bool = False
 
     def __post_init__(self) -> None:
         if self.text.count("{}") != 1:
@@ -61,6 +70,16 @@ class PromptTemplate:
             raise ConfigError(f"must be a number of tokens >= 0, got {self.drop}", field="drop")
         if not self.hidden_layers:
             raise ConfigError("must name at least one hidden layer (-1: the last)", field="hidden_layers")
+
+    @property
+    def kept_first(self) -> int:
+        """1 where the first token's row is kept before the rows from `drop` on, else 0."""
+        return int(self.keep_first and self.drop > 0)
+
+    def kept(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """The kept rows [K, length, ...] of [K, S, ...]: the first where kept, then those from `drop` on."""
+        rows = x[:, self.drop : self.drop + length - self.kept_first]
+        return torch.cat([x[:, :1], rows], dim=1) if self.kept_first else rows
 
     @property
     def prefix(self) -> str:
@@ -120,10 +139,14 @@ class DecoderReader(ExpressionReader):
     def _batch(self, expressions: list[tuple[str, int | None]]) -> _Batch:
         template = self.template
         prefix, suffix = template.prefix, template.suffix
+        if template.lowercase:
+            expressions = [(text.lower(), magnet_start) for text, magnet_start in expressions]
         enc = self.tokenizer(
             [prefix + text + suffix for text, _ in expressions], padding="longest", padding_side="right",
             return_offsets_mapping=True, add_special_tokens=template.add_special_tokens, return_tensors="pt",
         )
+        if template.pad_multiple > 1:
+            enc = self._left_padded(enc)
         tokens, ends = [], []
         for (text, magnet_start), ids, mask, offsets in zip(
             expressions, enc["input_ids"].tolist(), enc["attention_mask"].tolist(), enc["offset_mapping"].tolist()
@@ -139,16 +162,30 @@ class DecoderReader(ExpressionReader):
                 raise ConfigError(
                     f"drop is {template.drop} tokens but the template's prefix is {head} tokens with this tokenizer: "
                     "the drop would cut into the expression", field="template")
-            keep = slice(template.drop, n)
+            keep = [0] * template.kept_first + list(range(template.drop, n))
             words = _expression_words(
-                text, self.tokenizer.convert_ids_to_tokens(ids[keep]), [(s - first, e - first) for s, e in offsets[keep]],
-                [not flag for flag in inside[keep]], magnet_start)
+                text, self.tokenizer.convert_ids_to_tokens([ids[i] for i in keep]),
+                [(offsets[i][0] - first, offsets[i][1] - first) for i in keep], [not inside[i] for i in keep], magnet_start)
             # every templated token but the end token (the first after the expression) is the template's
-            around = [not flag and i != last for i, flag in enumerate(inside)][keep]
-            words = mark_unknown(words, ids[keep], self.tokenizer.unk_token_id)
+            around = [not inside[i] and i != last for i in keep]
+            words = mark_unknown(words, [ids[i] for i in keep], self.tokenizer.unk_token_id)
             tokens.append([replace(t, template=True) if flag else t for t, flag in zip(words, around)])
             ends.append(last)
         return _Batch(enc["input_ids"], enc["attention_mask"], tokens, ends)
+
+    def _left_padded(self, enc) -> dict:
+        """Each row's real tokens after the pad tokens that fill them up to a multiple of `pad_multiple`, all
+        attended (the pipeline passes no mask), the batch right-padded again to its longest row."""
+        multiple, pad = self.template.pad_multiple, self.tokenizer.pad_token_id
+        rows = []
+        for ids, mask, offsets in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist(), enc["offset_mapping"].tolist()):
+            n = sum(mask)
+            fill = -n % multiple
+            rows.append(([pad] * fill + ids[:n], [(0, 0)] * fill + offsets[:n]))
+        width = max(len(ids) for ids, _ in rows)
+        return {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
+                "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
+                "offset_mapping": torch.tensor([offsets + [(0, 0)] * (width - len(offsets)) for _, offsets in rows])}
 
     def count_tokens(self, text: str) -> int:
         return sum(not t.special for t in self._batch([(text, None)]).tokens[0])
@@ -165,16 +202,16 @@ class DecoderReader(ExpressionReader):
         vectors = magnet_vectors(table.weight) if magnet_vectors is not None else None
         if vectors is not None:
             inputs, mask = insert_rows(inputs, mask, batch.ends, vectors.to(inputs))
-            tokens = insert_tokens(tokens, [end - self.template.drop for end in batch.ends],
+            tokens = insert_tokens(tokens, [end - self.template.drop + self.template.kept_first for end in batch.ends],
                                    vector_magnet_tokens(vectors.shape[0]))
         out = self.encoder(inputs_embeds=inputs, attention_mask=mask, output_hidden_states=True, use_cache=False)
         length = max(len(row) for row in tokens)
-        keep = slice(self.template.drop, self.template.drop + length)
-        hidden = torch.cat([out.hidden_states[layer][:, keep] for layer in self.template.hidden_layers], dim=-1)
+        kept = self.template.kept
+        hidden = torch.cat([kept(out.hidden_states[layer], length) for layer in self.template.hidden_layers], dim=-1)
         padding = TokenInfo(self.tokenizer.pad_token or "", "", special=True, magnet=False)
         return EncodedExpressions(
             embeds=hidden.to(device, dtype),
-            valid=mask[:, keep].bool().cpu(),
+            valid=kept(mask, length).bool().cpu(),
             tokens=[row + [padding] * (length - len(row)) for row in tokens],
         )
 

@@ -11,11 +11,16 @@ from jsonargparse import ArgumentParser
 from refam.extractors.base import Extractor
 from refam.extractors.chroma import ChromaExtractor
 from refam.extractors.cogvideox import CogVideoXExtractor
+from refam.extractors.cogview4 import CogView4Extractor
 from refam.extractors.flux2 import Flux2Extractor
+from refam.extractors.hunyuanimage import HunyuanImageExtractor
+from refam.extractors.hunyuanvideo import HunyuanVideoExtractor
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
 from refam.extractors.pixart import PixArtSigmaExtractor
+from refam.extractors.kandinsky6 import Kandinsky6Extractor
 from refam.extractors.lumina2 import Lumina2Extractor
 from refam.extractors.qwenimage import QwenImageExtractor
+from refam.extractors.sana import SanaExtractor
 from refam.extractors.sd3 import SD3Extractor
 from refam.extractors.wan import WanExtractor
 from refam.extractors.zimage import ZImageExtractor
@@ -27,16 +32,25 @@ EXPECTED = {
     "chroma": (ChromaExtractor, "lodestones/Chroma1-HD", dict(resolution=1024, caption_max_tokens=512)),
     "cogvideox": (CogVideoXExtractor, "THUDM/CogVideoX-5b",
                   dict(height=480, width=720, clip_frames=49, windows="first", caption_max_tokens=226)),
+    "cogview4": (CogView4Extractor, "THUDM/CogView4-6B", dict(resolution=1024, keep_aspect=False, caption_max_tokens=1024)),
     "flux2": (Flux2Extractor, "black-forest-labs/FLUX.2-dev",
               dict(resolution=1024, caption_max_tokens=512, guidance_scale=4.0, text_layers=None)),
+    "hunyuanimage": (HunyuanImageExtractor, "hunyuanvideo-community/HunyuanImage-2.1-Diffusers",
+                     dict(resolution=2048, keep_aspect=False, caption_max_tokens=1000)),
+    "hunyuanvideo": (HunyuanVideoExtractor, "hunyuanvideo-community/HunyuanVideo",
+                     dict(height=720, width=1280, clip_frames=21, caption_max_tokens=256, guidance_scale=6.0)),
     "hunyuanvideo15": (HunyuanVideo15Extractor, "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v",
                        dict(height=480, width=848, clip_frames=21, caption_max_tokens=1000)),
+    "kandinsky6": (Kandinsky6Extractor, "checkpoints/kandinsky6",
+                   dict(height=512, width=768, clip_frames=21, caption_max_tokens=1024)),
     "pixart": (PixArtSigmaExtractor, "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
                dict(resolution=1024, keep_aspect=False, caption_max_tokens=300)),
     "lumina2": (Lumina2Extractor, "Alpha-VLLM/Lumina-Image-2.0",
                 dict(resolution=1024, keep_aspect=False, caption_max_tokens=256, expression_max_tokens=128)),
     "qwenimage": (QwenImageExtractor, "Qwen/Qwen-Image",
                   dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
+    "sana": (SanaExtractor, "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
+             dict(resolution=1024, keep_aspect=False, caption_max_tokens=300, instruction=True)),
     "sd3": (SD3Extractor, "stabilityai/stable-diffusion-3.5-large", dict(resolution=1024, caption_max_tokens=256, blocks=None)),
     "wan": (WanExtractor, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dict(caption_max_tokens=512, height=480, width=832, clip_frames=21)),
     "zimage": (ZImageExtractor, "Tongyi-MAI/Z-Image-Turbo",

@@ -44,20 +44,28 @@ def block_inputs(module: torch.nn.Module, run: Callable[[], Any]) -> dict:
     return seen
 
 
-class _IdentityRope(torch.nn.Module):
-    """A `pos_embed` giving every position the identity rotation (cos 1, sin 0)."""
+class IdentityRope(torch.nn.Module):
+    """A rotary module giving every token the identity rotation (cos 1, sin 0) as (cos, sin) [N, head_dim];
+    `tokens` counts the tokens of its input (by default ids [N, axes], a FLUX-style `pos_embed`'s)."""
 
-    def __init__(self, head_dim: int) -> None:
+    def __init__(self, head_dim: int, tokens: Callable[[torch.Tensor], int] = lambda ids: ids.shape[0]) -> None:
         super().__init__()
-        self.head_dim = head_dim
+        self.head_dim, self.tokens = head_dim, tokens
 
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.ones(ids.shape[0], self.head_dim), torch.zeros(ids.shape[0], self.head_dim)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ones(self.tokens(x), self.head_dim), torch.zeros(self.tokens(x), self.head_dim)
 
 
 def rope_off(transformer, monkeypatch) -> None:
     """`positions_off` for FLUX-style transformers, whose `pos_embed(ids)` returns (cos, sin)."""
-    monkeypatch.setattr(transformer, "pos_embed", _IdentityRope(transformer.config.attention_head_dim))
+    monkeypatch.setattr(transformer, "pos_embed", IdentityRope(transformer.config.attention_head_dim))
+
+
+def latent_rope_off(transformer, monkeypatch, cells: int = 1) -> None:
+    """`positions_off` for transformers whose `rope(latent)` returns (cos, sin) for its tokens of `cells` latent
+    cells each (HunyuanVideo, HunyuanImage, CogView4)."""
+    tokens = lambda latent: latent.shape[2:].numel() // cells  # noqa: E731
+    monkeypatch.setattr(transformer, "rope", IdentityRope(transformer.config.attention_head_dim, tokens))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
 from refam.testing.tiny_hunyuanvideo15 import save_tiny_hunyuanvideo15
-from tests.extractors.contract.contract import ContractEntry, block_inputs, flow_levels, text_side_attention
+from tests.extractors.contract.contract import (ContractEntry, block_inputs, flow_levels, latent_rope_off,
+                                                text_side_attention)
 
 CAPTION_TOKENS = 24  # the pipeline's tokenizer_max_length (1000 in the real one): the Qwen rows after the crop
 
@@ -27,33 +28,38 @@ def _call(pipe, x_t, sigma, text, mask, glyph, glyph_mask):
     )[0]
 
 
-def _prompt(pipe, text, length):
+def prompt(pipe, text, length):
+    """encode_prompt of the Qwen-reading Hunyuan pipelines (1.5, HunyuanImage): (Qwen rows, mask, ByT5 rows, mask)."""
     pipe.tokenizer_max_length = length  # the pipeline pads (and cuts) its Qwen prompt to this after the crop
     return pipe.encode_prompt(text, device="cpu")
 
 
 def stock_velocity(pipe, x_t, sigma, grid, caption):
-    return _call(pipe, x_t, sigma, *_prompt(pipe, caption, CAPTION_TOKENS))
+    return _call(pipe, x_t, sigma, *prompt(pipe, caption, CAPTION_TOKENS))
 
 
-def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
-    attn = pipe.transformer.transformer_blocks[0].attn
-    image = block_inputs(attn, lambda: stock_velocity(pipe, x_t, sigma, grid, caption))
-    # the expression as the whole Qwen caption (no padding, no glyph text): the token refiner mixes its
-    # rows alone, and the reordered caption stream starts with them
-    length = expression.shape[1]
-    _, _, glyph, glyph_mask = _prompt(pipe, "", CAPTION_TOKENS)
-    text = block_inputs(attn, lambda: _call(pipe, x_t, sigma, expression, torch.ones(1, length), glyph, glyph_mask))
-    query = attn.norm_q(attn.to_q(image["hidden_states"]).unflatten(2, (attn.heads, -1)))
-    query = apply_rotary_emb(query, image["image_rotary_emb"], sequence_dim=1)  # video tokens only
-    key = attn.norm_added_k(attn.add_k_proj(text["encoder_hidden_states"][:, :length]).unflatten(2, (attn.heads, -1)))
-    return query[0], key[0]
+def refined_block0(call, caption_tokens):
+    """`block0_vectors` of a Qwen-reading Hunyuan pipeline whose stock transformer call is `call(pipe, x_t, sigma,
+    Qwen rows, mask, ByT5 rows, mask)`: the expression read as the whole Qwen caption (no padding, no glyph
+    text), which the token refiner mixes alone; the reordered caption stream starts with its rows."""
+    def block0_vectors(pipe, x_t, sigma, grid, caption, expression):
+        attn = pipe.transformer.transformer_blocks[0].attn
+        image = block_inputs(attn, lambda: call(pipe, x_t, sigma, *prompt(pipe, caption, caption_tokens)))
+        length = expression.shape[1]
+        _, _, glyph, glyph_mask = prompt(pipe, "", caption_tokens)
+        text = block_inputs(attn, lambda: call(pipe, x_t, sigma, expression, torch.ones(1, length), glyph, glyph_mask))
+        query = attn.norm_q(attn.to_q(image["hidden_states"]).unflatten(2, (attn.heads, -1)))
+        query = apply_rotary_emb(query, image["image_rotary_emb"], sequence_dim=1)  # video or image tokens only
+        key = attn.norm_added_k(attn.add_k_proj(text["encoder_hidden_states"][:, :length]).unflatten(2, (attn.heads, -1)))
+        return query[0], key[0]
+
+    return block0_vectors
 
 
 def stock_expression(pipe, text, length):
-    # HunyuanVideo15Pipeline.encode_prompt: the chat template, 108 tokens cropped, hidden layer -3, a
-    # prompt exactly `length` tokens long
-    embeds, mask, _, _ = _prompt(pipe, text, length)
+    # encode_prompt: the template (its system prefix cropped: 1.5's 108 tokens, HunyuanImage's 34), hidden
+    # layer -3, a prompt exactly `length` tokens long
+    embeds, mask, _, _ = prompt(pipe, text, length)
     assert mask.all(), "the prompt was padded"
     return embeds[0]
 
@@ -62,22 +68,6 @@ def stock_latent(pipe, image, height, width):
     # HunyuanVideo15ImageToVideoPipeline._get_image_latents: image_processor.preprocess as a one-frame
     # video, the VAE's mode, times scaling_factor
     return HunyuanVideo15ImageToVideoPipeline._get_image_latents(pipe.vae, pipe.video_processor, image, height, width, "cpu")
-
-
-class _NoRope(torch.nn.Module):
-    """The identity rotation (cos 1, sin 0) for every video token."""
-
-    def __init__(self, head_dim):
-        super().__init__()
-        self.head_dim = head_dim
-
-    def forward(self, hidden_states):
-        tokens = hidden_states.shape[2:].numel()  # patch size 1: one token per latent cell
-        return torch.ones(tokens, self.head_dim), torch.zeros(tokens, self.head_dim)
-
-
-def positions_off(transformer, monkeypatch):
-    monkeypatch.setattr(transformer, "rope", _NoRope(transformer.config.attention_head_dim))
 
 
 def reference_hooks(transformer, valid):
@@ -93,8 +83,8 @@ ENTRY = ContractEntry(
     settings=dict(torch_dtype="float32", height=48, width=80, clip_frames=5, caption_max_tokens=CAPTION_TOKENS),
     image_size=(100, 60),
     stock_velocity=stock_velocity,
-    block0_vectors=block0_vectors,
-    positions_off=positions_off,
+    block0_vectors=refined_block0(_call, CAPTION_TOKENS),
+    positions_off=latent_rope_off,
     stock_latent=stock_latent,
     # HunyuanVideo15Pipeline: sigmas linspace(1, 0, N + 1)[:-1] through the scheduler's static shift, its
     # timesteps (1000 sigma) told as they are

@@ -175,7 +175,8 @@ def test_a_planted_latent_cell_lands_on_its_frame_row_column_and_pixel(backbone,
 
     def recording_encode(*args, **kwargs):
         encoded = real_encode(*args, **kwargs)
-        shapes.append(encoded.latent_dist.mode().shape)  # the VAE's latent for this image or clip
+        # the VAE's latent for this image or clip: its distribution's mode, or a deterministic encoder's latent (SANA's DC-AE)
+        shapes.append((encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent).shape)
         return encoded
 
     monkeypatch.setattr(vae, "encode", recording_encode)
@@ -191,6 +192,7 @@ def test_a_planted_latent_cell_lands_on_its_frame_row_column_and_pixel(backbone,
 
     class _Encoded:
         latent_dist = type("D", (), {"mode": staticmethod(lambda *a, **k: planted), "sample": staticmethod(lambda *a, **k: planted)})
+        latent = planted
 
     monkeypatch.setattr(vae, "encode", lambda *a, **k: _Encoded)
     expression = [MAGNETS.augment("the red dog")]
