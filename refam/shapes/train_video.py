@@ -82,7 +82,7 @@ def clip_targets(clip: MotionClip) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class ClipCrops(IterableDataset):
-    """Endless random 64 x 64 crops of 7-frame windows of training clips, for the autoencoder."""
+    """Endless random `crop` x `crop` crops of 7-frame windows of training clips, for the autoencoder."""
 
     def __init__(self, seed: int, crop: int = 64, frames: int = 7) -> None:
         self.seed, self.crop, self.frames = seed, crop, frames
@@ -249,7 +249,7 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
                     ground_weight: float, ground_share: float, clips: int, batch_size: int, vae_steps: int,
                     flow_steps: int, vae_seconds: float, total_seconds: float, vae_log: Path, flow_log: Path,
                     monitored: list | None, previous: dict | None = None, command: str | None = None,
-                    vae_source: dict | None = None) -> dict:
+                    vae_source: dict | None = None, vae_crop: int = 64) -> dict:
     """What `training.json` holds: the command, every setting, the curves and the monitor's scores.
     A snapshot of a run stopped for time gets the same record, with the steps it reached."""
     record = {
@@ -257,7 +257,7 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
         "seed": seed, "model": config.to_dict(), "frame": list(FRAME), "clip_frames": CLIP_FRAMES,
         "caption_tokens": caption_tokens, "empty_caption_rate": empty_caption_rate,
         "ground_weight": ground_weight, "ground_share": ground_share, "training_clips": clips,
-        "batch_size": batch_size, "vae_steps": vae_steps, "flow_steps": flow_steps,
+        "batch_size": batch_size, "vae_steps": vae_steps, "vae_crop": vae_crop, "flow_steps": flow_steps,
         "vae_seconds": vae_seconds, "total_seconds": total_seconds,
         "machine": "2 CPU cores (refam development machine)",
         "vae_mse_curve": loss_curve(vae_log, "vae/mse"),
@@ -277,7 +277,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
           config: VideoModelConfig, lr: float, caption_tokens: int, work_dir: Path, snapshot_every: int = 0,
           resume_from: Path | None = None, ground_weight: float = 1.0, ground_share: float = 0.5,
           monitor_every: int = 0, monitor_clips: int = 40, empty_caption_rate: float = 0.5,
-          vae_from: Path | None = None) -> dict:
+          vae_from: Path | None = None, vae_crop: int = 64) -> dict:
     """`resume_from`: a snapshot whose pipeline continues training; `vae_from`: a trained pipeline
     whose autoencoder (and latent statistics) a new transformer and T5 train on, stage 1 skipped."""
     from diffusers import MochiPipeline
@@ -304,7 +304,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
     else:
         parts = build_video_components(config, seed)
         vae = parts["vae"]
-        crops = DataLoader(ClipCrops(seed=seed), batch_size=4)
+        crops = DataLoader(ClipCrops(seed=seed, crop=vae_crop), batch_size=4)
         vae_trainer = _trainer(vae_steps, work_dir, "vae")
         vae_trainer.fit(AutoencoderStage(vae, lr=1e-3, kl_weight=1e-6), crops)
         vae.eval().requires_grad_(False)
@@ -334,6 +334,6 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
     record = training_record(config, seed, caption_tokens, empty_caption_rate, ground_weight, ground_share, clips,
                              batch_size, vae_steps, flow_steps, round(vae_seconds, 1), round(time.time() - start, 1),
                              vae_log, Path(flow_trainer.logger.log_dir) / "metrics.csv", monitor.history, previous,
-                             vae_source=vae_source)
+                             vae_source=vae_source, vae_crop=vae_crop)
     (Path(output) / "training.json").write_text(json.dumps(record, indent=1))
     return record

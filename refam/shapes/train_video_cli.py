@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="share of training steps' clips with the empty caption (refam predict's default)")
     parser.add_argument("--monitor-every", type=number(int, at_least=0), default=0,
                         help="score the key-frame point on held-out clips every N flow steps")
+    parser.add_argument("--vae-crop", type=number(int, at_least=16), default=64,
+                        help="side of the random crops the autoencoder trains on (smaller: more steps an hour)")
     parser.add_argument("--vae-from", type=Path, default=None,
                         help="a trained refam-shapes-video folder whose autoencoder to keep (skips stage 1)")
     parser.add_argument("--monitor-clips", type=COUNT, default=30, help="held-out test clips the monitor scores")
@@ -58,5 +60,5 @@ def main(argv: list[str] | None = None) -> None:
     record = training.train(output, args.vae_steps, args.flow_steps, args.clips, args.batch_size, args.seed, config,
                             args.lr, args.caption_tokens, args.work_dir, args.snapshot_every, args.resume_from,
                             args.ground_weight, args.ground_share, args.monitor_every, args.monitor_clips,
-                            args.empty_caption_rate, args.vae_from)
+                            args.empty_caption_rate, args.vae_from, args.vae_crop)
     print(json.dumps({k: record[k] for k in ("total_seconds", "vae_seconds")}))
