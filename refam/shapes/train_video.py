@@ -33,7 +33,8 @@ from refam.extractors.video import latent_frames, plan_clips
 from refam.shapes.grounding import BatchCapture, GroundingTerm
 from refam.shapes.motion import MotionClip, make_motion_clip
 from refam.shapes.train import AutoencoderStage, SavePipelineEvery, _trainer, loss_curve
-from refam.shapes.video_model import CLIP_FRAMES, FRAME, TEMPORAL, VideoModelConfig, build_video_components
+from refam.shapes.video_model import (CLIP_FRAMES, FRAME, TEMPORAL, VideoModelConfig, build_video_components,
+                                      fixed_rope_mask)
 
 GRID = (FRAME[0] // 16, FRAME[1] // 16)
 MOTION_KINDS = {"motion": 3.0, "still": 3.0, "moving": 3.0, "object motion": 2.0}
@@ -81,7 +82,7 @@ def clip_targets(clip: MotionClip) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class ClipCrops(IterableDataset):
-    """Endless random 64 x 64 crops of 7-frame windows of training clips, for the autoencoder."""
+    """Endless random `crop` x `crop` crops of 7-frame windows of training clips, for the autoencoder."""
 
     def __init__(self, seed: int, crop: int = 64, frames: int = 7) -> None:
         self.seed, self.crop, self.frames = seed, crop, frames
@@ -140,7 +141,7 @@ def training_caption(clip: MotionClip, rng: np.random.Generator) -> str:
 class VideoFlowStage(L.LightningModule):
     def __init__(self, pipe, data: LatentClips, lr: float, caption_tokens: int, empty_caption_rate: float, seed: int,
                  ground_weight: float, ground_share: float, ground_sigma: tuple[float, float] = (0.0, 0.2),
-                 t_mean: float = 0.0) -> None:
+                 t_mean: float = 0.0, rope_mask: torch.Tensor | None = None) -> None:
         super().__init__()
         from refam.extractors.branch import install
         from refam.extractors.mochi import MochiBranchProcessor
@@ -151,6 +152,8 @@ class VideoFlowStage(L.LightningModule):
         self.ground_weight, self.ground_share, self.ground_sigma = ground_weight, ground_share, ground_sigma
         self.rng = np.random.default_rng(seed)
         self.processors = install(list(self.transformer.transformer_blocks), MochiBranchProcessor, attribute="attn1")
+        if rope_mask is not None:  # the unrotated RoPE dims (`rope_fixed_dims`) stay at zero frequency
+            self.transformer.pos_frequencies.register_hook(lambda grad: grad * rope_mask)
         self.grounding = GroundingTerm(pipe.tokenizer, self.t5, kind_weights=MOTION_KINDS) if ground_weight > 0 else None
 
     def on_train_start(self) -> None:
@@ -245,7 +248,8 @@ class VideoMonitor(L.Callback):
 def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, empty_caption_rate: float,
                     ground_weight: float, ground_share: float, clips: int, batch_size: int, vae_steps: int,
                     flow_steps: int, vae_seconds: float, total_seconds: float, vae_log: Path, flow_log: Path,
-                    monitored: list | None, previous: dict | None = None, command: str | None = None) -> dict:
+                    monitored: list | None, previous: dict | None = None, command: str | None = None,
+                    vae_source: dict | None = None, vae_crop: int = 64) -> dict:
     """What `training.json` holds: the command, every setting, the curves and the monitor's scores.
     A snapshot of a run stopped for time gets the same record, with the steps it reached."""
     record = {
@@ -253,7 +257,7 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
         "seed": seed, "model": config.to_dict(), "frame": list(FRAME), "clip_frames": CLIP_FRAMES,
         "caption_tokens": caption_tokens, "empty_caption_rate": empty_caption_rate,
         "ground_weight": ground_weight, "ground_share": ground_share, "training_clips": clips,
-        "batch_size": batch_size, "vae_steps": vae_steps, "flow_steps": flow_steps,
+        "batch_size": batch_size, "vae_steps": vae_steps, "vae_crop": vae_crop, "flow_steps": flow_steps,
         "vae_seconds": vae_seconds, "total_seconds": total_seconds,
         "machine": "2 CPU cores (refam development machine)",
         "vae_mse_curve": loss_curve(vae_log, "vae/mse"),
@@ -261,6 +265,8 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
         "ground_loss_curve": loss_curve(flow_log, "ground/loss"),
         "key_point_accuracy_curve": monitored or None,
     }
+    if vae_source is not None:  # the autoencoder was trained by that run (its record), not this one
+        record["vae_from"] = vae_source
     if previous is not None:
         record["resumed_from"] = previous
         record["total_seconds"] += previous.get("total_seconds", 0.0)
@@ -270,12 +276,15 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
 def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size: int, seed: int,
           config: VideoModelConfig, lr: float, caption_tokens: int, work_dir: Path, snapshot_every: int = 0,
           resume_from: Path | None = None, ground_weight: float = 1.0, ground_share: float = 0.5,
-          monitor_every: int = 0, monitor_clips: int = 40, empty_caption_rate: float = 0.5) -> dict:
+          monitor_every: int = 0, monitor_clips: int = 40, empty_caption_rate: float = 0.5,
+          vae_from: Path | None = None, vae_crop: int = 64) -> dict:
+    """`resume_from`: a snapshot whose pipeline continues training; `vae_from`: a trained pipeline
+    whose autoencoder (and latent statistics) a new transformer and T5 train on, stage 1 skipped."""
     from diffusers import MochiPipeline
 
     start = time.time()
     L.seed_everything(seed)
-    previous = None
+    previous, vae_source = None, None
     if resume_from is not None:
         pipe = MochiPipeline.from_pretrained(str(resume_from))
         record_file = Path(resume_from) / "training.json"
@@ -283,10 +292,19 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
         vae = pipe.vae.eval().requires_grad_(False)
         vae_seconds, vae_log = 0.0, Path(work_dir) / "no-vae-stage.csv"
         latents, clip_list, cover = encode_clips(vae, clips)
+    elif vae_from is not None:
+        parts = build_video_components(config, seed)
+        parts["vae"] = vae = MochiPipeline.from_pretrained(str(vae_from)).vae.eval().requires_grad_(False)
+        record_file = Path(vae_from) / "training.json"
+        vae_source = {"folder": str(vae_from),
+                      "record": json.loads(record_file.read_text()) if record_file.exists() else None}
+        vae_seconds, vae_log = 0.0, Path(work_dir) / "no-vae-stage.csv"
+        latents, clip_list, cover = encode_clips(vae, clips)
+        pipe = MochiPipeline(**parts)
     else:
         parts = build_video_components(config, seed)
         vae = parts["vae"]
-        crops = DataLoader(ClipCrops(seed=seed), batch_size=4)
+        crops = DataLoader(ClipCrops(seed=seed, crop=vae_crop), batch_size=4)
         vae_trainer = _trainer(vae_steps, work_dir, "vae")
         vae_trainer.fit(AutoencoderStage(vae, lr=1e-3, kl_weight=1e-6), crops)
         vae.eval().requires_grad_(False)
@@ -303,7 +321,8 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     stage = VideoFlowStage(pipe, data, lr=lr, caption_tokens=caption_tokens, empty_caption_rate=empty_caption_rate,
-                           seed=seed, ground_weight=ground_weight, ground_share=ground_share)
+                           seed=seed, ground_weight=ground_weight, ground_share=ground_share,
+                           rope_mask=fixed_rope_mask(config, pipe.transformer.pos_frequencies))
     monitor = VideoMonitor(pipe, Path(work_dir) / "monitored", monitor_every, monitor_clips)
     flow_trainer = _trainer(flow_steps, work_dir, "flow", [SavePipelineEvery(pipe, Path(work_dir) / "snapshots", snapshot_every), monitor])
     flow_trainer.fit(stage, loader)
@@ -314,6 +333,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
     pipe.save_pretrained(output, safe_serialization=True)
     record = training_record(config, seed, caption_tokens, empty_caption_rate, ground_weight, ground_share, clips,
                              batch_size, vae_steps, flow_steps, round(vae_seconds, 1), round(time.time() - start, 1),
-                             vae_log, Path(flow_trainer.logger.log_dir) / "metrics.csv", monitor.history, previous)
+                             vae_log, Path(flow_trainer.logger.log_dir) / "metrics.csv", monitor.history, previous,
+                             vae_source=vae_source, vae_crop=vae_crop)
     (Path(output) / "training.json").write_text(json.dumps(record, indent=1))
     return record

@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="share of training steps' clips with the empty caption (refam predict's default)")
     parser.add_argument("--monitor-every", type=number(int, at_least=0), default=0,
                         help="score the key-frame point on held-out clips every N flow steps")
+    parser.add_argument("--vae-crop", type=number(int, at_least=16), default=64,
+                        help="side of the random crops the autoencoder trains on (smaller: more steps an hour)")
+    parser.add_argument("--vae-from", type=Path, default=None,
+                        help="a trained refam-shapes-video folder whose autoencoder to keep (skips stage 1)")
     parser.add_argument("--monitor-clips", type=COUNT, default=30, help="held-out test clips the monitor scores")
     for name, default in VideoModelConfig().to_dict().items():
         if not isinstance(default, tuple):
@@ -37,9 +41,17 @@ def main(argv: list[str] | None = None) -> None:
                           "train on; give more clips or a smaller batch")
     if config.text_width % 8:
         raise ConfigError(f"--text-width {config.text_width} is not a multiple of 8 (Mochi's caption pooler has 8 heads)")
+    if config.rope_fixed_dims % 2 or config.rope_fixed_dims >= config.head_dim:
+        raise ConfigError(f"--rope-fixed-dims {config.rope_fixed_dims} must be even and below --head-dim "
+                          f"{config.head_dim}: the rest of each head carries the position")
+    if args.vae_from is not None and args.resume_from is not None:
+        raise ConfigError("--vae-from and --resume-from both given: a resumed snapshot keeps its own autoencoder")
     if args.resume_from is not None and not (args.resume_from / "model_index.json").is_file():
         raise MissingInputError(f"--resume-from {args.resume_from}: not a model folder (no model_index.json); give "
                                 "a folder that refam train-shapes-video wrote")
+    if args.vae_from is not None and not (args.vae_from / "vae" / "config.json").is_file():
+        raise MissingInputError(f"--vae-from {args.vae_from}: no vae/config.json there; give a folder that "
+                                "refam train-shapes-video wrote")
     if args.work_dir.exists() and not args.work_dir.is_dir():
         raise ConfigError(f"--work-dir {args.work_dir} is a file; give a folder for the logs and snapshots")
     writable(args.work_dir, "--work-dir")
@@ -48,5 +60,5 @@ def main(argv: list[str] | None = None) -> None:
     record = training.train(output, args.vae_steps, args.flow_steps, args.clips, args.batch_size, args.seed, config,
                             args.lr, args.caption_tokens, args.work_dir, args.snapshot_every, args.resume_from,
                             args.ground_weight, args.ground_share, args.monitor_every, args.monitor_clips,
-                            args.empty_caption_rate)
+                            args.empty_caption_rate, args.vae_from, args.vae_crop)
     print(json.dumps({k: record[k] for k in ("total_seconds", "vae_seconds")}))

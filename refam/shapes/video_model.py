@@ -19,6 +19,7 @@ from refam.text.wordlevel import word_level_tokenizers
 FRAME = (192, 192)  # (height, width) the extractor resizes every frame to: 12 x 12 tokens per latent frame
 CLIP_FRAMES = 13  # one window of Mochi's 6 k + 1: latent frames [frame 0 | 1-6 | 7-12]
 TEMPORAL = 6  # AutoencoderKLMochi's temporal compression
+ROPE_STEP = 16.0  # MochiRoPE's position units between two neighbouring tokens of a 12 x 12 grid at FRAME
 
 
 def video_vocabulary() -> list[str]:
@@ -35,9 +36,36 @@ class VideoModelConfig:
     text_layers: int = 1
     latent_channels: int = 12  # as Mochi 1
     vae_channels: tuple[int, ...] = (32, 32, 32, 32)  # Mochi's GroupNorm has 32 groups
+    # each head's first dims that RoPE never rotates (their frequencies stay zero in training): an
+    # image query matches an expression key there by content alone, wherever the shape is
+    rope_fixed_dims: int = 16
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def draw_rope_frequencies(frequencies: torch.Tensor, fixed_dims: int) -> None:
+    """Mochi's learned RoPE frequencies [3 (time, rows, columns), heads, head_dim / 2], drawn in place.
+
+    diffusers builds them at zero (no rotation: no position at all). Drawn so that one step rotates a
+    pair by about half a radian: a latent frame is one step in time, but a token is `ROPE_STEP`
+    position units in space (MochiRoPE spreads the grid over the 192-pixel base frame), so rows and
+    columns are drawn that much smaller; drawn as large as time's, every token's query came out
+    turned at random and no expression key matched a shape's looks wherever it stood (the grounding
+    term did not fall on 64 clips in 160 steps; with these draws it fell from the first steps).
+    The first `fixed_dims` of each head are left unrotated."""
+    if fixed_dims % 2 or not 0 <= fixed_dims < 2 * frequencies.shape[-1]:
+        raise ValueError(f"rope_fixed_dims={fixed_dims} must be even and below the head's {2 * frequencies.shape[-1]} dims")
+    frequencies.normal_(0.0, 0.5)
+    frequencies[1:] /= ROPE_STEP
+    frequencies[:, :, : fixed_dims // 2] = 0.0
+
+
+def fixed_rope_mask(config: VideoModelConfig, frequencies: torch.Tensor) -> torch.Tensor:
+    """1 where a RoPE frequency trains, 0 on the unrotated dims (`rope_fixed_dims`)."""
+    mask = torch.ones_like(frequencies)
+    mask[:, :, : config.rope_fixed_dims // 2] = 0.0
+    return mask
 
 
 def build_video_components(config: VideoModelConfig, seed: int = 0) -> dict:
@@ -53,9 +81,7 @@ def build_video_components(config: VideoModelConfig, seed: int = 0) -> dict:
             num_layers=config.layers, pooled_projection_dim=config.text_stream, in_channels=config.latent_channels,
             text_embed_dim=config.text_width, time_embed_dim=64, max_sequence_length=256,
         )
-        # diffusers builds Mochi's learned RoPE frequencies at zero (no rotation: no position at all);
-        # drawn at random, every head starts with a mix of time, row and column rotations to learn from
-        transformer.pos_frequencies.data.normal_(0.0, 0.5)
+        draw_rope_frequencies(transformer.pos_frequencies.data, config.rope_fixed_dims)
         channels = tuple(config.vae_channels)
         vae = AutoencoderKLMochi(
             in_channels=15, out_channels=3, encoder_block_out_channels=channels, decoder_block_out_channels=channels,

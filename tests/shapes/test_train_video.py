@@ -81,3 +81,17 @@ def test_the_window_is_the_extractors_first_clip(frames):
     moving = [k for k, o in enumerate(clip.objects) if o.motion != "still"]
     for k in moving:  # a mover's cells differ between the first and last latent frame
         assert not torch.allclose(cover[k, :cells], cover[k, 2 * cells :])
+
+
+def test_rope_frequencies_turn_a_token_step_alike_in_time_and_space():
+    """A token is ROPE_STEP position units apart in space but one in time: drawn alike in units, the
+    rows' and columns' rotations scrambled every query and the grounding term did not train."""
+    from refam.shapes.video_model import ROPE_STEP, VideoModelConfig, build_video_components
+
+    config = VideoModelConfig()
+    frequencies = build_video_components(config, seed=0)["transformer"].pos_frequencies.detach()
+    fixed = config.rope_fixed_dims // 2
+    assert frequencies[:, :, :fixed].abs().max() == 0
+    turned = frequencies[:, :, fixed:]
+    time_step, row_step, column_step = (turned[0].std(), turned[1].std() * ROPE_STEP, turned[2].std() * ROPE_STEP)
+    assert 0.3 < time_step < 0.7 and 0.3 < row_step < 0.7 and 0.3 < column_step < 0.7

@@ -12,7 +12,7 @@ from refam.shapes.evaluate_video import key_point_accuracy
 from refam.shapes.train_video_cli import main as train_video
 
 TINY = ["--vae-steps", "2", "--clips", "8", "--batch-size", "4", "--heads", "2", "--head-dim", "16", "--layers", "1",
-        "--text-width", "32", "--text-stream", "24"]
+        "--text-width", "32", "--text-stream", "24", "--rope-fixed-dims", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_training_writes_a_mochi_folder_and_its_record(trained):
 
     record = json.loads((trained / "model/training.json").read_text())
     assert record["flow_steps"] == 4 and record["training_clips"] == 8 and record["ground_weight"] == 1.0
-    assert record["frame"] == [192, 192] and record["clip_frames"] == 13
+    assert record["frame"] == [192, 192] and record["clip_frames"] == 13 and record["vae_crop"] == 64
     assert record["command"].startswith("refam train-shapes-video")
     assert record["flow_loss_curve"] and record["key_point_accuracy_curve"][0][0] == 4
     pipe = MochiPipeline.from_pretrained(str(trained / "model"))
@@ -52,11 +52,35 @@ def test_a_snapshot_resumes(trained, tmp_path):
     assert old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
 
 
+@pytest.mark.slow
+def test_a_new_transformer_trains_on_a_kept_autoencoder(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    train_video(["--vae-from", str(trained / "model"), "--output", str(tmp_path / "model"),
+                 "--work-dir", str(tmp_path / "work"), "--flow-steps", "2", *TINY])
+    record = json.loads((tmp_path / "model/training.json").read_text())
+    assert record["vae_from"]["folder"] == str(trained / "model") and record["vae_from"]["record"]["flow_steps"] == 4
+    assert "resumed_from" not in record
+
+    def weights(folder, part):
+        return load_file(next((folder / part).glob("*.safetensors")))
+
+    kept, source = weights(tmp_path / "model", "vae"), weights(trained / "model", "vae")
+    assert kept.keys() == source.keys() and all(torch.equal(kept[k], source[k]) for k in kept)
+    # the unrotated RoPE dims stayed at zero through training, the others trained
+    frequencies = weights(tmp_path / "model", "transformer")["pos_frequencies"]
+    assert frequencies[:, :, :2].abs().max() == 0 and frequencies[:, :, 2:].abs().min() > 0
+
+
 @pytest.mark.parametrize("args, culprit", [
     (["--clips", "4", "--batch-size", "8"], "--clips 4 is fewer than --batch-size 8"),
     (["--text-width", "36"], "--text-width 36 is not a multiple of 8"),
     (["--resume-from", "{tmp}/nowhere"], "--resume-from"),
     (["--flow-steps", "0"], "--flow-steps"),
+    (["--vae-from", "{tmp}"], "--vae-from"),
+    (["--vae-from", "{tmp}", "--resume-from", "{tmp}"], "--vae-from"),
+    (["--rope-fixed-dims", "32"], "--rope-fixed-dims 32 must be even and below --head-dim 32"),
+    (["--rope-fixed-dims", "3"], "--rope-fixed-dims 3 must be even"),
 ])
 def test_bad_flags_are_one_line_before_anything_trains(tmp_path, refam_here, args, culprit):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
