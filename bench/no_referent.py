@@ -2,6 +2,7 @@
 
     python bench/no_referent.py                       # 200 calibration + 200 held-out scenes, CPU
     python bench/no_referent.py --scenes 50 --save stats.json
+    python bench/no_referent.py --model <a refam train-shapes output or snapshot>
 
 Scenes are the project's own (`refam.shapes.varied`, the family refam-shapes is trained on) from
 its "test" split at indices no run has used: training draws the "train" split, the monitor and
@@ -45,14 +46,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from refam.shapes.scenes import COLOURS, SHAPES, Scene  # noqa: E402
+from refam.shapes.absent import PARTS, absent_expressions  # noqa: E402
+from refam.shapes.scenes import Scene  # noqa: E402
 from refam.shapes.varied import make_varied_scene  # noqa: E402
 
 SPLITS = {"calibration": 10000, "held-out": 20000}  # first index of each, in the varied "test" split
 KINDS = ("colour+shape", "shape", "colour")
-
-
-PARTS = ("neither", "colour", "shape", "both")  # what of an absent colour-shape pair the scene holds
 
 
 def expressions_for(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, bool, str]]:
@@ -63,19 +62,7 @@ def expressions_for(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
         present = [r.text for r in scene.referrals if r.kind == kind]
         if present:
             out.append((present[int(rng.integers(len(present)))], kind, False, ""))
-    colours, shapes = {o.colour for o in scene.objects}, {o.shape for o in scene.objects}
-    pairs = {(o.colour, o.shape) for o in scene.objects}
-    missing_pairs = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in pairs]
-    missing_shapes = [s for s in SHAPES if s not in shapes]
-    missing_colours = [c for c in COLOURS if c not in colours]
-    if missing_pairs:
-        c, s = missing_pairs[int(rng.integers(len(missing_pairs)))]
-        out.append((f"the {c} {s}", "colour+shape", True, PARTS[(c in colours) + 2 * (s in shapes)]))
-    if missing_shapes:
-        out.append((f"the {missing_shapes[int(rng.integers(len(missing_shapes)))]}", "shape", True, ""))
-    if missing_colours:
-        noun = "object" if rng.random() < 0.5 else "shape"
-        out.append((f"the {missing_colours[int(rng.integers(len(missing_colours)))]} {noun}", "colour", True, ""))
+    out += [(text, kind, True, part) for text, kind, part in absent_expressions(scene, rng)]
     return out
 
 
@@ -225,20 +212,36 @@ def report(rows: list[dict]) -> None:
           f"{combined_auroc(calibration, held_out, names):.3f}")
 
 
+def load(folder: Path | None):
+    """The embedded image pipeline, on its own weights or on `folder`'s (same magnets, noise level,
+    flood fill: only the weights differ, so that a fine-tuned model is measured as the default runs it)."""
+    from refam.api import RefAM
+    from refam.sections import build_pipeline, model_section
+
+    if folder is None:
+        return RefAM.load()
+    if not (folder / "model_index.json").is_file():
+        sys.exit(f"--model {folder}: not a diffusers folder (no model_index.json); give a refam train-shapes output")
+    section = model_section(None)
+    section["extractor"]["init_args"]["pretrained"] = str(folder.resolve())
+    return RefAM(build_pipeline(section, origin=str(folder)), "cpu", configured=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=200, help="scenes per split (default 200)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a refam-shapes folder (refam train-shapes' output or a snapshot) run in the embedded "
+                             "pipeline's settings instead of the embedded weights")
     parser.add_argument("--save", type=Path, default=None, help="also write every expression's statistics (JSON)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from refam.api import RefAM
-
-    model = RefAM.load()
+    model = load(args.model)
     started = time.perf_counter()
     rows = [row for split in SPLITS for row in measure(model, split, args.scenes)]
     print(f"{len(rows)} expressions in {time.perf_counter() - started:.0f} s "
-          f"(refam-shapes, the embedded image pipeline, CPU, {args.threads} thread(s))\n")
+          f"({args.model or 'refam-shapes'}, the embedded image pipeline, CPU, {args.threads} thread(s))\n")
     if args.save is not None:
         args.save.write_text(json.dumps(rows, indent=1))
     report(rows)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from refam.aggregators.magnets import PAPER_MAGNETS, AppendMagnets
 from refam.extractors.capture import BranchLayout
+from refam.shapes.absent import absent_expressions
 from refam.shapes.scenes import Scene
 from refam.text.t5 import T5Reader
 
@@ -41,7 +42,7 @@ def cell_coverage(mask: np.ndarray, frame: int, grid: int) -> torch.Tensor:
 class Expression:
     text: str  # with magnets appended, as `AppendMagnets.augment` writes it
     magnet_start: int | None
-    target: int  # object index in the scene
+    target: int | None  # object index in the scene; None: the expression names nothing in it
 
 
 class BatchCapture:
@@ -85,16 +86,22 @@ class GroundingTerm:
         sharpness: the heatmap's inverse temperature in the softmax over patches.
         kind_weights: how much likelier an expression of each kind (`Referral.kind`) is drawn than
             one of a kind not named (1); refam-shapes-video draws its motion kinds more often.
+        absent_share: chance that a drawn expression is replaced by one naming a colour, shape or
+            colour-shape pair the scene lacks (`refam.shapes.absent`), whose coverage is all zero:
+            every cell is then asked to give its mass to the rest tokens, which is what a
+            "no referent" flag can read. 0 (the default) draws exactly as before.
     """
 
     def __init__(self, tokenizer, encoder, expressions_per_scene: int = 3, magnet_rate: float = 0.75,
-                 sharpness: float = 10.0, kind_weights: dict[str, float] | None = None) -> None:
+                 sharpness: float = 10.0, kind_weights: dict[str, float] | None = None,
+                 absent_share: float = 0.0) -> None:
         self.encoder = T5Reader(tokenizer, encoder, max_tokens=10_000)
         self.t5 = encoder
         self.k = expressions_per_scene
         self.magnet_rate = magnet_rate
         self.sharpness = sharpness
         self.kind_weights = kind_weights or {}
+        self.absent_share = absent_share
         self.with_magnets = AppendMagnets(PAPER_MAGNETS, filter_stop_words=True)
         self.without_magnets = AppendMagnets([], filter_stop_words=True)
 
@@ -110,8 +117,14 @@ class GroundingTerm:
             row = []
             for i in picks:
                 strategy = self.with_magnets if rng.random() < self.magnet_rate else self.without_magnets
-                text, start = strategy.augment(referrals[i].text)
-                row.append((Expression(text, start, referrals[i].target), strategy))
+                phrase, target = referrals[i].text, referrals[i].target
+                # rng is read only with a share set, so that recorded runs (share 0) replay their draws
+                if self.absent_share and rng.random() < self.absent_share:
+                    absent = absent_expressions(scene, rng)
+                    if absent:
+                        phrase, target = absent[int(rng.integers(len(absent)))][0], None
+                text, start = strategy.augment(phrase)
+                row.append((Expression(text, start, target), strategy))
             drawn.append(row)
         return drawn
 
@@ -139,7 +152,8 @@ class GroundingTerm:
     def loss(self, logits: torch.Tensor, valid: torch.Tensor, kept: torch.Tensor, coverage: torch.Tensor,
              weight: torch.Tensor) -> torch.Tensor:
         """logits [B, N, K, L]; valid, kept [B, K, L]; coverage [B, K, N] of each expression's
-        referent; weight [B] (0 for items without the term). Mean over the expressions used."""
+        referent (all zero when it names nothing in the scene); weight [B] (0 for items without the
+        term). Mean over the expressions used."""
         logits = logits.permute(0, 2, 1, 3)  # [B, K, N, L]
         rest = valid & ~kept
         used = (kept.any(-1) & rest.any(-1)).float() * weight[:, None]  # [B, K]
@@ -154,7 +168,11 @@ class GroundingTerm:
         patch_ce = -(cover * on_kept + (1 - cover) * on_rest)  # [B, K, N]
         inside = cover / cover.sum(-1, keepdim=True).clamp(min=1e-6)
         outside = (1 - cover) / (1 - cover).sum(-1, keepdim=True).clamp(min=1e-6)
-        per_patch = 0.5 * ((inside + outside) * patch_ce).sum(-1)
+        # an absent referent has no inside: its per-patch part is the outside's alone at full weight
+        # (every cell to the rest tokens) and the spatial part, a place to land on, does not apply
+        present = cover.sum(-1) > 0  # [B, K]
+        halves = torch.where(present, 0.5, 1.0)
+        per_patch = halves * ((inside + outside) * patch_ce).sum(-1)
         heat = (log_p.exp() * kept[:, :, None]).sum(-1) / kept.sum(-1, keepdim=True).clamp(min=1)
-        spatial = -(inside * (self.sharpness * heat).log_softmax(dim=-1)).sum(-1)
+        spatial = -(inside * (self.sharpness * heat).log_softmax(dim=-1)).sum(-1) * present
         return ((per_patch + spatial) * used).sum() / used.sum()

@@ -95,7 +95,8 @@ class LatentScenes(Dataset):
 class FlowStage(L.LightningModule):
     def __init__(self, pipe, data: LatentScenes, lr: float, caption_tokens: int, empty_caption_rate: float, seed: int,
                  t_mean: float = 0.0, pooled_prompt: str = "caption", omit_colour: float = 0.0,
-                 ground_weight: float = 0.0, ground_share: float = 0.5, ground_sigma: tuple[float, float] = (0.6, 0.9)) -> None:
+                 ground_weight: float = 0.0, ground_share: float = 0.5, ground_sigma: tuple[float, float] = (0.6, 0.9),
+                 absent_share: float = 0.0) -> None:
         super().__init__()
         self.pipe = pipe
         self.transformer, self.t5, self.clip = pipe.transformer, pipe.text_encoder_2, pipe.text_encoder
@@ -109,7 +110,7 @@ class FlowStage(L.LightningModule):
             from refam.extractors.flux import install_flux_branch
 
             self.processors = install_flux_branch(self.transformer)  # the extractor's own branch
-            self.grounding = GroundingTerm(pipe.tokenizer_2, self.t5)
+            self.grounding = GroundingTerm(pipe.tokenizer_2, self.t5, absent_share=absent_share)
 
     def on_train_start(self) -> None:
         for module in (self.transformer, self.t5, self.clip):  # a resumed pipeline loads in eval mode
@@ -159,7 +160,8 @@ class FlowStage(L.LightningModule):
             coverage = torch.zeros(batch, valid.shape[1], packed.shape[1])
             for b, (i, row) in enumerate(zip(indices, drawn)):
                 for k, (expression, _) in enumerate(row):
-                    coverage[b, k] = self.data.coverage[i][expression.target]
+                    if expression.target is not None:  # an absent referent covers nothing
+                        coverage[b, k] = self.data.coverage[i][expression.target]
             ground = self.grounding.loss(capture.logits(), valid, kept, coverage, grounded)
             self.log("ground/loss", ground, prog_bar=True)
             loss = loss + self.ground_weight * ground
@@ -255,7 +257,8 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
           config: ShapesModelConfig, lr: float, caption_tokens: int, work_dir: Path, snapshot_every: int = 0,
           resume_from: Path | None = None, t_mean: float = 0.0, pooled_prompt: str = "caption",
           monitor_every: int = 0, monitor_manifest: Path | None = None, omit_colour: float = 0.0,
-          family: str = "varied", ground_weight: float = 0.0, ground_share: float = 0.5) -> dict:
+          family: str = "varied", ground_weight: float = 0.0, ground_share: float = 0.5,
+          absent_share: float = 0.0) -> dict:
     from diffusers import FluxPipeline
 
     torch.manual_seed(seed)
@@ -298,7 +301,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
                         generator=torch.Generator().manual_seed(seed))
     stage = FlowStage(pipe, data, lr=lr, caption_tokens=caption_tokens, empty_caption_rate=0.1, seed=seed,
                       t_mean=t_mean, pooled_prompt=pooled_prompt, omit_colour=omit_colour,
-                      ground_weight=ground_weight, ground_share=ground_share)
+                      ground_weight=ground_weight, ground_share=ground_share, absent_share=absent_share)
     monitor = GroundingMonitor(pipe, Path(work_dir) / "monitored", monitor_every if monitor_manifest else 0,
                                monitor_manifest, pooled_prompt)
     flow_trainer = _trainer(flow_steps, work_dir, "flow",
@@ -319,6 +322,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, scenes: int, batch_size
         "family": family,
         "ground_weight": ground_weight,
         "ground_share": ground_share,
+        "absent_share": absent_share,
         "training_scenes": scenes,
         "batch_size": batch_size,
         "vae_steps": vae_steps,

@@ -64,6 +64,8 @@ def check_arguments(args: argparse.Namespace, config: ShapesModelConfig) -> None
                           "train on; give more scenes or a smaller batch")
     if config.width % config.heads:
         raise ConfigError(f"--width {config.width} is not a multiple of --heads {config.heads}")
+    if getattr(args, "absent_share", 0.0) and not args.ground_weight:
+        raise ConfigError("--absent-share needs --ground-weight > 0 (it is a part of the grounding term)")
     if args.monitor_every and args.monitor_manifest is None:
         raise ConfigError("--monitor-every needs --monitor-manifest (the held-out expressions to score)")
     if args.monitor_manifest is not None and not args.monitor_manifest.is_file():
@@ -129,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(default, tuple):
             parser.add_argument(f"--{name.replace('_', '-')}", type=number(int, at_least=0 if name == "rope_fixed_dims" else 1),
                                 default=default)
+    parser.add_argument("--absent-share", type=share, default=0.0,
+                        help="share of the grounding term's expressions that name a colour or shape the scene "
+                             "lacks, taught to give every patch's mass to the magnets and the end token")
     args = parser.parse_args(argv)
     config = ShapesModelConfig(**{k: getattr(args, k) for k in ShapesModelConfig().to_dict() if hasattr(args, k)})
     output = output_folder(args.output, args.overwrite_embedded)
@@ -138,5 +143,6 @@ def main(argv: list[str] | None = None) -> None:
     record = training.train(output, args.vae_steps, args.flow_steps, args.scenes, args.batch_size, args.seed, config,
                             args.lr, args.caption_tokens, args.work_dir, args.snapshot_every, args.resume_from,
                             args.t_mean, args.pooled_prompt, args.monitor_every, args.monitor_manifest,
-                            args.omit_colour, args.family, args.ground_weight, args.ground_share)
+                            args.omit_colour, args.family, args.ground_weight, args.ground_share,
+                            args.absent_share)
     print(json.dumps({k: record[k] for k in ("total_seconds", "vae_seconds")}))

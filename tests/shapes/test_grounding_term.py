@@ -119,3 +119,63 @@ def test_cell_coverage_is_the_share_of_each_token_cell():
     # interior cells full, cells past the edge empty (the edge itself is blurred by the resize, as the image is)
     assert cells[:7, :7].min() > 0.99 and cells[9:, :].max() < 0.01 and cells[:, 9:].max() < 0.01
     assert cells.sum().item() == pytest.approx(64, abs=1.0)
+
+
+def test_an_absent_referent_pulls_every_patch_to_the_rest_tokens_without_nan():
+    term = GroundingTerm.__new__(GroundingTerm)
+    term.sharpness = 10.0
+    n, length, valid, kept, _ = _loss_inputs()
+    nothing = torch.zeros(1, 1, n)  # the expression names nothing in the scene
+    # random kept logits; the rest tokens tie within each patch (the term asks them for equal shares,
+    # so a tie isolates the kept-against-rest move from reshuffling among the rest)
+    logits = torch.randn(1, n, 1, length, generator=torch.Generator().manual_seed(0))
+    logits[..., ~kept[0, 0]] = logits[..., 3:4]
+    logits.requires_grad_(True)
+    loss = term.loss(logits, valid, kept, nothing, torch.ones(1))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    # a small descent step lowers every kept token's logit at every patch, and every patch's kept mass
+    assert (logits.grad[0, :, 0][:, kept[0, 0]] > 0).all()
+    kept_mass = lambda z: z.softmax(dim=-1)[0, :, 0][:, kept[0, 0]].sum(-1)  # noqa: E731
+    after = logits.detach() - 0.1 * logits.grad
+    assert (kept_mass(after) < kept_mass(logits.detach())).all()
+    # and the loss is lower the more every patch gives the rest tokens (no spatial part to reward a place)
+    to_rest = torch.zeros(1, n, 1, length)
+    to_rest[..., ~kept[0, 0]] = 4.0
+    to_kept = torch.zeros(1, n, 1, length)
+    to_kept[0, :4, 0, 1:3] = 4.0  # kept tokens claim a few cells: worse than nothing claimed
+    weight = torch.ones(1)
+    even = torch.zeros(1, n, 1, length)
+    assert term.loss(to_rest, valid, kept, nothing, weight) < term.loss(even, valid, kept, nothing, weight) \
+        < term.loss(to_kept, valid, kept, nothing, weight)
+
+
+def test_the_absent_share_draws_expressions_the_scene_lacks_and_share_zero_replays():
+    from refam.embedded.palette import COLOURS, SHAPES
+    from refam.shapes.absent import absent_expressions
+    from refam.shapes.varied import make_varied_scene
+
+    scenes = [make_varied_scene("train", i) for i in range(6)]
+    term = GroundingTerm.__new__(GroundingTerm)
+    term.k, term.magnet_rate, term.kind_weights = 3, 0.75, {}
+    term.with_magnets, term.without_magnets = MAGNETS, NONE
+    term.absent_share = 0.0
+    before = term.draw(scenes, np.random.default_rng(1))
+    term.absent_share = 1.0
+    absent = term.draw(scenes, np.random.default_rng(1))
+    replay = np.random.default_rng(1)  # the draw refam-shapes was trained with, by hand
+    for scene, row in zip(scenes, before):
+        picks = replay.permutation(len(scene.referrals))[:3]
+        expected = [MAGNETS.augment(scene.referrals[i].text)[0] if replay.random() < 0.75 else scene.referrals[i].text
+                    for i in picks]
+        assert [e.text for e, _ in row] == expected and [e.target for e, _ in row] == [scene.referrals[i].target for i in picks]
+    for scene, row in zip(scenes, absent):
+        named = {(o.colour, o.shape) for o in scene.objects}
+        for expression, _ in row:
+            assert expression.target is None
+            words = expression.text.split()
+            colour = next((w for w in words if w in COLOURS), None)
+            shape = next((w for w in words if w in SHAPES), None)
+            assert not any((colour in (None, c)) and (shape in (None, s)) for c, s in named), expression.text
+    lacks = absent_expressions(scenes[0], np.random.default_rng(0))
+    assert {kind for _, kind, _ in lacks} <= {"colour+shape", "shape", "colour"}

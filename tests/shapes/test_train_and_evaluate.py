@@ -50,12 +50,20 @@ def test_rope_split_must_leave_even_spatial_axes():
         build_components(ShapesModelConfig(width=64, heads=2, rope_fixed_dims=6))
 
 
+def test_absent_share_needs_the_grounding_term(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_shapes(["--output", str(tmp_path / "m"), "--work-dir", str(tmp_path / "w"), "--absent-share", "0.25"])
+    assert "--absent-share needs --ground-weight" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_resume_continues_from_a_saved_model(trained):
     train_shapes(["--resume-from", str(trained / "model"), "--output", str(trained / "more"), "--work-dir",
-                  str(trained / "work2"), "--flow-steps", "5", "--scenes", "8", "--batch-size", "4"])
+                  str(trained / "work2"), "--flow-steps", "5", "--scenes", "8", "--batch-size", "4",
+                  "--ground-weight", "1.0", "--absent-share", "0.5"])  # a fine-tune that also teaches "absent"
     record = json.loads((trained / "more/training.json").read_text())
     assert record["resumed_from"]["flow_steps"] == 10
+    assert record["absent_share"] == 0.5 and record["resumed_from"]["absent_share"] == 0.0
     before = FluxExtractor(str(trained / "model"), torch_dtype="float32")
     after = FluxExtractor(str(trained / "more"), torch_dtype="float32")
     for e in (before, after):
