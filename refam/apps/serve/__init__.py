@@ -2,7 +2,8 @@
 
     refam serve                                   # the embedded refam-shapes pipeline
     refam serve --config configs/refcoco.yaml     # FLUX.1-dev + SAM2, or any config's model section
-    refam serve --config run.json                 # a run downloaded from the app, with its settings
+    refam serve --config run.json                 # a run downloaded from the app: its settings, input,
+                                                  # expressions and caption (the input saved beside run.json)
 
 A Gradio app on `refam predict`'s inference path (`RefAM.segment`, `refam.apps.predict.write_prediction`):
 upload an image (or click a demo scene), type one expression per line and an optional caption, and
@@ -12,10 +13,13 @@ text-attention chart. The settings a researcher flips (magnets, stop-word filter
 range, noise level, spatial bias) rebuild only the light components: the weights are loaded once. A
 video gives the key frame's maps and the tracked masks as a playable clip. The masks and a JSON of
 the run (its `model:` section with the settings applied, points and tokens) are offered for download;
-the JSON loads back as a config. Requests are queued: one runs at a time on the model.
+the JSON loads back as a config, and as `--config` it also restores the input (the download's copy,
+saved beside it), the expressions and the caption. An animated GIF is taken as a video. Requests
+are queued: one runs at a time on the model.
 """
 # The package: `settings` (the page's settings, the model section they make and the light components
-# built from it), `session` (runs, folders, records), `page` (the Gradio app and its handlers).
+# built from it), `session` (runs, folders, records), `clips` (which uploads are videos, the clips the
+# page plays), `restore` (a downloaded run as the config), `page` (the Gradio app and its handlers).
 
 from __future__ import annotations
 
@@ -29,13 +33,14 @@ from pathlib import Path
 
 from refam.apps.serve.page import (CONTROLS, DEMO_MANIFEST, OUTPUTS, build_app, page_preview, page_rerun, page_run,
                                    summary_table)
+from refam.apps.serve.restore import RestoredRun, restored_run
 from refam.apps.serve.session import NO_IMAGE, Run, Session
 from refam.apps.serve.settings import ENTRY_KEYS, Settings
 from refam.errors import ArgumentParser, ConfigError, number, reports_user_errors
 from refam.sections import model_section
 
-__all__ = ["CONTROLS", "ENTRY_KEYS", "NO_IMAGE", "OUTPUTS", "Run", "Session", "Settings", "build_app", "main",
-           "page_preview", "page_rerun", "page_run", "summary_table"]
+__all__ = ["CONTROLS", "ENTRY_KEYS", "NO_IMAGE", "OUTPUTS", "RestoredRun", "Run", "Session", "Settings", "build_app",
+           "main", "page_preview", "page_rerun", "page_run", "restored_run", "summary_table"]
 
 
 def check_port(host: str, port: int) -> None:
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError("refam serve needs gradio: pip install 'refam[serve]'")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, no version check
     check_port(args.host, args.port)
+    restored = restored_run(args.config)  # a downloaded run's inputs; a malformed one is refused before loading
     from refam.api import RefAM
 
     source = args.config or args.model
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="refam-serve-"))
     app = None
     try:  # the working folder goes on every way out: a failed start, Ctrl+C, a stop by kill
-        session = Session(model, section, max_frames=args.max_frames, workdir=workdir)
+        session = Session(model, section, max_frames=args.max_frames, workdir=workdir, restored=restored)
         app = build_app(session)
         allowed = [str(DEMO_MANIFEST.parent)] if DEMO_MANIFEST.exists() else []
         try:

@@ -8,7 +8,9 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from refam.apps.serve.session import VIDEO_SUFFIXES, Run, Session, count_frames
+from refam.apps.serve.clips import count_frames, frame_rate, is_video
+from refam.apps.serve.restore import RestoredRun
+from refam.apps.serve.session import Run, Session
 from refam.apps.serve.settings import AS_CONFIGURED, SPATIAL_BIASES, Settings
 from refam.errors import RefamError, error_line
 
@@ -66,7 +68,7 @@ def settings_from_values(session: Session, values: list) -> Settings:
                        for name in CONTROLS})
 
 
-OUTPUTS = ("status", "pictures", "token_maps", "attention", "clips", "summary", "downloads")
+OUTPUTS = ("status", "pictures", "token_maps", "attention", "clip", "summary", "downloads")
 
 
 def page_run(session: Session, source, expressions, caption, *values) -> tuple:
@@ -75,8 +77,8 @@ def page_run(session: Session, source, expressions, caption, *values) -> tuple:
     try:
         result = session.run(source, expressions, caption, settings_from_values(session, list(values)))
     except RefamError as err:
-        return error_line(err), [], None, [], [], "", None
-    return "", result.pictures, result.token_maps, result.attention, result.clips, run_summary(result), result.downloads
+        return error_line(err), [], None, [], None, "", None
+    return "", result.pictures, result.token_maps, result.attention, result.clip, run_summary(result), result.downloads
 
 
 def page_rerun(session: Session, source, expressions, caption, *values) -> tuple | None:
@@ -86,19 +88,21 @@ def page_rerun(session: Session, source, expressions, caption, *values) -> tuple
     return page_run(session, source, expressions, caption, *values)
 
 
-def page_preview(source) -> tuple:
-    """The chosen file: the image it holds (or a line about the video), or the error reading it."""
+def page_preview(session: Session, source) -> tuple:
+    """The chosen file: the image it holds, or a video (an animated GIF too) as a clip the page
+    plays with a line saying its frames; or the error reading it. (image, clip, status line)"""
     from refam.api import as_image
 
     if source is None:
-        return None, ""
+        return None, None, ""
     path = Path(source)
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        return None, f"video: {path.name}, {count_frames(path)} frames"
     try:
-        return as_image(path), ""
+        if is_video(path):
+            frames = count_frames(path)
+            return None, session.preview(path), f"video: {path.name}, {frames} frames at {frame_rate(path):.3g} fps"
+        return as_image(path), None, ""
     except RefamError as err:
-        return None, error_line(err)
+        return None, None, error_line(err)
 
 
 def build_app(session: Session):
@@ -111,12 +115,20 @@ def build_app(session: Session):
     default = session.defaults
     scenes = demo_scenes()
 
+    def with_player(outputs: tuple) -> tuple:  # the tracked masks' player shows for a video's run only
+        clip = OUTPUTS.index("clip")
+        return (*outputs[:clip], gr.update(value=outputs[clip], visible=outputs[clip] is not None), *outputs[clip + 1:])
+
     def run(*args):
-        return page_run(session, *args)
+        return with_player(page_run(session, *args))
 
     def rerun(*args):
         outputs = page_rerun(session, *args)
-        return (gr.skip(),) * len(OUTPUTS) if outputs is None else outputs
+        return (gr.skip(),) * len(OUTPUTS) if outputs is None else with_player(outputs)
+
+    def preview(source):
+        image, clip, line = page_preview(session, source)
+        return gr.update(value=image, visible=clip is None), gr.update(value=clip, visible=clip is not None), line
 
     def pick_scene(event):
         scene = scenes[event.index]
@@ -133,15 +145,18 @@ def build_app(session: Session):
                                columns=len(scenes), height=150, allow_preview=False, elem_id="refam-demos")
         with gr.Row():
             with gr.Column(scale=1):
-                source = gr.File(label="image or video", type="filepath", elem_id="refam-input",
-                                 file_types=["image", "video"])
+                start = session.restored or RestoredRun("", "", None)  # a downloaded run given as the config: its inputs
+                source = gr.File(start.input and str(start.input), label="image or video",
+                                 type="filepath", elem_id="refam-input", file_types=["image", "video"])
                 shown = gr.Image(label="input", interactive=False, height=200, elem_id="refam-preview")
-                expressions = gr.Textbox(label="expressions (one per line)", lines=3, elem_id="refam-expressions",
-                                         placeholder="the red circle\nthe square on the left")
-                caption = gr.Textbox(label="caption (optional: what the denoising stream is conditioned on)",
-                                     elem_id="refam-caption")
+                shown_video = gr.Video(label="input video", interactive=False, height=260, autoplay=True, loop=True,
+                                       visible=False, buttons=["download"], elem_id="refam-preview-video")
+                expressions = gr.Textbox(start.expressions, label="expressions (one per line)", lines=3,
+                                         elem_id="refam-expressions", placeholder="the red circle\nthe square on the left")
+                caption = gr.Textbox(start.caption, label="caption (optional: what the denoising stream "
+                                     "is conditioned on)", elem_id="refam-caption")
                 button = gr.Button("Segment", variant="primary", elem_id="refam-run")
-                status = gr.Markdown("", elem_id="refam-status")
+                status = gr.Markdown(start.note, elem_id="refam-status")
                 with gr.Accordion("settings", open=True):
                     magnets = gr.Checkbox(default.magnets, label="attention magnets", elem_id="refam-magnets")
                     magnet_words = gr.Textbox(default.magnet_words, label="magnet words", elem_id="refam-magnet-words",
@@ -170,18 +185,21 @@ def build_app(session: Session):
                                       elem_id="refam-token-maps")
                 attention = gr.Gallery(label="text-to-text attention received (red: sink)", columns=2, height="auto",
                                        object_fit="contain", elem_id="refam-attention")
-                clips = gr.Gallery(label="video: tracked masks", columns=2, height="auto", object_fit="contain",
-                                   elem_id="refam-clips")
+                clip = gr.Video(label="video: tracked masks (the star: each expression's key frame point)",
+                                interactive=False, autoplay=True, loop=True, buttons=["download"], visible=False,
+                                elem_id="refam-clip")
                 downloads = gr.File(label="masks and run.json", file_count="multiple", interactive=False,
                                     elem_id="refam-downloads")
         controls = [magnets, magnet_words, stop_words, gas, first_block, last_block, noise, spatial]
         inputs = [source, expressions, caption, *controls]
-        outputs = [status, pictures, token_maps, attention, clips, summary, downloads]
+        outputs = [status, pictures, token_maps, attention, clip, summary, downloads]
         button.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="model")
         gr.on([magnets.change, stop_words.change, gas.change, spatial.change, magnet_words.submit,
                first_block.release, last_block.release, noise.release],
               rerun, inputs, outputs, trigger_mode="always_last", concurrency_limit=1, concurrency_id="model")
-        source.change(page_preview, [source], [shown, status])
+        source.change(preview, [source], [shown, shown_video, status])
+        if start.input:  # its preview, as an upload's
+            app.load(preview, [source], [shown, shown_video, status])
         if scenes:
             demos.select(pick_scene, None, [source, caption, expressions])
     app.queue(default_concurrency_limit=1)  # one request at a time on the model; the others wait their turn
