@@ -3,6 +3,7 @@
 checks what the page shows against the API. REFAM_SERVE_SCREENSHOT=docs/serve.png also saves the
 page as the README shows it."""
 
+import contextlib
 import io
 import os
 import shutil
@@ -30,14 +31,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`refam serve` on a free loopback port, stopped at the end."""
+@contextlib.contextmanager
+def serving(folder: Path, *args: str):
+    """`refam serve ARGS` on a free loopback port (its log in `folder`), stopped at the end."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    log = folder / "serve.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TQDM_DISABLE": "1", "NO_PROXY": "127.0.0.1,localhost"}
     with log.open("w") as out:
-        process = subprocess.Popen([REFAM, "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+        process = subprocess.Popen([REFAM, "serve", "--host", "127.0.0.1", "--port", str(port), *args], cwd=ROOT,
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -54,6 +55,12 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +171,123 @@ def test_the_page_segments_an_upload_shows_the_apis_mask_and_survives_bad_input(
     assert status() == ""
     x, y = expected[0].point
     assert f"({x:g}, {y:g})" in one("#refam-summary").text
+
+
+CLIP_FRAMES = sorted((ROOT / "assets/shapes-video-demo/valid/JPEGImages/motion-demo-0000").glob("*.jpg"))[:5]
+
+
+def video_state(browser, selector: str) -> dict | None:
+    """The <video> under `selector` as the browser has it: ready state, duration, position, error."""
+    return browser.execute_script(
+        "const v = document.querySelector(arguments[0]);"
+        "return v && {ready: v.readyState, duration: v.duration, time: v.currentTime, error: v.error && v.error.code,"
+        "             width: v.videoWidth, visible: v.offsetParent !== null};", selector)
+
+
+def assert_plays(browser, selector: str, seconds: float) -> None:
+    """The video is decoded (its frames and duration known, no error), and it plays: its position moves."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    state = WebDriverWait(browser, 60).until(
+        lambda d: (s := video_state(d, selector)) and (s["ready"] >= 2 or s["error"]) and s)
+    assert state["error"] is None and state["visible"] and state["width"] > 0, state
+    assert state["duration"] == pytest.approx(seconds, abs=0.25), state
+    positions = {video_state(browser, selector)["time"]}
+    for _ in range(8):  # looping: the position moves on (and wraps), never stuck
+        time.sleep(0.15)
+        positions.add(video_state(browser, selector)["time"])
+    assert len(positions) > 2, positions
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_video_plays_an_animated_gif_runs_as_one_and_its_masks_play_with_the_key_frames_maps(server, browser, tmp_path):
+    import cv2
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 180)
+    frames = [Image.open(p).convert("RGB") for p in CLIP_FRAMES]
+    mp4 = str(tmp_path / "clip.mp4")  # MPEG-4 Part 2: a browser does not play this file itself
+    writer = cv2.VideoWriter(mp4, cv2.VideoWriter_fourcc(*"mp4v"), 5, frames[0].size)
+    for frame in frames:
+        writer.write(np.asarray(frame)[:, :, ::-1].copy())
+    writer.release()
+    gif, still = tmp_path / "moving.gif", tmp_path / "still.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=200, loop=0)
+    frames[0].save(still)
+
+    def one(selector):
+        return browser.find_element(By.CSS_SELECTOR, selector)
+
+    def upload(path):
+        """A fresh page; a click in it first, as a user's to upload (a browser autoplays after one)."""
+        browser.get(server)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refam-expressions textarea")
+                   and d.find_elements(By.CSS_SELECTOR, "#refam-input input[type=file]"))
+        one("#refam-expressions textarea").click()
+        one("#refam-input input[type=file]").send_keys(str(path))
+
+    upload(mp4)
+    assert_plays(browser, "#refam-preview-video video", seconds=1.0)  # 5 frames at 5 fps, played
+    wait.until(lambda d: one("#refam-status").text.strip() == "video: clip.mp4, 5 frames at 5 fps")
+
+    upload(gif)  # an animated GIF: a video too, not a still
+    assert_plays(browser, "#refam-preview-video video", seconds=1.0)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#refam-preview img")
+    one("#refam-expressions textarea").send_keys("the black square\nthe orange circle")
+    one("#refam-run").click()
+    wait.until(lambda d: one("#refam-summary").text or one("#refam-status").text.startswith("refam: error"))
+    assert one("#refam-status").text.strip() == "" and "5 frame(s)" in one("#refam-summary").text
+    assert_plays(browser, "#refam-clip video", seconds=1.0)  # the tracked masks, every frame
+    # the key frame's maps, saying which frame: mask and heatmap per expression, and the token maps
+    captions = browser.execute_script("return [...document.querySelectorAll('#refam-pictures img')].map(i => i.alt)")
+    assert len(captions) == 4 and all("(key frame 0)" in c for c in captions), captions
+    assert browser.find_elements(By.CSS_SELECTOR, "#refam-token-maps img")
+
+    upload(still)  # a still GIF stays an image
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refam-preview img"))
+    assert not video_state(browser, "#refam-preview-video video") and one("#refam-status").text.strip() == ""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_run_downloaded_from_the_page_and_given_as_config_comes_back_whole(server, browser, tmp_path):
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 180)
+
+    def one(selector):
+        return browser.find_element(By.CSS_SELECTOR, selector)
+
+    browser.get(server)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refam-input input[type=file]"))
+    one("#refam-input input[type=file]").send_keys(str(SCENE))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refam-preview img"))
+    one("#refam-expressions textarea").send_keys("the black square\nthe purple circle")
+    one("#refam-caption textarea").send_keys(CAPTION)
+    one("#refam-magnets input[type=checkbox]").click()  # a setting, restored by the model section
+    one("#refam-run").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#refam-pictures img")) == 4)
+    links = wait.until(lambda d: [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, "#refam-downloads a")
+                                  if a.get_attribute("href")])
+    for name in ("run.json", SCENE.name):  # saved side by side, as a browser's downloads are
+        (tmp_path / name).write_bytes(fetch(next(link for link in links if link.endswith("/" + name))))
+    record = json.loads((tmp_path / "run.json").read_text())
+
+    with serving(tmp_path, "--config", str(tmp_path / "run.json")) as restored:
+        browser.get(restored)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#refam-preview img"))  # the input, previewed
+        assert SCENE.name in one("#refam-input").text.replace("\n", "")  # (the name is shown in two parts)
+        assert one("#refam-expressions textarea").get_attribute("value") == "the black square\nthe purple circle"
+        assert one("#refam-caption textarea").get_attribute("value") == CAPTION
+        assert not one("#refam-magnets input[type=checkbox]").is_selected()
+        one("#refam-run").click()  # as it was: the same points
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#refam-pictures img")) == 4)
+        summary = one("#refam-summary").text
+        for entry in record["run"]["expressions"]:
+            x, y = entry["point"]
+            assert f"({x:g}, {y:g})" in summary
