@@ -12,8 +12,10 @@ from pathlib import Path
 
 from refam.apps.serve.cards import card_html
 from refam.apps.serve.client import RESULTS_CSS, RESULTS_JS, STATUS_CSS
+from refam.apps.serve.clips import count_frames, frame_rate, is_video
 from refam.apps.serve.messages import error_html, page_error
-from refam.apps.serve.session import VIDEO_SUFFIXES, Run, Session, count_frames
+from refam.apps.serve.restore import RestoredRun
+from refam.apps.serve.session import Run, Session
 from refam.apps.serve.settings import AS_CONFIGURED, SPATIAL_BIASES, Settings
 from refam.apps.serve.views import Shown, View, results_html
 from refam.errors import RefamError
@@ -49,7 +51,7 @@ def settings_from_values(session: Session, values: list) -> Settings:
                        for name in CONTROLS})
 
 
-OUTPUTS = ("status", "results", "clips", "downloads", "view")
+OUTPUTS = ("status", "results", "clip", "downloads", "view")
 
 
 def request_of(source, expressions, caption) -> tuple:
@@ -67,14 +69,14 @@ def shown_run(run: Run, request: tuple, settings: Settings, name: str) -> Shown:
     caption = f"caption \"{run.record['run']['caption']}\"" if run.record["run"]["caption"] else "no caption"
     frames = f" x {run.frames} frames" if run.frames is not None else ""
     summary = f"{name}, {caption}: {len(cards)} expression(s){frames} in {run.seconds:.2f} s"
-    return Shown(request, settings, cards, summary, tuple(run.downloads), tuple(run.clips))
+    return Shown(request, settings, cards, summary, tuple(run.downloads), run.clip)
 
 
 def page_outputs(view: View, status: str = "") -> tuple:
-    """The page's outputs (OUTPUTS order) for a view: the status line, the results, the video clips,
+    """The page's outputs (OUTPUTS order) for a view: the status line, the results, a video's clip,
     the downloads, and the view itself (kept per browser)."""
     shown = view.shown
-    return (error_html(status), results_html(view), list(shown.clips) if shown else [],
+    return (error_html(status), results_html(view), shown.clip if shown else None,
             list(shown.downloads) if shown else None, view)
 
 
@@ -116,19 +118,21 @@ def page_unpin(view: View) -> tuple:
     return results_html(view), view
 
 
-def page_preview(source) -> tuple:
-    """The chosen file: the image it holds (or a line about the video), or the error reading it."""
+def page_preview(session: Session, source) -> tuple:
+    """The chosen file: the image it holds, or a video (an animated GIF too) as a clip the page
+    plays with a line saying its frames; or the error reading it. (image, clip, status line)"""
     from refam.api import as_image
 
     if source is None:
-        return None, ""
+        return None, None, ""
     path = Path(source)
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        return None, escape(f"video: {path.name}, {count_frames(path)} frames")
     try:
-        return as_image(path), ""
+        if is_video(path):
+            frames = count_frames(path)
+            return None, session.preview(path), escape(f"video: {path.name}, {frames} frames at {frame_rate(path):.3g} fps")
+        return as_image(path), None, ""
     except RefamError as err:
-        return None, error_html(page_error(err))
+        return None, None, error_html(page_error(err))
 
 
 def build_app(session: Session):
@@ -141,9 +145,9 @@ def build_app(session: Session):
     default = session.defaults
     scenes = demo_scenes()
 
-    def shown(outputs: tuple) -> tuple:
-        status, results, clips, downloads, view = outputs
-        return status, results, gr.Gallery(clips, visible=bool(clips)), downloads, view
+    def shown(outputs: tuple) -> tuple:  # the tracked masks' player shows for a video's run only
+        status, results, clip, downloads, view = outputs
+        return status, results, gr.update(value=clip, visible=clip is not None), downloads, view
 
     def run(*args):
         return shown(page_run(session, *args))
@@ -151,6 +155,10 @@ def build_app(session: Session):
     def rerun(*args):
         outputs = page_rerun(session, *args)
         return (gr.skip(),) * len(OUTPUTS) if outputs is None else shown(outputs)
+
+    def preview(source):
+        image, clip, line = page_preview(session, source)
+        return gr.update(value=image, visible=clip is None), gr.update(value=clip, visible=clip is not None), line
 
     def pick_scene(event):
         scene = scenes[event.index]
@@ -169,13 +177,16 @@ def build_app(session: Session):
                                columns=len(scenes), height=150, allow_preview=False, elem_id="refam-demos")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
-                source = gr.File(label="image or video", type="filepath", elem_id="refam-input",
-                                 file_types=["image", "video"])
-                preview = gr.Image(label="input", interactive=False, height=200, elem_id="refam-preview")
-                expressions = gr.Textbox(label="expressions (one per line)", lines=3, elem_id="refam-expressions",
-                                         placeholder="the red circle\nthe square on the left")
-                caption = gr.Textbox(label="caption (optional: what the denoising stream is conditioned on)",
-                                     elem_id="refam-caption")
+                start = session.restored or RestoredRun("", "", None)  # a downloaded run given as the config: its inputs
+                source = gr.File(start.input and str(start.input), label="image or video",
+                                 type="filepath", elem_id="refam-input", file_types=["image", "video"])
+                shown_image = gr.Image(label="input", interactive=False, height=200, elem_id="refam-preview")
+                shown_video = gr.Video(label="input video", interactive=False, height=260, autoplay=True, loop=True,
+                                       visible=False, buttons=["download"], elem_id="refam-preview-video")
+                expressions = gr.Textbox(start.expressions, label="expressions (one per line)", lines=3,
+                                         elem_id="refam-expressions", placeholder="the red circle\nthe square on the left")
+                caption = gr.Textbox(start.caption, label="caption (optional: what the denoising stream "
+                                     "is conditioned on)", elem_id="refam-caption")
                 button = gr.Button("Segment", variant="primary", elem_id="refam-run")
                 with gr.Accordion("settings (a change reruns)", open=True):
                     magnets = gr.Checkbox(default.magnets, label="attention magnets", elem_id="refam-magnets")
@@ -202,17 +213,18 @@ def build_app(session: Session):
                 downloads = gr.File(label="masks and run.json", file_count="multiple", interactive=False,
                                     elem_id="refam-downloads")
             with gr.Column(scale=3):
-                status = gr.HTML("", elem_id="refam-status", css_template=STATUS_CSS, js_on_load=None)
+                status = gr.HTML(error_html(start.note), elem_id="refam-status", css_template=STATUS_CSS, js_on_load=None)
                 with gr.Row(equal_height=True):
                     pin = gr.Button("pin this result to compare", size="sm", elem_id="refam-pin")
                     unpin = gr.Button("unpin", size="sm", elem_id="refam-unpin")
                     gr.Checkbox(False, label="fill the mask lightly", elem_id="refam-fill", container=False)
                 results = gr.HTML("", elem_id="refam-results", css_template=RESULTS_CSS, js_on_load=RESULTS_JS)
-                clips = gr.Gallery(label="video: tracked masks", columns=2, height="auto", object_fit="contain",
-                                   visible=False, elem_id="refam-clips")
+                clip = gr.Video(label="video: tracked masks (the star: each expression's key frame point)",
+                                interactive=False, autoplay=True, loop=True, buttons=["download"], visible=False,
+                                elem_id="refam-clip")
         controls = [magnets, magnet_words, stop_words, gas, first_block, last_block, noise, spatial]
         inputs = [view, source, expressions, caption, *controls]
-        outputs = [status, results, clips, downloads, view]
+        outputs = [status, results, clip, downloads, view]
         # progress shows on the results (the status line keeps its one line for errors)
         gr.on([button.click, caption.submit], run, inputs, outputs, api_name="run", concurrency_limit=1,
               concurrency_id="model", show_progress_on=[results])
@@ -222,7 +234,9 @@ def build_app(session: Session):
               show_progress_on=[results])
         pin.click(page_pin, [view], [results, view], show_progress="hidden")
         unpin.click(page_unpin, [view], [results, view], show_progress="hidden")
-        source.change(page_preview, [source], [preview, status], show_progress_on=[preview])
+        source.change(preview, [source], [shown_image, shown_video, status], show_progress_on=[shown_image])
+        if start.input:  # its preview, as an upload's
+            app.load(preview, [source], [shown_image, shown_video, status])
         if scenes:
             demos.select(pick_scene, None, [source, caption, expressions])
     app.queue(default_concurrency_limit=1)  # one request at a time on the model; the others wait their turn

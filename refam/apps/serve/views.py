@@ -20,7 +20,7 @@ class Shown:
     cards: tuple[str, ...]  # one card's HTML per expression (`refam.apps.serve.cards`)
     summary: str  # the input, its caption, how many expressions (and frames) in how long
     downloads: tuple[str, ...] = ()
-    clips: tuple[tuple[str, str], ...] = ()  # a video's tracked masks: (clip, caption) per expression
+    clip: str | None = None  # a video's tracked masks as a clip the browser plays (WebM), a tile per expression
 
 
 @dataclass(frozen=True)
