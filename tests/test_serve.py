@@ -91,6 +91,43 @@ def test_the_page_shows_the_apis_masks_points_and_tokens(session):
     assert "settings of this result" in shown["results"] and shown["view"].shown.settings == session.defaults
 
 
+def test_the_page_shows_the_loaded_models_card_at_the_top(session):
+    """The page says which model answers: its name, backbone, that an embedded model's grounding was
+    supervised, and the colours, shapes and words it knows (the video model's card after its own)."""
+    from refam.apps.serve import build_app
+    from refam.apps.serve.page import model_panel
+
+    title, card = model_panel(session)
+    assert title == "model: refam-shapes"
+    assert card.startswith("**refam-shapes** · FluxExtractor on FluxTransformer2DModel")
+    assert "- grounding: **supervised**:" in card and "\n\n**refam-shapes-video** · MochiExtractor" in card
+    assert "- colours: red, green, blue, yellow, purple, orange, black · shapes: circle, square, triangle" in card
+    assert "words it knows" in card and "triangle, two, yellow; any other word is unknown to it" in card
+    app = build_app(session)
+    shown = [block for block in app.blocks.values() if getattr(block, "elem_id", None) == "refam-model-card"]
+    assert [block.value for block in shown] == [card]
+    panel = next(block for block in app.blocks.values() if getattr(block, "elem_id", None) == "refam-model")
+    assert panel.label == title
+    column = next(block for block in app.blocks.values() if getattr(block, "elem_id", None) == "refam-input").parent
+    assert column.children[0] is panel  # the first thing in the left column
+
+
+def test_an_expressions_warnings_show_on_its_card_and_in_the_run_json(session):
+    """A word the embedded model does not know becomes an unknown token: the card says so, as the
+    API's `Prediction.warnings` and the run's record do; a known expression's card says nothing."""
+    texts = ["the zebra", "the black square"]
+    shown = page(session, SCENE, "\n".join(texts))
+    expected = session.model.segment(SCENE, texts)
+    assert expected[0].warnings and not expected[1].warnings
+    record = json.loads(Path(shown["downloads"][-1]).read_text())
+    assert [e["warnings"] for e in record["run"]["expressions"]] == [p.warnings for p in expected]
+    zebra, square = shown["results"].split('<section class="refam-card"')[1:]
+    notes = re.findall(r'<ul class="refam-warnings"><li>(.*?)</li></ul>', zebra)
+    assert [html.unescape(n) for n in notes] == expected[0].warnings
+    assert 'the model does not know the word "zebra"' in html.unescape(notes[0])
+    assert "refam-warnings" not in square
+
+
 def test_magnets_off_changes_the_kept_tokens_without_reloading_the_model(session):
     extractor, transformer = session.model.pipeline.extractor, session.model.pipeline.extractor.pipe.transformer
     on = page(session, SCENE, "the black square", CAPTION)

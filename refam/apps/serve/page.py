@@ -54,6 +54,12 @@ def settings_from_values(session: Session, values: list) -> Settings:
 OUTPUTS = ("status", "results", "clip", "downloads", "view")
 
 
+def model_panel(session: Session) -> tuple[str, str]:
+    """The loaded model as the page shows it: the title of its panel and its card (Markdown: name,
+    backbone, what it was trained on, how it grounds, an embedded model's colours, shapes and words)."""
+    return f"model: {session.card['name']}", session.card_markdown
+
+
 def request_of(source, expressions, caption) -> tuple:
     """What a result answers: the input's content (not its upload's name), the expressions and the caption."""
     import hashlib
@@ -177,6 +183,9 @@ def build_app(session: Session):
                                columns=len(scenes), height=150, allow_preview=False, elem_id="refam-demos")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
+                title, card = model_panel(session)
+                with gr.Accordion(title, open=True, elem_id="refam-model"):
+                    gr.Markdown(card, elem_id="refam-model-card")
                 start = session.restored or RestoredRun("", "", None)  # a downloaded run given as the config: its inputs
                 source = gr.File(start.input and str(start.input), label="image or video",
                                  type="filepath", elem_id="refam-input", file_types=["image", "video"])
