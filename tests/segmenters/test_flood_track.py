@@ -9,6 +9,7 @@ import refam.segmenters.flood_track as flood_track
 from refam.errors import ConfigError, DataError, MissingInputError
 from refam.segmenters import FloodTrackSegmenter, VideoSegmenter
 from refam.shapes.scenes import make_clip
+from refam.types import Point
 
 
 def write_jpegs(folder, images):
@@ -186,6 +187,35 @@ def test_bad_videos_are_one_line_before_any_mask(tmp_path):
     Image.new("RGB", (48, 64)).save(paths[2])
     with pytest.raises(DataError, match="one size"):
         list(FloodTrackSegmenter().track(paths, 0, (20.5, 20.5)))
+
+
+def test_a_users_points_follow_the_positive_regions_minus_the_negative_ones(tmp_path):
+    """Two circles of other colours on a non-square frame, keyed on a middle frame: positive points on
+    both follow both; a negative point on one leaves the other; one positive point is `track`."""
+    images, masks = moving_circles((120, 72), (128, 128, 128), [((210, 40, 40), 15, 18, 6, 0, 9),
+                                                               ((40, 80, 220), 100, 54, -6, 0, 9)],
+                                   frames=7, rng=np.random.default_rng(2))
+    paths = write_jpegs(tmp_path, images)
+    red, blue = inner_point(masks[3][0]), inner_point(masks[3][1])
+    segmenter = FloodTrackSegmenter()
+    order = [3, 4, 5, 6, 2, 1, 0]
+
+    def follow(*points):
+        results = list(segmenter.track_points(paths, 3, list(points)))
+        assert [index for index, _ in results] == order
+        return dict(results)
+
+    both, red_only, blue_only = follow(Point(*red), Point(*blue)), follow(Point(*red), Point(*blue, 0)), \
+        follow(Point(*red, 0), Point(*blue))
+    for t in range(7):
+        assert iou(both[t], masks[t][0] | masks[t][1]) >= 0.97, t
+        assert iou(red_only[t], masks[t][0]) >= 0.97 and not (red_only[t] & masks[t][1]).any(), t
+        assert iou(blue_only[t], masks[t][1]) >= 0.97 and not (blue_only[t] & masks[t][0]).any(), t
+    alone = follow(Point(*red))
+    assert all(np.array_equal(alone[t], mask) for t, mask in tracked(paths, 3, red).items())
+    assert not any(mask.any() for mask in follow(Point(*red, 0)).values())  # no positive point: nothing
+    with pytest.raises(ConfigError, match="outside frame 3"):
+        segmenter.track_points(paths, 3, [Point(*red), Point(121.0, 5.0, 0)])
 
 
 def test_the_pipeline_tracks_a_video_with_it(tmp_path):
