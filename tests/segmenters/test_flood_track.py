@@ -234,3 +234,27 @@ def test_the_pipeline_tracks_a_video_with_it(tmp_path):
                            lambda expression, index, mask: seen.setdefault(index, mask))
     assert sorted(seen) == list(range(7))
     assert all(iou(seen[t], masks[t][0]) >= 0.97 for t in range(7))
+
+
+def test_the_pipeline_moves_a_videos_mask_with_a_users_points_on_the_key_frame(tmp_path):
+    from refam.aggregators.magnets import AppendMagnets
+    from refam.pipeline import RefAMPipeline
+    from refam.types import VideoExpression, VideoSample
+    from tests.test_video_module import PlantedVideoExtractor, SIZE
+
+    # the planted point (20, 12) on frame 0 lands on the blue ball; the user says "not this", "this" on the red one
+    images, masks = moving_circles(SIZE, (225, 225, 220), [((40, 80, 220), 20, 12, 2, 0, 5),
+                                                          ((210, 40, 40), 38, 26, 0, 0, 4)], frames=7)
+    paths = write_jpegs(tmp_path, images)
+    pipeline = RefAMPipeline(extractor=PlantedVideoExtractor({0: [(0, 1, 2, 6.0)]}), segmenter=FloodTrackSegmenter(),
+                             magnets=AppendMagnets())
+    video = VideoSample("clip", [str(p) for p in paths], [VideoExpression("the red ball", "e0", [1])])
+    points = [Point(21.0, 13.0, 0), Point(38.5, 26.5, 1)]
+    seen = {}
+    result = pipeline.segment_video(video, lambda expression, index, mask: seen.setdefault(index, mask),
+                                    points={"e0": points})
+    assert sorted(seen) == list(range(7))
+    assert all(iou(seen[t], masks[t][1]) >= 0.97 and not (seen[t] & masks[t][0]).any() for t in range(7))
+    prediction = result.predictions[0]
+    assert prediction.point == (20.0, 12.0) and prediction.points == points  # the model's point was dropped
+    assert np.array_equal(prediction.mask, seen[0])
