@@ -188,7 +188,8 @@ class SAM2PointSegmenter(SAM2Weights, Segmenter):
     `masks[argmax(scores)]`, the mask with the highest predicted IoU: the convention of the
     official SAM2 image-predictor notebook. With `multimask_output=False` the decoder itself picks
     (its single-mask token, falling back to the best multimask when that token is unstable,
-    because `build_sam2` turns on `dynamic_multimask_via_stability`).
+    because `build_sam2` turns on `dynamic_multimask_via_stability`). A user's points
+    (`segment_points`) are SAM2's multi-point prompt, one `predict` call per expression.
 
     Args:
         config: SAM2 hydra config name inside the installed `sam2` package. Ignored with `model_id`

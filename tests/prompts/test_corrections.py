@@ -14,9 +14,9 @@ H, W = 10, 30  # not square: a swapped (x, y) lands elsewhere or outside
 
 @pytest.fixture
 def model_mask() -> np.ndarray:
-    """What the model's point (25.5, 1.5) selects alone: rows 0-3, columns 20-29."""
+    """What the model's point (25.5, 1.5) selects alone: rows 0-5, columns 10-29."""
     mask = np.zeros((H, W), dtype=bool)
-    mask[0:4, 20:30] = True
+    mask[0:6, 10:30] = True
     return mask
 
 
@@ -30,10 +30,11 @@ def test_the_models_point_comes_first_and_the_users_points_follow(model_mask):
 
 
 def test_a_negative_point_on_the_models_mask_drops_the_models_point(model_mask):
-    user = [Point(21.0, 3.5, 0), Point(3.0, 8.0, 1)]  # "not this" on the mask (row 3, column 21), "this" elsewhere
+    user = [Point(11.0, 5.5, 0), Point(3.0, 8.0, 1)]  # "not this" on the mask (row 5, column 11), "this" elsewhere
+    assert np.hypot(11.0 - MODEL[0], 5.5 - MODEL[1]) > NEAR  # far from the star: the mask decides
     assert joined(MODEL, user, model_mask) == user
-    # (y, x) for (x, y) would read row 21 (clamped to 9), column 3: off the mask, and 19 px from the star
-    assert not model_mask[9, 3] and np.hypot(21.0 - 3.5, 3.5 - 21.0) > NEAR
+    # (y, x) for (x, y) would read row 11 (clamped to 9), column 5: off the mask
+    assert not model_mask[9, 5]
 
 
 def test_a_negative_point_near_the_models_point_drops_it_even_off_its_mask():

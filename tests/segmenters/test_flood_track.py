@@ -214,6 +214,7 @@ def test_a_users_points_follow_the_positive_regions_minus_the_negative_ones(tmp_
     alone = follow(Point(*red))
     assert all(np.array_equal(alone[t], mask) for t, mask in tracked(paths, 3, red).items())
     assert not any(mask.any() for mask in follow(Point(*red, 0)).values())  # no positive point: nothing
+    assert not any(mask.any() for mask in follow(Point(*red), Point(*red, 0)).values())  # "not this" wins
     with pytest.raises(ConfigError, match="outside frame 3"):
         segmenter.track_points(paths, 3, [Point(*red), Point(121.0, 5.0, 0)])
 
