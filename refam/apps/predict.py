@@ -354,7 +354,8 @@ def write_all(model, jobs: list, folders: list[Path], images: list, first_image,
             print(f"refam: skipped: {err}", file=sys.stderr)
             failures += 1
             continue
-        predictions = model.segment(image, job.texts, caption=job.caption, points=points)
+        corrections = {} if points is None else {"points": points}  # without points: the call as before
+        predictions = model.segment(image, job.texts, caption=job.caption, **corrections)
         for index, (text, prediction) in enumerate(zip(job.texts, predictions)):
             write_prediction(folder, index, text, image, prediction)
         print(f"{job.source}: {len(job.texts)} expression(s) -> {folder}")
