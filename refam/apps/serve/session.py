@@ -131,9 +131,11 @@ class Session:
         return folder
 
     def run(self, source: str | Path | None, expressions: str | None, caption: str = "",
-            settings: Settings | None = None) -> Run:
-        """Segment an image or a video by the expressions (one per line). Raises a RefamError with
-        the CLI's one-line message for bad input."""
+            settings: Settings | None = None, points=None) -> Run:
+        """Segment an image or a video by the expressions (one per line). `points`: a user's
+        corrections, as `RefAM.segment` takes them (a video's on each expression's key frame); each
+        expression's entry in run.json lists the points that made its mask ("points": x, y, label,
+        source "model" or "user"). Raises a RefamError with the CLI's one-line message for bad input."""
         from refam.apps.predict import check_expressions
 
         settings = settings or self.defaults
@@ -150,10 +152,11 @@ class Session:
             self.settings = call
             check_expressions(model, texts, call)
             if video:
-                return self._run_video(model, call, source, texts, caption or "", settings)
-            return self._run_image(call, source, texts, caption or "", settings)
+                return self._run_video(model, call, source, texts, caption or "", settings, points)
+            return self._run_image(call, source, texts, caption or "", settings, points)
 
-    def _run_image(self, call: CallSettings, source: Path, texts: list[str], caption: str, settings: Settings) -> Run:
+    def _run_image(self, call: CallSettings, source: Path, texts: list[str], caption: str, settings: Settings,
+                   points=None) -> Run:
         from refam.api import as_image
         from refam.apps.predict import write_prediction
 
@@ -161,7 +164,7 @@ class Session:
             raise ConfigError("this pipeline segments videos (its segmenter tracks through frames): upload a video")
         image = as_image(source)
         started = time.perf_counter()
-        predictions = self.model.segment(image, texts, caption=caption, settings=call)
+        predictions = self.model.segment(image, texts, caption=caption, settings=call, points=points)
         seconds = time.perf_counter() - started
         folder = self._folder()
         entries, run = [], Run(folder, {}, predictions)
@@ -178,7 +181,7 @@ class Session:
         return run
 
     def _run_video(self, model, call: CallSettings, source: Path, texts: list[str], caption: str,
-                   settings: Settings) -> Run:
+                   settings: Settings, points=None) -> Run:
         """`model`: the loaded one, or the embedded video pipeline when the loaded one is the embedded
         image default (`RefAM.for_video`)."""
         from refam.apps.predict import write_video_predictions
@@ -195,7 +198,7 @@ class Session:
                               "cut the clip")
         folder = self._folder()
         started = time.perf_counter()
-        written = write_video_predictions(model, source, texts, caption, folder, settings=call)
+        written = write_video_predictions(model, source, texts, caption, folder, settings=call, points=points)
         seconds = time.perf_counter() - started
         count, video_folder = written.frames, written.folder
         run = Run(folder, {}, [prediction for _, prediction in written.key_frames], frames=count)
