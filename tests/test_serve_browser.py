@@ -102,13 +102,14 @@ def model():
 class Page:
     """The app in the browser, as a user works it."""
 
-    def __init__(self, driver, url: str) -> None:
+    def __init__(self, driver, url: str, ready: str = "#refam-input input[type=file]") -> None:
+        """`ready`: what shows once the page is loaded (the upload box; a restored run's preview)."""
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver, self.by, self.wait = driver, By, WebDriverWait(driver, 120)
         driver.get(url)
-        self.wait.until(lambda d: self.all("#refam-input input[type=file]"))
+        self.wait.until(lambda d: self.all(ready))
 
     def one(self, selector: str):
         return self.driver.find_element(self.by.CSS_SELECTOR, selector)
@@ -451,8 +452,7 @@ def test_a_run_downloaded_from_the_page_and_given_as_config_comes_back_whole(ser
     record = json.loads((tmp_path / "run.json").read_text())
 
     with serving(tmp_path, "--config", str(tmp_path / "run.json")) as restored:
-        page = Page(browser, restored)
-        page.wait.until(lambda d: page.all("#refam-preview img"))  # the input, previewed
+        page = Page(browser, restored, ready="#refam-preview img")  # the input, previewed
         assert SCENE.name in page.one("#refam-input").text.replace("\n", "")  # (the name is shown in two parts)
         assert page.one("#refam-expressions textarea").get_attribute("value") == "\n".join(texts)
         assert page.one("#refam-caption textarea").get_attribute("value") == CAPTION

@@ -68,14 +68,23 @@ def request_of(source, expressions, caption) -> tuple:
     return digest, tuple(line.strip() for line in (expressions or "").splitlines() if line.strip()), (caption or "").strip()
 
 
-def shown_run(run: Run, request: tuple, settings: Settings, name: str) -> Shown:
-    """A run as the page shows it: a card per expression, the settings that made it."""
+def shown_run(run: Run, request: tuple, settings: Settings, name: str, points: tuple = ()) -> Shown:
+    """A run as the page shows it: a card per expression, the settings (and correction points) that made it."""
     cards = tuple(card_html(k, entry["expression"], image, prediction, entry)
                   for k, (entry, image, prediction) in enumerate(zip(run.expressions, run.backdrops, run.predictions)))
     caption = f"caption \"{run.record['run']['caption']}\"" if run.record["run"]["caption"] else "no caption"
     frames = f" x {run.frames} frames" if run.frames is not None else ""
-    summary = f"{name}, {caption}: {len(cards)} expression(s){frames} in {run.seconds:.2f} s"
-    return Shown(request, settings, cards, summary, tuple(run.downloads), run.clip)
+    corrected = f", {len(points)} correction point(s)" if points else ""
+    summary = f"{name}, {caption}: {len(cards)} expression(s){frames}{corrected} in {run.seconds:.2f} s"
+    return Shown(request, settings, cards, summary, tuple(run.downloads), run.clip, tuple(points))
+
+
+def point_lists(points: tuple, count: int) -> list[list[tuple]] | None:
+    """The page's points, (expression, x, y, label) each, as `Session.run` takes them: a list per
+    expression; None without any (the uncorrected call)."""
+    if not points:
+        return None
+    return [[(x, y, label) for k, x, y, label in points if k == index] for index in range(count)]
 
 
 def page_outputs(view: View, status: str = "") -> tuple:
@@ -86,17 +95,46 @@ def page_outputs(view: View, status: str = "") -> tuple:
             list(shown.downloads) if shown else None, view)
 
 
-def page_run(session: Session, view: View, source, expressions, caption, *values) -> tuple:
-    """The Segment button: the page's outputs (OUTPUTS order). Bad input is one line in the page's
-    words, the last good result stays, and the app goes on serving."""
+def page_run(session: Session, view: View, source, expressions, caption, *values, points: tuple | None = None) -> tuple:
+    """The Segment button: the page's outputs (OUTPUTS order). The shown result's correction points
+    stay while the input, expressions and caption are the same (`points` replaces them). Bad input
+    is one line in the page's words, the last good result stays, and the app goes on serving."""
     view = view or View()
     try:
         settings = settings_from_values(session, list(values))
-        run = session.run(source, expressions, caption, settings)
+        request = request_of(source, expressions, caption)
+        if points is None:
+            points = view.shown.points if view.shown is not None and view.shown.request == request else ()
+        run = session.run(source, expressions, caption, settings, points=point_lists(points, len(request[1])))
     except RefamError as err:
         return page_outputs(view, page_error(err))
-    shown = shown_run(run, request_of(source, expressions, caption), settings, Path(source).name)
-    return page_outputs(view.showing(shown))
+    return page_outputs(view.showing(shown_run(run, request, settings, Path(source).name, points)))
+
+
+NOTHING_TO_CORRECT = "segment first: a click on a result's mask corrects that result"
+
+
+def page_select(session: Session, view: View, click: dict, source, expressions, caption, *values) -> tuple:
+    """A click on an expression's mask: a point there (`click`: expression, x, y in the image's
+    pixels, negative), and the segmenter re-prompted with all of that result's points."""
+    view = view or View()
+    shown = view.shown
+    if shown is None or shown.request != request_of(source, expressions, caption):
+        return page_outputs(view, NOTHING_TO_CORRECT)
+    point = (int(click["expression"]), round(float(click["x"]), 1), round(float(click["y"]), 1),
+             0 if click.get("negative") else 1)
+    return page_run(session, view, source, expressions, caption, *values, points=shown.points + (point,))
+
+
+def page_undo(session: Session, view: View, source, expressions, caption, *values) -> tuple:
+    """Undo: the shown result's last point removed, the segmenter re-prompted with the others."""
+    view = view or View()
+    shown = view.shown
+    if shown is None or not shown.points:
+        return page_outputs(view)
+    if shown.request != request_of(source, expressions, caption):
+        return page_outputs(view, NOTHING_TO_CORRECT)
+    return page_run(session, view, source, expressions, caption, *values, points=shown.points[:-1])
 
 
 def page_rerun(session: Session, view: View, source, expressions, caption, *values) -> tuple | None:
@@ -161,6 +199,11 @@ def build_app(session: Session):
     def rerun(*args):
         outputs = page_rerun(session, *args)
         return (gr.skip(),) * len(OUTPUTS) if outputs is None else shown(outputs)
+
+    def select(event, view, *args):  # a click on a card's mask (the results' script sends it)
+        return shown(page_select(session, view, event._data, *args))
+
+    select.__annotations__["event"] = gr.EventData  # how Gradio knows to pass the click's data
 
     def preview(source):
         image, clip, line = page_preview(session, source)
@@ -227,6 +270,11 @@ def build_app(session: Session):
                     pin = gr.Button("pin this result to compare", size="sm", elem_id="refam-pin")
                     unpin = gr.Button("unpin", size="sm", elem_id="refam-unpin")
                     gr.Checkbox(False, label="fill the mask lightly", elem_id="refam-fill", container=False)
+                with gr.Row(equal_height=True):
+                    gr.Markdown("click a mask: a point on what the expression means; shift-click (or the toggle): "
+                                "a point on what it does not", elem_id="refam-correct-help")
+                    gr.Checkbox(False, label="negative point", elem_id="refam-negative", container=False)
+                    undo = gr.Button("undo last point", size="sm", elem_id="refam-undo")
                 results = gr.HTML("", elem_id="refam-results", css_template=RESULTS_CSS, js_on_load=RESULTS_JS)
                 clip = gr.Video(label="video: tracked masks (the star: each expression's key frame point)",
                                 interactive=False, autoplay=True, loop=True, buttons=["download"], visible=False,
@@ -241,6 +289,9 @@ def build_app(session: Session):
                first_block.release, last_block.release, noise.release],
               rerun, inputs, outputs, trigger_mode="always_last", concurrency_limit=1, concurrency_id="model",
               show_progress_on=[results])
+        correcting = dict(concurrency_limit=1, concurrency_id="model", show_progress_on=[results])
+        results.select(select, inputs, outputs, **correcting)
+        undo.click(lambda *args: shown(page_undo(session, *args)), inputs, outputs, **correcting)
         pin.click(page_pin, [view], [results, view], show_progress="hidden")
         unpin.click(page_unpin, [view], [results, view], show_progress="hidden")
         source.change(preview, [source], [shown_image, shown_video, status], show_progress_on=[shown_image])
