@@ -351,8 +351,7 @@ def print_warnings(texts: list[str], predictions: list) -> None:
 
 
 def write_all(model, jobs: list, folders: list[Path], images: list, first_image, args, points=None) -> int:
-    """Segment and write every job (`points`: the image's corrections); 1 when an image could not be read
-    (said per image), else 0."""
+    """Segment and write every job (`points`: the image's corrections); 1 when an image was unreadable, else 0."""
     from refam.api import as_image
 
     failures = 0
