@@ -3,7 +3,7 @@
 shows against the API: a card per expression with no inner scroll, a token's map over the image at a
 click, the mask outlined so the object keeps its colour, every control rerunning with the shown
 result's settings beside it, a pinned result compared side by side, and errors as one styled line
-that leaves the last result; an uploaded video (an animated GIF too) playing with its masks' clip, and
+that leaves the last result; a click on a mask correcting it (undo taking it back); an uploaded video (an animated GIF too) playing with its masks' clip, and
 a downloaded run given back as `--config`. REFAM_SERVE_SCREENSHOT=docs/serve.png also saves the page as the README
 shows it."""
 
@@ -365,6 +365,59 @@ def test_an_error_is_one_styled_line_in_the_pages_words_and_the_last_result_stay
     assert page.status() == "cannot read broken.png as an image: give a PNG, JPEG or another common format"
     assert "/tmp" not in page.one("#refam-status").get_attribute("innerHTML")
     assert page.expressions() == ["the black square"]
+
+
+def test_a_negative_click_and_a_positive_click_move_the_mask_and_undo_restores_it(server, browser, model):
+    """Shift-click on the model's wrong object, a click on the right one: the mask the page offers is
+    the API's for those points, on the right object; undo, twice, gives the model's mask back."""
+    import json
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    square, circle = model.segment(SCENE, ["the black square", "the purple circle"])
+    page = Page(browser, server)
+    page.upload(SCENE)
+    page.type_expressions("the black square")
+    page.segment(["the black square"])
+
+    def click(x: float, y: float, negative: bool, facts: str) -> None:
+        frame = page.one(".refam-card .refam-mask-view .refam-frame")
+        page.js("arguments[0].scrollIntoView({block: 'center'})", frame)
+        width, height = page.js("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height]", frame)
+        size = Image.open(SCENE).size
+        offset = (int((x + 0.5) / size[0] * width - width / 2), int((y + 0.5) / size[1] * height - height / 2))
+        actions = ActionChains(browser)
+        if negative:
+            actions.key_down(Keys.SHIFT)
+        actions.move_to_element_with_offset(frame, *offset).click()
+        if negative:
+            actions.key_up(Keys.SHIFT)
+        actions.perform()
+        page.wait.until(lambda d: facts in page.one(".refam-card .refam-facts").text)
+
+    def offered() -> tuple[np.ndarray, list]:
+        links = [a.get_attribute("href") for a in page.all("#refam-downloads a") if a.get_attribute("href")]
+        mask = np.asarray(Image.open(io.BytesIO(fetch(next(link for link in links if link.endswith("_mask.png")))))) == 255
+        [entry] = json.loads(fetch(next(link for link in links if link.endswith("run.json"))))["run"]["expressions"]
+        return mask, [(p["x"], p["y"], p["label"]) for p in entry["points"] if p["source"] == "user"]
+
+    click(*square.point, negative=True, facts="your points: 0 this, 1 not this")
+    click(*circle.point, negative=False, facts="your points: 1 this, 1 not this")
+    assert page.status() == ""
+    mask, points = offered()
+    assert [label for _, _, label in points] == [0, 1]
+    [expected] = model.segment(SCENE, ["the black square"], points=[points])
+    assert np.array_equal(mask, expected.mask)  # the API's mask for the points the page recorded
+    assert (mask & circle.mask).sum() > 0.9 * circle.mask.sum() and not (mask & square.mask).any()  # moved
+    assert len(page.all(".refam-card .refam-mask-view .refam-point")) == 2  # drawn where clicked
+    for _ in points:
+        before = page.one(".refam-card .refam-facts").text
+        page.one("#refam-undo").click()
+        page.wait.until(lambda d: page.one(".refam-card .refam-facts").text != before)
+    assert "your points" not in page.one(".refam-card .refam-facts").text
+    mask, points = offered()
+    assert points == [] and np.array_equal(mask, square.mask)  # the model's mask again
 
 
 CLIP_FRAMES = sorted((ROOT / "assets/shapes-video-demo/valid/JPEGImages/motion-demo-0000").glob("*.jpg"))[:5]

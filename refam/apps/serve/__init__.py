@@ -9,7 +9,9 @@ A Gradio app on `refam predict`'s inference path (`RefAM.segment`, `refam.apps.p
 upload an image (or click a demo scene), type one expression per line and an optional caption, and
 see a card per expression: the mask outlined over the image with the point, and the heatmap over the
 image; a click on one of its tokens (kept, dropped and sink tokens marked, each with the text-to-text
-attention it receives) shows that token's map instead, on one colour scale for the expression. The
+attention it receives) shows that token's map instead, on one colour scale for the expression; a
+click on the mask adds a point (shift: "not this") and re-prompts the segmenter with all of them,
+undo takes the last back. Above: the loaded model's card, and each expression's warnings. The
 settings a researcher flips (magnets, stop-word filter, GAS handling, block range, noise level,
 spatial bias) rerun at once and rebuild only the light components: the weights are loaded once. The
 settings of the shown result stand next to it, and a pinned result shows beside the next one of the
