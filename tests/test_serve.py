@@ -98,7 +98,8 @@ def test_the_page_shows_the_loaded_models_card_at_the_top(session):
     from refam.apps.serve.page import model_panel
 
     title, card = model_panel(session)
-    assert title == "model: refam-shapes"
+    assert title == ("model: refam-shapes · FluxExtractor on FluxTransformer2DModel · grounding supervised "
+                     "(open for its card)")  # what the closed panel says
     assert card.startswith("**refam-shapes** · FluxExtractor on FluxTransformer2DModel")
     assert "- grounding: **supervised**:" in card and "\n\n**refam-shapes-video** · MochiExtractor" in card
     assert "- colours: red, green, blue, yellow, purple, orange, black · shapes: circle, square, triangle" in card
@@ -256,7 +257,7 @@ def test_a_control_reruns_unless_the_shown_result_has_its_settings(session, monk
     runs nothing. Pinning keeps a result to compare: another setting's result shows beside it."""
     shown = page(session, SCENE, "the black square", CAPTION)
     calls, real_run = [], session.run
-    monkeypatch.setattr(session, "run", lambda *args: calls.append(args) or real_run(*args))
+    monkeypatch.setattr(session, "run", lambda *args, **kwargs: calls.append(args) or real_run(*args, **kwargs))
     same = dict(zip(OUTPUTS, page_rerun(session, shown["view"], SCENE, "the black square", CAPTION,
                                         *values(session.defaults))))
     assert calls == [] and same["status"] == "" and same["results"] == shown["results"]

@@ -145,7 +145,7 @@ def test_a_downloaded_run_restores_its_input_expressions_and_caption(session, tm
     assert restored == RestoredRun(texts, CAPTION, downloaded / SCENE.name)
     # the page starts with them
     app = build_app(Session(session.model, session.section, workdir=tmp_path / "work", restored=restored))
-    values = {block.elem_id: block.value for block in app.blocks.values() if getattr(block, "elem_id", None)}
+    values = {block.elem_id: getattr(block, "value", None) for block in app.blocks.values() if getattr(block, "elem_id", None)}
     assert values["refam-expressions"] == texts and values["refam-caption"] == CAPTION
     assert Path(values["refam-input"]["path"]).read_bytes() == SCENE.read_bytes()
     assert restored_run(ROOT / "configs/demo.yaml") is None and restored_run(None) is None  # other configs

@@ -55,9 +55,13 @@ OUTPUTS = ("status", "results", "clip", "downloads", "view")
 
 
 def model_panel(session: Session) -> tuple[str, str]:
-    """The loaded model as the page shows it: the title of its panel and its card (Markdown: name,
-    backbone, what it was trained on, how it grounds, an embedded model's colours, shapes and words)."""
-    return f"model: {session.card['name']}", session.card_markdown
+    """The loaded model as the page shows it: the title of its panel (name, backbone, how it grounds:
+    seen with the panel closed) and its card (Markdown: besides, what it was trained on and an
+    embedded model's colours, shapes and words)."""
+    card = session.card
+    backbone = f"{card['extractor'].rsplit('.', 1)[-1]} on {card['transformer'] or 'an unnamed denoiser'}"
+    grounding = card["grounding"].partition(": ")[0]
+    return f"model: {card['name']} · {backbone} · grounding {grounding} (open for its card)", session.card_markdown
 
 
 def request_of(source, expressions, caption) -> tuple:
@@ -227,7 +231,7 @@ def build_app(session: Session):
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
                 title, card = model_panel(session)
-                with gr.Accordion(title, open=True, elem_id="refam-model"):
+                with gr.Accordion(title, open=False, elem_id="refam-model"):  # closed: the upload stays in view
                     gr.Markdown(card, elem_id="refam-model-card")
                 start = session.restored or RestoredRun("", "", None)  # a downloaded run given as the config: its inputs
                 source = gr.File(start.input and str(start.input), label="image or video",
