@@ -6,6 +6,7 @@
     results[0].mask, results[0].point, results[0].heatmap, results[0].token_maps
     results[0].warnings                                   # what the answer cannot rest on (unknown words, ...)
     print(model.card.markdown())                          # what is loaded: backbone, weights, training, words
+    model.segment("scene.png", "the red circle", points=[(40, 52, 0), (120, 80, 1)])   # "not this", "this"
     no_magnets = dataclasses.replace(model.settings, magnets=AppendMagnets([]))   # one call's settings
     model.segment("scene.png", ["the red circle"], settings=no_magnets)           # (refam.settings)
 
@@ -29,6 +30,7 @@ from refam.embedded import DEFAULT_CONFIG, DEFAULT_VIDEO_CONFIG  # shipped in th
 from refam.errors import ConfigError, DataError, MissingInputError, RefamError, place, require_words
 from refam.sections import build_pipeline, model_section
 from refam.pipeline import RefAMPipeline
+from refam.prompts.corrections import by_index
 from refam.settings import Settings
 from refam.types import Expression, Prediction, Sample, VideoExpression, VideoSample
 
@@ -154,13 +156,14 @@ class RefAM:
 
     @torch.no_grad()
     def segment_video(self, frames: str | Path | list[str | Path], expressions: str | list[str], caption: str = "",
-                      settings: Settings | None = None) -> list[tuple[Prediction, list[np.ndarray]]]:
+                      settings: Settings | None = None, points=None) -> list[tuple[Prediction, list[np.ndarray]]]:
         """Per expression, in order: its prediction on the key frame (`frame`, `point`, `mask`, the
         tokens) and its mask on every frame. `frames`: a folder of frame images (sorted by name) or
         their paths in order. Runs `for_video()`: the embedded video pipeline when this model is
         the embedded default; a model without a video path raises ConfigError (`refam predict
         --video` segments each frame alone with it). Masks are kept for every frame: for long
-        videos use `for_video().pipeline.segment_video` with an `on_mask` that streams them."""
+        videos use `for_video().pipeline.segment_video` with an `on_mask` that streams them. `points`:
+        a user's points on each expression's key frame (`Prediction.frame`), as `segment` takes them."""
         from refam.errors import ExpressionError
         from refam.io.frames import frame_files
 
@@ -176,7 +179,8 @@ class RefAM:
             masks[int(expression.expression_id)][index] = mask
 
         video = VideoSample("video", paths, [VideoExpression(text, str(i)) for i, text in enumerate(texts)], caption=caption)
-        result = model.pipeline.segment_video(video, on_mask=keep, keep_token_maps=True, settings=settings)
+        result = model.pipeline.segment_video(video, on_mask=keep, keep_token_maps=True, settings=settings,
+                                              points=by_index(points, len(texts), *video.frame(0).size))
         if result.skipped:
             raise ExpressionError("; ".join(result.skipped))
         by_id = {p.expression_id: p for p in result.predictions}
@@ -184,18 +188,28 @@ class RefAM:
 
     @torch.no_grad()
     def segment(self, image: Image.Image | np.ndarray | str | Path, expressions: str | list[str],
-                caption: str = "", settings: Settings | None = None) -> list[Prediction]:
-        """One prediction per expression, in order: mask [H, W] bool, point (x, y), heatmap on the
-        token grid, the tokens kept and dropped, global attention sinks, and per-token maps.
-        `settings`: this call's (`refam.settings.Settings`), default the model's own.
+                caption: str = "", settings: Settings | None = None, points=None) -> list[Prediction]:
+        """One prediction per expression, in order: mask [H, W] bool, point (x, y), the points that
+        made the mask, heatmap on the token grid, the tokens kept and dropped, global attention
+        sinks, and per-token maps. `settings`: this call's (`refam.settings.Settings`), default the
+        model's own.
 
-        Raises `ExpressionError` naming the expression for one that cannot run (empty, too long)."""
+        `points` corrects the masks: (x, y, label) tuples or `refam.types.Point`s in the image's
+        pixels, label 1 "this" (add) and 0 "not this" (remove), as a flat list for one expression or
+        one list per expression (empty for none); the segmenter is re-prompted with the model's
+        point and these (`refam.prompts.corrections`: a negative point on the model's mask drops
+        the model's point). Without points every mask is exactly the uncorrected one.
+
+        Raises `ExpressionError` naming the expression for one that cannot run (empty, too long),
+        and `ConfigError` naming the argument for points that are malformed, outside the image or
+        given to a segmenter that cannot take them."""
         from refam.errors import ExpressionError
 
         texts = expression_texts(expressions)
-        sample = Sample("image", as_image(image),
-                        [Expression(text, str(i)) for i, text in enumerate(texts)], caption=caption)
-        result = self.pipeline.segment_sample(sample, keep_token_maps=True, settings=settings)
+        picture = as_image(image)
+        given = by_index(points, len(texts), *picture.size)
+        sample = Sample("image", picture, [Expression(text, str(i)) for i, text in enumerate(texts)], caption=caption)
+        result = self.pipeline.segment_sample(sample, keep_token_maps=True, settings=settings, points=given)
         if result.skipped:
             raise ExpressionError("; ".join(result.skipped))
         by_id = {p.expression_id: p for p in result.predictions}

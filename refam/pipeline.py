@@ -8,8 +8,8 @@ the one piece that `refam test` (RefAMModule), the Python API, `refam predict`, 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,16 +25,19 @@ from refam.extractors.base import Extractor, VideoExtractor
 from refam.extractors.cache import MapCache
 from refam.code_identity import RESULTS_LIBRARIES, code_identity, library_versions, spacy_models
 from refam.identity import weights_identity
+from refam.prompts.corrections import joined
 from refam.prompts.keyframe import key_frames
 from refam.prompts.point import argmax_points, upsample
-from refam.segmenters.base import Segmenter
+from refam.segmenters.base import Segmenter, points_refused
 from refam.segmenters.video_base import VideoSegmenter
 from refam.settings import TEXT_CONDITIONS, Settings  # noqa: F401 (TEXT_CONDITIONS re-exported)
 from refam.text.caveats import expression_warnings
-from refam.types import Expression, Prediction, Sample, TokenMaps, VideoExpression, VideoSample
+from refam.types import Expression, Point, Prediction, Sample, TokenMaps, VideoExpression, VideoSample
 
 # receives each video mask as the segmenter makes it: (expression, frame index, mask)
 MaskSink = Callable[[VideoExpression, int, np.ndarray], None]
+# a user's points per expression id (refam.prompts.corrections), for `segment_sample` / `segment_video`
+UserPoints = Mapping[str, Sequence[Point]]
 
 
 @dataclass
@@ -230,13 +233,27 @@ class RefAMPipeline:
         return runnable, maps, aggregation
 
     # ------------------------------------------------------------ images
+    def _user_points(self, sample: Sample | VideoSample, points: UserPoints | None) -> dict[str, list[Point]]:
+        """The user's points of the expressions that have some, refused before the DiT runs when the
+        segmenter cannot take them or they name an expression the sample does not have."""
+        given = {str(key): list(value) for key, value in (points or {}).items() if value}
+        unknown = sorted(set(given) - {e.expression_id for e in sample.expressions})
+        if unknown:
+            raise ConfigError(f"points for expression ids {unknown}, which {sample.sample_id!r} does not have")
+        if given and not self.segmenter.takes_points:
+            raise points_refused(self.segmenter)
+        return given
+
     def segment_sample(self, sample: Sample, keep_token_maps: bool = False,
-                       settings: Settings | None = None) -> SampleResult:
+                       settings: Settings | None = None, points: UserPoints | None = None) -> SampleResult:
         """Run every expression of one image; an expression that cannot run is reported, not fatal.
 
         `keep_token_maps` also returns each real token's map (for visualisation and analysis).
-        `settings`: this call's (`refam.settings.Settings`), default the pipeline's own."""
+        `settings`: this call's (`refam.settings.Settings`), default the pipeline's own. `points`:
+        a user's points per expression id, joined with the model's (`refam.prompts.corrections`);
+        an expression without them is segmented exactly as without `points`."""
         settings = settings or self.settings
+        user = self._user_points(sample, points)
         result = SampleResult(sample.sample_id)
         read = self._read(sample, result, settings, sample.image, self.extractor.extract)
         if read is None:
@@ -246,12 +263,17 @@ class RefAMPipeline:
         aggregation.heatmaps = self._biased(settings, aggregation.heatmaps, [e.text for e in runnable], context)
         width, height = sample.image.size
         points = argmax_points(aggregation.heatmaps, height, width)
+        image, heatmaps = np.array(sample.image.convert("RGB")), upsample(aggregation.heatmaps, height, width)
         with self._calling("segmenter"):
-            masks = self.segmenter.segment(np.array(sample.image.convert("RGB")), points.numpy(),
-                                           upsample(aggregation.heatmaps, height, width))
+            masks = self.segmenter.segment(image, points.numpy(), heatmaps)
+        prompts = [joined(points[k].tolist(), user.get(e.expression_id, []), masks[k]) for k, e in enumerate(runnable)]
+        corrected = [k for k, e in enumerate(runnable) if e.expression_id in user]
+        if corrected:  # the others keep the masks of their point alone
+            with self._calling("segmenter"):
+                masks[corrected] = self.segmenter.segment_points(image, [prompts[k] for k in corrected], heatmaps[corrected])
         for k, expression in enumerate(runnable):
             prediction = Prediction(expression_id=expression.expression_id, mask=masks[k],
-                                    point=(float(points[k, 0]), float(points[k, 1])),
+                                    point=(float(points[k, 0]), float(points[k, 1])), points=prompts[k],
                                     heatmap=aggregation.heatmaps[k], **token_report(maps, aggregation, k))
             if keep_token_maps:
                 _attach_token_maps(prediction, maps, aggregation, k)
@@ -273,15 +295,17 @@ class RefAMPipeline:
         segmenter that tracks through frames."""
         return isinstance(self.extractor, VideoExtractor) and isinstance(self.segmenter, VideoSegmenter)
 
-    def segment_video(self, video: VideoSample, on_mask: MaskSink | None = None,
-                      keep_token_maps: bool = False, settings: Settings | None = None) -> SampleResult:
+    def segment_video(self, video: VideoSample, on_mask: MaskSink | None = None, keep_token_maps: bool = False,
+                      settings: Settings | None = None, points: UserPoints | None = None) -> SampleResult:
         """Run every expression of one video: the DiT sees the clip once for all expressions; each
         expression's point prompts its key frame and the video segmenter tracks it through the video.
 
         Masks are not kept: `on_mask(expression, frame index, mask)` receives each as it is made, so
         scoring and writing stream frame by frame. Each prediction holds the key frame's mask.
         `keep_token_maps` also returns each real token's map on the key frame (for the pictures).
-        `settings`: this call's (`refam.settings.Settings`), default the pipeline's own."""
+        `settings`: this call's (`refam.settings.Settings`), default the pipeline's own. `points`: a
+        user's points per expression id on its key frame (`Prediction.frame`), joined with the
+        model's as `segment_sample` joins them (the model's mask there: its point's on the key frame)."""
         settings = settings or self.settings
         if not self.reads_video:  # say which component cannot
             if not isinstance(self.segmenter, VideoSegmenter):
@@ -290,6 +314,7 @@ class RefAMPipeline:
                                   field="segmenter")
             raise ConfigError(f"{type(self.extractor).__name__} reads images only; a video dataset "
                               "needs a video backbone such as refam.extractors.mochi.MochiExtractor", field="extractor")
+        user = self._user_points(video, points)
         result = SampleResult(video.sample_id)
         read = self._read(video, result, settings, video.images, self.extractor.extract_video, cache_source=video.frames)
         if read is None:
@@ -298,24 +323,28 @@ class RefAMPipeline:
         frame_to_latent = maps.frame_to_latent or [0] * len(video.frames)
         prompts = key_frames(aggregation.heatmaps, frame_to_latent, settings.key_frame)
         width, height = video.frame(0).size  # a video's frames share one size
-        tracks: dict[tuple[int, float, float], list[int]] = {}  # one segmenter run per distinct prompt
+        tracks: dict[tuple[int, tuple[Point, ...]], list[int]] = {}  # one segmenter run per distinct prompt
         for k, expression in enumerate(runnable):
             frame, latent = prompts[k], frame_to_latent[prompts[k]]
             heat = aggregation.heatmaps[k, latent][None]
             context = BiasContext(aggregation.probabilities[k : k + 1, :, latent], [maps.tokens[k]])
             heat = self._biased(settings, heat, [expression.text], context)
             x, y = argmax_points(heat, height, width)[0].tolist()
-            tracks.setdefault((frame, x, y), []).append(k)
+            prompt = [Point(x, y, 1, "model")]
+            if expression.expression_id in user:  # the model's mask: its point's on the key frame
+                with closing(self._track(video, frame, prompt)) as track:
+                    prompt = joined((x, y), user[expression.expression_id], next(track)[1])
+            tracks.setdefault((frame, tuple(prompt)), []).append(k)
             prediction = Prediction(expression_id=expression.expression_id, mask=None, point=(x, y), heatmap=heat[0],
-                                    frame=frame, **token_report(maps, aggregation, k))
+                                    frame=frame, points=prompt, **token_report(maps, aggregation, k))
             if keep_token_maps:  # the key frame's, as segment_sample's for an image
                 _attach_token_maps(prediction, maps, aggregation, k, latent)
             result.predictions.append(prediction)
         self._warn(result, maps, runnable, settings)
         # expressions prompting the same point on the same frame share a track (the segmenter is
         # deterministic), each still receiving every mask
-        for (frame, x, y), members in tracks.items():
-            for index, mask in self._track(video, frame, (x, y)):
+        for (frame, prompt), members in tracks.items():
+            for index, mask in self._track(video, frame, list(prompt)):
                 for k in members:
                     if index == frame:
                         result.predictions[k].mask = mask
@@ -323,8 +352,11 @@ class RefAMPipeline:
                         on_mask(runnable[k], index, mask)
         return result
 
-    def _track(self, video: VideoSample, frame: int, point: tuple[float, float]) -> Iterator[tuple[int, np.ndarray]]:
-        """The segmenter's masks from `point` on `frame`; its errors are marked as the segmenter's
-        (those of the caller's `on_mask` are not)."""
+    def _track(self, video: VideoSample, frame: int, prompt: list[Point]) -> Iterator[tuple[int, np.ndarray]]:
+        """The segmenter's masks from `prompt` on `frame` (the model's point alone: `track`, else
+        `track_points`); its errors are marked as the segmenter's (those of the caller's `on_mask` are not)."""
         with self._calling("segmenter"):
-            yield from self.segmenter.track(video.frames, frame, point)
+            if [p.source for p in prompt] == ["model"]:
+                yield from self.segmenter.track(video.frames, frame, (prompt[0].x, prompt[0].y))
+            else:
+                yield from self.segmenter.track_points(video.frames, frame, prompt)

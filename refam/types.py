@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,6 +84,28 @@ class TokenMaps:
     frame_to_latent: list[int] | None = None
 
 
+@dataclass(frozen=True)
+class Point:
+    """A point prompt in the original image's pixels (a video's: the key frame's): `label` 1 says
+    "this" (the mask covers what lies under it), 0 says "not this" (the mask leaves it out);
+    `source` says who placed it: "model" (the heatmap's argmax) or "user" (a correction).
+    `refam.prompts.corrections` says how a user's points join the model's."""
+
+    x: float
+    y: float
+    label: int = 1
+    source: str = "user"
+
+    def to_record(self) -> dict:
+        """The JSON form `refam predict` and `refam serve` write: x, y, label, source."""
+        return {"x": self.x, "y": self.y, "label": self.label, "source": self.source}
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> "Point":
+        """A point from its JSON form (`to_record`)."""
+        return cls(float(record["x"]), float(record["y"]), int(record["label"]), str(record.get("source", "user")))
+
+
 @dataclass
 class Prediction:
     """The answer for one expression."""
@@ -108,6 +130,9 @@ class Prediction:
     # what the answer cannot rest on, in sentences a user reads (words the model does not know, an
     # expression left with no content word): `refam.text.caveats`
     warnings: list[str] = field(default_factory=list)
+    # the points that prompted the segmenter, in order: the model's (`point`, unless a user's negative
+    # point dropped it) and the user's (`refam.prompts.corrections`)
+    points: list[Point] = field(default_factory=list)
 
 
 @dataclass

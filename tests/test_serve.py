@@ -91,6 +91,44 @@ def test_the_page_shows_the_apis_masks_points_and_tokens(session):
     assert "settings of this result" in shown["results"] and shown["view"].shown.settings == session.defaults
 
 
+def test_the_page_shows_the_loaded_models_card_at_the_top(session):
+    """The page says which model answers: its name, backbone, that an embedded model's grounding was
+    supervised, and the colours, shapes and words it knows (the video model's card after its own)."""
+    from refam.apps.serve import build_app
+    from refam.apps.serve.page import model_panel
+
+    title, card = model_panel(session)
+    assert title == ("model: refam-shapes · FluxExtractor on FluxTransformer2DModel · grounding supervised "
+                     "(open for its card)")  # what the closed panel says
+    assert card.startswith("**refam-shapes** · FluxExtractor on FluxTransformer2DModel")
+    assert "- grounding: **supervised**:" in card and "\n\n**refam-shapes-video** · MochiExtractor" in card
+    assert "- colours: red, green, blue, yellow, purple, orange, black · shapes: circle, square, triangle" in card
+    assert "words it knows" in card and "triangle, two, yellow; any other word is unknown to it" in card
+    app = build_app(session)
+    shown = [block for block in app.blocks.values() if getattr(block, "elem_id", None) == "refam-model-card"]
+    assert [block.value for block in shown] == [card]
+    panel = next(block for block in app.blocks.values() if getattr(block, "elem_id", None) == "refam-model")
+    assert panel.label == title
+    column = next(block for block in app.blocks.values() if getattr(block, "elem_id", None) == "refam-input").parent
+    assert column.children[0] is panel  # the first thing in the left column
+
+
+def test_an_expressions_warnings_show_on_its_card_and_in_the_run_json(session):
+    """A word the embedded model does not know becomes an unknown token: the card says so, as the
+    API's `Prediction.warnings` and the run's record do; a known expression's card says nothing."""
+    texts = ["the zebra", "the black square"]
+    shown = page(session, SCENE, "\n".join(texts))
+    expected = session.model.segment(SCENE, texts)
+    assert expected[0].warnings and not expected[1].warnings
+    record = json.loads(Path(shown["downloads"][-1]).read_text())
+    assert [e["warnings"] for e in record["run"]["expressions"]] == [p.warnings for p in expected]
+    zebra, square = shown["results"].split('<section class="refam-card"')[1:]
+    notes = re.findall(r'<ul class="refam-warnings"><li>(.*?)</li></ul>', zebra)
+    assert [html.unescape(n) for n in notes] == expected[0].warnings
+    assert 'the model does not know the word "zebra"' in html.unescape(notes[0])
+    assert "refam-warnings" not in square
+
+
 def test_magnets_off_changes_the_kept_tokens_without_reloading_the_model(session):
     extractor, transformer = session.model.pipeline.extractor, session.model.pipeline.extractor.pipe.transformer
     on = page(session, SCENE, "the black square", CAPTION)
@@ -206,10 +244,10 @@ def test_a_block_range_backwards_is_an_error_and_the_preview_reports_an_unreadab
     assert ">the first block (3) comes after the last block (1): move one of the two<" in shown["status"]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really")
-    image, status = page_preview(str(broken))
-    assert image is None and ">cannot read broken.jpg as an image" in status and str(tmp_path) not in status
-    image, status = page_preview(SCENE)
-    assert image.size == (128, 128) and status == ""
+    image, clip, status = page_preview(session, str(broken))
+    assert image is None and clip is None and ">cannot read broken.jpg as an image" in status and str(tmp_path) not in status
+    image, clip, status = page_preview(session, SCENE)
+    assert image.size == (128, 128) and clip is None and status == ""
     # a toggle with nothing to show yet leaves the page alone
     assert page_rerun(session, View(), None, "", "", *values(session.defaults)) is None
 
@@ -219,7 +257,7 @@ def test_a_control_reruns_unless_the_shown_result_has_its_settings(session, monk
     runs nothing. Pinning keeps a result to compare: another setting's result shows beside it."""
     shown = page(session, SCENE, "the black square", CAPTION)
     calls, real_run = [], session.run
-    monkeypatch.setattr(session, "run", lambda *args: calls.append(args) or real_run(*args))
+    monkeypatch.setattr(session, "run", lambda *args, **kwargs: calls.append(args) or real_run(*args, **kwargs))
     same = dict(zip(OUTPUTS, page_rerun(session, shown["view"], SCENE, "the black square", CAPTION,
                                         *values(session.defaults))))
     assert calls == [] and same["status"] == "" and same["results"] == shown["results"]
@@ -276,9 +314,7 @@ def test_a_video_gives_the_key_frames_maps_and_the_tracked_masks_as_a_clip(sessi
     write_clip(video, frames=4)
     shown = page(session, str(video), "the red circle\nthe square")
     assert shown["status"] == "", shown["status"]
-    assert len(shown["clips"]) == 2
-    with Image.open(shown["clips"][0][0]) as clip:
-        assert clip.format == "GIF" and clip.n_frames == 4  # a playable clip of every frame
+    assert shown["clip"].endswith(".webm")  # every frame played: tests/test_serve_video.py
     with zipfile.ZipFile(shown["downloads"][0]) as bundle:
         names = bundle.namelist()
     assert len(names) == 8 and "0-the-red-circle/00003.png" in names
@@ -355,7 +391,7 @@ def test_a_failed_start_leaves_no_working_folder(failure, tmp_path, monkeypatch,
         def close(self):
             pass
 
-    monkeypatch.setattr(refam.apps.serve, "Session", lambda model, section, max_frames, workdir: workdir)
+    monkeypatch.setattr(refam.apps.serve, "Session", lambda model, section, max_frames, workdir, restored: workdir)
     monkeypatch.setattr(refam.apps.serve, "build_app", lambda session: App())
     if failure == "the app fails to start":
         with pytest.raises(RuntimeError, match="gradio broke"):  # a bug, not the user's: its traceback stays

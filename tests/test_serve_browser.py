@@ -3,9 +3,11 @@
 shows against the API: a card per expression with no inner scroll, a token's map over the image at a
 click, the mask outlined so the object keeps its colour, every control rerunning with the shown
 result's settings beside it, a pinned result compared side by side, and errors as one styled line
-that leaves the last result. REFAM_SERVE_SCREENSHOT=docs/serve.png also saves the page as the README
+that leaves the last result; a click on a mask correcting it (undo taking it back); an uploaded video (an animated GIF too) playing with its masks' clip, and
+a downloaded run given back as `--config`. REFAM_SERVE_SCREENSHOT=docs/serve.png also saves the page as the README
 shows it."""
 
+import contextlib
 import io
 import os
 import shutil
@@ -36,14 +38,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`refam serve` on a free loopback port, stopped at the end."""
+@contextlib.contextmanager
+def serving(folder: Path, *args: str):
+    """`refam serve ARGS` on a free loopback port (its log in `folder`), stopped at the end."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    log = folder / "serve.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TQDM_DISABLE": "1", "NO_PROXY": "127.0.0.1,localhost"}
     with log.open("w") as out:
-        process = subprocess.Popen([REFAM, "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+        process = subprocess.Popen([REFAM, "serve", "--host", "127.0.0.1", "--port", str(port), *args], cwd=ROOT,
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -60,6 +62,12 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +102,14 @@ def model():
 class Page:
     """The app in the browser, as a user works it."""
 
-    def __init__(self, driver, url: str) -> None:
+    def __init__(self, driver, url: str, ready: str = "#refam-input input[type=file]") -> None:
+        """`ready`: what shows once the page is loaded (the upload box; a restored run's preview)."""
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver, self.by, self.wait = driver, By, WebDriverWait(driver, 120)
         driver.get(url)
-        self.wait.until(lambda d: self.all("#refam-input input[type=file]"))
+        self.wait.until(lambda d: self.all(ready))
 
     def one(self, selector: str):
         return self.driver.find_element(self.by.CSS_SELECTOR, selector)
@@ -356,3 +365,153 @@ def test_an_error_is_one_styled_line_in_the_pages_words_and_the_last_result_stay
     assert page.status() == "cannot read broken.png as an image: give a PNG, JPEG or another common format"
     assert "/tmp" not in page.one("#refam-status").get_attribute("innerHTML")
     assert page.expressions() == ["the black square"]
+
+
+def test_a_negative_click_and_a_positive_click_move_the_mask_and_undo_restores_it(server, browser, model):
+    """Shift-click on the model's wrong object, a click on the right one: the mask the page offers is
+    the API's for those points, on the right object; undo, twice, gives the model's mask back."""
+    import json
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    square, circle = model.segment(SCENE, ["the black square", "the purple circle"])
+    page = Page(browser, server)
+    page.upload(SCENE)
+    page.type_expressions("the black square")
+    page.segment(["the black square"])
+
+    def click(x: float, y: float, negative: bool, facts: str) -> None:
+        frame = page.one(".refam-card .refam-mask-view .refam-frame")
+        page.js("arguments[0].scrollIntoView({block: 'center'})", frame)
+        width, height = page.js("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height]", frame)
+        size = Image.open(SCENE).size
+        offset = (int((x + 0.5) / size[0] * width - width / 2), int((y + 0.5) / size[1] * height - height / 2))
+        actions = ActionChains(browser)
+        if negative:
+            actions.key_down(Keys.SHIFT)
+        actions.move_to_element_with_offset(frame, *offset).click()
+        if negative:
+            actions.key_up(Keys.SHIFT)
+        actions.perform()
+        page.wait.until(lambda d: facts in page.one(".refam-card .refam-facts").text)
+
+    def offered() -> tuple[np.ndarray, list]:
+        links = [a.get_attribute("href") for a in page.all("#refam-downloads a") if a.get_attribute("href")]
+        mask = np.asarray(Image.open(io.BytesIO(fetch(next(link for link in links if link.endswith("_mask.png")))))) == 255
+        [entry] = json.loads(fetch(next(link for link in links if link.endswith("run.json"))))["run"]["expressions"]
+        return mask, [(p["x"], p["y"], p["label"]) for p in entry["points"] if p["source"] == "user"]
+
+    click(*square.point, negative=True, facts="your points: 0 this, 1 not this")
+    click(*circle.point, negative=False, facts="your points: 1 this, 1 not this")
+    assert page.status() == ""
+    mask, points = offered()
+    assert [label for _, _, label in points] == [0, 1]
+    [expected] = model.segment(SCENE, ["the black square"], points=[points])
+    assert np.array_equal(mask, expected.mask)  # the API's mask for the points the page recorded
+    assert (mask & circle.mask).sum() > 0.9 * circle.mask.sum() and not (mask & square.mask).any()  # moved
+    assert len(page.all(".refam-card .refam-mask-view .refam-point")) == 2  # drawn where clicked
+    for _ in points:
+        before = page.one(".refam-card .refam-facts").text
+        page.one("#refam-undo").click()
+        page.wait.until(lambda d: page.one(".refam-card .refam-facts").text != before)
+    assert "your points" not in page.one(".refam-card .refam-facts").text
+    mask, points = offered()
+    assert points == [] and np.array_equal(mask, square.mask)  # the model's mask again
+
+
+CLIP_FRAMES = sorted((ROOT / "assets/shapes-video-demo/valid/JPEGImages/motion-demo-0000").glob("*.jpg"))[:5]
+
+
+def video_state(browser, selector: str) -> dict | None:
+    """The <video> under `selector` as the browser has it: ready state, duration, position, error."""
+    return browser.execute_script(
+        "const v = document.querySelector(arguments[0]);"
+        "return v && {ready: v.readyState, duration: v.duration, time: v.currentTime, error: v.error && v.error.code,"
+        "             width: v.videoWidth, visible: v.offsetParent !== null};", selector)
+
+
+def assert_plays(browser, selector: str, seconds: float) -> None:
+    """The video is decoded (its frames and duration known, no error), and it plays: its position moves."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    state = WebDriverWait(browser, 60).until(
+        lambda d: (s := video_state(d, selector)) and (s["ready"] >= 2 or s["error"]) and s)
+    assert state["error"] is None and state["visible"] and state["width"] > 0, state
+    assert state["duration"] == pytest.approx(seconds, abs=0.25), state
+    positions = {video_state(browser, selector)["time"]}
+    for _ in range(8):  # looping: the position moves on (and wraps), never stuck
+        time.sleep(0.15)
+        positions.add(video_state(browser, selector)["time"])
+    assert len(positions) > 2, positions
+
+
+def test_a_video_plays_an_animated_gif_runs_as_one_and_its_masks_play_with_the_key_frames_maps(server, browser, tmp_path):
+    import cv2
+
+    frames = [Image.open(p).convert("RGB") for p in CLIP_FRAMES]
+    mp4 = str(tmp_path / "clip.mp4")  # MPEG-4 Part 2: a browser does not play this file itself
+    writer = cv2.VideoWriter(mp4, cv2.VideoWriter_fourcc(*"mp4v"), 5, frames[0].size)
+    for frame in frames:
+        writer.write(np.asarray(frame)[:, :, ::-1].copy())
+    writer.release()
+    gif, still = tmp_path / "moving.gif", tmp_path / "still.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=200, loop=0)
+    frames[0].save(still)
+
+    def upload(path) -> Page:
+        """A fresh page; a click in it first, as a user's to upload (a browser autoplays after one)."""
+        page = Page(browser, server)
+        page.one("#refam-expressions textarea").click()
+        page.one("#refam-input input[type=file]").send_keys(str(path))
+        return page
+
+    page = upload(mp4)
+    assert_plays(browser, "#refam-preview-video video", seconds=1.0)  # 5 frames at 5 fps, played
+    page.wait.until(lambda d: page.status() == "video: clip.mp4, 5 frames at 5 fps")
+
+    page = upload(gif)  # an animated GIF: a video too, not a still
+    assert_plays(browser, "#refam-preview-video video", seconds=1.0)
+    assert not page.all("#refam-preview img")
+    page.type_expressions("the black square\nthe orange circle")
+    page.segment(["the black square", "the orange circle"])
+    assert page.status() == "" and "2 expression(s) x 5 frames" in page.settings()[0]
+    assert_plays(browser, "#refam-clip video", seconds=1.0)  # the tracked masks, every frame
+    # the key frame's maps, saying which frame: a card per expression with its mask, heatmap and token maps
+    facts = [e.text for e in page.all(".refam-card .refam-facts")]
+    assert len(facts) == 2 and all("key frame 0" in fact for fact in facts), facts
+    assert all(card.find_elements(page.by.CSS_SELECTOR, ".refam-map[data-layer=token-0]") for card in page.all(".refam-card"))
+
+    page = upload(still)  # a still GIF stays an image
+    page.wait.until(lambda d: page.all("#refam-preview img"))
+    assert not video_state(browser, "#refam-preview-video video") and page.status() == ""
+
+
+def test_a_run_downloaded_from_the_page_and_given_as_config_comes_back_whole(server, browser, tmp_path):
+    import json
+
+    texts = ["the black square", "the purple circle"]
+    page = Page(browser, server)
+    page.upload(SCENE)
+    page.type_expressions("\n".join(texts))
+    page.one("#refam-caption textarea").send_keys(CAPTION)
+    page.one("#refam-magnets input[type=checkbox]").click()  # a setting, restored by the model section
+    page.segment(texts)
+    page.rerun_until("magnets: off")
+    links = page.wait.until(lambda d: [a.get_attribute("href") for a in page.all("#refam-downloads a")
+                                       if a.get_attribute("href")])
+    for name in ("run.json", SCENE.name):  # saved side by side, as a browser's downloads are
+        (tmp_path / name).write_bytes(fetch(next(link for link in links if link.endswith("/" + name))))
+    record = json.loads((tmp_path / "run.json").read_text())
+
+    with serving(tmp_path, "--config", str(tmp_path / "run.json")) as restored:
+        page = Page(browser, restored, ready="#refam-preview img")  # the input, previewed
+        assert SCENE.name in page.one("#refam-input").text.replace("\n", "")  # (the name is shown in two parts)
+        assert page.one("#refam-expressions textarea").get_attribute("value") == "\n".join(texts)
+        assert page.one("#refam-caption textarea").get_attribute("value") == CAPTION
+        assert not page.one("#refam-magnets input[type=checkbox]").is_selected()
+        page.segment(texts)  # as it was: the same points
+        facts = [e.text for e in page.all(".refam-card .refam-facts")]
+        for fact, entry in zip(facts, record["run"]["expressions"], strict=True):
+            x, y = entry["point"]
+            assert fact.startswith(f"point ({x:g}, {y:g})")

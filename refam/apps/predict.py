@@ -5,12 +5,16 @@
     refam predict --manifest mine.jsonl --output out/            # expressions and captions from the file
     refam predict --config configs/refcoco.yaml --image photo.jpg --expression "..." --output out/
     refam predict --video clip.mp4 --expression "the dog" --output out/    # or a folder of frames
+    refam predict --image photo.jpg --expression "the dog" --negative-point 80,40 --point 210,95 --output out/
 
 Per image and expression, into `OUT/<name>/`: `<k>-<expression>_mask.png` (0/255),
 `_overlay.png` (image, mask tinted and outlined, the argmax point as a star), `_heatmap.png` (the
-heatmap over the image, star marked, with a colour bar) and `.json` (point, kept and dropped tokens,
-global attention sinks, `warnings`: what the answer cannot rest on, e.g. words the model does not
-know; each also printed on a line of its own); the pictures of an image under 512 px are enlarged by a whole factor.
+heatmap over the image, star marked, with a colour bar) and `.json` (point, the points that made the
+mask, kept and dropped tokens, global attention sinks, `warnings`: what the answer cannot rest on,
+e.g. words the model does not know; each also printed on a line of its own); the pictures of an image
+under 512 px are enlarged by a whole factor. `--point X,Y` / `--negative-point X,Y` correct one
+expression's mask on one image (`refam.apps.point_options`); the `.json`'s user "points" give the
+same mask again.
 Without --config or --model the embedded refam-shapes pipeline runs.
 
 A video (a file OpenCV reads, or a folder of frames) gives `OUT/<name>/<k>-<expression>/<frame>.png`
@@ -38,6 +42,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from refam.apps.point_options import add_point_arguments, option_points
 from refam.errors import ArgumentParser, ConfigError, DataError, MissingInputError, RefamError, error_line, require_words
 from refam.io.files import WRITE_ERRNOS, probe_writable
 from refam.io.frames import check_video_readable
@@ -132,9 +137,12 @@ def overlay_gif(frames: list) -> bytes:
     return gif.getvalue()
 
 
-def track_video(model, video: Path, texts: list[str], caption: str, folder: Path, settings=None) -> WrittenVideo:
+def track_video(model, video: Path, texts: list[str], caption: str, folder: Path, settings=None,
+                points=None) -> WrittenVideo:
     """The video pipeline: one DiT pass over the clip, a point on the key frame, tracked by the
-    segmenter; everything written into `folder`. `settings`: the call's (`refam.settings.Settings`)."""
+    segmenter; everything written into `folder`. `settings`: the call's (`refam.settings.Settings`);
+    `points`: a user's on each expression's key frame, as `RefAM.segment` takes them."""
+    from refam.prompts.corrections import by_index
     from refam.io.frames import frame_files, iter_frames
     from refam.types import VideoExpression, VideoSample
     from refam.visualize import mask_image, overlay
@@ -161,7 +169,8 @@ def track_video(model, video: Path, texts: list[str], caption: str, folder: Path
             picture.thumbnail((320, 320))
             thumbnails[k][index] = picture
 
-        result = model.pipeline.segment_video(sample, on_mask, keep_token_maps=True, settings=settings)
+        result = model.pipeline.segment_video(sample, on_mask, keep_token_maps=True, settings=settings,
+                                              points=by_index(points, len(texts), *sample.frame(0).size))
         if result.skipped:
             raise ConfigError("; ".join(result.skipped))
         written: dict[int, Written] = {}
@@ -172,7 +181,8 @@ def track_video(model, video: Path, texts: list[str], caption: str, folder: Path
             paths_k = video_paths(folder, stems[k])
             write_atomic(paths_k["overlay"], overlay_gif([thumbnails[k][i] for i in sorted(thumbnails[k])]))
             record = {"expression": texts[k], "key_frame": prediction.frame,
-                      "point": [round(v, 2) for v in prediction.point], "kept_tokens": prediction.kept_tokens,
+                      "point": [round(v, 2) for v in prediction.point],
+                      "points": [p.to_record() for p in prediction.points], "kept_tokens": prediction.kept_tokens,
                       "dropped_tokens": prediction.dropped_tokens, "warnings": prediction.warnings,
                       "files": video_files(stems[k])}
             save_json(record, paths_k["record"])
@@ -191,10 +201,11 @@ def video_paths(folder: Path, stem: str) -> dict[str, Path]:
 
 
 def write_video_predictions(model, video: Path, texts: list[str], caption: str, output: Path, *,
-                            name: str | None = None, settings=None) -> WrittenVideo:
+                            name: str | None = None, settings=None, points=None) -> WrittenVideo:
     """Per-frame masks, an overlay GIF and a record per expression, into `output/<name>/` (`name`:
     default the video's file stem made safe); returns what was written, with each expression's key
-    frame and its prediction. `settings`: the call's (`refam.settings.Settings`), default the model's."""
+    frame and its prediction. `settings`: the call's (`refam.settings.Settings`), default the model's;
+    `points`: a user's on the key frames (`track_video`), for a pipeline that tracks only."""
     from refam.io.frames import iter_frames
     from refam.visualize import mask_image, overlay
     from refam.io.files import save_json, save_png, write_atomic
@@ -202,7 +213,9 @@ def write_video_predictions(model, video: Path, texts: list[str], caption: str, 
     model = model.for_video()  # the embedded default runs videos on the embedded video pipeline
     folder = output_folder(output, name or safe_name(video_stem(video)))
     if model.pipeline.reads_video:
-        return track_video(model, video, texts, caption, folder, settings)
+        return track_video(model, video, texts, caption, folder, settings, points)
+    if points is not None:  # each frame on its own: no key frame to correct
+        raise ConfigError("points correct a tracked video's key frame: give a video pipeline (e.g. configs/davis.yaml)")
     stems = expression_stems(texts)
     thumbnails: list[list] = [[] for _ in texts]
     records = [{"expression": text, "frames": []} for text in texts]
@@ -288,6 +301,7 @@ def write_prediction(folder: Path, index: int, text: str, image, prediction) -> 
     record = {
         "expression": text,
         "point": [round(prediction.point[0], 2), round(prediction.point[1], 2)],
+        "points": [p.to_record() for p in prediction.points],  # what made the mask: the model's and a user's
         "kept_tokens": prediction.kept_tokens,
         "dropped_tokens": prediction.dropped_tokens,
         "sinks": [{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)],
@@ -312,6 +326,7 @@ def run(args) -> int:
     first_image = None
     if len(images) == 1:  # a lone image that cannot be read is the run's error: say it before loading
         first_image = as_image(images[0].source)
+    points = option_points(args, jobs, first_image)  # a lone image's corrections, checked before loading
     for job in jobs:
         if job.is_video:
             check_video_readable(job.source)
@@ -319,7 +334,7 @@ def run(args) -> int:
     for job in jobs:  # every expression checked before anything is computed or written
         check_expressions(model.for_video() if job.is_video else model, job.texts)
     try:
-        return write_all(model, jobs, folders, images, first_image, args)
+        return write_all(model, jobs, folders, images, first_image, args, points)
     except OSError as err:  # a disk that fills or turns read-only mid-run: what was written stays
         if err.errno not in WRITE_ERRNOS:
             raise
@@ -335,8 +350,8 @@ def print_warnings(texts: list[str], predictions: list) -> None:
             print(f'  warning: "{text}": {warning}')
 
 
-def write_all(model, jobs: list, folders: list[Path], images: list, first_image, args) -> int:
-    """Segment and write every job; 1 when an image could not be read (said per image), else 0."""
+def write_all(model, jobs: list, folders: list[Path], images: list, first_image, args, points=None) -> int:
+    """Segment and write every job (`points`: the image's corrections); 1 when an image was unreadable, else 0."""
     from refam.api import as_image
 
     failures = 0
@@ -352,7 +367,8 @@ def write_all(model, jobs: list, folders: list[Path], images: list, first_image,
             print(f"refam: skipped: {err}", file=sys.stderr)
             failures += 1
             continue
-        predictions = model.segment(image, job.texts, caption=job.caption)
+        corrections = {} if points is None else {"points": points}  # without points: the call as before
+        predictions = model.segment(image, job.texts, caption=job.caption, **corrections)
         for index, (text, prediction) in enumerate(zip(job.texts, predictions)):
             write_prediction(folder, index, text, image, prediction)
         print(f"{job.source}: {len(job.texts)} expression(s) -> {folder}")
@@ -373,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--caption", default="", help="what the denoising stream is conditioned on (default: empty prompt)")
     parser.add_argument("--manifest", type=Path, default=None, help="a JSON/JSONL manifest instead of --image/--expression")
     parser.add_argument("--output", type=Path, required=True)
+    add_point_arguments(parser)
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     try:

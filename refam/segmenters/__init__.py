@@ -1,5 +1,6 @@
 """Segmenters: argmax point (+ heatmap) per expression → binary mask; video segmenters propagate a
-first-frame point through a video."""
+first-frame point through a video. Those that take a user's points with labels (`takes_points`)
+re-prompt with them (`segment_points`, `track_points`)."""
 
 from refam.segmenters.base import Segmenter
 from refam.segmenters.floodfill import FloodFillSegmenter

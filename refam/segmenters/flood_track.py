@@ -21,6 +21,11 @@ pixels just inside are blended with the outside by more than any sensible tolera
 rim a 16-pixel circle loses a fifth of its area.
 
 A point on the background makes the background "the object", followed the same way.
+
+Several points with labels (`track_points`, a user's corrections) are followed each as one point
+is, and on every frame the mask is the union of the positive points' regions minus the negative
+points' (on the key frame, `FloodFillSegmenter`'s mask for those points, each region refined as
+above); the frames are read once per point.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import numpy as np
 from refam.errors import ConfigError
 from refam.io.frames import read_frame
 from refam.segmenters.floodfill import check_tolerance, flood_region, seed_pixel
-from refam.segmenters.video_base import FramePath, VideoSegmenter, check_track_inputs
+from refam.segmenters.video_base import (FramePath, VideoSegmenter, check_in_frame, check_track_inputs,
+                                        check_track_points, empty_track)
+from refam.types import Point
 
 
 RIM = 2  # pixels: how far 4:2:0 chroma upsampling blends an edge
@@ -115,9 +122,7 @@ class FloodTrackSegmenter(VideoSegmenter):
         key = read_frame(paths[frame_index])
         height, width = key.shape[:2]
         x, y = (float(v) for v in point)
-        if not (0 <= x <= width and 0 <= y <= height):
-            raise ConfigError(f"track: point (x={x}, y={y}) lies outside frame {frame_index} "
-                              f"({width}x{height}); points are (x, y) in pixels")
+        check_in_frame([(x, y)], frame_index, (width, height))
         core = flood_region(key, seed_pixel(x, y, width, height), self.tolerance)
         reference = np.median(key[core], axis=0)
         rows, cols = np.nonzero(core)
@@ -127,6 +132,19 @@ class FloodTrackSegmenter(VideoSegmenter):
         found = self._find(key, reference, _Course(core, centroid(core), np.zeros(2)), size, core.sum())
         key_mask = found if found.any() else core  # no pixel near the median colour: keep the fill
         return self._follow(paths, frame_index, key_mask, reference, size)
+
+    def track_points(self, frames: Sequence[FramePath], frame_index: int,
+                     points: Sequence[Point]) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame index, bool [H, W] mask) for every frame, in `track`'s order: the union of the
+        positive points' followed regions minus the negative points' (the module docstring).
+        Inputs are checked now, not on `next()`."""
+        paths = check_track_points(frames, frame_index, points)
+        height, width = read_frame(paths[frame_index]).shape[:2]
+        check_in_frame([(p.x, p.y) for p in points], frame_index, (width, height))
+        if not any(p.label == 1 for p in points):
+            return empty_track(frame_index, len(paths), (width, height))
+        followed = [self.track(paths, frame_index, (p.x, p.y)) for p in points]
+        return _joined([p.label for p in points], followed)
 
     def _follow(self, paths: list[str], frame_index: int, key_mask: np.ndarray, reference: np.ndarray,
                 size: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -159,3 +177,12 @@ class FloodTrackSegmenter(VideoSegmenter):
         if distances[nearest] > self.search_radius * size:
             return np.zeros(frame.shape[:2], dtype=bool)
         return with_rim(frame, labels == candidates[nearest], reference)
+
+
+def _joined(labels: list[int], followed: list[Iterator[tuple[int, np.ndarray]]]) -> Iterator[tuple[int, np.ndarray]]:
+    """Per frame, the union of the masks followed from positive points (label 1) minus the union of
+    those followed from negative points (label 0); every track yields the frames in one order."""
+    for steps in zip(*followed):
+        masks = {label: [mask for (_, mask), own in zip(steps, labels) if own == label] for label in (0, 1)}
+        added = np.logical_or.reduce(masks[1])
+        yield steps[0][0], added & ~np.logical_or.reduce(masks[0]) if masks[0] else added

@@ -1,4 +1,5 @@
-"""SAM2 image predictor prompted with one positive point per expression."""
+"""SAM2 image predictor prompted with one positive point per expression, or with several points with
+labels (a user's corrections: SAM2's multi-point prompt)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from refam.segmenters.base import Segmenter, check_segment_inputs
+from refam.segmenters.base import Segmenter, check_prompt_inputs, check_segment_inputs
 from refam.errors import CheckpointError, ConfigError, MissingInputError
+from refam.types import Point
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +188,8 @@ class SAM2PointSegmenter(SAM2Weights, Segmenter):
     `masks[argmax(scores)]`, the mask with the highest predicted IoU: the convention of the
     official SAM2 image-predictor notebook. With `multimask_output=False` the decoder itself picks
     (its single-mask token, falling back to the best multimask when that token is unstable,
-    because `build_sam2` turns on `dynamic_multimask_via_stability`).
+    because `build_sam2` turns on `dynamic_multimask_via_stability`). A user's points
+    (`segment_points`) are SAM2's multi-point prompt, one `predict` call per expression.
 
     Args:
         config: SAM2 hydra config name inside the installed `sam2` package. Ignored with `model_id`
@@ -233,19 +236,37 @@ class SAM2PointSegmenter(SAM2Weights, Segmenter):
 
     def segment(self, image: np.ndarray, points: np.ndarray, heatmaps: torch.Tensor) -> np.ndarray:
         """Masks for each (x, y) point; `heatmaps` are unused (SAM2 sees the point only)."""
-        k, height, width = check_segment_inputs(image, points, heatmaps)
-        out = np.zeros((k, height, width), dtype=bool)
-        if k == 0:
+        check_segment_inputs(image, points, heatmaps)
+        return self._predicted(image, [(np.asarray(points[i : i + 1], dtype=np.float32), np.ones(1, dtype=np.int32))
+                                       for i in range(len(points))])
+
+    def segment_points(self, image: np.ndarray, prompts: Sequence[Sequence[Point]], heatmaps: torch.Tensor) -> np.ndarray:
+        """Masks for each expression's points, SAM2's multi-point prompt: `point_coords` [N, 2] (x, y)
+        and `point_labels` [N] (1 positive, 0 negative) in one `predict` call. One positive point
+        alone is `segment`'s prompt; several points ask for one mask (`multimask_output=False`), as
+        sam2 advises for prompts that are not ambiguous and as its video predictor does from the
+        second click on. The previous mask is not fed back (`mask_input`): the points alone give
+        the mask, so the points recorded reproduce it. No positive point: an empty mask."""
+        check_prompt_inputs(image, prompts, heatmaps)
+        return self._predicted(image, [(np.array([[p.x, p.y] for p in prompt], dtype=np.float32).reshape(-1, 2),
+                                        np.array([p.label for p in prompt], dtype=np.int32)) for prompt in prompts])
+
+    def _predicted(self, image: np.ndarray, prompts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """One image embedding, then one `predict` per (coordinates [N, 2], labels [N]) prompt."""
+        height, width = image.shape[:2]
+        out = np.zeros((len(prompts), height, width), dtype=bool)
+        if not any(labels.any() for _, labels in prompts):
             return out
         predictor = self.predictor
-        labels = np.ones(1, dtype=np.int32)
         with torch.inference_mode():
             predictor.set_image(image)
-            for i in range(k):
+            for i, (coords, labels) in enumerate(prompts):
+                if not labels.any():
+                    continue  # nothing is pointed at
                 masks, scores, _ = predictor.predict(
-                    point_coords=np.asarray(points[i : i + 1], dtype=np.float32),
+                    point_coords=coords,
                     point_labels=labels,
-                    multimask_output=self.multimask_output,
+                    multimask_output=self.multimask_output if len(labels) == 1 else False,
                 )
                 out[i] = masks[int(np.argmax(scores))] > 0.5
         return out

@@ -1,4 +1,5 @@
-"""SAM2 video predictor prompted with one positive point on one frame, frames streamed from disk.
+"""SAM2 video predictor prompted with one positive point on one frame (or several points with labels:
+a user's corrections), frames streamed from disk.
 
 The inference state holds a `LazyFrameStore` (refam.segmenters.frame_store) under "images" instead
 of sam2's loaded video, so frames are read when sam2 asks for them. With `prune_memory` the
@@ -30,7 +31,9 @@ import torch
 from refam.errors import ConfigError
 from refam.segmenters.frame_store import LazyFrameStore
 from refam.segmenters.sam2 import SAM2Weights
-from refam.segmenters.video_base import FramePath, VideoSegmenter, check_track_inputs
+from refam.segmenters.video_base import (FramePath, VideoSegmenter, check_in_frame, check_track_inputs,
+                                        check_track_points, empty_track)
+from refam.types import Point
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,9 @@ class SAM2VideoSegmenter(SAM2Weights, VideoSegmenter):
     reverse order, every frame once.
 
     For one click on the prompt frame SAM2 itself picks among its multimask outputs (the mask with
-    the highest predicted IoU, `multimask_output_in_sam` in the released configs).
+    the highest predicted IoU, `multimask_output_in_sam` in the released configs). Several points
+    with labels (`track_points`) go to the prompt frame in one `add_new_points_or_box` call, labels
+    1 positive and 0 negative; SAM2 then gives one mask (`multimask_max_pt_num` is 1).
 
     Args:
         config: SAM2 hydra config name inside the installed `sam2` package. Ignored with `model_id`.
@@ -182,19 +187,30 @@ class SAM2VideoSegmenter(SAM2Weights, VideoSegmenter):
         paths = check_track_inputs(frames, frame_index, point)
         store = self.frame_store(paths)
         x, y = (float(v) for v in point)
-        if not (0 <= x <= store.video_width and 0 <= y <= store.video_height):
-            raise ConfigError(
-                f"track: point (x={x}, y={y}) lies outside frame {frame_index} "
-                f"({store.video_width}x{store.video_height}); points are (x, y) in pixels"
-            )
-        return self._propagate(store, frame_index, (x, y))
+        check_in_frame([(x, y)], frame_index, (store.video_width, store.video_height))
+        return self._propagate(store, frame_index, [[x, y]], [1])
+
+    def track_points(self, frames: Sequence[FramePath], frame_index: int,
+                     points: Sequence[Point]) -> Iterator[tuple[int, np.ndarray]]:
+        """As `track`, prompted by several points with labels on frame `frame_index` (SAM2's
+        multi-point prompt, see the class docstring); no positive point: empty masks."""
+        paths = check_track_points(frames, frame_index, points)
+        store = self.frame_store(paths)
+        size = (store.video_width, store.video_height)
+        check_in_frame([(p.x, p.y) for p in points], frame_index, size)
+        if not any(p.label == 1 for p in points):
+            store.clear()
+            return empty_track(frame_index, len(paths), size)
+        logits = self._propagate(store, frame_index, [[float(p.x), float(p.y)] for p in points], [p.label for p in points])
+        return ((index, (frame_logits > self.mask_threshold).cpu().numpy()) for index, frame_logits in logits)
 
     @torch.inference_mode()
-    def _propagate(self, store: LazyFrameStore, frame_index: int, point: tuple[float, float]):
+    def _propagate(self, store: LazyFrameStore, frame_index: int, points: list[list[float]], labels: list[int]):
+        """sam2's masks from `points` [[x, y], ...] with `labels` (1 positive, 0 negative) on `frame_index`."""
         predictor = self.predictor
         state = self._new_state(store)
         predictor.add_new_points_or_box(
-            state, frame_idx=frame_index, obj_id=OBJ_ID, points=[list(point)], labels=[1]
+            state, frame_idx=frame_index, obj_id=OBJ_ID, points=points, labels=labels
         )
         outputs = state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
         window = memory_window(predictor)

@@ -1,4 +1,5 @@
-"""The video counterpart of `Segmenter`: one point on one frame → a mask on every frame."""
+"""The video counterpart of `Segmenter`: one point on one frame → a mask on every frame; and, for a
+video segmenter that takes them, several points with labels on that frame (a user's corrections)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 
 from refam.config import Configurable
 from refam.errors import ConfigError, MissingInputError
+from refam.segmenters.base import points_refused
+from refam.types import Point
 
 FramePath = str | os.PathLike
 
@@ -40,9 +43,22 @@ class VideoSegmenter(Configurable, abc.ABC):
             (frame index, bool [H, W] mask at the frames' original size), every frame exactly once.
         """
 
+    def track_points(self, frames: Sequence[FramePath], frame_index: int,
+                     points: Sequence[Point]) -> Iterator[tuple[int, np.ndarray]]:
+        """As `track`, prompted by several points with labels on frame `frame_index`: 1 "this", 0
+        "not this" (`refam.prompts.corrections`); no positive point: empty masks. `track` is what
+        runs without a user's points, so a video segmenter that cannot take them (the default
+        here) still serves every other call."""
+        raise points_refused(self)
 
-def check_track_inputs(frames: Sequence[FramePath], frame_index: int, point: tuple[float, float]) -> list[str]:
-    """Validate the `VideoSegmenter.track` contract; returns the frame paths as strings.
+    @property
+    def takes_points(self) -> bool:
+        """Whether `track_points` is implemented (a user can correct this segmenter's masks)."""
+        return type(self).track_points is not VideoSegmenter.track_points
+
+
+def check_frames(frames: Sequence[FramePath], frame_index: int) -> list[str]:
+    """Validate a video's frames and the key frame's index; returns the frame paths as strings.
 
     Every path is checked before any model runs, so a missing frame fails at once rather than
     after minutes of propagation.
@@ -56,6 +72,39 @@ def check_track_inputs(frames: Sequence[FramePath], frame_index: int, point: tup
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise MissingInputError(f"video frame not found: {missing[0]}{more}")
+    return paths
+
+
+def check_track_inputs(frames: Sequence[FramePath], frame_index: int, point: tuple[float, float]) -> list[str]:
+    """Validate the `VideoSegmenter.track` contract (`check_frames`, a finite point); returns the
+    frame paths as strings."""
+    paths = check_frames(frames, frame_index)
     if len(point) != 2 or not all(np.isfinite(v) for v in point):
         raise ConfigError(f"track: point must be a finite (x, y), got {point!r}")
     return paths
+
+
+def check_track_points(frames: Sequence[FramePath], frame_index: int, points: Sequence[Point]) -> list[str]:
+    """Validate the `VideoSegmenter.track_points` contract (`check_frames`, finite points labelled
+    0 or 1); returns the frame paths as strings."""
+    paths = check_frames(frames, frame_index)
+    for point in points:
+        if not (np.isfinite(point.x) and np.isfinite(point.y)) or point.label not in (0, 1):
+            raise ConfigError(f"track: a point must be a finite (x, y) labelled 1 (this) or 0 (not this), got {point!r}")
+    return paths
+
+
+def check_in_frame(points: Sequence[tuple[float, float]], frame_index: int, size: tuple[int, int]) -> None:
+    """Every (x, y) inside frame `frame_index` of `size` (width, height), or one line saying which is not."""
+    width, height = size
+    for x, y in points:
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise ConfigError(f"track: point (x={x}, y={y}) lies outside frame {frame_index} "
+                              f"({width}x{height}); points are (x, y) in pixels")
+
+
+def empty_track(frame_index: int, count: int, size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Empty masks of `size` (width, height) for each of `count` frames, in the trackers' order (key
+    frame, later frames, earlier frames in reverse): a prompt without a positive point."""
+    for index in [frame_index, *range(frame_index + 1, count), *range(frame_index - 1, -1, -1)]:
+        yield index, np.zeros(size[::-1], dtype=bool)

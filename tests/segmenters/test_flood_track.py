@@ -9,6 +9,7 @@ import refam.segmenters.flood_track as flood_track
 from refam.errors import ConfigError, DataError, MissingInputError
 from refam.segmenters import FloodTrackSegmenter, VideoSegmenter
 from refam.shapes.scenes import make_clip
+from refam.types import Point
 
 
 def write_jpegs(folder, images):
@@ -188,6 +189,36 @@ def test_bad_videos_are_one_line_before_any_mask(tmp_path):
         list(FloodTrackSegmenter().track(paths, 0, (20.5, 20.5)))
 
 
+def test_a_users_points_follow_the_positive_regions_minus_the_negative_ones(tmp_path):
+    """Two circles of other colours on a non-square frame, keyed on a middle frame: positive points on
+    both follow both; a negative point on one leaves the other; one positive point is `track`."""
+    images, masks = moving_circles((120, 72), (128, 128, 128), [((210, 40, 40), 15, 18, 6, 0, 9),
+                                                               ((40, 80, 220), 100, 54, -6, 0, 9)],
+                                   frames=7, rng=np.random.default_rng(2))
+    paths = write_jpegs(tmp_path, images)
+    red, blue = inner_point(masks[3][0]), inner_point(masks[3][1])
+    segmenter = FloodTrackSegmenter()
+    order = [3, 4, 5, 6, 2, 1, 0]
+
+    def follow(*points):
+        results = list(segmenter.track_points(paths, 3, list(points)))
+        assert [index for index, _ in results] == order
+        return dict(results)
+
+    both, red_only, blue_only = follow(Point(*red), Point(*blue)), follow(Point(*red), Point(*blue, 0)), \
+        follow(Point(*red, 0), Point(*blue))
+    for t in range(7):
+        assert iou(both[t], masks[t][0] | masks[t][1]) >= 0.97, t
+        assert iou(red_only[t], masks[t][0]) >= 0.97 and not (red_only[t] & masks[t][1]).any(), t
+        assert iou(blue_only[t], masks[t][1]) >= 0.97 and not (blue_only[t] & masks[t][0]).any(), t
+    alone = follow(Point(*red))
+    assert all(np.array_equal(alone[t], mask) for t, mask in tracked(paths, 3, red).items())
+    assert not any(mask.any() for mask in follow(Point(*red, 0)).values())  # no positive point: nothing
+    assert not any(mask.any() for mask in follow(Point(*red), Point(*red, 0)).values())  # "not this" wins
+    with pytest.raises(ConfigError, match="outside frame 3"):
+        segmenter.track_points(paths, 3, [Point(*red), Point(121.0, 5.0, 0)])
+
+
 def test_the_pipeline_tracks_a_video_with_it(tmp_path):
     from refam.aggregators.magnets import AppendMagnets
     from refam.pipeline import RefAMPipeline
@@ -204,3 +235,27 @@ def test_the_pipeline_tracks_a_video_with_it(tmp_path):
                            lambda expression, index, mask: seen.setdefault(index, mask))
     assert sorted(seen) == list(range(7))
     assert all(iou(seen[t], masks[t][0]) >= 0.97 for t in range(7))
+
+
+def test_the_pipeline_moves_a_videos_mask_with_a_users_points_on_the_key_frame(tmp_path):
+    from refam.aggregators.magnets import AppendMagnets
+    from refam.pipeline import RefAMPipeline
+    from refam.types import VideoExpression, VideoSample
+    from tests.test_video_module import PlantedVideoExtractor, SIZE
+
+    # the planted point (20, 12) on frame 0 lands on the blue ball; the user says "not this", "this" on the red one
+    images, masks = moving_circles(SIZE, (225, 225, 220), [((40, 80, 220), 20, 12, 2, 0, 5),
+                                                          ((210, 40, 40), 38, 26, 0, 0, 4)], frames=7)
+    paths = write_jpegs(tmp_path, images)
+    pipeline = RefAMPipeline(extractor=PlantedVideoExtractor({0: [(0, 1, 2, 6.0)]}), segmenter=FloodTrackSegmenter(),
+                             magnets=AppendMagnets())
+    video = VideoSample("clip", [str(p) for p in paths], [VideoExpression("the red ball", "e0", [1])])
+    points = [Point(21.0, 13.0, 0), Point(38.5, 26.5, 1)]
+    seen = {}
+    result = pipeline.segment_video(video, lambda expression, index, mask: seen.setdefault(index, mask),
+                                    points={"e0": points})
+    assert sorted(seen) == list(range(7))
+    assert all(iou(seen[t], masks[t][1]) >= 0.97 and not (seen[t] & masks[t][0]).any() for t in range(7))
+    prediction = result.predictions[0]
+    assert prediction.point == (20.0, 12.0) and prediction.points == points  # the model's point was dropped
+    assert np.array_equal(prediction.mask, seen[0])

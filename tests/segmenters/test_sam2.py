@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from refam.segmenters import SAM2PointSegmenter, Segmenter
+from refam.types import Point
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 KEY = "^checkpoint: "  # the segmenter's own field; a front door names the full key
@@ -117,6 +118,47 @@ def test_no_points_embeds_nothing(img):
     seg._predictor = fake = FakePredictor()
     masks = seg.segment(img, np.zeros((0, 2)), heat(0))
     assert masks.shape == (0, H, W) and not fake.images
+
+
+# -- a user's points (segment_points): SAM2's multi-point prompt
+
+PROMPTS = [
+    [Point(20.0, 30.0, 1, "model"), Point(140.0, 100.0, 0), Point(70.0, 15.0, 1)],  # several points: one mask
+    [Point(140.0, 100.0, 1, "model")],  # one positive point: segment's prompt
+    [Point(20.0, 30.0, 0)],  # no positive point: nothing is pointed at, SAM2 is not asked
+]
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_each_expressions_points_and_labels_go_to_one_predict_call(img, multimask):
+    seg = SAM2PointSegmenter(allow_random_weights=True, multimask_output=multimask)
+    seg._predictor = fake = FakePredictor()
+    masks = seg.segment_points(img, PROMPTS, heat(3))
+    assert len(fake.images) == 1 and len(fake.calls) == 2
+    several, single = fake.calls
+    np.testing.assert_array_equal(several["coords"], [[20.0, 30.0], [140.0, 100.0], [70.0, 15.0]])  # [[x, y]], in order
+    np.testing.assert_array_equal(several["labels"], [1, 0, 1])  # 1 positive, 0 negative, as sam2 reads them
+    assert several["coords"].dtype == np.float32 and several["labels"].dtype == np.int32
+    assert several["multimask"] is False  # several points are not ambiguous (sam2's advice)
+    np.testing.assert_array_equal(single["coords"], [[140.0, 100.0]])
+    np.testing.assert_array_equal(single["labels"], [1])
+    assert single["multimask"] is multimask
+    assert masks[:2, 1].all() and masks.sum() == 2 * W and not masks[2].any()
+
+
+def test_multi_point_masks_are_sam2s_own_on_the_tiny_model(seg, img):
+    """On the real (tiny, random) SAM2: each prompt's mask is what sam2's predictor gives for the same
+    point_coords and point_labels; one positive point gives `segment`'s mask; the labels matter."""
+    masks = seg.segment_points(img, PROMPTS[:2], heat(2))
+    predictor = seg.predictor
+    predictor.set_image(img)
+    own, scores, _ = predictor.predict(point_coords=np.array([[20.0, 30.0], [140.0, 100.0], [70.0, 15.0]]),
+                                       point_labels=np.array([1, 0, 1]), multimask_output=False)
+    np.testing.assert_array_equal(masks[0], own[int(np.argmax(scores))] > 0.5)
+    np.testing.assert_array_equal(masks[1], seg.segment(img, POINTS[1:], heat(1))[0])
+    all_positive = [Point(p.x, p.y, 1) for p in PROMPTS[0]]
+    flipped = seg.segment_points(img, [all_positive], heat(1))[0]
+    assert not np.array_equal(flipped, masks[0])  # a negative label is not read as a positive one
 
 
 def test_segment_before_setup_is_an_error(img):

@@ -17,6 +17,7 @@ from refam.segmenters import SAM2VideoSegmenter, VideoSegmenter
 from refam.segmenters import sam2_video
 from refam.segmenters.frame_store import LazyFrameStore
 from refam.segmenters.sam2_video import memory_window
+from refam.types import Point
 
 torch.set_num_threads(1)
 
@@ -73,10 +74,12 @@ class Recorder:
         return store
 
 
-def sam2_reference(predictor, folder: Path, frame_index: int, point) -> dict[int, torch.Tensor]:
-    """The masks by sam2's own API: init_state on the JPEG folder, one click, forward then backward."""
+def sam2_reference(predictor, folder: Path, frame_index: int, point, more=(), labels=(1,)) -> dict[int, torch.Tensor]:
+    """The masks by sam2's own API: init_state on the JPEG folder, one click (and `more` points with
+    `labels` in the same call), forward then backward."""
     state = predictor.init_state(video_path=str(folder))
-    predictor.add_new_points_or_box(state, frame_idx=frame_index, obj_id=1, points=[list(point)], labels=[1])
+    predictor.add_new_points_or_box(state, frame_idx=frame_index, obj_id=1, points=[list(point), *map(list, more)],
+                                    labels=list(labels))
     out = {}
     for reverse in (False, True):
         for index, _, logits in predictor.propagate_in_video(state, start_frame_idx=frame_index, reverse=reverse):
@@ -165,6 +168,26 @@ def test_logits_equal_those_of_sam2s_own_loader(seg, frames, frame_index):
         np.testing.assert_array_equal(masks[index], (expected[index] > 0).numpy())
     # random weights still give a mask that is neither empty nor everything somewhere
     assert any(0 < m.sum() < H * W for m in masks.values())
+
+
+def test_a_users_points_with_labels_are_sam2s_multi_point_prompt(seg, frames):
+    """Points with labels go to the prompt frame in one add_new_points_or_box call: the masks are those
+    of sam2's own API for the same points and labels; a positive point alone is `track`."""
+    points = [Point(*POINT, 1, "model"), Point(10.0, 40.0, 0), Point(30.0, 22.0, 1)]
+    expected = sam2_reference(seg.predictor, frames[0].parent, 2, POINT, [(10.0, 40.0), (30.0, 22.0)], [1, 0, 1])
+    got = list(seg.track_points(frames, 2, points))
+    assert [index for index, _ in got] == [2, 3, 4, 1, 0]
+    for index, mask in got:
+        np.testing.assert_array_equal(mask, (expected[index] > 0).numpy())
+    all_positive = dict(seg.track_points(frames, 2, [Point(p.x, p.y, 1) for p in points]))
+    assert any(not np.array_equal(all_positive[index], mask) for index, mask in got)  # labels are read
+    alone = dict(seg.track_points(frames, 2, [Point(*POINT)]))
+    assert all(np.array_equal(alone[index], mask) for index, mask in seg.track(frames, 2, POINT))
+    nothing = list(seg.track_points(frames, 2, [Point(*POINT, 0)]))  # no positive point: nothing
+    assert [index for index, _ in nothing] == [2, 3, 4, 1, 0] and not any(m.any() for _, m in nothing)
+    assert all(m.shape == (H, W) for _, m in nothing)
+    with pytest.raises(ConfigError, match="outside frame 2"):
+        seg.track_points(frames, 2, [Point(*POINT), Point(W + 1.0, 5.0, 0)])
 
 
 def test_memory_window_reads_sam2s_settings(seg):

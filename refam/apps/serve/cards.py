@@ -30,10 +30,19 @@ def _frame(image, stack: str, enlarged: bool) -> str:
             f'<div class="refam-base"></div>{stack}</div>')
 
 
-def _marks(point, size) -> str:
+def user_points(prediction) -> list:
+    """The points a user placed that made this mask (`refam.types.Point`, source "user")."""
+    return [p for p in prediction.points if p.source == "user"]
+
+
+def _marks(point, size, corrections=()) -> str:
+    """The star at the model's point, and a user's points: a filled dot "this", a ringed cross "not this"."""
     width, height = size
+    radius = max(width, height) / 60
+    dots = "".join(f'<circle class="refam-point refam-{"positive" if p.label else "negative"}" cx="{p.x:g}" cy="{p.y:g}" '
+                   f'r="{radius:.3g}"/>' for p in corrections)
     return (f'<svg class="refam-marks" viewBox="0 0 {width} {height}" preserveAspectRatio="none">'
-            f'<polygon class="refam-star" points="{star_points(point, size)}"/></svg>')
+            f'<polygon class="refam-star" points="{star_points(point, size)}"/>{dots}</svg>')
 
 
 def _scale(low: float, high: float, what: str) -> str:
@@ -65,9 +74,13 @@ def card_html(index: int, text: str, image, prediction, entry: dict) -> str:
     frame), `entry` the run record's entry for it (point, tokens, and any warnings)."""
     base, enlarged = base_layer(image)
     outline, fill, colour = mask_layers(image, prediction.mask)
-    marks = _marks(prediction.point, image.size)
+    corrections = user_points(prediction)
+    marks = _marks(prediction.point, image.size, corrections)
     x, y = entry.get("point", prediction.point)
     frame = f" · key frame {prediction.frame}" if prediction.frame is not None else ""
+    if corrections:
+        positive = sum(p.label for p in corrections)
+        frame += f" · your points: {positive} this, {len(corrections) - positive} not this"
     header = (f'<header><span class="refam-number">{index + 1}</span><h3 class="refam-expression">{escape(text)}</h3>'
               f'<span class="refam-facts">point ({x:g}, {y:g}) · mask {int(np.count_nonzero(prediction.mask)):,} px'
               f'{frame}</span></header>')
@@ -75,7 +88,7 @@ def card_html(index: int, text: str, image, prediction, entry: dict) -> str:
                  + _frame(image, f'<img class="refam-fill" alt="" src="{fill}"><img class="refam-outline" alt="" src="{outline}">'
                                  + marks, enlarged)
                  + f'<figcaption>mask (outline in <span class="refam-swatch" style="background: rgb{colour}"></span>'
-                   'contrasting colour) and the point that prompted it</figcaption></figure>')
+                   'contrasting colour) and the point that prompted it; click to correct it</figcaption></figure>')
     heatmap = prediction.heatmap.float().numpy()
     layers = [f'<img class="refam-map" data-layer="{HEATMAP}" alt="" src="{map_layer(heatmap, 0.0, 1.0)}">']
     captions = [f'<figcaption data-layer="{HEATMAP}">heatmap '

@@ -32,6 +32,10 @@ RESULTS_CSS = """
 :root:has(#refam-fill input:checked) & .refam-fill { display: block; }
 .refam-map { opacity: 0.6; }
 .refam-star { fill: #ffd700; stroke: #000; stroke-width: 1.5px; vector-effect: non-scaling-stroke; }
+.refam-mask-view .refam-frame { cursor: crosshair; }
+.refam-point { stroke: #fff; stroke-width: 2px; vector-effect: non-scaling-stroke; }
+.refam-positive { fill: #1a9c3c; }
+.refam-negative { fill: #d93025; }
 .refam-swatch { display: inline-block; width: 10px; height: 10px; border: 1px solid #000; margin: 0 3px; }
 .refam-scale { display: inline-flex; align-items: center; gap: 4px; }
 .refam-bar { display: inline-block; width: 110px; height: 10px; border: 1px solid #000; }
@@ -58,6 +62,18 @@ element.addEventListener('click', (event) => {
     if (node.classList.contains('refam-token')) node.classList.toggle('refam-on', node === chip);
     else node.hidden = node.dataset.layer !== chip.dataset.layer;
   }
+});
+// a click on a mask's picture: a correction point there, in the image's pixels (the marks' viewBox);
+// shift or the "negative point" toggle: "not this"
+element.addEventListener('click', (event) => {
+  const frame = event.target.closest('.refam-mask-view .refam-frame');
+  if (!frame || frame.closest('.refam-compare')) return;
+  const box = frame.getBoundingClientRect(), view = frame.querySelector('.refam-marks').viewBox.baseVal;
+  const toggle = document.querySelector('#refam-negative input');
+  trigger('select', {expression: Number(frame.closest('.refam-card').dataset.expression),
+                     x: (event.clientX - box.left) / box.width * view.width,
+                     y: (event.clientY - box.top) / box.height * view.height,
+                     negative: event.shiftKey || Boolean(toggle && toggle.checked)});
 });
 // Enter in a slider's number box reruns as leaving the box does: Gradio sends the slider's release on blur
 if (!window.refamEnterReruns) {

@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
+from refam.apps.serve.clips import count_frames, is_video, masks_clip, preview_clip
+from refam.apps.serve.restore import RestoredRun
 from refam.apps.serve.settings import LightComponents, Settings
 from refam.errors import ConfigError
 from refam.settings import Settings as CallSettings
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 NO_IMAGE = "no image: upload an image or a video, or click a demo scene"
 
 
@@ -33,7 +34,7 @@ class Run:
     backdrops: list = field(default_factory=list)  # per expression the picture its maps are over (a video's key frame)
     overlays: list[tuple[str, str]] = field(default_factory=list)  # (picture path, caption) per expression
     heatmaps: list[tuple[str, str]] = field(default_factory=list)
-    clips: list[tuple[str, str]] = field(default_factory=list)  # videos: the tracked masks as animated GIFs
+    clip: str | None = None  # a video's tracked masks as a clip the browser plays (WebM), a tile per expression
     downloads: list[str] = field(default_factory=list)  # masks (PNGs, or a zip of a video's) and run.json
     seconds: float = 0.0  # how long the model took
     frames: int | None = None  # a video's frame count
@@ -55,21 +56,6 @@ def expression_lines(text: str | None) -> list[str]:
     return expression_texts([line.strip() for line in (text or "").splitlines() if line.strip()])
 
 
-def count_frames(video: Path) -> int:
-    import cv2
-
-    capture = cv2.VideoCapture(str(video))
-    try:
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        if count <= 0:  # a container that does not say: count by decoding (frames are dropped at once)
-            while capture.grab():
-                count += 1
-        return count
-    finally:
-        capture.release()
-
-
-
 class Session:
     """One loaded pipeline and the page's settings, passed per request without changing it.
 
@@ -79,16 +65,18 @@ class Session:
     pipeline for that call; nothing loaded is changed or copied. The same section is what the run
     JSON holds, so it loads back as a config."""
 
-    def __init__(self, model, section: dict, max_frames: int = 150, workdir: Path | None = None) -> None:
+    def __init__(self, model, section: dict, max_frames: int = 150, workdir: Path | None = None,
+                 restored: RestoredRun | None = None) -> None:
         self.model = model  # as loaded: never changed
         self.settings: CallSettings = model.settings  # the latest request's (the loaded ones until then)
         self.light = LightComponents(model.pipeline, section)
         self.section = self.light.section
         self.defaults = self.light.defaults
         self.max_frames = max_frames
+        self.restored = restored  # the inputs of a run given as the config, which the page starts with
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="refam-serve-"))
         self.lock = threading.Lock()  # the queue runs one request at a time; this covers direct callers
-        self._runs = 0
+        self._runs = self._previews = 0
 
     @cached_property
     def cards(self) -> list:
@@ -143,9 +131,11 @@ class Session:
         return folder
 
     def run(self, source: str | Path | None, expressions: str | None, caption: str = "",
-            settings: Settings | None = None) -> Run:
-        """Segment an image or a video by the expressions (one per line). Raises a RefamError with
-        the CLI's one-line message for bad input."""
+            settings: Settings | None = None, points=None) -> Run:
+        """Segment an image or a video by the expressions (one per line). `points`: a user's
+        corrections, as `RefAM.segment` takes them (a video's on each expression's key frame); each
+        expression's entry in run.json lists the points that made its mask ("points": x, y, label,
+        source "model" or "user"). Raises a RefamError with the CLI's one-line message for bad input."""
         from refam.apps.predict import check_expressions
 
         settings = settings or self.defaults
@@ -155,17 +145,18 @@ class Session:
         texts = expression_lines(expressions)
         with self.lock:
             call = self.apply(self.section_for(settings))
-            video = source.suffix.lower() in VIDEO_SUFFIXES
+            video = is_video(source)  # an animated GIF too: its frames
             model = self.model.for_video() if video else self.model
             if model is not self.model:  # the embedded default's video pipeline: its own settings
                 call = model.settings
             self.settings = call
             check_expressions(model, texts, call)
             if video:
-                return self._run_video(model, call, source, texts, caption or "", settings)
-            return self._run_image(call, source, texts, caption or "", settings)
+                return self._run_video(model, call, source, texts, caption or "", settings, points)
+            return self._run_image(call, source, texts, caption or "", settings, points)
 
-    def _run_image(self, call: CallSettings, source: Path, texts: list[str], caption: str, settings: Settings) -> Run:
+    def _run_image(self, call: CallSettings, source: Path, texts: list[str], caption: str, settings: Settings,
+                   points=None) -> Run:
         from refam.api import as_image
         from refam.apps.predict import write_prediction
 
@@ -173,7 +164,7 @@ class Session:
             raise ConfigError("this pipeline segments videos (its segmenter tracks through frames): upload a video")
         image = as_image(source)
         started = time.perf_counter()
-        predictions = self.model.segment(image, texts, caption=caption, settings=call)
+        predictions = self.model.segment(image, texts, caption=caption, settings=call, points=points)
         seconds = time.perf_counter() - started
         folder = self._folder()
         entries, run = [], Run(folder, {}, predictions)
@@ -185,12 +176,12 @@ class Session:
             run.downloads.append(str(written.paths["mask"]))
             run.backdrops.append(image)
         run.record = self._record(source.name, caption, settings, call, entries)
-        run.downloads.append(self._write_record(folder, run.record))
+        run.downloads += [self._keep_input(folder, source), self._write_record(folder, run.record)]
         run.seconds = seconds
         return run
 
     def _run_video(self, model, call: CallSettings, source: Path, texts: list[str], caption: str,
-                   settings: Settings) -> Run:
+                   settings: Settings, points=None) -> Run:
         """`model`: the loaded one, or the embedded video pipeline when the loaded one is the embedded
         image default (`RefAM.for_video`)."""
         from refam.apps.predict import write_video_predictions
@@ -207,10 +198,10 @@ class Session:
                               "cut the clip")
         folder = self._folder()
         started = time.perf_counter()
-        written = write_video_predictions(model, source, texts, caption, folder, settings=call)
+        written = write_video_predictions(model, source, texts, caption, folder, settings=call, points=points)
         seconds = time.perf_counter() - started
         count, video_folder = written.frames, written.folder
-        run = Run(folder, {}, [prediction for _, prediction in written.key_frames])
+        run = Run(folder, {}, [prediction for _, prediction in written.key_frames], frames=count)
         entries, captions = [], []
         for text, entry, (frame, prediction) in zip(texts, written.expressions, written.key_frames):
             stem = entry.paths["record"].stem
@@ -220,19 +211,21 @@ class Session:
                 path = video_folder / f"{stem}_key_{kind}.png"
                 save_png(pictures[kind], path)
                 pictured.append((str(path), f"{captions[-1]}: {'mask and point' if kind == 'overlay' else kind}"))
-            run.clips.append((str(entry.paths["overlay"]), text))
             run.backdrops.append(frame)
             entries.append({**entry.record, "point": [round(v, 2) for v in prediction.point], "tokens": prediction.tokens,
                             "sinks": [{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)]})
+        run.clip = str(masks_clip(source, [entry.paths["masks"] for entry in written.expressions],
+                                  [f"{k}: {text}" for k, text in enumerate(texts)],
+                                  [(p.frame or 0, p.point) for p in run.predictions], folder / "tracked-masks.webm"))
         masks = folder / f"{video_folder.name}-masks.zip"  # <k>-<expression>/<frame>.png, as refam predict writes them
         with zipfile.ZipFile(masks, "w", zipfile.ZIP_DEFLATED) as bundle:
             for entry in written.expressions:
                 for path in sorted(entry.paths["masks"].glob("*.png")):
                     bundle.write(path, path.relative_to(video_folder).as_posix())
-        run.downloads.append(str(masks))
+        run.downloads += [str(masks), run.clip]
         run.record = self._record(source.name, caption, settings, call, entries, frames=count, model=model)
-        run.downloads.append(self._write_record(folder, run.record))
-        run.seconds, run.frames = seconds, count
+        run.downloads += [self._keep_input(folder, source), self._write_record(folder, run.record)]
+        run.seconds = seconds
         return run
 
     def _record(self, name: str, caption: str, settings: Settings, call: CallSettings, entries: list[dict],
@@ -242,6 +235,23 @@ class Session:
         expression's result."""
         return {"model": (model or self.model).pipeline.model_section(call),
                 "run": {"input": name, "caption": caption, "settings": asdict(settings), **extra, "expressions": entries}}
+
+    @staticmethod
+    def _keep_input(folder: Path, source: Path) -> str:
+        """A copy of the input among the downloads, under the name the record gives it (`run.input`):
+        saved beside run.json, it is what `refam serve --config run.json` opens again."""
+        kept = folder / "input" / source.name  # a folder of its own: no output file has its name
+        kept.parent.mkdir()
+        shutil.copyfile(source, kept)
+        return str(kept)
+
+    def preview(self, source: Path) -> str:
+        """The uploaded video as a clip the page plays (its first `max_frames` frames)."""
+        self._previews += 1
+        folder = self.workdir / "previews"
+        for old in sorted(folder.glob("*.webm"))[:-4]:  # the page has taken the older ones into its cache
+            old.unlink(missing_ok=True)
+        return str(preview_clip(source, folder / f"{self._previews:05d}-{source.stem}.webm", self.max_frames))
 
     @staticmethod
     def _write_record(folder: Path, record: dict) -> str:

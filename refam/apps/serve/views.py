@@ -20,7 +20,9 @@ class Shown:
     cards: tuple[str, ...]  # one card's HTML per expression (`refam.apps.serve.cards`)
     summary: str  # the input, its caption, how many expressions (and frames) in how long
     downloads: tuple[str, ...] = ()
-    clips: tuple[tuple[str, str], ...] = ()  # a video's tracked masks: (clip, caption) per expression
+    clip: str | None = None  # a video's tracked masks as a clip the browser plays (WebM), a tile per expression
+    # a user's correction points that made it, in click order: (expression index, x, y, label 1 "this" / 0 "not this")
+    points: tuple[tuple[int, float, float, int], ...] = ()
 
 
 @dataclass(frozen=True)
