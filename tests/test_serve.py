@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,26 +18,13 @@ from PIL import Image
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from refam.apps.serve import (CONTROLS, NO_IMAGE, OUTPUTS, Session, View, page_pin, page_preview,  # noqa: E402
+from refam.apps.serve import (NO_IMAGE, OUTPUTS, View, page_pin, page_preview,  # noqa: E402
                               page_rerun, page_run)
-from refam.sections import model_section  # noqa: E402
+from tests.fixtures.serve_session import session, values  # noqa: E402,F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = str(ROOT / "assets/shapes-demo/images/demo-00005.png")
 CAPTION = "a big red triangle, a big black square, a big purple circle and a big green circle"
-
-
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    from refam import RefAM
-
-    model = RefAM.load()
-    return Session(model, model_section(None), max_frames=20, workdir=tmp_path_factory.mktemp("serve"))
-
-
-def values(settings) -> list:
-    """The page's control values for these settings, in the order the page sends them."""
-    return [asdict(settings)[name] for name in CONTROLS]
 
 
 def page(session, source, expressions, caption="", settings=None, view=None) -> dict:

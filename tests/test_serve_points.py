@@ -6,7 +6,7 @@ are drawn on the card and recorded in run.json, and a rerun with other settings 
 import html
 import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,25 +16,13 @@ from PIL import Image
 pytest.importorskip("gradio")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from refam.apps.serve import CONTROLS, OUTPUTS, Session, View  # noqa: E402
+from refam.apps.serve import OUTPUTS, View  # noqa: E402
 from refam.apps.serve.page import NOTHING_TO_CORRECT, page_rerun, page_run, page_select, page_undo  # noqa: E402
-from refam.sections import model_section  # noqa: E402
+from tests.fixtures.serve_session import session, values  # noqa: E402,F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = str(ROOT / "assets/shapes-demo/images/demo-00005.png")
 TEXT = "the black square"
-
-
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    from refam import RefAM
-
-    model = RefAM.load()
-    return Session(model, model_section(None), max_frames=20, workdir=tmp_path_factory.mktemp("serve"))
-
-
-def values(settings) -> list:
-    return [asdict(settings)[name] for name in CONTROLS]
 
 
 def shown(outputs: tuple) -> dict:

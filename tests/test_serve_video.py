@@ -19,7 +19,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 from refam.apps.serve import RestoredRun, Session, build_app, page_preview, restored_run  # noqa: E402
 from refam.apps.serve.clips import fitted, is_video, TILE_SIDE  # noqa: E402
 from refam.errors import ConfigError  # noqa: E402
-from refam.sections import model_section  # noqa: E402
+from tests.fixtures.serve_session import session  # noqa: E402,F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "assets/shapes-demo/images/demo-00005.png"
@@ -58,14 +58,6 @@ def decoded(clip) -> tuple[list[np.ndarray], float, str]:
         ok, frame = capture.read()
     capture.release()
     return frames, fps, codec
-
-
-@pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    from refam import RefAM
-
-    model = RefAM.load()
-    return Session(model, model_section(None), max_frames=20, workdir=tmp_path_factory.mktemp("serve"))
 
 
 def test_an_animated_gif_is_a_video_and_a_still_gif_or_png_an_image(tmp_path):
