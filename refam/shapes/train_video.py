@@ -322,7 +322,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
                         generator=torch.Generator().manual_seed(seed))
     stage = VideoFlowStage(pipe, data, lr=lr, caption_tokens=caption_tokens, empty_caption_rate=empty_caption_rate,
                            seed=seed, ground_weight=ground_weight, ground_share=ground_share,
-                           rope_mask=fixed_rope_mask(config, pipe.transformer.pos_frequencies))
+                           rope_mask=fixed_rope_mask(config.rope_fixed_dims, pipe.transformer.pos_frequencies))
     monitor = VideoMonitor(pipe, Path(work_dir) / "monitored", monitor_every, monitor_clips)
     flow_trainer = _trainer(flow_steps, work_dir, "flow", [SavePipelineEvery(pipe, Path(work_dir) / "snapshots", snapshot_every), monitor])
     flow_trainer.fit(stage, loader)

@@ -58,13 +58,13 @@ def draw_rope_frequencies(frequencies: torch.Tensor, fixed_dims: int) -> None:
         raise ValueError(f"rope_fixed_dims={fixed_dims} must be even and below the head's {2 * frequencies.shape[-1]} dims")
     frequencies.normal_(0.0, 0.5)
     frequencies[1:] /= ROPE_STEP
-    frequencies[:, :, : fixed_dims // 2] = 0.0
+    frequencies.mul_(fixed_rope_mask(fixed_dims, frequencies))
 
 
-def fixed_rope_mask(config: VideoModelConfig, frequencies: torch.Tensor) -> torch.Tensor:
-    """1 where a RoPE frequency trains, 0 on the unrotated dims (`rope_fixed_dims`)."""
+def fixed_rope_mask(fixed_dims: int, frequencies: torch.Tensor) -> torch.Tensor:
+    """1 where a RoPE frequency turns (and trains), 0 on each head's first `fixed_dims` (unrotated)."""
     mask = torch.ones_like(frequencies)
-    mask[:, :, : config.rope_fixed_dims // 2] = 0.0
+    mask[:, :, : fixed_dims // 2] = 0.0
     return mask
 
 
