@@ -70,12 +70,17 @@ class AutoencoderStage(L.LightningModule):
         posterior = self.vae.encode(batch).latent_dist
         reconstruction = self.vae.decode(posterior.sample()).sample
         mse = F.mse_loss(reconstruction, batch)
-        loss = mse + self.kl_weight * posterior.kl().mean()
-        self.log_dict({"vae/mse": mse, "vae/loss": loss}, prog_bar=True)
+        terms = self.latent_terms(batch, posterior)
+        loss = mse + self.kl_weight * posterior.kl().mean() + sum(terms.values())
+        self.log_dict({"vae/mse": mse, "vae/loss": loss, **{f"vae/{k}": v for k, v in terms.items()}}, prog_bar=True)
         return loss
 
+    def latent_terms(self, batch: torch.Tensor, posterior) -> dict[str, torch.Tensor]:
+        """Further weighted loss terms on the latents (a subclass's); none here."""
+        return {}
+
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.vae.parameters(), lr=self.lr)
+        return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 
 class LatentScenes(Dataset):

@@ -25,8 +25,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="share of training steps' clips with the empty caption (refam predict's default)")
     parser.add_argument("--monitor-every", type=number(int, at_least=0), default=0,
                         help="score the key-frame point on held-out clips every N flow steps")
-    parser.add_argument("--vae-crop", type=number(int, at_least=16), default=64,
+    parser.add_argument("--vae-crop", type=number(int, at_least=16), default=32,
                         help="side of the random crops the autoencoder trains on (smaller: more steps an hour)")
+    parser.add_argument("--vae-colour-weight", type=number(float, at_least=0.0), default=1.0,
+                        help="weight of the autoencoder's linear colour read-out term (0: reconstruction alone)")
     parser.add_argument("--vae-from", type=Path, default=None,
                         help="a trained refam-shapes-video folder whose autoencoder to keep (skips stage 1)")
     parser.add_argument("--monitor-clips", type=COUNT, default=30, help="held-out test clips the monitor scores")
@@ -60,5 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     record = training.train(output, args.vae_steps, args.flow_steps, args.clips, args.batch_size, args.seed, config,
                             args.lr, args.caption_tokens, args.work_dir, args.snapshot_every, args.resume_from,
                             args.ground_weight, args.ground_share, args.monitor_every, args.monitor_clips,
-                            args.empty_caption_rate, args.vae_from, args.vae_crop)
+                            args.empty_caption_rate, args.vae_from, args.vae_crop,
+                            args.vae_colour_weight)
     print(json.dumps({k: record[k] for k in ("total_seconds", "vae_seconds")}))

@@ -35,7 +35,12 @@ class VideoModelConfig:
     text_stream: int = 96  # the blocks' text stream (Mochi's `pooled_projection_dim`), unlike the video's
     text_layers: int = 1
     latent_channels: int = 12  # as Mochi 1
-    vae_channels: tuple[int, ...] = (32, 32, 32, 32)  # Mochi's GroupNorm has 32 groups
+    # Mochi's GroupNorm has 32 groups, normalised per frame: at 32 channels each group is one channel,
+    # a flat region of a frame has zero variance there, and every such norm multiplies the gradient by
+    # 1/sqrt(eps) ~ 316 (measured: 1e8-1e24 at the input layer), so the autoencoder never learned.
+    # Two channels a group and more (as Mochi 1's 128-768) keep it finite.
+    vae_encoder_channels: tuple[int, ...] = (64, 64, 64, 128)
+    vae_decoder_channels: tuple[int, ...] = (64, 64, 64, 64)
     # each head's first dims that RoPE never rotates (their frequencies stay zero in training): an
     # image query matches an expression key there by content alone, wherever the shape is
     rope_fixed_dims: int = 16
@@ -82,9 +87,9 @@ def build_video_components(config: VideoModelConfig, seed: int = 0) -> dict:
             text_embed_dim=config.text_width, time_embed_dim=64, max_sequence_length=256,
         )
         draw_rope_frequencies(transformer.pos_frequencies.data, config.rope_fixed_dims)
-        channels = tuple(config.vae_channels)
         vae = AutoencoderKLMochi(
-            in_channels=15, out_channels=3, encoder_block_out_channels=channels, decoder_block_out_channels=channels,
+            in_channels=15, out_channels=3, encoder_block_out_channels=tuple(config.vae_encoder_channels),
+            decoder_block_out_channels=tuple(config.vae_decoder_channels),
             latent_channels=config.latent_channels, layers_per_block=(1, 1, 1, 1, 1),
             temporal_expansions=(1, 2, 3), spatial_expansions=(2, 2, 2),
             add_attention_block=(False, False, False, False, False), scaling_factor=1.0,

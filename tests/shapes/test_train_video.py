@@ -95,3 +95,36 @@ def test_rope_frequencies_turn_a_token_step_alike_in_time_and_space():
     turned = frequencies[:, :, fixed:]
     time_step, row_step, column_step = (turned[0].std(), turned[1].std() * ROPE_STEP, turned[2].std() * ROPE_STEP)
     assert 0.3 < time_step < 0.7 and 0.3 < row_step < 0.7 and 0.3 < column_step < 0.7
+
+
+def autoencoder_input_gradient(config) -> float:
+    """The largest gradient at the encoder's input layer after one reconstruction step on crops
+    whose frames are each one flat colour, as much of a shapes frame is."""
+    from refam.shapes.video_model import build_video_components
+
+    vae = build_video_components(config, seed=0)["vae"]
+    colours = torch.tensor([[0.6, -0.2, 0.1], [-0.5, 0.4, 0.9]]).view(2, 3, 1, 1, 1)
+    crops = colours.expand(2, 3, 7, 32, 32).contiguous()
+    reconstruction = vae.decode(vae.encode(crops).latent_dist.mode()).sample
+    torch.nn.functional.mse_loss(reconstruction, crops).backward()
+    return vae.encoder.proj_in.weight.grad.abs().max().item()
+
+
+def test_the_autoencoders_gradient_stays_finite_on_flat_frames():
+    """Mochi's GroupNorm has 32 groups, per frame: at 32 channels each group is one channel with no
+    variance on a flat frame, and every norm multiplied the gradient by ~316 (1e20 and more at the
+    input; the autoencoder never learned). The shipped widths keep two channels a group and more.
+    Measured: 7.8e3 at the shipped widths; 4e19 at 32 everywhere, 6e7 with 32 in the encoder's first
+    levels only, 4e7 with a 32-wide decoder."""
+    from refam.shapes.video_model import VideoModelConfig
+
+    assert autoencoder_input_gradient(VideoModelConfig()) < 1e5
+
+
+def test_latent_frame_means_follow_the_causal_latent_frames():
+    from refam.shapes.train_video import latent_frame_means
+
+    pixels = torch.arange(13.0).view(1, 1, 13, 1, 1).expand(2, 3, 13, 4, 4)
+    means = latent_frame_means(pixels)
+    assert means.shape == (2, 3, 3, 4, 4)
+    assert means[0, 0, :, 0, 0].tolist() == [0.0, 3.5, 9.5]  # frame 0 alone, then frames 1-6, 7-12

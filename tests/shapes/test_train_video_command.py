@@ -29,7 +29,8 @@ def test_training_writes_a_mochi_folder_and_its_record(trained):
 
     record = json.loads((trained / "model/training.json").read_text())
     assert record["flow_steps"] == 4 and record["training_clips"] == 8 and record["ground_weight"] == 1.0
-    assert record["frame"] == [192, 192] and record["clip_frames"] == 13 and record["vae_crop"] == 64
+    assert record["frame"] == [192, 192] and record["clip_frames"] == 13 and record["vae_crop"] == 32
+    assert record["vae_colour_weight"] == 1.0 and record["vae_colour_curve"]
     assert record["command"].startswith("refam train-shapes-video")
     assert record["flow_loss_curve"] and record["key_point_accuracy_curve"][0][0] == 4
     pipe = MochiPipeline.from_pretrained(str(trained / "model"))
