@@ -18,6 +18,7 @@ from refam.extractors.hunyuanvideo import HunyuanVideoExtractor
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
 from refam.extractors.pixart import PixArtSigmaExtractor
 from refam.extractors.kandinsky6 import Kandinsky6Extractor
+from refam.extractors.ltx2 import LTX2Extractor
 from refam.extractors.lumina2 import Lumina2Extractor
 from refam.extractors.qwenimage import QwenImageExtractor
 from refam.extractors.sana import SanaExtractor
@@ -43,6 +44,8 @@ EXPECTED = {
                        dict(height=480, width=848, clip_frames=21, caption_max_tokens=1000)),
     "kandinsky6": (Kandinsky6Extractor, "checkpoints/kandinsky6",
                    dict(height=512, width=768, clip_frames=21, caption_max_tokens=1024)),
+    "ltx2": (LTX2Extractor, "Lightricks/LTX-2",
+             dict(height=512, width=768, clip_frames=25, frame_rate=24.0, caption_max_tokens=1024, expression_max_tokens=128)),
     "pixart": (PixArtSigmaExtractor, "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
                dict(resolution=1024, keep_aspect=False, caption_max_tokens=300)),
     "lumina2": (Lumina2Extractor, "Alpha-VLLM/Lumina-Image-2.0",

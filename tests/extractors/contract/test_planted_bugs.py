@@ -7,8 +7,9 @@ read the extractor's own expression embeddings on both sides, built tiny models 
 scaled by 1 and whose text was as wide as the model, and copied refam's VP timestep: an expression
 that also sees the caption (visible from block 1 on), expression keys without their QK norm in
 single-stream blocks, a text-key norm swapped for the image one, an expression skipping the text
-projection, a reader of the wrong LLM hidden layers, and a VP timestep one step off. The contract's
-checks must fail on each, and pass on the code as it is."""
+projection, a reader of the wrong LLM hidden layers, and a VP timestep one step off. And LTX-2's own: branch
+keys without norm_k, Gemma's layers concatenated instead of stacked, expressions refined as a short prompt, a video
+that attends to the audio. The contract's checks must fail on each, and pass on the code as it is."""
 
 import dataclasses
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from refam.aggregators.magnets import AppendMagnets
-from refam.extractors import cogvideox, qwenimage
+from refam.extractors import cogvideox, ltx2, qwenimage
 from refam.extractors.branch import split_heads
 from refam.extractors.capture import BranchLayout
 from refam.extractors.flux import FluxBranchProcessor, FluxExtractor, flux_joint
@@ -27,6 +28,7 @@ from refam.extractors.sd3 import SD3Extractor
 from refam.extractors.latents import Latent
 from refam.extractors.trajectory import NoiseAt
 from refam.extractors.vp import VPFlow
+from refam.text.decoder import DecoderReader
 from tests.extractors.contract.contract import (clean_latents, every_block_gaps, load_entries, noised_latent,
                                                 recomputed_scores)
 
@@ -248,6 +250,16 @@ def test_an_expression_that_skips_the_text_projection_cannot_pass(tiny, monkeypa
         _block0_gap(ENTRIES["cogvideox"], tiny("cogvideox"))
 
 
+def _velocity_gap(entry, folder) -> float:
+    """The velocity check's largest difference: the extractor's forward against the stock call at the entry's level."""
+    stock = entry.pipeline_class.from_pretrained(str(folder), dtype=torch.float32)
+    extractor, sigma = _loaded(entry, folder), entry.stock_sigma(stock)
+    latent, x_t = noised_latent(extractor, _picture(entry), sigma, "bug")
+    with torch.no_grad():
+        expected = entry.stock_velocity(stock, x_t, sigma, latent.grid, CAPTION)
+    return float((extractor.forward(x_t, sigma, latent.grid, extractor.encode_caption(CAPTION)) - expected).abs().max())
+
+
 def _rows_gap(entry, extractor, stock) -> float:
     encoded = extractor.encode_expressions([EXPRESSION])
     length = int(encoded.valid[0].sum())
@@ -283,14 +295,8 @@ def test_a_vp_timestep_one_step_off_fails_the_scheduler_and_velocity_checks(tiny
     stock = entry.pipeline_class.from_pretrained(str(folder), dtype=torch.float32)
 
     def gaps():
-        extractor = _loaded(entry, folder)
-        told = max(abs(extractor.timestep(sigma) - t) for sigma, t in entry.scheduler_levels(stock))
-        sigma = entry.stock_sigma(stock)
-        latent, x_t = noised_latent(extractor, _picture(entry), sigma, "bug")
-        with torch.no_grad():
-            expected = entry.stock_velocity(stock, x_t, sigma, latent.grid, CAPTION)
-        ours = extractor.forward(x_t, sigma, latent.grid, extractor.encode_caption(CAPTION))
-        return told, float((ours - expected).abs().max())
+        told = max(abs(_loaded(entry, folder).timestep(sigma) - t) for sigma, t in entry.scheduler_levels(stock))
+        return told, _velocity_gap(entry, folder)
 
     told, velocity = gaps()
     assert told < 1e-6 and velocity < 1e-5
@@ -298,3 +304,80 @@ def test_a_vp_timestep_one_step_off_fails_the_scheduler_and_velocity_checks(tiny
     monkeypatch.setattr(VPFlow, "timestep", lambda self, sigma: stock_timestep(self, sigma) + 1.0)
     told, velocity = gaps()
     assert told == pytest.approx(1.0) and velocity > 1e-4
+
+
+# ---------------------------------------------------------------- LTX-2's own parts
+class _FirstCallOnly(torch.nn.Module):
+    """A norm applied on its first call only; later calls pass their input through."""
+
+    def __init__(self, norm: torch.nn.Module) -> None:
+        super().__init__()
+        self.norm, self.calls = norm, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.norm(x) if self.calls == 1 else x
+
+
+def _ltx2_unnormed_branch_keys(monkeypatch):  # attn2 norms the caption's keys, then the branch's: those skip norm_k
+    original = ltx2.LTX2BranchProcessor.with_branch
+
+    def with_branch(self, capture, attn, *args, **kwargs):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(attn, "norm_k", _FirstCallOnly(attn.norm_k))
+            return original(self, capture, attn, *args, **kwargs)
+
+    monkeypatch.setattr(ltx2.LTX2BranchProcessor, "with_branch", with_branch)
+
+
+def _ltx2_layers_unstacked(monkeypatch):  # Gemma's layers concatenated one after the other, not stacked per feature
+    monkeypatch.setattr(ltx2.StackedLayersReader, "encode", DecoderReader.encode)
+
+
+def _ltx2_short_prompt(monkeypatch):  # each expression through the connectors as a prompt of 16 tokens, not 32
+    original = ltx2.LTX2Extractor.text_side
+
+    def text_side(self, expressions, sigma):
+        kept, self.caption_max_tokens = self.caption_max_tokens, 16
+        try:
+            return original(self, expressions, sigma)
+        finally:
+            self.caption_max_tokens = kept
+
+    monkeypatch.setattr(ltx2.LTX2Extractor, "text_side", text_side)
+
+
+def _ltx2_audio_attended(monkeypatch):  # the forward lets the video attend to the (zero) audio latent
+    original = ltx2.LTX2Extractor.denoise
+
+    def denoise(self, *args):
+        forward = self.pipe.transformer.forward
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(self.pipe.transformer, "forward", lambda *a, **k: forward(*a, **{**k, "isolate_modalities": False}))
+            return original(self, *args)
+
+    monkeypatch.setattr(ltx2.LTX2Extractor, "denoise", denoise)
+
+
+@pytest.mark.parametrize("plant, fails", [
+    (None, set()),
+    (_ltx2_unnormed_branch_keys, {"block 0"}),
+    (_ltx2_layers_unstacked, {"rows"}),
+    (_ltx2_short_prompt, {"block 0"}),
+    (_ltx2_audio_attended, {"velocity"}),
+], ids=["as-it-is", "branch-keys-without-norm_k", "gemma-layers-unstacked", "connectors-on-a-short-prompt", "audio-attended"])
+def test_ltx2s_planted_bugs_fail_the_check_that_sees_them(tiny, monkeypatch, plant, fails):
+    """LTX-2's own ways to be wrong, each caught by one check and passing the others: branch keys without attn2's
+    norm_k (block 0's maps), Gemma's hidden states concatenated instead of stacked per feature as the pipeline packs
+    them (the encode_prompt rows: every map check reads the extractor's rows on both sides and passes), expressions
+    refined by the connectors as a prompt shorter than the caption's, so beside fewer registers (block 0's maps), and
+    a forward whose video attends to the audio latent (the velocity: the stock call draws the pipeline's audio noise
+    and isolates the modalities)."""
+    entry, folder = ENTRIES["ltx2"], tiny("ltx2")
+    if plant is not None:
+        plant(monkeypatch)
+    stock = entry.pipeline_class.from_pretrained(str(folder), dtype=torch.float32)
+    gaps = {"block 0": _block0_gap(entry, folder), "rows": _rows_gap(entry, _loaded(entry, folder), stock),
+            "velocity": _velocity_gap(entry, folder)}
+    assert {check for check, gap in gaps.items() if gap > 1e-4} == fails, gaps
+    assert all(gaps[check] > 1e-2 for check in fails), gaps
