@@ -20,6 +20,7 @@ from refam.extractors.pixart import PixArtSigmaExtractor
 from refam.extractors.kandinsky6 import Kandinsky6Extractor
 from refam.extractors.lumina2 import Lumina2Extractor
 from refam.extractors.qwenimage import QwenImageExtractor
+from refam.extractors.qwenimage21 import QwenImage21Extractor
 from refam.extractors.sana import SanaExtractor
 from refam.extractors.sd3 import SD3Extractor
 from refam.extractors.wan import WanExtractor
@@ -49,6 +50,8 @@ EXPECTED = {
                 dict(resolution=1024, keep_aspect=False, caption_max_tokens=256, expression_max_tokens=128)),
     "qwenimage": (QwenImageExtractor, "Qwen/Qwen-Image",
                   dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
+    "qwenimage21": (QwenImage21Extractor, "Qwen/Qwen-Image-2.1",
+                    dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
     "sana": (SanaExtractor, "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
              dict(resolution=1024, keep_aspect=False, caption_max_tokens=300, instruction=True)),
     "sd3": (SD3Extractor, "stabilityai/stable-diffusion-3.5-large", dict(resolution=1024, caption_max_tokens=256, blocks=None)),
