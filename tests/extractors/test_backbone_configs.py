@@ -13,6 +13,7 @@ from refam.extractors.chroma import ChromaExtractor
 from refam.extractors.cogvideox import CogVideoXExtractor
 from refam.extractors.cogview4 import CogView4Extractor
 from refam.extractors.flux2 import Flux2Extractor
+from refam.extractors.hidream import HiDreamExtractor
 from refam.extractors.hunyuanimage import HunyuanImageExtractor
 from refam.extractors.hunyuanvideo import HunyuanVideoExtractor
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
@@ -36,6 +37,8 @@ EXPECTED = {
     "cogview4": (CogView4Extractor, "THUDM/CogView4-6B", dict(resolution=1024, keep_aspect=False, caption_max_tokens=1024)),
     "flux2": (Flux2Extractor, "black-forest-labs/FLUX.2-dev",
               dict(resolution=1024, caption_max_tokens=512, guidance_scale=4.0, text_layers=None)),
+    "hidream": (HiDreamExtractor, "HiDream-ai/HiDream-I1-Full",
+                dict(resolution=1024, keep_aspect=False, caption_max_tokens=128, expression_max_tokens=128)),
     "hunyuanimage": (HunyuanImageExtractor, "hunyuanvideo-community/HunyuanImage-2.1-Diffusers",
                      dict(resolution=2048, keep_aspect=False, caption_max_tokens=1000)),
     "hunyuanvideo": (HunyuanVideoExtractor, "hunyuanvideo-community/HunyuanVideo",

@@ -178,7 +178,7 @@ def _caption_leak(original):
 
 
 @pytest.mark.parametrize("name", ["flux", "sd3", "mochi", "cogvideox", "qwenimage", "zimage", "lumina2", "hunyuanimage",
-                                  "cogview4", "qwenimage21"])
+                                  "cogview4", "qwenimage21", "hidream"])
 @pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
 def test_an_expression_that_also_sees_the_caption_fails_at_block_1_not_block_0(tiny, monkeypatch, name, softmax_stage):
     entry, folder = ENTRIES[name], tiny(name)
