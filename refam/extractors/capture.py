@@ -42,7 +42,9 @@ class BranchLayout:
     multiplied with: `key_order` names its segments, "branch" (the K L expression tokens; a query
     sees only its own expression's real tokens), "caption" (never seen) and "image" (all seen).
     Joint-attention kernels hand the branch the whole joint sequence in this order: [branch |
-    caption | image] (FLUX) or [image | caption | branch] (SD3, Mochi)."""
+    caption | image] (FLUX) or [image | caption | branch] (SD3, Mochi). `causal` reads each expression
+    as a block-causal model (Qwen-Image 2.1) reads its caption: a query sees its own expression's real
+    tokens up to its own position, and not the image."""
 
     caption_len: int
     key_valid: torch.Tensor  # [K, L] bool: real tokens of each expression (False = padding)
@@ -50,6 +52,7 @@ class BranchLayout:
     # [K, L] bool: the real tokens that enter the per-patch softmax across tokens (and whose queries
     # weigh the text mass); a prompt template's are attended but left out by default. None: key_valid
     key_scored: torch.Tensor | None = None
+    causal: bool = False  # each expression token sees its own earlier tokens and itself, never the image
 
     @property
     def scored(self) -> torch.Tensor:
@@ -57,7 +60,8 @@ class BranchLayout:
 
     def key_bias(self, num_image_tokens: int) -> torch.Tensor:
         """[K L, S] float32 added to the branch's logits: 0 where a branch query may look, -inf where
-        it may not (another expression's tokens, its own padding, the caption)."""
+        it may not (another expression's tokens, its own padding, the caption; with `causal`, its own
+        later tokens and the image)."""
         kk, length = self.key_valid.shape
         sizes = {"branch": self.branch_len, "caption": self.caption_len, "image": num_image_tokens}
         bias = torch.full((self.branch_len, sum(sizes[segment] for segment in self.key_order)), float("-inf"))
@@ -66,8 +70,10 @@ class BranchLayout:
             part = bias[:, start : start + sizes[segment]]
             if segment == "branch":  # [K, L(query), K, L(key)]: own expression's real tokens only
                 own = torch.eye(kk, dtype=torch.bool)[:, None, :, None] & self.key_valid[None, None]
+                if self.causal:  # key position <= query position
+                    own = own & torch.ones(length, length, dtype=torch.bool).tril()[None, :, None, :]
                 part.masked_fill_(own.expand(kk, length, kk, length).reshape(self.branch_len, self.branch_len), 0.0)
-            elif segment != "caption":
+            elif segment != "caption" and not self.causal:  # the image
                 part.zero_()
             start += sizes[segment]
         return bias

@@ -88,6 +88,10 @@ class DiTExtractor(PipelineExtractor):
     # is [branch | caption | image] (FLUX, Qwen-Image, CogVideoX), or after: [image | caption | branch]
     # (SD3, Mochi; Wan's cross-attention keys are [caption | branch])
     branch_first: ClassVar[bool] = True
+    # whether the model reads text block-causally (Qwen-Image 2.1: a caption token sees the caption's earlier
+    # tokens, never the image), so that each expression is read as its caption would be: its own tokens up to
+    # each one, not the image (`BranchLayout.causal`); the maps stay the image queries over its keys
+    causal_text: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -214,11 +218,11 @@ class DiTExtractor(PipelineExtractor):
         return getattr(condition, "embeds", condition).shape[1]
 
     def branch_layout(self, encoded: EncodedExpressions, condition) -> BranchLayout:
-        """The caption's length (`caption_len`), the expressions' carried and scored tokens (`template_tokens`)
-        and the joint sequence's order (`branch_first`)."""
+        """The caption's length (`caption_len`), the expressions' carried and scored tokens (`template_tokens`),
+        the joint sequence's order (`branch_first`) and what an expression sees (`causal_text`)."""
         order = ("branch", "caption", "image") if self.branch_first else ("image", "caption", "branch")
         return BranchLayout(caption_len=self.caption_len(condition), key_valid=encoded.valid, key_order=order,
-                            key_scored=encoded.scored(self.template_tokens))
+                            key_scored=encoded.scored(self.template_tokens), causal=self.causal_text)
 
     def check_pipeline(self, pipe) -> None:
         """Refuse a pipeline this backbone cannot observe (raise CheckpointError), before installing."""

@@ -13,6 +13,7 @@ from refam.extractors.chroma import ChromaExtractor
 from refam.extractors.cogvideox import CogVideoXExtractor
 from refam.extractors.cogview4 import CogView4Extractor
 from refam.extractors.flux2 import Flux2Extractor
+from refam.extractors.hidream import HiDreamExtractor
 from refam.extractors.hunyuanimage import HunyuanImageExtractor
 from refam.extractors.hunyuanvideo import HunyuanVideoExtractor
 from refam.extractors.hunyuanvideo15 import HunyuanVideo15Extractor
@@ -21,6 +22,7 @@ from refam.extractors.kandinsky6 import Kandinsky6Extractor
 from refam.extractors.ltx2 import LTX2Extractor
 from refam.extractors.lumina2 import Lumina2Extractor
 from refam.extractors.qwenimage import QwenImageExtractor
+from refam.extractors.qwenimage21 import QwenImage21Extractor
 from refam.extractors.sana import SanaExtractor
 from refam.extractors.sd3 import SD3Extractor
 from refam.extractors.wan import WanExtractor
@@ -36,6 +38,8 @@ EXPECTED = {
     "cogview4": (CogView4Extractor, "THUDM/CogView4-6B", dict(resolution=1024, keep_aspect=False, caption_max_tokens=1024)),
     "flux2": (Flux2Extractor, "black-forest-labs/FLUX.2-dev",
               dict(resolution=1024, caption_max_tokens=512, guidance_scale=4.0, text_layers=None)),
+    "hidream": (HiDreamExtractor, "HiDream-ai/HiDream-I1-Full",
+                dict(resolution=1024, keep_aspect=False, caption_max_tokens=128, expression_max_tokens=128)),
     "hunyuanimage": (HunyuanImageExtractor, "hunyuanvideo-community/HunyuanImage-2.1-Diffusers",
                      dict(resolution=2048, keep_aspect=False, caption_max_tokens=1000)),
     "hunyuanvideo": (HunyuanVideoExtractor, "hunyuanvideo-community/HunyuanVideo",
@@ -52,6 +56,8 @@ EXPECTED = {
                 dict(resolution=1024, keep_aspect=False, caption_max_tokens=256, expression_max_tokens=128)),
     "qwenimage": (QwenImageExtractor, "Qwen/Qwen-Image",
                   dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
+    "qwenimage21": (QwenImage21Extractor, "Qwen/Qwen-Image-2.1",
+                    dict(resolution=1024, keep_aspect=False, caption_max_tokens=512, expression_max_tokens=128)),
     "sana": (SanaExtractor, "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
              dict(resolution=1024, keep_aspect=False, caption_max_tokens=300, instruction=True)),
     "sd3": (SD3Extractor, "stabilityai/stable-diffusion-3.5-large", dict(resolution=1024, caption_max_tokens=256, blocks=None)),

@@ -113,6 +113,10 @@ class ContractEntry:
             would not see the branch's tokens as the caption's: Mochi removes masked text tokens from
             the attention, Qwen-Image numbers text positions on past the caption. The hooks hold only
             during that forward; written from the stock model, never from refam's processors.
+        causal_text: the stock model reads text block-causally (Qwen-Image 2.1: a caption token sees the
+            earlier caption tokens and itself, never the image), so the expression, read as a caption is
+            read, sees its own tokens up to each one and not the image (`branch_mask`); the maps are still
+            the image queries over its keys. False: an expression sees all its own tokens and the image.
     """
 
     name: str
@@ -132,6 +136,7 @@ class ContractEntry:
     stock_sigma: Callable[[Any], float] = field(default=lambda pipe: 0.6)
     velocity_exact: bool = True
     reference_hooks: Callable[[Any, torch.Tensor], list] | None = None
+    causal_text: bool = False
 
 
 def load_entries(folder: Path) -> list[ContractEntry]:
@@ -195,11 +200,12 @@ class Observation:
     expression_out: torch.Tensor | None
 
 
-def branch_mask(order: tuple[str, ...], sizes: dict[str, int], valid: torch.Tensor) -> torch.Tensor:
+def branch_mask(order: tuple[str, ...], sizes: dict[str, int], valid: torch.Tensor, causal_text: bool = False) -> torch.Tensor:
     """[S, S] True where a query may look in a joint sequence of `order`'s segments, the branch's
     semantics written out: caption and image rows see the caption and the image, never an
     expression; an expression's rows see its own real tokens and the image, never the caption or
-    another expression."""
+    another expression. With `causal_text` (`ContractEntry.causal_text`) an expression's row sees its
+    own real tokens at its position and before, and not the image."""
     spans = _spans(order, sizes)
     total = sum(sizes[name] for name in order)
     allowed = torch.zeros(total, total, dtype=torch.bool)
@@ -209,8 +215,11 @@ def branch_mask(order: tuple[str, ...], sizes: dict[str, int], valid: torch.Tens
             allowed[rows, cols] = True
     k, length = valid.shape
     own = torch.eye(k, dtype=torch.bool)[:, None, :, None] & valid[None, None]
+    if causal_text:
+        earlier = torch.arange(length)[None, :] <= torch.arange(length)[:, None]  # [query, key]
+        own = own & earlier[None, :, None, :]
     allowed[spans["branch"], spans["branch"]] = own.expand(k, length, k, length).reshape(k * length, k * length)
-    allowed[spans["branch"], spans["image"]] = True
+    allowed[spans["branch"], spans["image"]] = not causal_text
     return allowed
 
 
@@ -241,7 +250,7 @@ def reference_observations(entry: ContractEntry, extractor, x_t: torch.Tensor, s
         sizes["caption"] = keys - sum(sizes[name] for name in segments if name != "caption")
         spans = _spans(segments, sizes)
         if joint:
-            mask = branch_mask(order, sizes, encoded.valid.cpu())
+            mask = branch_mask(order, sizes, encoded.valid.cpu(), entry.causal_text)
         else:  # the image's queries see the caption's keys only
             mask = torch.zeros(queries, keys, dtype=torch.bool)
             mask[:, spans["caption"]] = True

@@ -7,9 +7,10 @@ read the extractor's own expression embeddings on both sides, built tiny models 
 scaled by 1 and whose text was as wide as the model, and copied refam's VP timestep: an expression
 that also sees the caption (visible from block 1 on), expression keys without their QK norm in
 single-stream blocks, a text-key norm swapped for the image one, an expression skipping the text
-projection, a reader of the wrong LLM hidden layers, and a VP timestep one step off. And LTX-2's own: branch
-keys without norm_k, Gemma's layers concatenated instead of stacked, expressions refined as a short prompt, a video
-that attends to the audio. The contract's checks must fail on each, and pass on the code as it is."""
+projection, a reader of the wrong LLM hidden layers, and a VP timestep one step off; on a model that
+reads text block-causally (Qwen-Image 2.1), an expression that sees the image and its own later tokens. And LTX-2's
+own: branch keys without norm_k, Gemma's layers concatenated instead of stacked, expressions refined as a short
+prompt, a video that attends to the audio. The contract's checks must fail on each, and pass on the code as it is."""
 
 import dataclasses
 from pathlib import Path
@@ -179,7 +180,7 @@ def _caption_leak(original):
 
 
 @pytest.mark.parametrize("name", ["flux", "sd3", "mochi", "cogvideox", "qwenimage", "zimage", "lumina2", "hunyuanimage",
-                                  "cogview4"])
+                                  "cogview4", "qwenimage21", "hidream"])
 @pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
 def test_an_expression_that_also_sees_the_caption_fails_at_block_1_not_block_0(tiny, monkeypatch, name, softmax_stage):
     entry, folder = ENTRIES[name], tiny(name)
@@ -188,6 +189,24 @@ def test_an_expression_that_also_sees_the_caption_fails_at_block_1_not_block_0(t
     gaps = _block_gaps(entry, folder, softmax_stage)
     assert gaps[0] < 1e-4 and _block0_gap(entry, folder) < 1e-4  # block 0's keys come before any attention
     assert max(gap for block, gap in gaps.items() if block > 0) > 1e-3  # ten times the check's tolerance
+
+
+def _bidirectional(original):
+    def key_bias(self, num_image_tokens):  # the expression read as a bidirectional model reads it: all of it and the image
+        return original(dataclasses.replace(self, causal=False), num_image_tokens)
+
+    return key_bias
+
+
+@pytest.mark.parametrize("softmax_stage", ["after_mean", "per_head"])
+def test_a_causal_text_expression_that_sees_the_image_and_its_later_tokens_fails_at_block_1(tiny, monkeypatch, softmax_stage):
+    """Qwen-Image 2.1 reads text block-causally (`causal_text`): an expression that sees its whole self and the
+    image, as on the bidirectional models, keeps block 0's keys and changes every later block's."""
+    entry, folder = ENTRIES["qwenimage21"], tiny("qwenimage21")
+    assert entry.causal_text and max(_block_gaps(entry, folder, softmax_stage).values()) < 1e-4
+    monkeypatch.setattr(BranchLayout, "key_bias", _bidirectional(BranchLayout.key_bias))
+    gaps = _block_gaps(entry, folder, softmax_stage)
+    assert gaps[0] < 1e-4 and max(gap for block, gap in gaps.items() if block > 0) > 1e-3
 
 
 def test_expression_keys_without_their_qk_norm_in_single_blocks_fail_there(tiny, monkeypatch):
