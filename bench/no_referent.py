@@ -3,6 +3,7 @@
     python bench/no_referent.py                       # 200 calibration + 200 held-out scenes, CPU
     python bench/no_referent.py --scenes 50 --save stats.json
     python bench/no_referent.py --model <a refam train-shapes output or snapshot>
+    python bench/no_referent.py --write-calibration   # the flag, as no_referent.json beside the weights
 
 Scenes are the project's own (`refam.shapes.varied`, the family refam-shapes is trained on) from
 its "test" split at indices no run has used: training draws the "train" split, the monitor and
@@ -15,7 +16,8 @@ it, unique in the scene) and one naming an absent one in the same words:
   colour        "the red object" / a colour no object has
 Each runs through the embedded image pipeline (`RefAM.load()`: magnets, stop-word filter, flood
 fill, no caption) as `RefAMPipeline.segment_sample` runs it, and per expression these statistics of
-its per-patch softmax over tokens P[t, patch] are taken (heat = the mean of the kept tokens' P, the
+its per-patch softmax over tokens P[t, patch] are taken (`refam.referent.statistics`, which the
+pipeline's flag reads too) (heat = the mean of the kept tokens' P, the
 heatmap before its min-max normalisation; rest = the magnets' and the end token's P summed):
 
   heat peak, heat peak / mean, heat entropy (normalised by log #patches), heat top-5 % share,
@@ -29,13 +31,23 @@ statistic as the score: below 0.5 means absent scores lower) on calibration and 
 and per kind, with counts; then the statistic with the best calibration separation, its threshold
 chosen on calibration (best accuracy), and its accuracy and AUROC on held-out; and the held-out
 AUROC of all statistics combined by a logistic regression fitted on calibration.
+
+Then the no-referent flag at a fixed operating point, chosen on calibration only
+(`refam.referent.operating_point`): per statistic, the side absent referents score on (its AUROC)
+and the threshold that flags the most absent expressions while flagging at most 5 % of present
+ones; the statistic that flags the most there is the flag. Its held-out AUROC (on the flag's side),
+recall (absent flagged), false-positive rate (present flagged) and precision are printed overall
+and per kind, with the regression's at the same false-positive rate (a single statistic is easier
+to explain: the regression would be preferred only with 0.05 more calibration recall).
+`--write-calibration` writes it, with the splits' numbers, the scenes, the pipeline's `model:`
+section and the command, as no_referent.json beside the model's weights
+(`refam.referent.calibration` reads it there).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -46,12 +58,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from refam.embedded import REFAM_SHAPES  # noqa: E402
+from refam.referent.calibration import FILE  # noqa: E402
+from refam.referent.operating_point import auroc as side_auroc, direction_of, fires, rates, threshold_at  # noqa: E402
+from refam.referent.statistics import expression_statistics  # noqa: E402
 from refam.shapes.absent import PARTS, absent_expressions  # noqa: E402
 from refam.shapes.scenes import Scene  # noqa: E402
 from refam.shapes.varied import make_varied_scene  # noqa: E402
 
 SPLITS = {"calibration": 10000, "held-out": 20000}  # first index of each, in the varied "test" split
 KINDS = ("colour+shape", "shape", "colour")
+MAX_FALSE_POSITIVE_RATE = 0.05  # the flag's operating point: at most this share of present expressions flagged
+CLEARLY_BETTER = 0.05  # more calibration recall at that point that would make the regression worth its opacity
 
 
 def expressions_for(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, bool, str]]:
@@ -64,31 +82,6 @@ def expressions_for(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
             out.append((present[int(rng.integers(len(present)))], kind, False, ""))
     out += [(text, kind, True, part) for text, kind, part in absent_expressions(scene, rng)]
     return out
-
-
-def statistics(probabilities: torch.Tensor, kept: torch.Tensor, rest: torch.Tensor, mask: np.ndarray) -> dict:
-    """The candidate statistics of one expression: P [T, h, w], kept and rest [T] bool."""
-    p = probabilities.flatten(1).double()  # [T, N]
-    heat = p[kept].mean(dim=0)
-    peak = int(heat.argmax())
-    share = heat / heat.sum()
-    rest_map = p[rest].sum(dim=0)
-    top = max(1, round(0.05 * heat.numel()))
-    return {
-        "heat peak": float(heat[peak]),
-        "heat peak / mean": float(heat[peak] / heat.mean()),
-        "heat entropy": float(-(share * share.clamp(min=1e-12).log()).sum() / math.log(heat.numel())),
-        "heat top-5% share": float(share.topk(top).values.sum()),
-        "rest at peak": float(rest_map[peak]),
-        "rest mean": float(rest_map.mean()),
-        "kept mass at peak": float(p[kept][:, peak].sum()),
-        "max kept-token P": float(p[kept].max()),
-        "min kept-token peak": float(p[kept].max(dim=1).values.min()),
-        "min kept-token P at peak": float(p[kept][:, peak].min()),
-        "claimed share": float((p[kept].sum(dim=0) > rest_map).double().mean()),
-        "min kept-token claimed share": float((p[kept] > rest_map).double().mean(dim=1).min()),
-        "mask area": float(np.asarray(mask).mean()),
-    }
 
 
 def measure(model, split: str, scenes: int) -> list[dict]:
@@ -113,20 +106,14 @@ def measure(model, split: str, scenes: int) -> list[dict]:
         masks = pipeline.segmenter.segment(np.array(scene.image), points.numpy(),
                                            upsample(aggregation.heatmaps, height, width))
         for k, (text, kind, absent, part) in enumerate(chosen):
-            tokens = maps.tokens[k]
-            valid = maps.valid[k]
-            rest = torch.tensor([v and (t.magnet or t.special) for t, v in zip(tokens, valid.tolist())])
             rows.append({"split": split, "scene": index, "text": text, "kind": kind, "absent": absent, "part": part,
-                         **statistics(aggregation.probabilities[k], aggregation.kept[k], rest, masks[k])})
+                         **expression_statistics(maps, aggregation, k, masks[k])})
     return rows
 
 
 def auroc(rows: list[dict], name: str) -> float:
-    from torchmetrics.functional.classification import binary_auroc
-
-    scores = torch.tensor([r[name] for r in rows], dtype=torch.float64)
-    labels = torch.tensor([int(r["absent"]) for r in rows])
-    return float(binary_auroc(scores, labels))
+    """The AUROC for absent of a statistic as it is (below 0.5: absent scores lower)."""
+    return side_auroc([r[name] for r in rows], [r["absent"] for r in rows])
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray, absent_above: bool) -> tuple[float, float]:
@@ -141,16 +128,15 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray, absent_above: bool) -
     return best
 
 
-def combined_auroc(calibration: list[dict], held_out: list[dict], names: list[str]) -> float:
-    """Held-out AUROC of every statistic together: a logistic regression fitted on calibration
-    (standardised statistics, a little L2), to see whether they add up to what none gives alone."""
-    from torchmetrics.functional.classification import binary_auroc
+def regression(calibration: list[dict], names: list[str]):
+    """Every statistic together: a logistic regression fitted on calibration (standardised
+    statistics, a little L2), to see whether they add up to what none gives alone; returns the
+    function that gives rows their logits."""
 
-    def table(part: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.tensor([[r[n] for n in names] for r in part], dtype=torch.float64),
-                torch.tensor([float(r["absent"]) for r in part], dtype=torch.float64))
+    def table(part: list[dict]) -> torch.Tensor:
+        return torch.tensor([[r[n] for n in names] for r in part], dtype=torch.float64)
 
-    x, y = table(calibration)
+    x, y = table(calibration), torch.tensor([float(r["absent"]) for r in calibration], dtype=torch.float64)
     mean, scale = x.mean(dim=0), x.std(dim=0) + 1e-9
     weights = torch.zeros(len(names) + 1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([weights], max_iter=500)
@@ -165,11 +151,39 @@ def combined_auroc(calibration: list[dict], held_out: list[dict], names: list[st
         return value
 
     optimizer.step(loss)
-    x_held, y_held = table(held_out)
-    return float(binary_auroc(logits(x_held).detach(), y_held.long()))
+    return lambda part: logits(table(part)).detach().numpy()
 
 
-def report(rows: list[dict]) -> None:
+def flag_rates(rows: list[dict], scores: np.ndarray, direction: str, threshold: float, scenes: str) -> dict:
+    """The flag's rates on a split (`refam.referent.operating_point.rates`), overall, per kind (its
+    present and absent expressions) and, for absent colour-shape pairs, per part the scene holds."""
+    absent = np.array([r["absent"] for r in rows])
+    kinds = np.array([r["kind"] for r in rows])
+    parts = np.array([r["part"] for r in rows])
+    out = {"scenes": scenes, **rates(scores, absent, direction, threshold)}
+    out["per_kind"] = {k: rates(scores[kinds == k], absent[kinds == k], direction, threshold) for k in KINDS}
+    out["absent_colour_shape_recall_by_part"] = {
+        part: float(fires(scores[parts == part], direction, threshold).mean()) for part in PARTS if (parts == part).any()}
+    return out
+
+
+def choose_flag(calibration: list[dict], names: list[str]) -> dict:
+    """Per statistic, on calibration only: the side absent referents score on, the threshold that
+    flags at most MAX_FALSE_POSITIVE_RATE of the present expressions, and the share of absent ones
+    it flags there; the chosen statistic is the one that flags the most."""
+    absent = [r["absent"] for r in calibration]
+    candidates = {}
+    for name in names:
+        scores = [r[name] for r in calibration]
+        direction = direction_of(scores, absent)
+        threshold = threshold_at(scores, absent, direction, MAX_FALSE_POSITIVE_RATE)
+        candidates[name] = {"direction": direction, "threshold": threshold,
+                            "calibration_recall": rates(scores, absent, direction, threshold)["recall"]}
+    return candidates
+
+
+def report(rows: list[dict]) -> dict:
+    """Print the tables; returns the flag's calibration record (`flag`)."""
     names = [k for k in rows[0] if k not in ("split", "scene", "text", "kind", "absent", "part")]
     by = {split: [r for r in rows if r["split"] == split] for split in SPLITS}
     print("| split | scenes | present | absent | " + " | ".join(f"absent {k}" for k in KINDS) + " |")
@@ -208,8 +222,60 @@ def report(rows: list[dict]) -> None:
     print(f"\nbest on calibration: {best!r}, absent when {'>' if above else '<='} {cut:.5g} "
           f"(calibration accuracy {accuracy:.3f}); held-out: separation AUROC {separation:.3f}, "
           f"accuracy {held_accuracy:.3f} ({len(held_out)} expressions)")
+    combined = regression(calibration, names)
     print(f"all statistics together (logistic regression fitted on calibration): held-out AUROC "
-          f"{combined_auroc(calibration, held_out, names):.3f}")
+          f"{side_auroc(combined(held_out), [r['absent'] for r in held_out]):.3f}")
+    return flag(calibration, held_out, names, combined)
+
+
+def number(value: float | None) -> str:
+    """A rate as the tables print it ("-" where it is undefined: no flag fired, or one class is missing)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def flag(calibration: list[dict], held_out: list[dict], names: list[str], combined) -> dict:
+    """The no-referent flag at its operating point (`choose_flag`), its rates on both splits, and
+    the regression's at the same false-positive rate for comparison: the calibration record."""
+    candidates = choose_flag(calibration, names)
+    print(f"\nThe flag: at most {MAX_FALSE_POSITIVE_RATE:.0%} of present expressions flagged on calibration\n")
+    print("| statistic | fires when | calibration recall | held-out recall | held-out false positives | held-out precision |")
+    print("| --- " * 6 + "|")
+    for name, c in sorted(candidates.items(), key=lambda item: -item[1]["calibration_recall"]):
+        held = rates([r[name] for r in held_out], [r["absent"] for r in held_out], c["direction"], c["threshold"])
+        print(f"| {name} | {c['direction']} {c['threshold']:.5g} | {c['calibration_recall']:.3f} | {held['recall']:.3f} "
+              f"| {held['false_positive_rate']:.3f} | {number(held['precision'])} |")
+    name = max(candidates, key=lambda n: candidates[n]["calibration_recall"])
+    chosen = candidates[name]
+    splits = {}
+    for split, rows in (("calibration", calibration), ("held_out", held_out)):
+        first = SPLITS["held-out" if split == "held_out" else split]
+        scenes = f"{len({r['scene'] for r in rows})} {split.replace('_', '-')} shape scenes"
+        splits[split] = flag_rates(rows, np.array([r[name] for r in rows]), chosen["direction"], chosen["threshold"],
+                                   scenes) | {"scene_indices": [first, max(r["scene"] for r in rows)]}
+    absent = [r["absent"] for r in calibration]
+    logits = combined(calibration)
+    cut = threshold_at(logits, absent, "above", MAX_FALSE_POSITIVE_RATE)
+    together = {"calibration": rates(logits, absent, "above", cut),
+                "held_out": rates(combined(held_out), [r["absent"] for r in held_out], "above", cut)}
+    clearly = together["calibration"]["recall"] >= chosen["calibration_recall"] + CLEARLY_BETTER
+    held = splits["held_out"]
+    print(f"\nchosen: {name!r}, fires when {chosen['direction']} {chosen['threshold']:.5g}; held-out AUROC "
+          f"{number(held['auroc'])}, recall {number(held['recall'])}, false positives "
+          f"{number(held['false_positive_rate'])}, precision {number(held['precision'])}")
+    for kind, r in held["per_kind"].items():
+        print(f"  {kind}: recall {number(r['recall'])} ({r['absent']} absent), false positives "
+              f"{number(r['false_positive_rate'])} ({r['present']} present), precision {number(r['precision'])}, "
+              f"AUROC {number(r['auroc'])}")
+    print(f"  absent colour+shape recall by what of the pair the scene holds: " + ", ".join(
+        f"{part} {value:.3f}" for part, value in held["absent_colour_shape_recall_by_part"].items()))
+    print(f"all statistics (logistic regression) at the same false-positive rate: calibration recall "
+          f"{together['calibration']['recall']:.3f}, held-out recall {together['held_out']['recall']:.3f}, false "
+          f"positives {together['held_out']['false_positive_rate']:.3f}: "
+          + ("clearly better (a flag on it is not built: consider it)" if clearly else "not clearly better; the single "
+             "statistic is the flag"))
+    return {"statistic": name, "direction": chosen["direction"], "threshold": chosen["threshold"],
+            "max_false_positive_rate": MAX_FALSE_POSITIVE_RATE, **splits, "logistic_regression": together,
+            "candidates": candidates}
 
 
 def load(folder: Path | None):
@@ -235,16 +301,27 @@ def main(argv: list[str] | None = None) -> None:
                         help="a refam-shapes folder (refam train-shapes' output or a snapshot) run in the embedded "
                              "pipeline's settings instead of the embedded weights")
     parser.add_argument("--save", type=Path, default=None, help="also write every expression's statistics (JSON)")
+    parser.add_argument("--write-calibration", action="store_true",
+                        help=f"write the flag as {FILE} beside the model's weights (refam/embedded/refam-shapes/ for "
+                             "the embedded model), where the pipeline reads it")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load(args.model)
     started = time.perf_counter()
     rows = [row for split in SPLITS for row in measure(model, split, args.scenes)]
-    print(f"{len(rows)} expressions in {time.perf_counter() - started:.0f} s "
+    seconds = time.perf_counter() - started
+    print(f"{len(rows)} expressions in {seconds:.0f} s "
           f"({args.model or 'refam-shapes'}, the embedded image pipeline, CPU, {args.threads} thread(s))\n")
     if args.save is not None:
         args.save.write_text(json.dumps(rows, indent=1))
-    report(rows)
+    record = report(rows)
+    if args.write_calibration:
+        folder = args.model or REFAM_SHAPES
+        record |= {"model": str(args.model or "embedded:refam-shapes"), "pipeline": model.pipeline.model_section(),
+                   "command": " ".join(["python bench/no_referent.py", *(sys.argv[1:] if argv is None else argv)]),
+                   "measured": f"{seconds:.0f} s on the CPU, {args.threads} thread(s), torch {torch.__version__}"}
+        (folder / FILE).write_text(json.dumps(record, indent=1) + "\n")
+        print(f"\nwrote {folder / FILE}")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,15 @@ from refam.aggregators.magnets import PAPER_MAGNETS
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
 from refam.embedded import EMBEDDED_PREFIX, FOLDER as EMBEDDED_FOLDER, resolve_embedded
 from refam.embedded.palette import COLOURS, SHAPES, SIZES
+from refam.referent.calibration import calibration_for
 from refam.text.tokens import WORD_START_MARKER
 
 SUPERVISED = ("supervised: besides the flow-matching loss, a grounding loss pulled the expression attention onto "
               "the referred shape while it trained, so its maps are taught, not emergent as a pretrained "
               "DiT's are (docs/refam-shapes.md)")
 ZERO_SHOT = "zero-shot: the DiT was not trained to ground expressions; REFAM reads its attention as it is"
+NO_FLAG = ("none: no calibration (no_referent.json) beside its weights, so no prediction is flagged as naming nothing "
+           "(no_referent is None)")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class ModelCard:
     shapes: list[str] = field(default_factory=list)
     sizes: list[str] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
+    # the no-referent flag (`refam.referent.calibration`): its statistic, threshold and measured rates, or NO_FLAG
+    no_referent: str = NO_FLAG
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +70,7 @@ class ModelCard:
             content = [w for w in self.words if w not in PAPER_STOP_WORDS and w not in PAPER_MAGNETS]
             lines.append(f"- words it knows ({len(self.words)} with stop words): {', '.join(content)}; any other word "
                          "is unknown to it")
+        lines.append(f"- no-referent flag: {self.no_referent}")
         if self.card:
             lines.append(f"- card: {self.card}")
         return "\n".join(lines)
@@ -136,7 +142,9 @@ def model_card(pipeline) -> ModelCard:
     """The card of a `RefAMPipeline` (loaded or not: a loaded one answers from memory)."""
     extractor = pipeline.extractor
     pretrained = getattr(extractor, "pretrained", None)
-    base = {"extractor": _class_name(extractor), "segmenter": _class_name(pipeline.segmenter)}
+    calibration = calibration_for(extractor)
+    base = {"extractor": _class_name(extractor), "segmenter": _class_name(pipeline.segmenter),
+            "no_referent": calibration.describe() if calibration is not None else NO_FLAG}
     if getattr(extractor, "given_pipeline", False) or not isinstance(pretrained, str):
         pipe = getattr(extractor, "pipe", None)
         return ModelCard(name=type(pipe).__name__ if pipe is not None else type(extractor).__name__,

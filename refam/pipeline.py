@@ -28,6 +28,8 @@ from refam.identity import weights_identity
 from refam.prompts.corrections import joined
 from refam.prompts.keyframe import key_frames
 from refam.prompts.point import argmax_points, upsample
+from refam.referent.calibration import NoReferentCalibration, calibration_for
+from refam.referent.statistics import expression_statistics
 from refam.segmenters.base import Segmenter, points_refused
 from refam.segmenters.video_base import VideoSegmenter
 from refam.settings import TEXT_CONDITIONS, Settings  # noqa: F401 (TEXT_CONDITIONS re-exported)
@@ -113,6 +115,8 @@ class RefAMPipeline:
                                  aggregator=aggregator if aggregator is not None else SoftmaxMeanAggregator(),
                                  spatial_bias=spatial_bias, text_condition=text_condition, key_frame=key_frame)
         self.map_cache = MapCache(map_cache) if map_cache else None
+        # the no-referent flag beside the weights (`refam.referent.calibration`), read by `setup`
+        self.no_referent: NoReferentCalibration | None = None
 
     # the default settings, read as the constructor's arguments (set them with `with_settings`)
     magnets = property(lambda self: self.settings.magnets)
@@ -152,7 +156,9 @@ class RefAMPipeline:
 
     def setup(self, device: torch.device | str) -> None:
         """Load the weights onto `device`; an error names the component it came from."""
-        for name in ("segmenter", "extractor"):  # the light one first: its errors come before the DiT's progress bars
+        # the calibration beside the weights, then the light component: their errors come before the DiT's progress bars
+        self.no_referent = calibration_for(self.extractor)
+        for name in ("segmenter", "extractor"):
             with self._calling(name):
                 getattr(self, name).setup(torch.device(device))
 
@@ -266,6 +272,8 @@ class RefAMPipeline:
         image, heatmaps = np.array(sample.image.convert("RGB")), upsample(aggregation.heatmaps, height, width)
         with self._calling("segmenter"):
             masks = self.segmenter.segment(image, points.numpy(), heatmaps)
+        flag = self._flag_applies(sample, settings)
+        statistics = [expression_statistics(maps, aggregation, k, masks[k]) for k in range(len(runnable))] if flag else []
         prompts = [joined(points[k].tolist(), user.get(e.expression_id, []), masks[k]) for k, e in enumerate(runnable)]
         corrected = [k for k, e in enumerate(runnable) if e.expression_id in user]
         if corrected:  # the others keep the masks of their point alone
@@ -279,6 +287,9 @@ class RefAMPipeline:
                 _attach_token_maps(prediction, maps, aggregation, k)
             result.predictions.append(prediction)
         self._warn(result, maps, runnable, settings)
+        for prediction, values in zip(result.predictions, statistics):  # the maps and masks of the model's points
+            if not prediction.warnings:  # an unknown word or no content word: unlike any expression it was measured on
+                self._flag(prediction, values[self.no_referent.statistic])
         return result
 
     @staticmethod
@@ -287,6 +298,18 @@ class RefAMPipeline:
         for prediction, tokens, expression in zip(result.predictions, maps.tokens, runnable):
             selected = settings.magnets.select(tokens, expression.text)
             prediction.warnings = expression_warnings(expression.text, tokens, selected)
+
+    def _flag_applies(self, sample: Sample, settings: Settings) -> bool:
+        """Whether this call is what the model's no-referent flag was measured on (its settings, no caption)."""
+        caption = sample.caption if settings.text_condition == "caption" else ""
+        return self.no_referent is not None and self.no_referent.applies(self.model_section(settings), caption)
+
+    def _flag(self, prediction: Prediction, value: float) -> None:
+        """The no-referent flag on one prediction, and its warning when it fires."""
+        prediction.referent_statistic = value
+        prediction.no_referent = self.no_referent.fires(value)
+        if prediction.no_referent:
+            prediction.warnings.append(self.no_referent.warning(value))
 
     # ------------------------------------------------------------ videos
     @property

@@ -133,6 +133,16 @@ class Prediction:
     # the points that prompted the segmenter, in order: the model's (`point`, unless a user's negative
     # point dropped it) and the user's (`refam.prompts.corrections`)
     points: list[Point] = field(default_factory=list)
+    # the no-referent flag (`refam.referent`): True when the model's calibrated statistic says the
+    # expression may name nothing in the image (a warning then says so, with the flag's measured
+    # rates); None where the model has no calibration, or the call is not what it was measured on
+    # (other settings, a caption, a video)
+    no_referent: bool | None = None
+    referent_statistic: float | None = None  # the calibrated statistic's value, where it was computed
+
+    def referent_record(self) -> dict:
+        """The flag as `refam predict`'s JSON (and `refam serve`'s run entries) hold it."""
+        return {"no_referent": self.no_referent, "referent_statistic": self.referent_statistic}
 
 
 @dataclass

@@ -71,6 +71,19 @@ def test_replayed_result_holds_the_masks_a_fresh_run_hands_the_writers():
     assert np.array_equal(video.predictions[0].mask, _mask(0))  # the prompted frame's
 
 
+def test_a_replayed_prediction_keeps_its_warnings_and_no_referent_flag():
+    """`refam test` replays what a fresh run hands its writers: the no-referent flag, the value it read
+    and the warning it added come back; a prediction without a flag comes back without one."""
+    flagged = Prediction("e0", _mask(0), (1.5, 2.25), None, warnings=["may name nothing in the image: ..."],
+                         no_referent=True, referent_statistic=0.28)
+    plain = Prediction("e1", _mask(1), (1.5, 2.25), None)
+    record = SampleRecord("s1", video=False, expressions=[ExpressionRecord.of(flagged, mask=Rle.encode(flagged.mask)),
+                                                          ExpressionRecord.of(plain, mask=Rle.encode(plain.mask))])
+    back = SampleRecord.loads(record.dumps()).result().predictions
+    assert [(p.no_referent, p.referent_statistic, p.warnings) for p in back] == [
+        (True, 0.28, ["may name nothing in the image: ..."]), (None, None, [])]
+
+
 def _edit(change):
     def edited(data: dict) -> dict:
         change(data)
@@ -100,6 +113,7 @@ MALFORMED = {
     "iou a string": _set(["expressions", 0, "iou"], "0.5"),
     "intersection a float": _set(["expressions", 0, "intersection"], 5.5),
     "point_hit a number": _set(["expressions", 0, "point_hit"], 1),
+    "no_referent a string": _set(["expressions", 0, "no_referent"], "yes"),
     "point of three": _set(["expressions", 0, "point"], [1.0, 2.0, 3.0]),
     "expressions an object": _set(["expressions"], {"e0": 1}),
     "expression a list": _set(["expressions", 0], [1, 2]),

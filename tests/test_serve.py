@@ -116,6 +116,29 @@ def test_an_expressions_warnings_show_on_its_card_and_in_the_run_json(session):
     assert "refam-warnings" not in square
 
 
+def test_the_no_referent_flag_shows_as_a_caution_on_its_card_and_in_the_run_json(session, tmp_path):
+    """On a held-out scene of a red triangle and a blue circle, "the black shape" is flagged as the
+    API flags it: its card carries the caution and the flag's warning, the run's record says
+    no_referent true; the present "the blue circle" says nothing."""
+    from refam.shapes.varied import make_varied_scene
+
+    scene = tmp_path / "held-out-20007.png"
+    make_varied_scene("test", 20007).image.save(scene)
+    texts = ["the blue circle", "the black shape"]
+    shown = page(session, str(scene), "\n".join(texts))
+    expected = session.model.segment(str(scene), texts)
+    assert [p.no_referent for p in expected] == [False, True]
+    record = json.loads(Path(shown["downloads"][-1]).read_text())
+    assert [e["no_referent"] for e in record["run"]["expressions"]] == [False, True]
+    circle, black = shown["results"].split('<section class="refam-card"')[1:]
+    assert "refam-no-referent" not in circle and "refam-warnings" not in circle
+    caution = re.search(r'<p class="refam-no-referent" role="note">(.*?)</p>', black).group(1)
+    assert "may name nothing in the image" in html.unescape(caution)
+    notes = re.findall(r'<ul class="refam-warnings"><li>(.*?)</li></ul>', black)
+    assert [html.unescape(n) for n in notes] == expected[1].warnings
+    assert html.unescape(notes[0]).startswith("may name nothing in the image: the most attention any of its words")
+
+
 def test_magnets_off_changes_the_kept_tokens_without_reloading_the_model(session):
     extractor, transformer = session.model.pipeline.extractor, session.model.pipeline.extractor.pipe.transformer
     on = page(session, SCENE, "the black square", CAPTION)

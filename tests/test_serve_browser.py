@@ -3,7 +3,7 @@
 shows against the API: a card per expression with no inner scroll, a token's map over the image at a
 click, the mask outlined so the object keeps its colour, every control rerunning with the shown
 result's settings beside it, a pinned result compared side by side, and errors as one styled line
-that leaves the last result; a click on a mask correcting it (undo taking it back); an uploaded video (an animated GIF too) playing with its masks' clip, and
+that leaves the last result; an expression naming nothing in the scene flagged as a caution; a click on a mask correcting it (undo taking it back); an uploaded video (an animated GIF too) playing with its masks' clip, and
 a downloaded run given back as `--config`. REFAM_SERVE_SCREENSHOT=docs/serve.png also saves the page as the README
 shows it."""
 
@@ -365,6 +365,36 @@ def test_an_error_is_one_styled_line_in_the_pages_words_and_the_last_result_stay
     assert page.status() == "cannot read broken.png as an image: give a PNG, JPEG or another common format"
     assert "/tmp" not in page.one("#refam-status").get_attribute("innerHTML")
     assert page.expressions() == ["the black square"]
+
+
+def test_an_expression_naming_nothing_in_the_scene_shows_the_flag_as_a_caution(server, browser, model, tmp_path):
+    """A held-out scene of a red triangle and a blue circle: "the black shape" is flagged as the API
+    flags it, its card shows the caution in amber (not the error's red) with the flag's warning and
+    measured rates; the present "the blue circle" shows none."""
+    from refam.shapes.varied import make_varied_scene
+
+    scene = tmp_path / "held-out-20007.png"
+    make_varied_scene("test", 20007).image.save(scene)
+    texts = ["the blue circle", "the black shape"]
+    expected = model.segment(scene, texts)
+    assert [p.no_referent for p in expected] == [False, True]
+    page = Page(browser, server)
+    page.upload(scene)
+    page.type_expressions("\n".join(texts))
+    page.segment(texts)
+    circle, black = page.all(".refam-card")
+    assert not circle.find_elements(page.by.CSS_SELECTOR, ".refam-no-referent, .refam-warnings")
+    [caution] = black.find_elements(page.by.CSS_SELECTOR, ".refam-no-referent")
+    assert caution.is_displayed() and caution.text.startswith("no referent? this expression may name nothing")
+    warnings = [w.text for w in black.find_elements(page.by.CSS_SELECTOR, ".refam-warnings li")]
+    assert warnings == expected[1].warnings and "of expressions naming an absent object" in warnings[0]
+    style = page.js("""const s = getComputedStyle(arguments[0]);
+        return {background: s.backgroundColor, colour: s.color, border: s.borderLeftColor, width: s.borderLeftWidth,
+                role: arguments[0].getAttribute('role')};""", caution)
+    assert style == {"background": "rgb(255, 244, 214)", "colour": "rgb(122, 75, 0)", "border": "rgb(232, 164, 0)",
+                     "width": "5px", "role": "note"}  # amber, a note: not the error's red alert
+    top = page.js("return arguments[0].getBoundingClientRect().top", caution)
+    assert top < page.js("return arguments[0].querySelector('.refam-pictures').getBoundingClientRect().top", black)
 
 
 def test_a_negative_click_and_a_positive_click_move_the_mask_and_undo_restores_it(server, browser, model):

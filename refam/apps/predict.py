@@ -7,14 +7,14 @@
     refam predict --video clip.mp4 --expression "the dog" --output out/    # or a folder of frames
     refam predict --image photo.jpg --expression "the dog" --negative-point 80,40 --point 210,95 --output out/
 
-Per image and expression, into `OUT/<name>/`: `<k>-<expression>_mask.png` (0/255),
-`_overlay.png` (image, mask tinted and outlined, the argmax point as a star), `_heatmap.png` (the
-heatmap over the image, star marked, with a colour bar) and `.json` (point, the points that made the
-mask, kept and dropped tokens, global attention sinks, `warnings`: what the answer cannot rest on,
-e.g. words the model does not know; each also printed on a line of its own); the pictures of an image
+Per image and expression, into `OUT/<name>/`: `<k>-<expression>_mask.png` (0/255), `_overlay.png`
+(image, mask tinted and outlined, the argmax point as a star), `_heatmap.png` (the heatmap over the
+image, star marked, with a colour bar) and `.json` (point, the points that made the mask, kept and
+dropped tokens, global attention sinks, `warnings`: what the answer cannot rest on, e.g. words the
+model does not know, each also printed on a line; `no_referent`: the model's no-referent flag, true
+with a warning giving its measured rates, null where it has none for the call); pictures of an image
 under 512 px are enlarged by a whole factor. `--point X,Y` / `--negative-point X,Y` correct one
-expression's mask on one image (`refam.apps.point_options`); the `.json`'s user "points" give the
-same mask again.
+expression's mask on one image (`refam.apps.point_options`); the `.json`'s user "points" give it again.
 Without --config or --model the embedded refam-shapes pipeline runs.
 
 A video (a file OpenCV reads, or a folder of frames) gives `OUT/<name>/<k>-<expression>/<frame>.png`
@@ -184,7 +184,7 @@ def track_video(model, video: Path, texts: list[str], caption: str, folder: Path
                       "point": [round(v, 2) for v in prediction.point],
                       "points": [p.to_record() for p in prediction.points], "kept_tokens": prediction.kept_tokens,
                       "dropped_tokens": prediction.dropped_tokens, "warnings": prediction.warnings,
-                      "files": video_files(stems[k])}
+                      **prediction.referent_record(), "files": video_files(stems[k])}
             save_json(record, paths_k["record"])
             written[k] = Written(record, paths_k)
         order = sorted(written)
@@ -231,7 +231,7 @@ def write_video_predictions(model, video: Path, texts: list[str], caption: str, 
                                          "mask_pixels": int(prediction.mask.sum())})
             if index == 0:
                 records[k].update(kept_tokens=prediction.kept_tokens, dropped_tokens=prediction.dropped_tokens,
-                                  warnings=prediction.warnings)
+                                  warnings=prediction.warnings, **prediction.referent_record())
                 key_frames.append((frame, prediction))
         frames = index + 1
     written = []
@@ -306,7 +306,7 @@ def write_prediction(folder: Path, index: int, text: str, image, prediction) -> 
         "dropped_tokens": prediction.dropped_tokens,
         "sinks": [{"token": t, "category": c} for t, c in zip(prediction.sinks, prediction.sink_categories)],
         "mask_pixels": int(prediction.mask.sum()),
-        "warnings": prediction.warnings,
+        "warnings": prediction.warnings, **prediction.referent_record(),
         "files": files,
     }
     paths = {kind: folder / file for kind, file in files.items()} | {"record": folder / f"{stem}.json"}

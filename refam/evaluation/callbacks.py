@@ -68,6 +68,7 @@ class ExpressionRecords(L.Callback):
                         "dropped_tokens": p.dropped_tokens,
                         "sinks": [{"token": t, "category": c} for t, c in zip(p.sinks, p.sink_categories)],
                         "warnings": p.warnings,
+                        "no_referent": p.no_referent,
                     }
                     file.write(json.dumps(record, ensure_ascii=False) + "\n")
             file.flush()  # a run stopped midway keeps what it computed

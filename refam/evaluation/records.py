@@ -86,6 +86,8 @@ class ExpressionRecord:
     sinks: list[str] = field(default_factory=list)
     sink_categories: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # `Prediction.warnings`: what the answer cannot rest on
+    no_referent: bool | None = None  # `Prediction.no_referent`: the model's no-referent flag, where it has one
+    referent_statistic: float | None = None
     frame: int | None = None
     intersection: int | None = None
     union: int | None = None
@@ -105,7 +107,8 @@ class ExpressionRecord:
             point=(float(prediction.point[0]), float(prediction.point[1])),
             kept_tokens=list(prediction.kept_tokens), dropped_tokens=list(prediction.dropped_tokens),
             sinks=list(prediction.sinks), sink_categories=list(prediction.sink_categories),
-            warnings=list(prediction.warnings), frame=prediction.frame, **fields,
+            warnings=list(prediction.warnings), no_referent=prediction.no_referent,
+            referent_statistic=prediction.referent_statistic, frame=prediction.frame, **fields,
         )
 
     def prediction(self) -> Prediction:
@@ -118,7 +121,8 @@ class ExpressionRecord:
             expression_id=self.expression_id, mask=None if mask is None else mask.decode(), point=tuple(self.point),
             heatmap=None, kept_tokens=list(self.kept_tokens), dropped_tokens=list(self.dropped_tokens),
             sinks=list(self.sinks), sink_categories=list(self.sink_categories), iou=self.iou,
-            point_hit=self.point_hit, frame=self.frame, warnings=list(self.warnings),
+            point_hit=self.point_hit, frame=self.frame, warnings=list(self.warnings), no_referent=self.no_referent,
+            referent_statistic=self.referent_statistic,
         )
 
 

@@ -59,11 +59,13 @@ def token_states(prediction) -> list[str]:
 
 
 def notes_html(entry: dict) -> str:
-    """What the pipeline says about the expression beside its answer: its warnings (a list of lines)
-    and whether no referent was found; nothing when the entry carries neither."""
+    """What the pipeline says about the expression beside its answer: whether the model's no-referent
+    flag fired (a caution; its warning, among the others, gives the flag's measured rates) and its
+    warnings (a list of lines); nothing when the entry carries neither."""
     notes = ""
     if entry.get("no_referent"):
-        notes += '<p class="refam-no-referent">no referent: the expression may name nothing in the image</p>'
+        notes += ('<p class="refam-no-referent" role="note"><b>no referent?</b> this expression may name nothing in '
+                  "the image: the model's no-referent flag fired (how often it is right: the warning below)</p>")
     if entry.get("warnings"):
         notes += '<ul class="refam-warnings">' + "".join(f"<li>{escape(str(w))}</li>" for w in entry["warnings"]) + "</ul>"
     return notes

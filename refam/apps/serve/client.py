@@ -51,6 +51,7 @@ RESULTS_CSS = """
 .refam-warnings, .refam-no-referent { margin: 0 0 8px; padding: 4px 10px; border-radius: 6px; background: #fff4d6;
   color: #7a4b00; font-size: 13px; }
 .refam-warnings { padding-left: 26px; }
+.refam-no-referent { border-left: 5px solid #e8a400; }
 """
 
 RESULTS_JS = """
