@@ -2,16 +2,18 @@
 Ref-DAVIS17 layout) through the default video pipeline (refam-shapes-video, the key frame's point,
 the weightless tracker), scored per expression with J and F over every frame.
 
-The correct code stays far above four classic video bugs, each injected alone: the frames reversed
-in time before the DiT, the frame-to-latent mapping off by one latent frame, the point applied to a
-frame of another window than the one it was read on, and tracking only forward from a middle key
-frame. Scored per expression (not with the unsupervised protocol's matching, which forgives two
-twins swapped), so a model that confuses the twins loses here.
+The correct code stays far above four classic video bugs, each injected alone, each scored where it
+does its harm: the frames reversed in time before the DiT, the frame-to-latent mapping off by one
+latent frame and the point applied to a frame of another window than the one it was read on, on
+the expressions whose referent moves (a still referent is where it was in every frame); tracking
+only forward from a middle key frame, on the frames before the key frame. Scored per expression
+(not with the unsupervised protocol's matching, which forgives two twins swapped), so a model that
+confuses the twins loses here.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +31,16 @@ from refam.shapes.video_model import CLIP_FRAMES
 
 pytestmark = pytest.mark.slow
 DEMO = Path(__file__).resolve().parents[2] / "assets" / "shapes-video-demo"
-FLOOR = 70.0  # issue K's target for the demo; the shipped model is far under it (below)
-MARGIN = 5.0  # what each injected bug costs at least (measured: 7.8, 7.8 and 9.7 points)
-# Measured with the shipped refam-shapes-video (2026-12-07): per-expression J&F 36.0 on the demo;
-# frames reversed 28.2, frame-to-latent off by one 37.7, key frame from another window 28.2, forward
-# only from a confident (middle) key frame 27.4 against 37.1 both ways. The model grounds looks
-# weakly and motion not at all (twins at chance), so the floor and the off-by-one bug, which needs a
-# model whose latent frames differ in what they ground, are expected failures until a stronger model
-# ships (issue K stays open); strict, so they turn into failures to fix the moment one passes.
+FLOOR = 70.0  # issue K's target for the demo, asked here of the per-expression J&F (stricter than its protocol's)
+MARGIN = 5.0  # what each injected bug costs at least
+# Measured with the shipped refam-shapes-video (2026-12-07, session 11): per-expression J&F 66.0 on
+# the demo (its unsupervised protocol: 71.6). On the 56 expressions whose referent moves at least
+# its own diameter: correct 73.0; frames reversed 22.2; frame-to-latent off by one latent frame
+# 50.5; the point applied to the next window's first frame 20.1. Over the frames before a
+# confident key frame: both ways 63.4, forward only 53.6. The floor and the twins test are strict
+# expected failures until a model reaches them (issue K stays open); strict, so they turn into
+# failures to fix the moment one passes. (The previous model, per expression over all 148: correct
+# 36.0, reversed 28.2, off by one 37.7, other window 28.2; forward only 27.4 against 37.1.)
 WEAK_MODEL = pytest.mark.xfail(strict=True, reason="refam-shapes-video is too weak for issue K's targets (see above)")
 
 
@@ -50,50 +54,91 @@ def demo():
     return RefDAVIS17(str(DEMO), split="valid")
 
 
-def per_expression_jf(pipeline, dataset, settings=None) -> float:
-    """Mean over the demo's expressions of (J + F) / 2, each averaged over every frame (%)."""
-    values = []
+@dataclass
+class Scored:
+    """One expression's run: (J, F) on every frame, its key frame, and whether its referent moves at
+    least its own diameter between the first and last frames (read off the ground truth)."""
+
+    frames: list[tuple[float, float]]
+    key_frame: int
+    moves: bool
+
+
+def run_demo(pipeline, dataset, settings=None) -> list[Scored]:
+    runs = []
     for index in range(len(dataset)):
         video = dataset[index]
         scores: dict[str, list[tuple[float, float]]] = {e.expression_id: [] for e in video.expressions}
+        truths: dict[str, list[np.ndarray]] = {e.expression_id: [] for e in video.expressions}
 
-        def score(expression, t, mask, video=video, scores=scores):
+        def score(expression, t, mask, video=video):
             truth = video.truth.mask(expression, t)
             scores[expression.expression_id].append((region_similarity(mask, truth), contour_accuracy(mask, truth)))
+            truths[expression.expression_id].append(truth)
 
-        pipeline.segment_video(video, on_mask=score, settings=settings)
+        result = pipeline.segment_video(video, on_mask=score, settings=settings)
+        key_frames = {p.expression_id: p.frame for p in result.predictions}
         for expression in video.expressions:
             frames = scores[expression.expression_id]
             assert len(frames) == len(video.frames)  # every frame scored once
-            values.append(50.0 * sum(np.mean(frames, axis=0)))
-    print(f"per-expression J&F {np.mean(values):.1f} over {len(values)} expressions")
+            runs.append(Scored(frames, key_frames[expression.expression_id], moves(truths[expression.expression_id])))
+    return runs
+
+
+def moves(truth: list[np.ndarray]) -> bool:
+    """The referent's centre travels at least its own (equivalent) diameter over the clip."""
+    present = [m for m in truth if m.any()]
+    if len(present) < 2:
+        return False
+    first, last = (np.argwhere(m).mean(0) for m in (present[0], present[-1]))
+    return float(np.linalg.norm(last - first)) >= 2.0 * np.sqrt(present[0].sum() / np.pi)
+
+
+def jf(runs: list[Scored], frames=lambda run: range(len(run.frames))) -> float:
+    """Mean over `runs` of (J + F) / 2 over the `frames` of each that has any (%)."""
+    values = [50.0 * sum(np.mean([run.frames[t] for t in chosen], axis=0))
+              for run in runs if (chosen := list(frames(run)))]
     return float(np.mean(values))
+
+
+def moving(runs: list[Scored]) -> float:
+    """J&F of the expressions whose referent moves: where reading the wrong frame costs."""
+    return jf([run for run in runs if run.moves])
+
+
+def before_key_frame(runs: list[Scored]) -> float:
+    """J&F over the frames before each expression's key frame: what backward tracking makes."""
+    return jf(runs, lambda run: range(run.key_frame))
 
 
 @pytest.fixture(scope="module")
 def correct(pipeline, demo):
-    return per_expression_jf(pipeline, demo)
+    runs = run_demo(pipeline, demo)
+    print(f"correct: per-expression J&F {jf(runs):.1f}, moving referents {moving(runs):.1f} "
+          f"({sum(r.moves for r in runs)} of {len(runs)})")
+    return runs
 
 
 @WEAK_MODEL
 def test_correct_code_clears_the_floor(correct):
-    assert correct >= FLOOR, f"per-expression J&F {correct:.1f} under the floor {FLOOR}"
+    assert jf(correct) >= FLOOR, f"per-expression J&F {jf(correct):.1f} under the floor {FLOOR}"
 
 
 def test_frames_reversed_in_time(pipeline, demo, correct, monkeypatch):
     original = video_template.as_frames
     monkeypatch.setattr(video_template, "as_frames", lambda frames: list(original(frames))[::-1])
-    bugged = per_expression_jf(pipeline, demo)
-    assert bugged <= correct - MARGIN, (bugged, correct)
+    bugged = moving(run_demo(pipeline, demo))
+    print(f"moving referents: bugged {bugged:.1f}, correct {moving(correct):.1f}")
+    assert bugged <= moving(correct) - MARGIN, (bugged, moving(correct))
 
 
-@WEAK_MODEL
 def test_frame_to_latent_off_by_one(pipeline, demo, correct, monkeypatch):
     original = video_template.latent_frames
     monkeypatch.setattr(video_template, "latent_frames",
                         lambda clips: [min(latent + 1, max(original(clips))) for latent in original(clips)])
-    bugged = per_expression_jf(pipeline, demo)
-    assert bugged <= correct - MARGIN, (bugged, correct)
+    bugged = moving(run_demo(pipeline, demo))
+    print(f"moving referents: bugged {bugged:.1f}, correct {moving(correct):.1f}")
+    assert bugged <= moving(correct) - MARGIN, (bugged, moving(correct))
 
 
 def test_key_frame_from_another_window(pipeline, demo, correct, monkeypatch):
@@ -104,15 +149,16 @@ def test_key_frame_from_another_window(pipeline, demo, correct, monkeypatch):
         return original(self, video, min(frame + CLIP_FRAMES, len(video.frames) - 1), point)
 
     monkeypatch.setattr(pipeline_module.RefAMPipeline, "_track", elsewhere)
-    bugged = per_expression_jf(pipeline, demo)
-    assert bugged <= correct - MARGIN, (bugged, correct)
+    bugged = moving(run_demo(pipeline, demo))
+    print(f"moving referents: bugged {bugged:.1f}, correct {moving(correct):.1f}")
+    assert bugged <= moving(correct) - MARGIN, (bugged, moving(correct))
 
 
 def test_tracking_only_forward_from_a_middle_key_frame(pipeline, demo, monkeypatch):
     """With the key frame in the middle ("confident" picks the latent frame whose heatmap peaks),
     frames before it must be tracked backward."""
     settings = replace(pipeline.settings, key_frame="confident")
-    both_ways = per_expression_jf(pipeline, demo, settings)
+    both_ways = before_key_frame(run_demo(pipeline, demo, settings))
     original = FloodTrackSegmenter.track
 
     def forward_only(self, frames, frame_index, point):
@@ -120,7 +166,8 @@ def test_tracking_only_forward_from_a_middle_key_frame(pipeline, demo, monkeypat
             yield index, mask if index >= frame_index else np.zeros_like(mask)
 
     monkeypatch.setattr(FloodTrackSegmenter, "track", forward_only)
-    bugged = per_expression_jf(pipeline, demo, settings)
+    bugged = before_key_frame(run_demo(pipeline, demo, settings))
+    print(f"frames before the key frame: forward only {bugged:.1f}, both ways {both_ways:.1f}")
     assert bugged <= both_ways - MARGIN, (bugged, both_ways)
 
 
