@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from refam.extractors.video import latent_frames, plan_clips
+from refam.extractors.video import frame_to_latent, plan_clips
 from refam.shapes.grounding import BatchCapture, GroundingTerm
 from refam.shapes.motion import MotionClip, make_motion_clip
 from refam.shapes.train import AutoencoderStage, SavePipelineEvery, _trainer, loss_curve
@@ -126,10 +126,10 @@ class ColourReadoutStage(AutoencoderStage):
 
 
 def latent_frame_means(pixels: torch.Tensor) -> torch.Tensor:
-    """[B, 3, 1 + TEMPORAL k, H, W] -> [B, 3, 1 + k, H, W]: the mean of the frames each causal latent
-    frame holds (frame 0 alone, then each run of TEMPORAL)."""
-    rest = pixels[:, :, 1:].unflatten(2, (-1, TEMPORAL)).mean(3)
-    return torch.cat([pixels[:, :, :1], rest], dim=2)
+    """[B, 3, F, H, W] -> [B, 3, F_lat, H, W]: the mean of the frames each latent frame holds, by the
+    extractor's own frame-to-latent mapping (Mochi's causal one: frame 0 alone, then runs of TEMPORAL)."""
+    latent = torch.tensor(frame_to_latent(pixels.shape[2], pixels.shape[2], "first", TEMPORAL))
+    return torch.stack([pixels[:, :, latent == k].mean(2) for k in range(int(latent.max()) + 1)], dim=2)
 
 
 class LatentClips(Dataset):
