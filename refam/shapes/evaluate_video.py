@@ -41,7 +41,8 @@ def video_extractor(model: str, **settings) -> MochiExtractor:
 def key_point_accuracy(model: str, indices: Iterable[int], split: str = "test",
                        extractor: MochiExtractor | None = None) -> dict[str, float]:
     """Point accuracy (%) on the first frame, over every expression of clips `indices` of `split`,
-    for looks ("the red circle"), motion (every kind that needs it) and all."""
+    for looks ("the red circle"), motion (every kind that needs it), twins (a direction expression
+    whose referent has an identical twin: only motion tells them apart) and all."""
     extractor = extractor or video_extractor(model)
     magnets, aggregator = AppendMagnets(PAPER_MAGNETS, filter_stop_words=True), SoftmaxMeanAggregator()
     hits: dict[str, list[bool]] = defaultdict(list)
@@ -60,6 +61,8 @@ def key_point_accuracy(model: str, indices: Iterable[int], split: str = "test",
             mask = frames[0].masks[referral.target]
             hit = bool(mask[min(int(y), clip.height - 1), min(int(x), clip.width - 1)])
             hits["looks" if referral.kind in LOOKS else "motion"].append(hit)
+            if referral.kind == "motion" and twin_of(clip, referral.target):
+                hits["twins"].append(hit)
             hits["all"].append(hit)
     return {kind: round(100.0 * sum(v) / len(v), 1) for kind, v in sorted(hits.items()) if v}
 

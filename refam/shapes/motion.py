@@ -206,14 +206,16 @@ def motion_referrals(objects: list[Mover]) -> list[Referral]:
 
 
 def make_motion_clip(split: str, index: int, width: int | None = None, height: int | None = None,
-                     frames: int | None = None, twins: bool | None = None) -> MotionClip:
+                     frames: int | None = None, twins: bool | None = None, twin_rate: float = TWIN_RATE) -> MotionClip:
     """Clip `index` of `split`; `width`, `height`, `frames` and `twins` override what is drawn.
+    `twin_rate` (the chance of twins where `twins` is None) leaves every other draw of the clip as
+    it is, so a training set drawn with more twins differs only in the clips that gained them.
     Every object gets at least one expression (the draw is repeated, deterministically, until so)."""
     rng = np.random.default_rng([MOTION_SPLIT_SEEDS[split], index])
     drawn_width, drawn_height = image_size(rng, heights=(96, 256))  # 96-256 a side
     width, height = width or drawn_width, height or drawn_height
     frames = frames or int(rng.integers(FRAME_RANGE[0], FRAME_RANGE[1] + 1))
-    with_twins = rng.random() < TWIN_RATE if twins is None else twins
+    with_twins = rng.random() < twin_rate if twins is None else twins
     clip = None
     for _attempt in range(30):
         bg = background(rng)

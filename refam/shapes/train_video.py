@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from refam.extractors.video import frame_to_latent, plan_clips
 from refam.shapes.grounding import BatchCapture, GroundingTerm
-from refam.shapes.motion import MotionClip, make_motion_clip
+from refam.shapes.motion import TWIN_RATE, MotionClip, make_motion_clip
 from refam.shapes.train import AutoencoderStage, SavePipelineEvery, _trainer, loss_curve
 from refam.shapes.video_model import (CLIP_FRAMES, FRAME, TEMPORAL, VideoModelConfig, build_video_components,
                                       fixed_rope_mask)
@@ -144,10 +144,11 @@ class LatentClips(Dataset):
 
 
 @torch.no_grad()
-def encode_clips(vae, count: int, batch: int = 8) -> tuple[torch.Tensor, list[MotionClip], list[torch.Tensor]]:
+def encode_clips(vae, count: int, batch: int = 8, twin_rate: float = TWIN_RATE
+                 ) -> tuple[torch.Tensor, list[MotionClip], list[torch.Tensor]]:
     clips, latents, cover = [], [], []
     for start in range(0, count, batch):
-        chunk = [make_motion_clip("train", i) for i in range(start, min(count, start + batch))]
+        chunk = [make_motion_clip("train", i, twin_rate=twin_rate) for i in range(start, min(count, start + batch))]
         targets = [clip_targets(clip) for clip in chunk]
         pixels = torch.stack([p for p, _ in targets])
         latents.append(vae.encode(pixels).latent_dist.mode().half())
@@ -169,16 +170,33 @@ def training_caption(clip: MotionClip, rng: np.random.Generator) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+WARMUP_STEPS = 200
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, schedule: str, total_steps: int, floor: float = 0.1) -> float:
+    """The learning rate's multiplier at `step`: a linear warm-up over WARMUP_STEPS, then constant,
+    or ("cosine") a half cosine from 1 down to `floor` at `total_steps`: a resumed run that ends
+    on a low rate settles where a constant one keeps jumping."""
+    warm = min(1.0, (step + 1) / WARMUP_STEPS)
+    if schedule == "constant" or step < WARMUP_STEPS:
+        return warm
+    progress = min(1.0, (step - WARMUP_STEPS) / max(1, total_steps - WARMUP_STEPS))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + float(np.cos(np.pi * progress)))
+
+
 class VideoFlowStage(L.LightningModule):
     def __init__(self, pipe, data: LatentClips, lr: float, caption_tokens: int, empty_caption_rate: float, seed: int,
                  ground_weight: float, ground_share: float, ground_sigma: tuple[float, float] = (0.0, 0.2),
-                 t_mean: float = 0.0, rope_mask: torch.Tensor | None = None) -> None:
+                 t_mean: float = 0.0, rope_mask: torch.Tensor | None = None, lr_schedule: str = "constant",
+                 total_steps: int = 0) -> None:
         super().__init__()
         from refam.extractors.branch import install
         from refam.extractors.mochi import MochiBranchProcessor
 
         self.pipe, self.transformer, self.t5 = pipe, pipe.transformer, pipe.text_encoder
         self.data, self.lr, self.caption_tokens = data, lr, caption_tokens
+        self.lr_schedule, self.total_steps = lr_schedule, total_steps
         self.empty_caption_rate, self.t_mean = empty_caption_rate, t_mean
         self.ground_weight, self.ground_share, self.ground_sigma = ground_weight, ground_share, ground_sigma
         self.rng = np.random.default_rng(seed)
@@ -252,8 +270,10 @@ class VideoFlowStage(L.LightningModule):
     def configure_optimizers(self):
         params = list(self.transformer.parameters()) + list(self.t5.parameters())
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 200))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, self.lr_schedule,
+                                                                                        self.total_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
 
 
 class VideoMonitor(L.Callback):
@@ -280,7 +300,8 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
                     ground_weight: float, ground_share: float, clips: int, batch_size: int, vae_steps: int,
                     flow_steps: int, vae_seconds: float, total_seconds: float, vae_log: Path, flow_log: Path,
                     monitored: list | None, previous: dict | None = None, command: str | None = None,
-                    vae_source: dict | None = None, vae_crop: int = 32, vae_colour_weight: float = 1.0) -> dict:
+                    vae_source: dict | None = None, vae_crop: int = 32, vae_colour_weight: float = 1.0,
+                    twin_rate: float = TWIN_RATE, lr_schedule: str = "constant", lr: float | None = None) -> dict:
     """What `training.json` holds: the command, every setting, the curves and the monitor's scores.
     A snapshot of a run stopped for time gets the same record, with the steps it reached."""
     record = {
@@ -289,7 +310,8 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
         "caption_tokens": caption_tokens, "empty_caption_rate": empty_caption_rate,
         "ground_weight": ground_weight, "ground_share": ground_share, "training_clips": clips,
         "batch_size": batch_size, "vae_steps": vae_steps, "vae_crop": vae_crop,
-        "vae_colour_weight": vae_colour_weight, "flow_steps": flow_steps,
+        "vae_colour_weight": vae_colour_weight, "flow_steps": flow_steps, "twin_rate": twin_rate,
+        "lr": lr, "lr_schedule": lr_schedule,
         "vae_seconds": vae_seconds, "total_seconds": total_seconds,
         "machine": "2 CPU cores (refam development machine)",
         "vae_mse_curve": loss_curve(vae_log, "vae/mse"),
@@ -310,7 +332,8 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
           config: VideoModelConfig, lr: float, caption_tokens: int, work_dir: Path, snapshot_every: int = 0,
           resume_from: Path | None = None, ground_weight: float = 1.0, ground_share: float = 0.5,
           monitor_every: int = 0, monitor_clips: int = 40, empty_caption_rate: float = 0.5,
-          vae_from: Path | None = None, vae_crop: int = 32, vae_colour_weight: float = 1.0) -> dict:
+          vae_from: Path | None = None, vae_crop: int = 32, vae_colour_weight: float = 1.0,
+          twin_rate: float = TWIN_RATE, lr_schedule: str = "constant") -> dict:
     """`resume_from`: a snapshot whose pipeline continues training; `vae_from`: a trained pipeline
     whose autoencoder (and latent statistics) a new transformer and T5 train on, stage 1 skipped."""
     from diffusers import MochiPipeline
@@ -324,7 +347,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
         previous = json.loads(record_file.read_text()) if record_file.exists() else {"folder": str(resume_from)}
         vae = pipe.vae.eval().requires_grad_(False)
         vae_seconds, vae_log = 0.0, Path(work_dir) / "no-vae-stage.csv"
-        latents, clip_list, cover = encode_clips(vae, clips)
+        latents, clip_list, cover = encode_clips(vae, clips, twin_rate=twin_rate)
     elif vae_from is not None:
         parts = build_video_components(config, seed)
         parts["vae"] = vae = MochiPipeline.from_pretrained(str(vae_from)).vae.eval().requires_grad_(False)
@@ -332,7 +355,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
         vae_source = {"folder": str(vae_from),
                       "record": json.loads(record_file.read_text()) if record_file.exists() else None}
         vae_seconds, vae_log = 0.0, Path(work_dir) / "no-vae-stage.csv"
-        latents, clip_list, cover = encode_clips(vae, clips)
+        latents, clip_list, cover = encode_clips(vae, clips, twin_rate=twin_rate)
         pipe = MochiPipeline(**parts)
     else:
         parts = build_video_components(config, seed)
@@ -343,7 +366,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
         vae.eval().requires_grad_(False)
         vae_seconds = time.time() - start
         vae_log = Path(vae_trainer.logger.log_dir) / "metrics.csv"
-        latents, clip_list, cover = encode_clips(vae, clips)
+        latents, clip_list, cover = encode_clips(vae, clips, twin_rate=twin_rate)
         flat = latents.float().transpose(0, 1).flatten(1)
         vae.register_to_config(latents_mean=flat.mean(1).tolist(), latents_std=flat.std(1).tolist())
         pipe = MochiPipeline(**parts)
@@ -355,7 +378,8 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
                         generator=torch.Generator().manual_seed(seed))
     stage = VideoFlowStage(pipe, data, lr=lr, caption_tokens=caption_tokens, empty_caption_rate=empty_caption_rate,
                            seed=seed, ground_weight=ground_weight, ground_share=ground_share,
-                           rope_mask=fixed_rope_mask(config.rope_fixed_dims, pipe.transformer.pos_frequencies))
+                           rope_mask=fixed_rope_mask(config.rope_fixed_dims, pipe.transformer.pos_frequencies),
+                           lr_schedule=lr_schedule, total_steps=flow_steps)
     monitor = VideoMonitor(pipe, Path(work_dir) / "monitored", monitor_every, monitor_clips)
     flow_trainer = _trainer(flow_steps, work_dir, "flow", [SavePipelineEvery(pipe, Path(work_dir) / "snapshots", snapshot_every), monitor])
     flow_trainer.fit(stage, loader)
@@ -367,6 +391,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
     record = training_record(config, seed, caption_tokens, empty_caption_rate, ground_weight, ground_share, clips,
                              batch_size, vae_steps, flow_steps, round(vae_seconds, 1), round(time.time() - start, 1),
                              vae_log, Path(flow_trainer.logger.log_dir) / "metrics.csv", monitor.history, previous,
-                             vae_source=vae_source, vae_crop=vae_crop, vae_colour_weight=vae_colour_weight)
+                             vae_source=vae_source, vae_crop=vae_crop, vae_colour_weight=vae_colour_weight,
+                             twin_rate=twin_rate, lr_schedule=lr_schedule, lr=lr)
     (Path(output) / "training.json").write_text(json.dumps(record, indent=1))
     return record

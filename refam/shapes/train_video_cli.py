@@ -12,6 +12,7 @@ import torch
 import refam.shapes.train_video as training
 from refam.embedded import REFAM_SHAPES_VIDEO
 from refam.errors import ArgumentParser, ConfigError, MissingInputError, number, reports_user_errors
+from refam.shapes.motion import TWIN_RATE
 from refam.shapes.train_cli import COUNT, SHARE, add_run_arguments, output_folder, writable
 from refam.shapes.video_model import VideoModelConfig
 
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-from", type=Path, default=None,
                         help="a trained refam-shapes-video folder whose autoencoder to keep (skips stage 1)")
     parser.add_argument("--monitor-clips", type=COUNT, default=30, help="held-out test clips the monitor scores")
+    parser.add_argument("--twin-rate", type=SHARE, default=TWIN_RATE,
+                        help="share of training clips drawn with twins (identical shapes only motion tells apart)")
+    parser.add_argument("--lr-schedule", choices=training.LR_SCHEDULES, default="constant",
+                        help="after the warm-up: constant, or a cosine down to a tenth at the last flow step")
     for name, default in VideoModelConfig().to_dict().items():
         if not isinstance(default, tuple):
             parser.add_argument(f"--{name.replace('_', '-')}", type=COUNT, default=default)
@@ -63,5 +68,5 @@ def main(argv: list[str] | None = None) -> None:
                             args.lr, args.caption_tokens, args.work_dir, args.snapshot_every, args.resume_from,
                             args.ground_weight, args.ground_share, args.monitor_every, args.monitor_clips,
                             args.empty_caption_rate, args.vae_from, args.vae_crop,
-                            args.vae_colour_weight)
+                            args.vae_colour_weight, args.twin_rate, args.lr_schedule)
     print(json.dumps({k: record[k] for k in ("total_seconds", "vae_seconds")}))

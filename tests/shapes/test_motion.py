@@ -100,6 +100,25 @@ def test_twins_differ_only_in_motion():
     assert not any(t == f"the {clip.objects[twin[0]].colour} {clip.objects[twin[0]].shape}" for t in texts)
 
 
+def test_a_higher_twin_rate_changes_only_the_clips_that_gain_twins():
+    """`--twin-rate` draws more twins without reshuffling the rest of the training set: a clip
+    with twins at the default rate keeps them, and a clip without twins at the higher rate is the
+    default's clip, object for object."""
+    from refam.shapes.evaluate_video import twin_of
+
+    def has_twins(clip):
+        return any(twin_of(clip, k) for k in range(len(clip.objects)))
+
+    default = [make_motion_clip("train", i) for i in range(40)]
+    more = [make_motion_clip("train", i, twin_rate=0.7) for i in range(40)]
+    # the default draw is the one the shipped models' records name: its twins stay where they were
+    assert [i for i, clip in enumerate(default) if has_twins(clip)] == [1, 8, 14, 15, 20, 21, 23, 24, 26, 28, 30, 32, 39]
+    assert sum(map(has_twins, more)) >= sum(map(has_twins, default)) + 8
+    for a, b in zip(default, more):
+        assert has_twins(b) or a.objects == b.objects
+        assert not has_twins(a) or has_twins(b)
+
+
 def test_an_ambiguous_object_gets_no_looks_expression():
     """Twins share their looks: every expression naming one of them speaks of its motion."""
     for index in range(10):

@@ -128,3 +128,16 @@ def test_latent_frame_means_follow_the_causal_latent_frames():
     means = latent_frame_means(pixels)
     assert means.shape == (2, 3, 3, 4, 4)
     assert means[0, 0, :, 0, 0].tolist() == [0.0, 3.5, 9.5]  # frame 0 alone, then frames 1-6, 7-12
+
+
+def test_the_cosine_schedule_warms_up_then_falls_to_its_floor_at_the_last_step():
+    from refam.shapes.train_video import WARMUP_STEPS, lr_factor
+
+    steps = range(0, 3000, 7)
+    cosine = [lr_factor(s, "cosine", 3000) for s in steps]
+    assert lr_factor(0, "cosine", 3000) == lr_factor(0, "constant", 3000) < 0.01
+    assert lr_factor(WARMUP_STEPS, "cosine", 3000) == 1.0 and lr_factor(2999, "cosine", 3000) == pytest.approx(0.1, abs=1e-3)
+    after = [f for s, f in zip(steps, cosine) if s >= WARMUP_STEPS]
+    assert all(a >= b for a, b in zip(after, after[1:]))  # never rises again after the warm-up
+    assert lr_factor(1600, "cosine", 3000) == pytest.approx(0.55, abs=0.01)  # half-way down at mid-run
+    assert all(lr_factor(s, "constant", 3000) == 1.0 for s in range(WARMUP_STEPS, 3000, 100))

@@ -43,9 +43,11 @@ def test_training_writes_a_mochi_folder_and_its_record(trained):
 @pytest.mark.slow
 def test_a_snapshot_resumes(trained, tmp_path):
     train_video(["--resume-from", str(trained / "work/snapshots/step-2"), "--output", str(tmp_path / "resumed"),
-                 "--work-dir", str(tmp_path / "work"), "--flow-steps", "2", *TINY])
+                 "--work-dir", str(tmp_path / "work"), "--flow-steps", "2", "--twin-rate", "0.6",
+                 "--lr-schedule", "cosine", *TINY])
     record = json.loads((tmp_path / "resumed/training.json").read_text())
     assert record["flow_steps"] == 2 and record["resumed_from"]["folder"].endswith("step-2")
+    assert record["twin_rate"] == 0.6 and record["lr_schedule"] == "cosine" and record["lr"] == 1e-3
     from safetensors.torch import load_file
 
     old = load_file(next((trained / "work/snapshots/step-2/transformer").glob("*.safetensors")))
@@ -82,6 +84,8 @@ def test_a_new_transformer_trains_on_a_kept_autoencoder(trained, tmp_path):
     (["--vae-from", "{tmp}", "--resume-from", "{tmp}"], "--vae-from"),
     (["--rope-fixed-dims", "32"], "--rope-fixed-dims 32 must be even and below --head-dim 32"),
     (["--rope-fixed-dims", "3"], "--rope-fixed-dims 3 must be even"),
+    (["--twin-rate", "1.5"], "--twin-rate"),
+    (["--lr-schedule", "linear"], "--lr-schedule"),
 ])
 def test_bad_flags_are_one_line_before_anything_trains(tmp_path, refam_here, args, culprit):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
