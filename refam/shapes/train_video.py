@@ -87,8 +87,10 @@ class ClipCrops(IterableDataset):
     spread passes `min_std`). The encoder normalises per frame and meets whole frames, which always
     hold shapes; a flat crop only teaches it the background's colour."""
 
-    def __init__(self, seed: int, crop: int = 64, frames: int = 7, min_std: float = 0.1, tries: int = 20) -> None:
+    def __init__(self, seed: int, crop: int = 64, frames: int = 7, min_std: float = 0.1, tries: int = 20,
+                 with_velocity: bool = False) -> None:
         self.seed, self.crop, self.frames, self.min_std, self.tries = seed, crop, frames, min_std, tries
+        self.with_velocity = with_velocity
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)
@@ -105,7 +107,27 @@ class ClipCrops(IterableDataset):
                 crop = pixels[:, :, y : y + self.crop, x : x + self.crop]
                 if crop.std(dim=(0, 2, 3)).min() > self.min_std:
                     break
-            yield crop
+            if self.with_velocity:  # drawn after the crop, so the crops are those of a run without it
+                yield crop, velocity_field(clip, indices)[:, :, y : y + self.crop, x : x + self.crop]
+            else:
+                yield crop
+
+
+SPEED_SCALE = 4.0  # pixels per frame at FRAME: about the fastest shape's speed, so targets stay within [-1, 1]
+
+
+def velocity_field(clip: MotionClip, indices: list[int]) -> torch.Tensor:
+    """[2, F, H, W]: each pixel's (vx, vy) in FRAME pixels per frame over SPEED_SCALE, the velocity of
+    the shape covering it (coverage-weighted at its resized edge), zero on the background."""
+    sx, sy = FRAME[1] / clip.width, FRAME[0] / clip.height
+    field = torch.zeros(2, len(indices), *FRAME)
+    for f, i in enumerate(indices):
+        for o, mask in zip(clip.objects, clip.frame(i).masks):
+            resized = Image.fromarray(mask.astype(np.float32)).resize((FRAME[1], FRAME[0]), Image.BILINEAR)
+            cover = torch.from_numpy(np.array(resized, dtype=np.float32)).clamp(0, 1)
+            field[0, f] += cover * (o.vx * sx / SPEED_SCALE)
+            field[1, f] += cover * (o.vy * sy / SPEED_SCALE)
+    return field
 
 
 class ColourReadoutStage(AutoencoderStage):
@@ -123,6 +145,31 @@ class ColourReadoutStage(AutoencoderStage):
     def latent_terms(self, batch: torch.Tensor, posterior) -> dict[str, torch.Tensor]:
         target = F.avg_pool3d(latent_frame_means(batch), (1, 8, 8))  # the VAE's 8x8 cells
         return {"colour": self.colour_weight * F.mse_loss(self.readout(posterior.mode()), target)}
+
+
+class MotionReadoutStage(ColourReadoutStage):
+    """The colour read-out stage plus a linear read-out of each latent cell's motion: the mean
+    velocity of the shape over the frames its latent frame holds (`velocity_field`), from latent
+    frame 1 on (latent frame 0 holds frame 0 alone and cannot know where a shape goes). Without it
+    a linear probe read an object's direction (left, right, up, down, still) from its latent cells
+    at 30 %, chance being 27 % (`docs/refam-shapes.md`): the transformer then had to find where an
+    identical twin went by matching positions across latent frames, and told twins apart in 57-61 %."""
+
+    def __init__(self, vae, lr: float, kl_weight: float, colour_weight: float, motion_weight: float) -> None:
+        super().__init__(vae, lr, kl_weight, colour_weight)
+        self.motion_weight = motion_weight
+        self.motion_readout = torch.nn.Conv3d(vae.config.latent_channels, 2, kernel_size=1)
+
+    def training_step(self, batch, batch_idx):
+        self.velocity = batch[1]
+        return super().training_step(batch[0], batch_idx)
+
+    def latent_terms(self, batch: torch.Tensor, posterior) -> dict[str, torch.Tensor]:
+        terms = super().latent_terms(batch, posterior)
+        target = F.avg_pool3d(latent_frame_means(self.velocity), (1, 8, 8))[:, :, 1:]
+        read = self.motion_readout(posterior.mode())[:, :, 1:]
+        terms["motion"] = self.motion_weight * F.mse_loss(read, target)
+        return terms
 
 
 def latent_frame_means(pixels: torch.Tensor) -> torch.Tensor:
@@ -301,7 +348,8 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
                     flow_steps: int, vae_seconds: float, total_seconds: float, vae_log: Path, flow_log: Path,
                     monitored: list | None, previous: dict | None = None, command: str | None = None,
                     vae_source: dict | None = None, vae_crop: int = 32, vae_colour_weight: float = 1.0,
-                    twin_rate: float = TWIN_RATE, lr_schedule: str = "constant", lr: float | None = None) -> dict:
+                    twin_rate: float = TWIN_RATE, lr_schedule: str = "constant", lr: float | None = None,
+                    vae_motion_weight: float = 0.0) -> dict:
     """What `training.json` holds: the command, every setting, the curves and the monitor's scores.
     A snapshot of a run stopped for time gets the same record, with the steps it reached."""
     record = {
@@ -311,16 +359,20 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
         "ground_weight": ground_weight, "ground_share": ground_share, "training_clips": clips,
         "batch_size": batch_size, "vae_steps": vae_steps, "vae_crop": vae_crop,
         "vae_colour_weight": vae_colour_weight, "flow_steps": flow_steps, "twin_rate": twin_rate,
+        "vae_motion_weight": vae_motion_weight,
         "lr": lr, "lr_schedule": lr_schedule,
         "vae_seconds": vae_seconds, "total_seconds": total_seconds,
         "machine": "2 CPU cores (refam development machine)",
         "vae_mse_curve": loss_curve(vae_log, "vae/mse"),
         "vae_colour_curve": loss_curve(vae_log, "vae/colour"),
+        "vae_motion_curve": loss_curve(vae_log, "vae/motion") if vae_motion_weight else None,
         "flow_loss_curve": loss_curve(flow_log, "flow/loss"),
         "ground_loss_curve": loss_curve(flow_log, "ground/loss"),
         "key_point_accuracy_curve": monitored or None,
     }
-    if vae_source is not None:  # the autoencoder was trained by that run (its record), not this one
+    if vae_source is not None and "init_from" in vae_source:  # every part started from that run's
+        record["init_from"] = {"folder": vae_source["init_from"], "record": vae_source["record"]}
+    elif vae_source is not None:  # the autoencoder was trained by that run (its record), not this one
         record["vae_from"] = vae_source
     if previous is not None:
         record["resumed_from"] = previous
@@ -333,9 +385,12 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
           resume_from: Path | None = None, ground_weight: float = 1.0, ground_share: float = 0.5,
           monitor_every: int = 0, monitor_clips: int = 40, empty_caption_rate: float = 0.5,
           vae_from: Path | None = None, vae_crop: int = 32, vae_colour_weight: float = 1.0,
-          twin_rate: float = TWIN_RATE, lr_schedule: str = "constant") -> dict:
+          twin_rate: float = TWIN_RATE, lr_schedule: str = "constant", vae_motion_weight: float = 0.0,
+          init_from: Path | None = None) -> dict:
     """`resume_from`: a snapshot whose pipeline continues training; `vae_from`: a trained pipeline
-    whose autoencoder (and latent statistics) a new transformer and T5 train on, stage 1 skipped."""
+    whose autoencoder (and latent statistics) a new transformer and T5 train on, stage 1 skipped;
+    `init_from`: a trained pipeline whose every part starts both stages (the autoencoder trains on
+    with this run's terms, its latent statistics are measured again, the transformer and T5 follow)."""
     from diffusers import MochiPipeline
 
     start = time.time()
@@ -359,10 +414,19 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
         pipe = MochiPipeline(**parts)
     else:
         parts = build_video_components(config, seed)
-        vae = parts["vae"]
-        crops = DataLoader(ClipCrops(seed=seed, crop=vae_crop), batch_size=4)
+        if init_from is not None:
+            start_pipe = MochiPipeline.from_pretrained(str(init_from))
+            parts = {name: getattr(start_pipe, name) for name in parts}
+            record_file = Path(init_from) / "training.json"
+            vae_source = {"init_from": str(init_from),
+                          "record": json.loads(record_file.read_text()) if record_file.exists() else None}
+        vae = parts["vae"].requires_grad_(True)
+        crops = DataLoader(ClipCrops(seed=seed, crop=vae_crop, with_velocity=vae_motion_weight > 0), batch_size=4)
         vae_trainer = _trainer(vae_steps, work_dir, "vae")
-        vae_trainer.fit(ColourReadoutStage(vae, lr=1e-3, kl_weight=1e-6, colour_weight=vae_colour_weight), crops)
+        stage = ColourReadoutStage(vae, lr=1e-3, kl_weight=1e-6, colour_weight=vae_colour_weight) \
+            if vae_motion_weight == 0 else MotionReadoutStage(vae, lr=1e-3, kl_weight=1e-6, colour_weight=vae_colour_weight,
+                                                               motion_weight=vae_motion_weight)
+        vae_trainer.fit(stage, crops)
         vae.eval().requires_grad_(False)
         vae_seconds = time.time() - start
         vae_log = Path(vae_trainer.logger.log_dir) / "metrics.csv"
@@ -392,6 +456,6 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
                              batch_size, vae_steps, flow_steps, round(vae_seconds, 1), round(time.time() - start, 1),
                              vae_log, Path(flow_trainer.logger.log_dir) / "metrics.csv", monitor.history, previous,
                              vae_source=vae_source, vae_crop=vae_crop, vae_colour_weight=vae_colour_weight,
-                             twin_rate=twin_rate, lr_schedule=lr_schedule, lr=lr)
+                             twin_rate=twin_rate, lr_schedule=lr_schedule, lr=lr, vae_motion_weight=vae_motion_weight)
     (Path(output) / "training.json").write_text(json.dumps(record, indent=1))
     return record

@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-from", type=Path, default=None,
                         help="a trained refam-shapes-video folder whose autoencoder to keep (skips stage 1)")
     parser.add_argument("--monitor-clips", type=COUNT, default=30, help="held-out test clips the monitor scores")
+    parser.add_argument("--vae-motion-weight", type=number(float, at_least=0.0), default=0.0,
+                        help="weight of the autoencoder's linear motion read-out term (each latent cell's velocity)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="a trained refam-shapes-video folder every part of which starts both stages")
     parser.add_argument("--twin-rate", type=SHARE, default=TWIN_RATE,
                         help="share of training clips drawn with twins (identical shapes only motion tells apart)")
     parser.add_argument("--lr-schedule", choices=training.LR_SCHEDULES, default="constant",
@@ -53,6 +57,17 @@ def main(argv: list[str] | None = None) -> None:
                           f"{config.head_dim}: the rest of each head carries the position")
     if args.vae_from is not None and args.resume_from is not None:
         raise ConfigError("--vae-from and --resume-from both given: a resumed snapshot keeps its own autoencoder")
+    if args.init_from is not None and (args.vae_from is not None or args.resume_from is not None):
+        raise ConfigError("--init-from with --vae-from or --resume-from: give one starting point")
+    if args.init_from is not None:
+        if not (args.init_from / "model_index.json").is_file():
+            raise MissingInputError(f"--init-from {args.init_from}: not a model folder (no model_index.json); give a "
+                                    "folder that refam train-shapes-video wrote")
+        record_file = args.init_from / "training.json"
+        recorded = json.loads(record_file.read_text()).get("model") if record_file.is_file() else None
+        if recorded is not None and recorded != json.loads(json.dumps(config.to_dict())):
+            raise ConfigError(f"--init-from {args.init_from}: its model ({recorded}) differs from this run's flags; "
+                              "give the same architecture flags")
     if args.resume_from is not None and not (args.resume_from / "model_index.json").is_file():
         raise MissingInputError(f"--resume-from {args.resume_from}: not a model folder (no model_index.json); give "
                                 "a folder that refam train-shapes-video wrote")
@@ -68,5 +83,5 @@ def main(argv: list[str] | None = None) -> None:
                             args.lr, args.caption_tokens, args.work_dir, args.snapshot_every, args.resume_from,
                             args.ground_weight, args.ground_share, args.monitor_every, args.monitor_clips,
                             args.empty_caption_rate, args.vae_from, args.vae_crop,
-                            args.vae_colour_weight, args.twin_rate, args.lr_schedule)
+                            args.vae_colour_weight, args.twin_rate, args.lr_schedule, args.vae_motion_weight, args.init_from)
     print(json.dumps({k: record[k] for k in ("total_seconds", "vae_seconds")}))

@@ -141,3 +141,45 @@ def test_the_cosine_schedule_warms_up_then_falls_to_its_floor_at_the_last_step()
     assert all(a >= b for a, b in zip(after, after[1:]))  # never rises again after the warm-up
     assert lr_factor(1600, "cosine", 3000) == pytest.approx(0.55, abs=0.01)  # half-way down at mid-run
     assert all(lr_factor(s, "constant", 3000) == 1.0 for s in range(WARMUP_STEPS, 3000, 100))
+
+
+def test_the_velocity_field_is_each_shapes_velocity_in_the_resized_frame():
+    """Signs and axes as the frame: a shape moving right reads +x, one moving down +y; the speed is
+    scaled with the resize to FRAME (x and y apart on a non-square clip); the background reads 0."""
+    from refam.shapes.motion import Mover, MotionClip
+    from refam.shapes.train_video import SPEED_SCALE, velocity_field
+
+    right = Mover("square", "red", (220, 30, 30), 30.0, 40.0, 10.0, 2.0, 0.0, "right")
+    down = Mover("circle", "blue", (30, 30, 220), 120.0, 20.0, 9.0, 0.0, 1.5, "down")
+    clip = MotionClip(160, 80, (128, 128, 128), [right, down], 8, [])
+    field = velocity_field(clip, [0, 3])
+    sx, sy = FRAME[1] / 160, FRAME[0] / 80
+    inside_right = field[:, 1, int(40 * sy), int((30 + 3 * 2.0) * sx)]
+    inside_down = field[:, 0, int(20 * sy), int(120 * sx)]
+    assert inside_right.tolist() == pytest.approx([2.0 * sx / SPEED_SCALE, 0.0])
+    assert inside_down.tolist() == pytest.approx([0.0, 1.5 * sy / SPEED_SCALE])
+    assert field[:, :, int(70 * sy), int(70 * sx)].abs().max() == 0
+
+
+def test_the_motion_read_out_ignores_latent_frame_zero():
+    """Latent frame 0 holds frame 0 alone (Mochi's causal autoencoder): it cannot know where a shape
+    goes, so only later latent frames are asked for motion."""
+    from types import SimpleNamespace
+
+    from refam.shapes.train_video import MotionReadoutStage
+
+    vae = SimpleNamespace(config=SimpleNamespace(latent_channels=4))
+    stage = MotionReadoutStage.__new__(MotionReadoutStage)
+    torch.nn.Module.__init__(stage)
+    stage.colour_weight, stage.motion_weight = 0.0, 1.0
+    stage.readout = torch.nn.Conv3d(4, 3, 1)
+    stage.motion_readout = torch.nn.Conv3d(4, 2, 1)
+    torch.nn.init.zeros_(stage.motion_readout.weight)
+    torch.nn.init.zeros_(stage.motion_readout.bias)
+    latents = SimpleNamespace(mode=lambda: torch.randn(1, 4, 3, 2, 2))
+    pixels = torch.zeros(1, 3, 13, 16, 16)
+    stage.velocity = torch.zeros(1, 2, 13, 16, 16)
+    stage.velocity[:, :, 0] = 5.0  # frame 0 moves: nothing may be asked of latent frame 0
+    assert stage.latent_terms(pixels, latents)["motion"].item() == 0
+    stage.velocity[:, :, 7] = 6.0  # frame 7, in latent frame 2 (frames 7-12): a sixth of 6, 1, in its mean
+    assert stage.latent_terms(pixels, latents)["motion"].item() == pytest.approx(0.5)  # 1 on half the cells read

@@ -75,6 +75,34 @@ def test_a_new_transformer_trains_on_a_kept_autoencoder(trained, tmp_path):
     assert frequencies[:, :, :2].abs().max() == 0 and frequencies[:, :, 2:].abs().min() > 0
 
 
+@pytest.mark.slow
+def test_every_part_starts_from_a_trained_model_and_learns_motion(trained, tmp_path):
+    """`--init-from`: the autoencoder trains on (with the motion read-out) from the given model's
+    weights, its latent statistics are measured again, the transformer continues; a model of
+    another architecture is refused in one line before anything trains."""
+    from safetensors.torch import load_file
+
+    def weights(folder, part):
+        return load_file(next((folder / part).glob("*.safetensors")))
+
+    train_video(["--init-from", str(trained / "model"), "--output", str(tmp_path / "model"), "--work-dir",
+                 str(tmp_path / "work"), "--flow-steps", "2", "--vae-motion-weight", "10", *TINY])
+    record = json.loads((tmp_path / "model/training.json").read_text())
+    assert record["init_from"]["folder"] == str(trained / "model") and record["init_from"]["record"]["flow_steps"] == 4
+    assert record["vae_motion_weight"] == 10 and len(record["vae_motion_curve"]) == 2
+    for part in ("vae", "transformer"):
+        before, after = weights(trained / "model", part), weights(tmp_path / "model", part)
+        assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    start, later = weights(trained / "model", "transformer"), weights(tmp_path / "model", "transformer")
+    moved = sum((later[k] - start[k]).abs().sum() for k in start) / sum(start[k].abs().sum() for k in start)
+    assert moved < 0.01  # two warm-up steps on: a transformer built afresh would be ~100 % away
+    two_layers = [a if a != "1" else "2" for a in TINY]  # "--layers 1" -> "--layers 2"
+    with pytest.raises(SystemExit) as refused:
+        train_video(["--init-from", str(trained / "model"), "--output", str(tmp_path / "other"), "--work-dir",
+                     str(tmp_path / "work2"), *two_layers])
+    assert refused.value.code == 2 and not (tmp_path / "other").exists()
+
+
 @pytest.mark.parametrize("args, culprit", [
     (["--clips", "4", "--batch-size", "8"], "--clips 4 is fewer than --batch-size 8"),
     (["--text-width", "36"], "--text-width 36 is not a multiple of 8"),
@@ -85,6 +113,9 @@ def test_a_new_transformer_trains_on_a_kept_autoencoder(trained, tmp_path):
     (["--rope-fixed-dims", "32"], "--rope-fixed-dims 32 must be even and below --head-dim 32"),
     (["--rope-fixed-dims", "3"], "--rope-fixed-dims 3 must be even"),
     (["--twin-rate", "1.5"], "--twin-rate"),
+    (["--init-from", "{tmp}/nowhere"], "--init-from"),
+    (["--init-from", "{tmp}", "--resume-from", "{tmp}"], "--init-from"),
+    (["--vae-motion-weight", "-1"], "--vae-motion-weight"),
     (["--lr-schedule", "linear"], "--lr-schedule"),
 ])
 def test_bad_flags_are_one_line_before_anything_trains(tmp_path, refam_here, args, culprit):
