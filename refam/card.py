@@ -93,8 +93,11 @@ def _transformer(extractor, folder: Path | None) -> str | None:
 
 
 def flow_steps(record: dict) -> int | str:
-    """A run's flow steps, with those of the runs it resumed (`resumed_from`: the snapshot's record)."""
+    """A run's flow steps, with those of the runs it continued: `resumed_from` (the snapshot's record)
+    or `init_from` (the record of the model every part started from)."""
     steps, previous = record.get("flow_steps"), record.get("resumed_from")
+    if previous is None and isinstance(record.get("init_from"), dict):
+        previous = record["init_from"].get("record")
     if not isinstance(steps, int):
         return "?"
     earlier = flow_steps(previous) if isinstance(previous, dict) and "flow_steps" in previous else 0

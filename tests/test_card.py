@@ -50,7 +50,8 @@ def test_the_embedded_video_models_card_is_read_without_loading_it(model):
     assert model._video is None  # not loaded for its card
     assert card.name == "refam-shapes-video" and card.transformer == "MochiTransformer3DModel"
     assert card.extractor == "refam.extractors.mochi.MochiExtractor" and card.grounding == SUPERVISED
-    assert card.trained_on.startswith("500 clips of moving coloured shapes (refam.shapes); 1000 flow-matching steps")  # the step-1000 snapshot
+    # 1000 (the first run's step-1000 snapshot) + 2000 resumed + 2000 started from that: the chain the record holds
+    assert card.trained_on.startswith("500 clips of moving coloured shapes (refam.shapes); 5000 flow-matching steps")
     assert card.words == sorted(video_vocabulary()) and "moving" in card.words
     assert model.for_video().video_card is None  # a video model runs its own videos
 

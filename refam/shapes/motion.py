@@ -7,11 +7,12 @@ coloured background, every shape at RGB distance >= `MIN_CONTRAST` from it, 10-3
 across); frames are 96-256 pixels a side at aspect 1:2 to 2:1 (half the clips 128 x 128), 8-32 of
 them. Each shape stands still or moves at constant velocity, and no two shapes touch in any frame,
 so every mask is the whole shape. A third of the clips hold twins: two identical shapes (one shade,
-one size) that move apart in opposite directions, or one moving and one standing still, so that
-only motion tells them apart. Expressions name looks ("the red circle", "the red object", "the
-circle") and motion ("the red circle moving left", "the moving red circle", "the red circle
-standing still", "the object moving up"), each only where it picks out exactly one shape over the
-whole clip. Deterministic by (split, index), with split seeds disjoint from every other family's.
+one size) that move in opposite directions (passing each other or moving apart), or one moving
+and one standing still, so that only motion tells them apart. Expressions name looks ("the red
+circle", "the red object", "the circle") and motion ("the red circle moving left", "the moving
+red circle", "the red circle standing still", "the object moving up"), each only where it picks
+out exactly one shape over the whole clip. Deterministic by (split, index), with split seeds
+disjoint from every other family's.
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ def _add(movers: list[Mover], candidate: Mover | None, frames: int) -> bool:
 
 
 def _twins(rng, width, height, frames, bg) -> list[Mover]:
-    """Two identical shapes that motion alone tells apart: moving apart in opposite directions, or
-    one moving and one standing still."""
+    """Two identical shapes that motion alone tells apart: moving in opposite directions (most pass
+    each other, offset sideways, since they may never touch), or one moving and one standing still."""
     for _attempt in range(40):
         shape, colour = SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))]
         looks = (shape, colour, shade(colour, rng), rng.uniform(*WIDTH_RANGE) * min(width, height) / 2)

@@ -33,14 +33,14 @@ pytestmark = pytest.mark.slow
 DEMO = Path(__file__).resolve().parents[2] / "assets" / "shapes-video-demo"
 FLOOR = 70.0  # issue K's target for the demo, asked here of the per-expression J&F (stricter than its protocol's)
 MARGIN = 5.0  # what each injected bug costs at least
-# Measured with the shipped refam-shapes-video (2026-12-07, session 11): per-expression J&F 66.0 on
-# the demo (its unsupervised protocol: 71.6). On the 56 expressions whose referent moves at least
-# its own diameter: correct 73.0; frames reversed 22.2; frame-to-latent off by one latent frame
-# 50.5; the point applied to the next window's first frame 20.1. Over the frames before a
-# confident key frame: both ways 63.4, forward only 53.6. The floor and the twins test are strict
+# Measured with the shipped refam-shapes-video (2026-12-07, session 12): per-expression J&F 65.9 on
+# the demo (its unsupervised protocol: 71.2). On the 56 expressions whose referent moves at least
+# its own diameter: correct 82.0; frames reversed 21.7; frame-to-latent off by one latent frame
+# 54.1; the point applied to the next window's first frame 22.6. Over the frames before a
+# confident key frame: both ways 50.0, forward only 33.2. The floor and the twins test are strict
 # expected failures until a model reaches them (issue K stays open); strict, so they turn into
-# failures to fix the moment one passes. (The previous model, per expression over all 148: correct
-# 36.0, reversed 28.2, off by one 37.7, other window 28.2; forward only 27.4 against 37.1.)
+# failures to fix the moment one passes. (Session 11's model: per expression 66.0; moving 73.0,
+# reversed 22.2, off by one 50.5, other window 20.1; before the key frame 63.4 against 53.6.)
 WEAK_MODEL = pytest.mark.xfail(strict=True, reason="refam-shapes-video is too weak for issue K's targets (see above)")
 
 
