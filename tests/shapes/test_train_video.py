@@ -122,7 +122,7 @@ def test_the_autoencoders_gradient_stays_finite_on_flat_frames():
 
 
 def test_latent_frame_means_follow_the_causal_latent_frames():
-    from refam.shapes.train_video import latent_frame_means
+    from refam.shapes.video_autoencoder import latent_frame_means
 
     pixels = torch.arange(13.0).view(1, 1, 13, 1, 1).expand(2, 3, 13, 4, 4)
     means = latent_frame_means(pixels)
@@ -147,7 +147,7 @@ def test_the_velocity_field_is_each_shapes_velocity_in_the_resized_frame():
     """Signs and axes as the frame: a shape moving right reads +x, one moving down +y; the speed is
     scaled with the resize to FRAME (x and y apart on a non-square clip); the background reads 0."""
     from refam.shapes.motion import Mover, MotionClip
-    from refam.shapes.train_video import SPEED_SCALE, velocity_field
+    from refam.shapes.video_autoencoder import SPEED_SCALE, velocity_field
 
     right = Mover("square", "red", (220, 30, 30), 30.0, 40.0, 10.0, 2.0, 0.0, "right")
     down = Mover("circle", "blue", (30, 30, 220), 120.0, 20.0, 9.0, 0.0, 1.5, "down")
@@ -166,7 +166,7 @@ def test_the_motion_read_out_ignores_latent_frame_zero():
     goes, so only later latent frames are asked for motion."""
     from types import SimpleNamespace
 
-    from refam.shapes.train_video import MotionReadoutStage
+    from refam.shapes.video_autoencoder import MotionReadoutStage
 
     vae = SimpleNamespace(config=SimpleNamespace(latent_channels=4))
     stage = MotionReadoutStage.__new__(MotionReadoutStage)
