@@ -20,9 +20,9 @@ from pathlib import Path
 
 from refam.aggregators.magnets import PAPER_MAGNETS
 from refam.aggregators.stopwords import PAPER_STOP_WORDS
-from refam.embedded import EMBEDDED_PREFIX, FOLDER as EMBEDDED_FOLDER, resolve_embedded
+from refam.embedded import EMBEDDED_PREFIX, FOLDER as EMBEDDED_FOLDER
 from refam.embedded.palette import COLOURS, SHAPES, SIZES
-from refam.referent.calibration import calibration_for
+from refam.referent.calibration import calibration_for, model_folder
 from refam.text.tokens import WORD_START_MARKER
 
 SUPERVISED = ("supervised: besides the flow-matching loss, a grounding loss pulled the expression attention onto "
@@ -132,8 +132,8 @@ def _words(extractor, folder: Path) -> list[str]:
     return sorted(p[1:] for p in pieces if p.startswith(WORD_START_MARKER) and len(p) > 1)
 
 
-def _training_record(path: Path) -> dict | None:
-    """A `refam train-shapes` record; None where there is none (or none that reads as one)."""
+def read_training_record(path: Path) -> dict | None:
+    """A `refam train-shapes` / `train-shapes-video` record; None where there is none (or none that reads as one)."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -154,14 +154,14 @@ def model_card(pipeline) -> ModelCard:
                          transformer=_transformer(extractor, None), weights="a pipeline handed over in memory "
                          "(use_pipeline), not named by a path", trained_on="not known to refam", grounding=ZERO_SHOT,
                          **base)
-    folder = Path(resolve_embedded(pretrained))
-    if not folder.is_dir():  # a hub id: its own card says what it is
+    folder = model_folder(extractor)
+    if folder is None:  # a hub id: its own card says what it is
         return ModelCard(name=pretrained, transformer=_transformer(extractor, None),
                          weights=f"the Hugging Face hub: {pretrained}", trained_on="see its model card",
                          grounding=ZERO_SHOT, card=f"https://huggingface.co/{pretrained}", **base)
     embedded = pretrained.startswith(EMBEDDED_PREFIX) or folder.resolve().parent == EMBEDDED_FOLDER
     weights = (f"shipped in the refam package (embedded:{folder.name})" if embedded else f"the folder {folder}")
-    record = _training_record(folder / "training.json")
+    record = read_training_record(folder / "training.json")
     if record is None:
         readme = folder / "README.md"
         return ModelCard(name=folder.name, transformer=_transformer(extractor, folder), weights=weights,

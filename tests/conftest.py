@@ -98,3 +98,19 @@ def refam_here(capfd, monkeypatch):
         return subprocess.CompletedProcess(["refam", *args], code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """Loads `bench/<name>.py` as a module (the benches are scripts beside the package, not in it)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,24 +1,16 @@
 """bench/offload.py: its FLUX.1-dev is the published architecture, its arithmetic is the modes'
 placement, and its measuring path runs (on the tiny architecture; timings are the bench's job)."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "offload.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_offload", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_offload"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(bench_script):
+    return bench_script("offload")
 
 
 def test_flux_dev_sizes_are_the_published_ones(bench, capsys):

@@ -26,14 +26,14 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from refam.card import read_training_record
 from refam.extractors.video import plan_clips
 from refam.shapes.grounding import BatchCapture, GroundingTerm
 from refam.shapes.motion import TWIN_RATE, MotionClip, make_motion_clip
 from refam.shapes.train import SavePipelineEvery, _trainer, loss_curve
-from refam.shapes.video_autoencoder import ClipCrops, ColourReadoutStage, MotionReadoutStage, frame_pixels
+from refam.shapes.video_autoencoder import ClipCrops, ColourReadoutStage, MotionReadoutStage, frame_pixels, resized_mask
 from refam.shapes.video_model import (CLIP_FRAMES, FRAME, TEMPORAL, VideoModelConfig, build_video_components,
                                       fixed_rope_mask)
 
@@ -52,9 +52,7 @@ def window(clip: MotionClip) -> tuple[list[int], list[int]]:
 
 def coverage(mask: np.ndarray) -> torch.Tensor:
     """[gh, gw] fraction of each token cell an object covers once its mask is resized to FRAME."""
-    resized = Image.fromarray(mask.astype(np.float32)).resize((FRAME[1], FRAME[0]), Image.BILINEAR)
-    cells = torch.from_numpy(np.array(resized, dtype=np.float32))[None, None]
-    return F.adaptive_avg_pool2d(cells, GRID)[0, 0].clamp(0, 1)
+    return F.adaptive_avg_pool2d(resized_mask(mask)[None, None], GRID)[0, 0]
 
 
 def clip_targets(clip: MotionClip) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +215,6 @@ class VideoFlowStage(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-
 class VideoMonitor(L.Callback):
     """Scores the key-frame point on held-out clips every `every` steps (`refam.shapes.evaluate_video`)."""
 
@@ -244,7 +241,7 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
                     monitored: list | None, previous: dict | None = None, command: str | None = None,
                     vae_source: dict | None = None, vae_crop: int = 32, vae_colour_weight: float = 1.0,
                     twin_rate: float = TWIN_RATE, lr_schedule: str = "constant", lr: float | None = None,
-                    vae_motion_weight: float = 0.0) -> dict:
+                    vae_motion_weight: float = 0.0, init_source: dict | None = None) -> dict:
     """What `training.json` holds: the command, every setting, the curves and the monitor's scores.
     A snapshot of a run stopped for time gets the same record, with the steps it reached."""
     record = {
@@ -265,9 +262,9 @@ def training_record(config: VideoModelConfig, seed: int, caption_tokens: int, em
         "ground_loss_curve": loss_curve(flow_log, "ground/loss"),
         "key_point_accuracy_curve": monitored or None,
     }
-    if vae_source is not None and "init_from" in vae_source:  # every part started from that run's
-        record["init_from"] = {"folder": vae_source["init_from"], "record": vae_source["record"]}
-    elif vae_source is not None:  # the autoencoder was trained by that run (its record), not this one
+    if init_source is not None:  # every part started from that run's model
+        record["init_from"] = init_source
+    if vae_source is not None:  # the autoencoder was trained by that run (its record), not this one
         record["vae_from"] = vae_source
     if previous is not None:
         record["resumed_from"] = previous
@@ -290,20 +287,17 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
 
     start = time.time()
     L.seed_everything(seed)
-    previous, vae_source = None, None
+    previous, vae_source, init_source = None, None, None
     if resume_from is not None:
         pipe = MochiPipeline.from_pretrained(str(resume_from))
-        record_file = Path(resume_from) / "training.json"
-        previous = json.loads(record_file.read_text()) if record_file.exists() else {"folder": str(resume_from)}
+        previous = read_training_record(Path(resume_from) / "training.json") or {"folder": str(resume_from)}
         vae = pipe.vae.eval().requires_grad_(False)
         vae_seconds, vae_log = 0.0, Path(work_dir) / "no-vae-stage.csv"
         latents, clip_list, cover = encode_clips(vae, clips, twin_rate=twin_rate)
     elif vae_from is not None:
         parts = build_video_components(config, seed)
         parts["vae"] = vae = MochiPipeline.from_pretrained(str(vae_from)).vae.eval().requires_grad_(False)
-        record_file = Path(vae_from) / "training.json"
-        vae_source = {"folder": str(vae_from),
-                      "record": json.loads(record_file.read_text()) if record_file.exists() else None}
+        vae_source = {"folder": str(vae_from), "record": read_training_record(Path(vae_from) / "training.json")}
         vae_seconds, vae_log = 0.0, Path(work_dir) / "no-vae-stage.csv"
         latents, clip_list, cover = encode_clips(vae, clips, twin_rate=twin_rate)
         pipe = MochiPipeline(**parts)
@@ -312,9 +306,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
         if init_from is not None:
             start_pipe = MochiPipeline.from_pretrained(str(init_from))
             parts = {name: getattr(start_pipe, name) for name in parts}
-            record_file = Path(init_from) / "training.json"
-            vae_source = {"init_from": str(init_from),
-                          "record": json.loads(record_file.read_text()) if record_file.exists() else None}
+            init_source = {"folder": str(init_from), "record": read_training_record(Path(init_from) / "training.json")}
         vae = parts["vae"].requires_grad_(True)
         crops = DataLoader(ClipCrops(seed=seed, crop=vae_crop, with_velocity=vae_motion_weight > 0), batch_size=4)
         vae_trainer = _trainer(vae_steps, work_dir, "vae")
@@ -351,6 +343,7 @@ def train(output: Path, vae_steps: int, flow_steps: int, clips: int, batch_size:
                              batch_size, vae_steps, flow_steps, round(vae_seconds, 1), round(time.time() - start, 1),
                              vae_log, Path(flow_trainer.logger.log_dir) / "metrics.csv", monitor.history, previous,
                              vae_source=vae_source, vae_crop=vae_crop, vae_colour_weight=vae_colour_weight,
-                             twin_rate=twin_rate, lr_schedule=lr_schedule, lr=lr, vae_motion_weight=vae_motion_weight)
+                             twin_rate=twin_rate, lr_schedule=lr_schedule, lr=lr, vae_motion_weight=vae_motion_weight,
+                             init_source=init_source)
     (Path(output) / "training.json").write_text(json.dumps(record, indent=1))
     return record

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 import refam.shapes.train_video as training
+from refam.card import read_training_record
 from refam.embedded import REFAM_SHAPES_VIDEO
 from refam.errors import ArgumentParser, ConfigError, MissingInputError, number, reports_user_errors
 from refam.shapes.motion import TWIN_RATE
@@ -63,8 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         if not (args.init_from / "model_index.json").is_file():
             raise MissingInputError(f"--init-from {args.init_from}: not a model folder (no model_index.json); give a "
                                     "folder that refam train-shapes-video wrote")
-        record_file = args.init_from / "training.json"
-        recorded = json.loads(record_file.read_text()).get("model") if record_file.is_file() else None
+        recorded = (read_training_record(args.init_from / "training.json") or {}).get("model")
         if recorded is not None and recorded != json.loads(json.dumps(config.to_dict())):
             raise ConfigError(f"--init-from {args.init_from}: its model ({recorded}) differs from this run's flags; "
                               "give the same architecture flags")

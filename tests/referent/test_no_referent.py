@@ -5,10 +5,8 @@ one line; on the shipped refam-shapes model an expression naming a colour the he
 is flagged with a warning that gives the measured rates, the scene's present expressions are not;
 and a model without the file, a call with other settings or a caption, gets no flag (None)."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,8 +24,6 @@ from refam.referent.statistics import expression_statistics
 from refam.shapes.varied import make_varied_scene
 from refam.types import Expression, Sample, TokenInfo, TokenMaps
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "no_referent.py"
 SHIPPED = read_calibration(REFAM_SHAPES / FILE)
 # a held-out scene (varied "test" split, held-out indices) of a red triangle and a blue circle: "the
 # black shape" names a colour it lacks, the others name what is there
@@ -43,12 +39,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_no_referent", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_no_referent"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(bench_script):
+    return bench_script("no_referent")
 
 
 def token(piece: str, *, magnet: bool = False, special: bool = False) -> TokenInfo:

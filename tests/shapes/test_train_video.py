@@ -152,7 +152,7 @@ def test_the_velocity_field_is_each_shapes_velocity_in_the_resized_frame():
     right = Mover("square", "red", (220, 30, 30), 30.0, 40.0, 10.0, 2.0, 0.0, "right")
     down = Mover("circle", "blue", (30, 30, 220), 120.0, 20.0, 9.0, 0.0, 1.5, "down")
     clip = MotionClip(160, 80, (128, 128, 128), [right, down], 8, [])
-    field = velocity_field(clip, [0, 3])
+    field = velocity_field(clip, [clip.frame(0), clip.frame(3)])
     sx, sy = FRAME[1] / 160, FRAME[0] / 80
     inside_right = field[:, 1, int(40 * sy), int((30 + 3 * 2.0) * sx)]
     inside_down = field[:, 0, int(20 * sy), int(120 * sx)]
