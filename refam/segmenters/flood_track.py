@@ -2,7 +2,9 @@
 frame by its colour, as SAM2's propagation follows an object on flat-coloured scenes.
 
 On the key frame the object is `FloodFillSegmenter`'s region under the point. Its reference colour
-is that region's median colour, so JPEG noise on the seed pixel does not bias what follows. On every
+is that region's median colour, so JPEG noise on the seed pixel does not bias what follows. A point
+on a small shape's JPEG-blended edge floods only that edge's ring; then the ring's inside is the
+object's colour and joins the region (`blended_edge_interior`). On every
 frame, the key frame first (its "previous mask" is the flood fill), then forward to the end, then
 backward from the key frame to frame 0, the pixels within `tolerance` of the reference colour are
 split into 8-connected components, and the object is:
@@ -67,6 +69,40 @@ def with_rim(frame: np.ndarray, core: np.ndarray, reference: np.ndarray) -> np.n
     return mask
 
 
+def enclosed(region: np.ndarray) -> np.ndarray:
+    """The pixels outside `region` (bool [H, W]) that it encloses: not 4-connected to the frame's border."""
+    count, labels = cv2.connectedComponents((~region).astype(np.uint8), connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return (labels > 0) & ~np.isin(labels, border)
+
+
+def blended_edge_interior(frame: np.ndarray, region: np.ndarray, tolerance: int) -> np.ndarray | None:
+    """When the seed fell on a shape's JPEG-blended edge, the shape's flat inside; else None.
+
+    Chroma blending darkens or tints the outer 2-3 pixels of a small saturated shape by more than
+    the tolerance, so a seed there floods only that ring. The ring betrays itself: the deepest
+    pixel of the ring with its holes filled lies in a hole, and that hole's colour is not the
+    colour around the ring (where a ring-shaped object shows its background through its hole, the
+    two match and the region stays as it is). A hole smaller than a quarter of the ring (a JPEG
+    speckle inside a flat region) is not an inside either."""
+    holes = enclosed(region)
+    if not holes.any():
+        return None
+    filled = (region | holes).astype(np.uint8)
+    depth = cv2.distanceTransform(np.pad(filled, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    if not holes[y, x]:
+        return None
+    inside = flood_region(frame, (int(x), int(y)), tolerance) & filled.astype(bool)
+    if inside.sum() < 0.25 * region.sum():
+        return None
+    near, far = (cv2.dilate(filled, np.ones((k, k), np.uint8)) for k in (_INNER, _OUTER))
+    around = np.median(frame[(far > near)], axis=0) if (far > near).any() else None
+    if around is not None and np.abs(np.median(frame[inside], axis=0) - around).max() <= tolerance:
+        return None
+    return inside
+
+
 def centroid(mask: np.ndarray) -> np.ndarray:
     """The (x, y) mean of a non-empty mask's pixels."""
     ys, xs = np.nonzero(mask)
@@ -124,7 +160,9 @@ class FloodTrackSegmenter(VideoSegmenter):
         x, y = (float(v) for v in point)
         check_in_frame([(x, y)], frame_index, (width, height))
         core = flood_region(key, seed_pixel(x, y, width, height), self.tolerance)
-        reference = np.median(key[core], axis=0)
+        interior = blended_edge_interior(key, core, self.tolerance)
+        reference = np.median(key[core if interior is None else interior], axis=0)
+        core = core if interior is None else core | interior
         rows, cols = np.nonzero(core)
         size = max(np.ptp(rows), np.ptp(cols)) + 1
         # The key region too is taken by the reference colour (the components overlapping the
