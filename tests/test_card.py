@@ -51,7 +51,7 @@ def test_the_embedded_video_models_card_is_read_without_loading_it(model):
     assert card.name == "refam-shapes-video" and card.transformer == "MochiTransformer3DModel"
     assert card.extractor == "refam.extractors.mochi.MochiExtractor" and card.grounding == SUPERVISED
     # 1000 (the first run's step-1000 snapshot) + 2000 resumed + 2000 started from that: the chain the record holds
-    assert card.trained_on.startswith("500 clips of moving coloured shapes (refam.shapes); 5000 flow-matching steps")
+    assert card.trained_on.startswith("800 clips of moving coloured shapes (refam.shapes); 7500 flow-matching steps")
     assert card.words == sorted(video_vocabulary()) and "moving" in card.words
     assert model.for_video().video_card is None  # a video model runs its own videos
 
