@@ -76,20 +76,26 @@ def enclosed(region: np.ndarray) -> np.ndarray:
     return (labels > 0) & ~np.isin(labels, border)
 
 
+def _depth(mask: np.ndarray) -> np.ndarray:
+    """Each pixel's distance to the nearest pixel outside `mask` (the frame's border counts as outside)."""
+    return cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+
+
 def blended_edge_interior(frame: np.ndarray, region: np.ndarray, tolerance: int) -> np.ndarray | None:
     """When the seed fell on a shape's JPEG-blended edge, the shape's flat inside; else None.
 
     Chroma blending darkens or tints the outer 2-3 pixels of a small saturated shape by more than
-    the tolerance, so a seed there floods only that ring. The ring betrays itself: the deepest
-    pixel of the ring with its holes filled lies in a hole, and that hole's colour is not the
-    colour around the ring (where a ring-shaped object shows its background through its hole, the
-    two match and the region stays as it is). A hole smaller than a quarter of the ring (a JPEG
-    speckle inside a flat region) is not an inside either."""
+    the tolerance, so a seed there floods only that ring. The ring betrays itself: it is no wider
+    than a blend (`RIM` + 1 pixels deep at most: a wider band around another colour is an object
+    around another object, which stays as it is), the deepest pixel of the ring with its holes
+    filled lies in a hole, and that hole's colour is not the colour around the ring (where a
+    ring-shaped object shows its background through its hole, the two match). A hole smaller than
+    a quarter of the ring (a JPEG speckle inside a flat region) is not an inside either."""
     holes = enclosed(region)
-    if not holes.any():
+    if not holes.any() or _depth(region).max() > RIM + 1:  # a band wider than a blend: an object around another
         return None
     filled = (region | holes).astype(np.uint8)
-    depth = cv2.distanceTransform(np.pad(filled, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    depth = _depth(filled.astype(bool))
     y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
     if not holes[y, x]:
         return None
