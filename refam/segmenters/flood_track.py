@@ -52,13 +52,17 @@ RIM = 2  # pixels: how far 4:2:0 chroma upsampling blends an edge
 _INNER, _OUTER, _WINDOW = 5, 9, 11
 
 
+def surroundings(region: np.ndarray) -> np.ndarray:
+    """The bool [H, W] band 3-4 pixels out from `region`: past the blend at its edge, still near it."""
+    near, far = (cv2.dilate(region.astype(np.uint8), np.ones((k, k), np.uint8)) for k in (_INNER, _OUTER))
+    return far > near
+
+
 def with_rim(frame: np.ndarray, core: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """`core` (bool [H, W]) and the pixels up to `RIM` from it whose colour is nearer `reference`
     than the mean colour of the region's surroundings nearby (pixels 3-4 away from it)."""
     pixels = frame.astype(np.float32)
-    core8 = core.astype(np.uint8)
-    near, far = (cv2.dilate(core8, np.ones((k, k), np.uint8)) for k in (_INNER, _OUTER))
-    ring = (far > near).astype(np.float32)
+    ring = surroundings(core).astype(np.float32)
     window = (_WINDOW, _WINDOW)
     count = cv2.boxFilter(ring, -1, window, normalize=False)
     around = cv2.boxFilter(pixels * ring[..., None], -1, window, normalize=False) / np.maximum(count, 1)[..., None]
@@ -71,7 +75,7 @@ def with_rim(frame: np.ndarray, core: np.ndarray, reference: np.ndarray) -> np.n
 
 def enclosed(region: np.ndarray) -> np.ndarray:
     """The pixels outside `region` (bool [H, W]) that it encloses: not 4-connected to the frame's border."""
-    count, labels = cv2.connectedComponents((~region).astype(np.uint8), connectivity=4)
+    _, labels = cv2.connectedComponents((~region).astype(np.uint8), connectivity=4)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     return (labels > 0) & ~np.isin(labels, border)
 
@@ -94,17 +98,16 @@ def blended_edge_interior(frame: np.ndarray, region: np.ndarray, tolerance: int)
     holes = enclosed(region)
     if not holes.any() or _depth(region).max() > RIM + 1:  # a band wider than a blend: an object around another
         return None
-    filled = (region | holes).astype(np.uint8)
-    depth = _depth(filled.astype(bool))
+    filled = region | holes
+    depth = _depth(filled)
     y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
     if not holes[y, x]:
         return None
-    inside = flood_region(frame, (int(x), int(y)), tolerance) & filled.astype(bool)
+    inside = flood_region(frame, (int(x), int(y)), tolerance) & filled
     if inside.sum() < 0.25 * region.sum():
         return None
-    near, far = (cv2.dilate(filled, np.ones((k, k), np.uint8)) for k in (_INNER, _OUTER))
-    around = np.median(frame[(far > near)], axis=0) if (far > near).any() else None
-    if around is not None and np.abs(np.median(frame[inside], axis=0) - around).max() <= tolerance:
+    around = surroundings(filled)
+    if around.any() and np.abs(np.median(frame[inside], axis=0) - np.median(frame[around], axis=0)).max() <= tolerance:
         return None
     return inside
 
@@ -167,8 +170,9 @@ class FloodTrackSegmenter(VideoSegmenter):
         check_in_frame([(x, y)], frame_index, (width, height))
         core = flood_region(key, seed_pixel(x, y, width, height), self.tolerance)
         interior = blended_edge_interior(key, core, self.tolerance)
+        if interior is not None:  # the seed was on the blended edge: the inside holds the object's colour
+            core = core | interior
         reference = np.median(key[core if interior is None else interior], axis=0)
-        core = core if interior is None else core | interior
         rows, cols = np.nonzero(core)
         size = max(np.ptp(rows), np.ptp(cols)) + 1
         # The key region too is taken by the reference colour (the components overlapping the
